@@ -1,0 +1,106 @@
+"""Evaluation protocols as unions of each builder's splits.
+
+Every builder writes each sample once, into one "atomic" split named after the
+roles the sample plays in the dataset's protocols; a protocol's train,
+validation and test sets are unions of atomic splits, which TFDS reads as a
+split expression (`'a+b+c'`). So NTU is not written once per protocol.
+
+* `ntu_rgbd`: atomic split `cs{role}_cv{role}` with roles train/val/test, e.g.
+  `cstrain_cvtest`. Cross-subject: the reference's 19 training subjects /
+  subject 1 as validation / the 20 standard test subjects. Cross-view: cameras
+  2 and 3 / the reference's 31-per-class seeded validation draw from them /
+  camera 1.
+* `nw_ucla`: `view1`, `view2`, `view3`; `uwa3dii`: `view1` ... `view4`.
+  Protocol `views{train}_{test}` trains on the listed views and tests on the
+  others named, e.g. `views12_3` (NW-UCLA default) and `views123_4` (UWA3DII
+  default). The reference used no validation set for these two.
+* `synthetic_rgbd`: `train`, `validation`, `test` (see its builder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import dataclasses
+import itertools
+import re
+
+SPLITS = ('train', 'validation', 'test')
+ROLES = ('train', 'val', 'test')
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """Atomic split names making up each of a protocol's splits."""
+  train: tuple[str, ...]
+  validation: tuple[str, ...]
+  test: tuple[str, ...]
+
+  def atomic_splits(self, split: str) -> tuple[str, ...]:
+    if split not in SPLITS:
+      raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    return getattr(self, split)
+
+
+def ntu_atomic_split(cs_role: str, cv_role: str) -> str:
+  assert cs_role in ROLES and cv_role in ROLES, (cs_role, cv_role)
+  return f'cs{cs_role}_cv{cv_role}'
+
+
+NTU_ATOMIC_SPLITS = tuple(ntu_atomic_split(a, b) for a, b in itertools.product(ROLES, ROLES))
+
+
+def _ntu(axis: str) -> Protocol:
+  def pick(role):
+    return tuple(s for s in NTU_ATOMIC_SPLITS
+                 if re.fullmatch(rf'cs{role}_cv\w+' if axis == 'cs' else rf'cs\w+_cv{role}', s))
+  return Protocol(train=pick('train'), validation=pick('val'), test=pick('test'))
+
+
+def views_protocol(name: str, num_views: int) -> Protocol:
+  """`views12_3` -> train views 1, 2; test view 3; no validation."""
+  match = re.fullmatch(r'views(\d+)_(\d+)', name)
+  if not match:
+    raise ValueError(f'A view protocol is named views<train views>_<test views>, got {name!r}.')
+  train, test = (tuple(int(c) for c in g) for g in match.groups())
+  views = set(train) | set(test)
+  if set(train) & set(test) or not views <= set(range(1, num_views + 1)):
+    raise ValueError(f'{name!r}: views must be disjoint and within 1..{num_views}.')
+  return Protocol(train=tuple(f'view{v}' for v in train), validation=(),
+                  test=tuple(f'view{v}' for v in test))
+
+
+NUM_VIEWS = {'nw_ucla': 3, 'uwa3dii': 4}
+DEFAULT_PROTOCOL = {'ntu_rgbd': 'cross_subject', 'nw_ucla': 'views12_3',
+                    'uwa3dii': 'views123_4', 'synthetic_rgbd': 'cross_view'}
+
+
+def get_protocol(dataset: str, name: str) -> Protocol:
+  """The protocol `name` of TFDS dataset `dataset`."""
+  if dataset == 'ntu_rgbd':
+    axes = {'cross_subject': 'cs', 'cross_view': 'cv'}
+    if name not in axes:
+      raise ValueError(f'NTU protocols are {sorted(axes)}, got {name!r}.')
+    return _ntu(axes[name])
+  if dataset in NUM_VIEWS:
+    return views_protocol(name, NUM_VIEWS[dataset])
+  if dataset == 'synthetic_rgbd':
+    if name != 'cross_view':
+      raise ValueError(f"synthetic_rgbd has one protocol, 'cross_view', got {name!r}.")
+    return Protocol(train=('train',), validation=('validation',), test=('test',))
+  raise ValueError(f'Unknown dataset {dataset!r}; known: {sorted(DEFAULT_PROTOCOL)}.')
+
+
+def split_expression(dataset: str, protocol: str, split: str,
+                     split_sizes: Mapping[str, int]) -> str | None:
+  """TFDS split expression for a protocol's split, over the non-empty atomic splits.
+
+  Args:
+    split_sizes: the built dataset's `{split name: num_examples}`.
+
+  Returns:
+    e.g. `'cstrain_cvtrain+cstrain_cvval+cstrain_cvtest'`, or None when the
+    protocol has no such split (no validation set) or all its parts are empty.
+  """
+  parts = [s for s in get_protocol(dataset, protocol).atomic_splits(split)
+           if split_sizes.get(s, 0) > 0]
+  return '+'.join(parts) if parts else None

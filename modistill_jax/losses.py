@@ -1,0 +1,78 @@
+"""The paper's losses, as pure functions of arrays.
+
+Equation numbers refer to the paper (`shared/paper.txt`, section 3.2); where the
+paper is silent, the reductions follow the authors' implementation
+(`shared/reference-notes.md`):
+
+* eq. (1), `hallucination_loss`: `weight * reduce((sigmoid(A_d) - sigmoid(A_h))^2)`
+  on one endpoint, reduced by a *sum over every element* (clips, frames, space,
+  channels) with `weight=0.01` in the reference. A sum grows with the batch and
+  the feature-map size; `reduction='mean'` is the size-free alternative.
+* eq. (3)/(4), `generalized_distillation_loss`:
+  `(1 - lambda) * CE(y, softmax(z_s)) + lambda * CE(softmax(z_t / T), softmax(z_s / T))`,
+  each cross-entropy averaged over clips, no T^2 factor.
+* eq. (5), `total_loss`: `(1 - alpha) * L_GD + alpha * L_hall`.
+
+Nothing here stops gradients: the trainer differentiates only the student's
+parameters, and the model stops gradients at a frozen giver.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+  """Softmax cross-entropy with integer labels, mean over the batch."""
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32), axis=-1))
+
+
+def soft_cross_entropy(logits: Array, target_probs: Array) -> Array:
+  """`mean_clips(-sum_k p_k log softmax(logits)_k)` against a probability target."""
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.sum(target_probs * log_p, axis=-1))
+
+
+def hallucination_loss(teacher_activations: Array, student_activations: Array, *,
+                       reduction: Literal['sum', 'mean'] = 'sum',
+                       weight: float = 0.01) -> Array:
+  """Eq. (1): `weight * reduce((sigmoid(A_teacher) - sigmoid(A_student))^2)`."""
+  diff = (jax.nn.sigmoid(teacher_activations.astype(jnp.float32))
+          - jax.nn.sigmoid(student_activations.astype(jnp.float32)))
+  if reduction == 'sum':
+    reduced = jnp.sum(diff ** 2)
+  elif reduction == 'mean':
+    reduced = jnp.mean(diff ** 2)
+  else:
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+  return weight * reduced
+
+
+def soft_targets(teacher_logits: Array, temperature: float) -> Array:
+  """Eq. (4): `s = softmax(f_t(x) / T)`."""
+  return jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+
+
+def generalized_distillation_loss(student_logits: Array, teacher_logits: Array,
+                                  labels: Array, *, temperature: float = 10.0,
+                                  lam: float = 0.5) -> dict[str, Array]:
+  """Eq. (3): `(1 - lambda) * hard + lambda * soft`.
+
+  Returns a dict with the weighted total under `'loss'` and the unweighted
+  `'hard'` and `'soft'` terms, which the trainer logs separately.
+  """
+  hard = cross_entropy(student_logits, labels)
+  soft = soft_cross_entropy(student_logits / temperature,
+                            soft_targets(teacher_logits, temperature))
+  return {'loss': (1.0 - lam) * hard + lam * soft, 'hard': hard, 'soft': soft}
+
+
+def total_loss(gd_loss: Array, hall_loss: Array, *, alpha: float = 0.5) -> Array:
+  """Eq. (5): `L = (1 - alpha) * L_GD + alpha * L_hall`."""
+  return (1.0 - alpha) * gd_loss + alpha * hall_loss

@@ -1,0 +1,6 @@
+"""Flax modules: the ResNet-50 stream and the multi-stream network."""
+
+from modistill_jax.models.multistream import MultiStream
+from modistill_jax.models.resnet import Stream
+
+__all__ = ['MultiStream', 'Stream']
