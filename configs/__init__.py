@@ -1,0 +1,1 @@
+"""Protocol configs: `configs/<protocol>.py:<stage>` (see modistill_jax/config_lib.py)."""

@@ -1,0 +1,28 @@
+"""The CPU demo: the whole method on the synthetic RGB+D dataset with a tiny stream.
+
+  python -m modistill_jax.train --config=configs/demo.py:all --workdir=workdirs/demo
+
+`make demo` runs this plus the baselines, evaluations and the report. The
+dataset (data_builders/synthetic_rgbd) is built on first use, no download.
+The stream has the real topology (4 blocks, temporal convs and connections at
+unit 1 of each block) at width 8 with 2 units per block, on 64x64 frames.
+"""
+
+from modistill_jax import config_lib
+
+
+def get_config(stage: str = 'step1'):
+  config = config_lib.base_config()
+  config.dataset = 'synthetic_rgbd'
+  config.protocol = 'cross_view'
+  config.build_if_missing = True
+  config.batch_size = 16
+  config.eval_batch_size = 64
+  config.num_epochs = 6
+  config.log_every_steps = 20
+  config.checkpoint_every_steps = 500
+  config.input.image_size = 64
+  config.input.worker_count = 1
+  config.model.units_per_block = (2, 2, 2, 2)
+  config.model.width = 8
+  return config_lib.finalize(config, stage)

@@ -1,0 +1,114 @@
+"""Orbax checkpoints of a stage: the latest (with the data iterator) and the best.
+
+Layout of a stage folder `WORKDIR/<stage>/`:
+
+* `checkpoints/latest/<step>/{state,data}`: train state plus the Grain iterator
+  position, every `checkpoint_every_steps`, at the end, and on SIGTERM; a
+  restarted job resumes from it and sees exactly the batches an uninterrupted
+  run would have.
+* `checkpoints/best/<step>/state`: the state with the best validation accuracy
+  (or the final one when the protocol has no validation split). This is what
+  the test evaluation, later stages and `predict`/`export` read.
+
+The state is saved as a plain dict (`step`, `params`, `batch_stats`,
+`opt_state`, `frozen`), so any later stage can read the streams it needs
+without knowing the optimizer of the stage that wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from etils import epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from modistill_jax import steps
+
+
+def state_to_dict(state: steps.TrainState) -> dict[str, Any]:
+  return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state, 'frozen': state.frozen}
+
+
+def dict_to_state(d: dict[str, Any]) -> steps.TrainState:
+  return steps.TrainState(**d)
+
+
+class StageCheckpoints:
+  """The latest and best checkpoint managers of one stage folder."""
+
+  def __init__(self, stage_dir: str | os.PathLike, *, keep: int = 1,
+               save_interval_steps: int = 1):
+    root = epath.Path(stage_dir) / 'checkpoints'
+    self.latest = ocp.CheckpointManager(
+        root / 'latest', item_names=('state', 'data'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             save_interval_steps=save_interval_steps))
+    self.best = ocp.CheckpointManager(
+        root / 'best', item_names=('state',),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def save_latest(self, step: int, state: steps.TrainState, data_iterator, *,
+                  force: bool = False) -> bool:
+    return self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_to_dict(state)),
+        data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+
+  def save_best(self, step: int, state: steps.TrainState) -> None:
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_to_dict(state))), force=True)
+
+  def restore_latest(self, abstract_state: steps.TrainState, data_iterator
+                     ) -> steps.TrainState:
+    step = self.latest.latest_step()
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state_to_dict(abstract_state)),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    return dict_to_state(restored['state'])
+
+  def restore_best(self, abstract_state: steps.TrainState) -> steps.TrainState:
+    restored = self.best.restore(self.best.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state_to_dict(abstract_state))))
+    return dict_to_state(restored['state'])
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def best_dir(stage_dir: str | os.PathLike) -> epath.Path:
+  return epath.Path(stage_dir) / 'checkpoints' / 'best'
+
+
+def read_best_state(stage_dir: str | os.PathLike) -> dict[str, Any]:
+  """A finished stage's best state as nested numpy dicts (no target needed).
+
+  Raises:
+    FileNotFoundError: the stage has no best checkpoint yet.
+  """
+  directory = best_dir(stage_dir)
+  with ocp.CheckpointManager(directory, item_names=('state',),
+                             options=ocp.CheckpointManagerOptions(create=False)) as mgr:
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(str(directory))
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.device_get(restored['state'])
+
+
+def stream_variables(state: dict[str, Any], stream: str) -> dict[str, Any]:
+  """`{'params', 'batch_stats'}` of one stream of a saved state, trainable or frozen."""
+  for source in (state, state.get('frozen') or {}):
+    params = source.get('params') or {}
+    if stream in params:
+      return {'params': params[stream], 'batch_stats': source['batch_stats'][stream]}
+  available = sorted(set(state.get('params') or {})
+                     | set((state.get('frozen') or {}).get('params') or {}))
+  raise KeyError(f'No stream {stream!r} in checkpoint; it has {available}.')

@@ -1,0 +1,119 @@
+"""The one base config: every field any stage or protocol reads is declared here.
+
+Protocol configs (`configs/*.py`) start from `base_config()`, set their dataset
+fields and call `finalize(config, stage)`; command-line `--config.x=y` overrides
+then apply to a locked config, so a misspelled key is an error, not a silent
+new field. Nothing else in the library has hidden numeric defaults: the trainer
+reads every number from here.
+
+Defaults follow the authors' implementation (`shared/reference-notes.md`);
+where we differ, the field's comment says so.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from modistill_jax import stages
+
+# VGG/ImageNet channel means in 0..255, RGB order: what the TF-slim resnet_v1_50
+# weights expect (mean subtraction only). The reference applied it to depth too.
+VGG_MEAN = (123.68, 116.78, 103.94)
+UNIT_STD = (1.0, 1.0, 1.0)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with their defaults (the NTU cross-subject reference setting)."""
+  c = ml_collections.ConfigDict()
+  c.stage = 'step1'              # see modistill_jax/stages.py: STAGES
+  c.privileged = 'depth'         # the training-only modality; 'rgb' = Table 4 inverted setting
+  c.seed = 0
+
+  # Data.
+  c.dataset = 'ntu_rgbd'         # TFDS name (builders in data_builders/)
+  c.builder_config = ''          # TFDS builder config ('' = the builder's default)
+  c.protocol = 'cross_subject'   # modistill_jax/data/protocols.py
+  c.data_dir = ''                # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  c.build_if_missing = False     # build the dataset on first use (only for download-free builders)
+
+  # Schedule. batch_size is the GLOBAL number of clips per step, over all hosts and devices.
+  c.batch_size = 5
+  c.eval_batch_size = 5
+  c.num_epochs = 40
+  c.num_train_steps = -1         # > 0 overrides num_epochs (smoke runs and tests)
+  c.eval_every_epochs = 1
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 1         # latest checkpoints kept besides the best-on-validation one
+  c.max_eval_batches = -1        # > 0 truncates evaluation (smoke runs only; results say so)
+
+  c.input = ml_collections.ConfigDict()
+  c.input.num_frames = 5
+  c.input.image_size = 224
+  c.input.uniform_prob = 0.5     # training: P(uniformly spaced frames), else random frames in order
+  c.input.flip = True            # one horizontal flip decision per clip, shared by both modalities
+  c.input.worker_count = 8       # grain decoding processes per host (0 = in the main process)
+  c.input.prefetch = 2           # batches placed on devices ahead of the step
+  c.input.rgb_mean = VGG_MEAN
+  c.input.rgb_std = UNIT_STD
+  c.input.depth_mean = VGG_MEAN
+  c.input.depth_std = UNIT_STD
+
+  c.model = ml_collections.ConfigDict()
+  c.model.units_per_block = (3, 4, 6, 3)
+  c.model.width = 64
+  c.model.stride_layout = 'slim'
+  c.model.dtype = 'float32'      # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+  c.model.connections = True     # multiplicative cross-stream connections (steps 2-4)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.kind = 'eq5'            # step 3 / hoffman: 'xent' | 'eq1' | 'eq3' | 'eq5'
+  c.loss.temperature = 10.0      # T, eq. (4)
+  c.loss.lam = 0.5               # lambda, eq. (3)
+  c.loss.alpha = 0.5             # alpha, eq. (5)
+  c.loss.hall_endpoint = 'block4'  # L_hall feature map (any Stream endpoint name)
+  c.loss.hall_weight = 0.01
+  c.loss.hall_reduction = 'sum'  # 'sum' (reference) | 'mean'
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = 'constant'  # 'constant' | 'cosine' | 'warmup_cosine'
+  c.optimizer.warmup_steps = 0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0  # decoupled (AdamW); the reference had none in effect
+  c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
+
+  c.init = ml_collections.ConfigDict()
+  c.init.imagenet = ''           # converted ImageNet checkpoint dir (python -m modistill_jax.pretrained)
+  c.init.from_workdir = ''       # step 1 starts from this run's step-1 streams (e.g. NTU for NW-UCLA)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = 'test'
+  c.eval.depth_noise_std = 0.0   # sigma of n ~ N(1, sigma) multiplying depth (paper 4.3)
+  c.eval.void_depth = False      # depth replaced by zeros
+  c.eval.noise_variances = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # Table 2 columns (sigma^2)
+  c.eval.noise_seed = 0
+  return c
+
+
+def finalize(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+  """Sets the stage and checks the config; protocol configs end with this."""
+  stages.check_stage_name(stage)
+  config.stage = stage
+  check(config)
+  return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Fails early, with the fix, on values the trainer could not use."""
+  stages.check_stage_name(config.stage)
+  if config.privileged not in ('depth', 'rgb'):
+    raise ValueError(f"config.privileged must be 'depth' or 'rgb', got {config.privileged!r}.")
+  if config.loss.kind not in stages.LOSS_KINDS:
+    raise ValueError(f'config.loss.kind must be one of {stages.LOSS_KINDS}, got {config.loss.kind!r}.')
+  if config.model.dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}.")
+  if config.batch_size <= 0 or config.eval_batch_size <= 0:
+    raise ValueError('config.batch_size and config.eval_batch_size must be positive.')

@@ -1,0 +1,217 @@
+"""Train state, stage model, losses and the pure train/eval step functions.
+
+Everything here is a pure function of arrays and static configuration, so the
+trainer jits it once over a device mesh and tests and notebooks can import it.
+
+* `TrainState.params` / `batch_stats` / `opt_state` hold only the trainable
+  streams. A frozen teacher (step 3) sits in `TrainState.frozen`: it is an input
+  of the loss, never differentiated (the gradient is taken with respect to
+  `params` only), never updated, has no optimizer state, and its BatchNorm runs
+  in inference mode (`ModelSpec.giver_frozen`).
+* Inputs arrive as uint8 clips and are normalised on the device (4x less
+  host-to-device traffic than float32); test-time depth noise is applied there
+  too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from modistill_jax import losses
+from modistill_jax import stages
+from modistill_jax.data import preprocess
+from modistill_jax.models import MultiStream
+
+Array = jax.Array
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array
+  params: PyTree        # trainable streams only: {stream: ...}
+  batch_stats: PyTree   # trainable streams only
+  opt_state: PyTree
+  frozen: PyTree        # {'params': {stream: ...}, 'batch_stats': {stream: ...}}; {} when none
+
+  def variables(self) -> dict[str, PyTree]:
+    """All streams' variables, trainable and frozen, as Flax expects them."""
+    frozen_params = self.frozen.get('params', {}) if self.frozen else {}
+    frozen_stats = self.frozen.get('batch_stats', {}) if self.frozen else {}
+    return {'params': {**self.params, **frozen_params},
+            'batch_stats': {**self.batch_stats, **frozen_stats}}
+
+
+class StageModel:
+  """The `MultiStream` modules of a stage, applied as one model.
+
+  Most stages are one `MultiStream`; the hoffman baseline has three independent
+  streams. Stream names stay at the top of the variable trees, which is what
+  lets stage chaining address `params['depth']` whatever the stage.
+  """
+
+  def __init__(self, stage: stages.Stage, model_config: ml_collections.ConfigDict,
+               num_classes: int):
+    self.stage = stage
+    dtype = jnp.bfloat16 if model_config.dtype == 'bfloat16' else jnp.float32
+    self.dtype = dtype
+    self.modules = tuple(
+        MultiStream(num_classes=num_classes, receiver=m.receiver,
+                    receiver_input=m.receiver_input, giver=m.giver,
+                    giver_input=m.giver_input, connections=m.connections,
+                    giver_frozen=m.giver_frozen,
+                    units_per_block=tuple(model_config.units_per_block),
+                    width=model_config.width, stride_layout=model_config.stride_layout,
+                    dtype=dtype)
+        for m in stage.models)
+
+  def init(self, rng: Array, inputs: Mapping[str, Array]) -> dict[str, PyTree]:
+    variables = {'params': {}, 'batch_stats': {}}
+    for module, key in zip(self.modules, jax.random.split(rng, len(self.modules))):
+      v = module.init(key, inputs, train=False)
+      variables['params'].update(v['params'])
+      variables['batch_stats'].update(v['batch_stats'])
+    return variables
+
+  def apply(self, variables: Mapping[str, PyTree], inputs: Mapping[str, Array], *,
+            train: bool) -> tuple[dict[str, Any], dict[str, PyTree]]:
+    """Returns the merged outputs and (in training) the updated batch stats."""
+    outputs = {'logits': {}, 'endpoints': {}}
+    new_stats = {}
+    for module in self.modules:
+      names = module.stream_names
+      v = {c: {s: variables[c][s] for s in names} for c in ('params', 'batch_stats')}
+      if train:
+        out, updates = module.apply(v, inputs, train=True, mutable=['batch_stats'])
+        new_stats.update(updates['batch_stats'])
+      else:
+        out = module.apply(v, inputs, train=False)
+      outputs['logits'].update(out['logits'])
+      outputs['endpoints'].update(out['endpoints'])
+    outputs['fused'] = jnp.mean(
+        jnp.stack([outputs['logits'][s] for s in self.stage.fused]), axis=0)
+    return outputs, new_stats
+
+
+def model_inputs(batch: Mapping[str, Array], input_config: ml_collections.ConfigDict,
+                 modalities: tuple[str, ...], dtype, depth_transform=None) -> dict[str, Array]:
+  """uint8 clips -> normalised clips of the modalities a stage reads."""
+  inputs = {}
+  for m in modalities:
+    clips = batch[m].astype(jnp.float32)
+    if m == 'depth' and depth_transform is not None:
+      clips = depth_transform(clips)
+    inputs[m] = preprocess.normalize(clips, tuple(input_config[f'{m}_mean']),
+                                     tuple(input_config[f'{m}_std'])).astype(dtype)
+  return inputs
+
+
+def _distillation(loss_config: ml_collections.ConfigDict, student_logits: Array,
+                  teacher_logits: Array, student_features: Array, teacher_features: Array,
+                  labels: Array) -> tuple[Array, dict[str, Array]]:
+  """The step-3 / hoffman hallucination loss chosen by `loss.kind`."""
+  kind = loss_config.kind
+  if kind == 'xent':
+    hard = losses.cross_entropy(student_logits, labels)
+    return hard, {'hard': hard}
+  hall = losses.hallucination_loss(teacher_features, student_features,
+                                   reduction=loss_config.hall_reduction,
+                                   weight=loss_config.hall_weight)
+  if kind == 'eq1':
+    return hall, {'hall': hall}
+  gd = losses.generalized_distillation_loss(student_logits, teacher_logits, labels,
+                                            temperature=loss_config.temperature,
+                                            lam=loss_config.lam)
+  terms = {'hard': gd['hard'], 'soft': gd['soft']}
+  if kind == 'eq3':
+    return gd['loss'], terms
+  return losses.total_loss(gd['loss'], hall, alpha=loss_config.alpha), {**terms, 'hall': hall}
+
+
+def stage_loss(stage: stages.Stage, loss_config: ml_collections.ConfigDict,
+               outputs: Mapping[str, Any], labels: Array) -> tuple[Array, dict[str, Array]]:
+  """The stage's training loss and its separately logged terms."""
+  logits = outputs['logits']
+  if stage.loss == 'xent_fused':
+    loss = losses.cross_entropy(outputs['fused'], labels)
+    return loss, {'xent': loss}
+  teacher, student = stage.teacher, stage.student
+  xents = {f'xent_{s}': losses.cross_entropy(logits[s], labels)
+           for s in stage.trainable if s != student}
+  if stage.loss == 'xent_each':
+    return sum(xents.values()), xents
+  endpoint = loss_config.hall_endpoint
+  distill, terms = _distillation(
+      loss_config, logits[student], jax.lax.stop_gradient(logits[teacher]),
+      outputs['endpoints'][student][endpoint],
+      jax.lax.stop_gradient(outputs['endpoints'][teacher][endpoint]), labels)
+  if stage.loss == 'distill':
+    return distill, terms
+  # hoffman: every stream learns jointly; the teacher only from its own labels.
+  return distill + sum(xents.values()), {**terms, **xents}
+
+
+def accuracies(stage: stages.Stage, outputs: Mapping[str, Any], labels: Array) -> dict[str, Array]:
+  acc = {f'accuracy/{s}': jnp.mean(jnp.argmax(l, -1) == labels)
+         for s, l in outputs['logits'].items()}
+  if len(stage.fused) > 1:
+    acc['accuracy/fused'] = jnp.mean(jnp.argmax(outputs['fused'], -1) == labels)
+  return acc
+
+
+def train_step(state: TrainState, batch: Mapping[str, Array], *, model: StageModel,
+               config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+               schedule: optax.Schedule) -> tuple[TrainState, dict[str, Array]]:
+  """One optimisation step on a global batch; differentiates `state.params` only."""
+  stage = model.stage
+  inputs = model_inputs(batch, config.input, stage.inputs, model.dtype)
+  labels = batch['label']
+
+  def loss_fn(params):
+    variables = state.replace(params=params).variables()
+    outputs, new_stats = model.apply(variables, inputs, train=True)
+    loss, terms = stage_loss(stage, config.loss, outputs, labels)
+    return loss, (terms, outputs, new_stats)
+
+  (loss, (terms, outputs, new_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  batch_stats = {s: new_stats[s] for s in state.batch_stats}
+  metrics = {'loss': loss, **{f'loss/{k}': v for k, v in terms.items()},
+             **accuracies(stage, outputs, labels),
+             'grad_norm': optax.global_norm(grads), 'param_norm': optax.global_norm(params),
+             'learning_rate': schedule(state.step)}
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def depth_transform_fn(eval_config: ml_collections.ConfigDict, key: Array):
+  """Test-time depth corruption (paper section 4.3), or None for clean depth."""
+  if eval_config.void_depth:
+    return preprocess.void_depth
+  if eval_config.depth_noise_std > 0:
+    return functools.partial(preprocess.depth_noise, key, sigma=eval_config.depth_noise_std)
+  return None
+
+
+def eval_step(state: TrainState, batch: Mapping[str, Array], noise_key: Array, *,
+              model: StageModel, config: ml_collections.ConfigDict) -> dict[str, Array]:
+  """Per-example predictions of every stream and of the fused model."""
+  stage = model.stage
+  inputs = model_inputs(batch, config.input, stage.inputs, model.dtype,
+                        depth_transform_fn(config.eval, noise_key))
+  outputs, _ = model.apply(state.variables(), inputs, train=False)
+  preds = {f'pred/{s}': jnp.argmax(l, -1).astype(jnp.int32)
+           for s, l in outputs['logits'].items()}
+  preds['pred/fused'] = jnp.argmax(outputs['fused'], -1).astype(jnp.int32)
+  return {**preds, 'label': batch['label'], 'mask': batch['mask'], 'index': batch['index']}
