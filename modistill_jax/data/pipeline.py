@@ -1,0 +1,358 @@
+"""Built TFDS clip records -> per-host uint8 batches for a data-parallel trainer.
+
+Why Grain over TFDS ArrayRecord (`tfds.data_source`):
+
+* Random access. A record is a whole clip (all its encoded frames); a training
+  example uses 5 of them. Random access lets the pipeline shuffle the whole
+  split globally, decode only the sampled frames, and shard by index without
+  reading the other hosts' records.
+* Checkpointable iterators. A Grain iterator's position is a small JSON state
+  (`get_state`/`set_state`), saved with the train state through Orbax
+  (`grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`
+  as an item of the `ocp.CheckpointManager`), so a resumed run sees exactly the
+  batches an uninterrupted run would have. tf.data can only do this by
+  serialising buffers.
+* Determinism independent of parallelism. Everything random is a function of
+  the seed and an index, so the stream is the same for any number of worker
+  processes (`mp_prefetch` interleaves its workers' strided slices back into
+  the original order).
+
+Training stream (`train_iterator`), per host:
+
+1. Record indices `0..N-1`, shuffled globally and reshuffled every epoch
+   (Grain's index shuffle, keyed by seed + epoch), repeated forever.
+2. Host `p` of `P` takes positions `p, p + P, ...` of that global stream: its
+   rows of every global batch. Every record is read by exactly one host per
+   epoch, and a global batch holds the same clips whatever the host count (in
+   another order). Sharding the records first and shuffling per host with one
+   seed would instead put records `k*P .. k*P + P - 1` (neighbours in the
+   builder's order) into the same global batch.
+3. Each clip's randomness (uniform or random frames, flip) comes from a
+   generator seeded by `(seed, epoch, record index)`, not by stream position
+   as Grain's `random_map` does: with a position-keyed generator the `j`-th
+   clip of every host would share its augmentation draws.
+4. Decode only the sampled frames (Pillow; JPEG's DCT `draft` when shrinking
+   by 2x or more), bilinear resize when the stored size differs, flip.
+   Decoding runs in `ReadOptions` threads (Pillow releases the GIL while
+   decoding) inside each of `worker_count` processes (`mp_prefetch`; 0 keeps
+   everything in this process for tests and notebooks).
+5. Batch `global_batch_size // P` clips in this process, and prefetch the next
+   batches in a thread, so the trainer's `next()` overlaps the device step.
+
+Evaluation (`eval_iterator`): host `p` reads `records[p::P]`, padded with
+`mask=False` entries (`index=-1`, zero frames) to `ceil(ceil(N / P) / local
+batch)` batches on every host, so all hosts run the same number of steps and
+every record counts exactly once (big_vision's `make_for_inference` scheme).
+
+Batches are dicts of numpy arrays: `rgb`, `depth` uint8 `(B, T, H, W, 3)`,
+`label` int32 `(B,)`, `mask` bool `(B,)`, `index` int32 `(B,)` (record index in
+the split). Normalisation and depth noise run on device (`preprocess.py`), so
+host-to-device transfers stay uint8.
+
+Throughput on the development machine (2 cores, no accelerator), clips of 5
+RGB JPEG + 5 jet PNG frames stored at 224x224, local batch 32
+(`python -m modistill_jax.data.pipeline_speed`):
+
+| pipeline              | clips/s |
+|-----------------------|---------|
+| 0 workers (threads)   | MEASURE0 |
+| 1 worker process      | MEASURE1 |
+| 2 worker processes    | MEASURE2 |
+| decode only, 1 thread | DECODE1 (x 2 cores = DECODE2 bound) |
+
+A real step of the two-stream network on one accelerator consumes far more
+clips per second than two cores decode, so on a TPU/GPU host `worker_count`
+should be about the host's core count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+import dataclasses
+import io
+import math
+import os
+import time
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from modistill_jax.data import protocols
+from modistill_jax.data import sampling
+
+Batch = dict[str, np.ndarray]
+
+# Threads decoding clips inside each process (main process or worker): Pillow
+# releases the GIL while decoding, so threads use the cores without pickling.
+READ_THREADS = 4
+# Batches prefetched after batching, so the trainer never waits on stacking.
+BATCH_PREFETCH = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A protocol's split, readable by index."""
+  records: Sequence[dict]
+  class_names: tuple[str, ...]
+  name: str
+
+
+def load_source(dataset: str, protocol: str, split: str, *,
+                data_dir: str | None = None,
+                builder_config: str | None = None) -> Source | None:
+  """The records of `split` ('train', 'validation', 'test') of a built dataset.
+
+  The dataset is opened from its built files (the newest version in
+  `data_dir`), not from builder code: the trainer reads what was built
+  without importing `data_builders`, and a builder edited since cannot change
+  how existing records are read.
+
+  Returns:
+    None when the protocol has no such split (e.g. no validation set).
+  """
+  builder = tfds.core.read_only_builder.builder_from_files(
+      dataset, data_dir=data_dir, config=builder_config)
+  split_sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
+  expression = protocols.split_expression(dataset, protocol, split, split_sizes)
+  if expression is None:
+    return None
+  return Source(
+      records=builder.as_data_source(split=expression),
+      class_names=tuple(builder.info.features['label'].names),
+      name=f'{dataset}/{protocol}/{split}',
+  )
+
+
+def _decode_frame(data: bytes, image_size: tuple[int, int], flip: bool) -> np.ndarray:
+  """Encoded JPEG/PNG -> `(H, W, 3)` uint8 at `image_size`, mirrored when `flip`."""
+  height, width = image_size
+  with Image.open(io.BytesIO(data)) as image:
+    if image.size != (width, height):
+      # JPEG only (a no-op for PNG): decode at 1/2, 1/4 or 1/8 scale in the DCT
+      # domain while staying at least as large as the target.
+      image.draft('RGB', (width, height))
+    image = image.convert('RGB')
+    if image.size != (width, height):
+      image = image.resize((width, height), Image.BILINEAR)
+    if flip:
+      # Pillow mirrors in C; a reversed numpy view would cost a strided copy.
+      image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(image)
+
+
+def _decode_clip(record: dict, indices: np.ndarray, image_size: tuple[int, int],
+                 flip: bool) -> tuple[np.ndarray, np.ndarray]:
+  """The frames `indices` of both modalities, flipped alike when `flip`."""
+  return tuple(np.stack([_decode_frame(record[modality][i], image_size, flip) for i in indices])
+               for modality in ('rgb', 'depth'))
+
+
+def _num_frames(record: dict) -> int:
+  num_rgb, num_depth = len(record['rgb']), len(record['depth'])
+  if num_rgb != num_depth:
+    raise ValueError(f"{record['sample_id']!r}: {num_rgb} RGB frames but {num_depth} depth "
+                     'frames; the record format requires aligned modalities.')
+  return num_rgb
+
+
+def _example(rgb: np.ndarray, depth: np.ndarray, label: int, mask: bool, index: int) -> Batch:
+  return {'rgb': rgb, 'depth': depth, 'label': np.int32(label), 'mask': np.bool_(mask),
+          'index': np.int32(index)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EpochOf:
+  """`(position in the repeated stream, record index)` -> `(epoch, record index)`."""
+  num_records: int
+
+  def __call__(self, position: int, record_index: int) -> tuple[int, int]:
+    return position // self.num_records, record_index
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainClip:
+  """`(epoch, record index)` -> one augmented training example."""
+  records: Sequence[dict]
+  num_frames: int
+  image_size: tuple[int, int]
+  seed: int
+  uniform_prob: float
+  flip: bool
+
+  def __call__(self, epoch_and_index: tuple[int, int]) -> Batch:
+    epoch, index = epoch_and_index
+    rng = np.random.default_rng([self.seed, epoch, index])
+    record = self.records[index]
+    indices = sampling.train_indices(_num_frames(record), self.num_frames, rng,
+                                     self.uniform_prob)
+    flip = self.flip and rng.random() < 0.5
+    rgb, depth = _decode_clip(record, indices, self.image_size, flip)
+    return _example(rgb, depth, record['label'], True, index)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalClip:
+  """Record index -> uniformly sampled example; -1 -> a masked-out zero example."""
+  records: Sequence[dict]
+  num_frames: int
+  image_size: tuple[int, int]
+
+  def __call__(self, index: int) -> Batch:
+    if index < 0:
+      zeros = np.zeros((self.num_frames, *self.image_size, 3), np.uint8)
+      return _example(zeros, zeros, 0, False, -1)
+    record = self.records[index]
+    indices = sampling.uniform_indices(_num_frames(record), self.num_frames)
+    rgb, depth = _decode_clip(record, indices, self.image_size, flip=False)
+    return _example(rgb, depth, record['label'], True, index)
+
+
+def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+  return process_index, process_count
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(
+        f'global_batch_size {global_batch_size} must be a positive multiple of the '
+        f'process count {process_count}.')
+  return global_batch_size // process_count
+
+
+def _decoded_and_batched(ds: grain.MapDataset, local_batch_size: int, worker_count: int,
+                         worker_buffer_size: int, drop_remainder: bool) -> grain.IterDataset:
+  """Decode in threads (and worker processes), batch here, prefetch batches."""
+  if worker_count and not flags.FLAGS.is_parsed():
+    # Grain's worker processes read absl flags; outside an absl app (tests,
+    # notebooks, scripts) nothing parsed them, and the defaults are what we want.
+    flags.FLAGS.mark_as_parsed()
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=READ_THREADS, prefetch_buffer_size=max(READ_THREADS, local_batch_size)))
+  ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+  ds = ds.batch(local_batch_size, drop_remainder=drop_remainder)
+  return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=BATCH_PREFETCH)
+
+
+def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frames: int,
+                   image_size: tuple[int, int], seed: int, uniform_prob: float = 0.5,
+                   flip: bool = True, process_index: int | None = None,
+                   process_count: int | None = None, worker_count: int = 0,
+                   worker_buffer_size: int = 2) -> grain.DatasetIterator:
+  """Endless, per-epoch reshuffled batches: this host's rows of each global batch.
+
+  Args:
+    records: the split, random access (`Source.records`).
+    global_batch_size: clips per step over all hosts; divisible by the host count.
+    num_frames: frames sampled per clip.
+    image_size: `(H, W)` of the output frames.
+    seed: determines the order and every augmentation.
+    uniform_prob: probability of uniformly spaced frames (else random ones).
+    flip: flip half the clips horizontally (all frames, both modalities).
+    process_index, process_count: this host and the host count; default JAX's.
+    worker_count: decoding processes; 0 decodes in threads of this process.
+    worker_buffer_size: decoded clips each worker keeps ready.
+
+  Returns:
+    A Grain iterator of batch dicts (see the module docstring) with
+    `get_state()`/`set_state()`; `close()` it to stop the workers.
+  """
+  process_index, process_count = _hosts(process_index, process_count)
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  if not records:
+    raise ValueError('Cannot train on an empty split.')
+  ds = grain.MapDataset.range(len(records)).seed(seed).shuffle().repeat()
+  ds = ds.map_with_index(_EpochOf(len(records)))
+  ds = ds[process_index::process_count]
+  ds = ds.map(_TrainClip(records, num_frames, tuple(image_size), seed, uniform_prob, flip))
+  ds = _decoded_and_batched(ds, local_batch_size, worker_count, worker_buffer_size,
+                            drop_remainder=True)
+  return iter(ds)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatches:
+  """One pass over a split: `num_batches` batches on every host.
+
+  Attributes:
+    dataset: the Grain pipeline; each iteration starts a fresh pass.
+    num_batches: batches per host, the same on every host.
+    num_examples: records in the split over all hosts, i.e. the sum of `mask`
+      over the assembled global batches of one pass.
+  """
+  dataset: grain.IterDataset
+  num_batches: int
+  num_examples: int
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[Batch]:
+    return iter(self.dataset)
+
+
+def eval_iterator(records: Sequence[dict], *, global_batch_size: int, num_frames: int,
+                  image_size: tuple[int, int], process_index: int | None = None,
+                  process_count: int | None = None, worker_count: int = 0) -> EvalBatches:
+  """Every record exactly once over all hosts, uniformly sampled, padded with mask=False."""
+  process_index, process_count = _hosts(process_index, process_count)
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  max_per_host = math.ceil(len(records) / process_count)
+  num_batches = math.ceil(max_per_host / local_batch_size)
+  indices = np.full(num_batches * local_batch_size, -1, np.int64)
+  own = np.arange(process_index, len(records), process_count)
+  indices[:len(own)] = own
+  ds = grain.MapDataset.source(indices.tolist())
+  ds = ds.map(_EvalClip(records, num_frames, tuple(image_size)))
+  ds = _decoded_and_batched(ds, local_batch_size, worker_count, worker_buffer_size=2,
+                            drop_remainder=False)
+  return EvalBatches(dataset=ds, num_batches=num_batches, num_examples=len(records))
+
+
+def usable_cores() -> int:
+  """Cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def measure_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
+                        image_size: tuple[int, int] = (224, 224), batch_size: int = 32,
+                        worker_count: int = 0, seconds: float = 10.0) -> float:
+  """Training-pipeline throughput alone (clips/s), after two warm-up batches."""
+  iterator = train_iterator(records, global_batch_size=batch_size, num_frames=num_frames,
+                            image_size=image_size, seed=0, process_index=0, process_count=1,
+                            worker_count=worker_count)
+  try:
+    for _ in range(2):
+      next(iterator)
+    clips, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      clips += len(next(iterator)['label'])
+    return clips / (time.perf_counter() - start)
+  finally:
+    iterator.close()
+
+
+def measure_decode_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
+                               seconds: float = 10.0) -> float:
+  """Decoding alone in one thread: `num_frames` RGB + depth frames per clip, clips/s.
+
+  Times this rate the number of cores is the most any pipeline can deliver.
+  """
+  clips, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    record = records[clips % len(records)]
+    for i in sampling.uniform_indices(_num_frames(record), num_frames):
+      for modality in ('rgb', 'depth'):
+        with Image.open(io.BytesIO(record[modality][i])) as image:
+          image.convert('RGB')
+    clips += 1
+  return clips / (time.perf_counter() - start)
+
