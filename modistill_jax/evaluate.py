@@ -75,14 +75,14 @@ def evaluate_stage(config: ml_collections.ConfigDict, workdir: str,
 def noise_sweep(config: ml_collections.ConfigDict, workdir: str,
                 stage_name: str) -> list[dict[str, Any]]:
   """Table 2: accuracy with clean depth, each noise variance, and void depth."""
+  config = config.copy_and_resolve_references()  # the caller's config stays clean
   settings = [('no noise', 0.0, False)]
   settings += [(f'{v:g}', math.sqrt(v), False) for v in config.eval.noise_variances]
   settings.append(('void', 0.0, True))
   rows = []
   for label, sigma, void in settings:
-    with config.unlocked():
-      config.eval.depth_noise_std = sigma
-      config.eval.void_depth = void
+    config.eval.depth_noise_std = sigma
+    config.eval.void_depth = void
     result = evaluate_stage(config, workdir, stage_name)
     rows.append({'sigma2': label, 'sigma': sigma, 'void': void, **result})
   return rows

@@ -1,0 +1,294 @@
+"""Results of a run folder as the paper's tables and plots (demo report, notebooks).
+
+Everything here reads files a run wrote (`<stage>/results.json`,
+`metrics.jsonl`, `dataset.json`, `predictions_test.npz`, `noise_sweep.json`);
+nothing trains. `write_report(workdir)` writes `report.md` and its PNGs.
+
+Table 1 rows are the paper's, each filled from the stage and stream that
+produce it; a row whose stage was not run is left out. One difference from the
+paper's labels is spelled out: step 3 *with* connections feeds the frozen depth
+stream at test time (its unit-0 outputs gate the hallucination stream), so its
+test modality is "RGB (hall) + depth via connections", not RGB alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from modistill_jax import metrics as metrics_lib
+
+ABLATION_DIR = 'no_connections'
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One Table 1 row: which stage folder and stream produce it."""
+  number: str          # the paper's row number
+  method: str
+  test_modality: str
+  loss: str
+  stage: str
+  stream: str          # key of results['test']['accuracy']
+  ablation: bool = False  # read from WORKDIR/no_connections/
+
+
+TABLE1_ROWS = (
+    Row('1', 'step 1, depth stream', 'Depth', 'x-entr', 'step1', 'depth'),
+    Row('2', 'step 1, RGB stream', 'RGB', 'x-entr', 'step1', 'rgb'),
+    Row('3-5', 'Hoffman et al. w/o connections', 'RGB', '{loss}', 'hoffman', 'fused'),
+    Row('6', 'step 2, depth stream', 'Depth', 'x-entr', 'step2', 'depth'),
+    Row('7', 'step 2, RGB stream', 'RGB', 'x-entr', 'step2', 'rgb'),
+    Row('8', 'step 2', 'RGB & Depth', 'x-entr', 'step2', 'fused'),
+    Row('9', 'step 2 w/o connections', 'RGB & Depth', 'x-entr', 'step2', 'fused', True),
+    Row('13', 'step 3 w/ connections', 'RGB (hall) + depth via connections', '{loss}',
+        'step3', 'hall'),
+    Row('14', 'step 3 w/o connections', 'RGB (hall)', '{loss}', 'step3', 'hall', True),
+    Row('15', 'step 4', 'RGB', 'x-entr', 'step4', 'fused'),
+)
+
+# The paper's Table 1 (NTU RGB+D, %), by row number: (cross-subject, cross-view).
+PAPER_TABLE1 = {
+    '1': (70.44, 75.16), '2': (66.52, 71.39), '3': (64.64, None), '4': (68.60, None),
+    '5': (70.70, None), '6': (71.09, 77.30), '7': (66.68, 56.26), '8': (79.73, 81.43),
+    '9': (78.27, 82.11), '10': (69.93, 70.64), '11': (70.47, None), '12': (71.52, None),
+    '13': (71.93, 74.10), '14': (71.10, None), '15': (73.42, 77.21),
+}
+# Table 2 (NTU cross-view, step 2 with noisy depth), by sigma^2 label.
+PAPER_TABLE2 = {'no noise': 81.43, '0.001': 81.34, '0.01': 81.12, '0.1': 76.85,
+                '1': 62.47, '10': 51.43, 'void': 14.24}
+PAPER_HALLUCINATION_CV = 77.21
+# Rows whose paper number depends on the loss the run used.
+LOSS_ROWS = {'3-5': {'eq1': '3', 'eq3': '4', 'eq5': '5'},
+             '13': {'eq1': '11', 'eq3': '12', 'eq5': '13'},
+             '14': {'eq1': '10', 'eq5': '14'}}
+
+
+def _read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def stage_results(workdir: str, stage: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, stage, 'results.json')
+  return _read_json(path) if os.path.exists(path) else None
+
+
+def _step1_stage(workdir: str, stream: str) -> str:
+  """step1 (both streams in one job) or the separate step1_<stream> job."""
+  if stage_results(workdir, 'step1') is None and stage_results(workdir, f'step1_{stream}'):
+    return f'step1_{stream}'
+  return 'step1'
+
+
+def paper_number(row: Row, loss: str, protocol: str | None) -> float | None:
+  """The paper's NTU figure for a row, or None (other datasets, rows it lacks)."""
+  column = {'cross_subject': 0, 'cross_view': 1}.get(protocol or '')
+  if column is None:
+    return None
+  number = LOSS_ROWS[row.number].get(loss) if row.number in LOSS_ROWS else row.number
+  return PAPER_TABLE1.get(number, (None, None))[column] if number else None
+
+
+def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
+  """Table 1 rows with our accuracy (and the paper's, for NTU protocols)."""
+  rows = []
+  for row in TABLE1_ROWS:
+    base = os.path.join(workdir, ABLATION_DIR) if row.ablation else workdir
+    stage = _step1_stage(base, row.stream) if row.stage == 'step1' else row.stage
+    results = stage_results(base, stage)
+    if results is None or split not in results:
+      continue
+    accuracy = results[split]['accuracy'].get(row.stream)
+    if accuracy is None:
+      continue
+    loss = results.get('loss', '')
+    rows.append({'row': row.number, 'method': row.method, 'test_modality': row.test_modality,
+                 'loss': row.loss.format(loss=loss), 'accuracy': 100 * accuracy,
+                 'paper': paper_number(row, loss, results.get('protocol')),
+                 'num_examples': results[split]['num_examples'],
+                 'complete': results[split]['complete']})
+  return rows
+
+
+def table1_markdown(rows: list[dict[str, Any]]) -> str:
+  with_paper = any(r['paper'] is not None for r in rows)
+  head = '| # | method | test modality | loss | accuracy |' + (' paper |' if with_paper else '')
+  rule = '|---' * (6 if with_paper else 5) + '|'
+  lines = [head, rule]
+  for r in rows:
+    line = (f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | "
+            f"{r['accuracy']:.2f}%{'' if r['complete'] else ' (partial)'} |")
+    if with_paper:
+      line += f" {r['paper']:.2f}% |" if r['paper'] is not None else ' - |'
+    lines.append(line)
+  return '\n'.join(lines)
+
+
+def noise_sweep(workdir: str, stage: str = 'step2') -> list[dict[str, Any]] | None:
+  path = os.path.join(workdir, stage, 'noise_sweep.json')
+  return _read_json(path) if os.path.exists(path) else None
+
+
+def table2_markdown(rows: list[dict[str, Any]], hallucination: float | None) -> str:
+  head = '| sigma^2 | ' + ' | '.join(r['sigma2'] for r in rows) + ' |'
+  rule = '|---' * (len(rows) + 1) + '|'
+  body = '| step 2, RGB + noisy depth | ' + ' | '.join(
+      f"{100 * r['accuracy']['fused']:.2f}%" for r in rows) + ' |'
+  lines = [head, rule, body]
+  if hallucination is not None:
+    lines.append(f'\nStep 4 (hallucination, RGB only, no depth at test time): '
+                 f'{hallucination:.2f}%.')
+  return '\n'.join(lines)
+
+
+def dataset_info(workdir: str, stage: str) -> dict[str, Any]:
+  """The stage's `dataset.json`: dataset, protocol, builder config, class names."""
+  return _read_json(os.path.join(workdir, stage, 'dataset.json'))
+
+
+def stage_config(workdir: str, stage: str) -> dict[str, Any]:
+  """The config the stage ran with, as a dict."""
+  return _read_json(os.path.join(workdir, stage, 'config.json'))
+
+
+def class_names(workdir: str, stage: str) -> list[str]:
+  return dataset_info(workdir, stage)['class_names']
+
+
+def confusion_matrix(workdir: str, stage: str, stream: str = 'fused',
+                     split: str = 'test') -> np.ndarray:
+  """Counts `[true, predicted]` from a stage's saved test predictions."""
+  saved = np.load(os.path.join(workdir, stage, f'predictions_{split}.npz'))
+  n = len(class_names(workdir, stage))
+  matrix = np.zeros((n, n), np.int64)
+  np.add.at(matrix, (saved['label'], saved[f'pred/{stream}']), 1)
+  return matrix
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+  totals = matrix.sum(axis=1)
+  return np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
+
+
+# MARK: plots (matplotlib is imported lazily: the trainer never needs it)
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def stages_with_metrics(workdir: str) -> list[str]:
+  return sorted(d for d in os.listdir(workdir)
+                if os.path.exists(os.path.join(workdir, d, 'metrics.jsonl')))
+
+
+def plot_training_curves(workdir: str, path: str | None = None):
+  """Training loss and validation accuracy of every stage in the folder."""
+  plt = _pyplot()
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  for stage in stages_with_metrics(workdir):
+    records = metrics_lib.read_jsonl(os.path.join(workdir, stage, 'metrics.jsonl'))
+    train = [r for r in records if r['split'] == 'train']
+    val = [r for r in records if r['split'] == 'validation']
+    if train:
+      ax_loss.plot([r['step'] for r in train], [r['loss'] for r in train], label=stage)
+    if val:
+      key = 'accuracy/fused' if 'accuracy/fused' in val[0] else next(
+          k for k in val[0] if k.startswith('accuracy/'))
+      ax_acc.plot([r['step'] for r in val], [100 * r[key] for r in val], marker='o',
+                  label=f'{stage} ({key.split("/")[1]})')
+  ax_loss.set(xlabel='step', ylabel='training loss', title='Training loss')
+  ax_acc.set(xlabel='step', ylabel='accuracy (%)', title='Validation accuracy')
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_noise_curve(rows: list[dict[str, Any]], hallucination: float | None,
+                     path: str | None = None):
+  """Table 2 as a curve: step 2 accuracy against depth-noise variance."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  noisy = [r for r in rows if not r['void'] and r['sigma'] > 0]
+  ax.semilogx([r['sigma'] ** 2 for r in noisy], [100 * r['accuracy']['fused'] for r in noisy],
+              marker='o', label='step 2: RGB + noisy depth')
+  clean = next(r for r in rows if r['sigma2'] == 'no noise')
+  void = next(r for r in rows if r['void'])
+  ax.axhline(100 * clean['accuracy']['fused'], ls=':', color='gray', label='step 2, clean depth')
+  ax.axhline(100 * void['accuracy']['fused'], ls='-.', color='black', label='step 2, void depth')
+  if hallucination is not None:
+    ax.axhline(hallucination, ls='--', color='red', label='step 4, RGB only (hallucination)')
+  ax.set(xlabel='noise variance sigma^2', ylabel='accuracy (%)', title='Noisy depth at test time')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str | None = None):
+  plt = _pyplot()
+  size = max(5, 0.45 * len(names) + 2)
+  fig, ax = plt.subplots(figsize=(size, size))
+  rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+  ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
+  ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=8)
+  ax.set_yticks(range(len(names)), names, fontsize=8)
+  if len(names) <= 20:
+    for (i, j), count in np.ndenumerate(matrix):
+      if count:
+        ax.text(j, i, str(count), ha='center', va='center', fontsize=7,
+                color='white' if rates[i, j] > 0.5 else 'black')
+  ax.set(xlabel='predicted', ylabel='true', title=title)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def _save(fig, path: str | None):
+  if path is not None:
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+  return fig
+
+
+def write_report(workdir: str, *, title: str = 'Results') -> str:
+  """Writes `report.md` and its PNGs into `workdir`; returns the report's path."""
+  rows = table1(workdir)
+  parts = [f'# {title}', '', f'Run folder: `{os.path.abspath(workdir)}`', '',
+           '## Table 1 layout (test split)', '', table1_markdown(rows), '']
+  curves = os.path.join(workdir, 'training_curves.png')
+  plot_training_curves(workdir, curves)
+  parts += ['## Training curves', '', '![training curves](training_curves.png)', '']
+  step4 = stage_results(workdir, 'step4')
+  hallucination = 100 * step4['test']['accuracy']['fused'] if step4 and 'test' in step4 else None
+  sweep = noise_sweep(workdir)
+  if sweep:
+    plot_noise_curve(sweep, hallucination, os.path.join(workdir, 'noise_curve.png'))
+    parts += ['## Table 2 layout: step 2 with noisy depth (test split)', '',
+              table2_markdown(sweep, hallucination), '',
+              '![noise curve](noise_curve.png)', '']
+  if step4 and os.path.exists(os.path.join(workdir, 'step4', 'predictions_test.npz')):
+    names = class_names(workdir, 'step4')
+    matrix = confusion_matrix(workdir, 'step4')
+    plot_confusion(matrix, names, 'Step 4 (RGB only), test split',
+                   os.path.join(workdir, 'confusion_step4.png'))
+    per_class = per_class_accuracy(matrix)
+    parts += ['## Step 4 per class (test split)', '',
+              '| class | accuracy | clips |', '|---|---|---|']
+    parts += [f'| {n} | {100 * a:.1f}% | {int(t)} |'
+              for n, a, t in zip(names, per_class, matrix.sum(axis=1))]
+    parts += ['', '![confusion matrix](confusion_step4.png)', '']
+  path = os.path.join(workdir, 'report.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(parts))
+  return path
