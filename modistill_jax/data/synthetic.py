@@ -1,0 +1,457 @@
+"""Procedural RGB+D action clips in which depth is privileged information.
+
+A small stand-in for NTU RGB+D that needs no download: a ray-cast room (floor,
+a round wall) and one actor made of spheres, filmed by a pinhole camera that
+records aligned RGB and depth, as a Kinect does. Every clip is a pure function
+of `(spec.seed, label, index)`, so datasets, tests and notebooks render the
+same pixels on any machine, in any order.
+
+The classes are defined by how the actor (or a part of it) moves in 3-D, in
+the room's frame (view 1's camera looks along +z; "forward" is towards it):
+
+| class          | motion                                                         |
+|----------------|----------------------------------------------------------------|
+| approach       | steps ~1.5 m towards view 1's camera, facing it                |
+| recede         | steps ~1.5 m backwards, away from it                           |
+| cross near     | sidesteps ~1.8 m across the room, about 2.2 m from that camera |
+| cross far      | the same, about 3.8 m from it                                  |
+| reach forward  | one hand goes ~0.55 m forward, towards the camera, and back    |
+| reach sideways | one hand goes ~0.55 m out to the side and back                 |
+| lean forward   | the upper body bows ~40 degrees forward, about the hips, and back |
+| turn around    | the whole body turns 180 degrees about the vertical axis       |
+
+Directions that a horizontal flip would swap (left/right, which hand, which
+way round) are drawn at random, so the flip augmentation keeps labels valid.
+
+What each modality shows, and why depth is privileged:
+
+* Depth (planar depth in mm, Kinect-like noise, coloured by `jet.depth_to_jet`)
+  shows the room's fixed geometry and the actor's distance directly: an actor
+  walking towards the camera changes colour, a near crossing is coloured
+  differently from a far one, a hand or head coming forward changes colour
+  while the rest of the body does not. Appearance does not exist in depth.
+* RGB shows the same scene through textures and light: each subject has its
+  own size (0.8-1.2x), build, clothes colours and stripes; the floor tiles,
+  wall posters, light direction, colour cast and a light level that drifts
+  during the clip are drawn per clip; and a screen on the wall plays a disc
+  that grows or shrinks, looking like something approaching or receding,
+  unrelated to the label. Motion in depth reaches RGB only as perspective cues:
+  apparent size (confounded by subject size), the height of the feet in the
+  image, foreshortening and shading. So RGB carries the class, but in a form
+  that takes more examples to learn, which is what a hallucination stream
+  trained to imitate the depth stream is meant to make up for.
+
+Views are camera azimuths around the middle of the room (view 1 faces the
+actor; the other views stand to its sides), with a few centimetres of
+placement jitter per clip. Subjects are fixed appearance/body draws shared by
+all their clips. The split of a clip follows from its view and subject
+(`split_of`): view 1 is the test set (cross-view protocol); the last subjects
+of the other views are the validation set; the rest is the training set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+
+import numpy as np
+
+from modistill_jax.data import jet
+
+CLASS_NAMES = ('approach', 'recede', 'cross near', 'cross far', 'reach forward',
+               'reach sideways', 'lean forward', 'turn around')
+TEST_VIEW = 1
+
+# Room and camera geometry, in metres. The wall is a vertical cylinder around
+# the room's middle, so every view sees a background at a similar distance.
+_WALL_RADIUS = 3.4
+_CAMERA_DISTANCE = 2.6
+_CAMERA_HEIGHT = 1.3
+_CAMERA_TARGET = np.array([0.0, 0.85, 0.3])
+_HORIZONTAL_FOV_DEG = 60.0
+_SENSOR_NOISE_MM = 1.5  # depth noise standard deviation at 1 m; grows with distance squared
+_MAX_RANGE_M = 4.5  # a Kinect v2's rated range: farther pixels read 0 (invalid)
+
+# The actor's spheres in body coordinates (x right, y up, z forward), before the
+# subject's scale: (x, y, z, radius, part). Parts: 0 skin, 1 shirt, 2 trousers.
+# Arms are added separately, as 3 spheres from the shoulder to the hand.
+_BODY = (
+    (-0.10, 0.10, 0.0, 0.085, 2), (0.10, 0.10, 0.0, 0.085, 2),  # feet
+    (-0.10, 0.35, 0.0, 0.090, 2), (0.10, 0.35, 0.0, 0.090, 2),  # knees
+    (-0.10, 0.60, 0.0, 0.100, 2), (0.10, 0.60, 0.0, 0.100, 2),  # thighs
+    (0.0, 0.82, 0.0, 0.160, 2),  # hips
+    (0.0, 1.04, 0.0, 0.170, 1),  # belly
+    (0.0, 1.26, 0.0, 0.180, 1),  # chest
+    (0.0, 1.56, 0.0, 0.110, 0),  # head
+)
+_ARM_RADII = (0.065, 0.060, 0.060)
+_ARM_PARTS = (1, 1, 0)
+_SHOULDER = np.array([0.25, 1.36, 0.0])
+_HAND_REST = np.array([0.30, 0.86, 0.03])
+_HIP_PIVOT_Y = 0.80  # the upper body (belly and up) bows about this height
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSpec:
+  """What to render: the size of the dataset and the seed it is drawn from.
+
+  Attributes:
+    resolution: frame height and width, pixels.
+    num_frames: frames per clip.
+    clips_per_class: clips of every class, spread evenly over views and
+      subjects (clip `i` of a class has view `i % num_views + 1` and subject
+      `(i // num_views) % num_subjects + 1`).
+    seed: every pixel is a function of it (and of the clip's label and index).
+    view_azimuths_deg: camera azimuth of views 1, 2, ...; view 1 is the test view.
+    num_subjects: distinct actors.
+    num_validation_subjects: the highest-numbered subjects, whose clips from
+      the training views form the validation split.
+  """
+  resolution: int = 64
+  num_frames: int = 16
+  clips_per_class: int = 288
+  seed: int = 0
+  view_azimuths_deg: tuple[float, ...] = (0.0, -35.0, 35.0)
+  num_subjects: int = 8
+  num_validation_subjects: int = 1
+
+  def __post_init__(self):
+    if not 0 < self.num_validation_subjects < self.num_subjects:
+      raise ValueError('Need at least one training and one validation subject, got '
+                       f'{self.num_validation_subjects} of {self.num_subjects}.')
+    if len(self.view_azimuths_deg) < 2:
+      raise ValueError('Need a test view and at least one training view.')
+
+  @property
+  def num_views(self) -> int:
+    return len(self.view_azimuths_deg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipInfo:
+  """Where clip `index` of class `label` sits in the dataset."""
+  label: int
+  index: int
+  view: int
+  subject: int
+  replication: int
+  split: str
+
+  @property
+  def sample_id(self) -> str:
+    return (f'S{self.subject:02d}V{self.view:02d}'
+            f'A{self.label:02d}R{self.replication:03d}')
+
+
+def split_of(spec: GeneratorSpec, view: int, subject: int) -> str:
+  """The atomic split ('train', 'validation' or 'test') of a view and subject."""
+  if view == TEST_VIEW:
+    return 'test'
+  if subject > spec.num_subjects - spec.num_validation_subjects:
+    return 'validation'
+  return 'train'
+
+
+def clip_info(spec: GeneratorSpec, label: int, index: int) -> ClipInfo:
+  view = index % spec.num_views + 1
+  subject = (index // spec.num_views) % spec.num_subjects + 1
+  replication = index // (spec.num_views * spec.num_subjects) + 1
+  return ClipInfo(label=label, index=index, view=view, subject=subject,
+                  replication=replication, split=split_of(spec, view, subject))
+
+
+def all_clips(spec: GeneratorSpec) -> list[ClipInfo]:
+  return [clip_info(spec, label, index) for label in range(len(CLASS_NAMES))
+          for index in range(spec.clips_per_class)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Subject:
+  scale: float
+  build: float  # width factor of the hips, torso and shoulders
+  colours: np.ndarray  # (3 parts, RGB) albedo in [0, 1]
+  stripe_period: float  # metres, along the body's height
+  stripe_contrast: float
+  stripe_phase: float
+
+
+def _subject(spec: GeneratorSpec, subject: int) -> _Subject:
+  rng = np.random.default_rng([spec.seed, 0, subject])
+  skin = np.array([0.85, 0.65, 0.5]) * rng.uniform(0.45, 1.1)
+  return _Subject(
+      scale=rng.uniform(0.8, 1.2), build=rng.uniform(0.85, 1.2),
+      colours=np.clip(np.stack([skin, rng.uniform(0.1, 0.95, 3), rng.uniform(0.1, 0.9, 3)]),
+                      0.05, 1.0),
+      stripe_period=rng.uniform(0.06, 0.2), stripe_contrast=rng.uniform(0.0, 0.45),
+      stripe_phase=rng.uniform(0, 2 * np.pi))
+
+
+def _rotation_y(angle: np.ndarray) -> np.ndarray:
+  """`(..., 3, 3)` rotations about the vertical axis (x towards z for positive angles)."""
+  c, s = np.cos(angle), np.sin(angle)
+  zero, one = np.zeros_like(angle), np.ones_like(angle)
+  return np.stack([np.stack([c, zero, s], -1), np.stack([zero, one, zero], -1),
+                   np.stack([-s, zero, c], -1)], -2)
+
+
+def _rotation_x(angle: np.ndarray) -> np.ndarray:
+  """`(..., 3, 3)` rotations about the x axis (z towards -y for positive angles)."""
+  c, s = np.cos(angle), np.sin(angle)
+  zero, one = np.zeros_like(angle), np.ones_like(angle)
+  return np.stack([np.stack([one, zero, zero], -1), np.stack([zero, c, s], -1),
+                   np.stack([zero, -s, c], -1)], -2)
+
+
+def _actor(label: int, subject: _Subject, num_frames: int, rng: np.random.Generator):
+  """The actor's spheres over time.
+
+  Returns:
+    centres `(T, P, 3)` in room coordinates, radii `(P,)` and parts `(P,)`.
+  """
+  name = CLASS_NAMES[label]
+  # Each clip performs the action over a random sub-interval of the clip.
+  start = rng.uniform(0.0, 0.2)
+  duration = rng.uniform(0.7, 1.0 - start)
+  tau = np.clip((np.linspace(0.0, 1.0, num_frames) - start) / duration, 0.0, 1.0)
+  ease = 0.5 - 0.5 * np.cos(np.pi * tau)  # 0 -> 1, for displacements
+  out_and_back = np.sin(np.pi * tau)  # 0 -> 1 -> 0, for gestures
+  side = rng.choice([-1.0, 1.0])  # which hand, which way: flips swap these
+
+  # Body-frame positions of the spheres, per frame.
+  body = np.array([b[:4] for b in _BODY])
+  body = np.broadcast_to(body, (num_frames,) + body.shape).copy()
+  shoulders = np.stack([_SHOULDER * [-1, 1, 1], _SHOULDER])
+  hands = np.broadcast_to(np.stack([_HAND_REST * [-1, 1, 1], _HAND_REST]),
+                          (num_frames, 2, 3)).copy()
+  # Walking: legs and hands swing in opposite phase while the actor moves.
+  walks = name in ('approach', 'recede', 'cross near', 'cross far')
+  if walks:
+    stride = 0.12 * np.sin(2 * np.pi * rng.uniform(1.5, 2.5) * tau + rng.uniform(0, 2 * np.pi))
+    stride *= (tau > 0) & (tau < 1)
+    body[:, [0, 2], 2] += stride[:, None] * [1.0, 0.5]
+    body[:, [1, 3], 2] -= stride[:, None] * [1.0, 0.5]
+    hands[:, 0, 2] -= 0.8 * stride
+    hands[:, 1, 2] += 0.8 * stride
+  hand = int(side > 0)
+  if name == 'reach forward':
+    reach = np.array([0.0, 0.35, 0.55]) + [0.0, 0.0, rng.uniform(-0.05, 0.1)]
+    hands[:, hand] += out_and_back[:, None] * reach
+  elif name == 'reach sideways':
+    reach = np.array([side * 0.55, 0.4, 0.0]) + [side * rng.uniform(-0.05, 0.1), 0.0, 0.0]
+    hands[:, hand] += out_and_back[:, None] * reach
+
+  # Arms: three spheres evenly spaced from the shoulder to the hand.
+  fractions = np.array([1 / 3, 2 / 3, 1.0])
+  arms = shoulders[None, :, None] + fractions[None, None, :, None] * (
+      hands[:, :, None] - shoulders[None, :, None])  # (T, 2, 3, 3)
+  arms = arms.reshape(num_frames, 6, 3)
+  points = np.concatenate([body[..., :3], arms], axis=1)
+  radii = np.concatenate([body[0, :, 3], np.tile(_ARM_RADII, 2)])
+  parts = np.array([b[4] for b in _BODY] + list(_ARM_PARTS) * 2)
+  upper = np.concatenate([np.arange(len(_BODY)) >= 7, np.ones(6, bool)])
+  widen = np.concatenate([[1.0] * 6, [subject.build] * 4, [subject.build] * 6])
+  points[..., 0] *= widen
+  radii = radii * np.where(np.arange(len(radii)) < 6, 1.0, np.sqrt(subject.build))
+
+  # Bowing: the upper body rotates forward about the hips.
+  if name == 'lean forward':
+    bow = np.deg2rad(rng.uniform(30.0, 50.0)) * out_and_back
+    pivot = np.array([0.0, _HIP_PIVOT_Y, 0.0])
+    bent = np.einsum('tij,tpj->tpi', _rotation_x(-bow), points - pivot) + pivot
+    points = np.where(upper[None, :, None], bent, points)
+
+  # Body frame -> room: the actor faces view 1's camera (body +z = room -z),
+  # give or take, and turns about its vertical axis when the class says so.
+  yaw = np.pi + rng.uniform(-0.35, 0.35) + np.zeros(num_frames)
+  if name == 'turn around':
+    yaw = yaw + side * np.pi * ease
+  points = np.einsum('tij,tpj->tpi', _rotation_y(yaw), points * subject.scale)
+
+  x0, z0 = rng.uniform(-0.35, 0.35), rng.uniform(-0.2, 0.5)
+  distance = rng.uniform(1.3, 1.7)
+  path = np.zeros((num_frames, 3))
+  if name == 'approach':
+    path[:, 2] = 1.0 - distance * ease
+  elif name == 'recede':
+    path[:, 2] = 1.0 - distance * (1.0 - ease)
+  elif name in ('cross near', 'cross far'):
+    path[:, 0] = side * rng.uniform(0.65, 0.85) * (2 * ease - 1)
+    path[:, 2] = rng.uniform(-0.75, -0.45) if name == 'cross near' else rng.uniform(0.9, 1.2)
+  else:
+    path[:, 0], path[:, 2] = x0, z0
+  if name in ('approach', 'recede'):
+    path[:, 0] = x0
+  sway = 0.03 * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * tau + rng.uniform(0, 2 * np.pi))
+  path[:, 0] += sway
+  return points + path[:, None], radii * subject.scale, parts
+
+
+def _camera(spec: GeneratorSpec, view: int, rng: np.random.Generator):
+  """Camera position and `(3, 3)` rotation whose rows are its right/up/forward axes."""
+  azimuth = np.deg2rad(spec.view_azimuths_deg[view - 1])
+  position = np.array([_CAMERA_DISTANCE * np.sin(azimuth), _CAMERA_HEIGHT,
+                       -_CAMERA_DISTANCE * np.cos(azimuth)]) + rng.normal(0.0, 0.05, 3)
+  forward = _CAMERA_TARGET + rng.normal(0.0, 0.05, 3) - position
+  forward /= np.linalg.norm(forward)
+  right = np.cross([0.0, 1.0, 0.0], forward)
+  right /= np.linalg.norm(right)
+  return position, np.stack([right, np.cross(forward, right), forward])
+
+
+def _focal(resolution: int) -> float:
+  return resolution / 2 / np.tan(np.deg2rad(_HORIZONTAL_FOV_DEG) / 2)
+
+
+def _rays(resolution: int, rotation: np.ndarray):
+  """Unit ray directions `(H*W, 3)` in the room, and their camera-axis component."""
+  coords = (np.arange(resolution) + 0.5 - resolution / 2) / _focal(resolution)
+  u, v = np.meshgrid(coords, coords)
+  cam = np.stack([u, -v, np.ones_like(u)], -1).reshape(-1, 3)
+  cam /= np.linalg.norm(cam, axis=-1, keepdims=True)
+  return cam @ rotation, cam[:, 2]
+
+
+def _cast_actor(centres: np.ndarray, radii: np.ndarray, origin: np.ndarray,
+                rotation: np.ndarray, rays: np.ndarray, size: int):
+  """Ray-casts the spheres: the nearest sphere and its distance for every ray.
+
+  Rays are cast only inside a window that follows the actor from frame to
+  frame (the spheres' projected bounding box, one window size for the whole
+  clip so that all frames are cast at once): it covers a fraction of the image,
+  which is what keeps a few thousand clips within a minute.
+
+  Returns:
+    `(T, N)` sphere index (0 where no sphere is hit) and distance (inf there).
+  """
+  frames = len(centres)
+  camera = (centres - origin) @ rotation.T  # (T, P, 3): right, up, forward
+  depth = np.maximum(camera[..., 2], radii + 1e-3)
+  focal = _focal(size)
+  reach = focal * radii / np.sqrt(depth ** 2 - radii ** 2) + 1.5  # silhouette radius, px
+  cols = focal * camera[..., 0] / depth + size / 2
+  rows = size / 2 - focal * camera[..., 1] / depth
+  lo = np.clip(np.floor(np.stack([(rows - reach).min(1), (cols - reach).min(1)], -1)), 0, size)
+  hi = np.clip(np.ceil(np.stack([(rows + reach).max(1), (cols + reach).max(1)], -1)), 0, size)
+  extent = (hi - lo).max(0).astype(int)  # window (height, width)
+  start = np.minimum(lo, size - extent).astype(int)  # (T, 2)
+  window = ((start[:, 0, None, None] + np.arange(extent[0])[:, None]) * size
+            + start[:, 1, None, None] + np.arange(extent[1])).reshape(frames, -1)
+  offsets = centres - origin
+  along = np.einsum('tmk,tpk->tpm', rays[window], offsets)  # (T, P, M)
+  disc = along ** 2 - ((offsets ** 2).sum(-1) - radii ** 2)[..., None]
+  hit = along - np.sqrt(np.maximum(disc, 0.0))
+  hit = np.where((disc > 0) & (hit > 0), hit, np.inf)
+  nearest = np.zeros((frames, len(rays)), int)
+  distance = np.full((frames, len(rays)), np.inf)
+  frame = np.arange(frames)[:, None]
+  nearest[frame, window] = hit.argmin(axis=1)
+  distance[frame, window] = hit.min(axis=1)
+  return nearest, distance
+
+
+def _room_distance(origin: np.ndarray, rays: np.ndarray):
+  """Distance along each ray to the floor or the wall, whichever is first, and
+  whether it is the floor."""
+  with np.errstate(divide='ignore'):
+    t_floor = np.where(rays[:, 1] < 0, -origin[1] / rays[:, 1], np.inf)
+  a = rays[:, 0] ** 2 + rays[:, 2] ** 2
+  b = 2 * (origin[0] * rays[:, 0] + origin[2] * rays[:, 2])
+  c = origin[0] ** 2 + origin[2] ** 2 - _WALL_RADIUS ** 2  # < 0: the camera is inside
+  t_wall = (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
+  return np.minimum(t_floor, t_wall), t_floor < t_wall
+
+
+def _room_albedo(points: np.ndarray, floor: np.ndarray, look_angle: float, num_frames: int,
+                 rng: np.random.Generator) -> np.ndarray:
+  """`(T, N, 3)` colours of the floor tiles, the wall posters and a screen
+  playing a looming (or shrinking) disc, at the room points `(N, 3)`."""
+  tile = rng.uniform(0.3, 0.7)
+  tiles = rng.uniform(0.15, 0.9, (2, 3))
+  checker = (np.floor(points[:, 0] / tile) + np.floor(points[:, 2] / tile)).astype(int) % 2
+  albedo = np.where(floor[:, None], tiles[checker], rng.uniform(0.3, 0.9, 3))
+  # Wall coordinates: arc length around the wall from where the camera looks, and height.
+  arc = _WALL_RADIUS * np.angle(np.exp(1j * (np.arctan2(points[:, 0], points[:, 2])
+                                             - look_angle)))
+  height = points[:, 1]
+  for _ in range(rng.integers(4, 9)):
+    centre = rng.uniform([-2.5, 0.4], [2.5, 2.4])
+    half = rng.uniform(0.1, 0.4, 2)
+    inside = ~floor & (np.abs(arc - centre[0]) < half[0]) & (np.abs(height - centre[1]) < half[1])
+    albedo[inside] = rng.uniform(0.05, 1.0, 3)
+  albedo = np.broadcast_to(albedo, (num_frames,) + albedo.shape).copy()
+  # The screen: a dark panel with a bright disc whose radius grows or shrinks.
+  centre = rng.uniform([-1.2, 1.4], [1.2, 2.0])
+  screen = np.flatnonzero(~floor & (np.abs(arc - centre[0]) < 0.45)
+                          & (np.abs(height - centre[1]) < 0.3))
+  radii = np.linspace(*rng.permutation([0.04, 0.25]), num_frames)
+  drift = np.linspace(0.0, rng.uniform(-0.15, 0.15), num_frames)
+  disc = ((arc[screen] - centre[0] - drift[:, None]) ** 2
+          + (height[screen] - centre[1]) ** 2 < radii[:, None] ** 2)  # (T, screen pixels)
+  albedo[:, screen] = np.where(disc[..., None], rng.uniform(0.6, 1.0, 3), 0.08)
+  return albedo
+
+
+def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.ndarray]:
+  """Renders clip `index` of class `label`.
+
+  Returns:
+    'rgb': `(T, H, W, 3)` uint8; 'depth_mm': `(T, H, W)` uint16 planar depth in
+    millimetres, 0 beyond the sensor's range (most of the wall); 'depth_jet': the depth
+    coloured by `jet.depth_to_jet`, `(T, H, W, 3)` uint8.
+  """
+  info = clip_info(spec, label, index)
+  rng = np.random.default_rng([spec.seed, 1, label, index])
+  subject = _subject(spec, info.subject)
+  size, frames = spec.resolution, spec.num_frames
+  origin, rotation = _camera(spec, info.view, rng)
+  rays, forwardness = _rays(size, rotation)
+  centres, radii, parts = _actor(label, subject, frames, rng)
+  nearest, t_actor = _cast_actor(centres, radii, origin, rotation, rays, size)
+  t_room, floor = _room_distance(origin, rays)
+  actor = t_actor < t_room  # (T, N)
+  distance = np.where(actor, t_actor, t_room)
+
+  light = np.array([rng.uniform(-1.0, 1.0), rng.uniform(1.0, 2.0), rng.uniform(-1.5, -0.5)])
+  light /= np.linalg.norm(light)
+  ambient = rng.uniform(0.3, 0.55)
+  shading = lambda normal: ambient + (1 - ambient) * np.maximum(normal @ light, 0.0)
+
+  # The room does not move: shade it once, then paint the actor's pixels over it.
+  room_points = origin + t_room[:, None] * rays
+  wall_normal = -room_points * [1.0, 0.0, 1.0] / _WALL_RADIUS
+  look = origin + rotation[2] * _WALL_RADIUS
+  colour = _room_albedo(room_points, floor, np.arctan2(look[0], look[2]), frames, rng)
+  colour *= shading(np.where(floor[:, None], [0.0, 1.0, 0.0], wall_normal))[:, None]
+  frame, pixel = np.nonzero(actor)
+  sphere = nearest[frame, pixel]
+  points = origin + t_actor[frame, pixel, None] * rays[pixel]
+  normal = (points - centres[frame, sphere]) / radii[sphere, None]
+  stripes = np.sin(2 * np.pi * points[:, 1] / subject.scale / subject.stripe_period
+                   + subject.stripe_phase) > 0
+  albedo = subject.colours[parts[sphere]] * np.where(
+      (parts[sphere] > 0) & stripes, 1.0 - subject.stripe_contrast, 1.0)[:, None]
+  colour[frame, pixel] = albedo * shading(normal)[:, None]
+
+  # Camera exposure: a light level drifting during the clip, a colour cast, noise.
+  tau = np.linspace(0.0, 1.0, frames)
+  level = 1.0 + rng.uniform(0.0, 0.25) * np.sin(
+      2 * np.pi * rng.uniform(0.5, 1.5) * tau + rng.uniform(0, 2 * np.pi))
+  rgb = (255 * colour * rng.uniform(0.85, 1.15, 3)).astype(np.float32) * level[:, None, None]
+  rgb += 3.0 * rng.standard_normal(rgb.shape, np.float32)
+  rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(frames, size, size, 3)
+
+  depth = distance * forwardness  # planar depth, metres
+  noise = rng.standard_normal(depth.shape, np.float32) * _SENSOR_NOISE_MM
+  depth_mm = np.clip(np.round(1000 * depth + noise * depth ** 2), 1, 65535)
+  depth_mm[depth > _MAX_RANGE_M] = 0
+  depth_mm = depth_mm.astype(np.uint16).reshape(frames, size, size)
+  return {'rgb': rgb, 'depth_mm': depth_mm, 'depth_jet': jet.depth_to_jet(depth_mm)}
+
+
+def class_counts(clips: Sequence[ClipInfo], split: str) -> np.ndarray:
+  """Clips of each class in a split: what a builder test expects."""
+  counts = np.zeros(len(CLASS_NAMES), int)
+  for clip in clips:
+    if clip.split == split:
+      counts[clip.label] += 1
+  return counts
