@@ -11,10 +11,10 @@ the room's frame (view 1's camera looks along +z; "forward" is towards it):
 
 | class          | motion                                                         |
 |----------------|----------------------------------------------------------------|
-| approach       | steps ~1.5 m towards view 1's camera, facing it                |
-| recede         | steps ~1.5 m backwards, away from it                           |
-| cross near     | sidesteps ~1.8 m across the room, about 2.2 m from that camera |
-| cross far      | the same, about 3.8 m from it                                  |
+| approach       | steps 1.3-1.7 m towards view 1's camera (from ~3.6 m), facing it |
+| recede         | steps 1.3-1.7 m backwards, away from it                        |
+| cross near     | sidesteps 1.3-1.7 m across the room, ~2 m from that camera     |
+| cross far      | the same, ~3.6 m from it                                       |
 | reach forward  | one hand goes ~0.55 m forward, towards the camera, and back    |
 | reach sideways | one hand goes ~0.55 m out to the side and back                 |
 | lean forward   | the upper body bows ~40 degrees forward, about the hips, and back |
@@ -25,8 +25,10 @@ way round) are drawn at random, so the flip augmentation keeps labels valid.
 
 What each modality shows, and why depth is privileged:
 
-* Depth (planar depth in mm, Kinect-like noise, coloured by `jet.depth_to_jet`)
-  shows the room's fixed geometry and the actor's distance directly: an actor
+* Depth (planar depth in mm, Kinect-like noise growing with distance squared,
+  0 = invalid beyond a Kinect v2's 4.5 m range, coloured by
+  `jet.depth_to_jet`) shows the floor as a fixed ramp, the wall mostly as
+  invalid (black), and the actor's distance directly: an actor
   walking towards the camera changes colour, a near crossing is coloured
   differently from a far one, a hand or head coming forward changes colour
   while the rest of the body does not. Appearance does not exist in depth.
@@ -51,7 +53,6 @@ of the other views are the validation set; the rest is the training set.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
 
 import numpy as np
@@ -446,12 +447,3 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   depth_mm[depth > _MAX_RANGE_M] = 0
   depth_mm = depth_mm.astype(np.uint16).reshape(frames, size, size)
   return {'rgb': rgb, 'depth_mm': depth_mm, 'depth_jet': jet.depth_to_jet(depth_mm)}
-
-
-def class_counts(clips: Sequence[ClipInfo], split: str) -> np.ndarray:
-  """Clips of each class in a split: what a builder test expects."""
-  counts = np.zeros(len(CLASS_NAMES), int)
-  for clip in clips:
-    if clip.split == split:
-      counts[clip.label] += 1
-  return counts
