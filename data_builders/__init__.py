@@ -1,0 +1,13 @@
+"""TFDS dataset builders of the project.
+
+Importing `data_builders` registers every builder with TFDS, so that
+`tfds.builder('ntu_rgbd')`, `tfds.data_source('nw_ucla', ...)` and the like
+find them by name: `ntu_rgbd`, `nw_ucla`, `uwa3dii` (real data, built from a
+manual download, see each folder's README.md) and `synthetic_rgbd` (generated).
+`raw_clips.py` holds what the three real-data builders share.
+"""
+
+import data_builders.ntu_rgbd
+import data_builders.nw_ucla
+import data_builders.uwa3dii
+import data_builders.synthetic_rgbd

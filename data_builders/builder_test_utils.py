@@ -1,0 +1,79 @@
+"""Checks the raw-data builder tests share: what a built dataset must hold."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import itertools
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_builders import raw_clips
+from modistill_jax.data import records
+
+
+class ReadsArrayRecord:
+  """Mixin for `tfds.testing.DatasetBuilderTestCase` over ArrayRecord datasets.
+
+  The base class checks splits through `as_dataset`, which TFDS does not
+  implement for ArrayRecord; this makes the same checks (split sizes, no
+  example in two splits) through `as_data_source`, the way the pipeline reads.
+  """
+
+  def _assertAsDataset(self, builder):  # pylint: disable=invalid-name
+    ids = {}
+    for split, expected in self.SPLITS.items():
+      source = builder.as_data_source(split=split)
+      self.assertLen(source, expected)
+      ids[split] = {example['sample_id'] for example in source}
+    for (a, ids_a), (b, ids_b) in itertools.combinations(ids.items(), 2):
+      self.assertFalse(ids_a & ids_b, f'splits {a} and {b} share examples')
+
+
+def build(builder_cls: type[tfds.core.DatasetBuilder], data_dir: str, manual_dir: str,
+          config: str) -> tfds.core.DatasetBuilder:
+  builder = builder_cls(data_dir=data_dir, config=config)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def read_built(builder: tfds.core.DatasetBuilder) -> dict[str, tuple[str, dict]]:
+  """`{sample_id: (split, example)}` of a built dataset, through `tfds.data_source`."""
+  found = {}
+  for split in builder.info.splits:
+    for example in builder.as_data_source(split=split):
+      found[example['sample_id'].decode()] = (split, example)
+  return found
+
+
+def check_built(test, builder: tfds.core.DatasetBuilder, labels: Mapping[str, str],
+                frames: Mapping[str, tuple[int, int, int]], skips: Mapping[str, str]) -> dict:
+  """Asserts splits, label names, frame counts/sizes and the skip report.
+
+  Args:
+    test: the `absltest.TestCase` asserting.
+    labels: `{sample_id: class name}` of every example expected.
+    frames: `{sample_id: (kept, rgb_raw, depth_raw)}` frame counts.
+    skips: `{sample_id: a substring of its skip reason}` of every sample skipped.
+
+  Returns:
+    `{sample_id: (split, example)}`.
+  """
+  built = read_built(builder)
+  test.assertEqual(sorted(built), sorted(labels))
+  config = builder.builder_config
+  names = builder.info.features['label'].names
+  for sample_id, (_, example) in built.items():
+    test.assertEqual(names[example['label']], labels[sample_id], sample_id)
+    kept, rgb_raw, depth_raw = frames[sample_id]
+    test.assertEqual((example['num_frames'], example['rgb_frames_raw'],
+                      example['depth_frames_raw']), (kept, rgb_raw, depth_raw), sample_id)
+    rgb = np.stack([records.decode_image(f) for f in example['rgb']])
+    depth = np.stack([records.decode_image(f) for f in example['depth']])
+    test.assertEqual(rgb.shape, (kept, config.height, config.width, 3), sample_id)
+    test.assertEqual(depth.shape, rgb.shape, sample_id)
+  report = raw_clips.read_skip_report(builder.data_path / raw_clips.SKIP_REPORT)
+  test.assertEqual(sorted(s.sample_id for s in report), sorted(skips))
+  for skip in report:
+    test.assertIn(skips[skip.sample_id], skip.reason, skip.sample_id)
+  return built

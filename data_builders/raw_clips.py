@@ -1,0 +1,347 @@
+"""What the raw RGB-D builders (NTU RGB+D, NW-UCLA, UWA3DII) share.
+
+Each dataset module supplies three things: how to find its samples under the
+manual folder (`find_samples`), which atomic split each sample belongs to, and
+how to turn one sample into a record (`convert`, a picklable module-level
+function). This module supplies the rest, once:
+
+* `RawClipBuilder`, the TFDS base class: ArrayRecord output (the pipeline reads
+  with `tfds.data_source`), the `res224` (the reference's size) and `res112`
+  configs, one split per non-empty atomic split, and the skip report.
+* Parallel conversion on one machine. A `spawn` process pool (the parent may
+  already run TensorFlow's thread pools, which `fork` would copy mid-flight)
+  converts samples while the parent only writes; `MODISTILL_BUILD_WORKERS`
+  sets its size (default: all CPUs; 1 converts in-process). When a Beam runner
+  or Beam options are configured (`tfds build --beam_pipeline_options=...`,
+  needs the optional `beam` extra), `_generate_examples` returns a Beam
+  transform instead and TFDS runs the conversion on Beam.
+* Bad input: a sample whose files are missing, empty or undecodable raises
+  `SampleError` in `convert` (which decodes the whole sample before returning,
+  so nothing half-converted is ever written). It is left out and listed in
+  `skipped.tsv` (`sample_id`, `split`, `reason`) next to the built dataset,
+  `<data_dir>/<name>/<config>/<version>/skipped.tsv`, and summarised in the log.
+  Under Beam the workers log and count (`skipped` counter) what they skip, and
+  `skipped.tsv` lists only what was rejected while searching the raw folder.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator, Sequence
+import concurrent.futures
+import dataclasses
+import io
+import multiprocessing
+import os
+import re
+import time
+from typing import Any, Protocol
+
+from absl import logging
+from etils import epath
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from modistill_jax.data import jet
+from modistill_jax.data import records
+
+WORKERS_ENV = 'MODISTILL_BUILD_WORKERS'
+SKIP_REPORT = 'skipped.tsv'
+PROGRESS_EVERY_S = 30.0
+
+
+class SampleError(Exception):
+  """A sample cannot be converted; the message is the reason put in the report."""
+
+
+class RawSample(Protocol):
+  """What the shared machinery needs of a dataset's (picklable) sample record."""
+  sample_id: str
+  split: str
+
+
+ConvertFn = Callable[[Any, int, int], dict]
+
+
+@dataclasses.dataclass
+class ClipConfig(tfds.core.BuilderConfig):
+  """Output frame size: RGB and depth are both resized (not cropped) to it."""
+  height: int = 224
+  width: int = 224
+
+
+CONFIGS = (
+    ClipConfig(name='res224', height=224, width=224,
+               description='224x224 frames, the size the reference trained on.'),
+    ClipConfig(name='res112', height=112, width=112,
+               description='112x112 frames, for fast experiments.'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  sample_id: str
+  split: str
+  reason: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and resizing frames.
+
+
+def read_image(path: epath.Path) -> Image.Image:
+  """Opens and fully decodes an image, so a corrupt file fails here, not later."""
+  try:
+    data = path.read_bytes()
+  except OSError as e:
+    raise SampleError(f'cannot read {path.name}: {e}') from e
+  if not data:
+    raise SampleError(f'empty file {path.name}')
+  try:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+  except (OSError, SyntaxError, ValueError) as e:  # PIL raises SyntaxError on broken PNG chunks.
+    raise SampleError(f'undecodable {path.name}: {e}') from e
+  return image
+
+
+def depth_values(image: Image.Image, name: str) -> np.ndarray:
+  """`(H, W)` depth of a 16-bit (mm) or 8-bit grey PNG, as int32; 0 = invalid.
+
+  Only the ratio of depths matters to the jet colouring (normalised per clip),
+  so an 8-bit depth image (UWA3DII's bit depth is unconfirmed) colours as well
+  as a 16-bit one, at coarser steps. A grey image saved as RGB uses channel 0.
+  """
+  if image.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'L'):
+    return np.asarray(image, np.int32)
+  if image.mode in ('RGB', 'RGBA', 'LA'):
+    return np.asarray(image, np.int32)[..., 0]
+  raise SampleError(f'{name}: unexpected depth image mode {image.mode!r}')
+
+
+def resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
+  """Antialiased resize (PIL's bilinear widens its support when shrinking)."""
+  return np.asarray(image.convert('RGB').resize((width, height), Image.BILINEAR))
+
+
+def depth_clip_to_jet(depth_mm: np.ndarray, height: int, width: int) -> np.ndarray:
+  """`(T, H0, W0)` depth -> `(T, height, width, 3)` jet colours.
+
+  Colours at the raw resolution first (per-clip normalisation needs every
+  frame), then resizes the colour images like RGB; resizing depth values
+  instead would blend valid depths with the invalid zeros into false depths.
+  """
+  coloured = jet.depth_to_jet(depth_mm)
+  return np.stack([resize_rgb(Image.fromarray(f), height, width) for f in coloured])
+
+
+# ----------------------------------------------------------------------------------------------
+# Searching the raw tree.
+
+
+def find_dirs(root: epath.Path, match: Callable[[str], bool],
+              prune: Callable[[str], bool]) -> list[epath.Path]:
+  """Folders under `root` (itself included) whose name `match`es, sorted.
+
+  Does not descend into a matching folder, nor into folders for which
+  `prune(name)` holds (sample folders): the NTU depth tree alone has millions
+  of files.
+  """
+  found, stack = [], [epath.Path(root)]
+  while stack:
+    folder = stack.pop()
+    if match(folder.name):
+      found.append(folder)
+      continue
+    if folder != root and prune(folder.name):
+      continue
+    with os.scandir(folder) as entries:
+      stack.extend(folder / e.name for e in entries if e.is_dir())
+  return sorted(found)
+
+
+def worker_count() -> int:
+  value = os.environ.get(WORKERS_ENV)
+  if value is None:
+    return os.cpu_count() or 1
+  if not value.isdigit() or int(value) < 1:
+    raise ValueError(f'{WORKERS_ENV} must be a positive integer, got {value!r}.')
+  return int(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion.
+
+
+def convert_or_skip(convert: ConvertFn, sample: RawSample, height: int,
+                    width: int) -> tuple[RawSample, dict | None, str | None]:
+  """Runs in the workers: the example, or the reason it was skipped."""
+  try:
+    return sample, convert(sample, height, width), None
+  except SampleError as e:
+    return sample, None, str(e)
+
+
+class Converter:
+  """Converts samples on a process pool and keeps the build's skip list."""
+
+  def __init__(self, name: str, workers: int):
+    self.name = name
+    self.workers = workers
+    self.skipped: list[Skip] = []
+    self.converted = 0
+    self.seconds = 0.0
+    self._pool: concurrent.futures.Executor | None = None
+
+  def __enter__(self) -> Converter:
+    if self.workers > 1:
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          self.workers, mp_context=multiprocessing.get_context('spawn'))
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(cancel_futures=True)
+      self._pool = None
+
+  def skip(self, skips: Iterable[Skip]) -> None:
+    for s in skips:
+      logging.warning('[%s] skipping %s: %s', self.name, s.sample_id, s.reason)
+      self.skipped.append(s)
+
+  def _results(self, convert: ConvertFn, samples: Sequence[RawSample], height: int,
+               width: int) -> Iterator[tuple[RawSample, dict | None, str | None]]:
+    if self._pool is None:
+      for sample in samples:
+        yield convert_or_skip(convert, sample, height, width)
+      return
+    # Bounded in-flight work: a converted NTU clip holds tens of MB until written.
+    pending, queue = set(), collections.deque(samples)
+    try:
+      while queue or pending:
+        while queue and len(pending) < 2 * self.workers:
+          pending.add(self._pool.submit(convert_or_skip, convert, queue.popleft(), height, width))
+        done, pending = concurrent.futures.wait(
+            pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+          yield future.result()
+    finally:  # The consumer may stop early (e.g. `max_examples_per_split`).
+      for future in pending:
+        future.cancel()
+
+  def convert(self, split: str, convert: ConvertFn, samples: Sequence[RawSample],
+              height: int, width: int) -> Iterator[tuple[str, dict]]:
+    """Yields `(sample_id, example)` of a split; logs progress and skips."""
+    start = last_log = time.monotonic()
+    done = yielded = 0
+    for sample, example, reason in self._results(convert, samples, height, width):
+      done += 1
+      if example is None:
+        self.skip([Skip(sample.sample_id, split, reason)])
+      else:
+        yielded += 1
+        self.converted += 1
+        yield sample.sample_id, example
+      now = time.monotonic()
+      if now - last_log >= PROGRESS_EVERY_S or done == len(samples):
+        last_log = now
+        logging.info('[%s] %s: %d/%d samples, %.2f clips/s, %d workers', self.name, split,
+                     done, len(samples), done / max(now - start, 1e-9), self.workers)
+    self.seconds += time.monotonic() - start
+    if not yielded:
+      raise RuntimeError(f'[{self.name}] every sample of split {split!r} was skipped; see the '
+                        f'reasons logged above.')
+
+  def write_report(self, folder: epath.Path) -> None:
+    """Writes `skipped.tsv` and logs the summary of the build."""
+    lines = ['sample_id\tsplit\treason']
+    lines += [f'{s.sample_id}\t{s.split}\t{s.reason}'
+              for s in sorted(self.skipped, key=lambda s: s.sample_id)]
+    (folder / SKIP_REPORT).write_text('\n'.join(lines) + '\n')
+    rate = self.converted / self.seconds if self.seconds else 0.0
+    logging.info('[%s] converted %d clips in %.1f s (%.2f clips/s, %d workers); skipped %d, '
+                 'listed in %s beside the dataset files', self.name, self.converted,
+                 self.seconds, rate, self.workers, len(self.skipped), SKIP_REPORT)
+    kinds = (re.sub(r'\S*\d\S*', '*', s.reason.split(':')[0]) for s in self.skipped)
+    for reason, count in collections.Counter(kinds).most_common():
+      logging.info('[%s]   %d x %s', self.name, count, reason)
+
+
+def read_skip_report(path: epath.PathLike) -> list[Skip]:
+  """The rows of a `skipped.tsv`."""
+  rows = epath.Path(path).read_text().splitlines()[1:]
+  return [Skip(*row.split('\t', 2)) for row in rows]
+
+
+def _beam_convert(sample: RawSample, convert: ConvertFn, height: int,
+                  width: int) -> Iterator[tuple[str, dict]]:
+  beam = tfds.core.lazy_imports.apache_beam
+  sample, example, reason = convert_or_skip(convert, sample, height, width)
+  if example is None:
+    logging.warning('skipping %s: %s', sample.sample_id, reason)
+    beam.metrics.Metrics.counter('modistill', 'skipped').inc()
+    return
+  yield sample.sample_id, example
+
+
+# ----------------------------------------------------------------------------------------------
+# The builder.
+
+
+class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the raw-data builders; subclasses set the class attributes below."""
+
+  BUILDER_CONFIGS = list(CONFIGS)
+  DEFAULT_BUILDER_CONFIG_NAME = 'res224'
+  CLASS_NAMES: Sequence[str] = ()
+  ATOMIC_SPLITS: Sequence[str] = ()
+  HOMEPAGE = ''
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format or records.FILE_FORMAT, **kwargs)
+    self._converter = Converter(self.name, 1)
+    self._use_beam = False
+
+  def find_samples(self, manual_dir: epath.Path) -> tuple[list[RawSample], list[Skip]]:
+    """Samples found (with their atomic split) and those rejected on sight."""
+    raise NotImplementedError
+
+  def convert_function(self) -> ConvertFn:
+    """The picklable module-level function turning a sample into an example."""
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=records.clip_features(self.CLASS_NAMES),
+        supervised_keys=None,
+        homepage=self.HOMEPAGE,
+    )
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
+    with Converter(self.name, 1 if self._use_beam else worker_count()) as self._converter:
+      super()._download_and_prepare(dl_manager, download_config)
+      self._converter.write_report(self.data_path)
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    samples, skipped = self.find_samples(epath.Path(dl_manager.manual_dir))
+    self._converter.skip(skipped)
+    by_split = collections.defaultdict(list)
+    for sample in samples:
+      by_split[sample.split].append(sample)
+    logging.info('[%s] found %d samples: %s; rejected %d on sight', self.name, len(samples),
+                 ', '.join(f'{s} {len(by_split[s])}' for s in self.ATOMIC_SPLITS),
+                 len(skipped))
+    return {split: self._generate_examples(split, by_split[split])
+            for split in self.ATOMIC_SPLITS if by_split[split]}
+
+  def _generate_examples(self, split: str, samples: Sequence[RawSample]):
+    config = self.builder_config
+    if self._use_beam:
+      beam = tfds.core.lazy_imports.apache_beam
+      return (beam.Create(samples)
+              | beam.FlatMap(_beam_convert, convert=self.convert_function(),
+                             height=config.height, width=config.width))
+    return self._converter.convert(split, self.convert_function(), samples,
+                                   config.height, config.width)
