@@ -1,0 +1,80 @@
+"""Builds `uwa3dii` from the fake raw tree in `dummy_data/`, in-process and with the CLI.
+
+The CLI test runs `python -m data_builders build` (TFDS's `tfds build`
+command; see `data_builders/__main__.py` for why not the `tfds` script).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+from unittest import mock
+
+from absl.testing import absltest
+import tensorflow_datasets as tfds
+
+from data_builders import builder_test_utils
+from data_builders import raw_clips
+from data_builders.uwa3dii import uwa3dii_dataset_builder
+from data_builders.uwa3dii import uwa3dii_raw
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DUMMY = pathlib.Path(__file__).resolve().parent / 'dummy_data'
+LABELS = {'a01_s01_v01': 'one hand waving', 'a05_s02_v02': 'sitting down',
+          'a12_s03_v03': 'walking', 'a30_s01_v04': 'coughing'}
+FRAMES = {'a01_s01_v01': (4, 5, 5), 'a05_s02_v02': (3, 3, 3), 'a12_s03_v03': (3, 3, 3),
+          'a30_s01_v04': (3, 3, 3)}
+SKIPS = {'a02_s06_v02': 'empty file 002,.jpg', 'a06_s06_v03': 'no RGB folder',
+         'a21_s02_v04': 'no depth folder'}
+
+
+class Uwa3diiTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = uwa3dii_dataset_builder.Builder
+  BUILDER_CONFIG_NAMES_TO_TEST = ['res112']
+  SPLITS = {'view1': 1, 'view2': 1, 'view3': 1, 'view4': 1}
+  SKIP_CHECKSUMS = True
+
+  def setUp(self):
+    super().setUp()
+    self.enter_context(mock.patch.dict(os.environ, {raw_clips.WORKERS_ENV: '1'}))
+
+  def test_examples_and_skip_report(self):
+    builder = builder_test_utils.build(self.DATASET_CLASS, self.enter_context(tempfile.TemporaryDirectory()),
+                                       os.fspath(DUMMY), 'res112')
+    built = builder_test_utils.check_built(self, builder, LABELS, FRAMES, SKIPS)
+    self.assertEqual(built['a12_s03_v03'][1]['view'], 3)
+    self.assertEqual(built['a12_s03_v03'][1]['subject'], 3)
+
+
+class FindSamplesTest(absltest.TestCase):
+
+  def test_empty_root_fails_naming_the_expected_folders(self):
+    with self.assertRaisesRegex(FileNotFoundError, 'UWA3D-RGB.*WholeFrames'):
+      uwa3dii_raw.find_samples(
+          tfds.core.Path(self.enter_context(tempfile.TemporaryDirectory())))
+
+
+class CommandLineTest(absltest.TestCase):
+
+  def test_tfds_build_with_two_workers(self):
+    with tempfile.TemporaryDirectory() as out:
+      env = dict(os.environ, **{raw_clips.WORKERS_ENV: '2'})
+      result = subprocess.run(
+          [sys.executable, '-m', 'data_builders', 'build', 'data_builders/uwa3dii', f'--manual_dir={DUMMY}', f'--data_dir={out}',
+           '--config=res112'],
+          cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=300)
+      self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+      self.assertIn('2 workers', result.stderr)
+      builder = tfds.builder_from_directory(os.path.join(out, 'uwa3dii', 'res112', '1.0.0'))
+      self.assertEqual({s: builder.info.splits[s].num_examples for s in builder.info.splits},
+                       {'view1': 1, 'view2': 1, 'view3': 1, 'view4': 1})
+      self.assertEqual(builder.info.file_format.value, 'array_record')
+      report = raw_clips.read_skip_report(builder.data_path / raw_clips.SKIP_REPORT)
+      self.assertEqual(sorted(s.sample_id for s in report), sorted(SKIPS))
+
+
+if __name__ == '__main__':
+  absltest.main()
