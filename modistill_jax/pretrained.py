@@ -283,8 +283,9 @@ def convert_arrays(fmt: str, arrays: Mapping[str, np.ndarray], *,
     what: name of the source in error messages.
 
   Returns:
-    `({'params', 'batch_stats'}` of a ResNet-50 Stream in the format's stride
-    layout, float32 numpy, temporal kernels at their identity init`, classes)`.
+    `(variables, num_classes)`: `{'params', 'batch_stats'}` of a ResNet-50
+    Stream in the format's stride layout (float32 numpy; temporal kernels at
+    their identity init) and the size of the source classifier.
 
   Raises:
     param_merge.MergeError: listing at once every source name that is missing or
@@ -301,7 +302,9 @@ def convert_arrays(fmt: str, arrays: Mapping[str, np.ndarray], *,
   unused = sorted(n for n in arrays
                   if n not in wanted and not any(re.fullmatch(p, n) for p in ignore))
 
-  f64 = lambda name: np.asarray(arrays[name], np.float64)
+  def f64(name: str) -> np.ndarray:  # Folding in float64 rounds once, at the end.
+    return np.asarray(arrays[name], np.float64)
+
   delta_eps = _SOURCE_EPSILON[fmt] - resnet.Stream.bn_epsilon
   flat: dict[str, np.ndarray] = {}
   for cb in layout.conv_bns:

@@ -116,7 +116,7 @@ def test_slim_conversion_matches_tf_slim(slim_case, images, tmp_path):
   logits = pretrained.imagenet_classifier(str(tmp_path))(images)
   assert np.abs(expected).max() > 1.0  # A comparison that could fail.
   diff = _max_diff(logits, expected)
-  print(f'slim max abs difference: {diff:.3g}')
+  print(f'slim: max abs difference {diff:.3g}, max |logit| {np.abs(expected).max():.3g}')
   assert diff <= TOLERANCE
 
 
@@ -185,7 +185,7 @@ def test_keras_conversion_matches_keras(keras_case, images, tmp_path):
   logits = pretrained.imagenet_classifier(str(tmp_path))(images)
   assert np.abs(expected).max() > 1.0
   diff = _max_diff(logits, expected)
-  print(f'keras max abs difference: {diff:.3g}')
+  print(f'keras: max abs difference {diff:.3g}, max |logit| {np.abs(expected).max():.3g}')
   assert diff <= TOLERANCE
 
 
@@ -211,7 +211,8 @@ def _torchvision_state_dict(rng, num_classes=1000):
   state = {}
 
   def conv(name, c_out, c_in, k):
-    state[f'{name}.weight'] = _random_value('kernel', (k, k, c_in, c_out), rng).transpose(3, 2, 0, 1)
+    kernel = _random_value('kernel', (k, k, c_in, c_out), rng)
+    state[f'{name}.weight'] = kernel.transpose(3, 2, 0, 1)
 
   def bn(name, c):
     state[f'{name}.weight'] = _random_value('gamma', (c,), rng)
@@ -255,7 +256,8 @@ def _torch_conv(x, w, stride=1, padding=0):
 
 def _torch_bn(x, state, name):
   shape = (1, -1, 1, 1)
-  scale = state[f'{name}.weight'] / np.sqrt(state[f'{name}.running_var'].astype(np.float64) + 1e-5)
+  var = state[f'{name}.running_var'].astype(np.float64)
+  scale = state[f'{name}.weight'] / np.sqrt(var + 1e-5)
   return ((x - state[f'{name}.running_mean'].reshape(shape)) * scale.reshape(shape)
           + state[f'{name}.bias'].reshape(shape))
 
@@ -266,7 +268,8 @@ def _torchvision_forward(state, images):
   x = ((images - TORCH_MEAN) / TORCH_STD).transpose(0, 3, 1, 2).astype(np.float64)
   x = relu(_torch_bn(_torch_conv(x, state['conv1.weight'], 2, 3), state, 'bn1'))
   x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-  x = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))[:, :, ::2, ::2].max((-2, -1))
+  x = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))
+  x = x[:, :, ::2, ::2].max((-2, -1))
   for layer, blocks in enumerate((3, 4, 6, 3), start=1):
     for i in range(blocks):
       p = f'layer{layer}.{i}'
@@ -301,7 +304,7 @@ def test_torchvision_conversion_matches_reference(torchvision_case, images, tmp_
   logits = pretrained.imagenet_classifier(str(tmp_path))(images)
   assert np.abs(expected).max() > 1.0
   diff = _max_diff(logits, expected)
-  print(f'torchvision max abs difference: {diff:.3g}')
+  print(f'torchvision: max abs difference {diff:.3g}, max |logit| {np.abs(expected).max():.3g}')
   assert diff <= TOLERANCE
 
 
@@ -381,3 +384,11 @@ def test_cli_converts_a_file(torchvision_case, tmp_path):
   np.testing.assert_array_equal(loaded['params']['conv1']['kernel'],
                                 state['conv1.weight'].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(loaded['batch_stats']['bn1']['mean'], state['bn1.running_mean'])
+
+
+def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails.
+  path = tmp_path / 'resnet50-0676ba61.pth'
+  path.write_bytes(b'')
+  with pytest.raises(ImportError, match='needs PyTorch.*safetensors'):
+    pretrained.read_torchvision(str(path))
