@@ -18,21 +18,15 @@ from modistill_jax.data import synthetic
 TINY = next(c for c in Builder.BUILDER_CONFIGS if c.name == 'tiny').spec
 TINY_SPLIT_SIZES = {'train': 96, 'validation': 32, 'test': 64}
 
-# TFDS 4.9.10's `tfds` entry point imports its `convert_format` command, which
-# needs Apache Beam (not a dependency here). Without Beam, run the CLI's own
-# `build` command: the same flag parser and code, minus the other commands.
-_BUILD_COMMAND_ONLY = """
-from absl import app
-from tensorflow_datasets.scripts.cli import build, cli_utils
-app.run(lambda args: args.execute(),
-        flags_parser=cli_utils.make_flags_parser(build.Args, description='tfds build'))
-"""
-
-
 def _tfds_build_argv() -> list[str]:
+  """`tfds build`, or the same command through `python -m data_builders` without Beam.
+
+  TFDS 4.9.10's `tfds` entry point needs apache-beam importable (see
+  `data_builders/__main__.py`).
+  """
   if importlib.util.find_spec('apache_beam'):
     return [os.path.join(os.path.dirname(sys.executable), 'tfds'), 'build']
-  return [sys.executable, '-c', _BUILD_COMMAND_ONLY]
+  return [sys.executable, '-m', 'data_builders', 'build']
 
 
 def _read(builder: tfds.core.DatasetBuilder) -> dict[str, tuple[str, dict]]:
@@ -80,7 +74,7 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
 def test_cli_build_writes_the_same_examples(python_built, tmp_path):
   folder = os.path.dirname(os.path.abspath(__file__))
   subprocess.run(_tfds_build_argv() + [folder, '--config=tiny', f'--data_dir={tmp_path}'],
-                 check=True, capture_output=True, cwd=tmp_path)
+                 check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(folder)))
   cli_built = tfds.builder_from_directory(str(tmp_path / 'synthetic_rgbd' / 'tiny' / '1.0.0'))
   assert cli_built.info.file_format.value == records.FILE_FORMAT
   from_cli, from_python = _read(cli_built), _read(python_built)
