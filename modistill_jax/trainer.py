@@ -169,6 +169,33 @@ def create_train_state(variables: Mapping[str, PyTree], stage: stages.Stage,
       opt_state=tx.init(params), frozen=frozen)
 
 
+def init_model_variables(model: steps.StageModel,
+                         config: ml_collections.ConfigDict) -> dict[str, PyTree]:
+  """Freshly initialised variables of every stream of the stage (shapes need one clip)."""
+  dummy = {m: jnp.zeros(input_shape(config, 1), model.dtype) for m in model.stage.inputs}
+  return jax.jit(model.init)(jax.random.key(config.seed), dummy)
+
+
+def make_state_fn(stage: stages.Stage, tx, mesh):
+  """Variables -> `TrainState` replicated over the mesh, jitted."""
+  return jax.jit(functools.partial(create_train_state, stage=stage, tx=tx),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def make_train_fn(model: steps.StageModel, config: ml_collections.ConfigDict, tx,
+                  schedule, mesh):
+  """The jitted data-parallel train step; the trainer and `benchmark` run this one.
+
+  The state is donated (updated in place, no second copy of params and optimizer
+  state), replicated over the mesh; the batch is sharded over its first axis.
+  """
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+      functools.partial(steps.train_step, model=model, config=config, tx=tx, schedule=schedule),
+      in_shardings=(replicated, sharding.data_sharded(mesh)),
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
 # MARK: evaluation
 
 
@@ -316,11 +343,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   # MARK: model, optimizer, initial weights
   model = steps.StageModel(stage, config.model, num_classes)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-  dummy = {m: jnp.zeros(input_shape(config, 1), model.dtype) for m in stage.inputs}
-  init_vars = jax.jit(model.init)(jax.random.key(config.seed), dummy)
+  init_vars = init_model_variables(model, config)
   replicated = sharding.replicated(mesh)
-  make_state = jax.jit(functools.partial(create_train_state, stage=stage, tx=tx),
-                       out_shardings=replicated)
+  make_state = make_state_fn(stage, tx, mesh)
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(make_state, init_vars))
@@ -349,10 +374,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   del init_vars
 
   # MARK: steps
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, model=model, config=config, tx=tx, schedule=schedule),
-      in_shardings=(replicated, sharding.data_sharded(mesh)),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  train_fn = make_train_fn(model, config, tx, schedule, mesh)
   eval_fn = make_eval_fn(model, config, mesh)
   writer = metrics_lib.MetricWriter(out_dir)
   preempt = _Preemption()
