@@ -27,6 +27,9 @@ from modistill_jax.models import resnet
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+# Keras' set_weights hands numpy an object without the `copy` keyword, once per array.
+pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
+
 TOLERANCE = 1e-4
 NUM_IMAGES = 2
 SLIM_MEAN = np.array([123.68, 116.78, 103.94], np.float32)
