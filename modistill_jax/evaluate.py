@@ -60,6 +60,7 @@ def evaluate_stage(config: ml_collections.ConfigDict, workdir: str,
   """Accuracy of every stream and the fused model under `config.eval`."""
   stage = stages.get_stage(stage_name, privileged=config.privileged,
                            connections=config.model.connections)
+  trainer.apply_imagenet_normalization(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   source = trainer.load_sources(config)[config.eval.split]

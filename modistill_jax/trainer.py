@@ -31,6 +31,7 @@ from modistill_jax import config_lib
 from modistill_jax import metrics as metrics_lib
 from modistill_jax import optim
 from modistill_jax import param_merge
+from modistill_jax import pretrained
 from modistill_jax import sharding
 from modistill_jax import stages
 from modistill_jax import steps
@@ -128,17 +129,32 @@ def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict
     for s in stage.streams:
       directory = _find_stage(src, (f'step1_{s}', 'step1'), None)
       loaded[s] = checkpointing.stream_variables(checkpointing.read_best_state(directory), s)
-    return loaded, (r'logits/.*',), f'step 1 of {src}'
+    return loaded, (r'(.*/)?logits/.*',), f'step 1 of {src}'
   if config.init.imagenet:
-    from modistill_jax import pretrained  # pylint: disable=g-import-not-at-top
     variables, meta = pretrained.load(config.init.imagenet)
     if meta['stride_layout'] != config.model.stride_layout:
       raise ValueError(
           f"{config.init.imagenet} holds {meta['stride_layout']!r}-layout weights; set "
           f"--config.model.stride_layout={meta['stride_layout']} to run them as trained.")
-    return ({s: variables for s in stage.streams}, (r'logits/.*', r'.*temporal/.*'),
+    return ({s: variables for s in stage.streams}, pretrained.FRESH_PATTERNS,
             f'ImageNet weights {config.init.imagenet}')
   return {}, (), 'scratch'
+
+
+def apply_imagenet_normalization(config: ml_collections.ConfigDict) -> None:
+  """Both modalities get the input normalisation the ImageNet weights expect.
+
+  Every stage of a run descends from the step-1 weights, so every stage (and
+  its evaluation) uses the normalisation recorded with the converted
+  checkpoint; the stage's `config.json` keeps the values used.
+  """
+  if not config.init.imagenet:
+    return
+  with open(os.path.join(config.init.imagenet, pretrained.METADATA_FILE)) as f:
+    meta = json.load(f)
+  for m in ('rgb', 'depth'):
+    config.input[f'{m}_mean'] = tuple(meta['mean'])
+    config.input[f'{m}_std'] = tuple(meta['std'])
 
 
 def initial_variables(config: ml_collections.ConfigDict, stage: stages.Stage, workdir: str,
@@ -313,6 +329,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
               config_path: str | None = None) -> dict[str, Any]:
   """Trains and evaluates one stage; returns (and writes) its results."""
   config_lib.check(config)
+  apply_imagenet_normalization(config)
   stage = stages.get_stage(stage_name, privileged=config.privileged,
                            connections=config.model.connections)
   out_dir = stage_dir(workdir, stage_name)
@@ -409,7 +426,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
         writer.write(step, 'train', scalars)
         progress.update(step, scalars)
         pending, last_log_step, last_log_time = [], step, now
-      if epoch_end and sources['validation'] is not None:
+      # The last step validates too, so a run shorter than an epoch (num_train_steps)
+      # still has a best-on-validation state for the test evaluation and later stages.
+      if (epoch_end or step == total_steps) and sources['validation'] is not None:
         result = evaluate(state, sources['validation'], eval_fn=eval_fn, mesh=mesh, config=config)
         metric = selection_metric(stage, result)
         writer.write(step, 'validation', {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
