@@ -2,22 +2,30 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 
-.PHONY: test install clean
+.PHONY: test demo install clean
 
-$(STAMP): pyproject.toml
+# The runtime install (what `make demo` needs) and the test extras on top of it.
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e .
+	touch $@
 
-install: $(STAMP)
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
 
 # Fake CPU devices let the data-parallel tests run without an accelerator.
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
 	  $(PY) -m pytest -n 2 --dist loadfile -q
 
+# The whole method on the synthetic dataset, on CPU: see modistill_jax/demo.py.
+demo: $(VENV)/.installed
+	JAX_PLATFORMS=cpu $(PY) -m modistill_jax.demo --workdir=workdirs/demo --data_dir=workdirs/tfds
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache workdirs
