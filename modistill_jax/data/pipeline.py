@@ -49,20 +49,25 @@ Batches are dicts of numpy arrays: `rgb`, `depth` uint8 `(B, T, H, W, 3)`,
 the split). Normalisation and depth noise run on device (`preprocess.py`), so
 host-to-device transfers stay uint8.
 
-Throughput on the development machine (2 cores, no accelerator), clips of 5
-RGB JPEG + 5 jet PNG frames stored at 224x224, local batch 32
-(`python -m modistill_jax.data.pipeline_speed`):
+Throughput on the development machine (2 cores, no accelerator, shared with
+other jobs: load average 3.6-7 during the run, so read the numbers as
+relative), clips of 40 frames stored at 224x224 (8.5 KiB JPEG, 39 KiB PNG per
+frame), 5 sampled frames per modality, local batch 32
+(`python -m modistill_jax.data.pipeline_speed --seconds 10 --clips 32`):
 
-| pipeline              | clips/s |
-|-----------------------|---------|
-| 0 workers (threads)   | MEASURE0 |
-| 1 worker process      | MEASURE1 |
-| 2 worker processes    | MEASURE2 |
-| decode only, 1 thread | DECODE1 (x 2 cores = DECODE2 bound) |
+| pipeline                   | clips/s |
+|----------------------------|---------|
+| 0 workers (4 threads)      | 118     |
+| 1 worker process           | 75      |
+| 2 worker processes         | 75      |
+| decode only, 1 thread      | 88 (x 2 cores = 175, the decode bound) |
 
-A real step of the two-stream network on one accelerator consumes far more
-clips per second than two cores decode, so on a TPU/GPU host `worker_count`
-should be about the host's core count.
+With 0 workers the decode threads already keep both cores busy (about 2/3 of
+the bound; the rest is record access, stacking and the flip); worker processes
+add shared-memory transfers and compete for the same two cores, so here they
+only cost. On an accelerator host with tens of cores, set `worker_count` to
+about the core count: each worker brings its own threads and GIL. An idle
+moment measured 163 decode-only clips/s per thread: the per-core bound.
 """
 
 from __future__ import annotations
@@ -127,6 +132,19 @@ def load_source(dataset: str, protocol: str, split: str, *,
   )
 
 
+def resize_frame(image: Image.Image, image_size: tuple[int, int]) -> Image.Image:
+  """RGB at `image_size` `(H, W)`, bilinear: how every sampled frame reaches the model.
+
+  Public so that inference on frames from elsewhere (`modistill_jax.predict`
+  reads video files) prepares them exactly as training and evaluation do.
+  """
+  height, width = image_size
+  image = image.convert('RGB')
+  if image.size != (width, height):
+    image = image.resize((width, height), Image.BILINEAR)
+  return image
+
+
 def _decode_frame(data: bytes, image_size: tuple[int, int], flip: bool) -> np.ndarray:
   """Encoded JPEG/PNG -> `(H, W, 3)` uint8 at `image_size`, mirrored when `flip`."""
   height, width = image_size
@@ -135,9 +153,7 @@ def _decode_frame(data: bytes, image_size: tuple[int, int], flip: bool) -> np.nd
       # JPEG only (a no-op for PNG): decode at 1/2, 1/4 or 1/8 scale in the DCT
       # domain while staying at least as large as the target.
       image.draft('RGB', (width, height))
-    image = image.convert('RGB')
-    if image.size != (width, height):
-      image = image.resize((width, height), Image.BILINEAR)
+    image = resize_frame(image, image_size)
     if flip:
       # Pillow mirrors in C; a reversed numpy view would cost a strided copy.
       image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -263,7 +279,10 @@ def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frame
 
   Returns:
     A Grain iterator of batch dicts (see the module docstring) with
-    `get_state()`/`set_state()`; `close()` it to stop the workers.
+    `get_state()`/`set_state()`; `close()` it to stop the workers. With
+    `worker_count > 0` the calling script needs an `if __name__ == '__main__'`
+    guard: workers start by re-importing `__main__`, and Grain waits forever
+    on a worker that died doing so.
   """
   process_index, process_count = _hosts(process_index, process_count)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
