@@ -274,6 +274,7 @@ def single_stream_stage(config: ml_collections.ConfigDict) -> str:
 
 def stage_names(config: ml_collections.ConfigDict, all_stages: bool,
                 names: Sequence[str] | None) -> tuple[str, ...]:
+  """`--stages` if given; the four stages for `--all_stages` or stage `all`; else the config's."""
   if names:
     for name in names:
       stages.check_stage_name(name)
@@ -306,6 +307,7 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], *, num_steps: i
   sharding.check_batch_size(config.batch_size, mesh)
   device = jax.devices()[0]
   load_before = os.getloadavg()[0]
+  # The compute dtype as every stage's model resolves it from the config.
   dtype = steps.StageModel(stages.get_stage(single_stream_stage(config)), config.model,
                            num_classes).dtype
   forward_flops = forward_flops_per_frame(config, dtype, num_classes)
