@@ -1,0 +1,148 @@
+"""`predict` on real video files gives what the library's evaluation gives on the same frames."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+import tiny_run
+from modistill_jax import checkpointing
+from modistill_jax import predict
+from modistill_jax import stages
+from modistill_jax import steps
+from modistill_jax import trainer
+from modistill_jax.data import pipeline
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  return tiny_run.trained_workdir(tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def predictor(workdir):
+  return predict.Predictor(workdir, 'step4')
+
+
+@pytest.fixture(scope='module')
+def videos(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('videos')
+  return {
+      'mp4': tiny_run.write_video(str(folder / 'long.mp4'), tiny_run.synthetic_frames(11),
+                                  'libx264'),
+      'avi': tiny_run.write_video(str(folder / 'clip.avi'),
+                                  tiny_run.synthetic_frames(7, seed=1), 'mpeg4'),
+      'short': tiny_run.write_video(str(folder / 'short.mp4'),
+                                    tiny_run.synthetic_frames(2, seed=2), 'libx264'),
+  }
+
+
+def png(image: Image.Image) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def library_evaluation(workdir: str, path: str):
+  """The video's frames through the evaluation pipeline and the stage model, by hand.
+
+  The decoded frames are stored losslessly as a record, read back by
+  `pipeline.eval_iterator`, and the best step-4 state is applied with
+  `steps.model_inputs` + `StageModel.apply` (probabilities) and `steps.eval_step`
+  (the prediction evaluation reports).
+  """
+  directory = trainer.stage_dir(workdir, 'step4')
+  with open(os.path.join(directory, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  frames = [png(frame.to_image()) for frame in predict.iter_frames(path)]
+  record = {'rgb': frames, 'depth': frames, 'label': 0, 'sample_id': path}
+  batch = next(iter(pipeline.eval_iterator(
+      [record], global_batch_size=1, num_frames=config.input.num_frames,
+      image_size=(config.input.image_size,) * 2, process_index=0, process_count=1)))
+  stage = stages.get_stage('step4', privileged=config.privileged,
+                           connections=config.model.connections)
+  saved = checkpointing.read_best_state(directory)
+  state = steps.TrainState(step=saved['step'], params=saved['params'],
+                           batch_stats=saved['batch_stats'], opt_state=None, frozen={})
+  model = steps.StageModel(stage, config.model, len(tiny_run.CLASS_NAMES))
+  inputs = steps.model_inputs(batch, config.input, stage.inputs, model.dtype)
+  outputs, _ = model.apply(state.variables(), inputs, train=False)
+  probabilities = np.asarray(jax.nn.softmax(outputs['fused'], axis=-1))
+  prediction = steps.eval_step(state, batch, jax.random.key(0), model=model, config=config)
+  return batch['rgb'], probabilities, int(prediction['pred/fused'][0])
+
+
+@pytest.mark.parametrize('kind', ['mp4', 'avi'])
+def test_predict_equals_library_evaluation(workdir, predictor, videos, kind):
+  clips, indices, num_available = predict.sample_clips(
+      videos[kind], num_frames=predictor.num_frames, image_size=predictor.image_size)
+  eval_clips, eval_probabilities, eval_prediction = library_evaluation(workdir, videos[kind])
+  np.testing.assert_array_equal(clips, eval_clips)
+  np.testing.assert_array_equal(indices, [np.rint(np.linspace(0, num_available - 1, 3))])
+  probabilities = predictor(clips)
+  assert np.abs(probabilities - eval_probabilities).max() <= 1e-5
+  assert int(np.argmax(probabilities[0])) == eval_prediction
+  np.testing.assert_allclose(
+      predict.predict_clips(workdir, 'step4', clips), probabilities, atol=1e-6)
+
+
+def test_frames_repeat_when_the_video_is_short(predictor, videos):
+  clips, indices, num_available = predict.sample_clips(
+      videos['short'], num_frames=3, image_size=predictor.image_size)
+  assert num_available == 2
+  np.testing.assert_array_equal(indices, [[0, 0, 1]])
+  np.testing.assert_array_equal(clips[0, 0], clips[0, 1])
+  assert not np.array_equal(clips[0, 1], clips[0, 2])
+  result = predict.predict_video(predictor, videos['short'], k=3)
+  assert sum(c['probability'] for c in result['top_k']) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_windows_are_sampled_like_clips_and_averaged(predictor, videos):
+  np.testing.assert_array_equal(predict.window_indices(11, 3, 1), [[0, 5, 10]])
+  np.testing.assert_array_equal(predict.window_indices(11, 3, 2), [[0, 2, 4], [5, 7, 10]])
+  with pytest.raises(ValueError, match='cannot fill 3 windows'):
+    predict.window_indices(2, 3, 3)
+  result = predict.predict_video(predictor, videos['mp4'], windows=2, k=3)
+  assert [w['frame_indices'] for w in result['windows']] == [[0, 2, 4], [5, 7, 10]]
+  clips, _, _ = predict.sample_clips(videos['mp4'], num_frames=3,
+                                     image_size=predictor.image_size, windows=2)
+  mean = predictor(clips).mean(axis=0)
+  for entry in result['top_k']:
+    assert entry['probability'] == pytest.approx(
+        mean[tiny_run.CLASS_NAMES.index(entry['class'])], abs=1e-6)
+
+
+def test_stages_reading_depth_are_refused(workdir):
+  with pytest.raises(predict.StageError, match='step2 reads depth and rgb'):
+    predict.Predictor(workdir, 'step2')
+
+
+def test_cli_reports_bad_files_and_goes_on(workdir, predictor, videos, tmp_path):
+  corrupt = tmp_path / 'corrupt.mp4'
+  corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+  empty = tmp_path / 'empty.mp4'
+  empty.touch()
+  output = tmp_path / 'out.jsonl'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'modistill_jax.predict', f'--workdir={workdir}', '--top_k=3',
+       f'--output={output}', videos['mp4'], str(corrupt), str(empty), videos['avi']],
+      capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert proc.returncode == 1, proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 2, proc.stderr
+  assert str(corrupt) in errors[0] and str(empty) in errors[1]
+  results = [json.loads(line) for line in output.read_text().splitlines()]
+  assert [r['video'] for r in results] == [videos['mp4'], videos['avi']]
+  for result in results:
+    result_probabilities = {c['class']: c['probability'] for c in result['top_k']}
+    library = predict.predict_video(predictor, result['video'], k=3)
+    for entry in library['top_k']:
+      assert abs(result_probabilities[entry['class']] - entry['probability']) <= 1e-5
