@@ -30,10 +30,6 @@ from modistill_jax import evaluate
 from modistill_jax import report
 from modistill_jax import trainer
 
-_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/demo', 'Run folder (replaced).')
-_DATA_DIR = flags.DEFINE_string('data_dir', 'workdirs/tfds', 'Where the synthetic dataset is built.')
-
-
 def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   """Runs every stage of the demo and writes the report; returns its path.
 
@@ -87,8 +83,10 @@ def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
 def main(argv):
   del argv
   cli.quiet_logging()
-  run_demo(_WORKDIR.value, _DATA_DIR.value)
+  run_demo(flags.FLAGS.workdir, flags.FLAGS.data_dir)
 
 
 if __name__ == '__main__':
+  flags.DEFINE_string('workdir', 'workdirs/demo', 'Run folder (replaced).')
+  flags.DEFINE_string('data_dir', 'workdirs/tfds', 'Where the synthetic dataset is built.')
   app.run(main)

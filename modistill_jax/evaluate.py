@@ -35,13 +35,6 @@ from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Protocol config file and stage, e.g. configs/ntu_cv.py:step2.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder the stage was trained in.')
-_SWEEP = flags.DEFINE_bool('sweep', False, "Evaluate Table 2's depth-noise row.")
-
-
 def load_stage_state(workdir: str, stage_name: str) -> steps.TrainState:
   """The best state of a finished stage, enough for evaluation (no optimizer)."""
   stage_dir = trainer.stage_dir(workdir, stage_name)
@@ -98,13 +91,23 @@ def sweep_table(rows: list[dict[str, Any]], stream: str = 'fused') -> str:
   return '\n'.join([head, rule, body])
 
 
+def define_flags() -> None:
+  """The command line's flags (defined only when run as a program)."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Protocol config file and stage, e.g. configs/ntu_cv.py:step2.',
+      lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Run folder the stage was trained in.', required=True)
+  flags.DEFINE_bool('sweep', False, "Evaluate Table 2's depth-noise row.")
+  flags.mark_flag_as_required('config')
+
+
 def main(argv):
   del argv
   cli.quiet_logging()
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   for stage_name in stages.expand(config.stage):
     out_dir = trainer.stage_dir(workdir, stage_name)
-    if _SWEEP.value:
+    if flags.FLAGS.sweep:
       rows = noise_sweep(config, workdir, stage_name)
       trainer.write_json(os.path.join(out_dir, 'noise_sweep.json'), rows)
       print(f'{stage_name} ({config.eval.split}):\n{sweep_table(rows)}')
@@ -114,5 +117,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  define_flags()
   app.run(main)

@@ -179,8 +179,7 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
 
 
 def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
+  """pyplot with matplotlib's own backend choice: inline in notebooks, Agg headless."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
 
