@@ -117,6 +117,22 @@ def previous_stage_variables(stage: stages.Stage, workdir: str,
   return loaded
 
 
+def check_imagenet_layout(config: ml_collections.ConfigDict) -> None:
+  """The model must run the ImageNet weights in the stride layout they were trained in.
+
+  `run_stage` calls this first, so a mismatch fails before any data is read or
+  anything is compiled.
+  """
+  if not config.init.imagenet:
+    return
+  with open(os.path.join(config.init.imagenet, pretrained.METADATA_FILE)) as f:
+    layout = json.load(f)['stride_layout']
+  if layout != config.model.stride_layout:
+    raise ValueError(
+        f'{config.init.imagenet} holds {layout!r}-layout weights; set '
+        f'--config.model.stride_layout={layout} to run them as trained.')
+
+
 def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict
                     ) -> tuple[dict[str, dict[str, PyTree]], tuple[str, ...], str]:
   """Step-1 initial weights: another run's step 1, ImageNet, or none (scratch).
@@ -131,11 +147,8 @@ def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict
       loaded[s] = checkpointing.stream_variables(checkpointing.read_best_state(directory), s)
     return loaded, (r'(.*/)?logits/.*',), f'step 1 of {src}'
   if config.init.imagenet:
-    variables, meta = pretrained.load(config.init.imagenet)
-    if meta['stride_layout'] != config.model.stride_layout:
-      raise ValueError(
-          f"{config.init.imagenet} holds {meta['stride_layout']!r}-layout weights; set "
-          f"--config.model.stride_layout={meta['stride_layout']} to run them as trained.")
+    check_imagenet_layout(config)
+    variables, _ = pretrained.load(config.init.imagenet)
     return ({s: variables for s in stage.streams}, pretrained.FRESH_PATTERNS,
             f'ImageNet weights {config.init.imagenet}')
   return {}, (), 'scratch'
@@ -329,6 +342,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
               config_path: str | None = None) -> dict[str, Any]:
   """Trains and evaluates one stage; returns (and writes) its results."""
   config_lib.check(config)
+  check_imagenet_layout(config)
   apply_imagenet_normalization(config)
   stage = stages.get_stage(stage_name, privileged=config.privileged,
                            connections=config.model.connections)
