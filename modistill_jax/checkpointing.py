@@ -87,6 +87,14 @@ def best_dir(stage_dir: str | os.PathLike) -> epath.Path:
   return epath.Path(stage_dir) / 'checkpoints' / 'best'
 
 
+def has_best(stage_dir: str | os.PathLike) -> bool:
+  """Whether the stage finished a best checkpoint (a folder alone is not enough:
+  a run that died early leaves one empty, and Orbax's unfinished saves carry a
+  temporary suffix rather than a plain step number)."""
+  directory = best_dir(stage_dir)
+  return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def read_best_state(stage_dir: str | os.PathLike) -> dict[str, Any]:
   """A finished stage's best state as nested numpy dicts (no target needed).
 

@@ -38,7 +38,7 @@ from modistill_jax import trainer
 def load_stage_state(workdir: str, stage_name: str) -> steps.TrainState:
   """The best state of a finished stage, enough for evaluation (no optimizer)."""
   stage_dir = trainer.stage_dir(workdir, stage_name)
-  if not checkpointing.best_dir(stage_dir).exists():
+  if not checkpointing.has_best(stage_dir):
     raise trainer.MissingPrerequisiteError(
         f'No trained {stage_name} in {stage_dir}; train it first with '
         f'python -m modistill_jax.train --config=<config.py>:{stage_name} --workdir={workdir}')

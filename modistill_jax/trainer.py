@@ -90,7 +90,7 @@ def _command(config_path: str | None, stage: str, workdir: str) -> str:
 
 def _find_stage(workdir: str, candidates: tuple[str, ...], config_path: str | None) -> str:
   for name in candidates:
-    if checkpointing.best_dir(stage_dir(workdir, name)).exists():
+    if checkpointing.has_best(stage_dir(workdir, name)):
       return stage_dir(workdir, name)
   expected = ' or '.join(str(checkpointing.best_dir(stage_dir(workdir, n))) for n in candidates)
   raise MissingPrerequisiteError(
