@@ -1,0 +1,206 @@
+"""Shared fixtures of the trainer tests: tiny data, tiny configs, fast compiles.
+
+* `synthetic_data_dir`: a built TFDS dataset named `synthetic_rgbd` (the
+  demo config's dataset) of a few 16x16 clips in 3 classes, written by TFDS's
+  ad-hoc builder, so it never collides with the real builder in
+  `data_builders/`. The trainer reads it through the
+  real `pipeline.load_source` path; subprocess tests point `--config.data_dir`
+  at it.
+* `fake_sources`: replaces `pipeline.load_source` with in-memory splits of
+  records made by `records.make_example`, with each real dataset's number of
+  classes, for the configs whose data cannot be built here.
+* `shrink`: the test-only overrides that make any real `config:stage` run in
+  seconds (tiny stream, tiny frames, one step).
+* `fast_compile`: XLA without most optimisations while a test module runs
+  (compiling dominates these tests; numbers stay float32-correct).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+# Four fake CPU devices unless the caller chose otherwise (the Makefile does);
+# this must happen before JAX initialises its backends.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# CPU compile time dominates the trainer tests (a train step of the tiny
+# two-stream net compiles in ~15 s with XLA's defaults, ~7 s with these): the
+# legacy CPU emitters and no expensive LLVM passes. Code generation options only;
+# results stay float32-exact to within rounding.
+FAST_COMPILE_XLA_FLAGS = ('--xla_cpu_use_fusion_emitters=false',
+                          '--xla_llvm_disable_expensive_passes=true')
+for _flag in FAST_COMPILE_XLA_FLAGS:
+  if _flag.split('=')[0] not in os.environ['XLA_FLAGS']:
+    os.environ['XLA_FLAGS'] += ' ' + _flag
+
+from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from modistill_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from modistill_jax.data import protocols  # pylint: disable=g-import-not-at-top,wrong-import-position
+from modistill_jax.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FRAME_SIZE = 16          # stored and trained frame size
+STORED_FRAMES = 4        # frames per stored clip
+NUM_CLASSES = {'ntu_rgbd': 60, 'nw_ucla': 10, 'uwa3dii': 30, 'synthetic_rgbd': 3}
+# Clips per split of the tiny datasets; 8 training clips = 2 steps per epoch at batch 4.
+SPLIT_SIZES = {'train': 8, 'validation': 4, 'test': 6}
+
+
+def make_clip(index: int, num_classes: int) -> dict:
+  """A record whose class shows in one colour channel, so a model can learn it."""
+  rng = np.random.default_rng(index)
+  label = index % num_classes
+  shape = (STORED_FRAMES, FRAME_SIZE, FRAME_SIZE, 3)
+  rgb = rng.integers(0, 120, shape, dtype=np.uint8)
+  depth = rng.integers(0, 120, shape, dtype=np.uint8)
+  rgb[..., label % 3] += 120
+  depth[..., (label + 1) % 3] += 120
+  return records.make_example(rgb=rgb, depth_jet=depth, label=label, sample_id=f'clip{index}',
+                              rgb_frames_raw=STORED_FRAMES, depth_frames_raw=STORED_FRAMES)
+
+
+@functools.cache
+def make_split(split: str, num_classes: int) -> tuple[dict, ...]:
+  """The records of a tiny split (cached: the tests only read them)."""
+  offset = {'train': 0, 'validation': 1000, 'test': 2000}[split]
+  return tuple(make_clip(offset + i, num_classes) for i in range(SPLIT_SIZES[split]))
+
+
+# Test-only overrides of any real config: a tiny stream, 2 frames of 16x16, batch
+# 4 (one clip per fake device), one step, one evaluation batch, no workers.
+SHRINK = {
+    'model.units_per_block': (2, 2, 2, 2), 'model.width': 4,
+    'input.image_size': FRAME_SIZE, 'input.num_frames': 2, 'input.worker_count': 0,
+    'input.prefetch': 1, 'batch_size': 4, 'eval_batch_size': 4, 'num_train_steps': 1,
+    'max_eval_batches': 1, 'log_every_steps': 1, 'build_if_missing': False,
+}
+
+
+def shrink(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """Test-only overrides: a tiny stream, 16x16 frames, 2 frames, batch 4, one step.
+
+  `overrides` maps dotted keys to values (e.g. `{'optimizer.learning_rate': 1.}`
+  as `**{'optimizer.learning_rate': 1.}`) and is applied last, through the
+  locked config, so a misspelled key fails here too.
+  """
+  config = config.copy_and_resolve_references()
+  for key, value in {**SHRINK, **overrides}.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f'No config field {key!r}.')
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='session')
+def compilation_cache_dir(tmp_path_factory) -> str:
+  """A persistent XLA cache shared by the pytest workers of one run and their subprocesses.
+
+  The same tiny stage compiles identically in several tests (and in CLI
+  subprocesses), so all but the first compile are cache reads.
+  """
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  path = root / 'jax_compilation_cache'
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def fast_compile(compilation_cache_dir):
+  """While a module's tests run: XLA without most optimisations, and the shared cache."""
+  previous = {k: jax.config.values[k] for k in (
+      'jax_disable_most_optimizations', 'jax_compilation_cache_dir',
+      'jax_persistent_cache_min_compile_time_secs')}
+  jax.config.update('jax_disable_most_optimizations', True)
+  jax.config.update('jax_compilation_cache_dir', compilation_cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  yield
+  for k, v in previous.items():
+    jax.config.update(k, v)
+
+
+def cli_env(compilation_cache_dir: str, *, device_count: int = 4) -> dict[str, str]:
+  """Environment of a CLI subprocess: `device_count` CPU devices, fast compiles, shared cache."""
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = ' '.join((f'--xla_force_host_platform_device_count={device_count}',)
+                              + FAST_COMPILE_XLA_FLAGS)
+  env.update(JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             JAX_COMPILATION_CACHE_DIR=compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
+             PYTHONPATH=REPO_ROOT + os.pathsep + env.get('PYTHONPATH', ''))
+  env.pop('PYTEST_XDIST_WORKER', None)
+  return env
+
+
+def override_flags(overrides: dict[str, object]) -> list[str]:
+  """`shrink`'s overrides (plus `overrides`) as `--config.x=y` command-line flags."""
+  values = {**SHRINK, **overrides}
+  def text(v):
+    return ','.join(map(str, v)) if isinstance(v, tuple) else str(v)
+  return [f'--config.{k}={text(v)}' for k, v in values.items()]
+
+
+def read_latest_state(stage_dir: str) -> dict:
+  """The train state of a stage's latest checkpoint, as nested numpy dicts."""
+  directory = epath.Path(stage_dir) / 'checkpoints' / 'latest'
+  with ocp.CheckpointManager(directory, item_names=('state', 'data'),
+                             options=ocp.CheckpointManagerOptions(create=False)) as mgr:
+    restored = mgr.restore(mgr.latest_step(),
+                           args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.device_get(restored['state'])
+
+
+def assert_trees_close(a, b, *, atol: float = 0.0, rtol: float = 0.0):
+  """Same tree structure and leaves within tolerance (exact by default)."""
+  paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  paths_b = jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in paths_a] == [p for p, _ in paths_b]
+  for (path, x), (_, y) in zip(paths_a, paths_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope='session')
+def synthetic_data_dir(tmp_path_factory) -> str:
+  """A data_dir holding a tiny built `synthetic_rgbd` (ArrayRecord files, 3 classes).
+
+  Written with TFDS's ad-hoc builder, so nothing is registered under the real
+  builder's name.
+  """
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='synthetic_rgbd', version='0.0.1',
+      features=records.clip_features([f'class{i}' for i in range(3)]),
+      split_datasets={split: [(r['sample_id'], r) for r in make_split(split, 3)]
+                      for split in SPLIT_SIZES},
+      data_dir=data_dir, file_format=records.FILE_FORMAT, disable_shuffling=True)
+  return data_dir
+
+
+def fake_load_source(dataset: str, protocol: str, split: str, **kwargs) -> pipeline.Source | None:
+  """`pipeline.load_source` over in-memory records; no split where the protocol has none."""
+  del kwargs
+  if not protocols.get_protocol(dataset, protocol).atomic_splits(split):
+    return None
+  num_classes = NUM_CLASSES[dataset]
+  return pipeline.Source(records=make_split(split, num_classes),
+                         class_names=tuple(f'class{i}' for i in range(num_classes)),
+                         name=f'{dataset}/{protocol}/{split}')
+
+
+@pytest.fixture
+def fake_sources(monkeypatch):
+  """Every dataset reads as tiny in-memory splits with its real class count."""
+  monkeypatch.setattr(pipeline, 'load_source', fake_load_source)

@@ -1,0 +1,68 @@
+"""The trainer's guard rails: each misuse fails early with a message that says the fix.
+
+All runs use the demo config on the tiny built `synthetic_rgbd`, shrunk by
+`conftest.SHRINK`, in-process on 4 fake CPU devices.
+"""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import configs.demo
+from conftest import read_latest_state, shrink
+from modistill_jax import checkpointing
+from modistill_jax import trainer
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
+def demo_config(stage: str, data_dir: str, **overrides):
+  config = shrink(configs.demo.get_config(stage), **overrides)
+  config.data_dir = data_dir
+  return config
+
+
+@pytest.mark.parametrize('field', ['batch_size', 'eval_batch_size'])
+def test_batch_not_divisible_by_devices(field, tmp_path, synthetic_data_dir):
+  """A global batch of 6 clips cannot split over 4 devices; the error gives both numbers."""
+  config = demo_config('step1', synthetic_data_dir, **{field: 6})
+  with pytest.raises(ValueError, match=rf'config\.{field}=6 clips must divide over 4 devices.*'
+                                       r'multiple of 4'):
+    trainer.run_stage(config, str(tmp_path), 'step1')
+  assert not os.path.exists(tmp_path / 'step1' / 'checkpoints')
+
+
+def test_missing_previous_stage(tmp_path, synthetic_data_dir):
+  """Step 2 without step 1 names the checkpoint path it expected and the command to make it."""
+  workdir = str(tmp_path)
+  config = demo_config('step2', synthetic_data_dir)
+  with pytest.raises(trainer.MissingPrerequisiteError) as error:
+    trainer.run_stage(config, workdir, 'step2', config_path='configs/demo.py')
+  message = str(error.value)
+  assert str(checkpointing.best_dir(os.path.join(workdir, 'step1'))) in message
+  assert str(checkpointing.best_dir(os.path.join(workdir, 'step1_depth'))) in message
+  assert (f'python -m modistill_jax.train --config=configs/demo.py:step1 --workdir={workdir}'
+          in message)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_data_dir):
+  """A diverging run raises FloatingPointError naming the step; the last good checkpoint stays.
+
+  Adam with a learning rate of 1e30 moves every weight by ~1e30 in step 1, so
+  step 2's BatchNorm variances overflow and its loss is NaN. Step 1 was
+  checkpointed (`checkpoint_every_steps=1`) and must still be there, finite.
+  """
+  workdir = str(tmp_path)
+  config = demo_config('step1_rgb', synthetic_data_dir, num_train_steps=4,
+                       checkpoint_every_steps=1, **{'optimizer.learning_rate': 1e30})
+  with pytest.raises(FloatingPointError,
+                     match=r'step1_rgb: non-finite loss at step 2.*Last good checkpoint: step 1'):
+    trainer.run_stage(config, workdir, 'step1_rgb')
+  saved = read_latest_state(os.path.join(workdir, 'step1_rgb'))
+  assert int(saved['step']) == 1
+  leaves = jax.tree.leaves(saved['params'])
+  assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
+  assert not os.path.exists(os.path.join(workdir, 'step1_rgb', 'results.json'))
+

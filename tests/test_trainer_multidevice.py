@@ -1,0 +1,104 @@
+"""Data parallelism does not change the mathematics of a training step.
+
+The trainer jits `steps.train_step` over a one-axis mesh with a replicated
+state and a batch sharded along its first axis. On 4 fake CPU devices (one
+clip each) a step must give the 1-device result for the same global batch:
+the loss is a mean over the global batch and, under jit, BatchNorm statistics
+are too (a per-device BatchNorm would see one clip and differ).
+"""
+
+import functools
+
+import jax
+from jax.sharding import AxisType, Mesh
+import numpy as np
+import pytest
+
+import configs.demo
+from conftest import FRAME_SIZE, assert_trees_close, make_split, shrink
+from modistill_jax import optim
+from modistill_jax import sharding
+from modistill_jax import stages
+from modistill_jax import steps
+from modistill_jax import trainer
+from modistill_jax.data import pipeline
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+NUM_STEPS = 1
+# Adam's first updates are `lr * g / (|g| + eps)`: with the default eps=1e-8 a
+# gradient that is 0 in exact arithmetic (a channel no clip activates) but
+# 1e-12 after one reduction order moves a weight by a whole `lr`, in either
+# direction. eps=1e-3 keeps the update proportional to such gradients, so
+# comparing params to 1e-5 compares the gradients themselves.
+ADAM_EPS = 1e-3
+
+
+def run_steps(mesh: Mesh, variables, batches, *, stage, model, config, tx, schedule):
+  """`NUM_STEPS` steps jitted exactly as the trainer does, on `mesh`."""
+  replicated = sharding.replicated(mesh)
+  make_state = jax.jit(functools.partial(trainer.create_train_state, stage=stage, tx=tx),
+                       out_shardings=replicated)
+  train_fn = jax.jit(
+      functools.partial(steps.train_step, model=model, config=config, tx=tx, schedule=schedule),
+      in_shardings=(replicated, sharding.data_sharded(mesh)),
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  state = make_state(variables)
+  losses, grad_norms = [], []
+  for batch in batches:
+    state, metrics = train_fn(state, sharding.to_global(batch, mesh))
+    losses.append(float(metrics['loss']))
+    grad_norms.append(float(metrics['grad_norm']))
+  return jax.device_get(state), losses, grad_norms
+
+
+def test_four_devices_match_one_device():
+  """Loss and BatchNorm statistics agree to 1e-5; gradient norm, params and moments to 1e-4.
+
+  Step 2 is used: two streams with cross-stream connections and BatchNorm in
+  both, the fused loss, from the same initial variables and global batches.
+  """
+  assert jax.device_count() >= 4, 'run with XLA_FLAGS=--xla_force_host_platform_device_count=4'
+  config = shrink(configs.demo.get_config('step2'), **{
+      'optimizer.eps': ADAM_EPS, 'input.image_size': 32})
+  stage = stages.get_stage('step2')
+  model = steps.StageModel(stage, config.model, num_classes=3)
+  tx, schedule = optim.make_optimizer(config.optimizer, NUM_STEPS)
+  dummy = {m: np.zeros(trainer.input_shape(config, 1), np.float32) for m in stage.inputs}
+  variables = jax.device_get(jax.jit(model.init)(jax.random.key(config.seed), dummy))
+  iterator = pipeline.train_iterator(
+      make_split('train', 3), global_batch_size=config.batch_size,
+      num_frames=config.input.num_frames, image_size=(32, 32), seed=0,
+      process_index=0, process_count=1)
+  batches = [next(iterator) for _ in range(NUM_STEPS)]
+  iterator.close()
+  kwargs = dict(stage=stage, model=model, config=config, tx=tx, schedule=schedule)
+  one = Mesh(np.array(jax.devices()[:1]), (sharding.DATA_AXIS,), axis_types=(AxisType.Auto,))
+  four = Mesh(np.array(jax.devices()[:4]), (sharding.DATA_AXIS,), axis_types=(AxisType.Auto,))
+  state_1, losses_1, grad_norms_1 = run_steps(one, variables, batches, **kwargs)
+  state_4, losses_4, grad_norms_4 = run_steps(four, variables, batches, **kwargs)
+
+  np.testing.assert_allclose(losses_4, losses_1, rtol=1e-5, atol=1e-5)
+  # The gradient of a scratch-initialised net with BatchNorm over 4 clips is
+  # large (norm ~100) and ill-conditioned; its float32 rounding differs ~1e-5.
+  # A scratch-initialised net with BatchNorm over 4 clips of 2 frames has a
+  # large (norm ~140), ill-conditioned gradient: a few of its entries change by
+  # up to ~1e-3 relative with the summation order, and Adam passes that on.
+  # Per-device BatchNorm or a missing gradient reduction would differ by O(1).
+  np.testing.assert_allclose(grad_norms_4, grad_norms_1, rtol=1e-4)
+  assert_trees_close(state_4.batch_stats, state_1.batch_stats, rtol=1e-5, atol=1e-5)
+  # Params: a few of ~10^4 weights carry float32 rounding of the gradient
+  # (different reduction order) amplified by Adam's normalisation up to ~3e-5;
+  # 1e-4 is still 10% of one update (lr=1e-3), far below what a wrong
+  # gradient or per-device BatchNorm gives.
+  assert_trees_close(state_4.params, state_1.params, rtol=1e-5, atol=1e-4)
+  # Adam's first moment is 0.1 * gradient: the first conv's kernel gradient (sums
+  # of +-128 pixels times upstream gradients) differs by up to ~3e-4 relative.
+  assert_trees_close(state_4.opt_state, state_1.opt_state, rtol=1e-3, atol=1e-4)
+  # The steps did something: params moved and BatchNorm statistics were updated.
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state_1.params,
+                       {s: variables['params'][s] for s in stage.trainable})
+  assert all(jax.tree.leaves(moved['rgb']['logits']))
+  stats_before = variables['batch_stats']['depth']
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(state_1.batch_stats['depth']), jax.tree.leaves(stats_before)))
