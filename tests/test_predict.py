@@ -1,11 +1,13 @@
 """`predict` on real video files gives what the library's evaluation gives on the same frames."""
 
+import functools
 import io
 import json
 import os
 import subprocess
 import sys
 
+from conftest import REPO_ROOT, cli_env
 import jax
 import ml_collections
 import numpy as np
@@ -20,10 +22,13 @@ from modistill_jax import steps
 from modistill_jax import trainer
 from modistill_jax.data import pipeline
 
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  return tiny_run.trained_workdir(tmp_path_factory)
+def workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
+  del fast_compile  # requested for its order: training compiles under it
+  return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)
 
 
 @pytest.fixture(scope='module')
@@ -50,47 +55,66 @@ def png(image: Image.Image) -> bytes:
   return buffer.getvalue()
 
 
-def library_evaluation(workdir: str, path: str):
-  """The video's frames through the evaluation pipeline and the stage model, by hand.
+def _library_outputs(batch, *, state, model, config):
+  """Probabilities from `StageModel.apply`, and the prediction `steps.eval_step` reports."""
+  inputs = steps.model_inputs(batch, config.input, model.stage.inputs, model.dtype)
+  outputs, _ = model.apply(state.variables(), inputs, train=False)
+  prediction = steps.eval_step(state, batch, jax.random.key(0), model=model, config=config)
+  return jax.nn.softmax(outputs['fused'], axis=-1), prediction['pred/fused']
 
-  The decoded frames are stored losslessly as a record, read back by
-  `pipeline.eval_iterator`, and the best step-4 state is applied with
-  `steps.model_inputs` + `StageModel.apply` (probabilities) and `steps.eval_step`
-  (the prediction evaluation reports).
+
+@pytest.fixture(scope='module')
+def library_evaluation(workdir):
+  """A video's frames through the evaluation pipeline and the stage model, without `predict`.
+
+  The decoded frames are stored losslessly as a record and read back by
+  `pipeline.eval_iterator`; the best step-4 state comes straight from its
+  checkpoint.
   """
   directory = trainer.stage_dir(workdir, 'step4')
   with open(os.path.join(directory, 'config.json')) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  frames = [png(frame.to_image()) for frame in predict.iter_frames(path)]
-  record = {'rgb': frames, 'depth': frames, 'label': 0, 'sample_id': path}
-  batch = next(iter(pipeline.eval_iterator(
-      [record], global_batch_size=1, num_frames=config.input.num_frames,
-      image_size=(config.input.image_size,) * 2, process_index=0, process_count=1)))
+  with open(os.path.join(directory, 'dataset.json')) as f:
+    num_classes = len(json.load(f)['class_names'])
   stage = stages.get_stage('step4', privileged=config.privileged,
                            connections=config.model.connections)
   saved = checkpointing.read_best_state(directory)
   state = steps.TrainState(step=saved['step'], params=saved['params'],
                            batch_stats=saved['batch_stats'], opt_state=None, frozen={})
-  model = steps.StageModel(stage, config.model, len(tiny_run.CLASS_NAMES))
-  inputs = steps.model_inputs(batch, config.input, stage.inputs, model.dtype)
-  outputs, _ = model.apply(state.variables(), inputs, train=False)
-  probabilities = np.asarray(jax.nn.softmax(outputs['fused'], axis=-1))
-  prediction = steps.eval_step(state, batch, jax.random.key(0), model=model, config=config)
-  return batch['rgb'], probabilities, int(prediction['pred/fused'][0])
+  model = steps.StageModel(stage, config.model, num_classes)
+  outputs = jax.jit(functools.partial(_library_outputs, model=model, config=config))
+
+  def evaluate(path):
+    frames = [png(frame.to_image()) for frame in predict.iter_frames(path)]
+    record = {'rgb': frames, 'depth': frames, 'label': 0, 'sample_id': path}
+    batch = next(iter(pipeline.eval_iterator(
+        [record], global_batch_size=1, num_frames=config.input.num_frames,
+        image_size=(config.input.image_size,) * 2, process_index=0, process_count=1)))
+    probabilities, prediction = outputs(batch, state=state)
+    return batch['rgb'], np.asarray(probabilities), int(prediction[0])
+
+  return evaluate
 
 
 @pytest.mark.parametrize('kind', ['mp4', 'avi'])
-def test_predict_equals_library_evaluation(workdir, predictor, videos, kind):
+def test_predict_equals_library_evaluation(predictor, videos, library_evaluation, kind):
   clips, indices, num_available = predict.sample_clips(
       videos[kind], num_frames=predictor.num_frames, image_size=predictor.image_size)
-  eval_clips, eval_probabilities, eval_prediction = library_evaluation(workdir, videos[kind])
+  eval_clips, eval_probabilities, eval_prediction = library_evaluation(videos[kind])
   np.testing.assert_array_equal(clips, eval_clips)
   np.testing.assert_array_equal(indices, [np.rint(np.linspace(0, num_available - 1, 3))])
   probabilities = predictor(clips)
   assert np.abs(probabilities - eval_probabilities).max() <= 1e-5
   assert int(np.argmax(probabilities[0])) == eval_prediction
-  np.testing.assert_allclose(
-      predict.predict_clips(workdir, 'step4', clips), probabilities, atol=1e-6)
+
+
+def test_predict_clips_loads_and_predicts(workdir, predictor, videos):
+  clips, _, _ = predict.sample_clips(videos['mp4'], num_frames=predictor.num_frames,
+                                     image_size=predictor.image_size)
+  np.testing.assert_allclose(predict.predict_clips(workdir, 'step4', clips), predictor(clips),
+                             atol=1e-6)
+  with pytest.raises(ValueError, match='Expected uint8 clips'):
+    predictor(clips.astype(np.float32))
 
 
 def test_frames_repeat_when_the_video_is_short(predictor, videos):
@@ -116,7 +140,7 @@ def test_windows_are_sampled_like_clips_and_averaged(predictor, videos):
   mean = predictor(clips).mean(axis=0)
   for entry in result['top_k']:
     assert entry['probability'] == pytest.approx(
-        mean[tiny_run.CLASS_NAMES.index(entry['class'])], abs=1e-6)
+        mean[predictor.class_names.index(entry['class'])], abs=1e-6)
 
 
 def test_stages_reading_depth_are_refused(workdir):
@@ -124,17 +148,18 @@ def test_stages_reading_depth_are_refused(workdir):
     predict.Predictor(workdir, 'step2')
 
 
-def test_cli_reports_bad_files_and_goes_on(workdir, predictor, videos, tmp_path):
+def test_cli_reports_bad_files_and_goes_on(workdir, predictor, videos, tmp_path,
+                                           compilation_cache_dir):
   corrupt = tmp_path / 'corrupt.mp4'
   corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
   empty = tmp_path / 'empty.mp4'
   empty.touch()
   output = tmp_path / 'out.jsonl'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run(
       [sys.executable, '-m', 'modistill_jax.predict', f'--workdir={workdir}', '--top_k=3',
        f'--output={output}', videos['mp4'], str(corrupt), str(empty), videos['avi']],
-      capture_output=True, text=True, env=env, timeout=300, check=False)
+      cwd=REPO_ROOT, env=cli_env(compilation_cache_dir), capture_output=True, text=True,
+      timeout=300, check=False)
   assert proc.returncode == 1, proc.stderr
   errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 2, proc.stderr
