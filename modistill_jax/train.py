@@ -34,8 +34,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def initialize_distributed() -> None:
   """Joins a multi-process job when asked to; a plain run stays single-process."""
   if _COORDINATOR.value is not None:
-    if jax.default_backend() == 'cpu' or jax.config.jax_platforms == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # CPU processes need a collectives library to exchange data (GPU and TPU
+    # clients ignore this). Nothing may touch a JAX backend before `initialize`.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _MULTIHOST.value:
     jax.distributed.initialize()
