@@ -35,6 +35,7 @@ for _flag in FAST_COMPILE_XLA_FLAGS:
     os.environ['XLA_FLAGS'] += ' ' + _flag
 
 from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
+import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -204,3 +205,24 @@ def fake_load_source(dataset: str, protocol: str, split: str, **kwargs) -> pipel
 def fake_sources(monkeypatch):
   """Every dataset reads as tiny in-memory splits with its real class count."""
   monkeypatch.setattr(pipeline, 'load_source', fake_load_source)
+
+
+def apply_tapped(model, variables, *args, taps=(), **kwargs):
+  """Applies `model`, recording `(args, output)` of the submodules named in `taps`.
+
+  Submodules are named by their '/'-joined path, e.g. 'block2_unit1/conv1'.
+  """
+  taps, record = set(taps), {}
+
+  def interceptor(next_fun, call_args, call_kwargs, context):
+    out = next_fun(*call_args, **call_kwargs)
+    path = '/'.join(context.module.path)
+    if context.method_name == '__call__' and path in taps:
+      record[path] = (call_args, out)
+    return out
+
+  with nn.intercept_methods(interceptor):
+    result = model.apply(variables, *args, **kwargs)
+  missing = taps - set(record)
+  assert not missing, f'never called: {sorted(missing)}'
+  return result, record

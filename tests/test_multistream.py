@@ -7,13 +7,13 @@ drawn from NumPy; the full-size model is only shape-checked with
 
 import functools
 
-import flax.linen as nn
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import apply_tapped
 from modistill_jax import losses
 from modistill_jax.models import multistream
 from modistill_jax.models import resnet
@@ -72,24 +72,6 @@ def _variables(giver='depth', receiver='rgb', seed=0):
       raise AssertionError(f'unexpected variable {path}')
     filled[path] = jnp.asarray(value, jnp.float32)
   return flax.traverse_util.unflatten_dict(filled, sep='/')
-
-
-def _apply_tapped(model, variables, *args, taps=(), **kwargs):
-  """Applies `model`, recording `(args, output)` of the submodules named in `taps`."""
-  taps, record = set(taps), {}
-
-  def interceptor(next_fun, call_args, call_kwargs, context):
-    out = next_fun(*call_args, **call_kwargs)
-    path = '/'.join(context.module.path)
-    if context.method_name == '__call__' and path in taps:
-      record[path] = (call_args, out)
-    return out
-
-  with nn.intercept_methods(interceptor):
-    result = model.apply(variables, *args, **kwargs)
-  missing = taps - set(record)
-  assert not missing, f'never called: {sorted(missing)}'
-  return result, record
 
 
 def _assert_trees_equal(actual, expected):
@@ -228,8 +210,8 @@ def test_connections_inject_giver_unit0_at_unit1_only(train):
   taps = [f'rgb/block{b}_unit{u}' for b in BLOCKS for u in (0, 1)]
   taps += [f'rgb/block{b}_unit{u}/conv1' for b in BLOCKS for u in (0, 1)]
   kwargs = dict(train=train, mutable=['batch_stats']) if train else dict(train=False)
-  out, record = _apply_tapped(_model(connections=True), variables, clips, taps=taps, **kwargs)
-  plain, plain_record = _apply_tapped(_model(connections=False), variables, clips,
+  out, record = apply_tapped(_model(connections=True), variables, clips, taps=taps, **kwargs)
+  plain, plain_record = apply_tapped(_model(connections=False), variables, clips,
                                       taps=taps, **kwargs)
   if train:
     out, plain = out[0], plain[0]

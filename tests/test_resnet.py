@@ -8,13 +8,13 @@ model's own initialiser is used once, for the init-time properties).
 
 import functools
 
-import flax.linen as nn
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import apply_tapped
 from modistill_jax.models import resnet
 
 # ResNet-50's convolutional trunk (torchvision `resnet50` without its fc layer):
@@ -102,27 +102,6 @@ def _tiny_initialised():
   init = jax.jit(functools.partial(_tiny_stream().init, num_frames=FRAMES, train=False))
   # The 'unsafe_rbg' key compiles in a fraction of threefry's time on CPU.
   return init(jax.random.key(0, impl='unsafe_rbg'), _frames(0))
-
-
-def _apply_tapped(model, variables, *args, taps=(), **kwargs):
-  """Applies `model`, recording `(args, output)` of the submodules named in `taps`.
-
-  Submodules are named by their '/'-joined path, e.g. 'block2_unit1/conv1'.
-  """
-  taps, record = set(taps), {}
-
-  def interceptor(next_fun, call_args, call_kwargs, context):
-    out = next_fun(*call_args, **call_kwargs)
-    path = '/'.join(context.module.path)
-    if context.method_name == '__call__' and path in taps:
-      record[path] = (call_args, out)
-    return out
-
-  with nn.intercept_methods(interceptor):
-    result = model.apply(variables, *args, **kwargs)
-  missing = taps - set(record)
-  assert not missing, f'never called: {sorted(missing)}'
-  return result, record
 
 
 def _assert_trees_close(actual, expected, **tolerance):
@@ -327,7 +306,7 @@ def test_temporal_conv_matches_hand_computation():
   """
   model = _tiny_stream()
   variables = _tiny_variables(temporal_noise=1.0)
-  _, record = _apply_tapped(model, variables, _frames(5), num_frames=FRAMES,
+  _, record = apply_tapped(model, variables, _frames(5), num_frames=FRAMES,
                             train=False, taps=['block2_unit1/temporal'])
   (inputs,), outputs = record['block2_unit1/temporal']
   inputs, outputs = np.asarray(inputs, np.float64), np.asarray(outputs)
@@ -383,7 +362,7 @@ def test_gate_enters_residual_branch_of_unit1_only(layout):
   taps = []
   for b in range(1, 5):
     taps += [f'block{b}_unit1', f'block{b}_unit1/conv1', f'block{b}_unit1/bn3']
-  (_, endpoints), record = _apply_tapped(
+  (_, endpoints), record = apply_tapped(
       model, variables, frames, num_frames=FRAMES, train=False, gates=gates, taps=taps)
   strides = resnet.block_strides(layout)
   for b in range(1, 5):
