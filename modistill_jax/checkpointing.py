@@ -98,16 +98,24 @@ def has_best(stage_dir: str | os.PathLike) -> bool:
 def read_best_state(stage_dir: str | os.PathLike) -> dict[str, Any]:
   """A finished stage's best state as nested numpy dicts (no target needed).
 
+  Readable on any device topology: the arrays are restored onto one local
+  device, not onto the mesh they were saved from, so a checkpoint written by
+  a multi-device job opens on a machine with fewer devices (`predict` and
+  `export` on a workstation, a later stage on other hardware).
+
   Raises:
     FileNotFoundError: the stage has no best checkpoint yet.
   """
   directory = best_dir(stage_dir)
-  with ocp.CheckpointManager(directory, item_names=('state',),
+  with ocp.CheckpointManager(directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
                              options=ocp.CheckpointManagerOptions(create=False)) as mgr:
     step = mgr.latest_step()
     if step is None:
       raise FileNotFoundError(str(directory))
-    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          mgr.item_metadata(step)['state'])
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return jax.device_get(restored['state'])
 
 
