@@ -28,13 +28,13 @@ from etils import epath
 import numpy as np
 
 from data_builders import raw_clips
+from modistill_jax.data import protocols
 from modistill_jax.data import records
 
 CLASS_NAMES = ('pick up with one hand', 'pick up with two hands', 'drop trash', 'walk around',
                'sit down', 'stand up', 'donning', 'doffing', 'throw', 'carry')
 ACTION_TO_LABEL = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5, 8: 6, 9: 7, 11: 8, 12: 9}
-NUM_VIEWS = 3
-ATOMIC_SPLITS = tuple(f'view{v}' for v in range(1, NUM_VIEWS + 1))
+ATOMIC_SPLITS = protocols.view_splits('nw_ucla')
 VIEW_DIR = re.compile(r'view_(\d+)')
 SAMPLE_DIR = re.compile(r'a(\d+)_s(\d+)_e(\d+)')
 FRAME_FILE = re.compile(r'frame_(\d+)_tc_(\d+)_(rgb\.jpg|depth\.png)')

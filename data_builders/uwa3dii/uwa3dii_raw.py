@@ -24,6 +24,7 @@ from etils import epath
 import numpy as np
 
 from data_builders import raw_clips
+from modistill_jax.data import protocols
 from modistill_jax.data import records
 
 CLASS_NAMES = (
@@ -34,8 +35,7 @@ CLASS_NAMES = (
     'picking up', 'putting down', 'kicking', 'jumping', 'dancing', 'mopping floor', 'sneezing',
     'sitting down (chair)', 'squatting', 'coughing',
 )
-NUM_VIEWS = 4
-ATOMIC_SPLITS = tuple(f'view{v}' for v in range(1, NUM_VIEWS + 1))
+ATOMIC_SPLITS = protocols.view_splits('uwa3dii')
 RGB_DIR, DEPTH_DIR = 'UWA3D-RGB', 'WholeFrames'
 SAMPLE_DIR = re.compile(r'(a(\d+)_s(\d+)_v(\d+))_e\d+')
 RGB_FRAME = re.compile(r'(\d+),?\.jpg')

@@ -70,6 +70,11 @@ def views_protocol(name: str, num_views: int) -> Protocol:
 
 
 NUM_VIEWS = {'nw_ucla': 3, 'uwa3dii': 4}
+
+
+def view_splits(dataset: str) -> tuple[str, ...]:
+  """The atomic splits of a view-split dataset: `view1` ... `viewN`."""
+  return tuple(f'view{v}' for v in range(1, NUM_VIEWS[dataset] + 1))
 DEFAULT_PROTOCOL = {'ntu_rgbd': 'cross_subject', 'nw_ucla': 'views12_3',
                     'uwa3dii': 'views123_4', 'synthetic_rgbd': 'cross_view'}
 
