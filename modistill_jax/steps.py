@@ -70,7 +70,7 @@ class StageModel:
                     giver_frozen=m.giver_frozen,
                     units_per_block=tuple(model_config.units_per_block),
                     width=model_config.width, stride_layout=model_config.stride_layout,
-                    dtype=dtype)
+                    dtype=dtype, remat=model_config.remat)
         for m in stage.models)
 
   def init(self, rng: Array, inputs: Mapping[str, Array]) -> dict[str, PyTree]:

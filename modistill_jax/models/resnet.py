@@ -147,6 +147,13 @@ class Stream(nn.Module):
     stride_layout: 'slim' | 'keras' | 'torchvision' (see module docstring).
     dtype: compute dtype; parameters stay float32.
     bn_momentum, bn_epsilon: BatchNorm decay and epsilon (reference: 0.997, 1e-5).
+    remat: wrap every bottleneck unit in `nn.remat` (`jax.checkpoint`), so the
+      backward pass recomputes a unit's internal activations from its inputs
+      instead of keeping them from the forward pass. Training activations are
+      most of a step's memory at 224x224; this trades about one extra forward
+      per step for them. Off by default (the reference had no such option). The
+      lifted module keeps the unit's name and scope, so the variable tree, and
+      hence every checkpoint, is the same either way.
   """
   num_classes: int
   units_per_block: Sequence[int] = (3, 4, 6, 3)
@@ -155,6 +162,7 @@ class Stream(nn.Module):
   dtype: jnp.dtype = jnp.float32
   bn_momentum: float = 0.997
   bn_epsilon: float = 1e-5
+  remat: bool = False
 
   @nn.compact
   def __call__(self, frames: Array, *, num_frames: int, train: bool,
@@ -195,10 +203,13 @@ class Stream(nn.Module):
 
     endpoints: dict[str, Array] = {}
     strides = block_strides(self.stride_layout, len(self.units_per_block))
+    # `x_pre` and `gate` may be None: an empty pytree to `jax.checkpoint`, so they
+    # need no `static_argnums`.
+    unit_cls = nn.remat(Bottleneck) if self.remat else Bottleneck
     x_pre = None
     for b, (num_units, stride) in enumerate(zip(self.units_per_block, strides), start=1):
       for u in range(num_units):
-        unit = Bottleneck(
+        unit = unit_cls(
             width=self.width * 2 ** (b - 1),
             stride=unit_stride(self.stride_layout, stride, u, num_units),
             layout=self.stride_layout, temporal=u == CONNECTED_UNIT,
