@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data.
   c.dataset = 'ntu_rgbd'         # TFDS name (builders in data_builders/)
-  c.builder_config = ''          # TFDS builder config ('' = the builder's default)
+  c.builder_config = ''          # TFDS builder config, e.g. 'res224' | 'res112' ('' = none)
   c.protocol = 'cross_subject'   # modistill_jax/data/protocols.py
   c.data_dir = ''                # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
   c.build_if_missing = False     # build the dataset on first use (only for download-free builders)
@@ -65,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.stride_layout = 'slim'
   c.model.dtype = 'float32'      # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.connections = True     # multiplicative cross-stream connections (steps 2-4)
+  c.model.bn_momentum = 0.997    # BatchNorm decay of the running statistics (reference)
+  c.model.bn_epsilon = 1e-5
   # Recompute each bottleneck unit's activations in the backward pass instead of
   # storing them (`nn.remat`): less activation memory for about one extra forward
   # per step (+24% FLOPs in step 3). Not in the reference; checkpoints are unaffected.

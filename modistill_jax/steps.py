@@ -70,7 +70,8 @@ class StageModel:
                     giver_frozen=m.giver_frozen,
                     units_per_block=tuple(model_config.units_per_block),
                     width=model_config.width, stride_layout=model_config.stride_layout,
-                    dtype=dtype, remat=model_config.remat)
+                    dtype=dtype, remat=model_config.remat,
+                    bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon)
         for m in stage.models)
 
   def init(self, rng: Array, inputs: Mapping[str, Array]) -> dict[str, PyTree]:

@@ -49,7 +49,8 @@ class MultiStream(nn.Module):
     connections: multiplicative connections from giver to receiver.
     giver_frozen: the giver is a frozen teacher: its BatchNorm always runs in
       inference mode and no gradient flows into it (step 3).
-    units_per_block, width, stride_layout, dtype, remat: passed to every `Stream`.
+    units_per_block, width, stride_layout, dtype, remat, bn_momentum, bn_epsilon:
+      passed to every `Stream`.
   """
   num_classes: int
   receiver: str
@@ -63,12 +64,15 @@ class MultiStream(nn.Module):
   stride_layout: str = 'slim'
   dtype: Any = jnp.float32
   remat: bool = False
+  bn_momentum: float = 0.997
+  bn_epsilon: float = 1e-5
 
   def _stream(self, name: str) -> resnet.Stream:
     return resnet.Stream(
         num_classes=self.num_classes, units_per_block=tuple(self.units_per_block),
         width=self.width, stride_layout=self.stride_layout, dtype=self.dtype,
-        remat=self.remat, name=name)
+        remat=self.remat, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+        name=name)
 
   @property
   def stream_names(self) -> tuple[str, ...]:
