@@ -15,4 +15,5 @@ def get_config(stage: str = 'step1'):
   config = config_lib.base_config()
   config.dataset = 'ntu_rgbd'
   config.protocol = 'cross_view'
+  config.builder_config = 'res224'
   return config_lib.finalize(config, stage)

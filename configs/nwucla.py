@@ -17,4 +17,5 @@ def get_config(stage: str = 'step1'):
   config = config_lib.base_config()
   config.dataset = 'nw_ucla'
   config.protocol = 'views12_3'
+  config.builder_config = 'res224'
   return config_lib.finalize(config, stage)

@@ -16,4 +16,5 @@ def get_config(stage: str = 'step1'):
   config = config_lib.base_config()
   config.dataset = 'uwa3dii'
   config.protocol = 'views123_4'
+  config.builder_config = 'res224'
   return config_lib.finalize(config, stage)

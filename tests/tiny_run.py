@@ -29,12 +29,10 @@ IMAGE_SIZE = 16
 
 
 def tiny_config(data_dir: str):
-  """The demo config, shrunk to seconds: width 4, 16x16, 3 frames, one epoch (2 steps) per stage.
-
-  A stage keeps a best checkpoint only once it has validated, at an epoch's end.
-  """
+  """The demo config, shrunk to seconds: width 4, 16x16, 3 frames, one epoch (2 steps) per stage."""
   config = demo.get_config('all')
   config.data_dir = data_dir
+  config.builder_config = ''  # conftest's tiny dataset has no builder configs
   config.build_if_missing = False
   config.input.image_size = IMAGE_SIZE
   config.input.num_frames = NUM_FRAMES

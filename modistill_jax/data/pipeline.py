@@ -106,21 +106,46 @@ class Source:
   name: str
 
 
+def built_dataset_dir(dataset: str, *, data_dir: str | None = None,
+                      builder_config: str | None = None) -> str:
+  """The folder of the newest built version of `dataset[/builder_config]`.
+
+  Resolved from the files alone, never from registered builder code: a builder
+  registered in the same process (`import data_builders`) would otherwise
+  substitute its own default config and version for what was built.
+  """
+  root = os.path.join(data_dir or os.environ.get('TFDS_DATA_DIR', tfds.core.constants.DATA_DIR),
+                      dataset, *([builder_config] if builder_config else []))
+  versions = []
+  if os.path.isdir(root):
+    for name in os.listdir(root):
+      parts = name.split('.')
+      if (len(parts) == 3 and all(p.isdigit() for p in parts)
+          and os.path.exists(os.path.join(root, name, 'dataset_info.json'))):
+        versions.append(tuple(int(p) for p in parts))
+  if not versions:
+    built = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    hint = (f'; it holds {built}: set config.builder_config to one of them' if built
+            else '; build it first (see data_builders/<name>/README.md)')
+    raise FileNotFoundError(f'No built {dataset} dataset in {root}{hint}.')
+  return os.path.join(root, '.'.join(map(str, max(versions))))
+
+
 def load_source(dataset: str, protocol: str, split: str, *,
                 data_dir: str | None = None,
                 builder_config: str | None = None) -> Source | None:
   """The records of `split` ('train', 'validation', 'test') of a built dataset.
 
   The dataset is opened from its built files (the newest version in
-  `data_dir`), not from builder code: the trainer reads what was built
-  without importing `data_builders`, and a builder edited since cannot change
-  how existing records are read.
+  `data_dir`, see `built_dataset_dir`), not from builder code: the trainer
+  reads what was built without importing `data_builders`, and a builder edited
+  since cannot change how existing records are read.
 
   Returns:
     None when the protocol has no such split (e.g. no validation set).
   """
-  builder = tfds.core.read_only_builder.builder_from_files(
-      dataset, data_dir=data_dir, config=builder_config)
+  builder = tfds.builder_from_directory(
+      built_dataset_dir(dataset, data_dir=data_dir, builder_config=builder_config))
   split_sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
   expression = protocols.split_expression(dataset, protocol, split, split_sizes)
   if expression is None:
