@@ -19,11 +19,13 @@ def get_config(stage: str = 'step1'):
   config.build_if_missing = True
   config.batch_size = 16
   config.eval_batch_size = 64
-  config.num_epochs = 6
+  config.num_epochs = 3
   config.log_every_steps = 20
   config.checkpoint_every_steps = 500
   config.input.image_size = 64
-  config.input.worker_count = 1
+  # Decoding threads in the training process: on 2 cores a worker process only
+  # competes with the step for the same cores.
+  config.input.worker_count = 0
   config.model.units_per_block = (2, 2, 2, 2)
   config.model.width = 8
   # The reference's decay 0.997 suits 40 epochs of NTU (~450k steps); after the
