@@ -80,6 +80,7 @@ import os
 import time
 
 from absl import flags
+from etils import epath
 import grain
 import jax
 import numpy as np
@@ -110,25 +111,25 @@ def built_dataset_dir(dataset: str, *, data_dir: str | None = None,
                       builder_config: str | None = None) -> str:
   """The folder of the newest built version of `dataset[/builder_config]`.
 
-  Resolved from the files alone, never from registered builder code: a builder
-  registered in the same process (`import data_builders`) would otherwise
+  Resolved from the files alone (local or `gs://`), never from registered
+  builder code: a builder registered in the same process (`import data_builders`) would otherwise
   substitute its own default config and version for what was built.
   """
-  root = os.path.join(data_dir or os.environ.get('TFDS_DATA_DIR', tfds.core.constants.DATA_DIR),
-                      dataset, *([builder_config] if builder_config else []))
+  root = epath.Path(data_dir or os.environ.get('TFDS_DATA_DIR', tfds.core.constants.DATA_DIR))
+  root = root / dataset / builder_config if builder_config else root / dataset
   versions = []
-  if os.path.isdir(root):
-    for name in os.listdir(root):
-      parts = name.split('.')
+  if root.is_dir():
+    for path in root.iterdir():
+      parts = path.name.split('.')
       if (len(parts) == 3 and all(p.isdigit() for p in parts)
-          and os.path.exists(os.path.join(root, name, 'dataset_info.json'))):
+          and (path / 'dataset_info.json').exists()):
         versions.append(tuple(int(p) for p in parts))
   if not versions:
-    built = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    built = sorted(p.name for p in root.iterdir() if not p.name.startswith('.')) if root.is_dir() else []
     hint = (f'; it holds {built}: set config.builder_config to one of them' if built
             else '; build it first (see data_builders/<name>/README.md)')
     raise FileNotFoundError(f'No built {dataset} dataset in {root}{hint}.')
-  return os.path.join(root, '.'.join(map(str, max(versions))))
+  return str(root / '.'.join(map(str, max(versions))))
 
 
 def load_source(dataset: str, protocol: str, split: str, *,
