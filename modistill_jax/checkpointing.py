@@ -43,13 +43,21 @@ class StageCheckpoints:
   def __init__(self, stage_dir: str | os.PathLike, *, keep: int = 1,
                save_interval_steps: int = 1):
     root = epath.Path(stage_dir) / 'checkpoints'
+    # Both managers can save the same step at once (the last step is the best
+    # too). With several processes their async saves meet at barriers named
+    # after the step; distinct prefixes keep the two managers' barriers apart.
     self.latest = ocp.CheckpointManager(
         root / 'latest', item_names=('state', 'data'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             save_interval_steps=save_interval_steps))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, save_interval_steps=save_interval_steps,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix='latest')))
     self.best = ocp.CheckpointManager(
         root / 'best', item_names=('state',),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix='best')))
 
   def save_latest(self, step: int, state: steps.TrainState, data_iterator, *,
                   force: bool = False) -> bool:
