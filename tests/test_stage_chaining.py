@@ -1,0 +1,159 @@
+"""Stage chaining: `all` writes four finished stages, each starting from the right slices of the last.
+
+The trained run is `tiny_run`'s (the demo config's `all` on conftest's tiny
+dataset, shrunk to width 4 and 16x16, one epoch per stage), shared with the
+predict and export tests. Each stage's starting variables are recomputed with
+`trainer.initial_variables`, from an all-zero init so that a stream that was not
+loaded cannot pass by coincidence, and compared bit for bit with the streams of
+the previous stages' best checkpoints. The noise sweep of `evaluate` runs on
+the same run.
+"""
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, cli_env, override_flags
+import tiny_run
+from modistill_jax import checkpointing
+from modistill_jax import evaluate
+from modistill_jax import stages
+from modistill_jax import steps
+from modistill_jax import trainer
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+NOISE_VARIANCES = (0.1, 10.0)
+SWEEP_COLUMNS = ['no noise', '0.1', '10', 'void']
+
+# stage -> {stream it trains: (earlier stage, stream of that stage's best checkpoint)}
+CHAIN = {
+    'step2': {'depth': ('step1', 'depth'), 'rgb': ('step1', 'rgb')},
+    'step3': {'hall': ('step2', 'depth'), 'depth': ('step2', 'depth')},
+    'step4': {'hall': ('step3', 'hall'), 'rgb': ('step2', 'rgb')},
+}
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
+  del fast_compile  # requested for its order: training compiles under it
+  return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)
+
+
+@pytest.fixture(scope='module')
+def config(synthetic_data_dir):
+  return tiny_run.tiny_config(synthetic_data_dir)
+
+
+def zero_variables(stage_name: str, config) -> dict:
+  """The stage's variable tree (shapes of `init_model_variables`), all zeros."""
+  stage = stages.get_stage(stage_name)
+  model = steps.StageModel(stage, config.model, num_classes=3)
+  shapes = jax.eval_shape(functools.partial(trainer.init_model_variables, model, config))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def assert_bit_identical(actual, expected, what: str):
+  paths_a = jax.tree_util.tree_flatten_with_path(actual)[0]
+  paths_e = jax.tree_util.tree_flatten_with_path(expected)[0]
+  assert [p for p, _ in paths_a] == [p for p, _ in paths_e], what
+  assert paths_a, what
+  for (path, a), (_, e) in zip(paths_a, paths_e):
+    assert a.dtype == e.dtype and np.array_equal(a, e), what + jax.tree_util.keystr(path)
+
+
+def assert_starts_from(config, workdir: str, stage_name: str,
+                       sources: dict[str, tuple[str, str]]):
+  """`initial_variables` of `stage_name` equals, stream by stream, the named checkpoint slices."""
+  variables, origin = trainer.initial_variables(
+      config, stages.get_stage(stage_name), workdir, zero_variables(stage_name, config))
+  assert origin == 'previous stages'
+  assert set(variables['params']) == set(sources)
+  for stream, (source_stage, source_stream) in sources.items():
+    saved = checkpointing.read_best_state(trainer.stage_dir(workdir, source_stage))
+    expected = checkpointing.stream_variables(saved, source_stream)
+    actual = {c: variables[c][stream] for c in ('params', 'batch_stats')}
+    assert_bit_identical(actual, expected,
+                         f'{stage_name} {stream} <- {source_stage} {source_stream}: ')
+
+
+def test_all_writes_four_finished_stages(workdir):
+  """Every stage of `all` has results (with a test accuracy) and a best checkpoint."""
+  for stage_name in stages.ALL_STAGES:
+    directory = trainer.stage_dir(workdir, stage_name)
+    assert checkpointing.has_best(directory), stage_name
+    with open(os.path.join(directory, 'results.json')) as f:
+      results = json.load(f)
+    assert results['stage'] == stage_name
+    assert results['best_step'] == results['total_steps'] == 2
+    assert 0.0 <= results['test']['accuracy']['fused'] <= 1.0
+
+
+@pytest.mark.parametrize('stage_name', sorted(CHAIN))
+def test_stage_starts_from_previous_checkpoints(stage_name, workdir, config):
+  """Steps 2-4 start from the intended streams of the earlier best checkpoints, bit for bit.
+
+  Step 2: both streams from step 1. Step 3: the hallucination stream and the
+  frozen teacher both from step 2's depth stream. Step 4: the hallucination
+  stream from step 3, the RGB stream from step 2 (not step 1, whose RGB stream
+  never saw the connections).
+  """
+  assert_starts_from(config, workdir, stage_name, CHAIN[stage_name])
+
+
+def test_step2_from_separate_step1_stages(tmp_path, config):
+  """Step 2 finds its streams in `step1_rgb` and `step1_depth` when there is no joint step 1."""
+  workdir = str(tmp_path)
+  with jax.default_prng_impl('unsafe_rbg'):
+    for stage_name in ('step1_rgb', 'step1_depth'):
+      trainer.run_stage(config, workdir, stage_name)
+  assert not os.path.exists(trainer.stage_dir(workdir, 'step1'))
+  assert_starts_from(config, workdir, 'step2',
+                     {'depth': ('step1_depth', 'depth'), 'rgb': ('step1_rgb', 'rgb')})
+
+
+def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_cache_dir):
+  """`evaluate --sweep` prints Table 2's row and writes it to `step2/noise_sweep.json`.
+
+  The columns are no noise, each variance of `eval.noise_variances`, and void
+  depth, in that order, each evaluated with its own sigma.
+  """
+  overrides = {'input.num_frames': tiny_run.NUM_FRAMES, 'data_dir': synthetic_data_dir,
+               'eval.noise_variances': NOISE_VARIANCES}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'modistill_jax.evaluate', '--config=configs/demo.py:step2',
+       f'--workdir={workdir}', '--sweep', *override_flags(overrides)],
+      cwd=REPO_ROOT, env=cli_env(compilation_cache_dir), capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  with open(os.path.join(trainer.stage_dir(workdir, 'step2'), 'noise_sweep.json')) as f:
+    rows = json.load(f)
+  assert [r['sigma2'] for r in rows] == SWEEP_COLUMNS
+  assert [r['void'] for r in rows] == [False, False, False, True]
+  np.testing.assert_allclose([r['sigma'] for r in rows],
+                             [0.0] + [math.sqrt(v) for v in NOISE_VARIANCES] + [0.0])
+  for r in rows:
+    assert set(r['accuracy']) == {'depth', 'rgb', 'fused'}
+    assert r['num_examples'] > 0
+  assert '| sigma^2 | ' + ' | '.join(SWEEP_COLUMNS) + ' |' in proc.stdout
+  assert evaluate.sweep_table(rows) in proc.stdout
+
+
+def test_noise_cannot_reach_step4(workdir, config):
+  """Step 4 reads RGB only, so every depth-noise setting gives the same accuracies."""
+  config = config.copy_and_resolve_references()
+  config.eval.noise_variances = NOISE_VARIANCES
+  with jax.default_prng_impl('unsafe_rbg'):
+    rows = evaluate.noise_sweep(config, workdir, 'step4')
+  assert [r['sigma2'] for r in rows] == SWEEP_COLUMNS
+  assert set(rows[0]['accuracy']) == {'hall', 'rgb', 'fused'}
+  for r in rows[1:]:
+    assert r['accuracy'] == rows[0]['accuracy'], r['sigma2']
+    assert r['num_examples'] == rows[0]['num_examples']
