@@ -36,7 +36,9 @@ for _flag in FAST_COMPILE_XLA_FLAGS:
 
 from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
+import flax.traverse_util  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -46,6 +48,7 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-
 from modistill_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.data import protocols  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
+from modistill_jax.models import resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAME_SIZE = 16          # stored and trained frame size
@@ -227,3 +230,39 @@ def apply_tapped(model, variables, *args, taps=(), **kwargs):
   missing = taps - set(record)
   assert not missing, f'never called: {sorted(missing)}'
   return result, record
+
+
+def fill_variables(shapes, seed, temporal_noise=0.0):
+  """Generic, non-degenerate variables for a tree of shapes, drawn with NumPy.
+
+  Conv/dense kernels are He-normal, BatchNorm scales/biases and running
+  statistics are perturbed away from their trivial values, and temporal kernels
+  are the identity on the centre tap plus `temporal_noise` times a Gaussian.
+  """
+  rng = np.random.default_rng(seed)
+  filled = {}
+  for path, leaf in flax.traverse_util.flatten_dict(shapes, sep='/').items():
+    name, shape = path.rsplit('/', 1)[-1], leaf.shape
+    if name == 'kernel' and '/temporal/' in path:
+      value = np.asarray(resnet.temporal_identity_init(None, shape))
+      value = value + temporal_noise * rng.normal(size=shape) / np.sqrt(3 * shape[-1])
+    elif name == 'kernel':
+      value = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
+    elif name == 'scale':
+      value = 1.0 + 0.1 * rng.normal(size=shape)
+    elif name in ('bias', 'mean'):
+      value = 0.1 * rng.normal(size=shape)
+    elif name == 'var':
+      value = rng.uniform(0.5, 1.5, size=shape)
+    else:
+      raise AssertionError(f'unexpected variable {path}')
+    filled[path] = jnp.asarray(value, jnp.float32)
+  return flax.traverse_util.unflatten_dict(filled, sep='/')
+
+
+@pytest.fixture(scope='module')
+def tiny_trained_workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
+  """Steps 1-4 of the demo config trained on the tiny dataset (see `tiny_run`)."""
+  del fast_compile  # requested for its order: training compiles under it
+  import tiny_run  # pylint: disable=g-import-not-at-top
+  return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)

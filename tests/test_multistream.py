@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import apply_tapped
+from conftest import apply_tapped, fill_variables
 from modistill_jax import losses
 from modistill_jax.models import multistream
 from modistill_jax.models import resnet
@@ -53,25 +53,7 @@ def _variables(giver='depth', receiver='rgb', seed=0):
   model = _model(giver, receiver)
   shapes = jax.eval_shape(functools.partial(model.init, train=False),
                           jax.random.key(0), _clips(0))
-  rng = np.random.default_rng(seed)
-  filled = {}
-  for path, leaf in _flat(shapes).items():
-    name, shape = path.rsplit('/', 1)[-1], leaf.shape
-    if name == 'kernel' and '/temporal/' in path:
-      value = (np.asarray(resnet.temporal_identity_init(None, shape))
-               + rng.normal(size=shape) / np.sqrt(3 * shape[-1]))
-    elif name == 'kernel':
-      value = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
-    elif name == 'scale':
-      value = 1.0 + 0.1 * rng.normal(size=shape)
-    elif name in ('bias', 'mean'):
-      value = 0.1 * rng.normal(size=shape)
-    elif name == 'var':
-      value = rng.uniform(0.5, 1.5, size=shape)
-    else:
-      raise AssertionError(f'unexpected variable {path}')
-    filled[path] = jnp.asarray(value, jnp.float32)
-  return flax.traverse_util.unflatten_dict(filled, sep='/')
+  return fill_variables(shapes, seed, temporal_noise=1.0)
 
 
 def _assert_trees_equal(actual, expected):

@@ -26,9 +26,8 @@ pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
-  del fast_compile  # requested for its order: training compiles under it
-  return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)
+def workdir(tiny_trained_workdir):
+  return tiny_trained_workdir
 
 
 @pytest.fixture(scope='module')

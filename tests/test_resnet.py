@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import apply_tapped
+from conftest import apply_tapped, fill_variables
 from modistill_jax.models import resnet
 
 # ResNet-50's convolutional trunk (torchvision `resnet50` without its fc layer):
@@ -51,34 +51,6 @@ def _full_size_shapes(layout, num_classes=60, frames=2):
   return logits, endpoints, variables
 
 
-def _fill_variables(shapes, seed, temporal_noise=0.0):
-  """Generic, non-degenerate variables for a tree of shapes, drawn with NumPy.
-
-  Conv/dense kernels are He-normal, BatchNorm scales/biases and running
-  statistics are perturbed away from their trivial values, and temporal kernels
-  are the identity on the centre tap plus `temporal_noise` times a Gaussian.
-  """
-  rng = np.random.default_rng(seed)
-  filled = {}
-  for path, leaf in _flat(shapes).items():
-    name, shape = path.rsplit('/', 1)[-1], leaf.shape
-    if name == 'kernel' and '/temporal/' in path:
-      value = np.asarray(resnet.temporal_identity_init(None, shape))
-      value = value + temporal_noise * rng.normal(size=shape) / np.sqrt(3 * shape[-1])
-    elif name == 'kernel':
-      value = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
-    elif name == 'scale':
-      value = 1.0 + 0.1 * rng.normal(size=shape)
-    elif name in ('bias', 'mean'):
-      value = 0.1 * rng.normal(size=shape)
-    elif name == 'var':
-      value = rng.uniform(0.5, 1.5, size=shape)
-    else:
-      raise AssertionError(f'unexpected variable {path}')
-    filled[path] = jnp.asarray(value, jnp.float32)
-  return flax.traverse_util.unflatten_dict(filled, sep='/')
-
-
 def _tiny_stream(layout='slim'):
   return resnet.Stream(num_classes=NUM_CLASSES, stride_layout=layout, **TINY)
 
@@ -93,7 +65,7 @@ def _tiny_variables(layout='slim', seed=0, temporal_noise=0.0):
   shapes = jax.eval_shape(
       functools.partial(model.init, num_frames=FRAMES, train=False),
       jax.random.key(0), _frames(0))
-  return _fill_variables(shapes, seed, temporal_noise)
+  return fill_variables(shapes, seed, temporal_noise)
 
 
 @functools.lru_cache(maxsize=None)
