@@ -42,7 +42,7 @@ class StageCheckpoints:
 
   def __init__(self, stage_dir: str | os.PathLike, *, keep: int = 1,
                save_interval_steps: int = 1):
-    root = epath.Path(stage_dir) / 'checkpoints'
+    root = _absolute(stage_dir) / 'checkpoints'
     # Both managers can save the same step at once (the last step is the best
     # too). With several processes their async saves meet at barriers named
     # after the step; distinct prefixes keep the two managers' barriers apart.
@@ -91,8 +91,14 @@ class StageCheckpoints:
     self.best.close()
 
 
+def _absolute(path: str | os.PathLike) -> epath.Path:
+  """Orbax rejects relative paths; a local one is made absolute (URLs already are)."""
+  path = str(path)
+  return epath.Path(path if '://' in path else os.path.abspath(path))
+
+
 def best_dir(stage_dir: str | os.PathLike) -> epath.Path:
-  return epath.Path(stage_dir) / 'checkpoints' / 'best'
+  return _absolute(stage_dir) / 'checkpoints' / 'best'
 
 
 def has_best(stage_dir: str | os.PathLike) -> bool:
