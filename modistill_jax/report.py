@@ -85,10 +85,11 @@ def _step1_stage(workdir: str, stream: str) -> str:
   return 'step1'
 
 
-def paper_number(row: Row, loss: str, protocol: str | None) -> float | None:
+def paper_number(row: Row, loss: str, dataset: str | None,
+                 protocol: str | None) -> float | None:
   """The paper's NTU figure for a row, or None (other datasets, rows it lacks)."""
   column = {'cross_subject': 0, 'cross_view': 1}.get(protocol or '')
-  if column is None:
+  if dataset != 'ntu_rgbd' or column is None:
     return None
   number = LOSS_ROWS[row.number].get(loss) if row.number in LOSS_ROWS else row.number
   return PAPER_TABLE1.get(number, (None, None))[column] if number else None
@@ -109,7 +110,7 @@ def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
     loss = results.get('loss', '')
     rows.append({'row': row.number, 'method': row.method, 'test_modality': row.test_modality,
                  'loss': row.loss.format(loss=loss), 'accuracy': 100 * accuracy,
-                 'paper': paper_number(row, loss, results.get('protocol')),
+                 'paper': paper_number(row, loss, results.get('dataset'), results.get('protocol')),
                  'num_examples': results[split]['num_examples'],
                  'complete': results[split]['complete']})
   return rows

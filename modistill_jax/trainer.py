@@ -475,7 +475,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   best_state = ckpt.restore_best(abstract_state)
   results = {
       'stage': stage_name, 'dataset': config.dataset, 'protocol': config.protocol,
-      'privileged': config.privileged, 'loss': stage.loss if stage.loss != 'distill' else config.loss.kind,
+      'privileged': config.privileged,
+      'loss': config.loss.kind if stage.student else stage.loss,
       'connections': bool(config.model.connections and any(m.connections for m in stage.models)),
       'train_inputs': list(stage.inputs), 'fused_streams': list(stage.fused),
       'best_step': best['step'], 'validation_accuracy': best['metric'],
