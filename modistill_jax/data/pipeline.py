@@ -49,25 +49,24 @@ Batches are dicts of numpy arrays: `rgb`, `depth` uint8 `(B, T, H, W, 3)`,
 the split). Normalisation and depth noise run on device (`preprocess.py`), so
 host-to-device transfers stay uint8.
 
-Throughput on the development machine (2 cores, no accelerator, shared with
-other jobs: load average 3.6-7 during the run, so read the numbers as
-relative), clips of 40 frames stored at 224x224 (8.5 KiB JPEG, 39 KiB PNG per
-frame), 5 sampled frames per modality, local batch 32
-(`python -m modistill_jax.data.pipeline_speed --seconds 10 --clips 32`):
+Throughput on the development machine (2 cores, no accelerator), clips of 40
+frames stored at 224x224 (8.5 KiB JPEG, 39 KiB PNG per frame), 5 sampled frames
+per modality, local batch 32 (`python -m modistill_jax.data.pipeline_speed`),
+once on the idle machine (load 0.07) and once while other jobs ran (load 3.6-7):
 
-| pipeline                   | clips/s |
-|----------------------------|---------|
-| 0 workers (4 threads)      | 118     |
-| 1 worker process           | 75      |
-| 2 worker processes         | 75      |
-| decode only, 1 thread      | 88 (x 2 cores = 175, the decode bound) |
+| pipeline                   | idle clips/s | loaded clips/s |
+|----------------------------|--------------|----------------|
+| 0 workers (4 threads)      | 224          | 118            |
+| 1 worker process           | 144          | 75             |
+| 2 worker processes         | 179          | 75             |
+| decode only, 1 thread      | 200 (x 2 cores = 399, the decode bound) | 88 (x 2 = 175) |
 
-With 0 workers the decode threads already keep both cores busy (about 2/3 of
-the bound; the rest is record access, stacking and the flip); worker processes
-add shared-memory transfers and compete for the same two cores, so here they
-only cost. On an accelerator host with tens of cores, set `worker_count` to
-about the core count: each worker brings its own threads and GIL. An idle
-moment measured 163 decode-only clips/s per thread: the per-core bound.
+So the pipeline reaches 56% of the decode bound when idle (67% under load):
+short of the 70% target. The threads of one process do not scale to both cores
+(record access, stacking and the flip hold the GIL between decodes), and worker
+processes pay shared-memory transfers of 48 MB batches on the same two cores.
+On an accelerator host with tens of cores, set `worker_count` to about the
+core count: each worker brings its own threads and GIL.
 """
 
 from __future__ import annotations
