@@ -14,9 +14,7 @@ per-host share of the records); `to_global` assembles the slices into one array.
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterator, Mapping
-import itertools
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -27,6 +25,7 @@ DATA_AXIS = 'data'
 
 
 def make_mesh() -> Mesh:
+  # Auto axes let XLA propagate the batch sharding through the frame/clip reshapes.
   return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
                        axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -53,18 +52,6 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
-
-
-def prefetch_to_mesh(batches: Iterator[Mapping[str, np.ndarray]], mesh: Mesh,
-                     size: int) -> Iterator[dict[str, jax.Array]]:
-  """Keeps `size` batches in flight on the devices while the step runs."""
-  queue: collections.deque[Any] = collections.deque()
-  for batch in itertools.islice(batches, size):
-    queue.append(to_global(batch, mesh))
-  while queue:
-    yield queue.popleft()
-    for batch in itertools.islice(batches, 1):
-      queue.append(to_global(batch, mesh))
 
 
 def fetch(tree: Any) -> Any:
