@@ -119,7 +119,7 @@ class Predictor:
           f'Stage {stage_name} reads {" and ".join(self.stage.inputs)}, but a video gives '
           f'RGB only; use a stage that reads RGB alone (step4 with depth privileged, '
           f'or step1_rgb).')
-    if not checkpointing.best_dir(directory).exists():
+    if not checkpointing.has_best(directory):
       raise StageError(f'No best checkpoint in {checkpointing.best_dir(directory)}: '
                        f'{stage_name} has not finished training.')
     saved = checkpointing.read_best_state(directory)
