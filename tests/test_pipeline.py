@@ -10,6 +10,7 @@ from etils import epath
 import grain
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
@@ -126,6 +127,50 @@ def test_resize_from_larger_jpeg_and_png():
   np.testing.assert_allclose(batch['depth'].mean(), 50, atol=1)
 
 
+def test_only_the_asked_modalities_are_decoded(monkeypatch):
+  clips = make_records(9)  # this test's own frame objects: no other test's threads decode them
+  decoded = []
+  real_decode = records.decode_image
+  monkeypatch.setattr(records, 'decode_image', lambda data: decoded.append(data) or real_decode(data))
+  iterator = train(clips, global_batch_size=8, modalities=('rgb',))
+  rgb_only = take(iterator, 3)
+  iterator.close()
+  ids = {m: {id(f) for r in clips for f in r[m]} for m in ('rgb', 'depth')}
+  assert any(id(f) in ids['rgb'] for f in decoded)
+  assert not any(id(f) in ids['depth'] for f in decoded)
+  monkeypatch.undo()
+  iterator = train(clips, global_batch_size=8)
+  both = take(iterator, 3)
+  iterator.close()
+  for full, rgb in zip(both, rgb_only):
+    assert set(rgb) == {'rgb', 'label', 'mask', 'index'}
+    for key in rgb:  # the same clips, frames and flips as with both modalities
+      np.testing.assert_array_equal(rgb[key], full[key])
+  batch = next(iter(evaluate(RECORDS, 4, modalities=('depth',))))
+  assert 'rgb' not in batch and batch['depth'].shape == (4, NUM_FRAMES, SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize('modalities', [(), ('rgb', 'rgb'), ('rgb', 'flow')])
+def test_unknown_or_repeated_modalities_are_refused(modalities):
+  with pytest.raises(ValueError, match='modalities must be distinct names'):
+    train(modalities=modalities)
+
+
+def test_resize_is_the_serving_resize():
+  """Frames stored at another size reach the model as `predict` would prepare them."""
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (3, 40, 30, 3), dtype=np.uint8)
+  clip = [records.make_example(rgb=frames, depth_jet=frames[:, ::-1], label=0, sample_id='odd',
+                               rgb_frames_raw=3, depth_frames_raw=3)]
+  batch = next(iter(pipeline.eval_iterator(clip, global_batch_size=1, num_frames=3,
+                                           image_size=(SIZE, 12), process_index=0,
+                                           process_count=1)))
+  for modality in ('rgb', 'depth'):
+    served = [np.asarray(pipeline.resize_frame(Image.fromarray(records.decode_image(f)), (SIZE, 12)))
+              for f in clip[0][modality]]
+    np.testing.assert_array_equal(batch[modality][0], np.stack(served))
+
+
 def test_same_seed_same_stream_other_seed_differs():
   streams = []
   for seed in (3, 3, 4):
@@ -203,10 +248,11 @@ def test_worker_processes_give_the_same_stream_and_resume():
   restored.close()
 
 
-def evaluate(records_, global_batch_size, process_index=0, process_count=1):
+def evaluate(records_, global_batch_size, process_index=0, process_count=1, **kwargs):
   return pipeline.eval_iterator(
       records_, global_batch_size=global_batch_size, num_frames=NUM_FRAMES,
-      image_size=(SIZE, SIZE), process_index=process_index, process_count=process_count)
+      image_size=(SIZE, SIZE), process_index=process_index, process_count=process_count,
+      **kwargs)
 
 
 @pytest.mark.parametrize('num_devices, global_batch_size', [(1, 1), (1, 5), (4, 4), (4, 8), (4, 36)])

@@ -31,11 +31,11 @@ Training stream (`train_iterator`), per host:
    generator seeded by `(seed, epoch, record index)`, not by stream position
    as Grain's `random_map` does: with a position-keyed generator the `j`-th
    clip of every host would share its augmentation draws.
-4. Decode only the sampled frames (Pillow; JPEG's DCT `draft` when shrinking
-   by 2x or more), bilinear resize when the stored size differs, flip.
-   Decoding runs in `ReadOptions` threads (Pillow releases the GIL while
-   decoding) inside each of `worker_count` processes (`mp_prefetch`; 0 keeps
-   everything in this process for tests and notebooks).
+4. Decode only the sampled frames (`records.decode_image`, OpenCV), resize
+   when the stored size differs (Pillow bilinear, as serving does), flip.
+   Decoding runs in `ReadOptions` threads (`cv2.imdecode` releases the GIL for
+   the whole decode) inside each of `worker_count` processes (`mp_prefetch`;
+   0 keeps everything in this process).
 5. Batch `global_batch_size // P` clips in this process, and prefetch the next
    batches in a thread, so the trainer's `next()` overlaps the device step.
 
@@ -44,7 +44,8 @@ Evaluation (`eval_iterator`): host `p` reads `records[p::P]`, padded with
 batch)` batches on every host, so all hosts run the same number of steps and
 every record counts exactly once (big_vision's `make_for_inference` scheme).
 
-Batches are dicts of numpy arrays: `rgb`, `depth` uint8 `(B, T, H, W, 3)`,
+Batches are dicts of numpy arrays: `rgb`, `depth` uint8 `(B, T, H, W, 3)` (only
+the `modalities` asked for: a stage decodes just what it reads),
 `label` int32 `(B,)`, `mask` bool `(B,)`, `index` int32 `(B,)` (record index in
 the split). Normalisation and depth noise run on device (`preprocess.py`), so
 host-to-device transfers stay uint8.
@@ -52,33 +53,26 @@ host-to-device transfers stay uint8.
 Throughput on the development machine (2 cores, no accelerator), clips of 40
 frames stored at 224x224 (8.5 KiB JPEG, 39 KiB PNG per frame), 5 sampled frames
 per modality, local batch 32 (`python -m modistill_jax.data.pipeline_speed`),
-once on the idle machine (load 0.07) and once while other jobs ran (load 3.6-7):
-
-| pipeline                   | idle clips/s | loaded clips/s |
-|----------------------------|--------------|----------------|
-| 0 workers (4 threads)      | 224          | 118            |
-| 1 worker process           | 144          | 75             |
-| 2 worker processes         | 179          | 75             |
-| decode only, 1 thread      | 200 (x 2 cores = 399, the decode bound) | 88 (x 2 = 175) |
-
-So the pipeline reaches 56% of the decode bound when idle (67% under load):
-short of the 70% target. The threads of one process do not scale to both cores
-(record access, stacking and the flip hold the GIL between decodes), and worker
-processes pay shared-memory transfers of 48 MB batches on the same two cores.
-On an accelerator host with tens of cores, set `worker_count` to about the
-core count: each worker brings its own threads and GIL.
+idle machine: see `docs/performance.md` for the figures and how they were
+taken. In short, 0 workers (decoding threads of this process) is the fastest
+setting on 2 cores, above 70% of the decode bound (one thread's decode-only
+rate times the cores); worker processes are slower there, since every decoded
+clip (1.5 MB) crosses a process boundary on the same two cores. On an accelerator
+host with tens of cores, where one process's Python work (sampling, stacking,
+Grain's bookkeeping: about 13% of a clip's time) would cap the threads, set
+`worker_count` to a few processes, each with its own threads and GIL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 import dataclasses
-import io
 import math
 import os
 import time
 
 from absl import flags
+import cv2
 from etils import epath
 import grain
 import jax
@@ -87,13 +81,16 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from modistill_jax.data import protocols
+from modistill_jax.data import records as records_lib
 from modistill_jax.data import sampling
 
 Batch = dict[str, np.ndarray]
 
-# Threads decoding clips inside each process (main process or worker): Pillow
-# releases the GIL while decoding, so threads use the cores without pickling.
+# Threads decoding clips inside each process (main process or worker):
+# `cv2.imdecode` releases the GIL, so threads use the cores without pickling.
 READ_THREADS = 4
+# The clips a record holds, in the order batches list them.
+MODALITIES = ('rgb', 'depth')
 # Batches prefetched after batching, so the trainer never waits on stacking.
 BATCH_PREFETCH = 2
 
@@ -172,24 +169,21 @@ def resize_frame(image: Image.Image, image_size: tuple[int, int]) -> Image.Image
 
 def _decode_frame(data: bytes, image_size: tuple[int, int], flip: bool) -> np.ndarray:
   """Encoded JPEG/PNG -> `(H, W, 3)` uint8 at `image_size`, mirrored when `flip`."""
-  height, width = image_size
-  with Image.open(io.BytesIO(data)) as image:
-    if image.size != (width, height):
-      # JPEG only (a no-op for PNG): decode at 1/2, 1/4 or 1/8 scale in the DCT
-      # domain while staying at least as large as the target.
-      image.draft('RGB', (width, height))
-    image = resize_frame(image, image_size)
-    if flip:
-      # Pillow mirrors in C; a reversed numpy view would cost a strided copy.
-      image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(image)
+  frame = records_lib.decode_image(data)
+  if frame.shape[:2] != tuple(image_size):
+    # Stored at another size (e.g. a res112 build for a 224 model): resize as
+    # serving does (`predict` calls `resize_frame` too), so both see the same pixels.
+    frame = np.asarray(resize_frame(Image.fromarray(frame), image_size))
+  # OpenCV mirrors in C without the GIL; a reversed numpy view would cost a
+  # strided copy in `np.stack`.
+  return cv2.flip(frame, 1) if flip else frame
 
 
-def _decode_clip(record: dict, indices: np.ndarray, image_size: tuple[int, int],
-                 flip: bool) -> tuple[np.ndarray, np.ndarray]:
-  """The frames `indices` of both modalities, flipped alike when `flip`."""
-  return tuple(np.stack([_decode_frame(record[modality][i], image_size, flip) for i in indices])
-               for modality in ('rgb', 'depth'))
+def _decode_clip(record: dict, indices: np.ndarray, image_size: tuple[int, int], flip: bool,
+                 modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """The frames `indices` of each modality, flipped alike when `flip`."""
+  return {m: np.stack([_decode_frame(record[m][i], image_size, flip) for i in indices])
+          for m in modalities}
 
 
 def _num_frames(record: dict) -> int:
@@ -200,9 +194,16 @@ def _num_frames(record: dict) -> int:
   return num_rgb
 
 
-def _example(rgb: np.ndarray, depth: np.ndarray, label: int, mask: bool, index: int) -> Batch:
-  return {'rgb': rgb, 'depth': depth, 'label': np.int32(label), 'mask': np.bool_(mask),
-          'index': np.int32(index)}
+def _example(clips: dict[str, np.ndarray], label: int, mask: bool, index: int) -> Batch:
+  return {**clips, 'label': np.int32(label), 'mask': np.bool_(mask), 'index': np.int32(index)}
+
+
+def _checked_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+  modalities = tuple(modalities)
+  distinct = len(set(modalities)) == len(modalities)
+  if not modalities or not distinct or not set(modalities) <= set(MODALITIES):
+    raise ValueError(f'modalities must be distinct names among {MODALITIES}, got {modalities}.')
+  return modalities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,12 +218,13 @@ class _EpochOf:
 @dataclasses.dataclass(frozen=True)
 class _TrainClip:
   """`(epoch, record index)` -> one augmented training example."""
-  records: Sequence[dict]
+  records: Sequence[dict] = dataclasses.field(repr=False)  # Grain logs the transform's repr
   num_frames: int
   image_size: tuple[int, int]
   seed: int
   uniform_prob: float
   flip: bool
+  modalities: tuple[str, ...]
 
   def __call__(self, epoch_and_index: tuple[int, int]) -> Batch:
     epoch, index = epoch_and_index
@@ -231,25 +233,26 @@ class _TrainClip:
     indices = sampling.train_indices(_num_frames(record), self.num_frames, rng,
                                      self.uniform_prob)
     flip = self.flip and rng.random() < 0.5
-    rgb, depth = _decode_clip(record, indices, self.image_size, flip)
-    return _example(rgb, depth, record['label'], True, index)
+    clips = _decode_clip(record, indices, self.image_size, flip, self.modalities)
+    return _example(clips, record['label'], True, index)
 
 
 @dataclasses.dataclass(frozen=True)
 class _EvalClip:
   """Record index -> uniformly sampled example; -1 -> a masked-out zero example."""
-  records: Sequence[dict]
+  records: Sequence[dict] = dataclasses.field(repr=False)
   num_frames: int
   image_size: tuple[int, int]
+  modalities: tuple[str, ...]
 
   def __call__(self, index: int) -> Batch:
     if index < 0:
       zeros = np.zeros((self.num_frames, *self.image_size, 3), np.uint8)
-      return _example(zeros, zeros, 0, False, -1)
+      return _example({m: zeros for m in self.modalities}, 0, False, -1)
     record = self.records[index]
     indices = sampling.uniform_indices(_num_frames(record), self.num_frames)
-    rgb, depth = _decode_clip(record, indices, self.image_size, flip=False)
-    return _example(rgb, depth, record['label'], True, index)
+    clips = _decode_clip(record, indices, self.image_size, False, self.modalities)
+    return _example(clips, record['label'], True, index)
 
 
 def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -287,7 +290,8 @@ def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frame
                    image_size: tuple[int, int], seed: int, uniform_prob: float = 0.5,
                    flip: bool = True, process_index: int | None = None,
                    process_count: int | None = None, worker_count: int = 0,
-                   worker_buffer_size: int = 2) -> grain.DatasetIterator:
+                   worker_buffer_size: int = 2,
+                   modalities: Sequence[str] = MODALITIES) -> grain.DatasetIterator:
   """Endless, per-epoch reshuffled batches: this host's rows of each global batch.
 
   Args:
@@ -301,6 +305,9 @@ def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frame
     process_index, process_count: this host and the host count; default JAX's.
     worker_count: decoding processes; 0 decodes in threads of this process.
     worker_buffer_size: decoded clips each worker keeps ready.
+    modalities: the clips to decode and return (a stage's `inputs`); the
+      others are never decoded, which makes RGB-only stages several times
+      cheaper on the host (a jet-depth PNG costs ~3x an RGB JPEG to decode).
 
   Returns:
     A Grain iterator of batch dicts (see the module docstring) with
@@ -316,7 +323,8 @@ def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frame
   ds = grain.MapDataset.range(len(records)).seed(seed).shuffle().repeat()
   ds = ds.map_with_index(_EpochOf(len(records)))
   ds = ds[process_index::process_count]
-  ds = ds.map(_TrainClip(records, num_frames, tuple(image_size), seed, uniform_prob, flip))
+  ds = ds.map(_TrainClip(records, num_frames, tuple(image_size), seed, uniform_prob, flip,
+                         _checked_modalities(modalities)))
   ds = _decoded_and_batched(ds, local_batch_size, worker_count, worker_buffer_size,
                             drop_remainder=True)
   return iter(ds)
@@ -345,8 +353,12 @@ class EvalBatches:
 
 def eval_iterator(records: Sequence[dict], *, global_batch_size: int, num_frames: int,
                   image_size: tuple[int, int], process_index: int | None = None,
-                  process_count: int | None = None, worker_count: int = 0) -> EvalBatches:
-  """Every record exactly once over all hosts, uniformly sampled, padded with mask=False."""
+                  process_count: int | None = None, worker_count: int = 0,
+                  modalities: Sequence[str] = MODALITIES) -> EvalBatches:
+  """Every record exactly once over all hosts, uniformly sampled, padded with mask=False.
+
+  Arguments as for `train_iterator`.
+  """
   process_index, process_count = _hosts(process_index, process_count)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   max_per_host = math.ceil(len(records) / process_count)
@@ -355,7 +367,7 @@ def eval_iterator(records: Sequence[dict], *, global_batch_size: int, num_frames
   own = np.arange(process_index, len(records), process_count)
   indices[:len(own)] = own
   ds = grain.MapDataset.source(indices.tolist())
-  ds = ds.map(_EvalClip(records, num_frames, tuple(image_size)))
+  ds = ds.map(_EvalClip(records, num_frames, tuple(image_size), _checked_modalities(modalities)))
   ds = _decoded_and_batched(ds, local_batch_size, worker_count, worker_buffer_size=2,
                             drop_remainder=False)
   return EvalBatches(dataset=ds, num_batches=num_batches, num_examples=len(records))
@@ -368,11 +380,12 @@ def usable_cores() -> int:
 
 def measure_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
                         image_size: tuple[int, int] = (224, 224), batch_size: int = 32,
-                        worker_count: int = 0, seconds: float = 10.0) -> float:
+                        worker_count: int = 0, seconds: float = 10.0,
+                        modalities: Sequence[str] = MODALITIES) -> float:
   """Training-pipeline throughput alone (clips/s), after two warm-up batches."""
   iterator = train_iterator(records, global_batch_size=batch_size, num_frames=num_frames,
                             image_size=image_size, seed=0, process_index=0, process_count=1,
-                            worker_count=worker_count)
+                            worker_count=worker_count, modalities=modalities)
   try:
     for _ in range(2):
       next(iterator)
@@ -385,18 +398,18 @@ def measure_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
 
 
 def measure_decode_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
-                               seconds: float = 10.0) -> float:
-  """Decoding alone in one thread: `num_frames` RGB + depth frames per clip, clips/s.
+                               seconds: float = 10.0,
+                               modalities: Sequence[str] = MODALITIES) -> float:
+  """Decoding alone in one thread: `num_frames` frames per modality and clip, clips/s.
 
-  Times this rate the number of cores is the most any pipeline can deliver.
+  The pipeline's own decoder (`records.decode_image`) on the frames it would
+  sample; times the number of cores, the most any pipeline can deliver.
   """
   clips, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
     record = records[clips % len(records)]
     for i in sampling.uniform_indices(_num_frames(record), num_frames):
-      for modality in ('rgb', 'depth'):
-        with Image.open(io.BytesIO(record[modality][i])) as image:
-          image.convert('RGB')
+      for modality in modalities:
+        records_lib.decode_image(record[modality][i])
     clips += 1
   return clips / (time.perf_counter() - start)
-
