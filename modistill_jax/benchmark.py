@@ -20,7 +20,8 @@ What each reported number is:
   at the same frames/s does twice the work of one stream.
 * `pipeline_clips_per_s`: with `--data_dir`, the Grain input pipeline alone on
   the built dataset's training split (`pipeline.measure_clips_per_s`), at the
-  config's batch size and `input.worker_count`; null otherwise.
+  config's batch size and `input.worker_count`, decoding the stage's `inputs`
+  only, as the trainer does (so RGB-only stages read no depth); null otherwise.
 * `flops_per_step`: XLA's cost analysis of the compiled step, over all devices
   (the analysis of an SPMD executable counts one device's share, which is
   `flops_per_step_per_device`).
@@ -185,13 +186,13 @@ def forward_flops_per_frame(config: ml_collections.ConfigDict, dtype, num_classe
   return _flops(forward.lower(variables, frames).compile()) / num_frames
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, num_classes: int, mesh,
-                    seed: int) -> dict[str, jax.Array]:
-  """A global batch shaped like the pipeline's (both modalities, uint8), on the devices."""
+def synthetic_batch(config: ml_collections.ConfigDict, modalities: Sequence[str],
+                    num_classes: int, mesh, seed: int) -> dict[str, jax.Array]:
+  """A global batch shaped like the pipeline's (the stage's modalities, uint8), on the devices."""
   rng = np.random.default_rng(seed)
   batch_size = config.batch_size
   clips = trainer.input_shape(config, batch_size)
-  batch = {m: rng.integers(0, 256, clips, dtype=np.uint8) for m in ('rgb', 'depth')}
+  batch = {m: rng.integers(0, 256, clips, dtype=np.uint8) for m in modalities}
   batch['label'] = rng.integers(0, num_classes, batch_size, dtype=np.int32)
   batch['mask'] = np.ones(batch_size, np.bool_)
   batch['index'] = np.arange(batch_size, dtype=np.int32)
@@ -211,7 +212,7 @@ def benchmark_stage(config: ml_collections.ConfigDict, stage_name: str, *, num_s
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(lambda: make_state(trainer.init_model_variables(model, config))))
-  batches = [synthetic_batch(config, num_classes, mesh, seed) for seed in range(2)]
+  batches = [synthetic_batch(config, stage.inputs, num_classes, mesh, seed) for seed in range(2)]
   abstract_batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batches[0])
 
@@ -224,6 +225,7 @@ def benchmark_stage(config: ml_collections.ConfigDict, stage_name: str, *, num_s
 
   result = {
       'stage': stage_name, 'streams': list(stage.streams), 'frozen': list(stage.frozen),
+      'inputs': list(stage.inputs),
       'flops_per_step': flops_per_device * mesh.devices.size,
       'flops_per_step_per_device': flops_per_device,
       'peak_memory_bytes': memory, 'xla_peak_memory_in_bytes': xla_peak,
@@ -255,8 +257,12 @@ def benchmark_stage(config: ml_collections.ConfigDict, stage_name: str, *, num_s
   return result
 
 
-def measure_pipeline(config: ml_collections.ConfigDict, data_dir: str, seconds: float) -> float:
-  """The input pipeline's clips/s alone on the built dataset's training split."""
+def measure_pipeline(config: ml_collections.ConfigDict, data_dir: str, seconds: float,
+                     modalities: Sequence[str]) -> float:
+  """The input pipeline's clips/s alone on the built dataset's training split.
+
+  Decoding only `modalities`, as the trainer does for a stage reading them.
+  """
   source = pipeline.load_source(config.dataset, config.protocol, 'train', data_dir=data_dir,
                                 builder_config=config.builder_config or None)
   if source is None:
@@ -264,7 +270,8 @@ def measure_pipeline(config: ml_collections.ConfigDict, data_dir: str, seconds: 
   size = config.input.image_size
   return pipeline.measure_clips_per_s(
       source.records, num_frames=config.input.num_frames, image_size=(size, size),
-      batch_size=config.batch_size, worker_count=config.input.worker_count, seconds=seconds)
+      batch_size=config.batch_size, worker_count=config.input.worker_count, seconds=seconds,
+      modalities=modalities)
 
 
 def single_stream_stage(config: ml_collections.ConfigDict) -> str:
@@ -313,7 +320,12 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], *, num_steps: i
   forward_flops = forward_flops_per_frame(config, dtype, num_classes)
   results = [benchmark_stage(config, name, num_steps=num_steps, warmup=warmup,
                              num_classes=num_classes, mesh=mesh) for name in names]
-  pipeline_clips = measure_pipeline(config, data_dir, pipeline_seconds) if data_dir else None
+  pipeline_clips = {}  # by the modalities decoded: RGB-only stages decode no depth
+  for r in results:
+    inputs = tuple(r['inputs'])
+    if data_dir and inputs not in pipeline_clips:
+      pipeline_clips[inputs] = measure_pipeline(config, data_dir, pipeline_seconds, inputs)
+    r['pipeline_clips_per_s'] = pipeline_clips.get(inputs)
   peak = peak_flops(device.device_kind)
   add_comparisons(results, single_stream_stage(config), forward_flops, config.batch_size,
                   config.input.num_frames)
@@ -323,7 +335,7 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], *, num_steps: i
       'dtype': config.model.dtype, 'batch_size': config.batch_size,
       'num_frames': config.input.num_frames, 'image_size': config.input.image_size,
       'units_per_block': list(config.model.units_per_block), 'width': config.model.width,
-      'forward_flops_per_frame': forward_flops, 'pipeline_clips_per_s': pipeline_clips,
+      'forward_flops_per_frame': forward_flops,
       'host_cpus': pipeline.usable_cores(),
       'host_load_avg_1m': [load_before, os.getloadavg()[0]]}
   for r in results:
@@ -348,10 +360,10 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
       f"width {first['width']}; host load {first['host_load_avg_1m'][0]:.1f} on "
       f"{first['host_cpus']} cores",
       f"forward GFLOP/frame (one stream, inference): "
-      f"{_fmt(first['forward_flops_per_frame'], 1e9, 3)}; input pipeline clips/s: "
-      f"{_fmt(first['pipeline_clips_per_s'])}",
+      f"{_fmt(first['forward_flops_per_frame'], 1e9, 3)}",
       f"{'stage':<12}{'clips/s':>10}{'frames/s':>11}{'GFLOP/step':>13}{'fwd units':>10}"
-      f"{'MFU':>7}{'mem GiB':>9}{'compile s':>10}{'recomp':>7}{'FLOP x':>8}{'eff':>7}"]
+      f"{'MFU':>7}{'mem GiB':>9}{'compile s':>10}{'recomp':>7}{'FLOP x':>8}{'eff':>7}"
+      f"{'input clips/s':>15}"]
   for r in results:
     mfu = 'n/a' if r['mfu'] is None else f"{100 * r['mfu']:.1f}%"
     recompiles = 'n/a' if r['recompiles'] is None else str(r['recompiles'])
@@ -360,7 +372,7 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
         f"{_fmt(r['flops_per_step'], 1e9):>13}{_fmt(r['flops_in_stream_forwards'], 1, 2):>10}"
         f"{mfu:>7}{_fmt(r['peak_memory_bytes'], 2**30, 2):>9}{_fmt(r['compile_s']):>10}"
         f"{recompiles:>7}{_fmt(r['flop_ratio'], 1, 2):>8}"
-        f"{_fmt(r['multi_stream_efficiency'], 1, 2):>7}")
+        f"{_fmt(r['multi_stream_efficiency'], 1, 2):>7}{_fmt(r['pipeline_clips_per_s']):>15}")
   return '\n'.join(lines)
 
 

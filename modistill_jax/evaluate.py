@@ -62,7 +62,7 @@ def evaluate_stage(config: ml_collections.ConfigDict, workdir: str,
   model = steps.StageModel(stage, config.model, len(source.class_names))
   state = jax.device_put(load_stage_state(workdir, stage_name), sharding.replicated(mesh))
   result = trainer.evaluate(state, source, eval_fn=trainer.make_eval_fn(model, config, mesh),
-                            mesh=mesh, config=config)
+                            mesh=mesh, config=config, modalities=stage.inputs)
   return {k: result[k] for k in ('accuracy', 'num_examples', 'complete')}
 
 

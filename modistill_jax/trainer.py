@@ -12,7 +12,7 @@ names, split sizes), `metrics.jsonl` + `events/` (TensorBoard),
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 import functools
 import json
 import os
@@ -234,12 +234,15 @@ def make_eval_fn(model: steps.StageModel, config: ml_collections.ConfigDict, mes
 
 
 def evaluate(state: steps.TrainState, source: pipeline.Source, *, eval_fn, mesh,
-             config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Exact accuracy of every stream and of the fused model on a whole split."""
+             config: ml_collections.ConfigDict, modalities: Sequence[str]) -> dict[str, Any]:
+  """Exact accuracy of every stream and of the fused model on a whole split.
+
+  `modalities`: the clips the stage reads (`Stage.inputs`), the only ones decoded.
+  """
   batches = pipeline.eval_iterator(
       source.records, global_batch_size=config.eval_batch_size,
-      num_frames=config.input.num_frames,
-      image_size=(config.input.image_size,) * 2, worker_count=config.input.worker_count)
+      num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
+      worker_count=config.input.worker_count, modalities=modalities)
   key = jax.random.key(config.eval.noise_seed)
   outputs = []
   truncated = False
@@ -385,7 +388,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
       train_src.records, global_batch_size=config.batch_size,
       num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
       seed=config.seed, uniform_prob=config.input.uniform_prob, flip=config.input.flip,
-      worker_count=config.input.worker_count)
+      worker_count=config.input.worker_count, modalities=stage.inputs)
   position = IteratorPosition(train_iter)
   ckpt = checkpointing.StageCheckpoints(out_dir, keep=config.keep_checkpoints)
   progress = metrics_lib.Progress(total_steps, stage_name)
@@ -443,7 +446,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
       # The last step validates too, so a run shorter than an epoch (num_train_steps)
       # still has a best-on-validation state for the test evaluation and later stages.
       if (epoch_end or step == total_steps) and sources['validation'] is not None:
-        result = evaluate(state, sources['validation'], eval_fn=eval_fn, mesh=mesh, config=config)
+        result = evaluate(state, sources['validation'], eval_fn=eval_fn, mesh=mesh, config=config,
+                          modalities=stage.inputs)
         metric = selection_metric(stage, result)
         writer.write(step, 'validation', {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
         progress.message(f'epoch {step // steps_per_epoch}: validation accuracy {metric:.4f}')
@@ -483,7 +487,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
       'total_steps': total_steps, 'train_seconds': time.time() - t_start}
   split = config.eval.split
   if sources[split] is not None:
-    result = evaluate(best_state, sources[split], eval_fn=eval_fn, mesh=mesh, config=config)
+    result = evaluate(best_state, sources[split], eval_fn=eval_fn, mesh=mesh, config=config,
+                      modalities=stage.inputs)
     results[split] = {k: result[k] for k in ('accuracy', 'num_examples', 'complete')}
     writer.write(best['step'], split, {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
     if jax.process_index() == 0:

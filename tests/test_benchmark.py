@@ -1,8 +1,8 @@
 """The benchmark command on a tiny demo stream: its JSON, FLOP accounting and no recompiles.
 
 One run of `python -m modistill_jax.benchmark` benchmarks step1_rgb and step3
-on four fake CPU devices (no dataset: `pipeline_clips_per_s` is null); the
-tests read its JSON. Nothing here asserts a speed.
+on four fake CPU devices, with the input pipeline on the tiny built dataset;
+the tests read its JSON. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ STAGE_KEYS = {
     'stage': str, 'device_kind': str, 'frames_per_s': float, 'clips_per_s': float,
     'flops_per_step': float, 'forward_flops_per_frame': float, 'mfu': type(None),
     'peak_memory_bytes': int, 'compile_s': float, 'recompiles': int,
-    'pipeline_clips_per_s': type(None), 'flop_ratio': float, 'multi_stream_efficiency': float}
+    'pipeline_clips_per_s': float, 'flop_ratio': float, 'multi_stream_efficiency': float}
 
 
 @pytest.fixture(scope='module')
-def report(tmp_path_factory) -> dict:
+def report(tmp_path_factory, synthetic_data_dir) -> dict:
   """The JSON of one benchmark run of step1_rgb and step3 (tiny stream, 2 timed steps)."""
   out = tmp_path_factory.mktemp('benchmark') / 'result.json'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true',
@@ -36,7 +36,8 @@ def report(tmp_path_factory) -> dict:
       '--stages=step1_rgb,step3', '--steps=2', '--warmup=2', f'--json={out}',
       '--num_classes=3',
       '--config.model.width=4', '--config.input.image_size=16', '--config.input.num_frames=2',
-      '--config.input.worker_count=0', '--config.batch_size=4']
+      '--config.input.worker_count=0', '--config.batch_size=4',
+      f'--data_dir={synthetic_data_dir}', '--config.builder_config=', '--pipeline_seconds=0.5']
   done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                         timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -52,6 +53,12 @@ def test_json_has_every_key_with_its_type(report):
     assert result['num_devices'] == 4
     assert result['frames_per_s'] == pytest.approx(2 * result['clips_per_s'])
     assert result['peak_memory_bytes'] > 0
+
+
+def test_pipeline_is_timed_on_the_modalities_each_stage_reads(report):
+  step1, step3 = report['stages']
+  assert step1['inputs'] == ['rgb'] and sorted(step3['inputs']) == ['depth', 'rgb']
+  assert step1['pipeline_clips_per_s'] > 0 and step3['pipeline_clips_per_s'] > 0
 
 
 def test_no_step_after_the_first_recompiles(report):

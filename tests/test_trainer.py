@@ -4,6 +4,7 @@ All runs use the demo config on the tiny built `synthetic_rgbd`, shrunk by
 `conftest.SHRINK`, in-process on 4 fake CPU devices.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -14,6 +15,7 @@ import configs.demo
 from conftest import read_latest_state, shrink
 from modistill_jax import checkpointing
 from modistill_jax import trainer
+from modistill_jax.data import pipeline
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -66,3 +68,34 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, syntheti
   assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
   assert not os.path.exists(os.path.join(workdir, 'step1_rgb', 'results.json'))
 
+
+
+class _UndecodableDepth:
+  """A split whose depth frames are not images: reading one raises."""
+
+  def __init__(self, records):
+    self._records = records
+
+  def __len__(self):
+    return len(self._records)
+
+  def __getitem__(self, index):
+    record = self._records[index]
+    return {**record, 'depth': [b'not an image'] * len(record['depth'])}
+
+
+def test_a_stage_decodes_only_the_modalities_it_reads(tmp_path, synthetic_data_dir, monkeypatch):
+  """step1_rgb trains and tests without touching depth; step1_depth trips over it."""
+  real_load_source = pipeline.load_source
+
+  def load_source(*args, **kwargs):
+    source = real_load_source(*args, **kwargs)
+    return source and dataclasses.replace(source, records=_UndecodableDepth(source.records))
+
+  monkeypatch.setattr(pipeline, 'load_source', load_source)
+  results = trainer.run_stage(demo_config('step1_rgb', synthetic_data_dir), str(tmp_path),
+                              'step1_rgb')
+  assert results['test']['num_examples'] > 0
+  with pytest.raises(ValueError, match='Cannot decode a 12-byte frame'):
+    trainer.run_stage(demo_config('step1_depth', synthetic_data_dir), str(tmp_path),
+                      'step1_depth')
