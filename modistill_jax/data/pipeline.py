@@ -59,7 +59,8 @@ setting on 2 cores, above 70% of the decode bound (one thread's decode-only
 rate times the cores); worker processes are slower there, since every decoded
 clip (1.5 MB) crosses a process boundary on the same two cores. On an accelerator
 host with tens of cores, where one process's Python work (sampling, stacking,
-Grain's bookkeeping: about 13% of a clip's time) would cap the threads, set
+Grain's bookkeeping: ~13% of a clip's time with both modalities, ~23% with RGB
+only, measured in one thread) would cap the threads, set
 `worker_count` to a few processes, each with its own threads and GIL.
 """
 
