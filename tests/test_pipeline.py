@@ -131,7 +131,8 @@ def test_only_the_asked_modalities_are_decoded(monkeypatch):
   clips = make_records(9)  # this test's own frame objects: no other test's threads decode them
   decoded = []
   real_decode = records.decode_image
-  monkeypatch.setattr(records, 'decode_image', lambda data: decoded.append(data) or real_decode(data))
+  monkeypatch.setattr(records, 'decode_image',
+                      lambda data: decoded.append(data) or real_decode(data))
   iterator = train(clips, global_batch_size=8, modalities=('rgb',))
   rgb_only = take(iterator, 3)
   iterator.close()
@@ -166,9 +167,9 @@ def test_resize_is_the_serving_resize():
                                            image_size=(SIZE, 12), process_index=0,
                                            process_count=1)))
   for modality in ('rgb', 'depth'):
-    served = [np.asarray(pipeline.resize_frame(Image.fromarray(records.decode_image(f)), (SIZE, 12)))
+    served = [pipeline.resize_frame(Image.fromarray(records.decode_image(f)), (SIZE, 12))
               for f in clip[0][modality]]
-    np.testing.assert_array_equal(batch[modality][0], np.stack(served))
+    np.testing.assert_array_equal(batch[modality][0], np.stack([np.asarray(f) for f in served]))
 
 
 def test_same_seed_same_stream_other_seed_differs():

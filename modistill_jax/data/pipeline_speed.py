@@ -65,8 +65,9 @@ def main() -> None:
   split = [clips[i % args.clips] for i in range(args.split_size)]
   rgb_kb = np.mean([len(f) for c in clips for f in c['rgb']]) / 1024
   depth_kb = np.mean([len(f) for c in clips for f in c['depth']]) / 1024
-  print(f'{args.clips} clips as a {args.split_size}-record split, x {args.frames_per_clip} frames at {args.size}x{args.size}; '
-        f'mean JPEG {rgb_kb:.1f} KiB, PNG {depth_kb:.1f} KiB; {pipeline.usable_cores()} cores; '
+  print(f'{args.clips} clips as a {args.split_size}-record split, x {args.frames_per_clip} '
+        f'frames at {args.size}x{args.size}; mean JPEG {rgb_kb:.1f} KiB, PNG {depth_kb:.1f} KiB; '
+        f'{pipeline.usable_cores()} cores; '
         f'decoding {" + ".join(args.modalities)}')
   for workers in args.workers:
     rate = pipeline.measure_clips_per_s(
