@@ -202,8 +202,7 @@ def synthetic_batch(config: ml_collections.ConfigDict, modalities: Sequence[str]
 def benchmark_stage(config: ml_collections.ConfigDict, stage_name: str, *, num_steps: int,
                     warmup: int, num_classes: int, mesh) -> dict[str, Any]:
   """Compiles the stage's train step, reads its costs, and times it (unless num_steps=0)."""
-  stage = stages.get_stage(stage_name, privileged=config.privileged,
-                           connections=config.model.connections)
+  stage = stages.for_config(stage_name, config)
   model = steps.StageModel(stage, config.model, num_classes)
   tx, schedule = optim.make_optimizer(config.optimizer, warmup + num_steps)
   make_state = trainer.make_state_fn(stage, tx, mesh)

@@ -51,8 +51,7 @@ def load_stage_state(workdir: str, stage_name: str) -> steps.TrainState:
 def evaluate_stage(config: ml_collections.ConfigDict, workdir: str,
                    stage_name: str) -> dict[str, Any]:
   """Accuracy of every stream and the fused model under `config.eval`."""
-  stage = stages.get_stage(stage_name, privileged=config.privileged,
-                           connections=config.model.connections)
+  stage = stages.for_config(stage_name, config)
   trainer.apply_imagenet_normalization(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')

@@ -112,8 +112,7 @@ class Predictor:
     directory = trainer.stage_dir(workdir, stage_name)
     config = ml_collections.ConfigDict(read_json(os.path.join(directory, 'config.json')))
     dataset = read_json(os.path.join(directory, 'dataset.json'))
-    self.stage = stages.get_stage(stage_name, privileged=config.privileged,
-                                  connections=config.model.connections)
+    self.stage = stages.for_config(stage_name, config)
     if self.stage.inputs != (VIDEO_MODALITY,):
       raise StageError(
           f'Stage {stage_name} reads {" and ".join(self.stage.inputs)}, but a video gives '

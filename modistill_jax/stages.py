@@ -101,6 +101,15 @@ def step1_sources(stream: str) -> InitSource:
   return InitSource(stream, ('step1', f'step1_{stream}'), stream)
 
 
+def for_config(name: str, config) -> Stage:
+  """The stage `name` as a run's config defines it (privileged modality, connections).
+
+  Every caller that has a config builds its stage here, so a config field that
+  changes the stage graph is read in one place.
+  """
+  return get_stage(name, privileged=config.privileged, connections=config.model.connections)
+
+
 def get_stage(name: str, *, privileged: str = 'depth', connections: bool = True) -> Stage:
   """The stage `name` for privileged modality `privileged` ('depth' or 'rgb')."""
   check_stage_name(name)

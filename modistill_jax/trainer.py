@@ -347,8 +347,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   config_lib.check(config)
   check_imagenet_layout(config)
   apply_imagenet_normalization(config)
-  stage = stages.get_stage(stage_name, privileged=config.privileged,
-                           connections=config.model.connections)
+  stage = stages.for_config(stage_name, config)
   out_dir = stage_dir(workdir, stage_name)
   os.makedirs(out_dir, exist_ok=True)
   t_start = time.time()

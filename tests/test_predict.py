@@ -75,8 +75,7 @@ def library_evaluation(workdir):
     config = ml_collections.ConfigDict(json.load(f))
   with open(os.path.join(directory, 'dataset.json')) as f:
     num_classes = len(json.load(f)['class_names'])
-  stage = stages.get_stage('step4', privileged=config.privileged,
-                           connections=config.model.connections)
+  stage = stages.for_config('step4', config)
   saved = checkpointing.read_best_state(directory)
   state = steps.TrainState(step=saved['step'], params=saved['params'],
                            batch_stats=saved['batch_stats'], opt_state=None, frozen={})
