@@ -1,18 +1,17 @@
-"""Orbax checkpoints of a stage: the latest (with the data iterator) and the best.
+"""Orbax checkpoints of a stage: the latest (for resuming) and the best (what the stage yields).
 
-Layout of a stage folder `WORKDIR/<stage>/`:
+* `latest/<step>/{state,data}`: the whole train state plus the Grain iterator
+  position, every `checkpoint_every_steps`, at the end and on SIGTERM. At least
+  two are kept, so an unreadable newest one (a disk that filled up, a copy that
+  was cut short) is reported and the one before it used.
+* `best/<step>/{state,selection}`: the selected state (`step`, `params`,
+  `batch_stats`, `frozen`: no optimizer state, which nothing downstream needs)
+  and the record of how it was selected (metric values and the step each
+  stream comes from). Both items are committed together by one Orbax save, so
+  the bookkeeping and the checkpoint can never disagree, whenever the job dies.
 
-* `checkpoints/latest/<step>/{state,data}`: train state plus the Grain iterator
-  position, every `checkpoint_every_steps`, at the end, and on SIGTERM; a
-  restarted job resumes from it and sees exactly the batches an uninterrupted
-  run would have.
-* `checkpoints/best/<step>/state`: the state with the best validation accuracy
-  (or the final one when the protocol has no validation split). This is what
-  the test evaluation, later stages and `predict`/`export` read.
-
-The state is saved as a plain dict (`step`, `params`, `batch_stats`,
-`opt_state`, `frozen`), so any later stage can read the streams it needs
-without knowing the optimizer of the stage that wrote it.
+Folder names come from `runs.StageDir`. The state is a plain dict, so any later
+stage reads the streams it needs without knowing the optimizer that wrote it.
 """
 
 from __future__ import annotations
@@ -20,12 +19,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from absl import logging
 from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from modistill_jax import runs
 from modistill_jax import steps
+
+BEST_KEYS = ('step', 'params', 'batch_stats', 'frozen')
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be written or read; the message names it and the way out."""
 
 
 def state_to_dict(state: steps.TrainState) -> dict[str, Any]:
@@ -37,80 +44,154 @@ def dict_to_state(d: dict[str, Any]) -> steps.TrainState:
   return steps.TrainState(**d)
 
 
+def best_dict(state: steps.TrainState) -> dict[str, Any]:
+  """The part of a train state a best checkpoint keeps."""
+  return {k: v for k, v in state_to_dict(state).items() if k in BEST_KEYS}
+
+
+def check_writable(directory: epath.Path) -> None:
+  """Fails at once, with the path and the OS error, where nothing can be written.
+
+  A save that cannot write otherwise only fails in Orbax's background thread,
+  after a step's worth of work or more.
+  """
+  probe = directory / f'.write-probe-{os.getpid()}'
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointError(f'Cannot write checkpoints to {directory}: {e}') from e
+
+
 class StageCheckpoints:
   """The latest and best checkpoint managers of one stage folder."""
 
-  def __init__(self, stage_dir: str | os.PathLike, *, keep: int = 1,
-               save_interval_steps: int = 1):
-    root = _absolute(stage_dir) / 'checkpoints'
+  def __init__(self, directory: runs.StageDir, *, keep: int = 2):
+    self.directory = directory
+    for path in (directory.latest_dir, directory.best_dir):
+      check_writable(path)
     # Both managers can save the same step at once (the last step is the best
     # too). With several processes their async saves meet at barriers named
     # after the step; distinct prefixes keep the two managers' barriers apart.
     self.latest = ocp.CheckpointManager(
-        root / 'latest', item_names=('state', 'data'),
+        directory.latest_dir, item_names=('state', 'data'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, save_interval_steps=save_interval_steps,
+            max_to_keep=max(keep, 2), create=True,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
-                barrier_sync_key_prefix='latest')))
+                barrier_sync_key_prefix=runs.LATEST_DIR)))
     self.best = ocp.CheckpointManager(
-        root / 'best', item_names=('state',),
+        directory.best_dir, item_names=('state', 'selection'),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
-                barrier_sync_key_prefix='best')))
+                barrier_sync_key_prefix=runs.BEST_DIR)))
 
-  def save_latest(self, step: int, state: steps.TrainState, data_iterator, *,
-                  force: bool = False) -> bool:
-    return self.latest.save(step, args=ocp.args.Composite(
+  def save_latest(self, step: int, state: steps.TrainState, data_iterator) -> None:
+    self._checked(lambda: self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state_to_dict(state)),
-        data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True),
+                  self.directory.latest_dir)
 
-  def save_best(self, step: int, state: steps.TrainState) -> None:
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_to_dict(state))), force=True)
+  def save_best(self, step: int, best: dict[str, Any], selection: dict[str, Any]) -> None:
+    """Saves the selected state and its selection record as one checkpoint.
+
+    A resumed stage validates again at steps it had already validated; where
+    the best of such a step is already committed, it is kept as it is.
+    """
+    if step in self.best.all_steps():
+      return
+    self._checked(lambda: self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(best), selection=ocp.args.JsonSave(selection)), force=True),
+                  self.directory.best_dir)
+
+  def _checked(self, save, directory: epath.Path) -> None:
+    """Runs a save after surfacing any error of the previous background save."""
+    try:
+      self.latest.check_for_errors()
+      self.best.check_for_errors()
+      save()
+    except OSError as e:
+      raise CheckpointError(f'Checkpoint save to {directory} failed: {e}') from e
+
+  def check_for_errors(self) -> None:
+    """Raises the error of a failed background save now, not at the end of the stage."""
+    try:
+      self.latest.check_for_errors()
+      self.best.check_for_errors()
+    except OSError as e:
+      raise CheckpointError(f'Checkpoint save in {self.directory.path} failed: {e}') from e
 
   def restore_latest(self, abstract_state: steps.TrainState, data_iterator
-                     ) -> steps.TrainState:
-    step = self.latest.latest_step()
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state_to_dict(abstract_state)),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return dict_to_state(restored['state'])
+                     ) -> tuple[steps.TrainState, list[str]] | None:
+    """The newest readable latest checkpoint and notes on unreadable newer ones; None if none.
 
-  def restore_best(self, abstract_state: steps.TrainState) -> steps.TrainState:
-    restored = self.best.restore(self.best.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state_to_dict(abstract_state))))
-    return dict_to_state(restored['state'])
+    Raises:
+      CheckpointError: checkpoints exist and none of them can be read.
+    """
+    notes = []
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state_to_dict(abstract_state)),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except Exception as e:  # pylint: disable=broad-except  (TensorStore, OS and format errors)
+        notes.append(f'checkpoint {self.directory.latest_dir / str(step)} is unreadable '
+                     f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); removed it, '
+                     'using an older one')
+        logging.warning('%s', notes[-1])
+        # The resumed run saves this step again; the unreadable copy would be in its way.
+        self.latest.delete(step)
+        continue
+      return dict_to_state(restored['state']), notes
+    if notes:
+      raise CheckpointError(
+          f'No readable checkpoint in {self.directory.latest_dir}: ' + '; '.join(notes) +
+          f'. Remove the stage folder {self.directory.path} and train the stage again.')
+    return None
+
+  def best_selection(self) -> dict[str, Any] | None:
+    """The selection record of the committed best checkpoint, or None before the first."""
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    try:
+      restored = self.best.restore(step, args=ocp.args.Composite(
+          selection=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise corrupted_best(self.directory.best_dir / str(step), e) from e
+    return restored['selection']
+
+  def restore_best(self, abstract_best: dict[str, Any]) -> dict[str, Any]:
+    step = self.best.latest_step()
+    try:
+      restored = self.best.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_best)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise corrupted_best(self.directory.best_dir / str(step), e) from e
+    return restored['state']
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    try:
+      self.latest.wait_until_finished()
+      self.best.wait_until_finished()
+    except OSError as e:
+      raise CheckpointError(f'Checkpoint save in {self.directory.path} failed: {e}') from e
 
   def close(self) -> None:
     self.latest.close()
     self.best.close()
 
 
-def _absolute(path: str | os.PathLike) -> epath.Path:
-  """Orbax rejects relative paths; a local one is made absolute (URLs already are)."""
-  path = str(path)
-  return epath.Path(path if '://' in path else os.path.abspath(path))
+def corrupted_best(path: epath.Path, error: Exception) -> CheckpointError:
+  return CheckpointError(
+      f'The best checkpoint {path} is unreadable ({type(error).__name__}: '
+      f'{str(error).splitlines()[0][:200]}). Remove the stage folder {path.parent.parent.parent} '
+      'and train the stage again (its prerequisites are untouched).')
 
 
-def best_dir(stage_dir: str | os.PathLike) -> epath.Path:
-  return _absolute(stage_dir) / 'checkpoints' / 'best'
-
-
-def has_best(stage_dir: str | os.PathLike) -> bool:
-  """Whether the stage finished a best checkpoint (a folder alone is not enough:
-  a run that died early leaves one empty, and Orbax's unfinished saves carry a
-  temporary suffix rather than a plain step number)."""
-  directory = best_dir(stage_dir)
-  return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
-
-
-def read_best_state(stage_dir: str | os.PathLike) -> dict[str, Any]:
-  """A finished stage's best state as nested numpy dicts (no target needed).
+def read_best_state(best_dir: epath.Path) -> dict[str, Any]:
+  """A best checkpoint's `{step, params, batch_stats, frozen}` as nested numpy dicts.
 
   Readable on any device topology: the arrays are restored onto one local
   device, not onto the mesh they were saved from, so a checkpoint written by
@@ -118,18 +199,22 @@ def read_best_state(stage_dir: str | os.PathLike) -> dict[str, Any]:
   `export` on a workstation, a later stage on other hardware).
 
   Raises:
-    FileNotFoundError: the stage has no best checkpoint yet.
+    FileNotFoundError: no committed best checkpoint.
+    CheckpointError: it cannot be read.
   """
-  directory = best_dir(stage_dir)
-  with ocp.CheckpointManager(directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
+  with ocp.CheckpointManager(best_dir, item_handlers={'state': ocp.StandardCheckpointHandler()},
                              options=ocp.CheckpointManagerOptions(create=False)) as mgr:
     step = mgr.latest_step()
     if step is None:
-      raise FileNotFoundError(str(directory))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          mgr.item_metadata(step)['state'])
-    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+      raise FileNotFoundError(f'No best checkpoint in {best_dir}.')
+    try:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            mgr.item_metadata(step)['state'])
+      restored = mgr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise corrupted_best(best_dir / str(step), e) from e
   return jax.device_get(restored['state'])
 
 

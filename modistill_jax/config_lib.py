@@ -44,7 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 1         # latest checkpoints kept besides the best-on-validation one
+  c.keep_checkpoints = 2         # latest checkpoints kept (>= 2: an unreadable newest one falls back)
+  # Best-on-validation ties: 'later' keeps the later epoch (the reference's `>=`), 'earlier' the first.
+  c.selection_ties = 'later'
   c.max_eval_batches = -1        # > 0 truncates evaluation (smoke runs only; results say so)
 
   c.input = ml_collections.ConfigDict()
@@ -121,5 +123,72 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.loss.kind must be one of {stages.LOSS_KINDS}, got {config.loss.kind!r}.')
   if config.model.dtype not in ('float32', 'bfloat16'):
     raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}.")
+  if config.selection_ties not in ('later', 'earlier'):
+    raise ValueError(f"config.selection_ties must be 'later' or 'earlier', got "
+                     f'{config.selection_ties!r}.')
+  if config.keep_checkpoints < 2:
+    raise ValueError('config.keep_checkpoints must be at least 2 (an unreadable newest '
+                     f'checkpoint falls back to the one before), got {config.keep_checkpoints}.')
   if config.batch_size <= 0 or config.eval_batch_size <= 0:
     raise ValueError('config.batch_size and config.eval_batch_size must be positive.')
+
+
+# MARK: comparing a run's saved config with another
+
+
+# Keys a resumed stage may change: they decide how often things are logged and
+# saved and where data is read from, never what is trained.
+RESUMABLE_KEYS = ('stage', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+                  'data_dir', 'build_if_missing', 'input.worker_count', 'input.prefetch')
+# Keys an evaluation may set: what is evaluated, and how it is read.
+EVALUATION_KEYS = ('eval', 'eval_batch_size', 'max_eval_batches', 'data_dir', 'build_if_missing',
+                   'input.worker_count', 'input.prefetch')
+# Keys that only shape training; an evaluation ignores them (the run's values stay).
+TRAINING_ONLY_KEYS = ('stage', 'seed', 'batch_size', 'num_epochs', 'num_train_steps',
+                      'eval_every_epochs', 'log_every_steps', 'checkpoint_every_steps',
+                      'keep_checkpoints', 'selection_ties', 'input.uniform_prob', 'input.flip',
+                      'loss', 'optimizer', 'init')
+
+
+def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, object]:
+  """`{'model.width': 64, ...}`; tuples and lists compare as tuples (JSON stores lists)."""
+  flat = {}
+  items = config.items() if isinstance(config, dict) else config.to_dict().items()
+  for key, value in items:
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      flat.update({f'{key}.{k}': v for k, v in flatten(value).items()})
+    else:
+      flat[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+  return flat
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+  return any(key == p or key.startswith(p + '.') for p in prefixes)
+
+
+def differences(saved: ml_collections.ConfigDict | dict, given: ml_collections.ConfigDict | dict,
+                ignore: tuple[str, ...] = ()) -> dict[str, tuple[object, object]]:
+  """`{key: (saved value, given value)}` for every key that differs, except `ignore`d ones.
+
+  A key only one side has counts as a difference (with `<absent>` on the other).
+  """
+  a, b = flatten(saved), flatten(given)
+  diff = {}
+  for key in sorted(set(a) | set(b)):
+    if _matches(key, ignore):
+      continue
+    va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
+    if va != vb:
+      diff[key] = (va, vb)
+  return diff
+
+
+def format_differences(diff: dict[str, tuple[object, object]]) -> str:
+  return '\n'.join(f'  {k}: run has {a!r}, given {b!r}' for k, (a, b) in diff.items())
+
+
+def as_flags(values: dict[str, object]) -> str:
+  """Values as `--config.key=value` flags (tuples comma-separated)."""
+  def text(v):
+    return ','.join(map(str, v)) if isinstance(v, tuple) else str(v)
+  return ' '.join(f'--config.{k}={text(v)}' for k, v in values.items())

@@ -18,7 +18,6 @@ stream of `configs/demo.py`, it runs, in one run folder:
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 from absl import app
@@ -28,6 +27,7 @@ from configs import demo as demo_config
 from modistill_jax import cli
 from modistill_jax import evaluate
 from modistill_jax import report
+from modistill_jax import runs
 from modistill_jax import trainer
 
 def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
@@ -50,8 +50,8 @@ def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   def banner(text):
     print(f'\n=== {text} ({time.time() - t0:.0f} s) ===', flush=True)
 
-  if os.path.exists(workdir):
-    shutil.rmtree(workdir)
+  if runs.as_path(workdir).exists():
+    runs.as_path(workdir).rmtree()
   banner('building the synthetic dataset if needed')
   trainer.ensure_dataset(config)
   banner('steps 1-4')
@@ -60,22 +60,24 @@ def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   trainer.run_stage(config, workdir, 'hoffman')
 
   banner('ablation: steps 2 and 3 without connections')
-  ablation = os.path.join(workdir, report.ABLATION_DIR)
-  os.makedirs(ablation)
-  os.symlink(os.path.abspath(os.path.join(workdir, 'step1')), os.path.join(ablation, 'step1'))
+  ablation = runs.ablation_workdir(workdir)
+  ablation.mkdir()
+  # The ablation shares step 1 (it has no connections to ablate).
+  os.symlink(runs.stage_dir(workdir, 'step1').path, runs.stage_dir(ablation, 'step1').path)
   config.model.connections = False
   for stage in ('step2', 'step3'):
     trainer.run_stage(config, ablation, stage)
   config.model.connections = True
 
   banner('Table 2: step 2 with noisy depth')
-  rows = evaluate.noise_sweep(config, workdir, 'step2')
-  trainer.write_json(os.path.join(workdir, 'step2', 'noise_sweep.json'), rows)
+  step2 = runs.load_stage(workdir, 'step2')
+  rows = evaluate.noise_sweep(step2, evaluate.evaluation_config(step2, config))
+  runs.write_json(step2.dir.noise_sweep_file, rows)
 
   path = report.write_report(workdir, title='modistill_jax demo: synthetic RGB+D, tiny stream')
   banner('done')
   print(report.table1_markdown(report.table1(workdir)))
-  print(f'\nReport: {os.path.abspath(path)}')
+  print(f'\nReport: {path}')
   print(f'Wall time: {time.time() - t0:.0f} s')
   return path
 

@@ -1,25 +1,31 @@
-"""Command line: evaluate a trained stage, with clean, noisy or missing depth.
+"""Command line: evaluate a finished stage as it was trained, with clean, noisy or missing depth.
 
-  python -m modistill_jax.evaluate --config=configs/ntu_cv.py:step2 --workdir=DIR
+  python -m modistill_jax.evaluate --workdir=DIR --stage=step2
+  python -m modistill_jax.evaluate --workdir=DIR --stage=step2 --depth_noise_std=0.316
+  python -m modistill_jax.evaluate --workdir=DIR --stage=step2 --void_depth
+  python -m modistill_jax.evaluate --workdir=DIR --stage=step2 --sweep
   python -m modistill_jax.evaluate --config=configs/ntu_cv.py:step2 --workdir=DIR \
-      --config.eval.depth_noise_std=0.316          # sigma; the paper's Table 2 indexes sigma^2
-  python -m modistill_jax.evaluate --config=configs/ntu_cv.py:step2 --workdir=DIR \
-      --config.eval.void_depth=True
-  python -m modistill_jax.evaluate --config=configs/ntu_cv.py:step2 --workdir=DIR --sweep
+      --config.eval.split=validation
 
-Reads the stage's best checkpoint and reports every stream's and the fused
-accuracy on `config.eval.split`, exactly (every example once). `--sweep` writes
-Table 2's row: no noise, each variance in `config.eval.noise_variances`, void,
-to `<stage>/noise_sweep.json` and prints it as a Markdown table. Depth noise
-only changes stages that read depth (steps 1-3, hoffman's teacher); a step-4
-model reads RGB only, which is the point of the method.
+The network, stage graph, input normalisation and dataset come from the
+stage's saved `config.json`, never from the command line: evaluating with other
+settings than those that trained the weights gives numbers that mean nothing.
+The command line may change only what the evaluation is about
+(`config_lib.EVALUATION_KEYS`: split, batch size, depth noise or void depth,
+data_dir, truncation). A `--config` that disagrees with the run on anything
+else is refused, naming each key and both values. `--depth_noise_std` is the
+sigma of the multiplicative noise; the paper's Table 2 indexes sigma^2.
+
+`--sweep` writes Table 2's row (no noise, each variance in
+`config.eval.noise_variances`, void) to the stage's `noise_sweep.json`. Depth
+noise only changes stages that read depth (steps 1-3, hoffman's teacher); a
+step-4 model reads RGB only, which is the point of the method.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
 from absl import app
@@ -28,47 +34,90 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from modistill_jax import checkpointing
 from modistill_jax import cli
+from modistill_jax import config_lib
+from modistill_jax import runs
 from modistill_jax import sharding
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
 
-def load_stage_state(workdir: str, stage_name: str) -> steps.TrainState:
-  """The best state of a finished stage, enough for evaluation (no optimizer)."""
-  stage_dir = trainer.stage_dir(workdir, stage_name)
-  if not checkpointing.has_best(stage_dir):
-    raise trainer.MissingPrerequisiteError(
-        f'No trained {stage_name} in {stage_dir}; train it first with '
-        f'python -m modistill_jax.train --config=<config.py>:{stage_name} --workdir={workdir}')
-  saved = checkpointing.read_best_state(stage_dir)
+
+class ConflictingConfigError(ValueError):
+  """A command line that would evaluate a network other than the one the run trained."""
+
+
+def evaluation_config(run: runs.FinishedStage,
+                      given: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  """The run's own config, with the evaluation keys of `given` (a command line's config).
+
+  Raises:
+    ConflictingConfigError: `given` differs from the run outside the evaluation
+      and training-only keys (network, normalisation, dataset, privileged modality).
+  """
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  if given is None:
+    return config
+  effective = trainer.effective_config(given, run.name)
+  diff = config_lib.differences(
+      run.config, effective,
+      ignore=config_lib.EVALUATION_KEYS + config_lib.TRAINING_ONLY_KEYS)
+  if diff:
+    raise ConflictingConfigError(
+        f'{run.dir.path} was trained with other settings than the given config:\n'
+        f'{config_lib.format_differences(diff)}\nEvaluate the run as trained: drop --config '
+        f'(python -m modistill_jax.evaluate --workdir={run.dir.workdir} --stage={run.name}), '
+        'or make these values agree.')
+  given_flat = config_lib.flatten(effective)
+  for key, value in given_flat.items():
+    if any(key == k or key.startswith(k + '.') for k in config_lib.EVALUATION_KEYS):
+      _set(config, key, value)
+  return config
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split('.')
+  for p in parents:
+    config = config[p]
+  config[leaf] = value
+
+
+def best_train_state(run: runs.FinishedStage) -> steps.TrainState:
+  """The stage's best state, enough for evaluation (no optimizer state is read)."""
+  saved = run.best_state()
   return steps.TrainState(step=saved['step'], params=saved['params'],
                           batch_stats=saved['batch_stats'], opt_state=None,
                           frozen=saved.get('frozen') or {})
 
 
-def evaluate_stage(config: ml_collections.ConfigDict, workdir: str,
-                   stage_name: str) -> dict[str, Any]:
-  """Accuracy of every stream and the fused model under `config.eval`."""
-  stage = stages.for_config(stage_name, config)
-  trainer.apply_imagenet_normalization(config)
+def evaluate_stage(run: runs.FinishedStage, config: ml_collections.ConfigDict,
+                   state: steps.TrainState | None = None) -> dict[str, Any]:
+  """Accuracy of every stream and the fused model under `config.eval` (exact).
+
+  Returns the results and, under 'predictions', the per-clip predictions.
+  """
+  config_lib.check(config)
+  stage = stages.for_config(run.name, config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   source = trainer.load_sources(config)[config.eval.split]
   if source is None:
     raise ValueError(f'{config.dataset}/{config.protocol} has no {config.eval.split!r} split.')
-  model = steps.StageModel(stage, config.model, len(source.class_names))
-  state = jax.device_put(load_stage_state(workdir, stage_name), sharding.replicated(mesh))
+  if tuple(source.class_names) != run.class_names:
+    raise ValueError(f'The data in {config.data_dir or "the TFDS default folder"} has other '
+                     f'classes than {run.dir.dataset_file}: not the dataset the run trained on.')
+  model = steps.StageModel(stage, config.model, len(run.class_names))
+  state = jax.device_put(state or best_train_state(run), sharding.replicated(mesh))
   result = trainer.evaluate(state, source, eval_fn=trainer.make_eval_fn(model, config, mesh),
                             mesh=mesh, config=config, modalities=stage.inputs)
-  return {k: result[k] for k in ('accuracy', 'num_examples', 'complete')}
+  return {k: result[k] for k in ('accuracy', 'num_examples', 'complete', 'predictions')}
 
 
-def noise_sweep(config: ml_collections.ConfigDict, workdir: str,
-                stage_name: str) -> list[dict[str, Any]]:
+def noise_sweep(run: runs.FinishedStage, config: ml_collections.ConfigDict
+                ) -> list[dict[str, Any]]:
   """Table 2: accuracy with clean depth, each noise variance, and void depth."""
-  config = config.copy_and_resolve_references()  # the caller's config stays clean
+  config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays clean
+  state = best_train_state(run)
   settings = [('no noise', 0.0, False)]
   settings += [(f'{v:g}', math.sqrt(v), False) for v in config.eval.noise_variances]
   settings.append(('void', 0.0, True))
@@ -76,9 +125,23 @@ def noise_sweep(config: ml_collections.ConfigDict, workdir: str,
   for label, sigma, void in settings:
     config.eval.depth_noise_std = sigma
     config.eval.void_depth = void
-    result = evaluate_stage(config, workdir, stage_name)
+    result = evaluate_stage(run, config, state)
+    result.pop('predictions')
     rows.append({'sigma2': label, 'sigma': sigma, 'void': void, **result})
   return rows
+
+
+def reevaluate(workdir: str, stage_name: str,
+               given: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """Evaluates a finished stage again and rewrites its results and predictions."""
+  run = runs.load_stage(workdir, stage_name)
+  config = evaluation_config(run, given)
+  result = evaluate_stage(run, config)
+  split = config.eval.split
+  trainer.save_predictions(run.dir.predictions_file(split), result.pop('predictions'))
+  results = {**run.results, split: result}
+  runs.write_json(run.dir.results_file, results)
+  return results
 
 
 def sweep_table(rows: list[dict[str, Any]], stream: str = 'fused') -> str:
@@ -93,25 +156,46 @@ def sweep_table(rows: list[dict[str, Any]], stream: str = 'fused') -> str:
 def define_flags() -> None:
   """The command line's flags (defined only when run as a program)."""
   config_flags.DEFINE_config_file(
-      'config', None, 'Protocol config file and stage, e.g. configs/ntu_cv.py:step2.',
-      lock_config=True)
+      'config', None, 'Optional: a config to check against the run, whose `eval` settings '
+      'apply, e.g. configs/ntu_cv.py:step2.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Run folder the stage was trained in.', required=True)
+  flags.DEFINE_list('stage', [], 'Stages to evaluate (default: the --config\'s stage).')
   flags.DEFINE_bool('sweep', False, "Evaluate Table 2's depth-noise row.")
-  flags.mark_flag_as_required('config')
+  flags.DEFINE_string('split', None, 'Split to evaluate (default: the run\'s eval.split).')
+  flags.DEFINE_string('data_dir', None, 'Where the dataset is (default: the run\'s).')
+  flags.DEFINE_integer('eval_batch_size', None, 'Clips per evaluation batch.')
+  flags.DEFINE_integer('max_eval_batches', None, '> 0: truncate (smoke runs; results say so).')
+  flags.DEFINE_float('depth_noise_std', None, 'sigma of the multiplicative depth noise.')
+  flags.DEFINE_bool('void_depth', None, 'Replace depth by zeros.')
+
+
+# Flags of this command and the config key each sets.
+_EVAL_FLAGS = {'split': 'eval.split', 'data_dir': 'data_dir',
+               'eval_batch_size': 'eval_batch_size', 'max_eval_batches': 'max_eval_batches',
+               'depth_noise_std': 'eval.depth_noise_std', 'void_depth': 'eval.void_depth'}
 
 
 def main(argv):
   del argv
   cli.quiet_logging()
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  for stage_name in stages.expand(config.stage):
-    out_dir = trainer.stage_dir(workdir, stage_name)
-    if flags.FLAGS.sweep:
-      rows = noise_sweep(config, workdir, stage_name)
-      trainer.write_json(os.path.join(out_dir, 'noise_sweep.json'), rows)
+  f = flags.FLAGS
+  given = f.config
+  names = f.stage or (list(stages.expand(given.stage)) if given else [])
+  if not names:
+    raise app.UsageError('Name the stage: --stage=step2 (or give --config=FILE:STAGE).')
+  for stage_name in names:
+    run = runs.load_stage(f.workdir, stage_name)
+    config = evaluation_config(run, given)
+    for flag, key in _EVAL_FLAGS.items():
+      if f[flag].value is not None:
+        _set(config, key, f[flag].value)
+    if f.sweep:
+      rows = noise_sweep(run, config)
+      runs.write_json(run.dir.noise_sweep_file, rows)
       print(f'{stage_name} ({config.eval.split}):\n{sweep_table(rows)}')
     else:
-      result = evaluate_stage(config, workdir, stage_name)
+      result = evaluate_stage(run, config)
+      result.pop('predictions')
       print(f'{stage_name} ({config.eval.split}): ' + json.dumps(result))
 
 

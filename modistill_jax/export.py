@@ -49,6 +49,7 @@ from typing import Any
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 from jax.experimental import jax2tf
 import jax.numpy as jnp
@@ -130,8 +131,7 @@ def export_stablehlo(predictor: predict.Predictor, platforms: Sequence[str]) -> 
 
 
 def load_stablehlo(path: str) -> jax.export.Exported:
-  with open(path, 'rb') as f:
-    return jax.export.deserialize(bytearray(f.read()))
+  return jax.export.deserialize(bytearray(epath.Path(path).read_bytes()))
 
 
 def export(workdir: str, stage: str, out: str, *, fmt: str = 'both',
@@ -141,18 +141,17 @@ def export(workdir: str, stage: str, out: str, *, fmt: str = 'both',
     raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}.')
   platforms = tuple(platforms or default_platforms())
   predictor = predict.Predictor(workdir, stage)
-  os.makedirs(out, exist_ok=True)
+  out_dir = epath.Path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
   meta = metadata(predictor, platforms)
   meta['files'] = {}
   if fmt in ('saved_model', 'both'):
-    export_saved_model(predictor, os.path.join(out, SAVED_MODEL_DIR), platforms)
+    export_saved_model(predictor, os.fspath(out_dir / SAVED_MODEL_DIR), platforms)
     meta['files']['saved_model'] = SAVED_MODEL_DIR
   if fmt in ('stablehlo', 'both'):
-    with open(os.path.join(out, STABLEHLO_FILE), 'wb') as f:
-      f.write(export_stablehlo(predictor, platforms).serialize())
+    (out_dir / STABLEHLO_FILE).write_bytes(export_stablehlo(predictor, platforms).serialize())
     meta['files']['stablehlo'] = STABLEHLO_FILE
-  with open(os.path.join(out, METADATA_FILE), 'w') as f:
-    json.dump(meta, f, indent=2)
+  (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2))
   return meta
 
 
@@ -175,9 +174,9 @@ def main(argv: Sequence[str]) -> int:
   except (ValueError, KeyError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  files = ', '.join(os.path.join(f.out, p) for p in meta['files'].values())
+  files = ', '.join(str(epath.Path(f.out) / p) for p in meta['files'].values())
   print(f"{meta['stage']} (step {meta['checkpoint_step']}) for {', '.join(meta['platforms'])}: "
-        f'{files}, {os.path.join(f.out, METADATA_FILE)}')
+        f'{files}, {epath.Path(f.out) / METADATA_FILE}')
   return 0
 
 

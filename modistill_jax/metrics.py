@@ -14,27 +14,43 @@ import sys
 import time
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 
+from modistill_jax import runs
+
+# Splits recorded during training; the others (test) are written once at the end.
+TRAINING_SPLITS = ('train', 'validation')
+# Per-step metrics whose non-finite value ends a stage (see `first_non_finite`).
+DIVERGENCE_WATCH = ('loss', 'grad_norm', 'param_norm', 'batch_stats_norm')
+
 
 class MetricWriter:
-  """Writes scalars to `metrics.jsonl` and TensorBoard under `stage_dir`."""
+  """Writes scalars to a stage's `metrics.jsonl` and TensorBoard events.
 
-  def __init__(self, stage_dir: str | os.PathLike, *, enabled: bool | None = None):
-    self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = os.path.join(stage_dir, 'metrics.jsonl')
+  A stage that resumes at step S first drops every record after S (and any
+  evaluation of a previous attempt's end), and TensorBoard purges its events
+  after S, so each step appears once however often the stage was interrupted.
+  """
+
+  def __init__(self, directory: runs.StageDir, *, resume_step: int = 0):
+    self.enabled = jax.process_index() == 0
+    self.path = directory.metrics_file
     self._tb = None
     if self.enabled:
-      os.makedirs(stage_dir, exist_ok=True)
+      directory.path.mkdir(parents=True, exist_ok=True)
+      kept = [r for r in (read_jsonl(self.path) if self.path.exists() else [])
+              if r['split'] in TRAINING_SPLITS and r['step'] <= resume_step]
+      self.path.write_text(''.join(json.dumps(r) + '\n' for r in kept))
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(stage_dir, 'events'))
+      self._tb = SummaryWriter(str(directory.events_dir), purge_step=resume_step + 1)
 
   def write(self, step: int, split: str, scalars: dict[str, Any]) -> None:
     if not self.enabled:
       return
     values = {k: float(v) for k, v in scalars.items()}
-    with open(self.path, 'a') as f:
+    with self.path.open('a') as f:
       f.write(json.dumps({'step': int(step), 'split': split, **values}) + '\n')
     for k, v in values.items():
       self._tb.add_scalar(f'{split}/{k}', v, int(step))
@@ -47,8 +63,7 @@ class MetricWriter:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The records of a `metrics.jsonl` file."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
 
 
 def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -56,11 +71,17 @@ def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
-def first_non_finite(history: list[dict[str, Any]], first_step: int) -> int | None:
-  """The step of the first non-finite loss in fetched metrics, or None."""
+def first_non_finite(history: list[dict[str, Any]], first_step: int
+                     ) -> tuple[int, str, float] | None:
+  """`(step, name, value)` of the first non-finite watched metric, or None.
+
+  The loss alone is not enough: a diverged step can keep a finite loss while its
+  gradients and the updated parameters are already NaN.
+  """
   for i, h in enumerate(history):
-    if not math.isfinite(float(h['loss'])):
-      return first_step + i
+    for name in DIVERGENCE_WATCH:
+      if name in h and not math.isfinite(float(h[name])):
+        return first_step + i, name, float(h[name])
   return None
 
 

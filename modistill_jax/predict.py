@@ -56,16 +56,16 @@ from typing import Any
 from absl import app
 from absl import flags
 import av
+from etils import epath
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from modistill_jax import checkpointing
 from modistill_jax import cli
+from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import steps
-from modistill_jax import trainer
 from modistill_jax.data import pipeline
 from modistill_jax.data import sampling
 
@@ -86,14 +86,6 @@ class StageError(ValueError):
 # MARK: the model
 
 
-def read_json(path: str) -> dict[str, Any]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise StageError(f'{path} is missing: the stage was not trained in this folder.') from None
-
-
 class Predictor:
   """A finished RGB-only stage, loaded once: uint8 clips -> class probabilities.
 
@@ -109,24 +101,23 @@ class Predictor:
   """
 
   def __init__(self, workdir: str, stage_name: str = 'step4'):
-    directory = trainer.stage_dir(workdir, stage_name)
-    config = ml_collections.ConfigDict(read_json(os.path.join(directory, 'config.json')))
-    dataset = read_json(os.path.join(directory, 'dataset.json'))
+    try:
+      run = runs.load_stage(workdir, stage_name)
+    except runs.StageNotFinishedError as e:
+      raise StageError(str(e)) from None
+    config = run.config
     self.stage = stages.for_config(stage_name, config)
     if self.stage.inputs != (VIDEO_MODALITY,):
       raise StageError(
           f'Stage {stage_name} reads {" and ".join(self.stage.inputs)}, but a video gives '
           f'RGB only; use a stage that reads RGB alone (step4 with depth privileged, '
           f'or step1_rgb).')
-    if not checkpointing.has_best(directory):
-      raise StageError(f'No best checkpoint in {checkpointing.best_dir(directory)}: '
-                       f'{stage_name} has not finished training.')
-    saved = checkpointing.read_best_state(directory)
+    saved = run.best_state()
     self.step = int(saved['step'])
     streams = {s: checkpointing.stream_variables(saved, s) for s in self.stage.streams}
     self.variables = {c: {s: v[c] for s, v in streams.items()}
                       for c in ('params', 'batch_stats')}
-    self.class_names = tuple(dataset['class_names'])
+    self.class_names = run.class_names
     self.model = steps.StageModel(self.stage, config.model, len(self.class_names))
     self.input_config = config.input
     self.num_frames = config.input.num_frames
@@ -156,11 +147,6 @@ class Predictor:
       raise ValueError(f'Expected uint8 clips (N, {", ".join(map(str, self.clip_shape))}), '
                        f'got {clips.dtype} {clips.shape}.')
     return np.asarray(self._jitted(self.variables, clips))
-
-
-def predict_clips(workdir: str, stage: str, clips_uint8: np.ndarray) -> np.ndarray:
-  """One-shot `Predictor(workdir, stage)(clips_uint8)`; keep a `Predictor` to predict often."""
-  return Predictor(workdir, stage)(clips_uint8)
 
 
 # MARK: videos
@@ -292,7 +278,7 @@ def run(predictor: Predictor, videos: Sequence[str], *, windows: int, k: int,
         output: str | None) -> int:
   """Predicts every video, reporting unreadable ones; returns the exit status."""
   failed = 0
-  out = open(output, 'w') if output else None
+  out = epath.Path(output).open('w') if output else None
   try:
     for path in videos:
       try:

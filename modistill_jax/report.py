@@ -14,15 +14,14 @@ test modality is "RGB (hall) + depth via connections", not RGB alone.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
+from etils import epath
 import numpy as np
 
 from modistill_jax import metrics as metrics_lib
+from modistill_jax import runs
 
-ABLATION_DIR = 'no_connections'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +67,10 @@ LOSS_ROWS = {'3-5': {'eq1': '3', 'eq3': '4', 'eq5': '5'},
              '14': {'eq1': '10', 'eq5': '14'}}
 
 
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
 def stage_results(workdir: str, stage: str) -> dict[str, Any] | None:
-  path = os.path.join(workdir, stage, 'results.json')
-  return _read_json(path) if os.path.exists(path) else None
+  """A finished stage's results (`runs.StageDir.finished`), or None."""
+  directory = runs.stage_dir(workdir, stage)
+  return runs.read_json(directory.results_file) if directory.finished() else None
 
 
 def _step1_stage(workdir: str, stream: str) -> str:
@@ -99,7 +94,7 @@ def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
   """Table 1 rows with our accuracy (and the paper's, for NTU protocols)."""
   rows = []
   for row in TABLE1_ROWS:
-    base = os.path.join(workdir, ABLATION_DIR) if row.ablation else workdir
+    base = runs.ablation_workdir(workdir) if row.ablation else workdir
     stage = _step1_stage(base, row.stream) if row.stage == 'step1' else row.stage
     results = stage_results(base, stage)
     if results is None or split not in results:
@@ -131,8 +126,8 @@ def table1_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def noise_sweep(workdir: str, stage: str = 'step2') -> list[dict[str, Any]] | None:
-  path = os.path.join(workdir, stage, 'noise_sweep.json')
-  return _read_json(path) if os.path.exists(path) else None
+  path = runs.stage_dir(workdir, stage).noise_sweep_file
+  return runs.read_json(path) if path.exists() else None
 
 
 def table2_markdown(rows: list[dict[str, Any]], hallucination: float | None) -> str:
@@ -149,12 +144,12 @@ def table2_markdown(rows: list[dict[str, Any]], hallucination: float | None) -> 
 
 def dataset_info(workdir: str, stage: str) -> dict[str, Any]:
   """The stage's `dataset.json`: dataset, protocol, builder config, class names."""
-  return _read_json(os.path.join(workdir, stage, 'dataset.json'))
+  return runs.read_json(runs.stage_dir(workdir, stage).dataset_file)
 
 
 def stage_config(workdir: str, stage: str) -> dict[str, Any]:
   """The config the stage ran with, as a dict."""
-  return _read_json(os.path.join(workdir, stage, 'config.json'))
+  return runs.read_json(runs.stage_dir(workdir, stage).config_file)
 
 
 def class_names(workdir: str, stage: str) -> list[str]:
@@ -164,11 +159,17 @@ def class_names(workdir: str, stage: str) -> list[str]:
 def confusion_matrix(workdir: str, stage: str, stream: str = 'fused',
                      split: str = 'test') -> np.ndarray:
   """Counts `[true, predicted]` from a stage's saved test predictions."""
-  saved = np.load(os.path.join(workdir, stage, f'predictions_{split}.npz'))
+  saved = predictions(workdir, stage, split)
   n = len(class_names(workdir, stage))
   matrix = np.zeros((n, n), np.int64)
   np.add.at(matrix, (saved['label'], saved[f'pred/{stream}']), 1)
   return matrix
+
+
+def predictions(workdir: str, stage: str, split: str = 'test') -> dict[str, np.ndarray]:
+  """A stage's saved per-clip predictions: `label`, `index`, `pred/<stream>`."""
+  with runs.stage_dir(workdir, stage).predictions_file(split).open('rb') as f:
+    return dict(np.load(f))
 
 
 def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
@@ -185,17 +186,12 @@ def _pyplot():
   return plt
 
 
-def stages_with_metrics(workdir: str) -> list[str]:
-  return sorted(d for d in os.listdir(workdir)
-                if os.path.exists(os.path.join(workdir, d, 'metrics.jsonl')))
-
-
 def plot_training_curves(workdir: str, path: str | None = None):
   """Training loss and validation accuracy of every stage in the folder."""
   plt = _pyplot()
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-  for stage in stages_with_metrics(workdir):
-    records = metrics_lib.read_jsonl(os.path.join(workdir, stage, 'metrics.jsonl'))
+  for stage in runs.stages_with_metrics(workdir):
+    records = metrics_lib.read_jsonl(runs.stage_dir(workdir, stage).metrics_file)
     train = [r for r in records if r['split'] == 'train']
     val = [r for r in records if r['split'] == 'validation']
     if train:
@@ -256,7 +252,8 @@ def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str |
 
 def _save(fig, path: str | None):
   if path is not None:
-    fig.savefig(path, dpi=110)
+    with epath.Path(path).open('wb') as f:
+      fig.savefig(f, dpi=110, format='png')
     _pyplot().close(fig)
   return fig
 
@@ -264,31 +261,30 @@ def _save(fig, path: str | None):
 def write_report(workdir: str, *, title: str = 'Results') -> str:
   """Writes `report.md` and its PNGs into `workdir`; returns the report's path."""
   rows = table1(workdir)
-  parts = [f'# {title}', '', f'Run folder: `{os.path.abspath(workdir)}`', '',
+  parts = [f'# {title}', '', f'Run folder: `{runs.as_path(workdir)}`', '',
            '## Table 1 layout (test split)', '', table1_markdown(rows), '']
-  curves = os.path.join(workdir, 'training_curves.png')
+  curves = runs.report_asset(workdir, 'training_curves.png')
   plot_training_curves(workdir, curves)
   parts += ['## Training curves', '', '![training curves](training_curves.png)', '']
   step4 = stage_results(workdir, 'step4')
   hallucination = 100 * step4['test']['accuracy']['fused'] if step4 and 'test' in step4 else None
   sweep = noise_sweep(workdir)
   if sweep:
-    plot_noise_curve(sweep, hallucination, os.path.join(workdir, 'noise_curve.png'))
+    plot_noise_curve(sweep, hallucination, runs.report_asset(workdir, 'noise_curve.png'))
     parts += ['## Table 2 layout: step 2 with noisy depth (test split)', '',
               table2_markdown(sweep, hallucination), '',
               '![noise curve](noise_curve.png)', '']
-  if step4 and os.path.exists(os.path.join(workdir, 'step4', 'predictions_test.npz')):
+  if step4 and runs.stage_dir(workdir, 'step4').predictions_file('test').exists():
     names = class_names(workdir, 'step4')
     matrix = confusion_matrix(workdir, 'step4')
     plot_confusion(matrix, names, 'Step 4 (RGB only), test split',
-                   os.path.join(workdir, 'confusion_step4.png'))
+                   runs.report_asset(workdir, 'confusion_step4.png'))
     per_class = per_class_accuracy(matrix)
     parts += ['## Step 4 per class (test split)', '',
               '| class | accuracy | clips |', '|---|---|---|']
     parts += [f'| {n} | {100 * a:.1f}% | {int(t)} |'
               for n, a, t in zip(names, per_class, matrix.sum(axis=1))]
     parts += ['', '![confusion matrix](confusion_step4.png)', '']
-  path = os.path.join(workdir, 'report.md')
-  with open(path, 'w') as f:
-    f.write('\n'.join(parts))
-  return path
+  path = runs.report_file(workdir)
+  path.write_text('\n'.join(parts))
+  return str(path)

@@ -12,12 +12,15 @@ e.g. two processes on one machine, pass `--coordinator_address`,
 
 from __future__ import annotations
 
+import sys
+
 from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 
 from modistill_jax import cli
+from modistill_jax import evaluate
 from modistill_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,6 +31,9 @@ _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initial
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in the job.')
+_REEVALUATE = flags.DEFINE_bool(
+    'reevaluate', False, 'Evaluate finished stages again (they are skipped otherwise) and '
+    'rewrite their results, with the run\'s own network and this command\'s `eval` settings.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -42,17 +48,25 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def config_path() -> str:
-  """The `--config` flag's file, for error messages that name the next command."""
-  return flags.FLAGS['config'].config_filename
+def config_file() -> str:
+  """The `--config` flag's file without its `:stage` argument (for commands in messages)."""
+  return flags.FLAGS['config'].config_filename.split(':', 1)[0]
+
+
+def config_overrides(argv: list[str]) -> tuple[str, ...]:
+  """The command line's `--config.x=y` flags, repeated in the commands messages print."""
+  return tuple(a for a in argv if a.startswith('--config.'))
 
 
 def main(argv):
   del argv
   cli.quiet_logging()
   initialize_distributed()
-  results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_path=config_path())
+  results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_file=config_file(),
+                                       overrides=config_overrides(sys.argv))
   for stage, result in results.items():
+    if result.get('skipped') and _REEVALUATE.value:
+      result = evaluate.reevaluate(_WORKDIR.value, stage, _CONFIG.value)
     print(f'{stage}: {result}')
 
 

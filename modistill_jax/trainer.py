@@ -1,14 +1,13 @@
 """The staged trainer: one linear `run_stage`, and `train_and_evaluate` over stages.
 
-`run_stage` reads top to bottom: mesh -> data -> model -> initial weights
-(resume > previous stages > from_workdir > ImageNet > scratch) -> jitted steps
--> loop (log, validate every epoch, checkpoint, stop on SIGTERM or a non-finite
-loss) -> test evaluation of the best-on-validation state -> `results.json`.
+`run_stage` reads top to bottom: finished already? -> prerequisites -> mesh ->
+data -> the stage folder (lock, config saved or compared) -> model -> initial
+weights (resume > previous stages > from_workdir > ImageNet > scratch) ->
+jitted steps -> loop (log, validate every epoch, keep the best, checkpoint,
+stop on SIGTERM or divergence) -> test evaluation of the best state -> results.
 
-Outputs of a stage in `WORKDIR/<stage>/`: `config.json`, `dataset.json` (class
-names, split sizes), `metrics.jsonl` + `events/` (TensorBoard),
-`checkpoints/{latest,best}/`, `results.json` and `predictions_<split>.npz`.
-"""
+What a stage writes, and where, is `runs.StageDir`'s to say; the last file
+written is the results, which makes the stage finished."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,16 +32,13 @@ from modistill_jax import metrics as metrics_lib
 from modistill_jax import optim
 from modistill_jax import param_merge
 from modistill_jax import pretrained
+from modistill_jax import runs
 from modistill_jax import sharding
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax.data import pipeline
 
 PyTree = Any
-
-
-class MissingPrerequisiteError(FileNotFoundError):
-  """A stage needs a checkpoint that an earlier stage has not written."""
 
 
 # MARK: data
@@ -79,42 +76,41 @@ def input_shape(config: ml_collections.ConfigDict, batch: int) -> tuple[int, ...
 # MARK: initial weights
 
 
-def stage_dir(workdir: str, stage: str) -> str:
-  return os.path.join(workdir, stage)
-
-
-def _command(config_path: str | None, stage: str, workdir: str) -> str:
-  config_arg = f'{config_path}:{stage}' if config_path else f'<config.py>:{stage}'
-  return f'python -m modistill_jax.train --config={config_arg} --workdir={workdir}'
-
-
-def _find_stage(workdir: str, candidates: tuple[str, ...], config_path: str | None) -> str:
-  for name in candidates:
-    if checkpointing.has_best(stage_dir(workdir, name)):
-      return stage_dir(workdir, name)
-  expected = ' or '.join(str(checkpointing.best_dir(stage_dir(workdir, n))) for n in candidates)
-  raise MissingPrerequisiteError(
-      f'Missing previous stage: expected a checkpoint in {expected}. Produce it with: '
-      f'{_command(config_path, candidates[0], workdir)}')
-
-
-def previous_stage_variables(stage: stages.Stage, workdir: str,
-                             config_path: str | None = None) -> dict[str, dict[str, PyTree]]:
-  """`{stream: {'params', 'batch_stats'}}` from earlier stages, per `stage.init`.
-
-  Every prerequisite is located before anything is read, so a missing one fails
-  at once.
-  """
-  dirs = [(src, _find_stage(workdir, src.from_stages, config_path)) for src in stage.init]
+def previous_stage_variables(stage: stages.Stage, sources: Mapping[stages.InitSource, runs.StageDir]
+                             ) -> dict[str, dict[str, PyTree]]:
+  """`{stream: {'params', 'batch_stats'}}` from the finished stages `prerequisites` found."""
   cache: dict[str, dict[str, Any]] = {}
   loaded = {}
-  for src, directory in dirs:
-    if directory not in cache:
-      cache[directory] = checkpointing.read_best_state(directory)
-    loaded[src.stream] = checkpointing.stream_variables(cache[directory], src.from_stream)
-    logging.info('%s: stream %r <- %s stream %r', stage.name, src.stream, directory,
+  for src in stage.init:
+    directory = sources[src]
+    if directory.name not in cache:
+      cache[directory.name] = checkpointing.read_best_state(directory.best_dir)
+    loaded[src.stream] = checkpointing.stream_variables(cache[directory.name], src.from_stream)
+    logging.info('%s: stream %r <- %s stream %r', stage.name, src.stream, directory.path,
                  src.from_stream)
   return loaded
+
+
+def prerequisites(stage: stages.Stage, config: ml_collections.ConfigDict, workdir: str, *,
+                  config_file: str | None = None, overrides: tuple[str, ...] = ()
+                  ) -> dict[stages.InitSource, runs.StageDir]:
+  """The finished stages the stage starts from, all located before anything is read or made.
+
+  Raises:
+    runs.StageNotFinishedError: one is missing; the message is the command that makes it.
+  """
+  if stage.init:
+    return {src: runs.find_finished(workdir, src.from_stages, config_file, overrides)
+            for src in stage.init}
+  if config.init.from_workdir:
+    return {stages.InitSource(s, (f'step1_{s}', 'step1'), s):
+            runs.find_finished(config.init.from_workdir, (f'step1_{s}', 'step1'))
+            for s in stage.streams}
+  return {}
+
+
+def _read_imagenet_metadata(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads((epath.Path(config.init.imagenet) / pretrained.METADATA_FILE).read_text())
 
 
 def check_imagenet_layout(config: ml_collections.ConfigDict) -> None:
@@ -125,59 +121,60 @@ def check_imagenet_layout(config: ml_collections.ConfigDict) -> None:
   """
   if not config.init.imagenet:
     return
-  with open(os.path.join(config.init.imagenet, pretrained.METADATA_FILE)) as f:
-    layout = json.load(f)['stride_layout']
+  layout = _read_imagenet_metadata(config)['stride_layout']
   if layout != config.model.stride_layout:
     raise ValueError(
         f'{config.init.imagenet} holds {layout!r}-layout weights; set '
         f'--config.model.stride_layout={layout} to run them as trained.')
 
 
-def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict
+def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict,
+                    sources: Mapping[stages.InitSource, runs.StageDir]
                     ) -> tuple[dict[str, dict[str, PyTree]], tuple[str, ...], str]:
   """Step-1 initial weights: another run's step 1, ImageNet, or none (scratch).
 
   Returns `(loaded streams, fresh key patterns, description)`.
   """
   if config.init.from_workdir:
-    src = config.init.from_workdir
-    loaded = {}
-    for s in stage.streams:
-      directory = _find_stage(src, (f'step1_{s}', 'step1'), None)
-      loaded[s] = checkpointing.stream_variables(checkpointing.read_best_state(directory), s)
-    return loaded, (r'(.*/)?logits/.*',), f'step 1 of {src}'
+    loaded = {src.stream: checkpointing.stream_variables(
+        checkpointing.read_best_state(directory.best_dir), src.from_stream)
+              for src, directory in sources.items()}
+    return loaded, (r'(.*/)?logits/.*',), f'step 1 of {config.init.from_workdir}'
   if config.init.imagenet:
-    check_imagenet_layout(config)
     variables, _ = pretrained.load(config.init.imagenet)
     return ({s: variables for s in stage.streams}, pretrained.FRESH_PATTERNS,
             f'ImageNet weights {config.init.imagenet}')
   return {}, (), 'scratch'
 
 
-def apply_imagenet_normalization(config: ml_collections.ConfigDict) -> None:
-  """Both modalities get the input normalisation the ImageNet weights expect.
+def effective_config(config: ml_collections.ConfigDict, stage_name: str
+                     ) -> ml_collections.ConfigDict:
+  """A copy of `config` as the stage runs it (the caller's config is never changed).
 
-  Every stage of a run descends from the step-1 weights, so every stage (and
-  its evaluation) uses the normalisation recorded with the converted
-  checkpoint; the stage's `config.json` keeps the values used.
+  The stage name is set, and with ImageNet weights both modalities get the
+  input normalisation recorded with the converted checkpoint: every stage of a
+  run descends from the step-1 weights, so every stage and its evaluation use
+  it. This copy is the stage's `config.json`.
   """
-  if not config.init.imagenet:
-    return
-  with open(os.path.join(config.init.imagenet, pretrained.METADATA_FILE)) as f:
-    meta = json.load(f)
-  for m in ('rgb', 'depth'):
-    config.input[f'{m}_mean'] = tuple(meta['mean'])
-    config.input[f'{m}_std'] = tuple(meta['std'])
+  effective = ml_collections.ConfigDict(config.to_dict())
+  effective.stage = stage_name
+  if config.init.imagenet:
+    meta = _read_imagenet_metadata(config)
+    for m in ('rgb', 'depth'):
+      effective.input[f'{m}_mean'] = tuple(meta['mean'])
+      effective.input[f'{m}_std'] = tuple(meta['std'])
+  return effective
 
 
-def initial_variables(config: ml_collections.ConfigDict, stage: stages.Stage, workdir: str,
+def initial_variables(config: ml_collections.ConfigDict, stage: stages.Stage,
                       init_variables: Mapping[str, PyTree],
-                      config_path: str | None = None) -> tuple[dict[str, PyTree], str]:
+                      sources: Mapping[stages.InitSource, runs.StageDir]
+                      ) -> tuple[dict[str, PyTree], str]:
   """The stage's starting variables: fresh init overwritten by loaded streams."""
   if stage.init:
-    loaded, fresh, what = previous_stage_variables(stage, workdir, config_path), (), 'previous stages'
+    loaded, fresh, what = previous_stage_variables(stage, sources), (), 'previous stages'
   else:
-    loaded, fresh, what = step1_variables(stage, config)
+    loaded, fresh, what = step1_variables(stage, config, sources)
   variables = jax.tree.map(np.asarray, dict(init_variables))
   for stream, source in loaded.items():
     target = {c: variables[c][stream] for c in ('params', 'batch_stats')}
@@ -263,24 +260,43 @@ def evaluate(state: steps.TrainState, source: pipeline.Source, *, eval_fn, mesh,
           'predictions': kept}
 
 
-def selection_metric(stage: stages.Stage, result: Mapping[str, Any]) -> float:
-  """The accuracy that picks the best checkpoint: the stage's reported prediction."""
+def selection_groups(stage: stages.Stage) -> dict[str, tuple[str, ...]]:
+  """`{accuracy name: streams selected on it}`: which validation accuracy picks which streams.
+
+  A stage is selected on the prediction it reports (fused, or its one stream).
+  The joint step 1 trains independent streams, and each is selected on its own
+  accuracy, as the reference does, so step 2 starts from each stream's best.
+  """
+  if stage.loss == 'xent_each' and len(stage.trainable) > 1:
+    return {s: (s,) for s in stage.trainable}
   name = 'fused' if len(stage.fused) > 1 else stage.fused[0]
-  return result['accuracy'][name]
+  return {name: stage.trainable}
+
+
+def improved(value: float, best: float | None, ties: str) -> bool:
+  """Whether a validation accuracy replaces the best one (`ties`: 'later' or 'earlier')."""
+  return best is None or value > best or (ties == 'later' and value == best)
 
 
 # MARK: the stage
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """Turns SIGTERM into a flag the loop checks between steps.
+
+  A second SIGTERM (or one while the job is stuck outside the loop) is not
+  swallowed: the default action ends the process.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.requested:
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
     self.requested = True
 
   def restore(self):
@@ -335,21 +351,63 @@ def _prefetched(iterator, mesh, size: int):
     queue.append(next(batches))
 
 
-def write_json(path: str, obj: Any) -> None:
-  if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(obj, f, indent=2)
+
+class ConfigMismatchError(ValueError):
+  """A stopped stage rerun with settings other than those that trained it."""
+
+
+def check_resume_config(directory: runs.StageDir, config: ml_collections.ConfigDict) -> None:
+  """A resumed stage must continue with the config that trained its first steps.
+
+  Only `config_lib.RESUMABLE_KEYS` (logging and checkpoint cadence, worker
+  counts, where the data is) may change; anything else would silently mix two
+  configurations in one run.
+  """
+  saved = runs.read_json(directory.config_file)
+  diff = config_lib.differences(saved, config, ignore=config_lib.RESUMABLE_KEYS)
+  if diff:
+    raise ConfigMismatchError(
+        f'{directory.path} was trained with other settings than this command gives:\n'
+        f'{config_lib.format_differences(diff)}\n'
+        'Either resume with the run\'s own values (add '
+        f'{config_lib.as_flags({k: a for k, (a, _) in diff.items()})}), or train this stage '
+        f'afresh in another --workdir (or after removing {directory.path}).')
+
+
+def save_predictions(path: epath.Path, predictions: Mapping[str, np.ndarray]) -> None:
+  """Writes the per-clip predictions whole or not at all."""
+  if jax.process_index() != 0:
+    return
+  tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
+  with tmp.open('wb') as f:
+    np.savez(f, **predictions)
+  tmp.replace(path)
 
 
 def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, *,
-              config_path: str | None = None) -> dict[str, Any]:
-  """Trains and evaluates one stage; returns (and writes) its results."""
+              config_file: str | None = None, overrides: tuple[str, ...] = ()
+              ) -> dict[str, Any]:
+  """Trains and evaluates one stage; returns (and writes) its results.
+
+  A finished stage is not run again: its saved results are returned with
+  `skipped: True`. `config_file` and `overrides` (the command line's
+  `--config.*` flags) only make the hint for a missing prerequisite a command
+  that runs as printed.
+  """
   config_lib.check(config)
   check_imagenet_layout(config)
-  apply_imagenet_normalization(config)
+  config = effective_config(config, stage_name)
   stage = stages.for_config(stage_name, config)
-  out_dir = stage_dir(workdir, stage_name)
-  os.makedirs(out_dir, exist_ok=True)
+  directory = runs.stage_dir(workdir, stage_name)
+  progress = metrics_lib.Progress(0, stage_name)
+  if directory.finished():
+    progress.message(f'finished earlier ({directory.results_file}); nothing to do.')
+    return {**runs.read_json(directory.results_file), 'skipped': True}
+  resuming = directory.latest_dir.exists() and any(
+      p.name.isdigit() for p in directory.latest_dir.iterdir())
+  # Nothing is created for a stage that cannot start.
+  sources_of_init = {} if resuming else prerequisites(
+      stage, config, workdir, config_file=config_file, overrides=overrides)
   t_start = time.time()
 
   # MARK: mesh and data
@@ -367,145 +425,206 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
                      f'{config.batch_size}.')
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
-  write_json(os.path.join(out_dir, 'config.json'), config.to_dict())
-  write_json(os.path.join(out_dir, 'dataset.json'), {
-      'dataset': config.dataset, 'protocol': config.protocol,
-      'builder_config': config.builder_config, 'class_names': list(train_src.class_names),
-      'split_sizes': {k: (len(v.records) if v else 0) for k, v in sources.items()}})
-
-  # MARK: model, optimizer, initial weights
-  model = steps.StageModel(stage, config.model, num_classes)
-  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-  init_vars = init_model_variables(model, config)
-  replicated = sharding.replicated(mesh)
-  make_state = make_state_fn(stage, tx, mesh)
-  abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(make_state, init_vars))
-
-  train_iter = pipeline.train_iterator(
-      train_src.records, global_batch_size=config.batch_size,
-      num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
-      seed=config.seed, uniform_prob=config.input.uniform_prob, flip=config.input.flip,
-      worker_count=config.input.worker_count, modalities=stage.inputs)
-  position = IteratorPosition(train_iter)
-  ckpt = checkpointing.StageCheckpoints(out_dir, keep=config.keep_checkpoints)
   progress = metrics_lib.Progress(total_steps, stage_name)
 
-  # Resume precedence: this stage's own latest checkpoint > previous stages /
-  # from_workdir / ImageNet > scratch. Loading transforms never run on resume.
-  best_path = os.path.join(out_dir, 'best.json')
-  if ckpt.latest.latest_step() is not None:
-    state = ckpt.restore_latest(abstract_state, position)
-    best = json.load(open(best_path)) if os.path.exists(best_path) else None
-    progress.message(f'resumed at step {int(state.step)}')
-  else:
-    variables, origin = initial_variables(config, stage, workdir, init_vars, config_path)
-    state = make_state(variables)
-    best = None
-    progress.message(f'initialised from {origin}')
-  del init_vars
+  # MARK: the folder: one job at a time, one config per stage
+  if jax.process_index() == 0:
+    directory.path.mkdir(parents=True, exist_ok=True)
+  with runs.StageLock(directory) as lock:
+    note = lock.acquire()
+    if note:
+      progress.message(note)
+    if resuming and directory.config_file.exists():
+      check_resume_config(directory, config)
+    else:
+      runs.write_json(directory.config_file, config.to_dict())
+      runs.write_json(directory.dataset_file, {
+          'dataset': config.dataset, 'protocol': config.protocol,
+          'builder_config': config.builder_config, 'class_names': list(train_src.class_names),
+          'split_sizes': {k: (len(v.records) if v else 0) for k, v in sources.items()}})
 
-  # MARK: steps
-  train_fn = make_train_fn(model, config, tx, schedule, mesh)
-  eval_fn = make_eval_fn(model, config, mesh)
-  writer = metrics_lib.MetricWriter(out_dir)
-  preempt = _Preemption()
+    # MARK: model, optimizer, initial weights
+    model = steps.StageModel(stage, config.model, num_classes)
+    tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+    init_vars = init_model_variables(model, config)
+    replicated = sharding.replicated(mesh)
+    make_state = make_state_fn(stage, tx, mesh)
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(make_state, init_vars))
+    abstract_best = checkpointing.best_dict(abstract_state)
 
-  # MARK: loop
-  start_step = int(state.step)
-  batches = _prefetched(train_iter, mesh, config.input.prefetch)
-  pending: list[dict[str, jax.Array]] = []
-  last_log_step, last_log_time = start_step, time.time()
-  stopped_early = False
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      batch, position.state = next(batches)
-      state, step_metrics = train_fn(state, batch)
-      pending.append(step_metrics)
-      epoch_end = step % steps_per_epoch == 0 and (step // steps_per_epoch) % config.eval_every_epochs == 0
-      save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
-      preempted = preempt.agreed() if (step % config.log_every_steps == 0 or save_now
-                                       or jax.process_count() == 1) else False
-      if step % config.log_every_steps == 0 or epoch_end or save_now or preempted:
-        history = jax.device_get(pending)
-        bad = metrics_lib.first_non_finite(history, step - len(history) + 1)
-        if bad is not None:
-          last_good = ckpt.latest.latest_step()
-          raise FloatingPointError(
-              f'{stage_name}: non-finite loss at step {bad}; stopped. Last good checkpoint: '
-              f'step {last_good} in {ckpt.latest.directory}. Lower optimizer.learning_rate '
-              'or set optimizer.grad_clip_norm.')
-        now = time.time()
-        scalars = metrics_lib.mean_metrics(history)
-        scalars['clips_per_s'] = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
-        writer.write(step, 'train', scalars)
-        progress.update(step, scalars)
-        pending, last_log_step, last_log_time = [], step, now
-      # The last step validates too, so a run shorter than an epoch (num_train_steps)
-      # still has a best-on-validation state for the test evaluation and later stages.
-      if (epoch_end or step == total_steps) and sources['validation'] is not None:
-        result = evaluate(state, sources['validation'], eval_fn=eval_fn, mesh=mesh, config=config,
-                          modalities=stage.inputs)
-        metric = selection_metric(stage, result)
-        writer.write(step, 'validation', {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
-        progress.message(f'epoch {step // steps_per_epoch}: validation accuracy {metric:.4f}')
-        if best is None or metric > best['metric']:
-          best = {'step': step, 'metric': metric}
-          ckpt.save_best(step, state)
-          write_json(best_path, best)
-      if save_now or preempted:
-        ckpt.save_latest(step, state, position, force=True)
-      if preempted:
-        stopped_early = True
-        progress.message(f'SIGTERM: saved step {step}; rerun the same command to resume.')
-        break
-  finally:
-    preempt.restore()
-    ckpt.wait()
+    train_iter = pipeline.train_iterator(
+        sources['train'].records, global_batch_size=config.batch_size,
+        num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
+        seed=config.seed, uniform_prob=config.input.uniform_prob, flip=config.input.flip,
+        worker_count=config.input.worker_count, modalities=stage.inputs)
+    position = IteratorPosition(train_iter)
+    ckpt = checkpointing.StageCheckpoints(directory, keep=config.keep_checkpoints)
 
-  if stopped_early:
+    # Resume precedence: this stage's own latest checkpoint > previous stages /
+    # from_workdir / ImageNet > scratch. Loading transforms never run on resume.
+    groups = selection_groups(stage)
+    restored = ckpt.restore_latest(abstract_state, position)
+    if restored is not None:
+      state, notes = restored
+      for n in notes:
+        progress.message(n)
+      progress.message(f'resumed at step {int(state.step)}')
+    else:
+      variables, origin = initial_variables(config, stage, init_vars, sources_of_init)
+      state = make_state(variables)
+      progress.message(f'initialised from {origin}')
+    del init_vars
+    # The selection record lives in the best checkpoint itself (see checkpointing).
+    selection = ckpt.best_selection() or {'metrics': {}, 'steps': {}}
+    # With several groups (the joint step 1) each group's best streams are kept
+    # on the devices, as copies that survive the step's buffer donation.
+    best_streams = {}
+    if len(groups) > 1 and selection['steps']:
+      saved = ckpt.restore_best(abstract_best)
+      best_streams = {s: {c: saved[c][s] for c in ('params', 'batch_stats')}
+                      for s in stage.trainable}
+
+    def best_of(state) -> dict[str, Any]:
+      if len(groups) == 1:
+        return checkpointing.best_dict(state)
+      best = checkpointing.best_dict(state)
+      for c in ('params', 'batch_stats'):
+        best[c] = {s: best_streams[s][c] for s in stage.trainable}
+      return best
+
+    # MARK: steps
+    train_fn = make_train_fn(model, config, tx, schedule, mesh)
+    eval_fn = make_eval_fn(model, config, mesh)
+    start_step = int(state.step)
+    writer = metrics_lib.MetricWriter(directory, resume_step=start_step)
+    preempt = _Preemption()
+
+    # MARK: loop
+    batches = _prefetched(train_iter, mesh, config.input.prefetch)
+    pending: list[dict[str, jax.Array]] = []
+    last_log_step, last_log_time = start_step, time.time()
+    stopped_early = False
+    try:
+      for step in range(start_step + 1, total_steps + 1):
+        batch, position.state = next(batches)
+        state, step_metrics = train_fn(state, batch)
+        pending.append(step_metrics)
+        epoch_end = (step % steps_per_epoch == 0
+                     and (step // steps_per_epoch) % config.eval_every_epochs == 0)
+        save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
+        validate = (epoch_end or step == total_steps) and sources['validation'] is not None
+        preempted = preempt.agreed() if (step % config.log_every_steps == 0 or save_now
+                                         or jax.process_count() == 1) else False
+        # Every step's metrics are checked before anything is validated or saved,
+        # so no non-finite state is ever kept as best, latest or handed on.
+        if step % config.log_every_steps == 0 or validate or save_now or preempted:
+          history = jax.device_get(pending)
+          bad = metrics_lib.first_non_finite(history, step - len(history) + 1)
+          if bad is not None:
+            bad_step, name, value = bad
+            last_good = ckpt.latest.latest_step()
+            kept = (f'Last good checkpoint: step {last_good} in {directory.latest_dir}'
+                    if last_good is not None else 'No checkpoint was saved before it')
+            raise FloatingPointError(
+                f'{stage_name} diverged: {name} = {value} at step {bad_step}; stopped, and '
+                f'nothing from that step on was saved. {kept}. Lower optimizer.learning_rate '
+                'or set optimizer.grad_clip_norm, then train the stage afresh.')
+          now = time.time()
+          scalars = metrics_lib.mean_metrics(history)
+          scalars['clips_per_s'] = ((step - last_log_step) * config.batch_size
+                                    / max(now - last_log_time, 1e-9))
+          writer.write(step, 'train', scalars)
+          progress.update(step, scalars)
+          pending, last_log_step, last_log_time = [], step, now
+          ckpt.check_for_errors()
+          lock.heartbeat()
+        # The last step validates too, so a run shorter than an epoch (num_train_steps)
+        # still has a best-on-validation state for the test evaluation and later stages.
+        if validate:
+          result = evaluate(state, sources['validation'], eval_fn=eval_fn, mesh=mesh,
+                            config=config, modalities=stage.inputs)
+          writer.write(step, 'validation',
+                       {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
+          better = [g for g in groups if improved(result['accuracy'][g],
+                                                   selection['metrics'].get(g),
+                                                   config.selection_ties)]
+          progress.message(f'epoch {step // steps_per_epoch}: validation accuracy ' + ', '.join(
+              f'{g} {result["accuracy"][g]:.4f}' + (' (best)' if g in better else '')
+              for g in groups))
+          if better:
+            for g in better:
+              selection['metrics'][g] = result['accuracy'][g]
+              selection['steps'][g] = step
+              if len(groups) > 1:
+                best_streams.update({s: {c: jax.tree.map(jnp.copy, getattr(state, c)[s])
+                                         for c in ('params', 'batch_stats')}
+                                     for s in groups[g]})
+            ckpt.save_best(step, best_of(state), selection)
+        if save_now or preempted:
+          ckpt.save_latest(step, state, position)
+        if preempted:
+          stopped_early = True
+          progress.message(f'SIGTERM: saved step {step}; rerun the same command to resume.')
+          break
+    finally:
+      preempt.restore()
+      ckpt.wait()  # an error stops the stage with its good checkpoints committed
+
+    if stopped_early:
+      ckpt.close()
+      writer.close()
+      return {'stage': stage_name, 'preempted_at_step': int(state.step)}
+
+    # MARK: test with the best-on-validation state (the final state without validation)
+    if sources['validation'] is None and selection['steps'].get(next(iter(groups))) != int(
+        state.step):
+      selection = {'metrics': {}, 'steps': {g: int(state.step) for g in groups}}
+      ckpt.save_best(int(state.step), checkpointing.best_dict(state), selection)
+      ckpt.wait()
+    best = ckpt.restore_best(abstract_best)
+    best_state = steps.TrainState(step=best['step'], params=best['params'],
+                                  batch_stats=best['batch_stats'], opt_state=None,
+                                  frozen=best['frozen'])
+    single = len(groups) == 1
+    results = {
+        'stage': stage_name, 'dataset': config.dataset, 'protocol': config.protocol,
+        'privileged': config.privileged,
+        'loss': config.loss.kind if stage.student else stage.loss,
+        'connections': bool(config.model.connections and any(m.connections for m in stage.models)),
+        'train_inputs': list(stage.inputs), 'fused_streams': list(stage.fused),
+        'best_step': max(selection['steps'].values()),
+        'selected_on': {g: {'step': selection['steps'][g],
+                            'validation_accuracy': selection['metrics'].get(g)} for g in groups},
+        'validation_accuracy': (selection['metrics'].get(next(iter(groups))) if single
+                                else dict(selection['metrics']) or None),
+        'total_steps': total_steps, 'train_seconds': time.time() - t_start}
+    split = config.eval.split
+    if sources[split] is not None:
+      result = evaluate(best_state, sources[split], eval_fn=eval_fn, mesh=mesh, config=config,
+                        modalities=stage.inputs)
+      results[split] = {k: result[k] for k in ('accuracy', 'num_examples', 'complete')}
+      writer.write(results['best_step'], split,
+                   {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
+      save_predictions(directory.predictions_file(split), result['predictions'])
+      progress.message(f'{split} accuracy: ' + ', '.join(
+          f'{k} {v:.4f}' for k, v in result['accuracy'].items()))
+    # Written last: from here on the stage counts as finished (`runs.StageDir.finished`).
+    runs.write_json(directory.results_file, results)
     ckpt.close()
     writer.close()
-    return {'stage': stage_name, 'preempted_at_step': int(state.step)}
-
-  # MARK: test with the best-on-validation state (the final state without validation)
-  if sources['validation'] is None and (best is None or best['step'] != int(state.step)):
-    ckpt.save_best(int(state.step), state)
-    best = {'step': int(state.step), 'metric': None}
-    write_json(best_path, best)
-  ckpt.wait()
-  best_state = ckpt.restore_best(abstract_state)
-  results = {
-      'stage': stage_name, 'dataset': config.dataset, 'protocol': config.protocol,
-      'privileged': config.privileged,
-      'loss': config.loss.kind if stage.student else stage.loss,
-      'connections': bool(config.model.connections and any(m.connections for m in stage.models)),
-      'train_inputs': list(stage.inputs), 'fused_streams': list(stage.fused),
-      'best_step': best['step'], 'validation_accuracy': best['metric'],
-      'total_steps': total_steps, 'train_seconds': time.time() - t_start}
-  split = config.eval.split
-  if sources[split] is not None:
-    result = evaluate(best_state, sources[split], eval_fn=eval_fn, mesh=mesh, config=config,
-                      modalities=stage.inputs)
-    results[split] = {k: result[k] for k in ('accuracy', 'num_examples', 'complete')}
-    writer.write(best['step'], split, {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
-    if jax.process_index() == 0:
-      np.savez(os.path.join(out_dir, f'predictions_{split}.npz'), **result['predictions'])
-    progress.message(f'{split} accuracy: ' + ', '.join(
-        f'{k} {v:.4f}' for k, v in result['accuracy'].items()))
-  write_json(os.path.join(out_dir, 'results.json'), results)
-  ckpt.close()
-  writer.close()
-  return results
+    return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       config_path: str | None = None) -> dict[str, dict[str, Any]]:
-  """Runs the config's stage (or, for `all`, steps 1 to 4 in order)."""
+                       config_file: str | None = None, overrides: tuple[str, ...] = ()
+                       ) -> dict[str, dict[str, Any]]:
+  """Runs the config's stage (or, for `all`, steps 1 to 4 in order); finished ones are skipped."""
   results = {}
   for stage_name in stages.expand(config.stage):
-    results[stage_name] = run_stage(config, workdir, stage_name, config_path=config_path)
+    results[stage_name] = run_stage(config, workdir, stage_name, config_file=config_file,
+                                    overrides=overrides)
     if 'preempted_at_step' in results[stage_name]:
       break
   return results

@@ -29,11 +29,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from modistill_jax import report
+from modistill_jax import runs
 from modistill_jax.data import pipeline, records
 
 WORKDIR = os.environ.get('MODISTILL_WORKDIR', '../workdirs/demo')
-print('run folder:', os.path.abspath(WORKDIR))
-print('stages:', report.stages_with_metrics(WORKDIR))
+print('run folder:', runs.as_path(WORKDIR))
+print('stages:', runs.stages_with_metrics(WORKDIR))
 
 # %% [markdown]
 # ## Table 1 layout
@@ -51,7 +52,7 @@ report.plot_training_curves(WORKDIR);
 
 # %% [markdown]
 # ## Table 2: the step-2 teacher with noisy depth
-# Written by `python -m modistill_jax.evaluate --config=...:step2 --workdir=... --sweep`
+# Written by `python -m modistill_jax.evaluate --workdir=... --stage=step2 --sweep`
 # (the demo runs it). The paper's numbers are for NTU cross-view.
 
 # %%
@@ -68,7 +69,7 @@ else:
 # ## Per-class accuracy and confusion matrix of the deployed model (step 4, RGB only)
 
 # %%
-stage = 'step4' if step4 else report.stages_with_metrics(WORKDIR)[-1]
+stage = 'step4' if step4 else runs.stages_with_metrics(WORKDIR)[-1]
 names = report.class_names(WORKDIR, stage)
 matrix = report.confusion_matrix(WORKDIR, stage)
 per_class = report.per_class_accuracy(matrix)
@@ -85,7 +86,7 @@ dataset = report.dataset_info(WORKDIR, stage)
 source = pipeline.load_source(dataset['dataset'], dataset['protocol'], 'test',
                               data_dir=report.stage_config(WORKDIR, stage)['data_dir'] or None,
                               builder_config=dataset['builder_config'] or None)
-saved = np.load(os.path.join(WORKDIR, stage, 'predictions_test.npz'))
+saved = report.predictions(WORKDIR, stage)
 shown = np.random.default_rng(0).choice(len(saved['index']), size=min(4, len(saved['index'])),
                                         replace=False)
 fig, axes = plt.subplots(2, len(shown), figsize=(3 * len(shown), 6), squeeze=False)

@@ -25,6 +25,7 @@ from conftest import NUM_CLASSES, REPO_ROOT, cli_env, shrink
 from modistill_jax import checkpointing
 from modistill_jax import config_lib
 from modistill_jax import metrics as metrics_lib
+from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import trainer
 
@@ -120,13 +121,12 @@ def test_misspelled_override_fails_on_the_cli(tmp_path, compilation_cache_dir):
 def check_stage_outputs(workdir: str, stage_name: str, config, num_classes: int):
   """A finished one-step stage: finite logged loss, checkpoints, results, class count."""
   stage = stages.get_stage(stage_name)
-  out_dir = trainer.stage_dir(workdir, stage_name)
-  train_records = [r for r in metrics_lib.read_jsonl(os.path.join(out_dir, 'metrics.jsonl'))
+  out_dir = runs.stage_dir(workdir, stage_name)
+  train_records = [r for r in metrics_lib.read_jsonl(out_dir.metrics_file)
                    if r['split'] == 'train']
   assert [r['step'] for r in train_records] == [1]
   assert math.isfinite(train_records[0]['loss'])
-  with open(os.path.join(out_dir, 'results.json')) as f:
-    results = json.load(f)
+  results = runs.read_json(out_dir.results_file)
   assert results['best_step'] == 1 and results['total_steps'] == 1
   has_validation = config.dataset in ('ntu_rgbd', 'synthetic_rgbd')
   assert (results['validation_accuracy'] is not None) == has_validation
@@ -134,7 +134,7 @@ def check_stage_outputs(workdir: str, stage_name: str, config, num_classes: int)
   assert set(results['test']['accuracy']) == expected
   assert results['test']['num_examples'] == config.eval_batch_size
   assert not results['test']['complete']  # max_eval_batches=1 says so
-  state = checkpointing.read_best_state(out_dir)
+  state = checkpointing.read_best_state(out_dir.best_dir)
   assert set(state['params']) == set(stage.trainable)
   assert set((state.get('frozen') or {}).get('params') or {}) == set(stage.frozen)
   for stream in stage.streams:
@@ -159,7 +159,7 @@ def test_every_stage_trains_one_step(name, tmp_path, request, synthetic_data_dir
     config = shrink(get_config(name, stage_arg))
     if name == 'demo':
       config.data_dir = synthetic_data_dir
-    results = trainer.train_and_evaluate(config, workdir, config_path=f'configs/{name}.py')
+    results = trainer.train_and_evaluate(config, workdir, config_file=f'configs/{name}.py')
     assert tuple(results) == stages.expand(stage_arg)
     for stage_name in results:
       check_stage_outputs(workdir, stage_name, config, NUM_CLASSES[config.dataset])

@@ -19,6 +19,7 @@ import pytest
 
 from modistill_jax import demo
 from modistill_jax import report
+from modistill_jax import runs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO_ROOT, 'notebooks', 'results.ipynb')
@@ -48,7 +49,7 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
   for stage in ('step1', 'step2', 'step3', 'step4', 'hoffman'):
     assert report.stage_results(workdir, stage)['test']['complete'], stage
   for stage in ('step2', 'step3'):
-    assert report.stage_results(os.path.join(workdir, report.ABLATION_DIR), stage), stage
+    assert report.stage_results(runs.ablation_workdir(workdir), stage), stage
   rows = {r['row'] for r in report.table1(workdir)}
   assert rows == {'1', '2', '3-5', '6', '7', '8', '9', '13', '14', '15'}
   sweep = report.noise_sweep(workdir)

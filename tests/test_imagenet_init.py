@@ -18,6 +18,7 @@ import pytest
 import configs.demo
 from conftest import shrink
 from modistill_jax import checkpointing
+from modistill_jax import runs
 from modistill_jax import param_merge
 from modistill_jax import pretrained
 from modistill_jax import trainer
@@ -112,10 +113,10 @@ def test_step1_starts_from_imagenet_weights(converted, tmp_path, synthetic_data_
   config = imagenet_config(synthetic_data_dir, out, 'torchvision')
   workdir = str(tmp_path)
   trainer.run_stage(config, workdir, STAGE)
-  stage_dir = os.path.join(workdir, STAGE)
-  params = checkpointing.read_best_state(stage_dir)['params']['rgb']
+  stage_dir = runs.stage_dir(workdir, STAGE)
+  params = checkpointing.read_best_state(stage_dir.best_dir)['params']['rgb']
   source, metadata = pretrained.load(out)
-  num_classes = len(json.load(open(os.path.join(stage_dir, 'dataset.json')))['class_names'])
+  num_classes = len(runs.read_json(stage_dir.dataset_file)['class_names'])
   assert num_classes == 3
 
   # Named tensors, against the converted checkpoint and the source file.
@@ -157,7 +158,7 @@ def test_step1_starts_from_imagenet_weights(converted, tmp_path, synthetic_data_
   # Input normalisation of both modalities: the checkpoint's, i.e. torchvision's.
   np.testing.assert_allclose(metadata['mean'], TORCH_MEAN)
   np.testing.assert_allclose(metadata['std'], TORCH_STD)
-  recorded = json.load(open(os.path.join(stage_dir, 'config.json')))['input']
+  recorded = runs.read_json(stage_dir.config_file)['input']
   for modality in ('rgb', 'depth'):
     assert recorded[f'{modality}_mean'] == metadata['mean'], modality
     assert recorded[f'{modality}_std'] == metadata['std'], modality

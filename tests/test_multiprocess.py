@@ -41,6 +41,7 @@ import pytest
 from conftest import REPO_ROOT, assert_trees_close, cli_env, override_flags
 from modistill_jax import checkpointing
 from modistill_jax import metrics as metrics_lib
+from modistill_jax import runs
 
 NUM_STEPS = 2   # one epoch of the tiny dataset; its validation makes step 2 the best state
 TIMEOUT_S = 420
@@ -98,8 +99,7 @@ def test_two_processes_match_one_process(tmp_path, synthetic_data_dir, compilati
   assert sorted(p.name for p in data_dir.iterdir() if p.name.startswith('process_')) == [
       'process_0-of-2.json', 'process_1-of-2.json']
   for stage_dir in (stage_single, stage_multi):
-    with open(os.path.join(stage_dir, 'best.json')) as f:
-      assert json.load(f)['step'] == NUM_STEPS
+    assert runs.read_json(os.path.join(stage_dir, runs.RESULTS_FILE))['best_step'] == NUM_STEPS
 
   def train_losses(stage_dir):
     records = metrics_lib.read_jsonl(os.path.join(stage_dir, 'metrics.jsonl'))
@@ -111,8 +111,8 @@ def test_two_processes_match_one_process(tmp_path, synthetic_data_dir, compilati
                              [losses_single[s] for s in sorted(losses_single)],
                              rtol=1e-5, atol=1e-5)
 
-  state_single = checkpointing.read_best_state(stage_single)
-  state_multi = checkpointing.read_best_state(stage_multi)
+  state_single = checkpointing.read_best_state(runs.stage_dir(single, 'step1_rgb').best_dir)
+  state_multi = checkpointing.read_best_state(runs.stage_dir(multi, 'step1_rgb').best_dir)
   assert int(state_single['step']) == int(state_multi['step']) == NUM_STEPS
   assert_trees_close(state_multi['params'], state_single['params'], rtol=1e-5, atol=1e-5)
   assert_trees_close(state_multi['batch_stats'], state_single['batch_stats'],

@@ -24,6 +24,7 @@ from conftest import REPO_ROOT, cli_env, override_flags
 import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
+from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
@@ -71,12 +72,14 @@ def assert_bit_identical(actual, expected, what: str):
 def assert_starts_from(config, workdir: str, stage_name: str,
                        sources: dict[str, tuple[str, str]]):
   """`initial_variables` of `stage_name` equals, stream by stream, the named checkpoint slices."""
+  stage = stages.get_stage(stage_name)
   variables, origin = trainer.initial_variables(
-      config, stages.get_stage(stage_name), workdir, zero_variables(stage_name, config))
+      config, stage, zero_variables(stage_name, config),
+      trainer.prerequisites(stage, config, workdir))
   assert origin == 'previous stages'
   assert set(variables['params']) == set(sources)
   for stream, (source_stage, source_stream) in sources.items():
-    saved = checkpointing.read_best_state(trainer.stage_dir(workdir, source_stage))
+    saved = checkpointing.read_best_state(runs.stage_dir(workdir, source_stage).best_dir)
     expected = checkpointing.stream_variables(saved, source_stream)
     actual = {c: variables[c][stream] for c in ('params', 'batch_stats')}
     assert_bit_identical(actual, expected,
@@ -86,13 +89,16 @@ def assert_starts_from(config, workdir: str, stage_name: str,
 def test_all_writes_four_finished_stages(workdir):
   """Every stage of `all` has results (with a test accuracy) and a best checkpoint."""
   for stage_name in stages.ALL_STAGES:
-    directory = trainer.stage_dir(workdir, stage_name)
-    assert checkpointing.has_best(directory), stage_name
-    with open(os.path.join(directory, 'results.json')) as f:
-      results = json.load(f)
+    directory = runs.stage_dir(workdir, stage_name)
+    assert directory.finished(), stage_name
+    results = runs.read_json(directory.results_file)
     assert results['stage'] == stage_name
     assert results['best_step'] == results['total_steps'] == 2
-    assert 0.0 <= results['test']['accuracy']['fused'] <= 1.0
+    assert int(checkpointing.read_best_state(directory.best_dir)['step']) == 2
+    predictions = np.load(directory.predictions_file('test'))
+    assert results['test']['num_examples'] == len(predictions['label'])
+    assert results['test']['accuracy']['fused'] == np.mean(
+        predictions['pred/fused'] == predictions['label'])
 
 
 @pytest.mark.parametrize('stage_name', sorted(CHAIN))
@@ -113,7 +119,7 @@ def test_step2_from_separate_step1_stages(tmp_path, config):
   with jax.default_prng_impl('unsafe_rbg'):
     for stage_name in ('step1_rgb', 'step1_depth'):
       trainer.run_stage(config, workdir, stage_name)
-  assert not os.path.exists(trainer.stage_dir(workdir, 'step1'))
+  assert not runs.stage_dir(workdir, 'step1').path.exists()
   assert_starts_from(config, workdir, 'step2',
                      {'depth': ('step1_depth', 'depth'), 'rgb': ('step1_rgb', 'rgb')})
 
@@ -132,8 +138,7 @@ def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_c
       cwd=REPO_ROOT, env=cli_env(compilation_cache_dir), capture_output=True, text=True,
       timeout=600)
   assert proc.returncode == 0, proc.stderr[-5000:]
-  with open(os.path.join(trainer.stage_dir(workdir, 'step2'), 'noise_sweep.json')) as f:
-    rows = json.load(f)
+  rows = runs.read_json(runs.stage_dir(workdir, 'step2').noise_sweep_file)
   assert [r['sigma2'] for r in rows] == SWEEP_COLUMNS
   assert [r['void'] for r in rows] == [False, False, False, True]
   np.testing.assert_allclose([r['sigma'] for r in rows],
@@ -150,7 +155,8 @@ def test_noise_cannot_reach_step4(workdir, config):
   config = config.copy_and_resolve_references()
   config.eval.noise_variances = NOISE_VARIANCES
   with jax.default_prng_impl('unsafe_rbg'):
-    rows = evaluate.noise_sweep(config, workdir, 'step4')
+    step4 = runs.load_stage(workdir, 'step4')
+    rows = evaluate.noise_sweep(step4, evaluate.evaluation_config(step4, config))
   assert [r['sigma2'] for r in rows] == SWEEP_COLUMNS
   assert set(rows[0]['accuracy']) == {'hall', 'rgb', 'fused'}
   for r in rows[1:]:

@@ -13,7 +13,7 @@ import pytest
 
 import configs.demo
 from conftest import read_latest_state, shrink
-from modistill_jax import checkpointing
+from modistill_jax import runs
 from modistill_jax import trainer
 from modistill_jax.data import pipeline
 
@@ -40,34 +40,39 @@ def test_missing_previous_stage(tmp_path, synthetic_data_dir):
   """Step 2 without step 1 names the checkpoint path it expected and the command to make it."""
   workdir = str(tmp_path)
   config = demo_config('step2', synthetic_data_dir)
-  with pytest.raises(trainer.MissingPrerequisiteError) as error:
-    trainer.run_stage(config, workdir, 'step2', config_path='configs/demo.py')
+  with pytest.raises(runs.StageNotFinishedError) as error:
+    trainer.run_stage(config, workdir, 'step2', config_file='configs/demo.py')
   message = str(error.value)
-  assert str(checkpointing.best_dir(os.path.join(workdir, 'step1'))) in message
-  assert str(checkpointing.best_dir(os.path.join(workdir, 'step1_depth'))) in message
+  assert str(runs.stage_dir(workdir, 'step1').path) in message
+  assert str(runs.stage_dir(workdir, 'step1_depth').path) in message
   assert (f'python -m modistill_jax.train --config=configs/demo.py:step1 --workdir={workdir}'
           in message)
+  assert not runs.stage_dir(workdir, 'step2').path.exists()
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_data_dir):
-  """A diverging run raises FloatingPointError naming the step; the last good checkpoint stays.
+def test_divergence_with_a_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path, synthetic_data_dir):
+  """A learning rate of 1e6 keeps the loss finite while gradients and weights turn NaN.
 
-  Adam with a learning rate of 1e30 moves every weight by ~1e30 in step 1, so
-  step 2's BatchNorm variances overflow and its loss is NaN. Step 1 was
-  checkpointed (`checkpoint_every_steps=1`) and must still be there, finite.
+  The stage must stop with an error naming the step and the quantity, keep the
+  last good checkpoint, and leave no best state and no results for a later
+  stage to start from.
   """
   workdir = str(tmp_path)
-  config = demo_config('step1_rgb', synthetic_data_dir, num_train_steps=4,
-                       checkpoint_every_steps=1, **{'optimizer.learning_rate': 1e30})
-  with pytest.raises(FloatingPointError,
-                     match=r'step1_rgb: non-finite loss at step 2.*Last good checkpoint: step 1'):
+  config = demo_config('step1_rgb', synthetic_data_dir, num_train_steps=6,
+                       checkpoint_every_steps=1, **{'optimizer.learning_rate': 1e6})
+  with pytest.raises(FloatingPointError, match=r'step1_rgb diverged: (grad_norm|param_norm|'
+                     r'batch_stats_norm|loss) = (nan|inf) at step (\d).*') as error:
     trainer.run_stage(config, workdir, 'step1_rgb')
-  saved = read_latest_state(os.path.join(workdir, 'step1_rgb'))
-  assert int(saved['step']) == 1
-  leaves = jax.tree.leaves(saved['params'])
-  assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
-  assert not os.path.exists(os.path.join(workdir, 'step1_rgb', 'results.json'))
-
+  bad_step = int(error.value.args[0].split(' at step ')[1].split(';')[0])
+  directory = runs.stage_dir(workdir, 'step1_rgb')
+  if bad_step > 1:
+    saved = read_latest_state(str(directory.path))
+    assert int(saved['step']) == bad_step - 1
+    leaves = jax.tree.leaves(saved['params'])
+    assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
+  assert not directory.finished()
+  assert not any(p.name.isdigit() for p in directory.best_dir.iterdir())
 
 
 class _UndecodableDepth:
