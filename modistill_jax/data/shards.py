@@ -1,4 +1,4 @@
-"""The ArrayRecord shard files of a built split: checked on opening, read with errors that say where.
+"""The ArrayRecord shard files of a split: checked on opening, read with errors that say where.
 
 A damaged shard otherwise surfaces as Riegeli's `Corrupted Riegeli/records
 file ... chunk at 39846574`, hours into a run, naming neither the file nor the
