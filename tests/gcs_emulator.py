@@ -1,4 +1,4 @@
-"""Pytest fixtures: a local Google Cloud Storage emulator, and the settings that point clients at it.
+"""Pytest fixtures: a local Google Cloud Storage emulator, and the settings pointing clients at it.
 
 `gcs_emulator` (session) starts `gcp-storage-emulator` (PyPI, the `test`
 extra) as a real server process on 127.0.0.1 on a free port, and stops it
