@@ -5,6 +5,7 @@ file per split: 8 train, 4 validation, 6 test records).
 """
 
 import os
+import pickle
 import shutil
 
 from array_record.python import array_record_module
@@ -75,6 +76,14 @@ def test_intact_dataset_reads_every_record(data_dir):
   assert source.records[-1]['sample_id'] == b'clip7'
   with pytest.raises(IndexError, match='record 8 of synthetic_rgbd/cross_view/train'):
     source.records[8]  # pylint: disable=pointless-statement
+
+
+def test_records_pickle_for_worker_processes(data_dir):
+  # Grain's worker processes (`input.worker_count > 0`) receive the records pickled.
+  records = load(data_dir).records
+  copy = pickle.loads(pickle.dumps(records))
+  assert copy.split == records.split
+  assert [r['sample_id'] for r in copy] == [r['sample_id'] for r in records]
 
 
 @pytest.mark.parametrize('keep', [0.5, 0.99])

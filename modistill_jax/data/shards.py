@@ -87,19 +87,21 @@ def rebuild_command(dataset: str, data_dir: str, builder_config: str | None) -> 
 
 def _shard_problem(shard: Shard) -> str | None:
   """Why `shard` cannot be read as its metadata describes it, or None if its index agrees."""
-  path = epath.Path(shard.path)
-  if not path.exists():
-    return 'is missing'
-  unreadable = (f'cannot be opened as ArrayRecord ({path.stat().length} bytes): its footer or '
-                'index is unreadable, as in a truncated or overwritten file')
   try:
     reader = array_record_module.ArrayRecordReader(shard.path)
     num_records = reader.num_records() if reader.ok() else None
     reader.close()  # raises Riegeli's error when the reader failed
+    error = ''
   except RuntimeError as e:  # some with an empty message
-    return f'{unreadable} ({e})' if str(e) else unreadable
+    num_records, error = None, str(e)
   if num_records is None:
-    return unreadable
+    # Only now a separate look at the file, which costs a round trip on gs://.
+    path = epath.Path(shard.path)
+    if not path.exists():
+      return 'is missing'
+    return (f'cannot be opened as ArrayRecord ({path.stat().length} bytes): its footer or '
+            'index is unreadable, as in a truncated or overwritten file'
+            + (f' ({error})' if error else ''))
   if num_records != shard.num_records:
     return f'holds {num_records} records, but the dataset metadata lists {shard.num_records}'
   return None
