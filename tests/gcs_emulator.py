@@ -23,12 +23,23 @@ Each client library finds a GCS endpoint its own way; measured with etils
   google-cloud-cpp storage client: `CLOUD_STORAGE_EMULATOR_ENDPOINT`. Without
   it, opening a `gs://` shard waits minutes for Google's metadata server.
 * google-cloud-storage (tensorboardX's own `gs://` writer): `STORAGE_EMULATOR_HOST`.
+
+The emulator (2026.7.19) answers a download without the object's generation
+(`x-goog-generation`, which GCS sends); TensorStore then fails the next
+conditional read of a checkpoint it wrote (`Malformed StorageGeneration`
+reading an OCDBT manifest), so this module runs the server itself (`python
+gcs_emulator.py --port N`) with its download handler adding that header. The
+emulator ignores write preconditions (`ifGenerationMatch`), which matters only
+to several concurrent writers of one object; and it lacks GCS's `moveTo`, so
+gcsfs renames fall back to copy and delete after ~35 s of retries.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 import dataclasses
+import http
 import json
 import os
 import socket
@@ -107,8 +118,7 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
   """A GCS emulator server process on 127.0.0.1, for the whole test session."""
   port = _free_port()
   url = f'http://127.0.0.1:{port}'
-  command = [sys.executable, '-m', 'gcp_storage_emulator', 'start', '--host', '127.0.0.1',
-             '--port', str(port), '--in-memory']
+  command = [sys.executable, os.path.abspath(__file__), '--port', str(port)]
   with tempfile.TemporaryFile('w+') as log:
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -142,3 +152,30 @@ def gcs_bucket(gcs_emulator, monkeypatch) -> Iterator[str]:
   yield gcs_emulator.create_bucket(f'test-{uuid.uuid4().hex[:16]}')
   monkeypatch.undo()
   _reset_epath_backend_choice()
+
+
+def serve(port: int) -> None:
+  """Runs the emulator in this process until interrupted, in memory, on 127.0.0.1:`port`.
+
+  Its downloads carry the object's generation, as GCS's do (module docstring).
+  """
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+  download = objects.download
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    if response.status in (http.HTTPStatus.OK, http.HTTPStatus.PARTIAL_CONTENT):
+      obj = storage.get_file_obj(request.params['bucket_name'], request.params['object_id'])
+      response['x-goog-generation'] = obj['generation']
+      response['x-goog-metageneration'] = obj['metageneration']
+
+  objects.download = download_with_generation
+  # Imported only now: the server binds its routes to the handlers when imported.
+  from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
+  server.create_server('127.0.0.1', port, in_memory=True).run()
+
+
+if __name__ == '__main__':
+  parser = argparse.ArgumentParser(description=serve.__doc__)
+  parser.add_argument('--port', type=int, required=True)
+  serve(parser.parse_args().port)

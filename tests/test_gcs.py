@@ -53,8 +53,10 @@ def test_epath_files(gcs_emulator, gcs_bucket):
 
 
 def test_orbax_checkpoints(gcs_emulator, gcs_bucket):
-  tree = {'conv': {'kernel': np.arange(24, dtype=np.float32).reshape(2, 3, 4)},
-          'step': np.array([7], np.int32)}
+  # Enough arrays that TensorStore updates the OCDBT manifest conditionally,
+  # reading back the generation its earlier write got (see gcs_emulator.py).
+  tree = {f'layer{i}': {'kernel': np.full((3, 4), i, np.float32),
+                        'bias': np.arange(4, dtype=np.float32) + i} for i in range(40)}
   directory = epath.Path(gcs_bucket) / 'x'
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=2)) as mgr:
     for step in (1, 2, 3):
