@@ -24,6 +24,9 @@ Each client library finds a GCS endpoint its own way; measured with etils
   it, opening a `gs://` shard waits minutes for Google's metadata server.
 * google-cloud-storage (tensorboardX's own `gs://` writer): `STORAGE_EMULATOR_HOST`.
 
+The variables are read when each library first opens a `gs://` path (gcsfs
+when imported), so a process should have them before its first `gs://` use.
+
 The emulator (2026.7.19) answers a download without the object's generation
 (`x-goog-generation`, which GCS sends); TensorStore then fails the next
 conditional read of a checkpoint it wrote (`Malformed StorageGeneration`
@@ -87,6 +90,9 @@ def client_env(url: str) -> dict[str, str]:
       'TENSORSTORE_GCS_HTTP_URL': url,
       'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator',
       'EPATH_USE_TF': 'false',
+      # gcsfs would otherwise ask GCS's control plane (unreachable) for each
+      # operation whether the bucket is zonal, and log a warning each time.
+      'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
   }
 
 
