@@ -2,7 +2,21 @@
 
 Only process 0 writes files; every process may print progress. `metrics.jsonl`
 has one object per record: `{"step": ..., "split": "train"|"validation"|...,
-<name>: value, ...}`, appended, so a resumed run continues the same file.
+<name>: value, ...}`; a resumed run continues the same file.
+
+The stage folder may be local or any `etils.epath` location (`gs://...`).
+Cloud objects cannot be appended to, so there the writer keeps the file's
+lines in memory and replaces the whole object, and writes TensorBoard events
+to a local temporary folder whose files it copies over: both at most every
+`SYNC_EVERY_S` seconds for training records, at once for validation and test
+records, and at `close()`. Locally, lines are appended and events written in
+place, as they come.
+
+Each step once: a writer told the step a run starts from (`start_step`, the
+restored checkpoint's step, 0 for a fresh start) first drops the records of
+later steps, which an interrupted earlier session wrote and this one will write
+again, and has TensorBoard hide that session's events from `start_step + 1` on
+(tensorboardX's `purge_step`).
 """
 
 from __future__ import annotations
@@ -10,7 +24,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -20,49 +36,122 @@ import numpy as np
 
 from modistill_jax import runs
 
+# Longest a remote stage folder lags behind the training records written.
+SYNC_EVERY_S = 30.0
 # Splits recorded during training; the others (test) are written once at the end.
 TRAINING_SPLITS = ('train', 'validation')
 # Per-step metrics whose non-finite value ends a stage (see `first_non_finite`).
 DIVERGENCE_WATCH = ('loss', 'grad_norm', 'param_norm', 'batch_stats_norm')
 
 
-class MetricWriter:
-  """Writes scalars to a stage's `metrics.jsonl` and TensorBoard events.
+def is_remote(path: str | os.PathLike) -> bool:
+  """Whether `path` is a URI (`gs://...`), where files are objects that cannot be appended to."""
+  return '://' in os.fspath(path)
 
-  A stage that resumes at step S first drops every record after S (and any
-  evaluation of a previous attempt's end), and TensorBoard purges its events
-  after S, so each step appears once however often the stage was interrupted.
+
+def _kept(record: dict[str, Any], start_step: int) -> bool:
+  """Whether a record of an earlier session stays when a run continues from `start_step`.
+
+  Training records up to that step stay; the end-of-stage evaluations (test)
+  are written again when the stage finishes.
+  """
+  return record['split'] in TRAINING_SPLITS and record['step'] <= start_step
+
+
+class MetricWriter:
+  """Writes scalars to `metrics.jsonl` and TensorBoard (`events/`) under `stage_dir`.
+
+  Args:
+    stage_dir: the stage folder, local or an `epath` URI such as `gs://bucket/run/step1`.
+    enabled: whether this process writes; default: process 0 only.
+    start_step: the step this run continues from; records of later steps are
+      dropped (see the module docstring). None keeps every record.
+    sync_every_s: for a remote `stage_dir`, the longest training records wait
+      before the folder is updated.
   """
 
-  def __init__(self, directory: runs.StageDir, *, resume_step: int = 0):
-    self.enabled = jax.process_index() == 0
-    self.path = directory.metrics_file
+  def __init__(self, stage_dir: str | os.PathLike, *, enabled: bool | None = None,
+               start_step: int | None = None, sync_every_s: float = SYNC_EVERY_S):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.stage_dir = epath.Path(stage_dir)
+    self.path = self.stage_dir / runs.METRICS_FILE
+    self.remote = is_remote(self.stage_dir)
+    self._sync_every_s = sync_every_s
     self._tb = None
-    if self.enabled:
-      directory.path.mkdir(parents=True, exist_ok=True)
-      kept = [r for r in (read_jsonl(self.path) if self.path.exists() else [])
-              if r['split'] in TRAINING_SPLITS and r['step'] <= resume_step]
-      self.path.write_text(''.join(json.dumps(r) + '\n' for r in kept))
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(directory.events_dir), purge_step=resume_step + 1)
+    self._lines: list[str] = []  # a remote file's whole content
+    self._local_events: str | None = None  # where a remote folder's events are written first
+    self._last_sync, self._unsynced = time.monotonic(), False
+    if not self.enabled:
+      return
+    self.stage_dir.mkdir(parents=True, exist_ok=True)
+    self._start(start_step)
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    if self.remote:
+      self._local_events = tempfile.mkdtemp(prefix='modistill_events_')
+    events = self._local_events or os.fspath(self.stage_dir / runs.EVENTS_DIR)
+    # tensorboardX names a file by the second it was opened and the host; the
+    # suffix keeps two sessions of one second apart, in the order they ran.
+    self._tb = SummaryWriter(events, purge_step=None if start_step is None else start_step + 1,
+                             filename_suffix=f'.{time.time_ns()}')
+
+  def _start(self, start_step: int | None) -> None:
+    """Loads (remote) and trims (resumed runs) the existing `metrics.jsonl`."""
+    if not self.path.exists():
+      return
+    lines = [line + '\n' for line in self.path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if start_step is None or _kept(json.loads(line), start_step)]
+    if self.remote:
+      self._lines = kept
+      if len(kept) < len(lines):
+        self.path.write_text(''.join(kept))
+    elif len(kept) < len(lines):
+      # Replaced in one rename, so an interruption leaves the old file or the new one.
+      partial = self.path.with_name(self.path.name + '.partial')
+      partial.write_text(''.join(kept))
+      partial.replace(self.path)
 
   def write(self, step: int, split: str, scalars: dict[str, Any]) -> None:
     if not self.enabled:
       return
     values = {k: float(v) for k, v in scalars.items()}
-    with self.path.open('a') as f:
-      f.write(json.dumps({'step': int(step), 'split': split, **values}) + '\n')
+    line = json.dumps({'step': int(step), 'split': split, **values}) + '\n'
     for k, v in values.items():
       self._tb.add_scalar(f'{split}/{k}', v, int(step))
+    if not self.remote:
+      with self.path.open('a') as f:
+        f.write(line)
+      self._tb.flush()
+      return
+    self._lines.append(line)
+    self._unsynced = True
+    if split != 'train' or time.monotonic() - self._last_sync >= self._sync_every_s:
+      self.sync()
+
+  def sync(self) -> None:
+    """Brings a remote stage folder up to date: `metrics.jsonl` and the event files."""
+    if not (self.enabled and self.remote and self._unsynced):
+      return
     self._tb.flush()
+    self.path.write_text(''.join(self._lines))
+    events = self.stage_dir / runs.EVENTS_DIR
+    events.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(self._local_events):
+      (events / name).write_bytes(epath.Path(self._local_events, name).read_bytes())
+    self._last_sync, self._unsynced = time.monotonic(), False
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    if self._tb is None:
+      return
+    self._tb.close()
+    self._unsynced = True  # the events closed since the last sync
+    self.sync()
+    if self._local_events:
+      shutil.rmtree(self._local_events)
+    self._tb = None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """The records of a `metrics.jsonl` file."""
+  """The records of a `metrics.jsonl` file (local or an `epath` URI)."""
   return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
 
 

@@ -84,6 +84,7 @@ import tensorflow_datasets as tfds
 from modistill_jax.data import protocols
 from modistill_jax.data import records as records_lib
 from modistill_jax.data import sampling
+from modistill_jax.data import shards
 
 Batch = dict[str, np.ndarray]
 
@@ -104,6 +105,11 @@ class Source:
   name: str
 
 
+def _data_root(data_dir: str | None) -> epath.Path:
+  """The TFDS data dir: `data_dir`, else `$TFDS_DATA_DIR`, else TFDS's default."""
+  return epath.Path(data_dir or os.environ.get('TFDS_DATA_DIR', tfds.core.constants.DATA_DIR))
+
+
 def built_dataset_dir(dataset: str, *, data_dir: str | None = None,
                       builder_config: str | None = None) -> str:
   """The folder of the newest built version of `dataset[/builder_config]`.
@@ -112,7 +118,7 @@ def built_dataset_dir(dataset: str, *, data_dir: str | None = None,
   builder code: a builder registered in the same process (`import data_builders`) would otherwise
   substitute its own default config and version for what was built.
   """
-  root = epath.Path(data_dir or os.environ.get('TFDS_DATA_DIR', tfds.core.constants.DATA_DIR))
+  root = _data_root(data_dir)
   root = root / dataset / builder_config if builder_config else root / dataset
   versions = []
   if root.is_dir():
@@ -139,20 +145,30 @@ def load_source(dataset: str, protocol: str, split: str, *,
   reads what was built without importing `data_builders`, and a builder edited
   since cannot change how existing records are read.
 
+  Every shard file of the split is checked first (`shards.check_shards`: it
+  exists, and its index opens with the record count the metadata lists), so a
+  missing or truncated file stops the run before training starts; a record
+  damaged inside a file raises `shards.DatasetShardError` naming the file and
+  the record when it is read.
+
   Returns:
     None when the protocol has no such split (e.g. no validation set).
+
+  Raises:
+    shards.DatasetShardError: a shard file is missing or does not open with the
+      record count the dataset's metadata lists.
   """
-  builder = tfds.builder_from_directory(
-      built_dataset_dir(dataset, data_dir=data_dir, builder_config=builder_config))
+  version_dir = built_dataset_dir(dataset, data_dir=data_dir, builder_config=builder_config)
+  builder = tfds.builder_from_directory(version_dir)
   split_sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
   expression = protocols.split_expression(dataset, protocol, split, split_sizes)
   if expression is None:
     return None
+  name = f'{dataset}/{protocol}/{split}'
+  rebuild = shards.rebuild_command(dataset, os.fspath(_data_root(data_dir)), builder_config)
   return Source(
-      records=builder.as_data_source(split=expression),
-      class_names=tuple(builder.info.features['label'].names),
-      name=f'{dataset}/{protocol}/{split}',
-  )
+      records=shards.open_split(builder, expression, name=name, rebuild_command=rebuild),
+      class_names=tuple(builder.info.features['label'].names), name=name)
 
 
 def resize_frame(image: Image.Image, image_size: tuple[int, int]) -> Image.Image:

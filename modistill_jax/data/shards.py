@@ -1,0 +1,186 @@
+"""The ArrayRecord shard files of a split: checked on opening, read with errors that say where.
+
+A damaged shard otherwise surfaces as Riegeli's `Corrupted Riegeli/records
+file ... chunk at 39846574`, hours into a run, naming neither the file nor the
+record, and the same command crashes at the same place again. Two defences:
+
+* `check_shards`, when a split is opened: every shard file exists and its
+  ArrayRecord index opens and counts the records the dataset's metadata
+  (`shard_lengths`) lists. It reads only each file's footer and index, so it
+  costs a few reads per shard, not a pass over the data (measured: 0.1 ms a
+  shard locally, 3.6 ms on `gs://` through the test emulator, 16 threads),
+  and catches what copies and interrupted downloads usually leave: missing and
+  truncated files.
+* `ShardedRecords`, when a record is read: a record whose bytes fail Riegeli's
+  checksums (damage inside a file, which only reading the data can find) or do
+  not parse raises `DatasetShardError` naming the shard file, the record's
+  index in the split and in that file, and what to do.
+
+`open_split` does both for `pipeline.load_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import concurrent.futures
+import dataclasses
+import operator
+import os
+from typing import Any
+
+from array_record.python import array_record_module
+from etils import epath
+import tensorflow_datasets as tfds
+
+# Shard files whose index is read at once when a split is opened: the reads
+# wait on storage (a network round trip on gs://), not on the CPU.
+CHECK_THREADS = 16
+
+
+class DatasetShardError(RuntimeError):
+  """A shard file of a built dataset is missing, truncated or damaged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """The records `skip .. skip + take - 1` of one shard file, as a split reads them.
+
+  Attributes:
+    path: the shard file.
+    skip: the file's first record in the split.
+    take: records of the file in the split.
+    num_records: records the dataset's metadata says the file holds.
+  """
+  path: str
+  skip: int
+  take: int
+  num_records: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltSplit:
+  """Where a split's records come from, for error messages that say what to do.
+
+  Attributes:
+    name: the split as the user asked for it, e.g. `ntu_rgbd/cross_subject/train`.
+    tfds_split: the TFDS split expression read, e.g. `cstrain_cvtrain+cstrain_cvval`.
+    version_dir: the built version folder holding the shard files.
+    rebuild_command: the command that rebuilds that version folder.
+    shards: the split's shard files, in the order of its record indices.
+  """
+  name: str
+  tfds_split: str
+  version_dir: str
+  rebuild_command: str
+  shards: tuple[Shard, ...]
+
+  def remedy(self) -> str:
+    return (f'The built dataset is damaged: delete {self.version_dir} and rebuild it with '
+            f'`{self.rebuild_command}`, or replace the file with an intact copy.')
+
+
+def rebuild_command(dataset: str, data_dir: str, builder_config: str | None) -> str:
+  """The `tfds build` command that writes `dataset[/builder_config]` into `data_dir` again."""
+  command = f'tfds build data_builders/{dataset} --data_dir={data_dir}'
+  if builder_config:
+    command += f' --config={builder_config}'
+  if dataset != 'synthetic_rgbd':  # the only download-free builder
+    command += f' --manual_dir=<raw {dataset} folder> (see data_builders/{dataset}/README.md)'
+  return command
+
+
+def _shard_problem(shard: Shard) -> str | None:
+  """Why `shard` cannot be read as its metadata describes it, or None if its index agrees."""
+  try:
+    reader = array_record_module.ArrayRecordReader(shard.path)
+    num_records = reader.num_records() if reader.ok() else None
+    reader.close()  # raises Riegeli's error when the reader failed
+    error = ''
+  except RuntimeError as e:  # some with an empty message
+    num_records, error = None, str(e)
+  if num_records is None:
+    # Only now a separate look at the file, which costs a round trip on gs://.
+    path = epath.Path(shard.path)
+    if not path.exists():
+      return 'is missing'
+    return (f'cannot be opened as ArrayRecord ({path.stat().length} bytes): its footer or '
+            'index is unreadable, as in a truncated or overwritten file'
+            + (f' ({error})' if error else ''))
+  if num_records != shard.num_records:
+    return f'holds {num_records} records, but the dataset metadata lists {shard.num_records}'
+  return None
+
+
+def check_shards(split: BuiltSplit) -> None:
+  """Raises `DatasetShardError` unless every shard of `split` opens with the listed record count.
+
+  Reads only each file's footer and index; damage inside a record's data shows
+  when `ShardedRecords` reads it.
+  """
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(CHECK_THREADS, len(split.shards)))) as pool:
+    problems = list(pool.map(_shard_problem, split.shards))
+  found = [f'{shard.path} {problem}' for shard, problem in zip(split.shards, problems) if problem]
+  if found:
+    raise DatasetShardError(
+        f'{split.name} (TFDS split {split.tfds_split!r}): {len(found)} of {len(split.shards)} '
+        'shard files cannot be read:\n  ' + '\n  '.join(found) + '\n' + split.remedy())
+
+
+class ShardedRecords(Sequence):
+  """A split's decoded records by index, whose read errors name the shard file and record.
+
+  Wraps a TFDS data source (`builder.as_data_source(split)`); pickles with it,
+  so Grain's worker processes read through it too.
+  """
+
+  def __init__(self, source: Sequence[dict[str, Any]], split: BuiltSplit):
+    if len(source) != sum(shard.take for shard in split.shards):
+      raise ValueError(f'{split.name}: the data source has {len(source)} records but its '
+                       f'shards list {sum(s.take for s in split.shards)}.')
+    self._source = source
+    self.split = split
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    index = operator.index(index)
+    if not -len(self) <= index < len(self):
+      raise IndexError(f'record {index} of {self.split.name}, which has {len(self)} records')
+    index %= len(self)
+    try:
+      return self._source[index]
+    except Exception as e:  # pylint: disable=broad-except  (any failure is this record's)
+      shard, position = self.locate(index)
+      raise DatasetShardError(
+          f'Cannot read record {index} of {self.split.name} (TFDS split '
+          f'{self.split.tfds_split!r}): record {position} of {shard.num_records} in shard file '
+          f'{shard.path}: {type(e).__name__}: {e}\n{self.split.remedy()}') from e
+
+  def locate(self, index: int) -> tuple[Shard, int]:
+    """`(shard, record index within the shard file)` of the split's record `index`."""
+    for shard in self.split.shards:
+      if index < shard.take:
+        return shard, shard.skip + index
+      index -= shard.take
+    raise IndexError(f'record index beyond the {len(self)} records of {self.split.name}')
+
+
+def open_split(builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str,
+               rebuild_command: str) -> ShardedRecords:
+  """The records of `tfds_split` of a built dataset, after `check_shards` passed.
+
+  Args:
+    builder: the built dataset (`tfds.builder_from_directory`).
+    tfds_split: a TFDS split expression, e.g. `'train'` or `'view1+view2'`.
+    name: the split as the user knows it, for messages.
+    rebuild_command: what rebuilds the dataset (`rebuild_command`), for messages.
+  """
+  split = BuiltSplit(
+      name=name, tfds_split=tfds_split, version_dir=os.fspath(builder.data_dir),
+      rebuild_command=rebuild_command,
+      shards=tuple(Shard(path=os.fspath(f.filename), skip=f.skip, take=f.take,
+                         num_records=f.examples_in_shard)
+                   for f in builder.info.splits[tfds_split].file_instructions))
+  check_shards(split)
+  return ShardedRecords(builder.as_data_source(split=tfds_split), split)
