@@ -36,6 +36,8 @@ CONFIG = 'res112'
 BEAM_OPTIONS = 'runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing'
 TIMEOUT_S = 600
 
+pytestmark = pytest.mark.beam
+
 
 def _start_build(manual_dir: pathlib.Path, data_dir: pathlib.Path,
                  *extra_args: str) -> subprocess.Popen:
