@@ -159,8 +159,11 @@ def find_dirs(root: epath.Path, match: Callable[[str], bool],
       continue
     if folder != root and prune(folder.name):
       continue
-    with os.scandir(folder) as entries:
-      stack.extend(folder / e.name for e in entries if e.is_dir())
+    if '://' in os.fspath(folder):  # gs:// and the like, e.g. the raw data of a Dataflow job
+      stack.extend(p for p in folder.iterdir() if p.is_dir())
+    else:  # one system call per folder, where `is_dir` per entry would stat every file
+      with os.scandir(folder) as entries:
+        stack.extend(folder / e.name for e in entries if e.is_dir())
   return sorted(found)
 
 

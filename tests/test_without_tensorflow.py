@@ -2,10 +2,11 @@
 
 TensorFlow is needed to export (jax2tf) and to read TF-slim checkpoints
 (`pretrained --format=slim`); TFDS writes and reads (`tfds.data_source`, through
-Grain) ArrayRecord without it. The subprocesses here make `import tensorflow` (and every submodule) fail the way
-it fails where TensorFlow is not installed, then import `modistill_jax.train`,
-`evaluate` and `predict`, train the demo config's RGB stream (`step1_rgb`) one tiny step on
-conftest's dataset (the real `tfds.data_source` reading path) and evaluate it.
+Grain) ArrayRecord without it. The subprocesses here make `import tensorflow`
+(and every submodule) fail the way it fails where TensorFlow is not installed,
+then import `modistill_jax.train`, `evaluate` and `predict`, train the demo
+config's RGB stream (`step1_rgb`) one tiny step on conftest's dataset (the real
+`tfds.data_source` reading path) and evaluate it.
 
 TensorFlow is hidden by wrapping every import finder so that none finds a
 `tensorflow` module: `import tensorflow` then fails and

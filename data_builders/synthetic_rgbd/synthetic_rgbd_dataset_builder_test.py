@@ -62,7 +62,8 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
 
 def test_cli_build_writes_the_same_examples(python_built, tmp_path):
   folder = os.path.dirname(os.path.abspath(__file__))
-  subprocess.run(builder_test_utils.tfds_build_command() + [folder, '--config=tiny', f'--data_dir={tmp_path}'],
+  subprocess.run(builder_test_utils.tfds_build_command()
+                 + [folder, '--config=tiny', f'--data_dir={tmp_path}'],
                  check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(folder)))
   cli_built = tfds.builder_from_directory(str(tmp_path / 'synthetic_rgbd' / 'tiny' / '1.0.0'))
   assert cli_built.info.file_format.value == records.FILE_FORMAT
