@@ -101,4 +101,6 @@ def test_environment_has_one_tensorflow_distribution():
   """
   owners = sorted({dist.metadata['Name'] for dist in importlib.metadata.distributions()
                    if any(f.parts[0] == 'tensorflow' for f in dist.files or ())})
-  assert owners == ['tensorflow'], owners
+  assert owners == ['tensorflow'], (
+      f'{owners} own tensorflow/; a venv made before the switch from tensorflow-cpu keeps it: '
+      '`make clean` and install again')
