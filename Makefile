@@ -1,31 +1,49 @@
 # Every target does its own set-up: a fresh clone needs only Python 3.11+ and `make`.
+# PYTHON: the interpreter the venv is made from, e.g. `make demo PYTHON=python3.12` where
+# `python3` is older than 3.11.
+# JAX_EXTRA: `cuda` (NVIDIA GPU, CUDA 12 wheels) or `tpu` (Cloud TPU VM) installs that build of
+# JAX into the venv, e.g. `make demo JAX_EXTRA=cuda`; empty (the default) keeps the CPU build.
 PYTHON ?= python3
+JAX_EXTRA ?=
 VENV := .venv
 PY := $(VENV)/bin/python
+EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
+# The runtime install's stamp names the JAX build, so changing JAX_EXTRA reinstalls.
+INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 
-.PHONY: test demo install clean
+.PHONY: test test-beam demo install clean
+
+ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
+$(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
+endif
 
 # The runtime install (what `make demo` needs) and the test extras on top of it.
-$(VENV)/.installed: pyproject.toml
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".$(EXTRAS)"
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: $(INSTALLED)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(INSTALLED)
 
-# Fake CPU devices let the data-parallel tests run without an accelerator.
+# Fake CPU devices let the data-parallel tests run without an accelerator. The Beam conversion
+# tests (marked `beam`, a few minutes on 2 cores) run in `make test-beam`; CI runs both.
 test: $(VENV)/.installed-test
 	XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
-	  $(PY) -m pytest -n 2 --dist loadfile -q
+	  $(PY) -m pytest -n 2 --dist loadfile -q -m "not beam"
 
-# The whole method on the synthetic dataset, on CPU: see modistill_jax/demo.py.
-demo: $(VENV)/.installed
-	JAX_PLATFORMS=cpu $(PY) -m modistill_jax.demo --workdir=workdirs/demo --data_dir=workdirs/tfds
+test-beam: $(VENV)/.installed-test
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m beam data_builders
+
+# The whole method on the synthetic dataset: see modistill_jax/demo.py. On CPU unless a
+# JAX_EXTRA build is installed, which then runs it on its accelerator.
+demo: $(INSTALLED)
+	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.demo --workdir=workdirs/demo \
+	  --data_dir=workdirs/tfds
 
 clean:
 	rm -rf $(VENV) .pytest_cache workdirs

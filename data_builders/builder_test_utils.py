@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import itertools
+import os
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -28,6 +30,15 @@ class ReadsArrayRecord:
       ids[split] = {example['sample_id'] for example in source}
     for (a, ids_a), (b, ids_b) in itertools.combinations(ids.items(), 2):
       self.assertFalse(ids_a & ids_b, f'splits {a} and {b} share examples')
+
+
+def tfds_build_command() -> list[str]:
+  """`tfds build` of this environment: the command the READMEs give (the `build` extra)."""
+  script = os.path.join(os.path.dirname(sys.executable), 'tfds')
+  if not os.path.exists(script):
+    raise FileNotFoundError(f'{script} not found: install the test extra, '
+                            '`pip install -e ".[test]"`, which brings the `build` extra.')
+  return [script, 'build']
 
 
 def build(builder_cls: type[tfds.core.DatasetBuilder], data_dir: str, manual_dir: str,

@@ -13,15 +13,18 @@ function). This module supplies the rest, once:
   converts samples while the parent only writes; `MODISTILL_BUILD_WORKERS`
   sets its size (default: all CPUs; 1 converts in-process). When a Beam runner
   or Beam options are configured (`tfds build --beam_pipeline_options=...`,
-  needs the optional `beam` extra), `_generate_examples` returns a Beam
-  transform instead and TFDS runs the conversion on Beam.
+  the `build` extra), `_generate_examples` returns a Beam transform instead
+  and TFDS runs the conversion on Beam (`DirectRunner` here, Dataflow for NTU);
+  it writes exactly the examples the process pool writes.
 * Bad input: a sample whose files are missing, empty or undecodable raises
   `SampleError` in `convert` (which decodes the whole sample before returning,
   so nothing half-converted is ever written). It is left out and listed in
   `skipped.tsv` (`sample_id`, `split`, `reason`) next to the built dataset,
   `<data_dir>/<name>/<config>/<version>/skipped.tsv`, and summarised in the log.
-  Under Beam the workers log and count (`skipped` counter) what they skip, and
-  `skipped.tsv` lists only what was rejected while searching the raw folder.
+  Under Beam the workers send their skips to a side output written next to the
+  dataset, which the launching process merges into the same `skipped.tsv` once
+  the pipeline has run (Beam counters `converted` and `skipped` show the
+  progress in the runner's UI meanwhile).
 """
 
 from __future__ import annotations
@@ -156,8 +159,11 @@ def find_dirs(root: epath.Path, match: Callable[[str], bool],
       continue
     if folder != root and prune(folder.name):
       continue
-    with os.scandir(folder) as entries:
-      stack.extend(folder / e.name for e in entries if e.is_dir())
+    if '://' in os.fspath(folder):  # gs:// and the like, e.g. the raw data of a Dataflow job
+      stack.extend(p for p in folder.iterdir() if p.is_dir())
+    else:  # one system call per folder, where `is_dir` per entry would stat every file
+      with os.scandir(folder) as entries:
+        stack.extend(folder / e.name for e in entries if e.is_dir())
   return sorted(found)
 
 
@@ -186,9 +192,10 @@ def convert_or_skip(convert: ConvertFn, sample: RawSample, height: int,
 class Converter:
   """Converts samples on a process pool and keeps the build's skip list."""
 
-  def __init__(self, name: str, workers: int):
+  def __init__(self, name: str, workers: int, on_beam: bool = False):
     self.name = name
     self.workers = workers
+    self.on_beam = on_beam  # Beam converts; this only keeps the skip list and the summary.
     self.skipped: list[Skip] = []
     self.converted = 0
     self.seconds = 0.0
@@ -260,9 +267,10 @@ class Converter:
               for s in sorted(self.skipped, key=lambda s: s.sample_id)]
     (folder / SKIP_REPORT).write_text('\n'.join(lines) + '\n')
     rate = self.converted / self.seconds if self.seconds else 0.0
-    logging.info('[%s] converted %d clips in %.1f s (%.2f clips/s, %d workers); skipped %d, '
+    where = 'Beam pipeline, writing included' if self.on_beam else f'{self.workers} workers'
+    logging.info('[%s] converted %d clips in %.1f s (%.2f clips/s, %s); skipped %d, '
                  'listed in %s beside the dataset files', self.name, self.converted,
-                 self.seconds, rate, self.workers, len(self.skipped), SKIP_REPORT)
+                 self.seconds, rate, where, len(self.skipped), SKIP_REPORT)
     kinds = (re.sub(r'\S*\d\S*', '*', s.reason.split(':')[0]) for s in self.skipped)
     for reason, count in collections.Counter(kinds).most_common():
       logging.info('[%s]   %d x %s', self.name, count, reason)
@@ -274,15 +282,44 @@ def read_skip_report(path: epath.PathLike) -> list[Skip]:
   return [Skip(*row.split('\t', 2)) for row in rows]
 
 
-def _beam_convert(sample: RawSample, convert: ConvertFn, height: int,
-                  width: int) -> Iterator[tuple[str, dict]]:
+# ----------------------------------------------------------------------------------------------
+# Conversion on Beam.
+
+BEAM_SKIPS_DIR = 'beam_skips'  # the workers' skip rows, merged into SKIP_REPORT, then removed
+_SKIPPED_TAG = 'skipped'
+_COUNTERS = 'modistill'
+
+
+def _beam_convert(sample: RawSample, convert: ConvertFn, height: int, width: int):
+  """Runs on the Beam workers: `(key, example)`, or the skip's report row (tagged output)."""
   beam = tfds.core.lazy_imports.apache_beam
   sample, example, reason = convert_or_skip(convert, sample, height, width)
   if example is None:
-    logging.warning('skipping %s: %s', sample.sample_id, reason)
-    beam.metrics.Metrics.counter('modistill', 'skipped').inc()
+    beam.metrics.Metrics.counter(_COUNTERS, 'skipped').inc()
+    yield beam.pvalue.TaggedOutput(_SKIPPED_TAG, f'{sample.sample_id}\t{sample.split}\t{reason}')
     return
+  beam.metrics.Metrics.counter(_COUNTERS, 'converted').inc()
   yield sample.sample_id, example
+
+
+def _convert_on_beam(root, samples: Sequence[RawSample], convert: ConvertFn, height: int,
+                     width: int, skips_prefix: str):
+  """The Beam transform of one split: samples -> examples, skips -> text shards."""
+  beam = tfds.core.lazy_imports.apache_beam
+  results = (root
+             | 'Samples' >> beam.Create(samples)
+             | 'Convert' >> beam.FlatMap(_beam_convert, convert=convert, height=height,
+                                         width=width).with_outputs(_SKIPPED_TAG, main='examples'))
+  _ = results[_SKIPPED_TAG] | 'WriteSkips' >> beam.io.WriteToText(skips_prefix)
+  return results.examples
+
+
+def read_beam_skips(folder: epath.Path) -> list[Skip]:
+  """The skip rows the Beam workers wrote under `folder` (none if it does not exist)."""
+  if not folder.exists():
+    return []
+  rows = [row for shard in sorted(folder.iterdir()) for row in shard.read_text().splitlines()]
+  return [Skip(*row.split('\t', 2)) for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,9 +357,24 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config):
     self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
-    with Converter(self.name, 1 if self._use_beam else worker_count()) as self._converter:
+    workers = 1 if self._use_beam else worker_count()
+    with Converter(self.name, workers, on_beam=self._use_beam) as self._converter:
+      start = time.monotonic()
       super()._download_and_prepare(dl_manager, download_config)
+      if self._use_beam:
+        self._converter.seconds = time.monotonic() - start
       self._converter.write_report(self.data_path)
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    """After the Beam pipeline: its skips into the report, its counters into the summary."""
+    skips_dir = self.data_path / BEAM_SKIPS_DIR
+    self._converter.skip(read_beam_skips(skips_dir))
+    if skips_dir.exists():
+      skips_dir.rmtree()
+    beam = tfds.core.lazy_imports.apache_beam
+    query = pipeline_result.metrics().query(
+        beam.metrics.MetricsFilter().with_namespace(_COUNTERS).with_name('converted'))
+    self._converter.converted = sum(c.committed or 0 for c in query['counters'])
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     samples, skipped = self.find_samples(epath.Path(dl_manager.manual_dir))
@@ -340,8 +392,8 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     config = self.builder_config
     if self._use_beam:
       beam = tfds.core.lazy_imports.apache_beam
-      return (beam.Create(samples)
-              | beam.FlatMap(_beam_convert, convert=self.convert_function(),
-                             height=config.height, width=config.width))
+      skips_prefix = os.fspath(self.data_path / BEAM_SKIPS_DIR / split)
+      return beam.ptransform_fn(_convert_on_beam)(samples, self.convert_function(),
+                                                   config.height, config.width, skips_prefix)
     return self._converter.convert(split, self.convert_function(), samples,
                                    config.height, config.width)

@@ -356,7 +356,8 @@ def decode_video(path: epath.Path, wanted: Container[int],
     raise raw_clips.SampleError(f'empty file {path.name}')
   kept, count = {}, 0
   try:
-    with av.open(str(path)) as container:
+    # Through `epath`, so a video on gs:// (a Dataflow job's raw data) decodes as well.
+    with path.open('rb') as video, av.open(video) as container:
       stream = container.streams.video[0]
       stream.thread_type = 'AUTO'
       for count, frame in enumerate(container.decode(stream), 1):

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from data_builders import builder_test_utils
 from data_builders.synthetic_rgbd import Builder
 from modistill_jax.data import records
 from modistill_jax.data import synthetic
 
 TINY = next(c for c in Builder.BUILDER_CONFIGS if c.name == 'tiny').spec
 TINY_SPLIT_SIZES = {'train': 96, 'validation': 32, 'test': 64}
-
-def _tfds_build_argv() -> list[str]:
-  """`tfds build`, or the same command through `python -m data_builders` without Beam.
-
-  TFDS 4.9.10's `tfds` entry point needs apache-beam importable (see
-  `data_builders/__main__.py`).
-  """
-  if importlib.util.find_spec('apache_beam'):
-    return [os.path.join(os.path.dirname(sys.executable), 'tfds'), 'build']
-  return [sys.executable, '-m', 'data_builders', 'build']
 
 
 def _read(builder: tfds.core.DatasetBuilder) -> dict[str, tuple[str, dict]]:
@@ -73,7 +62,8 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
 
 def test_cli_build_writes_the_same_examples(python_built, tmp_path):
   folder = os.path.dirname(os.path.abspath(__file__))
-  subprocess.run(_tfds_build_argv() + [folder, '--config=tiny', f'--data_dir={tmp_path}'],
+  subprocess.run(builder_test_utils.tfds_build_command()
+                 + [folder, '--config=tiny', f'--data_dir={tmp_path}'],
                  check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(folder)))
   cli_built = tfds.builder_from_directory(str(tmp_path / 'synthetic_rgbd' / 'tiny' / '1.0.0'))
   assert cli_built.info.file_format.value == records.FILE_FORMAT

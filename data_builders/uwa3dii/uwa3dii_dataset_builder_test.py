@@ -1,15 +1,10 @@
-"""Builds `uwa3dii` from the fake raw tree in `dummy_data/`, in-process and with the CLI.
-
-The CLI test runs `python -m data_builders build` (TFDS's `tfds build`
-command; see `data_builders/__main__.py` for why not the `tfds` script).
-"""
+"""Builds `uwa3dii` from the fake raw tree in `dummy_data/`, in-process and with `tfds build`."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import subprocess
-import sys
 import tempfile
 from unittest import mock
 
@@ -63,11 +58,12 @@ class CommandLineTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as out:
       env = dict(os.environ, **{raw_clips.WORKERS_ENV: '2'})
       result = subprocess.run(
-          [sys.executable, '-m', 'data_builders', 'build', 'data_builders/uwa3dii', f'--manual_dir={DUMMY}', f'--data_dir={out}',
-           '--config=res112'],
+          builder_test_utils.tfds_build_command() + [
+              'data_builders/uwa3dii', f'--manual_dir={DUMMY}', f'--data_dir={out}',
+              '--config=res112'],
           cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=300)
       self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-      self.assertIn('2 workers', result.stderr)
+      self.assertIn('2 workers', result.stdout)  # `tfds` logs through tqdm, to stdout
       builder = tfds.builder_from_directory(os.path.join(out, 'uwa3dii', 'res112', '1.0.0'))
       self.assertEqual({s: builder.info.splits[s].num_examples for s in builder.info.splits},
                        {'view1': 1, 'view2': 1, 'view3': 1, 'view4': 1})
