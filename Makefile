@@ -30,11 +30,11 @@ $(VENV)/.installed-test: $(INSTALLED)
 
 install: $(INSTALLED)
 
-# Fake CPU devices let the data-parallel tests run without an accelerator. The Beam conversion
-# tests (marked `beam`, a few minutes on 2 cores) run in `make test-beam`; CI runs both.
+# Fake CPU devices let the data-parallel tests run without an accelerator. The whole suite,
+# the Beam conversion tests (marked `beam`) included; `make test-beam` runs those alone.
 test: $(VENV)/.installed-test
 	XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
-	  $(PY) -m pytest -n 2 --dist loadfile -q -m "not beam"
+	  $(PY) -m pytest -n 2 --dist loadfile -q
 
 test-beam: $(VENV)/.installed-test
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m beam data_builders

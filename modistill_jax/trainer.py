@@ -498,7 +498,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
     train_fn = make_train_fn(model, config, tx, schedule, mesh)
     eval_fn = make_eval_fn(model, config, mesh)
     start_step = int(state.step)
-    writer = metrics_lib.MetricWriter(directory, resume_step=start_step)
+    writer = metrics_lib.MetricWriter(directory.path, start_step=start_step)
     preempt = _Preemption()
 
     # MARK: loop
