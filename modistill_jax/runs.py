@@ -150,18 +150,27 @@ def read_json(path: PathLike) -> Any:
   return json.loads(epath.Path(path).read_text())
 
 
-def write_json(path: PathLike, obj: Any) -> None:
-  """Writes `obj` whole or not at all: a temporary file renamed over the target.
+def write_whole(path: PathLike, data: bytes) -> None:
+  """Writes a file whole or not at all, so an interrupted job never leaves half of one.
 
-  Only process 0 writes, so multi-host jobs write each file once.
+  Locally: a temporary file renamed over the target. On object stores
+  (`gs://`): one upload, which is atomic already (a rename there is a copy
+  and a delete). Only process 0 writes, so multi-host jobs write each file once.
   """
   if jax.process_index() != 0:
     return
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  if '://' in os.fspath(path):
+    path.write_bytes(data)
+    return
   tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
-  tmp.write_text(json.dumps(obj, indent=2))
+  tmp.write_bytes(data)
   tmp.replace(path)
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+  write_whole(path, json.dumps(obj, indent=2).encode())
 
 
 # MARK: a finished stage

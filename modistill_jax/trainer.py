@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 import functools
+import io
 import json
 import os
 import signal
@@ -375,13 +376,10 @@ def check_resume_config(directory: runs.StageDir, config: ml_collections.ConfigD
 
 
 def save_predictions(path: epath.Path, predictions: Mapping[str, np.ndarray]) -> None:
-  """Writes the per-clip predictions whole or not at all."""
-  if jax.process_index() != 0:
-    return
-  tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
-  with tmp.open('wb') as f:
-    np.savez(f, **predictions)
-  tmp.replace(path)
+  """Writes the per-clip predictions (`np.savez`) whole or not at all."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **predictions)
+  runs.write_whole(path, buffer.getvalue())
 
 
 def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, *,
