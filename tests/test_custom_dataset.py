@@ -40,10 +40,12 @@ AFFINE = [[0.5, 0.0, -4.0], [0.0, 0.5, -2.0]]
 CLASSES = ('wave', 'clap', 'jump')  # classes.txt's order, not the sorted one
 # Broken samples among the good ones: a substring of each one's skip reason.
 SKIPS = {
-    'no_rgb': 'line 8: no RGB, none of rgb/no_rgb',
-    'no_depth': 'line 9: no depth, no folder depth/no_depth/',
+    'no_rgb': 'no RGB: none of rgb/no_rgb{.mp4,.avi,.mkv,.mov} or the folder rgb/no_rgb/ '
+              '(labels.csv line 8)',
+    'no_depth': 'no depth: no folder depth/no_depth/ (labels.csv line 9)',
     'bad_video': 'undecodable bad_video.mp4',
-    'odd_depth': 'depth/odd_depth/d2.png is 30x24, its siblings 32x24',
+    'odd_depth': 'frame of another size: depth/odd_depth/d2.png is 30x24, its siblings 32x24 '
+                 '(labels.csv line 11)',
 }
 
 
@@ -174,7 +176,7 @@ def built(tmp_path_factory) -> epath.Path:
 
 
 def read_examples(data_dir: epath.Path, name: str) -> tuple[dict, dict]:
-  """`({sample_id: (split, example)}, dataset info)` of a built dataset, read as the trainer does."""
+  """`({sample_id: (split, example)}, builder)` of a built dataset, opened as the trainer does."""
   folder = pipeline.built_dataset_dir(name, data_dir=os.fspath(data_dir), builder_config='res112')
   ds = tfds.builder_from_directory(folder)
   found = {}
@@ -223,6 +225,8 @@ def test_broken_sample_is_skipped_with_its_file_and_line(built, sample_id):
              raw_clips.read_skip_report(epath.Path(folder) / raw_clips.SKIP_REPORT)}
   assert sorted(reasons) == sorted(SKIPS)
   assert SKIPS[sample_id] in reasons[sample_id]
+  csv_line = next(n for n, row in enumerate(ROWS, 1) if row.startswith(f'{sample_id},'))
+  assert reasons[sample_id].endswith(f'(labels.csv line {csv_line})')
 
 
 @pytest.mark.parametrize('sample_id', sorted(GOOD))

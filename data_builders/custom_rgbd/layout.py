@@ -204,12 +204,11 @@ def numbered_frames(folder: epath.Path, suffixes: tuple[str, ...],
       continue
     match = LAST_NUMBER.search(entry.stem)
     if not match:
-      raise raw_clips.SampleError(f'line {sample.line}: frame {_rel(entry, sample)} has no '
-                                  f'number in its name')
+      raise raw_clips.SampleError(f'frame without a number: {_rel(entry, sample)}')
     number = int(match.group(1))
     if number in numbered:
-      raise raw_clips.SampleError(f'line {sample.line}: frames {_rel(numbered[number], sample)} '
-                                  f'and {_rel(entry, sample)} have the same number {number}')
+      raise raw_clips.SampleError(f'two frames numbered {number}: '
+                                  f'{_rel(numbered[number], sample)}, {_rel(entry, sample)}')
     numbered[number] = entry
   return [numbered[n] for n in sorted(numbered)]
 
@@ -227,10 +226,10 @@ def rgb_source(sample: CustomSample) -> epath.Path:
     found.append(folder / sample.sample_id)
   if not found:
     raise raw_clips.SampleError(
-        f'line {sample.line}: no RGB, none of {RGB_DIR}/{sample.sample_id}'
+        f'no RGB: none of {RGB_DIR}/{sample.sample_id}'
         f'{{{",".join(VIDEO_SUFFIXES)}}} or the folder {RGB_DIR}/{sample.sample_id}/')
   if len(found) > 1:
-    raise raw_clips.SampleError(f'line {sample.line}: several RGB sources, '
+    raise raw_clips.SampleError(f'several RGB sources: '
                                 f'{[_rel(p, sample) for p in found]}; keep one')
   return found[0]
 
@@ -238,7 +237,7 @@ def rgb_source(sample: CustomSample) -> epath.Path:
 def depth_folder(sample: CustomSample) -> epath.Path:
   folder = epath.Path(sample.root) / DEPTH_DIR / sample.sample_id
   if not folder.is_dir():
-    raise raw_clips.SampleError(f'line {sample.line}: no depth, no folder '
+    raise raw_clips.SampleError(f'no depth: no folder '
                                 f'{DEPTH_DIR}/{sample.sample_id}/')
   return folder
 
@@ -251,17 +250,29 @@ def same_size(images: list[Image.Image], files: list[epath.Path],
   for image, path in zip(images, files):
     if image.size != size:
       raise raw_clips.SampleError(
-          f'line {sample.line}: {_rel(path, sample)} is {image.size[0]}x{image.size[1]}, '
+          f'frame of another size: {_rel(path, sample)} is {image.size[0]}x{image.size[1]}, '
           f'its siblings {size[0]}x{size[1]}')
   return size
 
 
+def on_line(error: raw_clips.SampleError, sample: CustomSample) -> raw_clips.SampleError:
+  """The error with the sample's labels.csv line, for the skip report."""
+  return raw_clips.SampleError(f'{error} ({LABELS_FILE} line {sample.line})')
+
+
 def convert(sample: CustomSample, height: int, width: int) -> dict:
-  """One sample -> one example; raises `SampleError` on bad input."""
+  """One sample -> one example; raises `SampleError` on bad input, naming the file and line."""
+  try:
+    return _convert(sample, height, width)
+  except raw_clips.SampleError as e:
+    raise on_line(e, sample) from e
+
+
+def _convert(sample: CustomSample, height: int, width: int) -> dict:
   depth_dir = depth_folder(sample)
   depth_files = numbered_frames(depth_dir, DEPTH_FRAME_SUFFIXES, sample)
   if not depth_files:
-    raise raw_clips.SampleError(f'line {sample.line}: no .png frame in '
+    raise raw_clips.SampleError(f'no .png frame in '
                                 f'{DEPTH_DIR}/{sample.sample_id}/')
   depth_images = [raw_clips.read_image(p) for p in depth_files]
   depth_size = same_size(depth_images, depth_files, sample)
@@ -277,7 +288,7 @@ def convert(sample: CustomSample, height: int, width: int) -> dict:
   if source.is_dir():
     rgb_files = numbered_frames(source, RGB_FRAME_SUFFIXES, sample)
     if not rgb_files:
-      raise raw_clips.SampleError(f'line {sample.line}: no .jpg/.jpeg/.png frame in '
+      raise raw_clips.SampleError(f'no .jpg/.jpeg/.png frame in '
                                   f'{_rel(source, sample)}/')
     rgb_images = [raw_clips.read_image(p) for p in rgb_files[:len(depth_files)]]
     same_size(rgb_images, rgb_files, sample)
@@ -311,7 +322,7 @@ def find_samples(root: epath.Path, class_names: tuple[str, ...]
       rgb_source(sample)
       depth_folder(sample)
     except raw_clips.SampleError as e:
-      skipped.append(raw_clips.Skip(sample.sample_id, sample.split, str(e)))
+      skipped.append(raw_clips.Skip(sample.sample_id, sample.split, str(on_line(e, sample))))
     else:
       samples.append(sample)
   return samples, skipped
