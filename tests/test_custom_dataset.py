@@ -27,6 +27,7 @@ from conftest import shrink
 from data_builders import raw_clips
 from data_builders.custom_rgbd import __main__ as build_cli
 from data_builders.custom_rgbd import builder as custom_builder
+from data_builders.custom_rgbd import layout
 from modistill_jax import trainer
 from modistill_jax.data import pipeline
 from modistill_jax.data import records
@@ -352,3 +353,17 @@ def test_custom_config_without_dataset_name_says_which_flag(built):
   config.data_dir = os.fspath(built)
   with pytest.raises(ValueError, match='set --config.dataset=NAME'):
     trainer.load_sources(config)
+
+
+def test_frames_order_by_number_and_a_repeated_number_is_an_error(tmp_path):
+  folder = epath.Path(tmp_path) / 'depth' / 's'
+  folder.mkdir(parents=True)
+  for name in ('f010.png', 'f9.png', 'f11.png', 'notes.txt', '.f1.png'):
+    (folder / name).write_bytes(b'')
+  sample = layout.CustomSample('s', 'train', 0, 2, os.fspath(tmp_path), None)
+  frames = layout.numbered_frames(folder, layout.DEPTH_FRAME_SUFFIXES, sample)
+  assert [p.name for p in frames] == ['f9.png', 'f010.png', 'f11.png']
+  (folder / 'g0009.png').write_bytes(b'')
+  with pytest.raises(raw_clips.SampleError,
+                     match='two frames numbered 9: depth/s/(f9|g0009).png, depth/s/(f9|g0009).png'):
+    layout.numbered_frames(folder, layout.DEPTH_FRAME_SUFFIXES, sample)
