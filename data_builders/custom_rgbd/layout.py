@@ -75,6 +75,7 @@ class CustomSample:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
+  """What the tables of a folder say: class names in label order, one sample per row."""
   class_names: tuple[str, ...]
   samples: tuple[CustomSample, ...]
 
@@ -235,10 +236,10 @@ def rgb_source(sample: CustomSample) -> epath.Path:
 
 
 def depth_folder(sample: CustomSample) -> epath.Path:
+  """The depth frame folder of `sample`: depth/<sample>/."""
   folder = epath.Path(sample.root) / DEPTH_DIR / sample.sample_id
   if not folder.is_dir():
-    raise raw_clips.SampleError(f'no depth: no folder '
-                                f'{DEPTH_DIR}/{sample.sample_id}/')
+    raise raw_clips.SampleError(f'no depth: no folder {DEPTH_DIR}/{sample.sample_id}/')
   return folder
 
 
@@ -272,8 +273,7 @@ def _convert(sample: CustomSample, height: int, width: int) -> dict:
   depth_dir = depth_folder(sample)
   depth_files = numbered_frames(depth_dir, DEPTH_FRAME_SUFFIXES, sample)
   if not depth_files:
-    raise raw_clips.SampleError(f'no .png frame in '
-                                f'{DEPTH_DIR}/{sample.sample_id}/')
+    raise raw_clips.SampleError(f'no .png frame in {DEPTH_DIR}/{sample.sample_id}/')
   depth_images = [raw_clips.read_image(p) for p in depth_files]
   depth_size = same_size(depth_images, depth_files, sample)
 
@@ -288,8 +288,7 @@ def _convert(sample: CustomSample, height: int, width: int) -> dict:
   if source.is_dir():
     rgb_files = numbered_frames(source, RGB_FRAME_SUFFIXES, sample)
     if not rgb_files:
-      raise raw_clips.SampleError(f'no .jpg/.jpeg/.png frame in '
-                                  f'{_rel(source, sample)}/')
+      raise raw_clips.SampleError(f'no .jpg/.jpeg/.png frame in {_rel(source, sample)}/')
     rgb_images = [raw_clips.read_image(p) for p in rgb_files[:len(depth_files)]]
     same_size(rgb_images, rgb_files, sample)
     num_rgb, rgb = len(rgb_files), [to_output(im) for im in rgb_images]
