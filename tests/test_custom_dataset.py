@@ -176,7 +176,7 @@ def built(tmp_path_factory) -> epath.Path:
   return data_dir
 
 
-def read_examples(data_dir: epath.Path, name: str) -> tuple[dict, dict]:
+def read_examples(data_dir: epath.Path, name: str) -> tuple[dict, tfds.core.DatasetBuilder]:
   """`({sample_id: (split, example)}, builder)` of a built dataset, opened as the trainer does."""
   folder = pipeline.built_dataset_dir(name, data_dir=os.fspath(data_dir), builder_config='res112')
   ds = tfds.builder_from_directory(folder)
