@@ -30,7 +30,7 @@ function). This module supplies the rest, once:
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 import concurrent.futures
 import dataclasses
 import io
@@ -41,6 +41,7 @@ import time
 from typing import Any, Protocol
 
 from absl import logging
+import av
 from etils import epath
 import numpy as np
 from PIL import Image
@@ -126,6 +127,47 @@ def depth_values(image: Image.Image, name: str) -> np.ndarray:
 def resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
   """Antialiased resize (PIL's bilinear widens its support when shrinking)."""
   return np.asarray(image.convert('RGB').resize((width, height), Image.BILINEAR))
+
+
+def warp_affine(image: Image.Image, forward: np.ndarray, size: tuple[int, int]) -> Image.Image:
+  """Resamples `image` into a `size` = (W, H) frame through `forward`, a 3x3 pixel map.
+
+  `forward` maps the image's pixels to the output's (e.g. RGB -> depth). The
+  image is first box-reduced by the whole part of the map's shrink factor:
+  the affine resampler reads only 2x2 source pixels per output pixel, so a
+  large shrink would alias.
+  """
+  shrink = int(1.0 / np.sqrt(abs(np.linalg.det(forward[:2, :2]))))
+  if shrink > 1:
+    image = image.reduce(shrink)
+    forward = forward @ np.diag([shrink, shrink, 1.0])
+  inverse = np.linalg.inv(forward)[:2].ravel()
+  return image.transform(size, Image.AFFINE, tuple(inverse), resample=Image.BILINEAR)
+
+
+def decode_video(path: epath.Path, wanted: Container[int],
+                 transform: Callable[[Image.Image], np.ndarray]) -> tuple[int, dict[int, np.ndarray]]:
+  """Decodes every frame; returns the frame count and `transform` of the wanted (1-based) frames.
+
+  Frames are transformed as they are decoded, so a worker never holds a whole
+  1920x1080 clip (600 MB for 100 frames).
+  """
+  if not path.stat().length:
+    raise SampleError(f'empty file {path.name}')
+  kept, count = {}, 0
+  try:
+    # Through `epath`, so a video on gs:// (a Dataflow job's raw data) decodes as well.
+    with path.open('rb') as video, av.open(video) as container:
+      stream = container.streams.video[0]
+      stream.thread_type = 'AUTO'
+      for count, frame in enumerate(container.decode(stream), 1):
+        if count in wanted:
+          kept[count] = transform(frame.to_image())
+  except (av.FFmpegError, OSError, ValueError, IndexError) as e:
+    raise SampleError(f'undecodable {path.name}: {e}') from e
+  if not count:
+    raise SampleError(f'no frame decoded from {path.name}')
+  return count, kept
 
 
 def depth_clip_to_jet(depth_mm: np.ndarray, height: int, width: int) -> np.ndarray:

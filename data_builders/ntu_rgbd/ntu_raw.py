@@ -36,12 +36,11 @@ resized to the output size.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 import dataclasses
 import re
 
 from absl import logging
-import av
 from etils import epath
 import numpy as np
 from PIL import Image
@@ -261,14 +260,7 @@ def warp_to_depth(rgb: Image.Image, rgb_to_depth: Affine,
   to_rgb_px = np.diag([rgb.width / RGB_SIZE[0], rgb.height / RGB_SIZE[1], 1.0])
   to_depth_px = np.diag([depth_size[0] / DEPTH_SIZE[0], depth_size[1] / DEPTH_SIZE[1], 1.0])
   forward = to_depth_px @ m @ np.linalg.inv(to_rgb_px)
-  # Box-reduce first by the whole part of the shrink factor: the affine
-  # resampler reads only 2x2 source pixels per output pixel.
-  shrink = int(1.0 / np.sqrt(abs(np.linalg.det(forward[:2, :2]))))
-  if shrink > 1:
-    rgb = rgb.reduce(shrink)
-    forward = forward @ np.diag([shrink, shrink, 1.0])
-  inverse = np.linalg.inv(forward)[:2].ravel()
-  return rgb.transform(depth_size, Image.AFFINE, tuple(inverse), resample=Image.BILINEAR)
+  return raw_clips.warp_affine(rgb, forward, depth_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,31 +337,6 @@ def find_samples(root: epath.Path) -> tuple[list[NtuSample], list[raw_clips.Skip
   return samples, skipped
 
 
-def decode_video(path: epath.Path, wanted: Container[int],
-                 transform: Callable[[Image.Image], np.ndarray]) -> tuple[int, dict[int, np.ndarray]]:
-  """Decodes every frame; returns the frame count and `transform` of the wanted frames.
-
-  Frames are transformed as they are decoded, so a worker never holds a whole
-  1920x1080 clip (600 MB for 100 frames).
-  """
-  if not path.stat().length:
-    raise raw_clips.SampleError(f'empty file {path.name}')
-  kept, count = {}, 0
-  try:
-    # Through `epath`, so a video on gs:// (a Dataflow job's raw data) decodes as well.
-    with path.open('rb') as video, av.open(video) as container:
-      stream = container.streams.video[0]
-      stream.thread_type = 'AUTO'
-      for count, frame in enumerate(container.decode(stream), 1):
-        if count in wanted:
-          kept[count] = transform(frame.to_image())
-  except (av.FFmpegError, OSError, ValueError, IndexError) as e:
-    raise raw_clips.SampleError(f'undecodable {path.name}: {e}') from e
-  if not count:
-    raise raw_clips.SampleError(f'no frame decoded from {path.name}')
-  return count, kept
-
-
 def depth_frames(folder: epath.Path) -> Mapping[int, epath.Path]:
   frames = {}
   for entry in folder.iterdir():
@@ -393,7 +360,7 @@ def convert(sample: NtuSample, height: int, width: int) -> dict:
     aligned = warp_to_depth(image.convert('RGB'), sample.rgb_to_depth, depth_size)
     return raw_clips.resize_rgb(aligned, height, width)
 
-  num_rgb, rgb = decode_video(epath.Path(sample.rgb_path), depth_images, warp)
+  num_rgb, rgb = raw_clips.decode_video(epath.Path(sample.rgb_path), depth_images, warp)
   common = sorted(rgb)
   if not common:
     raise raw_clips.SampleError(f'no depth frame number within the {num_rgb} RGB frames')

@@ -118,6 +118,8 @@ def built_dataset_dir(dataset: str, *, data_dir: str | None = None,
   builder code: a builder registered in the same process (`import data_builders`) would otherwise
   substitute its own default config and version for what was built.
   """
+  if not dataset:  # configs/custom.py leaves it to the command line.
+    raise ValueError('No dataset named: set --config.dataset=NAME, the name it was built under.')
   root = _data_root(data_dir)
   root = root / dataset / builder_config if builder_config else root / dataset
   versions = []

@@ -15,6 +15,11 @@ split expression (`'a+b+c'`). So NTU is not written once per protocol.
   others named, e.g. `views12_3` (NW-UCLA default) and `views123_4` (UWA3DII
   default). The reference used no validation set for these two.
 * `synthetic_rgbd`: `train`, `validation`, `test` (see its builder).
+* Any dataset built from your own folder (`data_builders/custom_rgbd`), whatever
+  its name: `train`, `validation`, `test` as its labels.csv says. Protocol
+  `csv_splits` reads them as they are, for every dataset name; a split no
+  sample was given is absent, so without validation rows there is no
+  validation set (as for NW-UCLA).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import itertools
 import re
 
 SPLITS = ('train', 'validation', 'test')
+CSV_SPLITS = 'csv_splits'
 ROLES = ('train', 'val', 'test')
 
 
@@ -81,6 +87,8 @@ DEFAULT_PROTOCOL = {'ntu_rgbd': 'cross_subject', 'nw_ucla': 'views12_3',
 
 def get_protocol(dataset: str, name: str) -> Protocol:
   """The protocol `name` of TFDS dataset `dataset`."""
+  if name == CSV_SPLITS:  # Datasets named by their users: the name cannot select the protocol.
+    return Protocol(train=('train',), validation=('validation',), test=('test',))
   if dataset == 'ntu_rgbd':
     axes = {'cross_subject': 'cs', 'cross_view': 'cv'}
     if name not in axes:
@@ -92,7 +100,8 @@ def get_protocol(dataset: str, name: str) -> Protocol:
     if name != 'cross_view':
       raise ValueError(f"synthetic_rgbd has one protocol, 'cross_view', got {name!r}.")
     return Protocol(train=('train',), validation=('validation',), test=('test',))
-  raise ValueError(f'Unknown dataset {dataset!r}; known: {sorted(DEFAULT_PROTOCOL)}.')
+  raise ValueError(f'Unknown dataset {dataset!r}; known: {sorted(DEFAULT_PROTOCOL)}, or any '
+                   f'dataset built by data_builders.custom_rgbd with protocol {CSV_SPLITS!r}.')
 
 
 def split_expression(dataset: str, protocol: str, split: str,

@@ -1,0 +1,56 @@
+"""`python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT ...`: a folder -> dataset NAME.
+
+    python -m data_builders.custom_rgbd build my_gestures --manual_dir=ROOT --data_dir=DATA \
+        --config=res112
+
+builds `DATA/my_gestures/res112/1.0.0/` from the folder ROOT (layout:
+data_builders/custom_rgbd/README.md). It takes exactly the flags of `tfds build`
+(`python -m data_builders build`), with the dataset given by the name you
+choose instead of a builder's path: TFDS cannot name a builder after the data
+it is given, so this command makes the builder for ROOT under that name
+(`builder.make_builder_class`) and then runs TFDS's build on it. Without
+`--config` TFDS builds every config (`res224` and `res112`).
+"""
+
+import dataclasses
+import sys
+
+from absl import app
+from tensorflow_datasets.scripts.cli import build
+from tensorflow_datasets.scripts.cli import cli_utils
+
+from data_builders import __main__ as tfds_build
+from data_builders.custom_rgbd import builder
+
+_parse_build_flags = cli_utils.make_flags_parser(build.Args, description=__doc__)
+
+
+def parse_flags(argv: list[str]) -> build.Args:
+  if len(argv) < 2 or argv[1] != 'build':
+    sys.exit(f'usage: python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT '
+             f'[tfds build flags]\n\n{__doc__}')
+  return _parse_build_flags(argv[1:])
+
+
+def main(args: build.Args) -> None:
+  names = args.positional_datasets + args.datasets
+  if len(names) != 1:
+    sys.exit(f'Give exactly one dataset name to build, got {names}.')
+  if args.paths.manual_dir is None:
+    sys.exit('--manual_dir=ROOT is required: the folder holding labels.csv, rgb/ and depth/.')
+  root = args.paths.manual_dir
+  if args.paths.add_name_to_manual_dir:
+    root = root / names[0]
+  try:
+    builder.make_builder_class(names[0], root)
+  except ValueError as e:  # Includes layout.LayoutError: a table's mistake, file and line.
+    sys.exit(f'error: {e}')
+  # With `imports` set, TFDS looks the name up among registered builders only,
+  # never as a path (a folder named like the dataset in the current directory).
+  args = dataclasses.replace(
+      args, generation=dataclasses.replace(args.generation, imports=builder.__name__))
+  tfds_build.main(args)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)
