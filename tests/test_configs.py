@@ -30,7 +30,7 @@ from modistill_jax import trainer
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
-CONFIGS = ('ntu_cs', 'ntu_cv', 'nwucla', 'uwa3dii', 'demo')
+CONFIGS = ('ntu_cs', 'ntu_cv', 'nwucla', 'uwa3dii', 'demo', 'reference')
 STAGES = stages.STAGE_NAMES + (stages.ALL,)
 # `all` first, then the stages it does not include, in the same workdir: every
 # stage of every config trains one step, and the later ones find step 1.
