@@ -20,6 +20,8 @@ import pytest
 
 from conftest import apply_tapped, fill_variables
 from modistill_jax import config_lib
+from modistill_jax import param_merge
+from modistill_jax import pretrained
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax.data import jet
@@ -128,6 +130,20 @@ def test_conv_bn_relu_adds_only_a_temporal_batchnorm():
   assert added == expected
 
 
+def test_imagenet_weights_fit_the_conv_bn_relu_form():
+  """A converted ImageNet tree (the default form's) loads; the temporal BatchNorm starts fresh."""
+  def variables(form):
+    stream = resnet.Stream(num_classes=NUM_CLASSES, units_per_block=(2, 2, 2, 2), width=4,
+                           temporal_form=form)
+    return jax.eval_shape(lambda: stream.init(
+        jax.random.key(0), jnp.zeros((FRAMES, SIZE, SIZE, 3)), num_frames=FRAMES, train=False))
+  target, source = variables('conv_bn_relu'), variables('linear')
+  merged = param_merge.merge(target, source, fresh=pretrained.FRESH_PATTERNS)
+  assert 'temporal_bn' in merged['batch_stats']['block3_unit1']
+  with pytest.raises(param_merge.MergeError, match='temporal_bn'):
+    param_merge.merge(target, source, fresh=(r'(.*/)?logits/.*', r'(.*/)?temporal/.*'))
+
+
 def unit_conv3_input(temporal_form: str) -> np.ndarray:
   """conv3's input in a temporal unit whose temporal kernel is minus the identity."""
   unit = resnet.Bottleneck(
@@ -231,6 +247,25 @@ def test_step2_batch_statistics_evaluation_by_hand():
   other['rgb'][2] = 0
   (padded_other, _), _ = step2_eval(True, other, variables)
   np.testing.assert_allclose(padded_other['fused'][:2], out['fused'][:2], rtol=1e-5, atol=1e-5)
+
+
+def test_eval_step_uses_the_batch_statistics():
+  """The jitted `eval_step` predicts from the same batch-statistics logits."""
+  config = tiny_config(**{'eval.step2_privileged_batch_stats': True})
+  batch = step2_batch(2)
+  model = stage_model('step2', config)
+  variables = filled_variables(model, steps.model_inputs(batch, config.input, ('depth', 'rgb'),
+                                                         jnp.float32), temporal_noise=0.3)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                           batch_stats=variables['batch_stats'], opt_state=(), frozen={})
+  preds = jax.jit(functools.partial(steps.eval_step, model=model, config=config))(
+      state, batch, jax.random.key(0))
+  (out, _), _ = step2_eval(True, batch, variables)
+  (running, _), _ = step2_eval(False, batch, variables)
+  for stream in ('depth', 'rgb', 'fused'):
+    logits = out[stream] if stream == 'fused' else out['logits'][stream]
+    np.testing.assert_array_equal(preds[f'pred/{stream}'], np.argmax(logits, -1))
+  assert (np.abs(np.asarray(out['fused']) - np.asarray(running['fused'])).max() > 1e-3)
 
 
 def test_batch_statistics_evaluation_only_in_step2():
