@@ -12,6 +12,9 @@ where we differ, the field's comment says so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
 
 from modistill_jax import losses
@@ -146,6 +149,27 @@ def finalize(config: ml_collections.ConfigDict, stage: str) -> ml_collections.Co
   config.stage = stage
   check(config)
   return config
+
+
+def with_defaults(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A stage's saved `config.json`, with the fields it predates at their defaults.
+
+  A run keeps the config it trained with; fields added since then (the
+  fidelity switches, for one) take the base config's defaults, which are the
+  behaviour such a run had, so its checkpoints rebuild the same model.
+  """
+  config = ml_collections.ConfigDict(dict(saved))
+  _fill_missing(config, base_config())
+  return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict,
+                  defaults: ml_collections.ConfigDict) -> None:
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict):
+      _fill_missing(config[key], value)
 
 
 def reference_code_switches(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -58,11 +58,11 @@ from absl import flags
 import av
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from modistill_jax import checkpointing
 from modistill_jax import cli
+from modistill_jax import config_lib
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
@@ -110,7 +110,7 @@ class Predictor:
 
   def __init__(self, workdir: str, stage_name: str = 'step4'):
     directory = trainer.stage_dir(workdir, stage_name)
-    config = ml_collections.ConfigDict(read_json(os.path.join(directory, 'config.json')))
+    config = config_lib.with_defaults(read_json(os.path.join(directory, 'config.json')))
     dataset = read_json(os.path.join(directory, 'dataset.json'))
     self.stage = stages.for_config(stage_name, config)
     if self.stage.inputs != (VIDEO_MODALITY,):

@@ -328,6 +328,24 @@ def test_reference_switches():
   assert config.eval.step2_privileged_batch_stats and not config.input.depth_subtract_mean
 
 
+def test_a_saved_config_from_before_the_switches_gets_their_defaults():
+  """A run's config.json without the new fields rebuilds the model it trained."""
+  saved = config_lib.base_config().to_dict()
+  for group, field in (('model', 'temporal_form'), ('model', 'temporal_init'),
+                       ('model', 'unconnected_stages'), ('input', 'depth_encoding'),
+                       ('input', 'depth_subtract_mean'), ('loss', 'hall_reference_clips'),
+                       ('eval', 'step2_privileged_batch_stats')):
+    del saved[group][field]
+  saved['loss']['hall_reduction'] = 'sum'
+  saved['model']['width'] = 4
+  config = config_lib.with_defaults(saved)
+  config_lib.check(config)
+  assert config.to_dict() == {**config_lib.base_config().to_dict(),
+                              'loss': {**config_lib.base_config().loss.to_dict(),
+                                       'hall_reduction': 'sum'},
+                              'model': {**config_lib.base_config().model.to_dict(), 'width': 4}}
+
+
 @pytest.mark.parametrize('key, value, shown', [
     ('loss.hall_reduction', 'batch_sum', "'batch_sum'"),
     ('loss.hall_reference_clips', 0, 'got 0'),
