@@ -161,7 +161,7 @@ def unit_conv3_input(temporal_form: str) -> np.ndarray:
 
 
 def test_conv_bn_relu_zeroes_a_negative_pre_activation():
-  """With kernel -I the temporal conv's output is <= 0: the linear form passes it, ReLU zeroes it."""
+  """With kernel -I the temporal conv's output is <= 0: linear passes it on, the ReLU zeroes it."""
   linear = unit_conv3_input('linear')
   assert linear.min() < -0.1
   np.testing.assert_array_equal(unit_conv3_input('conv_bn_relu'), 0.0)
@@ -232,7 +232,8 @@ def test_step2_batch_statistics_evaluation_by_hand():
                                                          jnp.float32), temporal_noise=0.3)
   (running, _), _ = step2_eval(False, batch, variables)
   (out, _), record = step2_eval(True, batch, variables)
-  assert np.abs(np.asarray(out['logits']['depth']) - np.asarray(running['logits']['depth'])).max() > 1e-3
+  depth_change = np.asarray(out['logits']['depth']) - np.asarray(running['logits']['depth'])
+  assert np.abs(depth_change).max() > 1e-3
 
   conv = np.asarray(record['depth/conv1'][1], np.float64)
   valid = conv[:2 * FRAMES]  # the padded third clip's frames are left out
