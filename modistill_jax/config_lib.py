@@ -12,12 +12,19 @@ where we differ, the field's comment says so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
 
+from modistill_jax import losses
 from modistill_jax import stages
+from modistill_jax.data import preprocess
+from modistill_jax.models import resnet
 
 # VGG/ImageNet channel means in 0..255, RGB order: what the TF-slim resnet_v1_50
-# weights expect (mean subtraction only). The reference applied it to depth too.
+# weights expect (mean subtraction only). The reference's only published depth
+# writer (UWA3DII) subtracts no mean from depth (`input.depth_subtract_mean`).
 VGG_MEAN = (123.68, 116.78, 103.94)
 UNIT_STD = (1.0, 1.0, 1.0)
 
@@ -60,6 +67,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.rgb_std = UNIT_STD
   c.input.depth_mean = VGG_MEAN
   c.input.depth_std = UNIT_STD
+  # Depth as the network reads it: 'jet' (the records' jet colours, as the paper
+  # says) | 'gray' (the 8-bit gray depth they were coloured from, recovered on the
+  # device by inverting the jet table; what the reference's UWA3DII writer stored).
+  c.input.depth_encoding = 'jet'
+  # False: depth keeps depth_std but no mean is subtracted (the UWA3DII writer's
+  # way). Not the same as depth_mean=(0, 0, 0), which ImageNet init overwrites.
+  c.input.depth_subtract_mean = True
 
   c.model = ml_collections.ConfigDict()
   c.model.units_per_block = (3, 4, 6, 3)
@@ -67,6 +81,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.stride_layout = 'slim'
   c.model.dtype = 'float32'      # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.connections = True     # multiplicative cross-stream connections (steps 2-4)
+  # Stages among step2, step3, step4 built without connections even though
+  # `connections` is on. The paper connects all three; the reference's runnable
+  # step 4 is unconnected (its connected graph fails to build), and its README's
+  # step-3 command omits --interaction, so its step 3 ran unconnected too.
+  c.model.unconnected_stages = ()
+  # Temporal conv of unit 1: 'linear' (a conv, no BN or ReLU; the paper's
+  # description) | 'conv_bn_relu' (the reference code's slim op: conv + BN + ReLU,
+  # adding a `temporal_bn` to every unit 1).
+  c.model.temporal_form = 'linear'
+  # Its kernel init: 'identity' (the paper's [0, 1, 0]) | 'reference_code' (what the
+  # published initialiser produced: every channel copies channel 1 of the previous
+  # frame; see models/resnet.py).
+  c.model.temporal_init = 'identity'
   c.model.bn_momentum = 0.997    # BatchNorm decay of the running statistics (reference)
   c.model.bn_epsilon = 1e-5
   # Recompute each bottleneck unit's activations in the backward pass instead of
@@ -81,7 +108,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.alpha = 0.5             # alpha, eq. (5)
   c.loss.hall_endpoint = 'block4'  # L_hall feature map (any Stream endpoint name)
   c.loss.hall_weight = 0.01
-  c.loss.hall_reduction = 'sum'  # 'sum' (reference) | 'mean'
+  # eq. (1)'s reduction. 'per_clip' (use this): summed over each clip's elements,
+  # averaged over clips, times hall_reference_clips, so the balance of eq. (5)
+  # is the reference's at any batch size. 'sum' (the reference's code): summed
+  # over the whole batch, equal to 'per_clip' at 5 clips but heavier in
+  # proportion to the batch (x51 at 256 clips). 'mean': over every element.
+  c.loss.hall_reduction = 'per_clip'
+  c.loss.hall_reference_clips = 5  # the reference's clips per batch
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-3
@@ -103,6 +136,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.void_depth = False      # depth replaced by zeros
   c.eval.noise_variances = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # Table 2 columns (sigma^2)
   c.eval.noise_seed = 0
+  # Evaluate step 2's privileged (depth) stream with BatchNorm batch statistics
+  # (the evaluation batch's own, padding excluded) instead of the running ones:
+  # what the reference's step-2 evaluation did, so its Table 2 numbers depend on
+  # it (per-batch normalisation absorbs part of the multiplicative noise), and on
+  # eval_batch_size (the reference's was 5).
+  c.eval.step2_privileged_batch_stats = False
   return c
 
 
@@ -112,6 +151,50 @@ def finalize(config: ml_collections.ConfigDict, stage: str) -> ml_collections.Co
   config.stage = stage
   check(config)
   return config
+
+
+def with_defaults(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A stage's saved `config.json`, with the fields it predates at their defaults.
+
+  A run keeps the config it trained with; fields added since then (the
+  fidelity switches, for one) take the base config's defaults, which are the
+  behaviour such a run had, so its checkpoints rebuild the same model.
+  """
+  config = ml_collections.ConfigDict(dict(saved))
+  _fill_missing(config, base_config())
+  return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict,
+                  defaults: ml_collections.ConfigDict) -> None:
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict):
+      _fill_missing(config[key], value)
+
+
+def reference_code_switches(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Sets every switch to what the authors' published code ran (configs/reference.py).
+
+  eq. (1) summed over the batch, conv + BN + ReLU temporal convs with the
+  code's initialiser, steps 3 and 4 unconnected, step 2 evaluated with the depth
+  stream's batch statistics, gray depth without a mean. What stays ours (global
+  BatchNorm statistics, full batches only, ...) is in the README's table.
+  """
+  config.loss.hall_reduction = 'sum'
+  config.model.temporal_form = 'conv_bn_relu'
+  config.model.temporal_init = 'reference_code'
+  config.model.unconnected_stages = ('step3', 'step4')
+  config.eval.step2_privileged_batch_stats = True
+  config.input.depth_encoding = 'gray'
+  config.input.depth_subtract_mean = False
+  return config
+
+
+def _check_choice(name: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f'config.{name} must be one of {tuple(choices)}, got {value!r}.')
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -131,6 +214,15 @@ def check(config: ml_collections.ConfigDict) -> None:
                      f'checkpoint falls back to the one before), got {config.keep_checkpoints}.')
   if config.batch_size <= 0 or config.eval_batch_size <= 0:
     raise ValueError('config.batch_size and config.eval_batch_size must be positive.')
+  _check_choice('loss.hall_reduction', config.loss.hall_reduction, losses.HALL_REDUCTIONS)
+  if config.loss.hall_reference_clips <= 0:
+    raise ValueError('config.loss.hall_reference_clips must be positive, '
+                     f'got {config.loss.hall_reference_clips!r}.')
+  _check_choice('model.temporal_form', config.model.temporal_form, resnet.TEMPORAL_FORMS)
+  _check_choice('model.temporal_init', config.model.temporal_init, resnet.TEMPORAL_INITS)
+  for stage in config.model.unconnected_stages:
+    _check_choice('model.unconnected_stages entry', stage, stages.CONNECTABLE_STAGES)
+  _check_choice('input.depth_encoding', config.input.depth_encoding, preprocess.DEPTH_ENCODINGS)
 
 
 # MARK: comparing a run's saved config with another

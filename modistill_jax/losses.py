@@ -5,9 +5,14 @@ paper is silent, the reductions follow the authors' implementation
 (`shared/reference-notes.md`):
 
 * eq. (1), `hallucination_loss`: `weight * reduce((sigmoid(A_d) - sigmoid(A_h))^2)`
-  on one endpoint, reduced by a *sum over every element* (clips, frames, space,
-  channels) with `weight=0.01` in the reference. A sum grows with the batch and
-  the feature-map size; `reduction='mean'` is the size-free alternative.
+  on one endpoint, with `weight=0.01`. The reference reduces by a *sum over every
+  element* of the batch (`'sum'`, this function's default), so its weight
+  against L_GD (a mean over clips) grows with the number of clips per batch; the
+  paper's alpha was set at the reference's 5 clips. `'per_clip'` (the config's
+  default, `config.loss.hall_reduction`) sums over a clip's elements
+  (frames, space, channels), averages over clips and multiplies by that
+  reference batch: equal to `'sum'` at 5 clips, and the balance of eq. (5) stays
+  the reference's at any batch size. `'mean'` also drops the feature-map size.
 * eq. (3)/(4), `generalized_distillation_loss`:
   `(1 - lambda) * CE(y, softmax(z_s)) + lambda * CE(softmax(z_t / T), softmax(z_s / T))`,
   each cross-entropy averaged over clips, no T^2 factor.
@@ -39,18 +44,40 @@ def soft_cross_entropy(logits: Array, target_probs: Array) -> Array:
   return -jnp.mean(jnp.sum(target_probs * log_p, axis=-1))
 
 
+HALL_REDUCTIONS = ('per_clip', 'sum', 'mean')
+
+
 def hallucination_loss(teacher_activations: Array, student_activations: Array, *,
-                       reduction: Literal['sum', 'mean'] = 'sum',
-                       weight: float = 0.01) -> Array:
-  """Eq. (1): `weight * reduce((sigmoid(A_teacher) - sigmoid(A_student))^2)`."""
+                       reduction: Literal['per_clip', 'sum', 'mean'] = 'sum',
+                       weight: float = 0.01, num_clips: int | None = None,
+                       reference_clips: int = 5) -> Array:
+  """Eq. (1): `weight * reduce((sigmoid(A_teacher) - sigmoid(A_student))^2)`.
+
+  Args:
+    teacher_activations, student_activations: the endpoint of both streams,
+      `(clips * frames, ...)`.
+    reduction: `'per_clip'`: `sum / num_clips * reference_clips`; `'sum'`: over
+      every element of the batch (the reference, batch-dependent); `'mean'`:
+      over every element.
+    weight: the extra factor (0.01 in the reference).
+    num_clips: clips in the batch; needed by `'per_clip'` (the leading axis
+      holds clips times frames).
+    reference_clips: the batch at which `'per_clip'` equals `'sum'`.
+  """
   diff = (jax.nn.sigmoid(teacher_activations.astype(jnp.float32))
           - jax.nn.sigmoid(student_activations.astype(jnp.float32)))
-  if reduction == 'sum':
+  if reduction == 'per_clip':
+    if not num_clips:
+      raise ValueError("reduction='per_clip' needs the batch's num_clips.")
+    # A Python float: exactly 1.0 at the reference batch, so the value is then
+    # bit-identical to 'sum'.
+    reduced = jnp.sum(diff ** 2) * (reference_clips / num_clips)
+  elif reduction == 'sum':
     reduced = jnp.sum(diff ** 2)
   elif reduction == 'mean':
     reduced = jnp.mean(diff ** 2)
   else:
-    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    raise ValueError(f'reduction must be one of {HALL_REDUCTIONS}, got {reduction!r}')
   return weight * reduced
 
 

@@ -58,8 +58,9 @@ VARIABLES_DIR = 'variables'
 
 # Target keys a fine-tuned stream initialises itself rather than taking from
 # ImageNet: the classifier (other classes) and the temporal convolutions (not
-# in ImageNet models). They match with or without a collection/stream prefix.
-FRESH_PATTERNS: tuple[str, ...] = (r'(.*/)?logits/.*', r'(.*/)?temporal/.*')
+# in ImageNet models), with their BatchNorm in the 'conv_bn_relu' form. They
+# match with or without a collection/stream prefix.
+FRESH_PATTERNS: tuple[str, ...] = (r'(.*/)?logits/.*', r'(.*/)?temporal(_bn)?/.*')
 
 # Input normalisation each source was trained with: `(x - mean) / std` on RGB
 # values in 0..255. Keras' Caffe-style preprocessing works on BGR; the

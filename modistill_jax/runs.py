@@ -236,9 +236,10 @@ def load_stage(workdir: PathLike, stage: str) -> FinishedStage:
   Raises:
     StageNotFinishedError: the stage has no results in `workdir`.
   """
+  from modistill_jax import config_lib  # pylint: disable=g-import-not-at-top (models, losses)
   directory = find_finished(workdir, (stage,))
   return FinishedStage(dir=directory,
-                       config=ml_collections.ConfigDict(read_json(directory.config_file)),
+                       config=config_lib.with_defaults(read_json(directory.config_file)),
                        dataset=read_json(directory.dataset_file),
                        results=read_json(directory.results_file))
 

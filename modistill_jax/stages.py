@@ -32,6 +32,7 @@ STAGE_NAMES = ('step1', 'step1_rgb', 'step1_depth', 'step2', 'step3', 'step4', '
 ALL = 'all'
 ALL_STAGES = ('step1', 'step2', 'step3', 'step4')
 LOSS_KINDS = ('xent', 'eq1', 'eq3', 'eq5')
+CONNECTABLE_STAGES = ('step2', 'step3', 'step4')
 HALL = 'hall'
 
 
@@ -105,9 +106,13 @@ def for_config(name: str, config) -> Stage:
   """The stage `name` as a run's config defines it (privileged modality, connections).
 
   Every caller that has a config builds its stage here, so a config field that
-  changes the stage graph is read in one place.
+  changes the stage graph is read in one place. A stage is connected when
+  `model.connections` is on and it is not in `model.unconnected_stages` (the
+  reference's runnable step 4, for one, is unconnected).
   """
-  return get_stage(name, privileged=config.privileged, connections=config.model.connections)
+  connections = (config.model.connections
+                 and name not in tuple(config.model.unconnected_stages))
+  return get_stage(name, privileged=config.privileged, connections=connections)
 
 
 def get_stage(name: str, *, privileged: str = 'depth', connections: bool = True) -> Stage:

@@ -71,7 +71,9 @@ class StageModel:
                     units_per_block=tuple(model_config.units_per_block),
                     width=model_config.width, stride_layout=model_config.stride_layout,
                     dtype=dtype, remat=model_config.remat,
-                    bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon)
+                    bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon,
+                    temporal_form=model_config.temporal_form,
+                    temporal_init=model_config.temporal_init)
         for m in stage.models)
 
   def init(self, rng: Array, inputs: Mapping[str, Array]) -> dict[str, PyTree]:
@@ -83,8 +85,14 @@ class StageModel:
     return variables
 
   def apply(self, variables: Mapping[str, PyTree], inputs: Mapping[str, Array], *,
-            train: bool) -> tuple[dict[str, Any], dict[str, PyTree]]:
-    """Returns the merged outputs and (in training) the updated batch stats."""
+            train: bool, batch_stats_streams: tuple[str, ...] = (),
+            clip_mask: Array | None = None) -> tuple[dict[str, Any], dict[str, PyTree]]:
+    """Returns the merged outputs and (in training) the updated batch stats.
+
+    `batch_stats_streams` and `clip_mask` are `MultiStream`'s: in evaluation,
+    those streams normalise with the (masked) batch's statistics; the running
+    statistics they would update are dropped.
+    """
     outputs = {'logits': {}, 'endpoints': {}}
     new_stats = {}
     for module in self.modules:
@@ -93,6 +101,9 @@ class StageModel:
       if train:
         out, updates = module.apply(v, inputs, train=True, mutable=['batch_stats'])
         new_stats.update(updates['batch_stats'])
+      elif set(batch_stats_streams) & set(names):
+        out, _ = module.apply(v, inputs, train=False, batch_stats_streams=batch_stats_streams,
+                              clip_mask=clip_mask, mutable=['batch_stats'])
       else:
         out = module.apply(v, inputs, train=False)
       outputs['logits'].update(out['logits'])
@@ -104,15 +115,40 @@ class StageModel:
 
 def model_inputs(batch: Mapping[str, Array], input_config: ml_collections.ConfigDict,
                  modalities: tuple[str, ...], dtype, depth_transform=None) -> dict[str, Array]:
-  """uint8 clips -> normalised clips of the modalities a stage reads."""
+  """uint8 clips -> normalised clips of the modalities a stage reads.
+
+  Depth is re-encoded first (`input.depth_encoding`), then corrupted
+  (`depth_transform`, the Table 2 noise acts on the image the network reads),
+  then normalised; `input.depth_subtract_mean=False` keeps its std but no mean.
+  """
   inputs = {}
   for m in modalities:
-    clips = batch[m].astype(jnp.float32)
-    if m == 'depth' and depth_transform is not None:
-      clips = depth_transform(clips)
-    inputs[m] = preprocess.normalize(clips, tuple(input_config[f'{m}_mean']),
-                                     tuple(input_config[f'{m}_std'])).astype(dtype)
+    mean = tuple(input_config[f'{m}_mean'])
+    if m == 'depth':
+      clips = batch[m]
+      if input_config.depth_encoding == 'gray':
+        clips = preprocess.jet_to_gray(clips)
+      clips = clips.astype(jnp.float32)
+      if depth_transform is not None:
+        clips = depth_transform(clips)
+      if not input_config.depth_subtract_mean:
+        mean = (0.0,) * len(mean)
+    else:
+      clips = batch[m].astype(jnp.float32)
+    inputs[m] = preprocess.normalize(clips, mean, tuple(input_config[f'{m}_std'])).astype(dtype)
   return inputs
+
+
+def eval_batch_stats_streams(stage: stages.Stage, privileged: str,
+                             eval_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Streams evaluated with batch statistics: step 2's privileged one, if asked.
+
+  The reference builds its step-2 graph with the depth stream's BatchNorm in
+  training mode and evaluates it that way (`eval.step2_privileged_batch_stats`).
+  """
+  if eval_config.step2_privileged_batch_stats and stage.name == 'step2':
+    return (privileged,)
+  return ()
 
 
 def _distillation(loss_config: ml_collections.ConfigDict, student_logits: Array,
@@ -125,7 +161,8 @@ def _distillation(loss_config: ml_collections.ConfigDict, student_logits: Array,
     return hard, {'hard': hard}
   hall = losses.hallucination_loss(teacher_features, student_features,
                                    reduction=loss_config.hall_reduction,
-                                   weight=loss_config.hall_weight)
+                                   weight=loss_config.hall_weight, num_clips=labels.shape[0],
+                                   reference_clips=loss_config.hall_reference_clips)
   if kind == 'eq1':
     return hall, {'hall': hall}
   gd = losses.generalized_distillation_loss(student_logits, teacher_logits, labels,
@@ -212,7 +249,10 @@ def eval_step(state: TrainState, batch: Mapping[str, Array], noise_key: Array, *
   stage = model.stage
   inputs = model_inputs(batch, config.input, stage.inputs, model.dtype,
                         depth_transform_fn(config.eval, noise_key))
-  outputs, _ = model.apply(state.variables(), inputs, train=False)
+  outputs, _ = model.apply(state.variables(), inputs, train=False,
+                           batch_stats_streams=eval_batch_stats_streams(
+                               stage, config.privileged, config.eval),
+                           clip_mask=batch['mask'])
   preds = {f'pred/{s}': jnp.argmax(l, -1).astype(jnp.int32)
            for s, l in outputs['logits'].items()}
   preds['pred/fused'] = jnp.argmax(outputs['fused'], -1).astype(jnp.int32)

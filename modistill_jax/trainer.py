@@ -364,7 +364,7 @@ def check_resume_config(directory: runs.StageDir, config: ml_collections.ConfigD
   counts, where the data is) may change; anything else would silently mix two
   configurations in one run.
   """
-  saved = runs.read_json(directory.config_file)
+  saved = config_lib.with_defaults(runs.read_json(directory.config_file))
   diff = config_lib.differences(saved, config, ignore=config_lib.RESUMABLE_KEYS)
   if diff:
     raise ConfigMismatchError(

@@ -47,7 +47,8 @@ def test_defaults_are_the_references():
             if p.default is not inspect.Parameter.empty}
 
   assert defaults(losses.generalized_distillation_loss) == {'temperature': 10.0, 'lam': 0.5}
-  assert defaults(losses.hallucination_loss) == {'reduction': 'sum', 'weight': 0.01}
+  assert defaults(losses.hallucination_loss) == {'reduction': 'sum', 'weight': 0.01,
+                                                 'num_clips': None, 'reference_clips': 5}
   assert defaults(losses.total_loss) == {'alpha': 0.5}
 
 
@@ -145,9 +146,15 @@ def test_hallucination_loss_by_hand():
   np.testing.assert_allclose(losses.hallucination_loss(teacher, student, reduction='mean',
                                                        weight=0.3),
                              0.3 * squares.mean(), rtol=1e-5)
+  # 'per_clip': the 6 rows are 3 clips of 2 frames; the sum per clip, times 5 clips.
+  np.testing.assert_allclose(losses.hallucination_loss(teacher, student, reduction='per_clip',
+                                                       num_clips=3),
+                             0.01 * squares.sum() / 3 * 5, rtol=1e-5)
   assert float(losses.hallucination_loss(teacher, teacher)) == 0.0
   with pytest.raises(ValueError, match='reduction'):
     losses.hallucination_loss(teacher, student, reduction='max')
+  with pytest.raises(ValueError, match='num_clips'):
+    losses.hallucination_loss(teacher, student, reduction='per_clip')
 
 
 @pytest.mark.parametrize('alpha', [0.5, 0.0, 1.0, 0.25])

@@ -188,7 +188,8 @@ def test_rejects_bad_arguments():
 def test_temporal_kernels_start_as_centre_tap_identity():
   """The model's initialiser sets every temporal kernel to [0, I, 0] over time.
 
-  This is what makes the temporal convs a no-op at the start of training and
+  In the default linear form this is what makes the temporal convs a no-op at
+  the start of training and
   lets ImageNet weights (which have no temporal kernels) be used unchanged.
   """
   params = _flat(_tiny_initialised()['params'])

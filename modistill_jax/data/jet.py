@@ -13,7 +13,11 @@ ImageNet-initialised streams can read it. Choices, shared by every builder:
   value renders that value as the middle of the map.
 
 The 256-entry table is matplotlib's piecewise-linear 'jet', rebuilt from its
-published breakpoints with `numpy.interp`.
+published breakpoints with `numpy.interp`. A stored depth pixel is therefore
+one of its colours indexed by an 8-bit level (255 nearest, 0 farthest), or
+black, so `preprocess.jet_to_gray` recovers the 8-bit gray depth from the
+records by inverting the table: exactly, except that jet's flat stretch makes
+levels 28 to 32 one colour, (0, 0, 255).
 """
 
 from __future__ import annotations

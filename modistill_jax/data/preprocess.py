@@ -16,6 +16,9 @@ fused element-wise ops.
   `n ~ N(1, sigma)` and clipped to [0, 255]. The paper's table is indexed by
   the variance `sigma^2` (1e-3 ... 1e1): pass `sigma = sqrt(variance)`.
 * `void_depth` is the table's "void" column: depth replaced by zeros.
+* `jet_to_gray` turns the stored jet depth back into the 8-bit grayscale depth
+  it was coloured from (the reference's only published writer stored gray
+  depth), for `config.input.depth_encoding='gray'`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from modistill_jax.data import jet
 
 
 def normalize(clips: jax.Array, mean: Sequence[float], std: Sequence[float],
@@ -53,3 +59,43 @@ def depth_noise(key: jax.Array, depth: jax.Array, sigma: float) -> jax.Array:
 def void_depth(depth: jax.Array) -> jax.Array:
   """All-zero depth, same shape and dtype: the "void" test condition."""
   return jnp.zeros_like(depth)
+
+
+def _gray_palette() -> tuple[np.ndarray, np.ndarray]:
+  """The distinct colours a stored depth pixel can have, and the gray level of each.
+
+  The records' depth is `jet_table()[level]` of an 8-bit per-clip level
+  (`data/jet.py`: 255 nearest, 0 farthest), or black where invalid. Inverting the
+  256-entry table recovers the level exactly except on jet's one flat stretch:
+  levels 28 to 32 all render (0, 0, 255), so they come back as their middle, 30.
+  Black comes back as 0.
+  """
+  table = jet.jet_table()
+  codes = table.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+  _, first, colour_of_level = np.unique(codes, return_index=True, return_inverse=True)
+  level_sum = np.bincount(colour_of_level, weights=np.arange(len(table)))
+  levels = np.round(level_sum / np.bincount(colour_of_level)).astype(np.uint8)
+  return (np.concatenate([table[first], jet.INVALID_COLOUR[None]]),
+          np.concatenate([levels, np.zeros(1, np.uint8)]))
+
+
+DEPTH_ENCODINGS = ('jet', 'gray')
+_GRAY_PALETTE, _GRAY_LEVELS = _gray_palette()
+
+
+def jet_to_gray(depth: jax.Array) -> jax.Array:
+  """Jet-coloured uint8 depth `(..., 3)` -> its gray level copied to 3 channels, uint8.
+
+  Each pixel takes the level of the nearest palette colour (squared RGB
+  distance), so a stored colour maps back exactly (see `_gray_palette`); a
+  colour no stored pixel has (only when the pipeline resized the frames, i.e.
+  `input.image_size` differs from the build's) gets the level of the nearest
+  one, an approximation.
+  """
+  rgb = depth.astype(jnp.int32)
+  palette = jnp.asarray(_GRAY_PALETTE, jnp.int32)
+  # The channel sums are written out so that XLA fuses the distances into the
+  # argmin instead of materialising a (pixels, palette) array.
+  distance = sum((rgb[..., c, None] - palette[:, c]) ** 2 for c in range(3))
+  level = jnp.asarray(_GRAY_LEVELS)[jnp.argmin(distance, axis=-1)]
+  return jnp.repeat(level[..., None], 3, axis=-1)

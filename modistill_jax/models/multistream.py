@@ -49,8 +49,8 @@ class MultiStream(nn.Module):
     connections: multiplicative connections from giver to receiver.
     giver_frozen: the giver is a frozen teacher: its BatchNorm always runs in
       inference mode and no gradient flows into it (step 3).
-    units_per_block, width, stride_layout, dtype, remat, bn_momentum, bn_epsilon:
-      passed to every `Stream`.
+    units_per_block, width, stride_layout, dtype, remat, bn_momentum, bn_epsilon,
+    temporal_form, temporal_init: passed to every `Stream`.
   """
   num_classes: int
   receiver: str
@@ -66,25 +66,36 @@ class MultiStream(nn.Module):
   remat: bool = False
   bn_momentum: float = 0.997
   bn_epsilon: float = 1e-5
+  temporal_form: str = 'linear'
+  temporal_init: str = 'identity'
 
   def _stream(self, name: str) -> resnet.Stream:
     return resnet.Stream(
         num_classes=self.num_classes, units_per_block=tuple(self.units_per_block),
         width=self.width, stride_layout=self.stride_layout, dtype=self.dtype,
         remat=self.remat, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        name=name)
+        temporal_form=self.temporal_form, temporal_init=self.temporal_init, name=name)
 
   @property
   def stream_names(self) -> tuple[str, ...]:
     return (self.giver, self.receiver) if self.giver else (self.receiver,)
 
   @nn.compact
-  def __call__(self, inputs: Mapping[str, Array], *, train: bool) -> dict[str, Any]:
+  def __call__(self, inputs: Mapping[str, Array], *, train: bool,
+               batch_stats_streams: Sequence[str] = (),
+               clip_mask: Array | None = None) -> dict[str, Any]:
     """Runs the streams on clips.
 
     Args:
       inputs: modality name -> clips `(clips, frames, H, W, C)`.
       train: training mode (BatchNorm batch statistics), except for a frozen giver.
+      batch_stats_streams: streams whose BatchNorm uses the batch's own
+        statistics even when `train` is False (the reference's step-2
+        evaluation of the depth stream); a frozen giver is never one. They
+        update the running statistics, so apply with `batch_stats` mutable and
+        drop the update.
+      clip_mask: optional boolean `(clips,)`: the clips those batch statistics
+        are taken over (an evaluation batch's padding is left out).
 
     Returns:
       A dict with `logits` (stream name -> clip logits `(clips, classes)`),
@@ -95,19 +106,20 @@ class MultiStream(nn.Module):
     if self.giver is not None and self.giver == self.receiver:
       raise ValueError(f'giver and receiver must differ, both are {self.giver!r}.')
 
-    def run(name: str, modality: str, gates=None, train_stream=train):
+    def run(name: str, modality: str, gates=None, trainable=True):
       clips = inputs[modality]
       n, t = clips.shape[:2]
+      batch_stats = trainable and name in batch_stats_streams
+      bn_mask = (jnp.repeat(clip_mask, t) if batch_stats and clip_mask is not None else None)
       frame_logits, endpoints = self._stream(name)(
           clips.reshape((n * t,) + clips.shape[2:]), num_frames=t,
-          train=train_stream, gates=gates)
+          train=(train and trainable) or batch_stats, gates=gates, bn_mask=bn_mask)
       return frame_logits.reshape(n, t, -1), endpoints
 
     frame_logits, endpoints = {}, {}
     gates = None
     if self.giver is not None:
-      fl, ep = run(self.giver, self.giver_input,
-                   train_stream=train and not self.giver_frozen)
+      fl, ep = run(self.giver, self.giver_input, trainable=not self.giver_frozen)
       if self.giver_frozen:
         fl, ep = jax.lax.stop_gradient((fl, ep))
       frame_logits[self.giver], endpoints[self.giver] = fl, ep

@@ -7,9 +7,16 @@ implementation (see `shared/reference-notes.md`):
 * Frames of a clip travel as batch entries, `(clips * frames, H, W, C)`; they are
   reshaped to `(clips, frames, h, w, c)` only around the temporal convolution.
 * The temporal conv sits right after the 3x3 conv of the residual branch (after
-  its BatchNorm and ReLU: the slim `conv2d` op the reference wraps includes both),
-  has no bias and no activation, and starts as the identity on the centre tap,
-  so at initialisation the stream computes exactly the 2-D ResNet.
+  its BatchNorm and ReLU) and has no bias. Its form is `temporal_form`:
+  `'linear'` (the default: no normalisation, no activation, so with the
+  identity init the stream at initialisation computes exactly the 2-D ResNet)
+  or `'conv_bn_relu'` (the reference code's: its `slim.conv3d` was slim's
+  `conv2d` in the TensorFlow it targets, so the arg scope added BatchNorm and
+  ReLU; the BatchNorm is `temporal_bn`, and at initialisation the unit is no
+  longer the 2-D one). Its initialiser is `temporal_init`: `'identity'` (the
+  paper's [0, 1, 0] on the centre tap, the default) or `'reference_code'` (what
+  the published initialiser actually produced, see
+  `temporal_reference_code_init`).
 * The unit-1 residual input can be gated by another stream (`gates`): the
   residual branch reads `x + x_pre * m` while the shortcut keeps `x`, where `x`
   and `x_pre` are the unit-0 output after and before its ReLU and `m` is the
@@ -63,6 +70,30 @@ def temporal_identity_init(key, shape, dtype=jnp.float32):
   return kernel.at[taps // 2, 0, 0].set(jnp.eye(c_in, dtype=dtype))
 
 
+def temporal_reference_code_init(key, shape, dtype=jnp.float32):
+  """The published code's temporal kernel: every output channel = channel 1 of the previous frame.
+
+  The reference meant the identity on the centre tap, but hands a `(1, 3, 1, 1, C)`
+  [0, 1, 0] array to a constant initialiser of the `(3, 1, 1, C, C)` kernel;
+  TensorFlow 1 fills the kernel in row-major order from those values and repeats
+  the last one (0), so only tap 0 (the previous frame, SAME padding: zeros
+  before the first), input channel 1, is 1 for every output channel
+  (`shared/reference-notes.md`). Offered to reproduce that code, not as a
+  sensible start: it discards all channels but one.
+  """
+  del key
+  taps, _, _, c_in, _ = shape
+  if taps != 3 or c_in < 2:
+    raise ValueError('The reference-code init needs a 3-tap kernel and at least 2 channels, '
+                     f'got kernel shape {shape}.')
+  return jnp.zeros(shape, dtype).at[0, 0, 0, 1, :].set(1)
+
+
+TEMPORAL_FORMS: tuple[str, ...] = ('linear', 'conv_bn_relu')
+TEMPORAL_INITS = {'identity': temporal_identity_init,
+                  'reference_code': temporal_reference_code_init}
+
+
 def block_strides(layout: str, num_blocks: int = 4) -> tuple[int, ...]:
   """The stride of each block: slim 2,2,2,1 (in its last unit); others 1,2,2,2."""
   if layout == 'slim':
@@ -86,7 +117,9 @@ def _symmetric_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
 class Bottleneck(nn.Module):
   """A ResNet v1 bottleneck unit: 1x1 -> 3x3 (-> temporal) -> 1x1, plus shortcut.
 
-  Returns the unit's output after and before its final ReLU.
+  Returns the unit's output after and before its final ReLU. `bn_mask`, when
+  given, restricts every BatchNorm's batch statistics to the frames it marks
+  (see `Stream`).
   """
   width: int
   stride: int
@@ -95,10 +128,12 @@ class Bottleneck(nn.Module):
   num_frames: int
   conv: functools.partial
   norm: functools.partial
+  temporal_form: str = 'linear'
+  temporal_init: str = 'identity'
 
   @nn.compact
-  def __call__(self, x: Array, x_pre: Array | None = None,
-               gate: Array | None = None) -> tuple[Array, Array]:
+  def __call__(self, x: Array, x_pre: Array | None = None, gate: Array | None = None,
+               bn_mask: Array | None = None) -> tuple[Array, Array]:
     out_channels = 4 * self.width
     in_channels = x.shape[-1]
     if gate is not None:
@@ -111,7 +146,7 @@ class Bottleneck(nn.Module):
     # Shortcut: projection when channels change, else identity (subsampled when strided).
     if in_channels != out_channels:
       shortcut = self.conv(out_channels, (1, 1), strides=self.stride, name='shortcut')(x)
-      shortcut = self.norm(name='shortcut_bn')(shortcut)
+      shortcut = self.norm(name='shortcut_bn')(shortcut, mask=bn_mask)
     elif self.stride > 1:
       shortcut = x[:, ::self.stride, ::self.stride, :]
     else:
@@ -120,18 +155,20 @@ class Bottleneck(nn.Module):
     stride_1x1 = self.stride if self.layout == 'keras' else 1
     stride_3x3 = 1 if self.layout == 'keras' else self.stride
     y = self.conv(self.width, (1, 1), strides=stride_1x1, name='conv1')(residual)
-    y = nn.relu(self.norm(name='bn1')(y))
+    y = nn.relu(self.norm(name='bn1')(y, mask=bn_mask))
     padding = _symmetric_padding(3) if stride_3x3 > 1 else 'SAME'
     y = self.conv(self.width, (3, 3), strides=stride_3x3, padding=padding, name='conv2')(y)
-    y = nn.relu(self.norm(name='bn2')(y))
+    y = nn.relu(self.norm(name='bn2')(y, mask=bn_mask))
     if self.temporal:
       n, h, w, c = y.shape
       y = y.reshape(n // self.num_frames, self.num_frames, h, w, c)
-      y = self.conv(c, (3, 1, 1), padding='SAME', kernel_init=temporal_identity_init,
+      y = self.conv(c, (3, 1, 1), padding='SAME', kernel_init=TEMPORAL_INITS[self.temporal_init],
                     name='temporal')(y)
       y = y.reshape(n, h, w, c)
+      if self.temporal_form == 'conv_bn_relu':
+        y = nn.relu(self.norm(name='temporal_bn')(y, mask=bn_mask))
     y = self.conv(out_channels, (1, 1), name='conv3')(y)
-    y = self.norm(name='bn3')(y)
+    y = self.norm(name='bn3')(y, mask=bn_mask)
     pre = shortcut + y
     return nn.relu(pre), pre
 
@@ -154,6 +191,9 @@ class Stream(nn.Module):
       per step for them. Off by default (the reference had no such option). The
       lifted module keeps the unit's name and scope, so the variable tree, and
       hence every checkpoint, is the same either way.
+    temporal_form: `'linear'` | `'conv_bn_relu'` (see the module docstring);
+      `'conv_bn_relu'` adds a `temporal_bn` BatchNorm to every unit 1.
+    temporal_init: `'identity'` | `'reference_code'`.
   """
   num_classes: int
   units_per_block: Sequence[int] = (3, 4, 6, 3)
@@ -163,11 +203,13 @@ class Stream(nn.Module):
   bn_momentum: float = 0.997
   bn_epsilon: float = 1e-5
   remat: bool = False
+  temporal_form: str = 'linear'
+  temporal_init: str = 'identity'
 
   @nn.compact
   def __call__(self, frames: Array, *, num_frames: int, train: bool,
-               gates: Mapping[int, Array] | None = None
-               ) -> tuple[Array, dict[str, Array]]:
+               gates: Mapping[int, Array] | None = None,
+               bn_mask: Array | None = None) -> tuple[Array, dict[str, Array]]:
     """Runs the stream.
 
     Args:
@@ -176,6 +218,9 @@ class Stream(nn.Module):
       train: BatchNorm uses batch statistics (and updates its running ones).
       gates: optional `{block_index: m}` giving-stream unit-0 outputs, each of
         the shape of this stream's unit-0 output of that block (1-based blocks).
+      bn_mask: optional boolean `(clips * num_frames,)`: with `train=True`,
+        BatchNorm's batch statistics count only the marked frames, so padding
+        in an evaluation batch does not shift them.
 
     Returns:
       `(frame_logits, endpoints)`: logits `(clips * num_frames, num_classes)`
@@ -187,7 +232,15 @@ class Stream(nn.Module):
                        f'got {tuple(self.units_per_block)}.')
     if frames.shape[0] % num_frames:
       raise ValueError(f'Batch of {frames.shape[0]} frames is not whole clips of {num_frames}.')
+    if self.temporal_form not in TEMPORAL_FORMS:
+      raise ValueError(f'temporal_form must be one of {TEMPORAL_FORMS}, '
+                       f'got {self.temporal_form!r}.')
+    if self.temporal_init not in TEMPORAL_INITS:
+      raise ValueError(f'temporal_init must be one of {tuple(TEMPORAL_INITS)}, '
+                       f'got {self.temporal_init!r}.')
     gates = gates or {}
+    if bn_mask is not None:
+      bn_mask = bn_mask.reshape(-1, 1, 1, 1)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=he_normal)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
@@ -195,7 +248,7 @@ class Stream(nn.Module):
                              dtype=self.dtype, param_dtype=jnp.float32)
     x = frames.astype(self.dtype)
     x = conv(self.width, (7, 7), strides=2, padding=_symmetric_padding(7), name='conv1')(x)
-    x = nn.relu(norm(name='bn1')(x))
+    x = nn.relu(norm(name='bn1')(x, mask=bn_mask))
     pool_padding = ((0, 1), (0, 1)) if self.stride_layout == 'slim' else ((1, 1), (1, 1))
     # After ReLU every value is >= 0, so zero padding equals -inf padding here.
     x = jnp.pad(x, ((0, 0),) + pool_padding + ((0, 0),))
@@ -203,8 +256,8 @@ class Stream(nn.Module):
 
     endpoints: dict[str, Array] = {}
     strides = block_strides(self.stride_layout, len(self.units_per_block))
-    # `x_pre` and `gate` may be None: an empty pytree to `jax.checkpoint`, so they
-    # need no `static_argnums`.
+    # `x_pre`, `gate` and `bn_mask` may be None: an empty pytree to
+    # `jax.checkpoint`, so they need no `static_argnums`.
     unit_cls = nn.remat(Bottleneck) if self.remat else Bottleneck
     x_pre = None
     for b, (num_units, stride) in enumerate(zip(self.units_per_block, strides), start=1):
@@ -213,9 +266,10 @@ class Stream(nn.Module):
             width=self.width * 2 ** (b - 1),
             stride=unit_stride(self.stride_layout, stride, u, num_units),
             layout=self.stride_layout, temporal=u == CONNECTED_UNIT,
-            num_frames=num_frames, conv=conv, norm=norm, name=f'block{b}_unit{u}')
+            num_frames=num_frames, conv=conv, norm=norm, temporal_form=self.temporal_form,
+            temporal_init=self.temporal_init, name=f'block{b}_unit{u}')
         gate = gates.get(b) if u == CONNECTED_UNIT else None
-        x, x_pre = unit(x, x_pre, gate)
+        x, x_pre = unit(x, x_pre, gate, bn_mask)
         if u == CONNECTED_UNIT - 1:
           endpoints[f'block{b}/unit0_pre'] = x_pre
           endpoints[f'block{b}/unit0'] = x
