@@ -27,8 +27,15 @@ from absl import flags
 from configs import demo as demo_config
 from modistill_jax import cli
 from modistill_jax import evaluate
+from modistill_jax import metrics
 from modistill_jax import report
+from modistill_jax import stages
 from modistill_jax import trainer
+
+# The stages the demo trains, in order: steps 1-4, the Hoffman et al. baseline,
+# and steps 2 and 3 of the no-connection ablation.
+ABLATION_STAGES = ('step2', 'step3')
+NUM_STAGES = len(stages.expand(stages.ALL)) + 1 + len(ABLATION_STAGES)
 
 def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   """Runs every stage of the demo and writes the report; returns its path.
@@ -53,19 +60,20 @@ def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   if os.path.exists(workdir):
     shutil.rmtree(workdir)
   banner('building the synthetic dataset if needed')
-  trainer.ensure_dataset(config)
+  cli.build_dataset(config)
+  clock = metrics.RunClock(NUM_STAGES)
   banner('steps 1-4')
-  trainer.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(config, workdir, clock=clock)
   banner('Hoffman et al. baseline (one joint step)')
-  trainer.run_stage(config, workdir, 'hoffman')
+  trainer.run_stage(config, workdir, 'hoffman', clock=clock)
 
   banner('ablation: steps 2 and 3 without connections')
   ablation = os.path.join(workdir, report.ABLATION_DIR)
   os.makedirs(ablation)
   os.symlink(os.path.abspath(os.path.join(workdir, 'step1')), os.path.join(ablation, 'step1'))
   config.model.connections = False
-  for stage in ('step2', 'step3'):
-    trainer.run_stage(config, ablation, stage)
+  for stage in ABLATION_STAGES:
+    trainer.run_stage(config, ablation, stage, clock=clock)
   config.model.connections = True
 
   banner('Table 2: step 2 with noisy depth')
@@ -75,8 +83,10 @@ def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   path = report.write_report(workdir, title='modistill_jax demo: synthetic RGB+D, tiny stream')
   banner('done')
   print(report.table1_markdown(report.table1(workdir)))
-  print(f'\nReport: {os.path.abspath(path)}')
-  print(f'Wall time: {time.time() - t0:.0f} s')
+  print('\nStages (folder, wall time):\n' + clock.summary())
+  print(f'Curves of every stage: tensorboard --logdir {workdir}')
+  print(f'Report: {os.path.abspath(path)}')
+  print(f'Wall time: {metrics.format_duration(time.time() - t0)}')
   return path
 
 

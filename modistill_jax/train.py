@@ -51,6 +51,7 @@ def main(argv):
   del argv
   cli.quiet_logging()
   initialize_distributed()
+  cli.build_dataset(_CONFIG.value)
   results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_path=config_path())
   for stage, result in results.items():
     print(f'{stage}: {result}')

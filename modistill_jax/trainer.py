@@ -47,20 +47,23 @@ class MissingPrerequisiteError(FileNotFoundError):
 # MARK: data
 
 
-def ensure_dataset(config: ml_collections.ConfigDict) -> None:
-  """Builds a download-free dataset (the synthetic one) on first use."""
+def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
+  """Builds a download-free dataset (the synthetic one) on first use; returns where, if it did."""
   if not config.build_if_missing:
-    return
+    return None
   import data_builders  # pylint: disable=g-import-not-at-top,unused-import  (registers builders)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from modistill_jax.data import records  # pylint: disable=g-import-not-at-top
   name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
   builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=records.FILE_FORMAT)
-  if not builder.is_prepared():
-    if jax.process_count() > 1:
-      raise RuntimeError(f'Build {name} once before a multi-host run (tfds build).')
-    logging.info('Building %s in %s', name, builder.data_dir)
-    builder.download_and_prepare()
+  # TFDS logs a warning when asked about a dataset folder that does not exist yet.
+  if builder.data_path.exists() and builder.is_prepared():
+    return None
+  if jax.process_count() > 1:
+    raise RuntimeError(f'Build {name} once before a multi-host run (tfds build).')
+  logging.info('Building %s in %s', name, builder.data_dir)
+  builder.download_and_prepare()
+  return str(builder.data_dir)
 
 
 def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source | None]:
@@ -342,8 +345,12 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, *,
-              config_path: str | None = None) -> dict[str, Any]:
-  """Trains and evaluates one stage; returns (and writes) its results."""
+              config_path: str | None = None,
+              clock: metrics_lib.RunClock | None = None) -> dict[str, Any]:
+  """Trains and evaluates one stage; returns (and writes) its results.
+
+  `clock`: the run's stages so far, for the run's time left (one stage if None).
+  """
   config_lib.check(config)
   check_imagenet_layout(config)
   apply_imagenet_normalization(config)
@@ -390,7 +397,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
       worker_count=config.input.worker_count, modalities=stage.inputs)
   position = IteratorPosition(train_iter)
   ckpt = checkpointing.StageCheckpoints(out_dir, keep=config.keep_checkpoints)
-  progress = metrics_lib.Progress(total_steps, stage_name)
+  progress = metrics_lib.Progress(total_steps, stage_name, clips_per_step=config.batch_size,
+                                  clock=clock, started=t_start)
 
   # Resume precedence: this stage's own latest checkpoint > previous stages /
   # from_workdir / ImageNet > scratch. Loading transforms never run on resume.
@@ -440,7 +448,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
         scalars = metrics_lib.mean_metrics(history)
         scalars['clips_per_s'] = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
         writer.write(step, 'train', scalars)
-        progress.update(step, scalars)
+        progress.update(step, scalars, best['metric'] if best else None)
         pending, last_log_step, last_log_time = [], step, now
       # The last step validates too, so a run shorter than an epoch (num_train_steps)
       # still has a best-on-validation state for the test evaluation and later stages.
@@ -497,15 +505,23 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   write_json(os.path.join(out_dir, 'results.json'), results)
   ckpt.close()
   writer.close()
+  progress.finish(out_dir, os.path.join(out_dir, 'results.json'))
   return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       config_path: str | None = None) -> dict[str, dict[str, Any]]:
-  """Runs the config's stage (or, for `all`, steps 1 to 4 in order)."""
+                       config_path: str | None = None,
+                       clock: metrics_lib.RunClock | None = None) -> dict[str, dict[str, Any]]:
+  """Runs the config's stage (or, for `all`, steps 1 to 4 in order).
+
+  `clock`: the run these stages belong to (by default, just these stages).
+  """
   results = {}
-  for stage_name in stages.expand(config.stage):
-    results[stage_name] = run_stage(config, workdir, stage_name, config_path=config_path)
+  names = stages.expand(config.stage)
+  clock = clock or metrics_lib.RunClock(len(names))
+  for stage_name in names:
+    results[stage_name] = run_stage(config, workdir, stage_name, config_path=config_path,
+                                    clock=clock)
     if 'preempted_at_step' in results[stage_name]:
       break
   return results
