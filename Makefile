@@ -12,7 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# tests/test_packaging.py builds the project with the venv's own setuptools (no isolation),
+# which must be one that pyproject.toml's [build-system] accepts.
 $(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet --upgrade setuptools
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
