@@ -163,14 +163,17 @@ class Progress:
     clips_per_s = scalars['clips_per_s']
     elapsed = now - self._started
     left = self.seconds_left(step, now, clips_per_s)
-    names = ['loss'] * ('loss' in scalars) + sorted(k for k in scalars if k.startswith('accuracy/'))
-    shown = ' '.join(f'{k}={scalars[k]:.4g}' for k in names)
-    best = '' if best_validation is None else f'  best val {best_validation:.4f}'
     run = (f' (run {format_duration(self.clock.seconds_left(elapsed, left))})'
            if self.clock.planned_stages > 1 else '')
-    return (f'{self._prefix()} step {step}/{self.total} ({100 * step // self.total}%)  '
-            f'elapsed {format_duration(elapsed)}  left {format_duration(left)}{run}  '
-            f'{clips_per_s:.1f} clips/s{best}  {shown}')
+    parts = [f'{self._prefix()} step {step}/{self.total} ({100 * step // self.total}%)',
+             f'elapsed {format_duration(elapsed)}', f'left {format_duration(left)}{run}',
+             f'{clips_per_s:.1f} clips/s']
+    if best_validation is not None:
+      parts.append(f'best val {best_validation:.4f}')
+    names = ['loss'] * ('loss' in scalars) + sorted(k for k in scalars if k.startswith('accuracy/'))
+    if names:
+      parts.append(' '.join(f'{k}={scalars[k]:.4g}' for k in names))
+    return '  '.join(parts)
 
   def update(self, step: int, scalars: dict[str, float],
              best_validation: float | None = None) -> None:

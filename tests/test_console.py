@@ -8,6 +8,7 @@ dataset through the train CLI, as a user would, and reads its console.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -15,7 +16,9 @@ import sys
 
 import pytest
 
+from configs import demo as demo_config
 from conftest import REPO_ROOT, cli_env, override_flags
+from modistill_jax import cli
 from modistill_jax import metrics
 
 START = 1000.0  # a stage's start, as `time.time()` would give it
@@ -49,7 +52,7 @@ def test_progress_lines_show_place_times_left_rate_and_best_validation():
 def test_a_single_stage_shows_no_run_estimate():
   progress = metrics.Progress(20, 'step1_rgb', clips_per_step=4, started=START)
   line = progress.line(5, {'clips_per_s': 4.0}, None, now=START + 12)
-  assert line == '[step1_rgb] step 5/20 (25%)  elapsed 0:12  left 0:15  4.0 clips/s  '
+  assert line == '[step1_rgb] step 5/20 (25%)  elapsed 0:12  left 0:15  4.0 clips/s'
 
 
 def test_a_log_gets_one_line_per_update_a_terminal_one_rewritten_line(capsys):
@@ -84,6 +87,21 @@ def test_finish_says_what_was_made_where_and_the_run_sums_it_up(capsys):
   assert clock.summary().split('\n') == ['  step1    run/step1      1:05',
                                          '  step2    run/step2   1:00:00',
                                          '  total                1:01:05']
+
+
+def test_a_dataset_build_says_what_it_built_instead_of_tfds_download_notice(tmp_path, capsys,
+                                                                            caplog):
+  config = demo_config.get_config('step1')
+  config.builder_config, config.data_dir = 'tiny', str(tmp_path)
+  cli.build_dataset(config)
+  # Asking TFDS whether a folder that does not exist yet is prepared logs a warning.
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+  out = capsys.readouterr().out
+  built_in = tmp_path / 'synthetic_rgbd' / 'tiny' / '1.0.0'
+  assert re.fullmatch(rf'Built synthetic_rgbd in {re.escape(str(built_in))} in \d+:\d\d '
+                      r'\(nothing downloaded\)\.\n', out), out
+  cli.build_dataset(config)  # already built: nothing to say
+  assert capsys.readouterr().out == ''
 
 
 def test_training_console_has_real_numbers_time_left_and_no_warnings(
