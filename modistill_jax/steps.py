@@ -189,7 +189,7 @@ def train_step(state: TrainState, batch: Mapping[str, Array], *, model: StageMod
   batch_stats = {s: new_stats[s] for s in state.batch_stats}
   metrics = {'loss': loss, **{f'loss/{k}': v for k, v in terms.items()},
              **accuracies(stage, outputs, labels),
-             'grad_norm': optax.global_norm(grads), 'param_norm': optax.global_norm(params),
+             'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
              'learning_rate': schedule(state.step)}
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
