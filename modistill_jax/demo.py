@@ -37,6 +37,7 @@ from modistill_jax import trainer
 ABLATION_STAGES = ('step2', 'step3')
 NUM_STAGES = len(stages.expand(stages.ALL)) + 1 + len(ABLATION_STAGES)
 
+
 def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   """Runs every stage of the demo and writes the report; returns its path.
 
