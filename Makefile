@@ -24,7 +24,10 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e ".$(EXTRAS)"
 	touch $@
 
+# tests/test_packaging.py builds the project with the venv's own setuptools (no isolation),
+# which must be one that pyproject.toml's [build-system] accepts.
 $(VENV)/.installed-test: $(INSTALLED)
+	$(PY) -m pip install --quiet --upgrade setuptools
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
+import time
+
 from absl import flags
 from absl import logging
+import ml_collections
+import tensorflow_datasets as tfds
+
+from modistill_jax import metrics
+from modistill_jax import trainer
 
 
 def quiet_logging() -> None:
   """Orbax logs every save at INFO; show warnings unless `--verbosity` is given."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def build_dataset(config: ml_collections.ConfigDict) -> None:
+  """Builds a download-free dataset (`config.build_if_missing`) before the first stage.
+
+  TFDS announces a build with `print`, not through logging, and for a builder
+  with nothing to download the notice reads 'Downloading and preparing dataset
+  Unknown size (download: Unknown size, ...)'; here one line says instead what
+  was built, where, in how long. TFDS's progress bars stay on a terminal; in a
+  log file they would be hundreds of carriage-return updates.
+  """
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
+  start = time.monotonic()
+  with contextlib.redirect_stdout(io.StringIO()):
+    built_in = trainer.ensure_dataset(config)
+  if built_in:
+    print(f'Built {config.dataset} in {built_in} in '
+          f'{metrics.format_duration(time.monotonic() - start)} (nothing downloaded).',
+          flush=True)

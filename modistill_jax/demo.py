@@ -26,9 +26,17 @@ from absl import flags
 from configs import demo as demo_config
 from modistill_jax import cli
 from modistill_jax import evaluate
+from modistill_jax import metrics
 from modistill_jax import report
 from modistill_jax import runs
+from modistill_jax import stages
 from modistill_jax import trainer
+
+# The stages the demo trains, in order: steps 1-4, the Hoffman et al. baseline,
+# and steps 2 and 3 of the no-connection ablation.
+ABLATION_STAGES = ('step2', 'step3')
+NUM_STAGES = len(stages.expand(stages.ALL)) + 1 + len(ABLATION_STAGES)
+
 
 def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   """Runs every stage of the demo and writes the report; returns its path.
@@ -53,11 +61,12 @@ def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   if runs.as_path(workdir).exists():
     runs.as_path(workdir).rmtree()
   banner('building the synthetic dataset if needed')
-  trainer.ensure_dataset(config)
+  cli.build_dataset(config)
+  clock = metrics.RunClock(NUM_STAGES)
   banner('steps 1-4')
-  trainer.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(config, workdir, clock=clock)
   banner('Hoffman et al. baseline (one joint step)')
-  trainer.run_stage(config, workdir, 'hoffman')
+  trainer.run_stage(config, workdir, 'hoffman', clock=clock)
 
   banner('ablation: steps 2 and 3 without connections')
   ablation = runs.ablation_workdir(workdir)
@@ -65,8 +74,8 @@ def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   # The ablation shares step 1 (it has no connections to ablate).
   os.symlink(runs.stage_dir(workdir, 'step1').path, runs.stage_dir(ablation, 'step1').path)
   config.model.connections = False
-  for stage in ('step2', 'step3'):
-    trainer.run_stage(config, ablation, stage)
+  for stage in ABLATION_STAGES:
+    trainer.run_stage(config, ablation, stage, clock=clock)
   config.model.connections = True
 
   banner('Table 2: step 2 with noisy depth')
@@ -77,8 +86,10 @@ def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
   path = report.write_report(workdir, title='modistill_jax demo: synthetic RGB+D, tiny stream')
   banner('done')
   print(report.table1_markdown(report.table1(workdir)))
-  print(f'\nReport: {path}')
-  print(f'Wall time: {time.time() - t0:.0f} s')
+  print('\nStages (folder, wall time):\n' + clock.summary())
+  print(f'Curves of every stage: tensorboard --logdir {workdir}')
+  print(f'Report: {path}')
+  print(f'Wall time: {metrics.format_duration(time.time() - t0)}')
   return path
 
 

@@ -62,6 +62,7 @@ def main(argv):
   del argv
   cli.quiet_logging()
   initialize_distributed()
+  cli.build_dataset(_CONFIG.value)
   results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_file=config_file(),
                                        overrides=config_overrides(sys.argv))
   for stage, result in results.items():

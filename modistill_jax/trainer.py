@@ -45,20 +45,23 @@ PyTree = Any
 # MARK: data
 
 
-def ensure_dataset(config: ml_collections.ConfigDict) -> None:
-  """Builds a download-free dataset (the synthetic one) on first use."""
+def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
+  """Builds a download-free dataset (the synthetic one) on first use; returns where, if it did."""
   if not config.build_if_missing:
-    return
+    return None
   import data_builders  # pylint: disable=g-import-not-at-top,unused-import  (registers builders)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from modistill_jax.data import records  # pylint: disable=g-import-not-at-top
   name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
   builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=records.FILE_FORMAT)
-  if not builder.is_prepared():
-    if jax.process_count() > 1:
-      raise RuntimeError(f'Build {name} once before a multi-host run (tfds build).')
-    logging.info('Building %s in %s', name, builder.data_dir)
-    builder.download_and_prepare()
+  # TFDS logs a warning when asked about a dataset folder that does not exist yet.
+  if builder.data_path.exists() and builder.is_prepared():
+    return None
+  if jax.process_count() > 1:
+    raise RuntimeError(f'Build {name} once before a multi-host run (tfds build).')
+  logging.info('Building %s in %s', name, builder.data_dir)
+  builder.download_and_prepare()
+  return str(builder.data_dir)
 
 
 def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source | None]:
@@ -383,23 +386,26 @@ def save_predictions(path: epath.Path, predictions: Mapping[str, np.ndarray]) ->
 
 
 def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, *,
-              config_file: str | None = None, overrides: tuple[str, ...] = ()
-              ) -> dict[str, Any]:
+              config_file: str | None = None, overrides: tuple[str, ...] = (),
+              clock: metrics_lib.RunClock | None = None) -> dict[str, Any]:
   """Trains and evaluates one stage; returns (and writes) its results.
 
   A finished stage is not run again: its saved results are returned with
   `skipped: True`. `config_file` and `overrides` (the command line's
   `--config.*` flags) only make the hint for a missing prerequisite a command
-  that runs as printed.
+  that runs as printed. `clock`: the run's stages so far, for the run's time
+  left (one stage if None).
   """
   config_lib.check(config)
   check_imagenet_layout(config)
   config = effective_config(config, stage_name)
   stage = stages.for_config(stage_name, config)
   directory = runs.stage_dir(workdir, stage_name)
-  progress = metrics_lib.Progress(0, stage_name)
   if directory.finished():
-    progress.message(f'finished earlier ({directory.results_file}); nothing to do.')
+    print(f'[{stage_name}] finished earlier ({directory.results_file}); nothing to do.',
+          flush=True)
+    if clock is not None:
+      clock.planned_stages = max(clock.planned_stages - 1, 1)
     return {**runs.read_json(directory.results_file), 'skipped': True}
   resuming = directory.latest_dir.exists() and any(
       p.name.isdigit() for p in directory.latest_dir.iterdir())
@@ -423,7 +429,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
                      f'{config.batch_size}.')
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
-  progress = metrics_lib.Progress(total_steps, stage_name)
+  progress = metrics_lib.Progress(total_steps, stage_name, clips_per_step=config.batch_size,
+                                  clock=clock, started=t_start)
 
   # MARK: the folder: one job at a time, one config per stage
   if jax.process_index() == 0:
@@ -534,7 +541,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
           scalars['clips_per_s'] = ((step - last_log_step) * config.batch_size
                                     / max(now - last_log_time, 1e-9))
           writer.write(step, 'train', scalars)
-          progress.update(step, scalars)
+          progress.update(step, scalars, (selection['metrics'].get(next(iter(groups)))
+                                          if len(groups) == 1 else None))
           pending, last_log_step, last_log_time = [], step, now
           ckpt.check_for_errors()
           lock.heartbeat()
@@ -612,17 +620,23 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
     runs.write_json(directory.results_file, results)
     ckpt.close()
     writer.close()
+    progress.finish(str(directory.path), str(directory.results_file))
     return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       config_file: str | None = None, overrides: tuple[str, ...] = ()
-                       ) -> dict[str, dict[str, Any]]:
-  """Runs the config's stage (or, for `all`, steps 1 to 4 in order); finished ones are skipped."""
+                       config_file: str | None = None, overrides: tuple[str, ...] = (),
+                       clock: metrics_lib.RunClock | None = None) -> dict[str, dict[str, Any]]:
+  """Runs the config's stage (or, for `all`, steps 1 to 4 in order); finished ones are skipped.
+
+  `clock`: the run these stages belong to (by default, just these stages).
+  """
   results = {}
-  for stage_name in stages.expand(config.stage):
+  names = stages.expand(config.stage)
+  clock = clock or metrics_lib.RunClock(len(names))
+  for stage_name in names:
     results[stage_name] = run_stage(config, workdir, stage_name, config_file=config_file,
-                                    overrides=overrides)
+                                    overrides=overrides, clock=clock)
     if 'preempted_at_step' in results[stage_name]:
       break
   return results

@@ -7,19 +7,24 @@ input pipeline reads them exactly like NTU RGB+D. Splits are atomic:
 `train`, `validation` and `test` (the held-out view), which the protocol
 `cross_view` uses as they are.
 
-Rendering and encoding run in a pool of forked workers, one per available
-core, which is what brings the default config under a minute on two cores.
+Rendering and encoding run in a process pool with the real-data builders'
+policy (`raw_clips.worker_count`, `MODISTILL_BUILD_WORKERS`; 1 renders
+in-process): `spawn`ed workers, because the trainer builds the dataset on first
+use from a process that already runs JAX's and TensorFlow's threads, which a
+`fork` would copy mid-flight (JAX warns that this can deadlock).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import concurrent.futures
 import dataclasses
 import multiprocessing
-import os
 
 import tensorflow_datasets as tfds
 
+from data_builders import raw_clips
+from data_builders.synthetic_rgbd import synthetic_records
 from modistill_jax.data import protocols
 from modistill_jax.data import records
 from modistill_jax.data import synthetic
@@ -29,25 +34,6 @@ from modistill_jax.data import synthetic
 class SyntheticRgbdConfig(tfds.core.BuilderConfig):
   """A named `synthetic.GeneratorSpec`: size, frames, clips, seed, views, subjects."""
   spec: synthetic.GeneratorSpec = synthetic.GeneratorSpec()
-
-
-def _example(spec: synthetic.GeneratorSpec, clip: synthetic.ClipInfo) -> tuple[str, dict]:
-  frames = synthetic.render_clip(spec, clip.label, clip.index)
-  return clip.sample_id, records.make_example(
-      rgb=frames['rgb'], depth_jet=frames['depth_jet'], label=clip.label,
-      sample_id=clip.sample_id, rgb_frames_raw=spec.num_frames,
-      depth_frames_raw=spec.num_frames, subject=clip.subject, view=clip.view,
-      replication=clip.replication)
-
-
-def _example_star(args) -> tuple[str, dict]:
-  return _example(*args)
-
-
-def _num_workers() -> int:
-  if hasattr(os, 'sched_getaffinity'):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -71,10 +57,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, file_format=None, **kwargs):
     # The pipeline reads with `tfds.data_source`, which needs random access.
     super().__init__(file_format=file_format or records.FILE_FORMAT, **kwargs)
+    self._pool: concurrent.futures.Executor | None = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=records.clip_features(synthetic.CLASS_NAMES))
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    """Renders on one pool for the whole build: spawned workers start once, not per split."""
+    workers = raw_clips.worker_count()
+    if workers == 1:
+      return super()._download_and_prepare(dl_manager, download_config)
+    self._pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context('spawn'))
+    try:
+      return super()._download_and_prepare(dl_manager, download_config)
+    finally:
+      self._pool.shutdown(cancel_futures=True)
+      self._pool = None
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
@@ -86,10 +86,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                          ) -> Iterator[tuple[str, dict]]:
     spec = self.builder_config.spec
     tasks = [(spec, clip) for clip in clips]
-    workers = min(_num_workers(), len(tasks))
-    # Forked workers inherit the imported modules instead of re-importing TensorFlow.
-    if workers > 1 and 'fork' in multiprocessing.get_all_start_methods():
-      with multiprocessing.get_context('fork').Pool(workers) as pool:
-        yield from pool.imap(_example_star, tasks, chunksize=8)
+    if self._pool is None:
+      yield from map(synthetic_records.example_of_task, tasks)
     else:
-      yield from map(_example_star, tasks)
+      yield from self._pool.map(synthetic_records.example_of_task, tasks, chunksize=8)

@@ -10,7 +10,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_builders import builder_test_utils
+from data_builders import raw_clips
 from data_builders.synthetic_rgbd import Builder
+from data_builders.synthetic_rgbd import synthetic_records
 from modistill_jax.data import records
 from modistill_jax.data import synthetic
 
@@ -26,8 +28,11 @@ def _read(builder: tfds.core.DatasetBuilder) -> dict[str, tuple[str, dict]]:
 
 @pytest.fixture(scope='module')
 def python_built(tmp_path_factory):
+  """The tiny config built on a pool of 2 spawned workers, whatever the machine's core count."""
   builder = tfds.builder('synthetic_rgbd/tiny', data_dir=tmp_path_factory.mktemp('python'))
-  builder.download_and_prepare()
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(raw_clips.WORKERS_ENV, '2')
+    builder.download_and_prepare()
   return builder
 
 
@@ -58,6 +63,16 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
   assert rgb.shape == depth.shape == (8, 32, 32, 3)
   # Depth is stored losslessly: the PNG frames are the renderer's jet frames.
   np.testing.assert_array_equal(depth, synthetic.render_clip(TINY, 5, 5)['depth_jet'])
+
+
+def test_worker_processes_write_what_rendering_here_gives(python_built):
+  """The pool's examples are byte for byte the examples rendered and encoded in this process."""
+  built = _read(python_built)
+  for clip in synthetic.all_clips(TINY):
+    sample_id, expected = synthetic_records.example(TINY, clip)
+    _, example = built[sample_id]
+    for key in ('rgb', 'depth'):
+      assert list(example[key]) == expected[key], (sample_id, key)
 
 
 def test_cli_build_writes_the_same_examples(python_built, tmp_path):

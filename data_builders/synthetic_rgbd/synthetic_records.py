@@ -1,0 +1,28 @@
+"""A record of `synthetic_rgbd`: the work the builder's worker processes do.
+
+It is a module of its own, imported by its full name, because a spawned worker
+imports the function it runs by module name, and `tfds build
+data_builders/synthetic_rgbd` loads the builder's own module under a name
+(`synthetic_rgbd...`) that only the building process can import.
+"""
+
+from __future__ import annotations
+
+from modistill_jax.data import records
+from modistill_jax.data import synthetic
+
+
+def example(spec: synthetic.GeneratorSpec, clip: synthetic.ClipInfo) -> tuple[str, dict]:
+  """`(sample_id, record)` of a clip: rendered, then encoded as every dataset's records are."""
+  frames = synthetic.render_clip(spec, clip.label, clip.index)
+  return clip.sample_id, records.make_example(
+      rgb=frames['rgb'], depth_jet=frames['depth_jet'], label=clip.label,
+      sample_id=clip.sample_id, rgb_frames_raw=spec.num_frames,
+      depth_frames_raw=spec.num_frames, subject=clip.subject, view=clip.view,
+      replication=clip.replication)
+
+
+def example_of_task(task: tuple[synthetic.GeneratorSpec, synthetic.ClipInfo]
+                    ) -> tuple[str, dict]:
+  """`example` of a `(spec, clip)` pair, the form a pool's `map` hands out."""
+  return example(*task)
