@@ -5,7 +5,7 @@
 
 builds `DATA/my_gestures/res112/1.0.0/` from the folder ROOT (layout:
 data_builders/custom_rgbd/README.md). It takes exactly the flags of `tfds build`
-(`python -m data_builders build`), with the dataset given by the name you
+(`tfds build`), with the dataset given by the name you
 choose instead of a builder's path: TFDS cannot name a builder after the data
 it is given, so this command makes the builder for ROOT under that name
 (`builder.make_builder_class`) and then runs TFDS's build on it. Without
@@ -16,10 +16,11 @@ import dataclasses
 import sys
 
 from absl import app
+from absl import logging
+import tensorflow_datasets as tfds
 from tensorflow_datasets.scripts.cli import build
 from tensorflow_datasets.scripts.cli import cli_utils
 
-from data_builders import __main__ as tfds_build
 from data_builders.custom_rgbd import builder
 
 _parse_build_flags = cli_utils.make_flags_parser(build.Args, description=__doc__)
@@ -49,7 +50,13 @@ def main(args: build.Args) -> None:
   # never as a path (a folder named like the dataset in the current directory).
   args = dataclasses.replace(
       args, generation=dataclasses.replace(args.generation, imports=builder.__name__))
-  tfds_build.main(args)
+  # What the `tfds` command does before running `build`: every dataset visible,
+  # Python logging at INFO (progress and the builder's reports show).
+  tfds.core.visibility.set_availables([tfds.core.visibility.DatasetType.TFDS_PUBLIC,
+                                       tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC])
+  logging.use_python_logging(quiet=True)
+  logging.set_verbosity(logging.INFO)
+  args.execute()
 
 
 if __name__ == '__main__':
