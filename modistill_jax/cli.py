@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import time
 
@@ -14,6 +15,12 @@ import tensorflow_datasets as tfds
 
 from modistill_jax import metrics
 from modistill_jax import trainer
+
+# `gs://` work folders and data dirs go through gcsfs, the client the tests run against a
+# GCS server (tests/test_gcs_run.py), and not TensorFlow's file system, which etils.epath
+# would otherwise pick because TensorFlow is installed. Read when the first `gs://` path
+# is opened, so setting it as the commands start is in time; a user's own value wins.
+os.environ.setdefault('EPATH_USE_TF', 'false')
 
 
 def quiet_logging() -> None:
