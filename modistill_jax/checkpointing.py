@@ -150,6 +150,10 @@ class StageCheckpoints:
           f'. Remove the stage folder {self.directory.path} and train the stage again.')
     return None
 
+  def clear_best(self) -> None:
+    for step in self.best.all_steps():
+      self.best.delete(step)
+
   def best_selection(self) -> dict[str, Any] | None:
     """The selection record of the committed best checkpoint, or None before the first."""
     step = self.best.latest_step()

@@ -299,7 +299,9 @@ class StageLock:
             f'(heartbeat {time.time() - holder["heartbeat"]:.0f} s ago). Two jobs on one stage '
             'would overwrite each other. If that job is not running (killed on another '
             f'machine), remove the lock: rm {self.file}')
-      note = f'took over a stale lock ({holder})' if holder else 'replaced an unreadable lock'
+      note = (f'took over the stale lock of pid {holder.get("pid")} on {holder.get("host")} '
+              '(no longer running, or silent too long)' if holder
+              else 'replaced an unreadable lock')
     write_json(self.file, self._record())
     self.held = True
     return note

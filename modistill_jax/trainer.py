@@ -480,6 +480,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
       variables, origin = initial_variables(config, stage, init_vars, sources_of_init)
       state = make_state(variables)
       progress.message(f'initialised from {origin}')
+      # A stage that starts afresh selects afresh: a best kept by an attempt that
+      # died before its first latest checkpoint is not this run's.
+      ckpt.clear_best()
     del init_vars
     # The selection record lives in the best checkpoint itself (see checkpointing).
     selection = ckpt.best_selection() or {'metrics': {}, 'steps': {}}

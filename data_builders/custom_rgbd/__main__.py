@@ -23,14 +23,20 @@ from tensorflow_datasets.scripts.cli import cli_utils
 
 from data_builders.custom_rgbd import builder
 
-_parse_build_flags = cli_utils.make_flags_parser(build.Args, description=__doc__)
-
-
 def parse_flags(argv: list[str]) -> build.Args:
+  """`tfds build`'s flags, and only those.
+
+  TFDS's own parser also accepts every absl flag defined in the process; this
+  one does not, so the command means the same whatever else was imported (an
+  absl `--data_dir` defined elsewhere would clash with TFDS's).
+  """
   if len(argv) < 2 or argv[1] != 'build':
     sys.exit(f'usage: python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT '
              f'[tfds build flags]\n\n{__doc__}')
-  return _parse_build_flags(argv[1:])
+  parser = cli_utils.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                    inherited_absl_flags=None)
+  parser.add_arguments(build.Args, dest='args')
+  return parser.parse_args(argv[2:]).args
 
 
 def main(args: build.Args) -> None:
