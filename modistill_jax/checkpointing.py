@@ -206,7 +206,9 @@ def read_best_state(best_dir: epath.Path) -> dict[str, Any]:
     FileNotFoundError: no committed best checkpoint.
     CheckpointError: it cannot be read.
   """
-  with ocp.CheckpointManager(best_dir, item_handlers={'state': ocp.StandardCheckpointHandler()},
+  handlers = {'state': ocp.StandardCheckpointHandler(),
+              'selection': ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(best_dir, item_handlers=handlers,
                              options=ocp.CheckpointManagerOptions(create=False)) as mgr:
     step = mgr.latest_step()
     if step is None:
@@ -215,8 +217,9 @@ def read_best_state(best_dir: epath.Path) -> dict[str, Any]:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                             mgr.item_metadata(step)['state'])
+      # Both items, so that Orbax has nothing to warn about leaving behind.
       restored = mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))
+          state=ocp.args.StandardRestore(target), selection=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
       raise corrupted_best(best_dir / str(step), e) from e
   return jax.device_get(restored['state'])
