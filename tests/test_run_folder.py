@@ -21,6 +21,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import configs.demo
@@ -380,3 +381,47 @@ def test_no_module_but_runs_builds_a_run_folder_path():
                or any(part in folders for part in text.split('/') if part != text)
                or text in folders]
   assert not offenders
+
+
+def test_joint_step1_selects_each_stream_on_its_own_accuracy(tmp_path, synthetic_data_dir,
+                                                             monkeypatch):
+  """Crafted validation accuracies: depth is best at step 4, RGB at step 6.
+
+  The best checkpoint must hold the depth stream of step 4 and the RGB stream
+  of step 6 (compared with the latest checkpoints of those steps), and the
+  results must say which step each came from.
+  """
+  crafted = {2: {'depth': 0.5, 'rgb': 0.5}, 4: {'depth': 0.7, 'rgb': 0.4},
+             6: {'depth': 0.6, 'rgb': 0.8}}
+  real_evaluate = trainer.evaluate
+
+  def evaluate(state, source, **kwargs):
+    result = real_evaluate(state, source, **kwargs)
+    if source.name.endswith('validation'):
+      result['accuracy'].update(crafted[int(state.step)])
+    return result
+
+  monkeypatch.setattr(trainer, 'evaluate', evaluate)
+  workdir = str(tmp_path)
+  config = demo_config('step1', synthetic_data_dir, num_train_steps=6, checkpoint_every_steps=2,
+                       keep_checkpoints=3)
+  results = trainer.run_stage(config, workdir, 'step1')
+  assert results['selected_on'] == {'depth': {'step': 4, 'validation_accuracy': 0.7},
+                                    'rgb': {'step': 6, 'validation_accuracy': 0.8}}
+  directory = runs.stage_dir(workdir, 'step1')
+  best = checkpointing.read_best_state(directory.best_dir)
+  for stream, step in (('depth', 4), ('rgb', 6)):
+    latest = read_latest_state_at(directory, step)
+    assert_trees_close(best['params'][stream], latest['params'][stream])
+    assert_trees_close(best['batch_stats'][stream], latest['batch_stats'][stream])
+  other = read_latest_state_at(directory, 6)
+  with pytest.raises(AssertionError):  # the depth stream did move after step 4
+    assert_trees_close(best['params']['depth'], other['params']['depth'])
+
+
+def read_latest_state_at(directory: runs.StageDir, step: int) -> dict:
+  """The train state of the latest checkpoint of `step` (kept: `keep_checkpoints`)."""
+  with ocp.CheckpointManager(directory.latest_dir, item_names=('state', 'data'),
+                             options=ocp.CheckpointManagerOptions(create=False)) as mgr:
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.device_get(restored['state'])
