@@ -13,7 +13,6 @@ import sys
 import urllib.request
 
 import numpy as np
-import pytest
 
 from conftest import REPO_ROOT, cli_env, override_flags
 from gcs_emulator import gcs_bucket, gcs_emulator  # pylint: disable=unused-import

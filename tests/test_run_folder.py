@@ -28,7 +28,6 @@ import configs.demo
 from conftest import REPO_ROOT, assert_trees_close, cli_env, override_flags, shrink
 import tiny_run
 from modistill_jax import checkpointing
-from modistill_jax import config_lib
 from modistill_jax import evaluate
 from modistill_jax import metrics as metrics_lib
 from modistill_jax import predict
