@@ -107,9 +107,8 @@ class StageCheckpoints:
 
   def _checked(self, save, directory: epath.Path) -> None:
     """Runs a save after surfacing any error of the previous background save."""
+    self.check_for_errors()
     try:
-      self.latest.check_for_errors()
-      self.best.check_for_errors()
       save()
     except OSError as e:
       raise CheckpointError(f'Checkpoint save to {directory} failed: {e}') from e

@@ -254,7 +254,8 @@ def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, object]:
   return flat
 
 
-def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+def matches(key: str, prefixes: tuple[str, ...]) -> bool:
+  """Whether dotted `key` is one of `prefixes` or lies under one (`eval` covers `eval.split`)."""
   return any(key == p or key.startswith(p + '.') for p in prefixes)
 
 
@@ -267,7 +268,7 @@ def differences(saved: ml_collections.ConfigDict | dict, given: ml_collections.C
   a, b = flatten(saved), flatten(given)
   diff = {}
   for key in sorted(set(a) | set(b)):
-    if _matches(key, ignore):
+    if matches(key, ignore):
       continue
     va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
     if va != vb:

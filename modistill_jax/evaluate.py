@@ -70,7 +70,7 @@ def evaluation_config(run: runs.FinishedStage,
         'or make these values agree.')
   given_flat = config_lib.flatten(effective)
   for key, value in given_flat.items():
-    if any(key == k or key.startswith(k + '.') for k in config_lib.EVALUATION_KEYS):
+    if config_lib.matches(key, config_lib.EVALUATION_KEYS):
       _set(config, key, value)
   return config
 
