@@ -5,30 +5,34 @@
 # JAX into the venv, e.g. `make demo JAX_EXTRA=cuda`; empty (the default) keeps the CPU build.
 PYTHON ?= python3
 JAX_EXTRA ?=
+# CONSTRAINTS: the exact versions every install uses (see constraints.txt); empty: the ranges in
+# pyproject.toml alone.
+CONSTRAINTS ?= constraints.txt
 VENV := .venv
 PY := $(VENV)/bin/python
 EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 # The runtime install's stamp names the JAX build, so changing JAX_EXTRA reinstalls.
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
+PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-beam demo install clean
+.PHONY: test test-beam demo install lock clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
 endif
 
 # The runtime install (what `make demo` needs) and the test extras on top of it.
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".$(EXTRAS)"
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e ".$(EXTRAS)"
 	touch $@
 
 # tests/test_packaging.py builds the project with the venv's own setuptools (no isolation),
 # which must be one that pyproject.toml's [build-system] accepts.
 $(VENV)/.installed-test: $(INSTALLED)
-	$(PY) -m pip install --quiet --upgrade setuptools
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PIP_INSTALL) --upgrade setuptools
+	$(PIP_INSTALL) -e ".[test]"
 	touch $@
 
 install: $(INSTALLED)
@@ -48,5 +52,19 @@ demo: $(INSTALLED)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.demo --workdir=workdirs/demo \
 	  --data_dir=workdirs/tfds
 
+# Re-resolves pyproject.toml's ranges in a scratch venv and writes what it installed (runtime and
+# test extras) to constraints.txt, keeping the file's leading comment. Commit the result together
+# with the README numbers measured with it.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[test]"
+	{ grep '^#' constraints.txt || true; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .pytest_cache workdirs
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache workdirs
