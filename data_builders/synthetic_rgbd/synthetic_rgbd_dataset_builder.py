@@ -55,7 +55,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           name='ntu_like',
           description=('The size of `default`, NTU-like classes: some told apart only in RGB, '
                        'some only in depth, most in both (see the README).'),
-          spec=synthetic.GeneratorSpec(scenario='ntu_like')),
+          spec=synthetic.GeneratorSpec(scenario='ntu_like', rgb_distractors=False)),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 

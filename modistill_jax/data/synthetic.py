@@ -120,6 +120,10 @@ class GeneratorSpec:
       the training views form the validation split.
     scenario: a key of `SCENARIOS`: which classes are rendered, hence what
       separates them in each modality.
+    rgb_distractors: whether RGB carries two nuisances made to look like
+      motion: a screen on the wall playing a disc that grows or shrinks (like
+      something approaching or receding; depth sees a flat wall), and a light
+      level that drifts during the clip (every pixel changes; depth does not).
   """
   resolution: int = 64
   num_frames: int = 16
@@ -129,6 +133,7 @@ class GeneratorSpec:
   num_subjects: int = 8
   num_validation_subjects: int = 1
   scenario: str = 'default'
+  rgb_distractors: bool = True
 
   def __post_init__(self):
     if self.scenario not in SCENARIOS:
@@ -398,9 +403,9 @@ def _room_distance(origin: np.ndarray, rays: np.ndarray):
 
 
 def _room_albedo(points: np.ndarray, floor: np.ndarray, look_angle: float, num_frames: int,
-                 rng: np.random.Generator) -> np.ndarray:
-  """`(T, N, 3)` colours of the floor tiles, the wall posters and a screen
-  playing a looming (or shrinking) disc, at the room points `(N, 3)`."""
+                 rng: np.random.Generator, screen: bool) -> np.ndarray:
+  """`(T, N, 3)` colours of the floor tiles, the wall posters and (if `screen`) a
+  screen playing a looming (or shrinking) disc, at the room points `(N, 3)`."""
   tile = rng.uniform(0.3, 0.7)
   tiles = rng.uniform(0.15, 0.9, (2, 3))
   checker = (np.floor(points[:, 0] / tile) + np.floor(points[:, 2] / tile)).astype(int) % 2
@@ -415,6 +420,8 @@ def _room_albedo(points: np.ndarray, floor: np.ndarray, look_angle: float, num_f
     inside = ~floor & (np.abs(arc - centre[0]) < half[0]) & (np.abs(height - centre[1]) < half[1])
     albedo[inside] = rng.uniform(0.05, 1.0, 3)
   albedo = np.broadcast_to(albedo, (num_frames,) + albedo.shape).copy()
+  if not screen:
+    return albedo
   # The screen: a dark panel with a bright disc whose radius grows or shrinks.
   centre = rng.uniform([-1.2, 1.4], [1.2, 2.0])
   screen = np.flatnonzero(~floor & (np.abs(arc - centre[0]) < 0.45)
@@ -465,7 +472,8 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   room_points = origin + t_room[:, None] * rays
   wall_normal = -room_points * [1.0, 0.0, 1.0] / _WALL_RADIUS
   look = origin + rotation[2] * _WALL_RADIUS
-  colour = _room_albedo(room_points, floor, np.arctan2(look[0], look[2]), frames, rng)
+  colour = _room_albedo(room_points, floor, np.arctan2(look[0], look[2]), frames, rng,
+                        spec.rgb_distractors)
   colour *= shading(np.where(floor[:, None], [0.0, 1.0, 0.0], wall_normal))[:, None]
   frame, pixel = np.nonzero(actor)
   sphere = nearest[frame, pixel]
@@ -478,10 +486,12 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
       striped & stripes, 1.0 - subject.stripe_contrast, 1.0)[:, None]
   colour[frame, pixel] = albedo * shading(normal)[:, None]
 
-  # Camera exposure: a light level drifting during the clip, a colour cast, noise.
-  tau = np.linspace(0.0, 1.0, frames)
-  level = 1.0 + rng.uniform(0.0, 0.25) * np.sin(
-      2 * np.pi * rng.uniform(0.5, 1.5) * tau + rng.uniform(0, 2 * np.pi))
+  # Camera exposure: a light level drifting during the clip (a distractor), a colour cast, noise.
+  level = np.ones(frames)
+  if spec.rgb_distractors:
+    tau = np.linspace(0.0, 1.0, frames)
+    level = 1.0 + rng.uniform(0.0, 0.25) * np.sin(
+        2 * np.pi * rng.uniform(0.5, 1.5) * tau + rng.uniform(0, 2 * np.pi))
   rgb = (255 * colour * rng.uniform(0.85, 1.15, 3)).astype(np.float32) * level[:, None, None]
   rgb += 3.0 * rng.standard_normal(rgb.shape, np.float32)
   rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(frames, size, size, 3)
