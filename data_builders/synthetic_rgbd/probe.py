@@ -133,10 +133,11 @@ def main(argv: Sequence[str]) -> None:
                          f'known: {", ".join(configs)}.')
   spec = configs[_CONFIG.value].spec
   accuracy = probe(spec, workers=_WORKERS.value, shuffle_labels=_SHUFFLE_LABELS.value)
+  test_clips = sum(clip.split == 'test' for clip in synthetic.all_clips(spec))
+  control = ' (shuffled labels)' if _SHUFFLE_LABELS.value else ''
   print(f'synthetic_rgbd/{_CONFIG.value}: logistic-regression probe, held-out view '
-        f'({sum(c.split == "test" for c in synthetic.all_clips(spec))} clips): '
-        f'RGB {accuracy["rgb"]:.3f}, depth {accuracy["depth"]:.3f}, '
-        f'chance {accuracy["chance"]:.3f}' + (' (shuffled labels)' if _SHUFFLE_LABELS.value else ''))
+        f'({test_clips} clips): RGB {accuracy["rgb"]:.3f}, depth {accuracy["depth"]:.3f}, '
+        f'chance {accuracy["chance"]:.3f}{control}')
 
 
 if __name__ == '__main__':

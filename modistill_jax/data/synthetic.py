@@ -1,4 +1,4 @@
-"""Procedural RGB+D action clips in which depth is privileged information.
+"""Procedural RGB+D action clips, with depth privileged or (`ntu_like`) complementary.
 
 A small stand-in for NTU RGB+D that needs no download: a ray-cast room (floor,
 a round wall) and one actor made of spheres, filmed by a pinhole camera that
@@ -6,8 +6,8 @@ records aligned RGB and depth, as a Kinect does. Every clip is a pure function
 of `(spec.seed, label, index)`, so datasets, tests and notebooks render the
 same pixels on any machine, in any order.
 
-The classes are defined by how the actor (or a part of it) moves in 3-D, in
-the room's frame (view 1's camera looks along +z; "forward" is towards it):
+In the `default` scenario the classes are defined by how the actor (or a part
+of it) moves in 3-D, in the room's frame (view 1's camera looks along +z; "forward" is towards it):
 
 | class          | motion                                                         |
 |----------------|----------------------------------------------------------------|
@@ -43,6 +43,16 @@ What each modality shows, and why depth is privileged:
   that takes more examples to learn, which is what a hallucination stream
   trained to imitate the depth stream is meant to make up for.
 
+The `ntu_like` scenario (`GeneratorSpec(scenario='ntu_like')`) makes the two
+modalities close and complementary, as on NTU RGB+D, by construction: 'put on
+jacket' and 'take off jacket' perform the same gesture and differ only in a
+hi-vis jacket appearing or disappearing over the shirt (RGB only); 'bow' and
+'lean back' bend the upper body towards or away from the camera by the same
+angle, which a camera in front sees almost alike (depth, mostly); 'walk
+towards', 'walk away', 'walk across' and 'turn around' show in both. Its
+builder config also turns `rgb_distractors` off. The dataset's README has the
+design and the probe that calibrated it.
+
 Views are camera azimuths around the middle of the room (view 1 faces the
 actor; the other views stand to its sides), with a few centimetres of
 placement jitter per clip. Subjects are fixed appearance/body draws shared by
@@ -61,11 +71,12 @@ from modistill_jax.data import jet
 
 CLASS_NAMES = ('approach', 'recede', 'cross near', 'cross far', 'reach forward',
                'reach sideways', 'lean forward', 'turn around')
-# The `ntu_like` scenario's classes (see `NTU_LIKE_DOC`), named like NTU RGB+D's actions.
+# The `ntu_like` scenario's classes (see the module docstring), named like NTU's actions.
 NTU_LIKE_CLASS_NAMES = ('walk towards', 'walk away', 'walk across', 'bow', 'lean back',
                         'put on jacket', 'take off jacket', 'turn around')
 # Scenario -> its class names. `default`: every class is a motion in depth, which RGB sees
-# only through perspective (depth strongly privileged); `ntu_like`: see `NTU_LIKE_DOC`.
+# only through perspective (depth strongly privileged); `ntu_like`: some classes differ
+# only in RGB, some (mostly) only in depth, most in both.
 SCENARIOS = {'default': CLASS_NAMES, 'ntu_like': NTU_LIKE_CLASS_NAMES}
 # The motion (in `_actor`'s vocabulary) an `ntu_like` class performs. The two jacket
 # classes perform the same one: what tells them apart is only what RGB sees.
