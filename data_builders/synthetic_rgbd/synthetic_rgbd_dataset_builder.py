@@ -51,6 +51,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           description='32x32, 8 frames, 24 clips per class (192 clips), 4 subjects: for tests.',
           spec=synthetic.GeneratorSpec(resolution=32, num_frames=8, clips_per_class=24,
                                        num_subjects=4)),
+      SyntheticRgbdConfig(
+          name='ntu_like',
+          description=('The size of `default`, NTU-like classes: some told apart only in RGB, '
+                       'some only in depth, most in both (see the README).'),
+          spec=synthetic.GeneratorSpec(scenario='ntu_like', rgb_distractors=False)),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
@@ -61,7 +66,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=records.clip_features(synthetic.CLASS_NAMES))
+        features=records.clip_features(self.builder_config.spec.class_names))
 
   def _download_and_prepare(self, dl_manager, download_config):
     """Renders on one pool for the whole build: spawned workers start once, not per split."""

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from data_builders import builder_test_utils
 from data_builders import raw_clips
 from data_builders.synthetic_rgbd import Builder
+from data_builders.synthetic_rgbd import probe
 from data_builders.synthetic_rgbd import synthetic_records
 from modistill_jax.data import records
 from modistill_jax.data import synthetic
@@ -100,61 +101,17 @@ def test_clips_are_a_function_of_the_seed():
   assert not np.array_equal(first['rgb'], synthetic.render_clip(TINY, 3, 6)['rgb'])
 
 
-def _downsampled_clip(clip: np.ndarray) -> np.ndarray:
-  """One feature vector per clip, the same for both modalities.
-
-  5 uniformly spaced frames (as the model samples at test time), each
-  average-pooled to 4x4 cells, plus the pooled absolute change between
-  consecutive sampled frames (motion energy), so the features see both what
-  is where and what moves.
-  """
-  frames = clip[np.linspace(0, len(clip) - 1, 5).round().astype(int)].astype(np.float32) / 255
-  t, h, w, c = frames.shape
-  cells = frames.reshape(t, 4, h // 4, 4, w // 4, c).mean(axis=(2, 4))
-  motion = np.abs(np.diff(frames, axis=0)).mean(-1).reshape(t - 1, 4, h // 4, 4, w // 4)
-  return np.concatenate([cells.ravel(), motion.mean(axis=(2, 4)).ravel()])
-
-
-def _logistic_regression_accuracy(train_x, train_y, test_x, test_y, l2=1e-2, steps=500,
-                                  learning_rate=0.5) -> float:
-  """Multinomial logistic regression, full-batch gradient descent from zero."""
-  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-  train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-  num_classes = len(synthetic.CLASS_NAMES)
-  weights, bias = np.zeros((train_x.shape[1], num_classes)), np.zeros(num_classes)
-  onehot = np.eye(num_classes)[train_y]
-  for _ in range(steps):
-    logits = train_x @ weights + bias
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    grad = (probs / probs.sum(1, keepdims=True) - onehot) / len(train_x)
-    weights -= learning_rate * (train_x.T @ grad + l2 * weights)
-    bias -= learning_rate * grad.sum(0)
-  return float(((test_x @ weights + bias).argmax(1) == test_y).mean())
-
-
 def test_depth_is_privileged_information():
   """A linear model reads the class from depth far better than from RGB, which still holds some.
 
-  768 clips at 32x32, 8 frames; trained on the training split, measured on the
-  held-out view (256 clips). An accuracy on 256 clips has a standard error of
-  at most 0.031, so the margins asserted (0.2 between the modalities, 0.1 over
-  chance) are over 4 standard errors of a difference and 3 of an accuracy.
+  The calibration probe (`probe.probe`) on 768 clips at 32x32, 8 frames;
+  trained on the training split, measured on the held-out view (256 clips). An
+  accuracy on 256 clips has a standard error of at most 0.031, so the margins
+  asserted (0.2 between the modalities, 0.1 over chance) are over 4 standard
+  errors of a difference and 3 of an accuracy.
   """
-  spec = synthetic.GeneratorSpec(resolution=32, num_frames=8, clips_per_class=96)
-  features = {'rgb': {}, 'depth_jet': {}}
-  labels = {}
-  for clip in synthetic.all_clips(spec):
-    if clip.split == 'validation':
-      continue
-    rendered = synthetic.render_clip(spec, clip.label, clip.index)
-    for key, per_split in features.items():
-      per_split.setdefault(clip.split, []).append(_downsampled_clip(rendered[key]))
-    labels.setdefault(clip.split, []).append(clip.label)
-  accuracy = {key: _logistic_regression_accuracy(
-      np.stack(f['train']), np.array(labels['train']), np.stack(f['test']), np.array(labels['test']))
-              for key, f in features.items()}
-  chance = 1 / len(synthetic.CLASS_NAMES)
-  print(f'logistic regression, held-out view: depth {accuracy["depth_jet"]:.3f}, '
-        f'RGB {accuracy["rgb"]:.3f}, chance {chance:.3f}')
-  assert accuracy['depth_jet'] - accuracy['rgb'] >= 0.2, accuracy
-  assert accuracy['rgb'] >= chance + 0.1, accuracy
+  accuracy = probe.probe(synthetic.GeneratorSpec(resolution=32, num_frames=8, clips_per_class=96))
+  print(f'logistic regression, held-out view: depth {accuracy["depth"]:.3f}, '
+        f'RGB {accuracy["rgb"]:.3f}, chance {accuracy["chance"]:.3f}')
+  assert accuracy['depth'] - accuracy['rgb'] >= 0.2, accuracy
+  assert accuracy['rgb'] >= accuracy['chance'] + 0.1, accuracy

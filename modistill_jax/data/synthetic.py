@@ -1,4 +1,4 @@
-"""Procedural RGB+D action clips in which depth is privileged information.
+"""Procedural RGB+D action clips, with depth privileged or (`ntu_like`) complementary.
 
 A small stand-in for NTU RGB+D that needs no download: a ray-cast room (floor,
 a round wall) and one actor made of spheres, filmed by a pinhole camera that
@@ -6,8 +6,8 @@ records aligned RGB and depth, as a Kinect does. Every clip is a pure function
 of `(spec.seed, label, index)`, so datasets, tests and notebooks render the
 same pixels on any machine, in any order.
 
-The classes are defined by how the actor (or a part of it) moves in 3-D, in
-the room's frame (view 1's camera looks along +z; "forward" is towards it):
+In the `default` scenario the classes are defined by how the actor (or a part
+of it) moves in 3-D, in the room's frame (view 1's camera looks along +z; "forward" is towards it):
 
 | class          | motion                                                         |
 |----------------|----------------------------------------------------------------|
@@ -43,6 +43,16 @@ What each modality shows, and why depth is privileged:
   that takes more examples to learn, which is what a hallucination stream
   trained to imitate the depth stream is meant to make up for.
 
+The `ntu_like` scenario (`GeneratorSpec(scenario='ntu_like')`) makes the two
+modalities close and complementary, as on NTU RGB+D, by construction: 'put on
+jacket' and 'take off jacket' perform the same gesture and differ only in a
+hi-vis jacket appearing or disappearing over the shirt (RGB only); 'bow' and
+'lean back' bend the upper body towards or away from the camera by the same
+angle, which a camera in front sees almost alike (depth, mostly); 'walk
+towards', 'walk away', 'walk across' and 'turn around' show in both. Its
+builder config also turns `rgb_distractors` off. The dataset's README has the
+design and the probe that calibrated it.
+
 Views are camera azimuths around the middle of the room (view 1 faces the
 actor; the other views stand to its sides), with a few centimetres of
 placement jitter per clip. Subjects are fixed appearance/body draws shared by
@@ -61,6 +71,18 @@ from modistill_jax.data import jet
 
 CLASS_NAMES = ('approach', 'recede', 'cross near', 'cross far', 'reach forward',
                'reach sideways', 'lean forward', 'turn around')
+# The `ntu_like` scenario's classes (see the module docstring), named like NTU's actions.
+NTU_LIKE_CLASS_NAMES = ('walk towards', 'walk away', 'walk across', 'bow', 'lean back',
+                        'put on jacket', 'take off jacket', 'turn around')
+# Scenario -> its class names. `default`: every class is a motion in depth, which RGB sees
+# only through perspective (depth strongly privileged); `ntu_like`: some classes differ
+# only in RGB, some (mostly) only in depth, most in both.
+SCENARIOS = {'default': CLASS_NAMES, 'ntu_like': NTU_LIKE_CLASS_NAMES}
+# The motion (in `_actor`'s vocabulary) an `ntu_like` class performs. The two jacket
+# classes perform the same one: what tells them apart is only what RGB sees.
+_NTU_LIKE_MOTIONS = {'walk towards': 'approach', 'walk away': 'recede', 'walk across': 'cross',
+                     'bow': 'lean forward', 'lean back': 'lean back', 'put on jacket': 'dress',
+                     'take off jacket': 'dress', 'turn around': 'turn around'}
 TEST_VIEW = 1
 
 # Room and camera geometry, in metres. The wall is a vertical cylinder around
@@ -107,6 +129,12 @@ class GeneratorSpec:
     num_subjects: distinct actors.
     num_validation_subjects: the highest-numbered subjects, whose clips from
       the training views form the validation split.
+    scenario: a key of `SCENARIOS`: which classes are rendered, hence what
+      separates them in each modality.
+    rgb_distractors: whether RGB carries two nuisances made to look like
+      motion: a screen on the wall playing a disc that grows or shrinks (like
+      something approaching or receding; depth sees a flat wall), and a light
+      level that drifts during the clip (every pixel changes; depth does not).
   """
   resolution: int = 64
   num_frames: int = 16
@@ -115,8 +143,13 @@ class GeneratorSpec:
   view_azimuths_deg: tuple[float, ...] = (0.0, -35.0, 35.0)
   num_subjects: int = 8
   num_validation_subjects: int = 1
+  scenario: str = 'default'
+  rgb_distractors: bool = True
 
   def __post_init__(self):
+    if self.scenario not in SCENARIOS:
+      raise ValueError(f'Unknown synthetic scenario {self.scenario!r}; '
+                       f'known: {", ".join(SCENARIOS)}.')
     if not 0 < self.num_validation_subjects < self.num_subjects:
       raise ValueError('Need at least one training and one validation subject, got '
                        f'{self.num_validation_subjects} of {self.num_subjects}.')
@@ -126,6 +159,10 @@ class GeneratorSpec:
   @property
   def num_views(self) -> int:
     return len(self.view_azimuths_deg)
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return SCENARIOS[self.scenario]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +199,7 @@ def clip_info(spec: GeneratorSpec, label: int, index: int) -> ClipInfo:
 
 
 def all_clips(spec: GeneratorSpec) -> list[ClipInfo]:
-  return [clip_info(spec, label, index) for label in range(len(CLASS_NAMES))
+  return [clip_info(spec, label, index) for label in range(len(spec.class_names))
           for index in range(spec.clips_per_class)]
 
 
@@ -203,13 +240,19 @@ def _rotation_x(angle: np.ndarray) -> np.ndarray:
                    np.stack([zero, -s, c], -1)], -2)
 
 
-def _actor(label: int, subject: _Subject, num_frames: int, rng: np.random.Generator):
-  """The actor's spheres over time.
+def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generator):
+  """The actor's spheres over time, performing motion `name`.
+
+  `name` is a `default` class or one of the motions only `ntu_like` uses:
+  'cross' (a crossing at any distance), 'lean back' (the bow's mirror image
+  about the hips: the same image from the front, the opposite way in depth)
+  and 'dress' (both hands up to the shoulders and down, as when putting a
+  jacket on or taking it off).
 
   Returns:
-    centres `(T, P, 3)` in room coordinates, radii `(P,)` and parts `(P,)`.
+    centres `(T, P, 3)` in room coordinates, radii `(P,)`, parts `(P,)`, and
+    the action's progress `(T,)`, 0 before it starts to 1 once it is done.
   """
-  name = CLASS_NAMES[label]
   # Each clip performs the action over a random sub-interval of the clip.
   start = rng.uniform(0.0, 0.2)
   duration = rng.uniform(0.7, 1.0 - start)
@@ -225,7 +268,7 @@ def _actor(label: int, subject: _Subject, num_frames: int, rng: np.random.Genera
   hands = np.broadcast_to(np.stack([_HAND_REST * [-1, 1, 1], _HAND_REST]),
                           (num_frames, 2, 3)).copy()
   # Walking: legs and hands swing in opposite phase while the actor moves.
-  walks = name in ('approach', 'recede', 'cross near', 'cross far')
+  walks = name in ('approach', 'recede', 'cross near', 'cross far', 'cross')
   if walks:
     stride = 0.12 * np.sin(2 * np.pi * rng.uniform(1.5, 2.5) * tau + rng.uniform(0, 2 * np.pi))
     stride *= (tau > 0) & (tau < 1)
@@ -240,6 +283,9 @@ def _actor(label: int, subject: _Subject, num_frames: int, rng: np.random.Genera
   elif name == 'reach sideways':
     reach = np.array([side * 0.55, 0.4, 0.0]) + [side * rng.uniform(-0.05, 0.1), 0.0, 0.0]
     hands[:, hand] += out_and_back[:, None] * reach
+  elif name == 'dress':
+    lift = rng.uniform(0.35, 0.5)
+    hands += out_and_back[:, None, None] * np.array([[0.05, lift, -0.15], [-0.05, lift, -0.15]])
 
   # Arms: three spheres evenly spaced from the shoulder to the hand.
   fractions = np.array([1 / 3, 2 / 3, 1.0])
@@ -254,9 +300,11 @@ def _actor(label: int, subject: _Subject, num_frames: int, rng: np.random.Genera
   points[..., 0] *= widen
   radii = radii * np.where(np.arange(len(radii)) < 6, 1.0, np.sqrt(subject.build))
 
-  # Bowing: the upper body rotates forward about the hips.
-  if name == 'lean forward':
+  # Bowing: the upper body rotates forward (or back) about the hips.
+  if name in ('lean forward', 'lean back'):
     bow = np.deg2rad(rng.uniform(30.0, 50.0)) * out_and_back
+    if name == 'lean back':
+      bow = -bow
     pivot = np.array([0.0, _HIP_PIVOT_Y, 0.0])
     bent = np.einsum('tij,tpj->tpi', _rotation_x(-bow), points - pivot) + pivot
     points = np.where(upper[None, :, None], bent, points)
@@ -275,16 +323,19 @@ def _actor(label: int, subject: _Subject, num_frames: int, rng: np.random.Genera
     path[:, 2] = 1.0 - distance * ease
   elif name == 'recede':
     path[:, 2] = 1.0 - distance * (1.0 - ease)
-  elif name in ('cross near', 'cross far'):
+  elif name in ('cross near', 'cross far', 'cross'):
     path[:, 0] = side * rng.uniform(0.65, 0.85) * (2 * ease - 1)
-    path[:, 2] = rng.uniform(-0.75, -0.45) if name == 'cross near' else rng.uniform(0.9, 1.2)
+    if name == 'cross':
+      path[:, 2] = rng.uniform(-0.75, 1.2)
+    else:
+      path[:, 2] = rng.uniform(-0.75, -0.45) if name == 'cross near' else rng.uniform(0.9, 1.2)
   else:
     path[:, 0], path[:, 2] = x0, z0
   if name in ('approach', 'recede'):
     path[:, 0] = x0
   sway = 0.03 * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * tau + rng.uniform(0, 2 * np.pi))
   path[:, 0] += sway
-  return points + path[:, None], radii * subject.scale, parts
+  return points + path[:, None], radii * subject.scale, parts, tau
 
 
 def _camera(spec: GeneratorSpec, view: int, rng: np.random.Generator):
@@ -363,9 +414,9 @@ def _room_distance(origin: np.ndarray, rays: np.ndarray):
 
 
 def _room_albedo(points: np.ndarray, floor: np.ndarray, look_angle: float, num_frames: int,
-                 rng: np.random.Generator) -> np.ndarray:
-  """`(T, N, 3)` colours of the floor tiles, the wall posters and a screen
-  playing a looming (or shrinking) disc, at the room points `(N, 3)`."""
+                 rng: np.random.Generator, screen: bool) -> np.ndarray:
+  """`(T, N, 3)` colours of the floor tiles, the wall posters and (if `screen`) a
+  screen playing a looming (or shrinking) disc, at the room points `(N, 3)`."""
   tile = rng.uniform(0.3, 0.7)
   tiles = rng.uniform(0.15, 0.9, (2, 3))
   checker = (np.floor(points[:, 0] / tile) + np.floor(points[:, 2] / tile)).astype(int) % 2
@@ -380,6 +431,8 @@ def _room_albedo(points: np.ndarray, floor: np.ndarray, look_angle: float, num_f
     inside = ~floor & (np.abs(arc - centre[0]) < half[0]) & (np.abs(height - centre[1]) < half[1])
     albedo[inside] = rng.uniform(0.05, 1.0, 3)
   albedo = np.broadcast_to(albedo, (num_frames,) + albedo.shape).copy()
+  if not screen:
+    return albedo
   # The screen: a dark panel with a bright disc whose radius grows or shrinks.
   centre = rng.uniform([-1.2, 1.4], [1.2, 2.0])
   screen = np.flatnonzero(~floor & (np.abs(arc - centre[0]) < 0.45)
@@ -406,7 +459,16 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   size, frames = spec.resolution, spec.num_frames
   origin, rotation = _camera(spec, info.view, rng)
   rays, forwardness = _rays(size, rotation)
-  centres, radii, parts = _actor(label, subject, frames, rng)
+  name = spec.class_names[label]
+  motion = _NTU_LIKE_MOTIONS[name] if spec.scenario == 'ntu_like' else name
+  centres, radii, parts, progress = _actor(motion, subject, frames, rng)
+  # Albedo of each body part per frame, and whether the shirt is covered by a jacket (plain,
+  # hi-vis yellow to orange) that the actor puts on or takes off halfway through the gesture.
+  colours = np.broadcast_to(subject.colours, (frames,) + subject.colours.shape).copy()
+  jacket = np.zeros(frames, bool)
+  if name in ('put on jacket', 'take off jacket'):
+    jacket = progress >= 0.5 if name == 'put on jacket' else progress < 0.5
+    colours[jacket, 1] = rng.uniform([0.8, 0.5, 0.0], [1.0, 0.8, 0.15])
   nearest, t_actor = _cast_actor(centres, radii, origin, rotation, rays, size)
   t_room, floor = _room_distance(origin, rays)
   actor = t_actor < t_room  # (T, N)
@@ -421,7 +483,8 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   room_points = origin + t_room[:, None] * rays
   wall_normal = -room_points * [1.0, 0.0, 1.0] / _WALL_RADIUS
   look = origin + rotation[2] * _WALL_RADIUS
-  colour = _room_albedo(room_points, floor, np.arctan2(look[0], look[2]), frames, rng)
+  colour = _room_albedo(room_points, floor, np.arctan2(look[0], look[2]), frames, rng,
+                        spec.rgb_distractors)
   colour *= shading(np.where(floor[:, None], [0.0, 1.0, 0.0], wall_normal))[:, None]
   frame, pixel = np.nonzero(actor)
   sphere = nearest[frame, pixel]
@@ -429,14 +492,17 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   normal = (points - centres[frame, sphere]) / radii[sphere, None]
   stripes = np.sin(2 * np.pi * points[:, 1] / subject.scale / subject.stripe_period
                    + subject.stripe_phase) > 0
-  albedo = subject.colours[parts[sphere]] * np.where(
-      (parts[sphere] > 0) & stripes, 1.0 - subject.stripe_contrast, 1.0)[:, None]
+  striped = (parts[sphere] > 0) & ~(jacket[frame] & (parts[sphere] == 1))
+  albedo = colours[frame, parts[sphere]] * np.where(
+      striped & stripes, 1.0 - subject.stripe_contrast, 1.0)[:, None]
   colour[frame, pixel] = albedo * shading(normal)[:, None]
 
-  # Camera exposure: a light level drifting during the clip, a colour cast, noise.
-  tau = np.linspace(0.0, 1.0, frames)
-  level = 1.0 + rng.uniform(0.0, 0.25) * np.sin(
-      2 * np.pi * rng.uniform(0.5, 1.5) * tau + rng.uniform(0, 2 * np.pi))
+  # Camera exposure: a light level drifting during the clip (a distractor), a colour cast, noise.
+  level = np.ones(frames)
+  if spec.rgb_distractors:
+    tau = np.linspace(0.0, 1.0, frames)
+    level = 1.0 + rng.uniform(0.0, 0.25) * np.sin(
+        2 * np.pi * rng.uniform(0.5, 1.5) * tau + rng.uniform(0, 2 * np.pi))
   rgb = (255 * colour * rng.uniform(0.85, 1.15, 3)).astype(np.float32) * level[:, None, None]
   rgb += 3.0 * rng.standard_normal(rgb.shape, np.float32)
   rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(frames, size, size, 3)

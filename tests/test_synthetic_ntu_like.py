@@ -1,0 +1,147 @@
+"""The `ntu_like` synthetic configuration, its calibration probe, and `default` left untouched."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from absl import flags
+from ml_collections import config_flags
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+import configs.demo
+import configs.ntu_like
+from data_builders import raw_clips
+from data_builders.synthetic_rgbd import Builder
+from data_builders.synthetic_rgbd import probe
+from data_builders.synthetic_rgbd import synthetic_rgbd_dataset_builder
+from modistill_jax import stages
+from modistill_jax.data import records
+from modistill_jax.data import synthetic
+
+CONFIGS = {config.name: config for config in Builder.BUILDER_CONFIGS}
+NTU_LIKE = CONFIGS['ntu_like'].spec
+# The `tiny` size with `ntu_like`'s content: 32x32, 8 frames, 24 clips per class, 4 subjects.
+TINY_NTU_LIKE = dataclasses.replace(CONFIGS['tiny'].spec, scenario='ntu_like',
+                                    rgb_distractors=False)
+
+# sha256 over the rgb, depth_mm and depth_jet bytes of one clip per class (clip
+# 37 * label + 5). `default`'s was computed with main's generator before `ntu_like`
+# existed; `ntu_like`'s when it was frozen, after the probe numbers in the README.
+DEFAULT_CLIPS_SHA256 = '721c24316a8077346c9bf0305e1e101390fe60395970584db97a481904a73030'
+NTU_LIKE_CLIPS_SHA256 = '882d1dddbe5c02652763429762fdbbfe9ef87071d2130413b001a5e538735e88'
+
+
+def clips_sha256(spec: synthetic.GeneratorSpec) -> str:
+  digest = hashlib.sha256()
+  for label in range(len(spec.class_names)):
+    clip = synthetic.render_clip(spec, label, 37 * label + 5)
+    for key in ('rgb', 'depth_mm', 'depth_jet'):
+      digest.update(clip[key].tobytes())
+  return digest.hexdigest()
+
+
+def test_default_clips_are_the_pixels_they_were_before_ntu_like():
+  assert CONFIGS['default'].spec == synthetic.GeneratorSpec()
+  assert clips_sha256(synthetic.GeneratorSpec()) == DEFAULT_CLIPS_SHA256
+
+
+def test_ntu_like_clips_are_the_frozen_ones():
+  """The README's probe numbers were measured on these pixels: changing them needs a new probe."""
+  assert clips_sha256(NTU_LIKE) == NTU_LIKE_CLIPS_SHA256
+
+
+def test_ntu_like_is_default_sized_with_its_own_classes():
+  """Same clips, frames, resolution, views and subjects as `default` (an epoch costs the same)."""
+  default = CONFIGS['default'].spec
+  assert dataclasses.replace(NTU_LIKE, scenario='default', rgb_distractors=True) == default
+  assert NTU_LIKE.class_names == synthetic.NTU_LIKE_CLASS_NAMES
+  assert len(NTU_LIKE.class_names) == len(default.class_names)
+  assert [(c.sample_id, c.split) for c in synthetic.all_clips(NTU_LIKE)] == [
+      (c.sample_id, c.split) for c in synthetic.all_clips(default)]
+
+
+def test_ntu_like_clips_render_and_differ_from_default():
+  for label, index in ((0, 0), (3, 17), (5, 100), (6, 100)):
+    ntu_like = synthetic.render_clip(NTU_LIKE, label, index)
+    default = synthetic.render_clip(synthetic.GeneratorSpec(), label, index)
+    assert ntu_like['rgb'].shape == (16, 64, 64, 3) and ntu_like['rgb'].dtype == np.uint8
+    assert ntu_like['depth_mm'].shape == (16, 64, 64) and ntu_like['depth_mm'].any()
+    for key in ('rgb', 'depth_mm'):
+      assert not np.array_equal(ntu_like[key], default[key]), (label, index, key)
+
+
+def test_jacket_turns_the_changing_pixels_yellow_or_back():
+  """Among the RGB pixels that change between the first and the last frame, the
+  hi-vis jacket makes the last frame yellower than the first after 'put on
+  jacket', less yellow after 'take off jacket'; a bow, with no jacket, leaves
+  their colour as it was (yellowness: mean of red and green minus blue)."""
+  expected_sign = {'put on jacket': 1, 'take off jacket': -1, 'bow': 0}
+  for name, sign in expected_sign.items():
+    for index in (3, 7, 50, 120, 200):
+      rgb = synthetic.render_clip(NTU_LIKE, NTU_LIKE.class_names.index(name), index)['rgb']
+      rgb = rgb.astype(np.float32)
+      changed = np.abs(rgb[0] - rgb[-1]).sum(-1) > 60
+      yellowness = (rgb[..., :2].mean(-1) - rgb[..., 2])[:, changed].mean(-1)
+      gain = yellowness[-1] - yellowness[0]
+      if sign:
+        assert sign * gain > 10, (name, index, gain)
+      else:
+        assert abs(gain) < 10, (name, index, gain)
+
+
+def test_unknown_scenario_is_rejected():
+  with pytest.raises(ValueError, match="Unknown synthetic scenario 'ntu'.*ntu_like"):
+    synthetic.GeneratorSpec(scenario='ntu')
+
+
+def test_tiny_ntu_like_builds_with_its_class_names(tmp_path, monkeypatch):
+  monkeypatch.setenv(raw_clips.WORKERS_ENV, '1')
+  config = synthetic_rgbd_dataset_builder.SyntheticRgbdConfig(
+      name='tiny_ntu_like', description='tiny ntu_like, for this test', spec=TINY_NTU_LIKE)
+  builder = Builder(config=config, data_dir=tmp_path)
+  builder.download_and_prepare()
+  assert builder.info.features['label'].names == list(synthetic.NTU_LIKE_CLASS_NAMES)
+  assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
+      'train': 96, 'validation': 32, 'test': 64}
+  example = next(e for e in builder.as_data_source(split='test')
+                 if e['sample_id'].decode() == 'S02V01A05R001')
+  assert example['label'] == 5
+  depth = np.stack([records.decode_image(frame) for frame in example['depth']])
+  np.testing.assert_array_equal(depth, synthetic.render_clip(TINY_NTU_LIKE, 5, 3)['depth_jet'])
+
+
+def test_probe_reads_the_class_and_is_chance_without_labels():
+  """On the tiny draw (96 training clips, 64 test clips) the probe reads the class
+  from both modalities; trained on shuffled labels it must fall to chance. A
+  chance accuracy on 64 clips has a standard error of 0.041, so chance + 0.1 is
+  over 2 of them, and the real-label floor (chance + 0.2) is 5 above chance."""
+  real = probe.probe(TINY_NTU_LIKE)
+  shuffled = probe.probe(TINY_NTU_LIKE, shuffle_labels=True)
+  assert real['chance'] == shuffled['chance'] == 1 / 8
+  for modality in probe.MODALITIES:
+    assert real[modality] >= real['chance'] + 0.2, real
+    assert shuffled[modality] <= shuffled['chance'] + 0.1, shuffled
+
+
+def test_probe_uses_worker_processes_to_the_same_result():
+  spec = dataclasses.replace(TINY_NTU_LIKE, clips_per_class=6)
+  assert probe.probe(spec, workers=2) == probe.probe(spec)
+
+
+@pytest.mark.parametrize('stage', stages.STAGE_NAMES + (stages.ALL,))
+def test_ntu_like_config_is_the_demo_on_ntu_like_data(stage):
+  demo, ntu_like = configs.demo.get_config(stage).to_dict(), configs.ntu_like.get_config(stage)
+  assert ntu_like.builder_config == 'ntu_like'
+  assert {**ntu_like.to_dict(), 'builder_config': demo['builder_config']} == demo
+
+
+def test_ntu_like_config_loads_from_the_command_line():
+  """`--config=configs/ntu_like.py:all` as the trainer's flag parses it."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values, lock_config=True)
+  flag_values(['prog', f'--config={REPO_ROOT}/configs/ntu_like.py:all'])
+  assert flag_values.config.builder_config == 'ntu_like'
+  assert flag_values.config.stage == stages.ALL
