@@ -16,6 +16,10 @@ data_dir, truncation). A `--config` that disagrees with the run on anything
 else is refused, naming each key and both values. `--depth_noise_std` is the
 sigma of the multiplicative noise; the paper's Table 2 indexes sigma^2.
 
+As a library this module is every evaluation: `evaluate_split` (exact
+accuracy of a state on a whole split) is what the trainer validates and tests
+with, and what this command runs on a finished stage's best state.
+
 `--sweep` writes Table 2's row (no noise, each variance in
 `config.eval.noise_variances`, void) to the stage's `noise_sweep.json`. Depth
 noise only changes stages that read depth (steps 1-3, hoffman's teacher); a
