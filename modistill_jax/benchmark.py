@@ -70,11 +70,13 @@ from modistill_jax import cli
 from modistill_jax import config_lib
 from modistill_jax import optim
 from modistill_jax import sharding
+from modistill_jax import initialization
 from modistill_jax import stages
-from modistill_jax import steps
 from modistill_jax import trainer
+from modistill_jax.data import feeding
 from modistill_jax.data import pipeline
 from modistill_jax.models import resnet
+from modistill_jax.models import stage_network
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Protocol config file and stage, e.g. configs/ntu_cs.py:step3.',
@@ -171,14 +173,16 @@ def peak_memory(compiled: jax.stages.Compiled) -> tuple[int, int | None]:
   return int(total), int(getattr(stats, 'peak_memory_in_bytes', 0)) or None
 
 
-def forward_flops_per_frame(config: ml_collections.ConfigDict, dtype, num_classes: int) -> float:
-  """XLA's FLOPs of one `Stream` in inference mode, per frame, on one clip."""
+def forward_flops_per_frame(config: ml_collections.ConfigDict, num_classes: int) -> float:
+  """XLA's FLOPs of one stream in inference mode, per frame, on one clip.
+
+  The stream is the one every stage runs (`resnet.stream_factory`), in the
+  config's compute dtype.
+  """
   num_frames, size = config.input.num_frames, config.input.image_size
-  stream = resnet.Stream(num_classes=num_classes,
-                         units_per_block=tuple(config.model.units_per_block),
-                         width=config.model.width, stride_layout=config.model.stride_layout,
-                         dtype=dtype)
-  frames = jax.ShapeDtypeStruct((num_frames, size, size, 3), dtype)
+  stream = resnet.stream_factory(config.model, num_classes)(name='stream')
+  frames = jax.ShapeDtypeStruct((num_frames, size, size, 3),
+                                resnet.compute_dtype(config.model))
   variables = jax.eval_shape(
       functools.partial(stream.init, num_frames=num_frames, train=False),
       jax.random.key(0), frames)
@@ -191,7 +195,7 @@ def synthetic_batch(config: ml_collections.ConfigDict, modalities: Sequence[str]
   """A global batch shaped like the pipeline's (the stage's modalities, uint8), on the devices."""
   rng = np.random.default_rng(seed)
   batch_size = config.batch_size
-  clips = trainer.input_shape(config, batch_size)
+  clips = feeding.input_shape(config, batch_size)
   batch = {m: rng.integers(0, 256, clips, dtype=np.uint8) for m in modalities}
   batch['label'] = rng.integers(0, num_classes, batch_size, dtype=np.int32)
   batch['mask'] = np.ones(batch_size, np.bool_)
@@ -203,14 +207,14 @@ def benchmark_stage(config: ml_collections.ConfigDict, stage_name: str, *, num_s
                     warmup: int, num_classes: int, mesh) -> dict[str, Any]:
   """Compiles the stage's train step, reads its costs, and times it (unless num_steps=0)."""
   stage = stages.for_config(stage_name, config)
-  model = steps.StageModel(stage, config.model, num_classes)
+  model = stage_network(stage, config.model, num_classes)
   tx, schedule = optim.make_optimizer(config.optimizer, warmup + num_steps)
   make_state = trainer.make_state_fn(stage, tx, mesh)
   train_fn = trainer.make_train_fn(model, config, tx, schedule, mesh)
   replicated = sharding.replicated(mesh)
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(lambda: make_state(trainer.init_model_variables(model, config))))
+      jax.eval_shape(lambda: make_state(initialization.init_model_variables(model, config))))
   batches = [synthetic_batch(config, stage.inputs, num_classes, mesh, seed) for seed in range(2)]
   abstract_batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batches[0])
@@ -234,7 +238,7 @@ def benchmark_stage(config: ml_collections.ConfigDict, stage_name: str, *, num_s
   if num_steps <= 0:
     return result
 
-  state = make_state(trainer.init_model_variables(model, config))
+  state = make_state(initialization.init_model_variables(model, config))
   with CompileCounter() as compiles:
     state, step_metrics = train_fn(state, batches[0])
     jax.block_until_ready(state)
@@ -313,10 +317,7 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], *, num_steps: i
   sharding.check_batch_size(config.batch_size, mesh)
   device = jax.devices()[0]
   load_before = os.getloadavg()[0]
-  # The compute dtype as every stage's model resolves it from the config.
-  dtype = steps.StageModel(stages.get_stage(single_stream_stage(config)), config.model,
-                           num_classes).dtype
-  forward_flops = forward_flops_per_frame(config, dtype, num_classes)
+  forward_flops = forward_flops_per_frame(config, num_classes)
   results = [benchmark_stage(config, name, num_steps=num_steps, warmup=warmup,
                              num_classes=num_classes, mesh=mesh) for name in names]
   pipeline_clips = {}  # by the modalities decoded: RGB-only stages decode no depth

@@ -14,7 +14,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from modistill_jax import metrics
-from modistill_jax import trainer
+from modistill_jax.data import feeding
 
 # `gs://` work folders and data dirs go through gcsfs, the client the tests run against a
 # GCS server (tests/test_gcs_run.py), and not TensorFlow's file system, which etils.epath
@@ -42,7 +42,7 @@ def build_dataset(config: ml_collections.ConfigDict) -> None:
     tfds.disable_progress_bar()
   start = time.monotonic()
   with contextlib.redirect_stdout(io.StringIO()):
-    built_in = trainer.ensure_dataset(config)
+    built_in = feeding.ensure_dataset(config)
   if built_in:
     print(f'Built {config.dataset} in {built_in} in '
           f'{metrics.format_duration(time.monotonic() - start)} (nothing downloaded).',

@@ -16,6 +16,10 @@ data_dir, truncation). A `--config` that disagrees with the run on anything
 else is refused, naming each key and both values. `--depth_noise_std` is the
 sigma of the multiplicative noise; the paper's Table 2 indexes sigma^2.
 
+As a library this module is every evaluation: `evaluate_split` (exact
+accuracy of a state on a whole split) is what the trainer validates and tests
+with, and what this command runs on a finished stage's best state.
+
 `--sweep` writes Table 2's row (no noise, each variance in
 `config.eval.noise_variances`, void) to the stage's `noise_sweep.json`. Depth
 noise only changes stages that read depth (steps 1-3, hoffman's teacher); a
@@ -24,23 +28,82 @@ step-4 model reads RGB only, which is the point of the method.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+import functools
+import io
 import json
 import math
 from typing import Any
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 
 from modistill_jax import cli
 from modistill_jax import config_lib
+from modistill_jax import initialization
 from modistill_jax import runs
 from modistill_jax import sharding
 from modistill_jax import stages
 from modistill_jax import steps
-from modistill_jax import trainer
+from modistill_jax.data import feeding
+from modistill_jax.data import pipeline
+from modistill_jax.models import stage_network
+from modistill_jax.models import StageNetwork
+
+
+# MARK: evaluating a state (the trainer's validation and test, and this command)
+
+
+def make_eval_fn(model: StageNetwork, config: ml_collections.ConfigDict, mesh):
+  """The jitted `steps.eval_step`; its predictions come back replicated."""
+  return jax.jit(functools.partial(steps.eval_step, model=model, config=config),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def evaluate_split(state: steps.TrainState, source: pipeline.Source, *, eval_fn, mesh,
+                   config: ml_collections.ConfigDict, modalities: Sequence[str]
+                   ) -> dict[str, Any]:
+  """Exact accuracy of every stream and of the fused model on a whole split.
+
+  `modalities`: the clips the stage reads (`Stage.inputs`), the only ones decoded.
+  """
+  batches = pipeline.eval_iterator(
+      source.records, global_batch_size=config.eval_batch_size,
+      num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
+      worker_count=config.input.worker_count, modalities=modalities)
+  key = jax.random.key(config.eval.noise_seed)
+  outputs = []
+  truncated = False
+  for i, batch in enumerate(batches):
+    if 0 < config.max_eval_batches <= i:
+      truncated = True
+      break
+    outputs.append(sharding.fetch(eval_fn(state, sharding.to_global(batch, mesh),
+                                          jax.random.fold_in(key, i))))
+  stacked = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  mask = stacked.pop('mask').astype(bool)
+  kept = {k: v[mask] for k, v in stacked.items()}
+  labels = kept['label']
+  accuracy = {k.split('/', 1)[1]: float(np.mean(v == labels))
+              for k, v in kept.items() if k.startswith('pred/')}
+  return {'accuracy': accuracy, 'num_examples': int(mask.sum()),
+          'complete': not truncated and int(mask.sum()) == batches.num_examples,
+          'predictions': kept}
+
+
+def save_predictions(path: epath.Path, predictions: Mapping[str, np.ndarray]) -> None:
+  """Writes the per-clip predictions (`np.savez`) whole or not at all."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **predictions)
+  runs.write_whole(path, buffer.getvalue())
+
+
+# MARK: evaluating a finished stage
 
 
 class ConflictingConfigError(ValueError):
@@ -58,7 +121,7 @@ def evaluation_config(run: runs.FinishedStage,
   config = ml_collections.ConfigDict(run.config.to_dict())
   if given is None:
     return config
-  effective = trainer.effective_config(given, run.name)
+  effective = initialization.effective_config(given, run.name)
   diff = config_lib.differences(
       run.config, effective,
       ignore=config_lib.EVALUATION_KEYS + config_lib.TRAINING_ONLY_KEYS)
@@ -100,16 +163,16 @@ def evaluate_stage(run: runs.FinishedStage, config: ml_collections.ConfigDict,
   stage = stages.for_config(run.name, config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  source = trainer.load_sources(config)[config.eval.split]
+  source = feeding.load_sources(config)[config.eval.split]
   if source is None:
     raise ValueError(f'{config.dataset}/{config.protocol} has no {config.eval.split!r} split.')
   if tuple(source.class_names) != run.class_names:
     raise ValueError(f'The data in {config.data_dir or "the TFDS default folder"} has other '
                      f'classes than {run.dir.dataset_file}: not the dataset the run trained on.')
-  model = steps.StageModel(stage, config.model, len(run.class_names))
+  model = stage_network(stage, config.model, len(run.class_names))
   state = jax.device_put(state or best_train_state(run), sharding.replicated(mesh))
-  result = trainer.evaluate(state, source, eval_fn=trainer.make_eval_fn(model, config, mesh),
-                            mesh=mesh, config=config, modalities=stage.inputs)
+  result = evaluate_split(state, source, eval_fn=make_eval_fn(model, config, mesh), mesh=mesh,
+                          config=config, modalities=stage.inputs)
   return {k: result[k] for k in ('accuracy', 'num_examples', 'complete', 'predictions')}
 
 
@@ -138,7 +201,7 @@ def reevaluate(workdir: str, stage_name: str,
   config = evaluation_config(run, given)
   result = evaluate_stage(run, config)
   split = config.eval.split
-  trainer.save_predictions(run.dir.predictions_file(split), result.pop('predictions'))
+  save_predictions(run.dir.predictions_file(split), result.pop('predictions'))
   results = {**run.results, split: result}
   runs.write_json(run.dir.results_file, results)
   return results

@@ -64,16 +64,15 @@ class MetricWriter:
 
   Args:
     stage_dir: the stage folder, local or an `epath` URI such as `gs://bucket/run/step1`.
-    enabled: whether this process writes; default: process 0 only.
     start_step: the step this run continues from; records of later steps are
       dropped (see the module docstring). None keeps every record.
     sync_every_s: for a remote `stage_dir`, the longest training records wait
       before the folder is updated.
   """
 
-  def __init__(self, stage_dir: str | os.PathLike, *, enabled: bool | None = None,
-               start_step: int | None = None, sync_every_s: float = SYNC_EVERY_S):
-    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+  def __init__(self, stage_dir: str | os.PathLike, *, start_step: int | None = None,
+               sync_every_s: float = SYNC_EVERY_S):
+    self.enabled = jax.process_index() == 0  # one writer per run
     self.stage_dir = epath.Path(stage_dir)
     self.path = self.stage_dir / runs.METRICS_FILE
     self.remote = is_remote(self.stage_dir)

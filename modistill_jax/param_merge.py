@@ -78,13 +78,3 @@ def merge(target: Mapping[str, Any], source: Mapping[str, Any], *,
                 else np.asarray(flat_source[k], dtype=np.asarray(v).dtype))
             for k, v in flat_target.items()}
   return unflatten(merged)
-
-
-def subtree(tree: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-  """The subtree under '/'-joined `prefix` (e.g. `'depth'`), or KeyError naming it."""
-  node: Any = tree
-  for part in prefix.split('/'):
-    if not isinstance(node, Mapping) or part not in node:
-      raise KeyError(f'No {prefix!r} in tree with keys {sorted(tree)}.')
-    node = node[part]
-  return dict(node)

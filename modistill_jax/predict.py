@@ -25,7 +25,7 @@ same frames:
 * Each sampled frame is resized with the pipeline's `resize_frame` (bilinear,
   to the trained `image_size`), then normalised on the device by
   `steps.model_inputs` (`preprocess.normalize` with the config's RGB mean and
-  std) and run through `steps.StageModel`, in inference mode.
+  std) and run through the stage's `models.StageNetwork`, in inference mode.
 
 One difference from evaluation on the dataset remains, and it is in the
 frames, not in the processing: stored JPEG frames are decoded at reduced DCT
@@ -68,6 +68,8 @@ from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax.data import pipeline
 from modistill_jax.data import sampling
+from modistill_jax.models import resnet
+from modistill_jax.models import stage_network
 
 PyTree = Any
 
@@ -90,9 +92,9 @@ class Predictor:
   """A finished RGB-only stage, loaded once: uint8 clips -> class probabilities.
 
   Attributes:
-    stage: the stage definition (`stages.get_stage`).
+    stage: the stage definition (`stages.for_config`).
     step: the training step of the best checkpoint that was loaded.
-    model: the stage's `steps.StageModel`.
+    model: the stage's network (`models.StageNetwork`).
     variables: `{'params', 'batch_stats'}` of the stage's streams (best checkpoint).
     input_config: the trained `config.input` (normalisation statistics).
     class_names: the dataset's class names, in logit order.
@@ -118,7 +120,8 @@ class Predictor:
     self.variables = {c: {s: v[c] for s, v in streams.items()}
                       for c in ('params', 'batch_stats')}
     self.class_names = run.class_names
-    self.model = steps.StageModel(self.stage, config.model, len(self.class_names))
+    self.model = stage_network(self.stage, config.model, len(self.class_names))
+    self.dtype = resnet.compute_dtype(config.model)
     self.input_config = config.input
     self.num_frames = config.input.num_frames
     self.image_size = (config.input.image_size,) * 2
@@ -136,8 +139,8 @@ class Predictor:
     export see them as inputs rather than baking them in as constants.
     """
     inputs = steps.model_inputs({VIDEO_MODALITY: clips}, self.input_config, self.stage.inputs,
-                                self.model.dtype)
-    outputs, _ = self.model.apply(variables, inputs, train=False)
+                                self.dtype)
+    outputs = self.model.apply(variables, inputs, train=False)
     return jax.nn.softmax(outputs['fused'].astype(jnp.float32), axis=-1)
 
   def __call__(self, clips: np.ndarray) -> np.ndarray:

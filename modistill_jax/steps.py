@@ -1,4 +1,4 @@
-"""Train state, stage model, losses and the pure train/eval step functions.
+"""Train state, losses and the pure train/eval step functions of a stage's network.
 
 Everything here is a pure function of arrays and static configuration, so the
 trainer jits it once over a device mesh and tests and notebooks can import it.
@@ -28,7 +28,8 @@ import optax
 from modistill_jax import losses
 from modistill_jax import stages
 from modistill_jax.data import preprocess
-from modistill_jax.models import MultiStream
+from modistill_jax.models import resnet
+from modistill_jax.models import StageNetwork
 
 Array = jax.Array
 PyTree = Any
@@ -50,67 +51,22 @@ class TrainState:
             'batch_stats': {**self.batch_stats, **frozen_stats}}
 
 
-class StageModel:
-  """The `MultiStream` modules of a stage, applied as one model.
-
-  Most stages are one `MultiStream`; the hoffman baseline has three independent
-  streams. Stream names stay at the top of the variable trees, which is what
-  lets stage chaining address `params['depth']` whatever the stage.
-  """
-
-  def __init__(self, stage: stages.Stage, model_config: ml_collections.ConfigDict,
-               num_classes: int):
-    self.stage = stage
-    dtype = jnp.bfloat16 if model_config.dtype == 'bfloat16' else jnp.float32
-    self.dtype = dtype
-    self.modules = tuple(
-        MultiStream(num_classes=num_classes, receiver=m.receiver,
-                    receiver_input=m.receiver_input, giver=m.giver,
-                    giver_input=m.giver_input, connections=m.connections,
-                    giver_frozen=m.giver_frozen,
-                    units_per_block=tuple(model_config.units_per_block),
-                    width=model_config.width, stride_layout=model_config.stride_layout,
-                    dtype=dtype, remat=model_config.remat,
-                    bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon,
-                    temporal_form=model_config.temporal_form,
-                    temporal_init=model_config.temporal_init)
-        for m in stage.models)
-
-  def init(self, rng: Array, inputs: Mapping[str, Array]) -> dict[str, PyTree]:
-    variables = {'params': {}, 'batch_stats': {}}
-    for module, key in zip(self.modules, jax.random.split(rng, len(self.modules))):
-      v = module.init(key, inputs, train=False)
-      variables['params'].update(v['params'])
-      variables['batch_stats'].update(v['batch_stats'])
-    return variables
-
-  def apply(self, variables: Mapping[str, PyTree], inputs: Mapping[str, Array], *,
-            train: bool, batch_stats_streams: tuple[str, ...] = (),
+def forward(network: StageNetwork, variables: Mapping[str, PyTree],
+            inputs: Mapping[str, Array], *, train: bool,
+            batch_stats_streams: tuple[str, ...] = (),
             clip_mask: Array | None = None) -> tuple[dict[str, Any], dict[str, PyTree]]:
-    """Returns the merged outputs and (in training) the updated batch stats.
+  """The network's outputs and (in training) its streams' updated batch statistics.
 
-    `batch_stats_streams` and `clip_mask` are `MultiStream`'s: in evaluation,
-    those streams normalise with the (masked) batch's statistics; the running
-    statistics they would update are dropped.
-    """
-    outputs = {'logits': {}, 'endpoints': {}}
-    new_stats = {}
-    for module in self.modules:
-      names = module.stream_names
-      v = {c: {s: variables[c][s] for s in names} for c in ('params', 'batch_stats')}
-      if train:
-        out, updates = module.apply(v, inputs, train=True, mutable=['batch_stats'])
-        new_stats.update(updates['batch_stats'])
-      elif set(batch_stats_streams) & set(names):
-        out, _ = module.apply(v, inputs, train=False, batch_stats_streams=batch_stats_streams,
-                              clip_mask=clip_mask, mutable=['batch_stats'])
-      else:
-        out = module.apply(v, inputs, train=False)
-      outputs['logits'].update(out['logits'])
-      outputs['endpoints'].update(out['endpoints'])
-    outputs['fused'] = jnp.mean(
-        jnp.stack([outputs['logits'][s] for s in self.stage.fused]), axis=0)
-    return outputs, new_stats
+  `batch_stats_streams` and `clip_mask` are `MultiStream`'s: in evaluation,
+  those streams normalise with the (masked) batch's statistics; the running
+  statistics they would update are dropped.
+  """
+  if not train and not batch_stats_streams:
+    return network.apply(variables, inputs, train=False), {}
+  outputs, updates = network.apply(variables, inputs, train=train,
+                                   batch_stats_streams=batch_stats_streams,
+                                   clip_mask=clip_mask, mutable=['batch_stats'])
+  return outputs, (updates['batch_stats'] if train else {})
 
 
 def model_inputs(batch: Mapping[str, Array], input_config: ml_collections.ConfigDict,
@@ -205,17 +161,17 @@ def accuracies(stage: stages.Stage, outputs: Mapping[str, Any], labels: Array) -
   return acc
 
 
-def train_step(state: TrainState, batch: Mapping[str, Array], *, model: StageModel,
+def train_step(state: TrainState, batch: Mapping[str, Array], *, model: StageNetwork,
                config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
                schedule: optax.Schedule) -> tuple[TrainState, dict[str, Array]]:
   """One optimisation step on a global batch; differentiates `state.params` only."""
   stage = model.stage
-  inputs = model_inputs(batch, config.input, stage.inputs, model.dtype)
+  inputs = model_inputs(batch, config.input, stage.inputs, resnet.compute_dtype(config.model))
   labels = batch['label']
 
   def loss_fn(params):
     variables = state.replace(params=params).variables()
-    outputs, new_stats = model.apply(variables, inputs, train=True)
+    outputs, new_stats = forward(model, variables, inputs, train=True)
     loss, terms = stage_loss(stage, config.loss, outputs, labels)
     return loss, (terms, outputs, new_stats)
 
@@ -244,12 +200,12 @@ def depth_transform_fn(eval_config: ml_collections.ConfigDict, key: Array):
 
 
 def eval_step(state: TrainState, batch: Mapping[str, Array], noise_key: Array, *,
-              model: StageModel, config: ml_collections.ConfigDict) -> dict[str, Array]:
+              model: StageNetwork, config: ml_collections.ConfigDict) -> dict[str, Array]:
   """Per-example predictions of every stream and of the fused model."""
   stage = model.stage
-  inputs = model_inputs(batch, config.input, stage.inputs, model.dtype,
+  inputs = model_inputs(batch, config.input, stage.inputs, resnet.compute_dtype(config.model),
                         depth_transform_fn(config.eval, noise_key))
-  outputs, _ = model.apply(state.variables(), inputs, train=False,
+  outputs, _ = forward(model, state.variables(), inputs, train=False,
                            batch_stats_streams=eval_batch_stats_streams(
                                stage, config.privileged, config.eval),
                            clip_mask=batch['mask'])

@@ -1,27 +1,30 @@
 """The staged trainer: one linear `run_stage`, and `train_and_evaluate` over stages.
 
-`run_stage` reads top to bottom: finished already? -> prerequisites -> mesh ->
-data -> the stage folder (lock, config saved or compared) -> model -> initial
-weights (resume > previous stages > from_workdir > ImageNet > scratch) ->
-jitted steps -> loop (log, validate every epoch, keep the best, checkpoint,
-stop on SIGTERM or divergence) -> test evaluation of the best state -> results.
+`run_stage` reads top to bottom: the effective config -> finished already? ->
+prerequisites -> mesh -> data -> the stage folder (lock, config saved or
+compared) -> network -> initial weights (resume > previous stages >
+from_workdir > ImageNet > scratch) -> jitted steps -> loop (log, validate every
+epoch, keep the best, checkpoint, stop on SIGTERM or divergence; what happens
+after a step is `step_end`'s to decide) -> test evaluation of the best state ->
+results.
 
-What a stage writes, and where, is `runs.StageDir`'s to say; the last file
-written is the results, which makes the stage finished."""
+This module holds the loop and its own helpers. What it builds on lives in
+its own module: initial weights and the effective config (`initialization`),
+evaluation (`evaluate`), the splits and device prefetch (`data.feeding`), the
+network (`models`), the step functions (`steps`), the folder
+(`runs.StageDir`: what a stage writes, and where; the last file written is the
+results, which makes the stage finished)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
+import dataclasses
 import functools
-import io
-import json
 import os
 import signal
 import time
 from typing import Any
 
-from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,163 +32,23 @@ import numpy as np
 
 from modistill_jax import checkpointing
 from modistill_jax import config_lib
+from modistill_jax import evaluate
+from modistill_jax import initialization
 from modistill_jax import metrics as metrics_lib
 from modistill_jax import optim
-from modistill_jax import param_merge
-from modistill_jax import pretrained
 from modistill_jax import runs
 from modistill_jax import sharding
 from modistill_jax import stages
 from modistill_jax import steps
+from modistill_jax.data import feeding
 from modistill_jax.data import pipeline
+from modistill_jax.models import stage_network
+from modistill_jax.models import StageNetwork
 
 PyTree = Any
 
 
-# MARK: data
-
-
-def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
-  """Builds a download-free dataset (the synthetic one) on first use; returns where, if it did."""
-  if not config.build_if_missing:
-    return None
-  import data_builders  # pylint: disable=g-import-not-at-top,unused-import  (registers builders)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from modistill_jax.data import records  # pylint: disable=g-import-not-at-top
-  name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
-  builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=records.FILE_FORMAT)
-  # TFDS logs a warning when asked about a dataset folder that does not exist yet.
-  if builder.data_path.exists() and builder.is_prepared():
-    return None
-  if jax.process_count() > 1:
-    raise RuntimeError(f'Build {name} once before a multi-host run (tfds build).')
-  logging.info('Building %s in %s', name, builder.data_dir)
-  builder.download_and_prepare()
-  return str(builder.data_dir)
-
-
-def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source | None]:
-  ensure_dataset(config)
-  return {split: pipeline.load_source(config.dataset, config.protocol, split,
-                                      data_dir=config.data_dir or None,
-                                      builder_config=config.builder_config or None)
-          for split in ('train', 'validation', 'test')}
-
-
-def input_shape(config: ml_collections.ConfigDict, batch: int) -> tuple[int, ...]:
-  size = config.input.image_size
-  return (batch, config.input.num_frames, size, size, 3)
-
-
-# MARK: initial weights
-
-
-def previous_stage_variables(stage: stages.Stage, sources: Mapping[stages.InitSource, runs.StageDir]
-                             ) -> dict[str, dict[str, PyTree]]:
-  """`{stream: {'params', 'batch_stats'}}` from the finished stages `prerequisites` found."""
-  cache: dict[str, dict[str, Any]] = {}
-  loaded = {}
-  for src in stage.init:
-    directory = sources[src]
-    if directory.name not in cache:
-      cache[directory.name] = checkpointing.read_best_state(directory.best_dir)
-    loaded[src.stream] = checkpointing.stream_variables(cache[directory.name], src.from_stream)
-    logging.info('%s: stream %r <- %s stream %r', stage.name, src.stream, directory.path,
-                 src.from_stream)
-  return loaded
-
-
-def prerequisites(stage: stages.Stage, config: ml_collections.ConfigDict, workdir: str, *,
-                  config_file: str | None = None, overrides: tuple[str, ...] = ()
-                  ) -> dict[stages.InitSource, runs.StageDir]:
-  """The finished stages the stage starts from, all located before anything is read or made.
-
-  Raises:
-    runs.StageNotFinishedError: one is missing; the message is the command that makes it.
-  """
-  if stage.init:
-    return {src: runs.find_finished(workdir, src.from_stages, config_file, overrides)
-            for src in stage.init}
-  if config.init.from_workdir:
-    return {stages.InitSource(s, (f'step1_{s}', 'step1'), s):
-            runs.find_finished(config.init.from_workdir, (f'step1_{s}', 'step1'))
-            for s in stage.streams}
-  return {}
-
-
-def _read_imagenet_metadata(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return json.loads((epath.Path(config.init.imagenet) / pretrained.METADATA_FILE).read_text())
-
-
-def check_imagenet_layout(config: ml_collections.ConfigDict) -> None:
-  """The model must run the ImageNet weights in the stride layout they were trained in.
-
-  `run_stage` calls this first, so a mismatch fails before any data is read or
-  anything is compiled.
-  """
-  if not config.init.imagenet:
-    return
-  layout = _read_imagenet_metadata(config)['stride_layout']
-  if layout != config.model.stride_layout:
-    raise ValueError(
-        f'{config.init.imagenet} holds {layout!r}-layout weights; set '
-        f'--config.model.stride_layout={layout} to run them as trained.')
-
-
-def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict,
-                    sources: Mapping[stages.InitSource, runs.StageDir]
-                    ) -> tuple[dict[str, dict[str, PyTree]], tuple[str, ...], str]:
-  """Step-1 initial weights: another run's step 1, ImageNet, or none (scratch).
-
-  Returns `(loaded streams, fresh key patterns, description)`.
-  """
-  if config.init.from_workdir:
-    loaded = {src.stream: checkpointing.stream_variables(
-        checkpointing.read_best_state(directory.best_dir), src.from_stream)
-              for src, directory in sources.items()}
-    return loaded, (r'(.*/)?logits/.*',), f'step 1 of {config.init.from_workdir}'
-  if config.init.imagenet:
-    variables, _ = pretrained.load(config.init.imagenet)
-    return ({s: variables for s in stage.streams}, pretrained.FRESH_PATTERNS,
-            f'ImageNet weights {config.init.imagenet}')
-  return {}, (), 'scratch'
-
-
-def effective_config(config: ml_collections.ConfigDict, stage_name: str
-                     ) -> ml_collections.ConfigDict:
-  """A copy of `config` as the stage runs it (the caller's config is never changed).
-
-  The stage name is set, and with ImageNet weights both modalities get the
-  input normalisation recorded with the converted checkpoint: every stage of a
-  run descends from the step-1 weights, so every stage and its evaluation use
-  it. This copy is the stage's `config.json`.
-  """
-  effective = ml_collections.ConfigDict(config.to_dict())
-  effective.stage = stage_name
-  if config.init.imagenet:
-    meta = _read_imagenet_metadata(config)
-    for m in ('rgb', 'depth'):
-      effective.input[f'{m}_mean'] = tuple(meta['mean'])
-      effective.input[f'{m}_std'] = tuple(meta['std'])
-  return effective
-
-
-def initial_variables(config: ml_collections.ConfigDict, stage: stages.Stage,
-                      init_variables: Mapping[str, PyTree],
-                      sources: Mapping[stages.InitSource, runs.StageDir]
-                      ) -> tuple[dict[str, PyTree], str]:
-  """The stage's starting variables: fresh init overwritten by loaded streams."""
-  if stage.init:
-    loaded, fresh, what = previous_stage_variables(stage, sources), (), 'previous stages'
-  else:
-    loaded, fresh, what = step1_variables(stage, config, sources)
-  variables = jax.tree.map(np.asarray, dict(init_variables))
-  for stream, source in loaded.items():
-    target = {c: variables[c][stream] for c in ('params', 'batch_stats')}
-    merged = param_merge.merge(target, source, fresh=fresh, what=f'{what} ({stream})')
-    for c in ('params', 'batch_stats'):
-      variables[c][stream] = merged[c]
-  return variables, what
+# MARK: jitted steps
 
 
 def create_train_state(variables: Mapping[str, PyTree], stage: stages.Stage,
@@ -199,20 +62,13 @@ def create_train_state(variables: Mapping[str, PyTree], stage: stages.Stage,
       opt_state=tx.init(params), frozen=frozen)
 
 
-def init_model_variables(model: steps.StageModel,
-                         config: ml_collections.ConfigDict) -> dict[str, PyTree]:
-  """Freshly initialised variables of every stream of the stage (shapes need one clip)."""
-  dummy = {m: jnp.zeros(input_shape(config, 1), model.dtype) for m in model.stage.inputs}
-  return jax.jit(model.init)(jax.random.key(config.seed), dummy)
-
-
 def make_state_fn(stage: stages.Stage, tx, mesh):
   """Variables -> `TrainState` replicated over the mesh, jitted."""
   return jax.jit(functools.partial(create_train_state, stage=stage, tx=tx),
                  out_shardings=sharding.replicated(mesh))
 
 
-def make_train_fn(model: steps.StageModel, config: ml_collections.ConfigDict, tx,
+def make_train_fn(model: StageNetwork, config: ml_collections.ConfigDict, tx,
                   schedule, mesh):
   """The jitted data-parallel train step; the trainer and `benchmark` run this one.
 
@@ -226,42 +82,7 @@ def make_train_fn(model: steps.StageModel, config: ml_collections.ConfigDict, tx
       out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-# MARK: evaluation
-
-
-def make_eval_fn(model: steps.StageModel, config: ml_collections.ConfigDict, mesh):
-  return jax.jit(functools.partial(steps.eval_step, model=model, config=config),
-                 out_shardings=sharding.replicated(mesh))
-
-
-def evaluate(state: steps.TrainState, source: pipeline.Source, *, eval_fn, mesh,
-             config: ml_collections.ConfigDict, modalities: Sequence[str]) -> dict[str, Any]:
-  """Exact accuracy of every stream and of the fused model on a whole split.
-
-  `modalities`: the clips the stage reads (`Stage.inputs`), the only ones decoded.
-  """
-  batches = pipeline.eval_iterator(
-      source.records, global_batch_size=config.eval_batch_size,
-      num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
-      worker_count=config.input.worker_count, modalities=modalities)
-  key = jax.random.key(config.eval.noise_seed)
-  outputs = []
-  truncated = False
-  for i, batch in enumerate(batches):
-    if 0 < config.max_eval_batches <= i:
-      truncated = True
-      break
-    outputs.append(sharding.fetch(eval_fn(state, sharding.to_global(batch, mesh),
-                                          jax.random.fold_in(key, i))))
-  stacked = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-  mask = stacked.pop('mask').astype(bool)
-  kept = {k: v[mask] for k, v in stacked.items()}
-  labels = kept['label']
-  accuracy = {k.split('/', 1)[1]: float(np.mean(v == labels))
-              for k, v in kept.items() if k.startswith('pred/')}
-  return {'accuracy': accuracy, 'num_examples': int(mask.sum()),
-          'complete': not truncated and int(mask.sum()) == batches.num_examples,
-          'predictions': kept}
+# MARK: best-state selection
 
 
 def selection_groups(stage: stages.Stage) -> dict[str, tuple[str, ...]]:
@@ -282,7 +103,7 @@ def improved(value: float, best: float | None, ties: str) -> bool:
   return best is None or value > best or (ties == 'later' and value == best)
 
 
-# MARK: the stage
+# MARK: the loop's decisions
 
 
 class _Preemption:
@@ -315,45 +136,50 @@ class _Preemption:
     return bool(np.any(flags))
 
 
-class IteratorPosition:
-  """The data position the *step* has consumed, checkpointable by Grain's handler.
+@dataclasses.dataclass(frozen=True)
+class StepEnd:
+  """What the loop does after a step, decided once per step by `step_end`.
 
-  Batches are prefetched onto devices ahead of the step, so the Grain iterator
-  itself is ahead of what training has seen; saving it would skip batches on
-  resume. Each batch travels with the iterator state right after it, and this
-  object saves the state of the last batch the step consumed.
+  Attributes:
+    log: the logging cadence is due (metrics written, progress shown).
+    validate: evaluate on the validation split and keep the best state.
+    save: save the latest checkpoint (the cadence, or the last step).
+    preempted: every host agreed to stop here (SIGTERM); the latest is saved.
   """
+  log: bool
+  validate: bool
+  save: bool
+  preempted: bool
 
-  def __init__(self, iterator):
-    self._iterator = iterator
-    self.state = iterator.get_state()
+  @property
+  def check_metrics(self) -> bool:
+    """The steps' metrics are fetched and checked before anything is validated or saved.
 
-  def get_state(self) -> bytes:
-    return json.dumps(self.state).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.state = json.loads(state)
-    self._iterator.set_state(self.state)
-
-  def start_prefetch(self) -> None:
-    """Grain's restore hook; the wrapped iterator starts on its first `next`."""
+    So no non-finite state is ever kept as best, latest or handed on.
+    """
+    return self.log or self.validate or self.save or self.preempted
 
 
-def _with_positions(iterator) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
-  while True:
-    batch = next(iterator)
-    yield batch, iterator.get_state()
+def step_end(step: int, *, config: ml_collections.ConfigDict, steps_per_epoch: int,
+             total_steps: int, has_validation: bool, preemption: _Preemption) -> StepEnd:
+  """The decisions after `step` (1-based): log, validate, save, stop.
+
+  Validation runs every `eval_every_epochs` epochs and after the last step, so
+  a run shorter than an epoch (`num_train_steps`) still has a
+  best-on-validation state for the test evaluation and later stages. Hosts
+  agree on a SIGTERM only where it costs no extra synchronisation (log or save
+  steps), except on one host, which looks every step.
+  """
+  log = step % config.log_every_steps == 0
+  epoch_end = (step % steps_per_epoch == 0
+               and (step // steps_per_epoch) % config.eval_every_epochs == 0)
+  save = step % config.checkpoint_every_steps == 0 or step == total_steps
+  validate = (epoch_end or step == total_steps) and has_validation
+  preempted = (preemption.agreed() if log or save or jax.process_count() == 1 else False)
+  return StepEnd(log=log, validate=validate, save=save, preempted=preempted)
 
 
-def _prefetched(iterator, mesh, size: int):
-  """(global batch, iterator state after it), `size` batches ahead on devices."""
-  pairs = _with_positions(iterator)
-  batches = ((sharding.to_global(b, mesh), s) for b, s in pairs)
-  queue = [next(batches) for _ in range(max(size, 1))]
-  while True:
-    yield queue.pop(0)
-    queue.append(next(batches))
-
+# MARK: the stage
 
 
 class ConfigMismatchError(ValueError):
@@ -378,13 +204,6 @@ def check_resume_config(directory: runs.StageDir, config: ml_collections.ConfigD
         f'afresh in another --workdir (or after removing {directory.path}).')
 
 
-def save_predictions(path: epath.Path, predictions: Mapping[str, np.ndarray]) -> None:
-  """Writes the per-clip predictions (`np.savez`) whole or not at all."""
-  buffer = io.BytesIO()
-  np.savez(buffer, **predictions)
-  runs.write_whole(path, buffer.getvalue())
-
-
 def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, *,
               config_file: str | None = None, overrides: tuple[str, ...] = (),
               clock: metrics_lib.RunClock | None = None) -> dict[str, Any]:
@@ -396,9 +215,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   that runs as printed. `clock`: the run's stages so far, for the run's time
   left (one stage if None).
   """
-  config_lib.check(config)
-  check_imagenet_layout(config)
-  config = effective_config(config, stage_name)
+  config = initialization.effective_config(config, stage_name)
   stage = stages.for_config(stage_name, config)
   directory = runs.stage_dir(workdir, stage_name)
   if directory.finished():
@@ -410,7 +227,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   resuming = directory.latest_dir.exists() and any(
       p.name.isdigit() for p in directory.latest_dir.iterdir())
   # Nothing is created for a stage that cannot start.
-  sources_of_init = {} if resuming else prerequisites(
+  sources_of_init = {} if resuming else initialization.prerequisites(
       stage, config, workdir, config_file=config_file, overrides=overrides)
   t_start = time.time()
 
@@ -418,7 +235,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  sources = load_sources(config)
+  sources = feeding.load_sources(config)
   train_src = sources['train']
   if train_src is None:
     raise ValueError(f'{config.dataset}/{config.protocol} has no training split.')
@@ -448,10 +265,10 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
           'builder_config': config.builder_config, 'class_names': list(train_src.class_names),
           'split_sizes': {k: (len(v.records) if v else 0) for k, v in sources.items()}})
 
-    # MARK: model, optimizer, initial weights
-    model = steps.StageModel(stage, config.model, num_classes)
+    # MARK: network, optimizer, initial weights
+    model = stage_network(stage, config.model, num_classes)
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-    init_vars = init_model_variables(model, config)
+    init_vars = initialization.init_model_variables(model, config)
     replicated = sharding.replicated(mesh)
     make_state = make_state_fn(stage, tx, mesh)
     abstract_state = jax.tree.map(
@@ -464,7 +281,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
         num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
         seed=config.seed, uniform_prob=config.input.uniform_prob, flip=config.input.flip,
         worker_count=config.input.worker_count, modalities=stage.inputs)
-    position = IteratorPosition(train_iter)
+    position = feeding.IteratorPosition(train_iter)
     ckpt = checkpointing.StageCheckpoints(directory, keep=config.keep_checkpoints)
 
     # Resume precedence: this stage's own latest checkpoint > previous stages /
@@ -477,7 +294,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
         progress.message(n)
       progress.message(f'resumed at step {int(state.step)}')
     else:
-      variables, origin = initial_variables(config, stage, init_vars, sources_of_init)
+      variables, origin = initialization.initial_variables(config, stage, init_vars,
+                                                           sources_of_init)
       state = make_state(variables)
       progress.message(f'initialised from {origin}')
       # A stage that starts afresh selects afresh: a best kept by an attempt that
@@ -504,13 +322,13 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
 
     # MARK: steps
     train_fn = make_train_fn(model, config, tx, schedule, mesh)
-    eval_fn = make_eval_fn(model, config, mesh)
+    eval_fn = evaluate.make_eval_fn(model, config, mesh)
     start_step = int(state.step)
     writer = metrics_lib.MetricWriter(directory.path, start_step=start_step)
     preempt = _Preemption()
 
     # MARK: loop
-    batches = _prefetched(train_iter, mesh, config.input.prefetch)
+    batches = feeding.prefetched(train_iter, mesh, config.input.prefetch)
     pending: list[dict[str, jax.Array]] = []
     last_log_step, last_log_time = start_step, time.time()
     stopped_early = False
@@ -519,15 +337,10 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
         batch, position.state = next(batches)
         state, step_metrics = train_fn(state, batch)
         pending.append(step_metrics)
-        epoch_end = (step % steps_per_epoch == 0
-                     and (step // steps_per_epoch) % config.eval_every_epochs == 0)
-        save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
-        validate = (epoch_end or step == total_steps) and sources['validation'] is not None
-        preempted = preempt.agreed() if (step % config.log_every_steps == 0 or save_now
-                                         or jax.process_count() == 1) else False
-        # Every step's metrics are checked before anything is validated or saved,
-        # so no non-finite state is ever kept as best, latest or handed on.
-        if step % config.log_every_steps == 0 or validate or save_now or preempted:
+        end = step_end(step, config=config, steps_per_epoch=steps_per_epoch,
+                       total_steps=total_steps, has_validation=sources['validation'] is not None,
+                       preemption=preempt)
+        if end.check_metrics:
           history = jax.device_get(pending)
           bad = metrics_lib.first_non_finite(history, step - len(history) + 1)
           if bad is not None:
@@ -549,11 +362,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
           pending, last_log_step, last_log_time = [], step, now
           ckpt.check_for_errors()
           lock.heartbeat()
-        # The last step validates too, so a run shorter than an epoch (num_train_steps)
-        # still has a best-on-validation state for the test evaluation and later stages.
-        if validate:
-          result = evaluate(state, sources['validation'], eval_fn=eval_fn, mesh=mesh,
-                            config=config, modalities=stage.inputs)
+        if end.validate:
+          result = evaluate.evaluate_split(state, sources['validation'], eval_fn=eval_fn,
+                                           mesh=mesh, config=config, modalities=stage.inputs)
           writer.write(step, 'validation',
                        {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
           better = [g for g in groups if improved(result['accuracy'][g],
@@ -571,9 +382,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
                                          for c in ('params', 'batch_stats')}
                                      for s in groups[g]})
             ckpt.save_best(step, best_of(state), selection)
-        if save_now or preempted:
+        if end.save or end.preempted:
           ckpt.save_latest(step, state, position)
-        if preempted:
+        if end.preempted:
           stopped_early = True
           progress.message(f'SIGTERM: saved step {step}; rerun the same command to resume.')
           break
@@ -611,12 +422,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
         'total_steps': total_steps, 'train_seconds': time.time() - t_start}
     split = config.eval.split
     if sources[split] is not None:
-      result = evaluate(best_state, sources[split], eval_fn=eval_fn, mesh=mesh, config=config,
-                        modalities=stage.inputs)
+      result = evaluate.evaluate_split(best_state, sources[split], eval_fn=eval_fn, mesh=mesh,
+                                       config=config, modalities=stage.inputs)
       results[split] = {k: result[k] for k in ('accuracy', 'num_examples', 'complete')}
       writer.write(results['best_step'], split,
                    {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
-      save_predictions(directory.predictions_file(split), result['predictions'])
+      evaluate.save_predictions(directory.predictions_file(split), result['predictions'])
       progress.message(f'{split} accuracy: ' + ', '.join(
           f'{k} {v:.4f}' for k, v in result['accuracy'].items()))
     # Written last: from here on the stage counts as finished (`runs.StageDir.finished`).

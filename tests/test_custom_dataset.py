@@ -29,6 +29,7 @@ from data_builders.custom_rgbd import __main__ as build_cli
 from data_builders.custom_rgbd import builder as custom_builder
 from data_builders.custom_rgbd import layout
 from modistill_jax import trainer
+from modistill_jax.data import feeding
 from modistill_jax.data import pipeline
 from modistill_jax.data import records
 import tiny_run
@@ -352,7 +353,7 @@ def test_custom_config_without_dataset_name_says_which_flag(built):
   config = custom.get_config('step1')
   config.data_dir = os.fspath(built)
   with pytest.raises(ValueError, match='set --config.dataset=NAME'):
-    trainer.load_sources(config)
+    feeding.load_sources(config)
 
 
 def test_frames_order_by_number_and_a_repeated_number_is_an_error(tmp_path):

@@ -28,6 +28,8 @@ from modistill_jax.data import jet
 from modistill_jax.data import preprocess
 from modistill_jax.models import MultiStream
 from modistill_jax.models import resnet
+from modistill_jax.models import stage_network
+from modistill_jax.models import StageNetwork
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -54,12 +56,12 @@ def uint8_clips(seed: int, num_clips: int) -> np.ndarray:
   return rng.integers(0, 256, (num_clips, FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def stage_model(stage_name: str, config) -> steps.StageModel:
-  return steps.StageModel(stages.for_config(stage_name, config), config.model, NUM_CLASSES)
+def stage_model(stage_name: str, config) -> StageNetwork:
+  return stage_network(stages.for_config(stage_name, config), config.model, NUM_CLASSES)
 
 
-def filled_variables(model: steps.StageModel, inputs, seed: int = 0, temporal_noise=0.0):
-  shapes = jax.eval_shape(model.init, jax.random.key(0), inputs)
+def filled_variables(model: StageNetwork, inputs, seed: int = 0, temporal_noise=0.0):
+  shapes = jax.eval_shape(model.init_variables, jax.random.key(0), inputs)
   return fill_variables(shapes, seed, temporal_noise)
 
 
@@ -191,16 +193,16 @@ def test_unconnected_step4_is_the_mean_of_two_streams_alone():
   rgb = {'rgb': jnp.asarray(uint8_clips(0, 2), jnp.float32) - 128.0}
   model = stage_model('step4', config)
   variables = filled_variables(model, rgb)
-  fused = model.apply(variables, rgb, train=False)[0]['fused']
+  fused = model.apply(variables, rgb, train=False)['fused']
 
   alone = []
   for stream in ('hall', 'rgb'):
-    single = MultiStream(num_classes=NUM_CLASSES, receiver=stream, receiver_input='rgb',
-                         units_per_block=(2, 2, 2, 2), width=4)
+    single = MultiStream(stages.ModelSpec(stream, 'rgb'),
+                         resnet.stream_factory(config.model, NUM_CLASSES))
     alone.append(single.apply({c: {stream: variables[c][stream]} for c in variables},
                               rgb, train=False)['logits'][stream])
   np.testing.assert_allclose(fused, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
-  connected = stage_model('step4', tiny_config()).apply(variables, rgb, train=False)[0]['fused']
+  connected = stage_model('step4', tiny_config()).apply(variables, rgb, train=False)['fused']
   assert np.abs(np.asarray(connected) - np.asarray(fused)).max() > 1e-3
 
 
@@ -212,7 +214,7 @@ def step2_eval(batch_stats: bool, batch: dict, variables) -> dict:
   model = stage_model('step2', config)
   inputs = steps.model_inputs(batch, config.input, model.stage.inputs, jnp.float32)
   streams = steps.eval_batch_stats_streams(model.stage, config.privileged, config.eval)
-  return apply_tapped(model.modules[0], variables, inputs, train=False,
+  return apply_tapped(model, variables, inputs, train=False,
                       batch_stats_streams=streams, clip_mask=batch['mask'],
                       mutable=['batch_stats'], taps=('depth/conv1', 'depth/bn1'))
 

@@ -13,12 +13,13 @@ import pytest
 
 import configs.demo
 from conftest import make_split, shrink
+from modistill_jax import initialization
 from modistill_jax import optim
 from modistill_jax import sharding
 from modistill_jax import stages
-from modistill_jax import steps
 from modistill_jax import trainer
 from modistill_jax.data import pipeline
+from modistill_jax.models import stage_network
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -44,8 +45,8 @@ def test_step3_update_leaves_teacher_untouched():
   config = shrink(configs.demo.get_config('step3'))
   stage = stages.get_stage('step3')
   assert stage.frozen == ('depth',) and stage.trainable == ('hall',)
-  model = steps.StageModel(stage, config.model, num_classes=3)
-  variables = copy_tree(trainer.init_model_variables(model, config))
+  model = stage_network(stage, config.model, num_classes=3)
+  variables = copy_tree(initialization.init_model_variables(model, config))
   mesh = sharding.make_mesh()
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
   state = trainer.make_state_fn(stage, tx, mesh)(variables)

@@ -9,6 +9,7 @@ import struct
 import urllib.request
 
 from etils import epath
+import jax
 import pytest
 from tensorboardX.proto import event_pb2
 
@@ -49,7 +50,7 @@ def write_steps(writer: metrics_lib.MetricWriter, steps, session: int) -> None:
 
 
 def test_records_and_events_reach_the_stage_folder(stage_dir):
-  writer = metrics_lib.MetricWriter(stage_dir, enabled=True)
+  writer = metrics_lib.MetricWriter(stage_dir)
   write_steps(writer, range(1, 6), session=1)
   writer.close()
   records = metrics_lib.read_jsonl(epath.Path(stage_dir) / 'metrics.jsonl')
@@ -64,11 +65,11 @@ def test_records_and_events_reach_the_stage_folder(stage_dir):
 
 
 def test_a_resumed_run_holds_each_step_once(stage_dir):
-  first = metrics_lib.MetricWriter(stage_dir, enabled=True, start_step=0)
+  first = metrics_lib.MetricWriter(stage_dir, start_step=0)
   write_steps(first, range(1, 7), session=1)
   first.close()
   # Resumed from a checkpoint at step 3: steps 4-6 are trained and written again.
-  second = metrics_lib.MetricWriter(stage_dir, enabled=True, start_step=3)
+  second = metrics_lib.MetricWriter(stage_dir, start_step=3)
   write_steps(second, range(4, 9), session=2)
   second.close()
   records = metrics_lib.read_jsonl(epath.Path(stage_dir) / 'metrics.jsonl')
@@ -85,10 +86,10 @@ def test_a_resumed_run_holds_each_step_once(stage_dir):
 
 
 def test_a_fresh_start_drops_an_interrupted_sessions_records(stage_dir):
-  first = metrics_lib.MetricWriter(stage_dir, enabled=True)
+  first = metrics_lib.MetricWriter(stage_dir)
   write_steps(first, range(1, 3), session=1)
   first.close()
-  second = metrics_lib.MetricWriter(stage_dir, enabled=True, start_step=0)
+  second = metrics_lib.MetricWriter(stage_dir, start_step=0)
   write_steps(second, range(1, 2), session=2)
   second.close()
   records = metrics_lib.read_jsonl(epath.Path(stage_dir) / 'metrics.jsonl')
@@ -97,7 +98,7 @@ def test_a_fresh_start_drops_an_interrupted_sessions_records(stage_dir):
 
 def test_remote_folder_syncs_training_records_in_batches(gcs_emulator, gcs_bucket):
   stage_dir = epath.Path(gcs_bucket) / 'run' / 'step1'
-  writer = metrics_lib.MetricWriter(stage_dir, enabled=True, sync_every_s=3600)
+  writer = metrics_lib.MetricWriter(stage_dir, sync_every_s=3600)
   writer.write(1, 'train', {'loss': 1.0})
   writer.write(2, 'train', {'loss': 2.0})
   assert not (stage_dir / 'metrics.jsonl').exists()  # waits for the next sync
@@ -116,8 +117,9 @@ def test_remote_folder_syncs_training_records_in_batches(gcs_emulator, gcs_bucke
   assert local_events and not os.path.exists(local_events)  # the local copy is removed
 
 
-def test_disabled_writer_writes_nothing(tmp_path):
-  writer = metrics_lib.MetricWriter(str(tmp_path / 'stage'), enabled=False)
+def test_writer_of_another_process_writes_nothing(tmp_path, monkeypatch):
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  writer = metrics_lib.MetricWriter(str(tmp_path / 'stage'))
   writer.write(1, 'train', {'loss': 1.0})
   writer.close()
   assert not (tmp_path / 'stage').exists()

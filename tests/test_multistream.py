@@ -15,6 +15,7 @@ import pytest
 
 from conftest import apply_tapped, fill_variables
 from modistill_jax import losses
+from modistill_jax import stages
 from modistill_jax.models import multistream
 from modistill_jax.models import resnet
 
@@ -28,11 +29,14 @@ def _flat(tree):
   return flax.traverse_util.flatten_dict(tree, sep='/')
 
 
-def _model(giver='depth', receiver='rgb', **kwargs):
+TINY_STREAM = functools.partial(resnet.Stream, num_classes=NUM_CLASSES, **TINY)
+
+
+def _model(giver='depth', receiver='rgb', connections=True, giver_frozen=False):
   inputs = {'depth': 'depth', 'rgb': 'rgb', 'hall': 'rgb'}
-  return multistream.MultiStream(
-      num_classes=NUM_CLASSES, receiver=receiver, receiver_input=inputs[receiver],
-      giver=giver, giver_input=inputs.get(giver), **TINY, **kwargs)
+  spec = stages.ModelSpec(receiver, inputs[receiver], giver, inputs.get(giver),
+                          connections=connections, giver_frozen=giver_frozen)
+  return multistream.MultiStream(spec, TINY_STREAM)
 
 
 def _clips(seed):
@@ -98,15 +102,16 @@ def test_full_size_variables_are_one_stream_per_name():
       jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
   stream_shapes = {k: v.shape for k, v in _flat(stream_shapes).items()}
   for connections in (True, False):
-    model = multistream.MultiStream(num_classes=60, receiver='rgb', receiver_input='rgb',
-                                    giver='depth', giver_input='depth',
-                                    connections=connections)
+    model = multistream.MultiStream(
+        stages.ModelSpec('rgb', 'rgb', 'depth', 'depth', connections=connections),
+        functools.partial(resnet.Stream, num_classes=60))
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), clips)
     assert sorted(shapes['params']) == ['depth', 'rgb']
     for name in ('depth', 'rgb'):
       got = {k: v.shape for k, v in _flat({c: shapes[c][name] for c in shapes}).items()}
       assert got == stream_shapes, name
-  single = multistream.MultiStream(num_classes=60, receiver='rgb', receiver_input='rgb')
+  single = multistream.MultiStream(stages.ModelSpec('rgb', 'rgb'),
+                                   functools.partial(resnet.Stream, num_classes=60))
   shapes = jax.eval_shape(lambda x: single.init(jax.random.key(0), x, train=False), clips)
   assert sorted(shapes['params']) == ['rgb']
 
@@ -116,8 +121,9 @@ def test_clip_logits_and_fusion():
 
   Also: each stream's frame logits are its `Stream` applied to the clips'
   frames laid out clip-major (clip 0's frames first), so frames are never
-  mixed across clips or modalities, and a one-stream model's fused logits are
-  its own clip logits.
+  mixed across clips or modalities, and a one-stream stage's fused logits are
+  its own clip logits. The stage network (the joint step 1: the same two
+  unconnected streams) gives its parts' outputs unchanged.
   """
   model = _model(connections=False)
   variables = _variables()
@@ -126,21 +132,22 @@ def test_clip_logits_and_fusion():
   assert sorted(out['logits']) == ['depth', 'rgb']
   stream = resnet.Stream(num_classes=NUM_CLASSES, **TINY)
   for name in ('depth', 'rgb'):
-    frame_logits = np.asarray(out['frame_logits'][name])
-    assert frame_logits.shape == (CLIPS, FRAMES, NUM_CLASSES)
     direct, _ = stream.apply(
         {c: variables[c][name] for c in variables},
         clips[name].reshape((CLIPS * FRAMES, SIDE, SIDE, 3)), num_frames=FRAMES, train=False)
-    np.testing.assert_allclose(frame_logits.reshape(CLIPS * FRAMES, -1), direct,
-                               rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(out['logits'][name], frame_logits.mean(axis=1),
+    np.testing.assert_allclose(out['logits'][name],
+                               np.asarray(direct).reshape(CLIPS, FRAMES, -1).mean(axis=1),
                                rtol=1e-6, atol=1e-6)
     assert out['endpoints'][name]['block4'].shape[0] == CLIPS * FRAMES
+  network = multistream.StageNetwork(stages.get_stage('step1'), TINY_STREAM)
+  out_network = network.apply(variables, clips, train=False)
+  _assert_trees_equal(out_network['logits'], out['logits'])
   np.testing.assert_allclose(
-      out['fused'], (np.asarray(out['logits']['depth']) + np.asarray(out['logits']['rgb'])) / 2,
+      out_network['fused'],
+      (np.asarray(out['logits']['depth']) + np.asarray(out['logits']['rgb'])) / 2,
       rtol=1e-6, atol=1e-6)
 
-  single = _model(giver=None)
+  single = multistream.StageNetwork(stages.get_stage('step1_rgb'), TINY_STREAM)
   single_vars = {c: {'rgb': variables[c]['rgb']} for c in variables}
   out_single = single.apply(single_vars, {'rgb': clips['rgb']}, train=False)
   assert sorted(out_single['logits']) == ['rgb']
@@ -170,7 +177,7 @@ def test_zero_giver_unit0_gives_unconnected_receiver():
     assert not np.any(connected['endpoints']['depth'][f'block{b}/unit0'])
   plain = _model(connections=False).apply(zeroed, clips, train=False)
   _assert_trees_equal(connected['endpoints']['rgb'], plain['endpoints']['rgb'])
-  _assert_trees_equal(connected['frame_logits'], plain['frame_logits'])
+  _assert_trees_equal(connected['logits']['rgb'], plain['logits']['rgb'])
 
   live = _model(connections=True).apply(_variables(), clips, train=False)
   live_plain = _model(connections=False).apply(_variables(), clips, train=False)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from modistill_jax import param_merge
+from modistill_jax import stages
 from modistill_jax.models import multistream
+from modistill_jax.models import resnet
 
 
 def _tree(seed, dtype=np.float32, classes=5):
@@ -150,8 +152,8 @@ def test_dtype_follows_target(target_dtype, source_dtype):
 def _model_shapes(giver, receiver):
   inputs = {'depth': 'depth', 'rgb': 'rgb', 'hall': 'rgb'}
   model = multistream.MultiStream(
-      num_classes=4, receiver=receiver, receiver_input=inputs[receiver], giver=giver,
-      giver_input=inputs[giver], units_per_block=(2, 2, 2, 2), width=4)
+      stages.ModelSpec(receiver, inputs[receiver], giver, inputs[giver], connections=True),
+      functools.partial(resnet.Stream, num_classes=4, units_per_block=(2, 2, 2, 2), width=4))
   clips = {m: jax.ShapeDtypeStruct((1, 2, 32, 32, 3), jnp.float32) for m in ('rgb', 'depth')}
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), clips)
 
@@ -161,25 +163,23 @@ def _filled(shapes, seed):
   return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
 
 
-def test_stage_transfer_through_subtree():
+def test_stage_transfer_of_a_stream():
   """Step 3 starts its hallucination stream as a copy of step 2's depth stream.
 
-  Built with `subtree` from a step-2 tree of the real model's keys, the merge
-  fills both step-3 streams from step 2's depth stream, and `subtree` names the
-  missing prefix when asked for a stream that is not there.
+  From a step-2 tree of the real model's keys, the merge fills both step-3
+  streams from step 2's depth stream, and names the missing stream's keys when
+  it is not given.
   """
   step2 = {c: _filled(v, seed) for seed, (c, v) in
            enumerate(_model_shapes('depth', 'rgb').items())}
   step3_target = {c: _filled(v, 10 + seed) for seed, (c, v) in
                   enumerate(_model_shapes('depth', 'hall').items())}
   for collection in ('params', 'batch_stats'):
-    depth = param_merge.subtree(step2, f'{collection}/depth')
+    depth = step2[collection]['depth']
     merged = param_merge.merge(step3_target[collection], {'depth': depth, 'hall': depth},
                                what='step 2')
     for key, value in _flat(merged).items():
       np.testing.assert_array_equal(value, _flat(depth)[key.split('/', 1)[1]], err_msg=key)
-  with pytest.raises(KeyError, match="No 'params/hall'"):
-    param_merge.subtree(step2, 'params/hall')
   # Without the copy the missing stream is reported by its keys.
   with pytest.raises(param_merge.MergeError, match=r'hall/block1_unit1/temporal/kernel'):
-    param_merge.merge(step3_target['params'], {'depth': param_merge.subtree(step2, 'params/depth')})
+    param_merge.merge(step3_target['params'], {'depth': step2['params']['depth']})

@@ -21,6 +21,8 @@ from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
 from modistill_jax.data import pipeline
+from modistill_jax.models import resnet
+from modistill_jax.models import stage_network
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -55,9 +57,10 @@ def png(image: Image.Image) -> bytes:
 
 
 def _library_outputs(batch, *, state, model, config):
-  """Probabilities from `StageModel.apply`, and the prediction `steps.eval_step` reports."""
-  inputs = steps.model_inputs(batch, config.input, model.stage.inputs, model.dtype)
-  outputs, _ = model.apply(state.variables(), inputs, train=False)
+  """Probabilities from the stage network, and the prediction `steps.eval_step` reports."""
+  inputs = steps.model_inputs(batch, config.input, model.stage.inputs,
+                              resnet.compute_dtype(config.model))
+  outputs = model.apply(state.variables(), inputs, train=False)
   prediction = steps.eval_step(state, batch, jax.random.key(0), model=model, config=config)
   return jax.nn.softmax(outputs['fused'], axis=-1), prediction['pred/fused']
 
@@ -76,7 +79,7 @@ def library_evaluation(workdir):
   saved = run.best_state()
   state = steps.TrainState(step=saved['step'], params=saved['params'],
                            batch_stats=saved['batch_stats'], opt_state=None, frozen={})
-  model = steps.StageModel(stage, config.model, num_classes)
+  model = stage_network(stage, config.model, num_classes)
   outputs = jax.jit(functools.partial(_library_outputs, model=model, config=config))
 
   def evaluate(path):

@@ -19,6 +19,7 @@ from modistill_jax import config_lib
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax.models import resnet
+from modistill_jax.models import stage_network
 
 NUM_CLASSES = 5
 CLIPS, FRAMES, SIDE = 2, 3, 32
@@ -33,7 +34,7 @@ def _shapes(tree):
 def _step3_model(remat):
   config = config_lib.base_config().model
   config.update(dict(remat=remat, **TINY))
-  return steps.StageModel(stages.get_stage('step3'), config, NUM_CLASSES)
+  return stage_network(stages.get_stage('step3'), config, NUM_CLASSES)
 
 
 def _clips():
@@ -45,7 +46,7 @@ def _clips():
 @functools.cache
 def _variables():
   """Step-3 variables of the tiny model, random but not trivial (BatchNorm perturbed)."""
-  shapes = jax.eval_shape(_step3_model(False).init, jax.random.key(0), _clips())
+  shapes = jax.eval_shape(_step3_model(False).init_variables, jax.random.key(0), _clips())
   rng = np.random.default_rng(0)
   filled = {}
   for path, leaf in flax.traverse_util.flatten_dict(shapes, sep='/').items():
@@ -63,7 +64,8 @@ def _variables():
 def _outputs_fn(remat, variables, inputs):
   """Params -> (outputs, new batch stats) of the tiny step-3 model in training mode."""
   model = _step3_model(remat)
-  return lambda params: model.apply({**variables, 'params': params}, inputs, train=True)
+  return lambda params: steps.forward(model, {**variables, 'params': params}, inputs,
+                                      train=True)
 
 
 def test_full_size_variable_tree_is_the_same_with_remat():

@@ -392,15 +392,15 @@ def test_joint_step1_selects_each_stream_on_its_own_accuracy(tmp_path, synthetic
   """
   crafted = {2: {'depth': 0.5, 'rgb': 0.5}, 4: {'depth': 0.7, 'rgb': 0.4},
              6: {'depth': 0.6, 'rgb': 0.8}}
-  real_evaluate = trainer.evaluate
+  real_evaluate = evaluate.evaluate_split
 
-  def evaluate(state, source, **kwargs):
+  def crafted_evaluate(state, source, **kwargs):
     result = real_evaluate(state, source, **kwargs)
     if source.name.endswith('validation'):
       result['accuracy'].update(crafted[int(state.step)])
     return result
 
-  monkeypatch.setattr(trainer, 'evaluate', evaluate)
+  monkeypatch.setattr(evaluate, 'evaluate_split', crafted_evaluate)
   workdir = str(tmp_path)
   config = demo_config('step1', synthetic_data_dir, num_train_steps=6, checkpoint_every_steps=2,
                        keep_checkpoints=3)

@@ -3,7 +3,7 @@
 The trained run is `tiny_run`'s (the demo config's `all` on conftest's tiny
 dataset, shrunk to width 4 and 16x16, one epoch per stage), shared with the
 predict and export tests. Each stage's starting variables are recomputed with
-`trainer.initial_variables`, from an all-zero init so that a stream that was not
+`initialization.initial_variables`, from an all-zero init so that a stream that was not
 loaded cannot pass by coincidence, and compared bit for bit with the streams of
 the previous stages' best checkpoints. The noise sweep of `evaluate` runs on
 the same run.
@@ -24,10 +24,11 @@ from conftest import REPO_ROOT, cli_env, override_flags
 import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
+from modistill_jax import initialization
 from modistill_jax import runs
 from modistill_jax import stages
-from modistill_jax import steps
 from modistill_jax import trainer
+from modistill_jax.models import stage_network
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -55,8 +56,8 @@ def config(synthetic_data_dir):
 def zero_variables(stage_name: str, config) -> dict:
   """The stage's variable tree (shapes of `init_model_variables`), all zeros."""
   stage = stages.get_stage(stage_name)
-  model = steps.StageModel(stage, config.model, num_classes=3)
-  shapes = jax.eval_shape(functools.partial(trainer.init_model_variables, model, config))
+  model = stage_network(stage, config.model, num_classes=3)
+  shapes = jax.eval_shape(functools.partial(initialization.init_model_variables, model, config))
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
@@ -73,9 +74,9 @@ def assert_starts_from(config, workdir: str, stage_name: str,
                        sources: dict[str, tuple[str, str]]):
   """`initial_variables` of `stage_name` equals, stream by stream, the named checkpoint slices."""
   stage = stages.get_stage(stage_name)
-  variables, origin = trainer.initial_variables(
+  variables, origin = initialization.initial_variables(
       config, stage, zero_variables(stage_name, config),
-      trainer.prerequisites(stage, config, workdir))
+      initialization.prerequisites(stage, config, workdir))
   assert origin == 'previous stages'
   assert set(variables['params']) == set(sources)
   for stream, (source_stage, source_stream) in sources.items():

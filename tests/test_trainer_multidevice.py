@@ -21,7 +21,9 @@ from modistill_jax import sharding
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
+from modistill_jax.data import feeding
 from modistill_jax.data import pipeline
+from modistill_jax.models import stage_network
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -74,10 +76,10 @@ def test_four_devices_match_one_device():
   config = shrink(configs.demo.get_config('step2'), **WELL_CONDITIONED)
   size = config.input.image_size
   stage = stages.get_stage('step2')
-  model = steps.StageModel(stage, config.model, num_classes=3)
+  model = stage_network(stage, config.model, num_classes=3)
   tx, schedule = optim.make_optimizer(config.optimizer, NUM_STEPS)
-  dummy = {m: np.zeros(trainer.input_shape(config, 1), np.float32) for m in stage.inputs}
-  variables = jax.device_get(jax.jit(model.init)(jax.random.key(config.seed), dummy))
+  dummy = {m: np.zeros(feeding.input_shape(config, 1), np.float32) for m in stage.inputs}
+  variables = jax.device_get(jax.jit(model.init_variables)(jax.random.key(config.seed), dummy))
   iterator = pipeline.train_iterator(
       make_split('train', 3), global_batch_size=config.batch_size,
       num_frames=config.input.num_frames, image_size=(size, size), seed=0,

@@ -1,11 +1,11 @@
 """The multi-stream network: up to two streams joined by multiplicative connections.
 
-One class expresses every stage of the method. A model has a *receiving* stream
-and optionally a *giving* stream, each a named `Stream` reading one input
-modality. With `connections=True`, the giving stream's unit-0 output (after ReLU)
-of each of the 4 blocks gates the receiving stream's unit-1 residual input
-(`x + x_pre * m`, see `resnet.py`); the giver itself receives nothing, so it runs
-first and the receiver after it.
+One class expresses every stage of the method. A `MultiStream` runs one
+`stages.ModelSpec`: a *receiving* stream and optionally a *giving* stream, each
+a named stream reading one input modality. With `connections=True`, the giving
+stream's unit-0 output (after ReLU) of each of the 4 blocks gates the receiving
+stream's unit-1 residual input (`x + x_pre * m`, see `resnet.py`); the giver
+itself receives nothing, so it runs first and the receiver after it.
 
 | stage                  | giver (input)      | receiver (input) | connections |
 |------------------------|--------------------|------------------|-------------|
@@ -16,69 +16,43 @@ first and the receiver after it.
 | step 4                 | hall (rgb)         | rgb (rgb)        | on          |
 | Table 4, inverted      | swap 'rgb' and 'depth' in the rows above            |
 
-Stream names are the parameter-tree keys (`params['depth']`, ...), which is how
+`StageNetwork` is a whole stage: its `MultiStream`s (one, or the hoffman
+baseline's three) and the fused prediction. Stream names are the top keys of
+the variable trees (`params['depth']`, ...) whatever the stage, which is how
 the trainer carries a stream from one stage's checkpoint to the next.
 
 Clip logits are the mean of the per-frame logits; the fused logits are the mean
-of the streams' clip logits.
+of the clip logits of the stage's fused streams.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from modistill_jax import stages
 from modistill_jax.models import resnet
 
 Array = jax.Array
+PyTree = Any
 
 
 class MultiStream(nn.Module):
-  """Receiving stream plus an optional giving stream.
+  """Receiving stream plus an optional giving stream, as `spec` says.
 
   Attributes:
-    num_classes: classifier size of every stream.
-    receiver: name of the receiving stream, e.g. 'rgb' or 'hall'.
-    receiver_input: modality the receiver reads, 'rgb' or 'depth'.
-    giver: name of the giving stream, or None for a single-stream model.
-    giver_input: modality the giver reads.
-    connections: multiplicative connections from giver to receiver.
-    giver_frozen: the giver is a frozen teacher: its BatchNorm always runs in
-      inference mode and no gradient flows into it (step 3).
-    units_per_block, width, stride_layout, dtype, remat, bn_momentum, bn_epsilon,
-    temporal_form, temporal_init: passed to every `Stream`.
+    spec: the streams, their inputs, connections and whether the giver is a
+      frozen teacher (its BatchNorm always in inference mode, no gradient into
+      it: step 3).
+    stream: builds a stream from its name (`resnet.stream_factory`).
   """
-  num_classes: int
-  receiver: str
-  receiver_input: str
-  giver: str | None = None
-  giver_input: str | None = None
-  connections: bool = True
-  giver_frozen: bool = False
-  units_per_block: Sequence[int] = (3, 4, 6, 3)
-  width: int = 64
-  stride_layout: str = 'slim'
-  dtype: Any = jnp.float32
-  remat: bool = False
-  bn_momentum: float = 0.997
-  bn_epsilon: float = 1e-5
-  temporal_form: str = 'linear'
-  temporal_init: str = 'identity'
-
-  def _stream(self, name: str) -> resnet.Stream:
-    return resnet.Stream(
-        num_classes=self.num_classes, units_per_block=tuple(self.units_per_block),
-        width=self.width, stride_layout=self.stride_layout, dtype=self.dtype,
-        remat=self.remat, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        temporal_form=self.temporal_form, temporal_init=self.temporal_init, name=name)
-
-  @property
-  def stream_names(self) -> tuple[str, ...]:
-    return (self.giver, self.receiver) if self.giver else (self.receiver,)
+  spec: stages.ModelSpec
+  stream: resnet.StreamFactory
 
   @nn.compact
   def __call__(self, inputs: Mapping[str, Array], *, train: bool,
@@ -98,37 +72,90 @@ class MultiStream(nn.Module):
         are taken over (an evaluation batch's padding is left out).
 
     Returns:
-      A dict with `logits` (stream name -> clip logits `(clips, classes)`),
-      `fused` (mean of the streams' clip logits), `frame_logits` (stream name ->
-      `(clips, frames, classes)`) and `endpoints` (stream name -> endpoint dict,
-      arrays shaped `(clips * frames, ...)`).
+      A dict with `logits` (stream name -> clip logits `(clips, classes)`) and
+      `endpoints` (stream name -> endpoint dict, arrays shaped
+      `(clips * frames, ...)`).
     """
-    if self.giver is not None and self.giver == self.receiver:
-      raise ValueError(f'giver and receiver must differ, both are {self.giver!r}.')
+    spec = self.spec
+    if spec.giver is not None and spec.giver == spec.receiver:
+      raise ValueError(f'giver and receiver must differ, both are {spec.giver!r}.')
 
     def run(name: str, modality: str, gates=None, trainable=True):
       clips = inputs[modality]
       n, t = clips.shape[:2]
       batch_stats = trainable and name in batch_stats_streams
       bn_mask = (jnp.repeat(clip_mask, t) if batch_stats and clip_mask is not None else None)
-      frame_logits, endpoints = self._stream(name)(
+      frame_logits, endpoints = self.stream(name=name)(
           clips.reshape((n * t,) + clips.shape[2:]), num_frames=t,
           train=(train and trainable) or batch_stats, gates=gates, bn_mask=bn_mask)
-      return frame_logits.reshape(n, t, -1), endpoints
+      return frame_logits.reshape(n, t, -1).mean(axis=1), endpoints
 
-    frame_logits, endpoints = {}, {}
+    logits, endpoints = {}, {}
     gates = None
-    if self.giver is not None:
-      fl, ep = run(self.giver, self.giver_input, trainable=not self.giver_frozen)
-      if self.giver_frozen:
-        fl, ep = jax.lax.stop_gradient((fl, ep))
-      frame_logits[self.giver], endpoints[self.giver] = fl, ep
-      if self.connections:
-        gates = {b: ep[f'block{b}/unit0'] for b in range(1, len(self.units_per_block) + 1)}
-    frame_logits[self.receiver], endpoints[self.receiver] = run(
-        self.receiver, self.receiver_input, gates=gates)
+    if spec.giver is not None:
+      giver_logits, giver_endpoints = run(spec.giver, spec.giver_input,
+                                          trainable=not spec.giver_frozen)
+      if spec.giver_frozen:
+        giver_logits, giver_endpoints = jax.lax.stop_gradient((giver_logits, giver_endpoints))
+      logits[spec.giver], endpoints[spec.giver] = giver_logits, giver_endpoints
+      if spec.connections:
+        gates = resnet.connection_gates(giver_endpoints)
+    logits[spec.receiver], endpoints[spec.receiver] = run(
+        spec.receiver, spec.receiver_input, gates=gates)
+    return {'logits': logits, 'endpoints': endpoints}
 
-    logits = {name: fl.mean(axis=1) for name, fl in frame_logits.items()}
-    fused = jnp.mean(jnp.stack([logits[n] for n in self.stream_names]), axis=0)
-    return {'logits': logits, 'fused': fused, 'frame_logits': frame_logits,
-            'endpoints': endpoints}
+
+class StageNetwork(nn.Module):
+  """Every stream of a stage, and its fused prediction, as one Flax module.
+
+  Attributes:
+    stage: the stage (`stages.for_config`): its `ModelSpec`s and fused streams.
+    stream: builds a stream from its name (`resnet.stream_factory`).
+  """
+  stage: stages.Stage
+  stream: resnet.StreamFactory
+
+  def setup(self):
+    self.parts = [MultiStream(spec, self.stream) for spec in self.stage.models]
+    # The parts add no level to the variable trees: their streams sit at the top.
+    for part in self.parts:
+      nn.share_scope(self, part)
+
+  def __call__(self, inputs: Mapping[str, Array], *, train: bool,
+               batch_stats_streams: Sequence[str] = (),
+               clip_mask: Array | None = None) -> dict[str, Any]:
+    """`MultiStream`'s outputs of every part, merged, plus `fused`: the stage's prediction.
+
+    The arguments are `MultiStream`'s.
+    """
+    outputs = {'logits': {}, 'endpoints': {}}
+    for part in self.parts:
+      out = part(inputs, train=train, batch_stats_streams=batch_stats_streams,
+                 clip_mask=clip_mask)
+      outputs['logits'].update(out['logits'])
+      outputs['endpoints'].update(out['endpoints'])
+    outputs['fused'] = jnp.mean(
+        jnp.stack([outputs['logits'][s] for s in self.stage.fused]), axis=0)
+    return outputs
+
+  def _init_part(self, inputs: Mapping[str, Array], *, index: int) -> dict[str, Any]:
+    return self.parts[index](inputs, train=False)
+
+  def init_variables(self, rng: Array, inputs: Mapping[str, Array]) -> dict[str, PyTree]:
+    """Fresh `{'params', 'batch_stats'}` of every stream of the stage.
+
+    Each part is initialised from its own split of `rng`, so a seed gives the
+    same initial weights as it always has (and so the same results).
+    """
+    variables = {'params': {}, 'batch_stats': {}}
+    for index, key in enumerate(jax.random.split(rng, len(self.stage.models))):
+      part = self.init(key, inputs, method=functools.partial(StageNetwork._init_part,
+                                                             index=index))
+      variables['params'].update(part['params'])
+      variables['batch_stats'].update(part['batch_stats'])
+    return variables
+
+
+def stage_network(stage: stages.Stage, model_config: Any, num_classes: int) -> StageNetwork:
+  """The stage's network with the streams `model_config` (`config.model`) defines."""
+  return StageNetwork(stage, resnet.stream_factory(model_config, num_classes))

@@ -42,9 +42,9 @@ weight importer, so no layout has conv biases here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import functools
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -57,6 +57,14 @@ STRIDE_LAYOUTS: tuple[str, ...] = ('slim', 'keras', 'torchvision')
 # The unit (within every block) that holds the temporal conv and receives the
 # cross-stream connection; unit 0's output is what the giving stream sends.
 CONNECTED_UNIT = 1
+
+
+def connection_gates(endpoints: Mapping[str, Array]) -> dict[int, Array]:
+  """`{block: unit-0 output}` of a giving stream's endpoints: what its connections send."""
+  suffix = f'/unit{CONNECTED_UNIT - 1}'
+  return {int(name[len('block'):-len(suffix)]): x for name, x in endpoints.items()
+          if name.startswith('block') and name.endswith(suffix)}
+
 
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
 
@@ -280,3 +288,27 @@ class Stream(nn.Module):
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=he_normal, name='logits')(pooled)
     return logits.astype(jnp.float32), endpoints
+
+
+# A stream with every setting but its name: `factory(name='rgb')` is one stream.
+StreamFactory = Callable[..., Stream]
+
+
+def compute_dtype(model_config: Any) -> jnp.dtype:
+  """`config.model.dtype` as the dtype streams compute in and their inputs arrive in."""
+  return jnp.bfloat16 if model_config.dtype == 'bfloat16' else jnp.float32
+
+
+def stream_factory(model_config: Any, num_classes: int) -> StreamFactory:
+  """Streams as `config.model` defines them; every stream of a run is built by this one.
+
+  `model_config` is the run's `config.model` (a ConfigDict). Which streams a
+  stage has and who connects to whom is the stage's to say (`stages.ModelSpec`);
+  the network itself is the same for all of them.
+  """
+  return functools.partial(
+      Stream, num_classes=num_classes, units_per_block=tuple(model_config.units_per_block),
+      width=model_config.width, stride_layout=model_config.stride_layout,
+      dtype=compute_dtype(model_config), remat=model_config.remat,
+      bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon,
+      temporal_form=model_config.temporal_form, temporal_init=model_config.temporal_init)

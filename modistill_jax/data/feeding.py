@@ -1,0 +1,96 @@
+"""Feeding the trainer: a config's splits, and batches on the devices ahead of the step.
+
+The pipeline (`pipeline.py`) makes per-host uint8 batches; this module is what
+the trainer and evaluation add on top: the dataset is built on first use when
+the config allows it, the batches are put on the mesh a few steps ahead of the
+step, and the data position saved with a checkpoint is the one the *step* has
+reached, not the prefetching iterator's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import json
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from modistill_jax import sharding
+from modistill_jax.data import pipeline
+
+
+def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
+  """Builds a download-free dataset (the synthetic one) on first use; returns where, if it did."""
+  if not config.build_if_missing:
+    return None
+  import data_builders  # pylint: disable=g-import-not-at-top,unused-import  (registers builders)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from modistill_jax.data import records  # pylint: disable=g-import-not-at-top
+  name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
+  builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=records.FILE_FORMAT)
+  # TFDS logs a warning when asked about a dataset folder that does not exist yet.
+  if builder.data_path.exists() and builder.is_prepared():
+    return None
+  if jax.process_count() > 1:
+    raise RuntimeError(f'Build {name} once before a multi-host run (tfds build).')
+  logging.info('Building %s in %s', name, builder.data_dir)
+  builder.download_and_prepare()
+  return str(builder.data_dir)
+
+
+def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source | None]:
+  """The config's train, validation and test splits (None where the protocol has none)."""
+  ensure_dataset(config)
+  return {split: pipeline.load_source(config.dataset, config.protocol, split,
+                                      data_dir=config.data_dir or None,
+                                      builder_config=config.builder_config or None)
+          for split in ('train', 'validation', 'test')}
+
+
+def input_shape(config: ml_collections.ConfigDict, batch: int) -> tuple[int, ...]:
+  """The shape of `batch` clips of one modality as the pipeline yields them."""
+  size = config.input.image_size
+  return (batch, config.input.num_frames, size, size, 3)
+
+
+class IteratorPosition:
+  """The data position the *step* has consumed, checkpointable by Grain's handler.
+
+  Batches are prefetched onto devices ahead of the step, so the Grain iterator
+  itself is ahead of what training has seen; saving it would skip batches on
+  resume. Each batch travels with the iterator state right after it, and this
+  object saves the state of the last batch the step consumed.
+  """
+
+  def __init__(self, iterator):
+    self._iterator = iterator
+    self.state = iterator.get_state()
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state)
+    self._iterator.set_state(self.state)
+
+  def start_prefetch(self) -> None:
+    """Grain's restore hook; the wrapped iterator starts on its first `next`."""
+
+
+def _with_positions(iterator) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
+  while True:
+    batch = next(iterator)
+    yield batch, iterator.get_state()
+
+
+def prefetched(iterator, mesh, size: int) -> Iterator[tuple[dict[str, jax.Array], Any]]:
+  """(global batch, iterator state after it), `size` batches ahead on devices."""
+  pairs = _with_positions(iterator)
+  batches = ((sharding.to_global(b, mesh), s) for b, s in pairs)
+  queue = [next(batches) for _ in range(max(size, 1))]
+  while True:
+    yield queue.pop(0)
+    queue.append(next(batches))

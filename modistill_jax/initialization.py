@@ -1,0 +1,146 @@
+"""A stage's initial weights and the config it runs with.
+
+Precedence, highest first: the stage's own latest checkpoint (a resume, which
+`trainer.run_stage` handles with the data position) > the finished earlier
+stages the stage table names (`Stage.init`) > another run's step 1
+(`init.from_workdir`) > ImageNet weights (`init.imagenet`) > scratch. Loaded
+streams overwrite a fresh initialisation through `param_merge.merge`, which
+names every key that does not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import json
+from typing import Any
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from modistill_jax import checkpointing
+from modistill_jax import config_lib
+from modistill_jax import param_merge
+from modistill_jax import pretrained
+from modistill_jax import runs
+from modistill_jax import stages
+from modistill_jax.data import feeding
+from modistill_jax.models import resnet
+from modistill_jax.models import StageNetwork
+
+PyTree = Any
+
+
+def check_imagenet_layout(config: ml_collections.ConfigDict, metadata: Mapping[str, Any]
+                          ) -> None:
+  """The model must run the ImageNet weights in the stride layout they were trained in."""
+  layout = metadata['stride_layout']
+  if layout != config.model.stride_layout:
+    raise ValueError(
+        f'{config.init.imagenet} holds {layout!r}-layout weights; set '
+        f'--config.model.stride_layout={layout} to run them as trained.')
+
+
+def effective_config(config: ml_collections.ConfigDict, stage_name: str
+                     ) -> ml_collections.ConfigDict:
+  """A checked copy of `config` as the stage runs it (the caller's config is never changed).
+
+  The stage name is set, and with ImageNet weights both modalities get the
+  input normalisation recorded with the converted checkpoint: every stage of a
+  run descends from the step-1 weights, so every stage and its evaluation use
+  it. This copy is the stage's `config.json`. A config that fails
+  `config_lib.check`, or asks for ImageNet weights in another stride layout,
+  fails here, before any data is read or anything is compiled.
+  """
+  config_lib.check(config)
+  effective = ml_collections.ConfigDict(config.to_dict())
+  effective.stage = stage_name
+  if config.init.imagenet:
+    metadata = json.loads(
+        (epath.Path(config.init.imagenet) / pretrained.METADATA_FILE).read_text())
+    check_imagenet_layout(config, metadata)
+    for m in ('rgb', 'depth'):
+      effective.input[f'{m}_mean'] = tuple(metadata['mean'])
+      effective.input[f'{m}_std'] = tuple(metadata['std'])
+  return effective
+
+
+def prerequisites(stage: stages.Stage, config: ml_collections.ConfigDict, workdir: str, *,
+                  config_file: str | None = None, overrides: tuple[str, ...] = ()
+                  ) -> dict[stages.InitSource, runs.StageDir]:
+  """The finished stages the stage starts from, all located before anything is read or made.
+
+  Raises:
+    runs.StageNotFinishedError: one is missing; the message is the command that makes it.
+  """
+  if stage.init:
+    return {src: runs.find_finished(workdir, src.from_stages, config_file, overrides)
+            for src in stage.init}
+  if config.init.from_workdir:
+    return {stages.InitSource(s, (f'step1_{s}', 'step1'), s):
+            runs.find_finished(config.init.from_workdir, (f'step1_{s}', 'step1'))
+            for s in stage.streams}
+  return {}
+
+
+def previous_stage_variables(stage: stages.Stage, sources: Mapping[stages.InitSource, runs.StageDir]
+                             ) -> dict[str, dict[str, PyTree]]:
+  """`{stream: {'params', 'batch_stats'}}` from the finished stages `prerequisites` found."""
+  cache: dict[str, dict[str, Any]] = {}
+  loaded = {}
+  for src in stage.init:
+    directory = sources[src]
+    if directory.name not in cache:
+      cache[directory.name] = checkpointing.read_best_state(directory.best_dir)
+    loaded[src.stream] = checkpointing.stream_variables(cache[directory.name], src.from_stream)
+    logging.info('%s: stream %r <- %s stream %r', stage.name, src.stream, directory.path,
+                 src.from_stream)
+  return loaded
+
+
+def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict,
+                    sources: Mapping[stages.InitSource, runs.StageDir]
+                    ) -> tuple[dict[str, dict[str, PyTree]], tuple[str, ...], str]:
+  """Step-1 initial weights: another run's step 1, ImageNet, or none (scratch).
+
+  Returns `(loaded streams, fresh key patterns, description)`.
+  """
+  if config.init.from_workdir:
+    loaded = {src.stream: checkpointing.stream_variables(
+        checkpointing.read_best_state(directory.best_dir), src.from_stream)
+              for src, directory in sources.items()}
+    return loaded, (r'(.*/)?logits/.*',), f'step 1 of {config.init.from_workdir}'
+  if config.init.imagenet:
+    variables, _ = pretrained.load(config.init.imagenet)
+    return ({s: variables for s in stage.streams}, pretrained.FRESH_PATTERNS,
+            f'ImageNet weights {config.init.imagenet}')
+  return {}, (), 'scratch'
+
+
+def init_model_variables(model: StageNetwork,
+                         config: ml_collections.ConfigDict) -> dict[str, PyTree]:
+  """Freshly initialised variables of every stream of the stage (shapes need one clip)."""
+  dummy = {m: jnp.zeros(feeding.input_shape(config, 1), resnet.compute_dtype(config.model))
+           for m in model.stage.inputs}
+  return jax.jit(model.init_variables)(jax.random.key(config.seed), dummy)
+
+
+def initial_variables(config: ml_collections.ConfigDict, stage: stages.Stage,
+                      init_variables: Mapping[str, PyTree],
+                      sources: Mapping[stages.InitSource, runs.StageDir]
+                      ) -> tuple[dict[str, PyTree], str]:
+  """The stage's starting variables: fresh init overwritten by loaded streams."""
+  if stage.init:
+    loaded, fresh, what = previous_stage_variables(stage, sources), (), 'previous stages'
+  else:
+    loaded, fresh, what = step1_variables(stage, config, sources)
+  variables = jax.tree.map(np.asarray, dict(init_variables))
+  for stream, source in loaded.items():
+    target = {c: variables[c][stream] for c in ('params', 'batch_stats')}
+    merged = param_merge.merge(target, source, fresh=fresh, what=f'{what} ({stream})')
+    for c in ('params', 'batch_stats'):
+      variables[c][stream] = merged[c]
+  return variables, what
