@@ -44,8 +44,7 @@ def test_all_stages_evaluate_and_predict_on_gs(gcs_emulator, gcs_bucket, tmp_pat
   env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
   workdir = f'{gcs_bucket}/run'
   config = os.path.join(REPO_ROOT, 'configs', 'demo.py')
-  overrides = override_flags({'data_dir': synthetic_data_dir, 'num_train_steps': 2,
-                              'input.num_frames': tiny_run.NUM_FRAMES})
+  overrides = override_flags({'data_dir': synthetic_data_dir, 'num_train_steps': 2})
   run(['modistill_jax.train', f'--config={config}:all', f'--workdir={workdir}', *overrides],
       env, cwd)
   names = object_names(gcs_emulator, gcs_bucket)

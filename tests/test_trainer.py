@@ -1,7 +1,7 @@
 """The trainer's guard rails: each misuse fails early with a message that says the fix.
 
 All runs use the demo config on the tiny built `synthetic_rgbd`, shrunk by
-`conftest.SHRINK`, in-process on 4 fake CPU devices.
+`conftest.tiny_config`, in-process on 4 fake CPU devices.
 """
 
 import dataclasses
@@ -11,8 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-import configs.demo
-from conftest import read_latest_state, shrink
+from conftest import read_latest_state, tiny_config
 from modistill_jax import runs
 from modistill_jax import trainer
 from modistill_jax.data import pipeline
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def demo_config(stage: str, data_dir: str, **overrides):
-  config = shrink(configs.demo.get_config(stage), **overrides)
+  config = tiny_config('demo', stage, **overrides)
   config.data_dir = data_dir
   return config
 

@@ -14,8 +14,7 @@ from jax.sharding import AxisType, Mesh
 import numpy as np
 import pytest
 
-import configs.demo
-from conftest import assert_trees_close, make_split, shrink
+from conftest import assert_trees_close, make_split, tiny_config
 from modistill_jax import optim
 from modistill_jax import sharding
 from modistill_jax import stages
@@ -71,7 +70,7 @@ def test_four_devices_match_one_device():
   the statistics and by O(lr) = 1e-3 in the params.
   """
   assert jax.device_count() >= 4, 'run with XLA_FLAGS=--xla_force_host_platform_device_count=4'
-  config = shrink(configs.demo.get_config('step2'), **WELL_CONDITIONED)
+  config = tiny_config('demo', 'step2', **WELL_CONDITIONED)
   size = config.input.image_size
   stage = stages.get_stage('step2')
   model = steps.StageModel(stage, config.model, num_classes=3)
