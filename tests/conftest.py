@@ -83,6 +83,9 @@ def make_split(split: str, num_classes: int) -> tuple[dict, ...]:
 # Where conftest's tiny datasets are: built without builder configs, never
 # built on use. `config_lib.TINY` (the `:<stage>,tiny` switch) does the rest.
 TINY_DATA = {'builder_config': '', 'build_if_missing': False}
+# `config_lib.TINY`'s stream as `resnet.Stream` / `MultiStream` keyword arguments.
+TINY_STREAM = {key.removeprefix('model.'): value for key, value in config_lib.TINY.items()
+               if key.startswith('model.')}
 
 
 def tiny_config(name: str, stage: str, **overrides) -> ml_collections.ConfigDict:

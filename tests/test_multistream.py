@@ -13,14 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import apply_tapped, fill_variables
+from conftest import TINY_STREAM, apply_tapped, fill_variables
 from modistill_jax import losses
 from modistill_jax.models import multistream
 from modistill_jax.models import resnet
 
 NUM_CLASSES = 5
 CLIPS, FRAMES, SIDE = 2, 3, 32
-TINY = dict(units_per_block=(2, 2, 2, 2), width=4)
 BLOCKS = (1, 2, 3, 4)
 
 
@@ -32,7 +31,7 @@ def _model(giver='depth', receiver='rgb', **kwargs):
   inputs = {'depth': 'depth', 'rgb': 'rgb', 'hall': 'rgb'}
   return multistream.MultiStream(
       num_classes=NUM_CLASSES, receiver=receiver, receiver_input=inputs[receiver],
-      giver=giver, giver_input=inputs.get(giver), **TINY, **kwargs)
+      giver=giver, giver_input=inputs.get(giver), **TINY_STREAM, **kwargs)
 
 
 def _clips(seed):
@@ -124,7 +123,7 @@ def test_clip_logits_and_fusion():
   clips = _clips(1)
   out = model.apply(variables, clips, train=False)
   assert sorted(out['logits']) == ['depth', 'rgb']
-  stream = resnet.Stream(num_classes=NUM_CLASSES, **TINY)
+  stream = resnet.Stream(num_classes=NUM_CLASSES, **TINY_STREAM)
   for name in ('depth', 'rgb'):
     frame_logits = np.asarray(out['frame_logits'][name])
     assert frame_logits.shape == (CLIPS, FRAMES, NUM_CLASSES)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conftest import TINY_STREAM
 from modistill_jax import config_lib
 from modistill_jax import stages
 from modistill_jax import steps
@@ -22,7 +23,6 @@ from modistill_jax.models import resnet
 
 NUM_CLASSES = 5
 CLIPS, FRAMES, SIDE = 2, 3, 32
-TINY = dict(units_per_block=(2, 2, 2, 2), width=4)
 
 
 def _shapes(tree):
@@ -32,7 +32,7 @@ def _shapes(tree):
 
 def _step3_model(remat):
   config = config_lib.base_config().model
-  config.update(dict(remat=remat, **TINY))
+  config.update(dict(remat=remat, **TINY_STREAM))
   return steps.StageModel(stages.get_stage('step3'), config, NUM_CLASSES)
 
 

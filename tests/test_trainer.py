@@ -14,6 +14,7 @@ import pytest
 from conftest import read_latest_state, tiny_config
 from modistill_jax import runs
 from modistill_jax import trainer
+from modistill_jax.config_lib import TINY
 from modistill_jax.data import pipeline
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -99,7 +100,7 @@ def test_a_stage_decodes_only_the_modalities_it_reads(tmp_path, synthetic_data_d
   monkeypatch.setattr(pipeline, 'load_source', load_source)
   results = trainer.run_stage(demo_config('step1_rgb', synthetic_data_dir), str(tmp_path),
                               'step1_rgb')
-  assert results['test']['num_examples'] > 0
+  assert results['test']['num_examples'] == TINY['eval_batch_size']  # one batch (tiny)
   with pytest.raises(ValueError, match='Cannot decode a 12-byte frame'):
     trainer.run_stage(demo_config('step1_depth', synthetic_data_dir), str(tmp_path),
                       'step1_depth')
