@@ -1,11 +1,11 @@
 """Stage chaining: `all` writes four finished stages, each starting from the right slices of the last.
 
 The trained run is `tiny_run`'s (`configs/demo.py:all,tiny` on conftest's tiny
-dataset, one epoch per stage), shared with the predict, export and demo tests. Each stage's starting variables are recomputed with
-`trainer.initial_variables`, from an all-zero init so that a stream that was not
-loaded cannot pass by coincidence, and compared bit for bit with the streams of
-the previous stages' best checkpoints. The noise sweep of `evaluate` runs on
-the same run.
+dataset, one epoch per stage), shared with the predict, export and demo tests.
+Each stage's starting variables are recomputed with `trainer.initial_variables`,
+from an all-zero init so that a stream that was not loaded cannot pass by
+coincidence, and compared bit for bit with the streams of the previous stages'
+best checkpoints. The noise sweep of `evaluate` runs on a copy of the same run.
 """
 
 import functools
