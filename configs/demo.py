@@ -2,6 +2,8 @@
 
   python -m modistill_jax.train --config=configs/demo.py:all --workdir=workdirs/demo
 
+(`configs/demo.py:all,tiny`: the same run shrunk to seconds; any config takes `,tiny`.)
+
 `make demo` runs this plus the baselines, evaluations and the report. The
 dataset (data_builders/synthetic_rgbd) is built on first use, no download.
 The stream has the real topology (4 blocks, temporal convs and connections at
@@ -15,7 +17,8 @@ def get_config(stage: str = 'step1'):
   config = config_lib.base_config()
   config.dataset = 'synthetic_rgbd'
   config.protocol = 'cross_view'
-  config.builder_config = 'default'
+  # `:<stage>,tiny` reads the 32x32 'tiny' build (192 clips) instead.
+  config.builder_config = 'tiny' if config_lib.is_tiny(stage) else 'default'
   config.build_if_missing = True
   config.batch_size = 16
   config.eval_batch_size = 64

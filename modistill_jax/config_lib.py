@@ -145,10 +145,62 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def finalize(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
-  """Sets the stage and checks the config; protocol configs end with this."""
+# `configs/<protocol>.py:<stage>,tiny` (big_vision's `runlocal`): any config
+# shrunk to run in seconds on a CPU, for the tests and for trying a command out:
+# one step, one evaluation batch, and the network's topology (4 blocks, temporal
+# convs, connections) at width 4. Its accuracies mean nothing. Where the data
+# is stays the config's.
+TINY = {
+    'model.units_per_block': (2, 2, 2, 2), 'model.width': 4,
+    'input.image_size': 16, 'input.num_frames': 3, 'input.worker_count': 0,
+    'input.prefetch': 1, 'batch_size': 4, 'eval_batch_size': 4, 'num_train_steps': 1,
+    'max_eval_batches': 1, 'log_every_steps': 1, 'eval.noise_variances': (0.1,),
+}
+CONFIG_OPTIONS = ('tiny',)
+
+
+def parse_config_arg(arg: str) -> tuple[str, tuple[str, ...]]:
+  """`'step1,tiny'` -> `('step1', ('tiny',))`: a config file's `:` argument."""
+  stage, *options = arg.split(',')
+  unknown = [o for o in options if o not in CONFIG_OPTIONS]
+  if unknown:
+    raise ValueError(f'Unknown config option(s) {unknown} in {arg!r}; options are '
+                     f"{CONFIG_OPTIONS}, e.g. 'step1,tiny'.")
+  return stage, tuple(options)
+
+
+def is_tiny(arg: str) -> bool:
+  return 'tiny' in parse_config_arg(arg)[1]
+
+
+def override(config: ml_collections.ConfigDict,
+             values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Sets `{'dotted.key': value}` in place; a key the config lacks is an error."""
+  for key, value in values.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      if parent not in node:
+        raise KeyError(f'No config field {key!r}.')
+      node = node[parent]
+    if leaf not in node:
+      raise KeyError(f'No config field {key!r}.')
+    node[leaf] = value
+  return config
+
+
+def finalize(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """Sets the stage (and `tiny`'s overrides) and checks the config; protocol configs end with this.
+
+  Args:
+    arg: the config file's `:` argument, a stage name optionally followed by
+      `,tiny` (see `TINY`).
+  """
+  stage, _ = parse_config_arg(arg)
   stages.check_stage_name(stage)
   config.stage = stage
+  if is_tiny(arg):
+    override(config, TINY)
   check(config)
   return config
 

@@ -25,6 +25,7 @@ from absl import flags
 
 from configs import demo as demo_config
 from modistill_jax import cli
+from modistill_jax import config_lib
 from modistill_jax import evaluate
 from modistill_jax import metrics
 from modistill_jax import report
@@ -38,22 +39,17 @@ ABLATION_STAGES = ('step2', 'step3')
 NUM_STAGES = len(stages.expand(stages.ALL)) + 1 + len(ABLATION_STAGES)
 
 
-def run_demo(workdir: str, data_dir: str, overrides: dict | None = None) -> str:
+def run_demo(workdir: str, data_dir: str, config_arg: str = 'all',
+             overrides: dict | None = None) -> str:
   """Runs every stage of the demo and writes the report; returns its path.
 
   Args:
-    overrides: `{dotted.key: value}` applied to the demo config (tests use it
-      to shrink the run).
+    config_arg: `configs/demo.py`'s argument (`'all,tiny'`: the tests' tiny run).
+    overrides: `{dotted.key: value}` applied to the demo config.
   """
   t0 = time.time()
-  config = demo_config.get_config('all')
+  config = config_lib.override(demo_config.get_config(config_arg), overrides or {})
   config.data_dir = data_dir
-  for key, value in (overrides or {}).items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
 
   def banner(text):
     print(f'\n=== {text} ({time.time() - t0:.0f} s) ===', flush=True)

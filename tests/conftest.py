@@ -9,8 +9,8 @@
 * `fake_sources`: replaces `pipeline.load_source` with in-memory splits of
   records made by `records.make_example`, with each real dataset's number of
   classes, for the configs whose data cannot be built here.
-* `shrink`: the test-only overrides that make any real `config:stage` run in
-  seconds (tiny stream, tiny frames, one step).
+* `tiny_config`: any real `config:stage` with the `,tiny` switch
+  (`config_lib.TINY`: tiny stream, 16x16 frames, one step) on these datasets.
 * `fast_compile`: XLA without most optimisations while a test module runs
   (compiling dominates these tests; numbers stay float32-correct).
 """
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 # Four fake CPU devices unless the caller chose otherwise (the Makefile does);
@@ -45,13 +46,14 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from modistill_jax import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.data import protocols  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.models import resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FRAME_SIZE = 16          # stored and trained frame size
+FRAME_SIZE = 16          # stored frame size (`config_lib.TINY` trains at 16x16 too)
 STORED_FRAMES = 4        # frames per stored clip
 NUM_CLASSES = {'ntu_rgbd': 60, 'nw_ucla': 10, 'uwa3dii': 30, 'synthetic_rgbd': 3}
 # Clips per split of the tiny datasets; 8 training clips = 2 steps per epoch at batch 4.
@@ -78,34 +80,22 @@ def make_split(split: str, num_classes: int) -> tuple[dict, ...]:
   return tuple(make_clip(offset + i, num_classes) for i in range(SPLIT_SIZES[split]))
 
 
-# Test-only overrides of any real config: a tiny stream, 2 frames of 16x16, batch
-# 4 (one clip per fake device), one step, one evaluation batch, no workers.
-SHRINK = {
-    'model.units_per_block': (2, 2, 2, 2), 'model.width': 4,
-    'input.image_size': FRAME_SIZE, 'input.num_frames': 2, 'input.worker_count': 0,
-    'input.prefetch': 1, 'batch_size': 4, 'eval_batch_size': 4, 'num_train_steps': 1,
-    'max_eval_batches': 1, 'log_every_steps': 1, 'build_if_missing': False,
-    'builder_config': '',  # the tiny dataset below is built without builder configs
-}
+# Where conftest's tiny datasets are: built without builder configs, never
+# built on use. `config_lib.TINY` (the `:<stage>,tiny` switch) does the rest.
+TINY_DATA = {'builder_config': '', 'build_if_missing': False}
+# `config_lib.TINY`'s stream as `resnet.Stream` / `MultiStream` keyword arguments.
+TINY_STREAM = {key.removeprefix('model.'): value for key, value in config_lib.TINY.items()
+               if key.startswith('model.')}
 
 
-def shrink(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
-  """Test-only overrides: a tiny stream, 16x16 frames, 2 frames, batch 4, one step.
+def tiny_config(name: str, stage: str, **overrides) -> ml_collections.ConfigDict:
+  """`configs/<name>.py:<stage>,tiny` on conftest's tiny data, then `overrides`.
 
-  `overrides` maps dotted keys to values (e.g. `{'optimizer.learning_rate': 1.}`
-  as `**{'optimizer.learning_rate': 1.}`) and is applied last, through the
-  locked config, so a misspelled key fails here too.
+  `overrides` maps dotted keys to values (`**{'optimizer.learning_rate': 1.}`)
+  and goes through `config_lib.override`, so a misspelled key fails here too.
   """
-  config = config.copy_and_resolve_references()
-  for key, value in {**SHRINK, **overrides}.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f'No config field {key!r}.')
-    node[leaf] = value
-  return config
+  config = importlib.import_module(f'configs.{name}').get_config(f'{stage},tiny')
+  return config_lib.override(config, {**TINY_DATA, **overrides})
 
 
 @pytest.fixture(scope='session')
@@ -150,8 +140,12 @@ def cli_env(compilation_cache_dir: str, *, device_count: int = 4) -> dict[str, s
 
 
 def override_flags(overrides: dict[str, object]) -> list[str]:
-  """`shrink`'s overrides (plus `overrides`) as `--config.x=y` command-line flags."""
-  values = {**SHRINK, **overrides}
+  """`tiny_config`'s values (plus `overrides`) as `--config.x=y` command-line flags.
+
+  Flags rather than `:<stage>,tiny`, so that the commands a run prints (which
+  repeat the `--config.` flags) are runnable as printed.
+  """
+  values = {**config_lib.TINY, **TINY_DATA, **overrides}
   def text(v):
     return ','.join(map(str, v)) if isinstance(v, tuple) else str(v)
   return [f'--config.{k}={text(v)}' for k, v in values.items()]
@@ -262,7 +256,7 @@ def fill_variables(shapes, seed, temporal_noise=0.0):
 
 @pytest.fixture(scope='module')
 def tiny_trained_workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
-  """Steps 1-4 of the demo config trained on the tiny dataset (see `tiny_run`)."""
+  """The tiny demo run on the tiny dataset, made once per pytest run (see `tiny_run`)."""
   del fast_compile  # requested for its order: training compiles under it
   import tiny_run  # pylint: disable=g-import-not-at-top
   return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)

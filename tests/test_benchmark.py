@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
+from conftest import TINY_DATA
 from modistill_jax import benchmark
+from modistill_jax.config_lib import TINY
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,12 +34,11 @@ def report(tmp_path_factory, synthetic_data_dir) -> dict:
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true',
          'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=4')}
   command = [
-      sys.executable, '-m', 'modistill_jax.benchmark', '--config=configs/demo.py:step3',
+      sys.executable, '-m', 'modistill_jax.benchmark', '--config=configs/demo.py:step3,tiny',
       '--stages=step1_rgb,step3', '--steps=2', '--warmup=2', f'--json={out}',
-      '--num_classes=3',
-      '--config.model.width=4', '--config.input.image_size=16', '--config.input.num_frames=2',
-      '--config.input.worker_count=0', '--config.batch_size=4',
-      f'--data_dir={synthetic_data_dir}', '--config.builder_config=', '--pipeline_seconds=0.5']
+      '--num_classes=3', f'--data_dir={synthetic_data_dir}',
+      *(f'--config.{k}={v}' for k, v in TINY_DATA.items()),
+      '--pipeline_seconds=0.5']
   done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                         timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -51,7 +52,8 @@ def test_json_has_every_key_with_its_type(report):
       assert isinstance(result[key], kind), (result['stage'], key, result[key])
     assert result['device_kind'] == 'cpu'
     assert result['num_devices'] == 4
-    assert result['frames_per_s'] == pytest.approx(2 * result['clips_per_s'])
+    assert result['frames_per_s'] == pytest.approx(
+        TINY['input.num_frames'] * result['clips_per_s'])
     assert result['peak_memory_bytes'] > 0
 
 

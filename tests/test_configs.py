@@ -5,7 +5,8 @@ read in-memory splits with their real class counts (60, 10, 30) through a
 patched `pipeline.load_source`; the demo config reads a tiny built
 `synthetic_rgbd` through the real one. Everything else (mesh, model, stage
 chaining, checkpoints, evaluation) is the trainer's own code path, shrunk by
-test-only overrides (`conftest.SHRINK`).
+the configs' own `:<stage>,tiny` switch (`config_lib.TINY`). The demo config's
+`all` and `hoffman` are checked on the shared tiny demo run (`tiny_run`).
 """
 
 import ast
@@ -21,7 +22,8 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from conftest import NUM_CLASSES, REPO_ROOT, cli_env, shrink
+from conftest import NUM_CLASSES, REPO_ROOT, SPLIT_SIZES, cli_env, tiny_config
+import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import config_lib
 from modistill_jax import metrics as metrics_lib
@@ -39,6 +41,9 @@ STAGES = stages.STAGE_NAMES + (stages.ALL,)
 # `all` first, then the stages it does not include, in the same workdir: every
 # stage of every config trains one step, and the later ones find step 1.
 RUN_ORDER = (stages.ALL, 'step1_rgb', 'step1_depth', 'hoffman')
+# The demo config's `all` and `hoffman` are the shared tiny run's (`tiny_run`):
+# trained once per pytest run, not once more here.
+DEMO_RUN_STAGES = stages.ALL_STAGES + ('hoffman',)
 
 
 def get_config(name: str, stage: str):
@@ -96,12 +101,62 @@ def test_unknown_stage_is_rejected(name):
     get_config(name, 'step9')
 
 
-def test_unknown_stage_from_the_command_line():
-  """`--config=configs/demo.py:step9`, parsed as the CLI parses it, fails and names the stages."""
+def parse_config_flag(arg: str):
+  """The config `--config=<arg>` gives, parsed as the CLI parses it."""
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values, lock_config=True)
+  flag_values(['prog', f'--config={arg}'])
+  return flag_values.config
+
+
+def test_unknown_stage_from_the_command_line():
+  """`--config=configs/demo.py:step9`, parsed as the CLI parses it, fails and names the stages."""
   with pytest.raises(flags.IllegalFlagValueError, match=r"Unknown stage 'step9'.*'hoffman'"):
-    flag_values(['prog', f'--config={REPO_ROOT}/configs/demo.py:step9'])
+    parse_config_flag(f'{REPO_ROOT}/configs/demo.py:step9')
+
+
+def test_tiny_switch_on_the_command_line():
+  """`:step1,tiny` is the stage's config with exactly `config_lib.TINY` changed.
+
+  The demo config reads its 32x32 `tiny` build too; other configs keep their data.
+  """
+  demo = parse_config_flag(f'{REPO_ROOT}/configs/demo.py:step1,tiny')
+  assert config_lib.flatten(demo) == {**config_lib.flatten(get_config('demo', 'step1')),
+                                      **config_lib.TINY, 'builder_config': 'tiny'}
+  ntu = parse_config_flag(f'{REPO_ROOT}/configs/ntu_cs.py:all,tiny')
+  assert config_lib.flatten(ntu) == {**config_lib.flatten(get_config('ntu_cs', 'all')),
+                                     **config_lib.TINY}
+  assert ntu.stage == 'all' and ntu.builder_config == 'res224'
+
+
+def test_unknown_config_option_is_rejected():
+  with pytest.raises(ValueError, match=r"Unknown config option\(s\) \['runlocal'\].*'tiny'"):
+    get_config('ntu_cs', 'step1,runlocal')
+
+
+def test_base_config_holds_the_reference_settings():
+  """The authors' settings (shared/reference-notes.md; paper eq. 3-5), pinned in one place.
+
+  Adam at 1e-3 (TF's default betas and epsilon), 5 clips of 5 frames per step,
+  40 epochs, T = 10, lambda = alpha = 0.5, L_hall on block 4 weighted 0.01 and
+  balanced at the reference's 5 clips, BatchNorm decay 0.997, ties to the later
+  epoch, no weight decay in effect.
+  """
+  expected = {
+      'optimizer.learning_rate': 1e-3, 'optimizer.schedule': 'constant',
+      'optimizer.warmup_steps': 0, 'optimizer.b1': 0.9, 'optimizer.b2': 0.999,
+      'optimizer.eps': 1e-8, 'optimizer.weight_decay': 0.0, 'optimizer.grad_clip_norm': 0.0,
+      'batch_size': 5, 'num_epochs': 40, 'eval_every_epochs': 1, 'selection_ties': 'later',
+      'input.num_frames': 5, 'input.image_size': 224, 'input.uniform_prob': 0.5,
+      'input.flip': True, 'input.rgb_mean': (123.68, 116.78, 103.94),
+      'input.rgb_std': (1.0, 1.0, 1.0),
+      'loss.kind': 'eq5', 'loss.temperature': 10.0, 'loss.lam': 0.5, 'loss.alpha': 0.5,
+      'loss.hall_endpoint': 'block4', 'loss.hall_weight': 0.01, 'loss.hall_reference_clips': 5,
+      'model.units_per_block': (3, 4, 6, 3), 'model.width': 64, 'model.bn_momentum': 0.997,
+      'model.bn_epsilon': 1e-5, 'privileged': 'depth', 'protocol': 'cross_subject',
+  }
+  flat = config_lib.flatten(get_config('ntu_cs', 'step3'))
+  assert {key: flat[key] for key in expected} == expected
 
 
 def test_misspelled_override_fails_on_the_cli(tmp_path, compilation_cache_dir):
@@ -122,21 +177,28 @@ def test_misspelled_override_fails_on_the_cli(tmp_path, compilation_cache_dir):
 
 
 def check_stage_outputs(workdir: str, stage_name: str, config, num_classes: int):
-  """A finished one-step stage: finite logged loss, checkpoints, results, class count."""
+  """A finished stage of `config.num_train_steps` steps, each logged with a finite loss.
+
+  Also its checkpoints, results and class count; evaluated on one batch
+  (`max_eval_batches=1`, the tiny switch's) or on the whole tiny test split.
+  """
   stage = stages.get_stage(stage_name)
   out_dir = runs.stage_dir(workdir, stage_name)
+  steps = config.num_train_steps
   train_records = [r for r in metrics_lib.read_jsonl(out_dir.metrics_file)
                    if r['split'] == 'train']
-  assert [r['step'] for r in train_records] == [1]
-  assert math.isfinite(train_records[0]['loss'])
+  assert [r['step'] for r in train_records] == list(range(1, steps + 1))
+  assert all(math.isfinite(r['loss']) for r in train_records)
   results = runs.read_json(out_dir.results_file)
-  assert results['best_step'] == 1 and results['total_steps'] == 1
+  assert results['best_step'] == steps and results['total_steps'] == steps
   has_validation = config.dataset in ('ntu_rgbd', 'synthetic_rgbd')
   assert (results['validation_accuracy'] is not None) == has_validation
   expected = set(stage.streams) | {'fused'}
   assert set(results['test']['accuracy']) == expected
-  assert results['test']['num_examples'] == config.eval_batch_size
-  assert not results['test']['complete']  # max_eval_batches=1 says so
+  one_batch = config.max_eval_batches == 1
+  assert results['test']['num_examples'] == (
+      config.eval_batch_size if one_batch else SPLIT_SIZES['test'])
+  assert results['test']['complete'] == (not one_batch)
   state = checkpointing.read_best_state(out_dir.best_dir)
   assert set(state['params']) == set(stage.trainable)
   assert set((state.get('frozen') or {}).get('params') or {}) == set(stage.frozen)
@@ -159,12 +221,20 @@ def test_every_stage_trains_one_step(name, tmp_path, request, synthetic_data_dir
   workdir = str(tmp_path)
   ran = []
   for stage_arg in RUN_ORDER:
-    config = shrink(get_config(name, stage_arg))
-    if name == 'demo':
-      config.data_dir = synthetic_data_dir
+    if name == 'demo' and stage_arg in (stages.ALL, 'hoffman'):
+      continue  # test_demo_config_stages_of_the_shared_run
+    config = tiny_config(name, stage_arg, data_dir=synthetic_data_dir if name == 'demo' else '')
     results = trainer.train_and_evaluate(config, workdir, config_file=f'configs/{name}.py')
     assert tuple(results) == stages.expand(stage_arg)
     for stage_name in results:
       check_stage_outputs(workdir, stage_name, config, NUM_CLASSES[config.dataset])
     ran += list(results)
-  assert sorted(ran) == sorted(stages.STAGE_NAMES)
+  skipped = DEMO_RUN_STAGES if name == 'demo' else ()
+  assert sorted(ran + list(skipped)) == sorted(stages.STAGE_NAMES)
+
+
+def test_demo_config_stages_of_the_shared_run(tiny_trained_workdir, synthetic_data_dir):
+  """The demo config's `all` (steps 1-4 in order) and `hoffman`, in the shared tiny run."""
+  config = tiny_run.run_config(synthetic_data_dir)
+  for stage_name in DEMO_RUN_STAGES:
+    check_stage_outputs(tiny_trained_workdir, stage_name, config, NUM_CLASSES[config.dataset])

@@ -2,7 +2,7 @@
 
 The unit tests drive `metrics.Progress` with given times, so every number of a
 line is checked against arithmetic done by hand. The subprocess test trains
-step1_rgb of the demo config (shrunk by `conftest.SHRINK`) on conftest's tiny
+step1_rgb of the demo config (shrunk by `config_lib.TINY`, as flags) on conftest's tiny
 dataset through the train CLI, as a user would, and reads its console.
 """
 

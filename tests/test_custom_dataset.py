@@ -23,7 +23,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import custom
-from conftest import shrink
+from conftest import tiny_config
 from data_builders import raw_clips
 from data_builders.custom_rgbd import __main__ as build_cli
 from data_builders.custom_rgbd import builder as custom_builder
@@ -333,12 +333,11 @@ def test_name_must_be_new_and_a_folder_name(tmp_path):
 def test_custom_config_trains_all_steps(built, fast_compile):
   """`configs/custom.py:all --config.dataset=my_gestures` with the tiny stream, end to end."""
   del fast_compile
-  # tiny_run's stream and schedule (its bn_momentum too), so that the XLA programs are the
-  # ones tiny_run compiles for the predict/export tests: one compile in a pytest session.
-  config = shrink(custom.get_config('all'), **{
-      'dataset': 'my_gestures', 'data_dir': os.fspath(built), 'builder_config': 'res112',
-      'input.num_frames': tiny_run.NUM_FRAMES, 'num_train_steps': 2,
-      'model.bn_momentum': tiny_run.tiny_config('').model.bn_momentum})
+  # tiny_run's stream and schedule (the demo's bn_momentum too), so that the XLA programs are
+  # the ones tiny_run compiles for the predict/export tests: one compile in a pytest session.
+  config = tiny_config('custom', 'all', **{
+      **tiny_run.RUN_OVERRIDES, 'dataset': 'my_gestures', 'data_dir': os.fspath(built),
+      'builder_config': 'res112', 'model.bn_momentum': tiny_run.run_config('').model.bn_momentum})
   workdir = epath.Path(built).parent / 'run'
   with jax.default_prng_impl('unsafe_rbg'):
     results = trainer.train_and_evaluate(config, os.fspath(workdir))

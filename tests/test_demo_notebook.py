@@ -1,46 +1,30 @@
-"""The demo driver and the results notebook, on a tiny real run of every stage.
+"""The demo driver and the results notebook, on the tiny real run of every stage.
 
-`run_demo` is `make demo` with test-only overrides (the synthetic dataset's
-`tiny` config, a width-4 stream, two steps per stage): every stage, the
-baseline, the ablation, the noise sweep and the report run for real. The
-notebook is then executed headless against that run folder, as a user would
-open it.
+The run is `tiny_run`'s: `run_demo` (`make demo`) with `configs/demo.py:all,tiny`
+on conftest's tiny dataset; every stage, the baseline, the ablation, the noise
+sweep and the report run for real. The notebook is then executed headless
+against that run folder, as a user would open it.
 """
 
 from __future__ import annotations
 
 import os
 
-import jax
 import jupytext
 import nbclient
 import nbformat
 import pytest
 
-from modistill_jax import demo
 from modistill_jax import report
 from modistill_jax import runs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO_ROOT, 'notebooks', 'results.ipynb')
-TINY = {'builder_config': 'tiny', 'input.image_size': 32, 'input.num_frames': 3,
-        'model.width': 4, 'num_train_steps': 2, 'batch_size': 8, 'eval_batch_size': 16,
-        'input.worker_count': 0, 'input.prefetch': 1, 'log_every_steps': 1,
-        'eval.noise_variances': (0.1,)}
 
 
 @pytest.fixture(scope='module')
-def demo_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp('demo')
-  workdir = str(root / 'run')
-  # Compiling dominates a run this small; XLA's optimisations buy nothing here.
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  try:
-    path = demo.run_demo(workdir, str(root / 'tfds'), overrides=TINY)
-  finally:
-    jax.config.update('jax_disable_most_optimizations', previous)
-  return workdir, path
+def demo_run(tiny_trained_workdir):
+  return tiny_trained_workdir, os.path.join(tiny_trained_workdir, 'report.md')
 
 
 def test_demo_runs_every_stage_and_writes_the_report(demo_run):

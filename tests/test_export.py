@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tiny_run
 from modistill_jax import export
 from modistill_jax import predict
+from modistill_jax.config_lib import TINY
 from modistill_jax.config_lib import VGG_MEAN
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -35,7 +35,7 @@ def predictor(workdir):
 @pytest.fixture(scope='module')
 def frames():
   """Noise around the normalisation mean (see `tiny_run.synthetic_frames` for why)."""
-  shape = (3, tiny_run.NUM_FRAMES, tiny_run.IMAGE_SIZE, tiny_run.IMAGE_SIZE, 3)
+  shape = (3, TINY['input.num_frames'], TINY['input.image_size'], TINY['input.image_size'], 3)
   noise = np.random.default_rng(0).integers(-2, 3, shape)
   return np.rint(np.asarray(VGG_MEAN) + noise).astype(np.uint8)
 
@@ -53,8 +53,8 @@ def test_metadata_describes_the_serving_input(workdir, exported):
     meta = json.load(f)
   with open(os.path.join(workdir, 'step4', 'dataset.json')) as f:
     assert meta['class_names'] == json.load(f)['class_names']
-  assert meta['input']['shape'] == [None, tiny_run.NUM_FRAMES, tiny_run.IMAGE_SIZE,
-                                    tiny_run.IMAGE_SIZE, 3]
+  assert meta['input']['shape'] == [None, TINY['input.num_frames'], TINY['input.image_size'],
+                                    TINY['input.image_size'], 3]
   assert meta['input']['dtype'] == 'uint8'
   assert meta['normalization']['mean'] == pytest.approx([123.68, 116.78, 103.94])
   assert meta['files'] == {'saved_model': 'saved_model', 'stablehlo': 'model.stablehlo'}

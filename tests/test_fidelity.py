@@ -34,19 +34,14 @@ from modistill_jax.models import StageNetwork
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
 NUM_CLASSES = 3
-FRAMES = 2
-SIZE = 16
+FRAMES = config_lib.TINY['input.num_frames']
+SIZE = config_lib.TINY['input.image_size']
 
 
 def tiny_config(**overrides):
-  config = config_lib.base_config()
-  config.model.units_per_block = (2, 2, 2, 2)
-  config.model.width = 4
-  config.input.num_frames = FRAMES
-  config.input.image_size = SIZE
-  for key, value in overrides.items():
-    group, field = key.split('.')
-    config[group][field] = value
+  """The base config at `:step1,tiny`, then `overrides` ({dotted key: value})."""
+  config = config_lib.finalize(config_lib.base_config(), 'step1,tiny')
+  config_lib.override(config, overrides)
   config_lib.check(config)
   return config
 

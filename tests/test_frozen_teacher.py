@@ -2,7 +2,7 @@
 
 The step-3 state is built exactly as the trainer builds it (`init_model_variables`,
 `make_state_fn`, `make_train_fn`, on the 4-device mesh) for the demo config
-shrunk by `conftest.SHRINK`, and one jitted (donating) step runs on a batch of
+shrunk by `conftest.tiny_config`, and one jitted (donating) step runs on a batch of
 conftest's tiny training split.
 """
 
@@ -11,8 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-import configs.demo
-from conftest import make_split, shrink
+from conftest import make_split, tiny_config
 from modistill_jax import initialization
 from modistill_jax import optim
 from modistill_jax import sharding
@@ -42,7 +41,7 @@ def test_step3_update_leaves_teacher_untouched():
   student ('hall') must change, params and BatchNorm statistics both, so the
   step did train; otherwise an unchanged teacher would prove nothing.
   """
-  config = shrink(configs.demo.get_config('step3'))
+  config = tiny_config('demo', 'step3')
   stage = stages.get_stage('step3')
   assert stage.frozen == ('depth',) and stage.trainable == ('hall',)
   model = stage_network(stage, config.model, num_classes=3)

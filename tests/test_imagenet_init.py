@@ -15,8 +15,7 @@ import os
 import numpy as np
 import pytest
 
-import configs.demo
-from conftest import shrink
+from conftest import tiny_config
 from modistill_jax import checkpointing
 from modistill_jax import runs
 from modistill_jax import param_merge
@@ -30,13 +29,10 @@ SOURCE_CLASSES = 1000
 # torchvision's ImageNet normalisation, in 0..255 units (its transforms use 0..1).
 TORCH_MEAN = np.array([0.485, 0.456, 0.406]) * 255
 TORCH_STD = np.array([0.229, 0.224, 0.225]) * 255
-# The full ResNet-50 topology (the converted weights only fit it) on tiny
-# inputs: 2 frames of 32x32, batch 4 (one clip per fake device), one step at
-# learning rate 0, one evaluation batch.
+# The full ResNet-50 topology (the converted weights only fit it) on 32x32
+# frames, one step at learning rate 0; the rest is the tiny config's.
 FULL_SIZE = {
-    'model.units_per_block': (3, 4, 6, 3), 'model.width': 64,
-    'input.image_size': 32, 'input.num_frames': 2, 'batch_size': 4, 'eval_batch_size': 4,
-    'num_train_steps': 1, 'max_eval_batches': 1, 'input.worker_count': 0,
+    'model.units_per_block': (3, 4, 6, 3), 'model.width': 64, 'input.image_size': 32,
     'optimizer.learning_rate': 0.0,
 }
 
@@ -85,10 +81,8 @@ def converted(tmp_path_factory):
 
 
 def imagenet_config(data_dir: str, imagenet_dir: str, stride_layout: str):
-  config = shrink(configs.demo.get_config(STAGE), **FULL_SIZE,
-                  **{'init.imagenet': imagenet_dir, 'model.stride_layout': stride_layout})
-  config.data_dir = data_dir
-  return config
+  return tiny_config('demo', STAGE, data_dir=data_dir, **FULL_SIZE,
+                     **{'init.imagenet': imagenet_dir, 'model.stride_layout': stride_layout})
 
 
 def test_layout_mismatch_names_the_fix(converted, tmp_path, synthetic_data_dir):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import apply_tapped, fill_variables
+from conftest import TINY_STREAM, apply_tapped, fill_variables
 from modistill_jax import losses
 from modistill_jax import stages
 from modistill_jax.models import multistream
@@ -21,7 +21,6 @@ from modistill_jax.models import resnet
 
 NUM_CLASSES = 5
 CLIPS, FRAMES, SIDE = 2, 3, 32
-TINY = dict(units_per_block=(2, 2, 2, 2), width=4)
 BLOCKS = (1, 2, 3, 4)
 
 
@@ -29,14 +28,14 @@ def _flat(tree):
   return flax.traverse_util.flatten_dict(tree, sep='/')
 
 
-TINY_STREAM = functools.partial(resnet.Stream, num_classes=NUM_CLASSES, **TINY)
+TINY_FACTORY = functools.partial(resnet.Stream, num_classes=NUM_CLASSES, **TINY_STREAM)
 
 
 def _model(giver='depth', receiver='rgb', connections=True, giver_frozen=False):
   inputs = {'depth': 'depth', 'rgb': 'rgb', 'hall': 'rgb'}
   spec = stages.ModelSpec(receiver, inputs[receiver], giver, inputs.get(giver),
                           connections=connections, giver_frozen=giver_frozen)
-  return multistream.MultiStream(spec, TINY_STREAM)
+  return multistream.MultiStream(spec, TINY_FACTORY)
 
 
 def _clips(seed):
@@ -130,7 +129,7 @@ def test_clip_logits_and_fusion():
   clips = _clips(1)
   out = model.apply(variables, clips, train=False)
   assert sorted(out['logits']) == ['depth', 'rgb']
-  stream = resnet.Stream(num_classes=NUM_CLASSES, **TINY)
+  stream = resnet.Stream(num_classes=NUM_CLASSES, **TINY_STREAM)
   for name in ('depth', 'rgb'):
     direct, _ = stream.apply(
         {c: variables[c][name] for c in variables},
@@ -139,7 +138,7 @@ def test_clip_logits_and_fusion():
                                np.asarray(direct).reshape(CLIPS, FRAMES, -1).mean(axis=1),
                                rtol=1e-6, atol=1e-6)
     assert out['endpoints'][name]['block4'].shape[0] == CLIPS * FRAMES
-  network = multistream.StageNetwork(stages.get_stage('step1'), TINY_STREAM)
+  network = multistream.StageNetwork(stages.get_stage('step1'), TINY_FACTORY)
   out_network = network.apply(variables, clips, train=False)
   _assert_trees_equal(out_network['logits'], out['logits'])
   np.testing.assert_allclose(
@@ -147,7 +146,7 @@ def test_clip_logits_and_fusion():
       (np.asarray(out['logits']['depth']) + np.asarray(out['logits']['rgb'])) / 2,
       rtol=1e-6, atol=1e-6)
 
-  single = multistream.StageNetwork(stages.get_stage('step1_rgb'), TINY_STREAM)
+  single = multistream.StageNetwork(stages.get_stage('step1_rgb'), TINY_FACTORY)
   single_vars = {c: {'rgb': variables[c]['rgb']} for c in variables}
   out_single = single.apply(single_vars, {'rgb': clips['rgb']}, train=False)
   assert sorted(out_single['logits']) == ['rgb']

@@ -7,7 +7,6 @@ mirrored.
 """
 
 from etils import epath
-import grain
 import jax
 import numpy as np
 from PIL import Image
@@ -349,9 +348,3 @@ def test_load_source_reads_built_array_records(tmp_path):
   test = pipeline.load_source('synthetic_rgbd', 'cross_view', 'test', data_dir=str(tmp_path))
   batches = evaluate(test.records, 2)
   assert sum(int(b['mask'].sum()) for b in batches) == batches.num_examples == 3
-
-
-def test_grain_is_the_iterator_type():
-  iterator = train()
-  assert isinstance(iterator, grain.DatasetIterator)
-  iterator.close()

@@ -1,6 +1,6 @@
 """A run stopped by SIGTERM and started again ends exactly where an uninterrupted run ends.
 
-The train CLI runs step1_rgb of the demo config (shrunk by `conftest.SHRINK`)
+The train CLI runs step1_rgb of the demo config (shrunk by `config_lib.TINY`, as flags)
 on conftest's tiny dataset, whose epoch is 2 steps, for `NUM_STEPS` steps.
 One run is sent SIGTERM once `metrics.jsonl` shows a training record past step
 `SIGNAL_AFTER_STEP`; the trainer saves `checkpoints/latest` (with the data

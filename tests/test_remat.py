@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conftest import TINY_STREAM
 from modistill_jax import config_lib
 from modistill_jax import stages
 from modistill_jax import steps
@@ -23,7 +24,6 @@ from modistill_jax.models import stage_network
 
 NUM_CLASSES = 5
 CLIPS, FRAMES, SIDE = 2, 3, 32
-TINY = dict(units_per_block=(2, 2, 2, 2), width=4)
 
 
 def _shapes(tree):
@@ -33,7 +33,7 @@ def _shapes(tree):
 
 def _step3_model(remat):
   config = config_lib.base_config().model
-  config.update(dict(remat=remat, **TINY))
+  config.update(dict(remat=remat, **TINY_STREAM))
   return stage_network(stages.get_stage('step3'), config, NUM_CLASSES)
 
 

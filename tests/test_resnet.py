@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import apply_tapped, fill_variables
+from conftest import TINY_STREAM, apply_tapped, fill_variables
 from modistill_jax.models import resnet
 
 # ResNet-50's convolutional trunk (torchvision `resnet50` without its fc layer):
@@ -31,7 +31,6 @@ FULL_BLOCK_SIDES = {
 # first unit); either way its output sides are the same.
 FULL_UNIT0_SIDES = (56, 28, 14, 7)
 
-TINY = dict(units_per_block=(2, 2, 2, 2), width=4)
 NUM_CLASSES = 5
 CLIPS, FRAMES, SIDE = 2, 3, 64
 
@@ -52,7 +51,7 @@ def _full_size_shapes(layout, num_classes=60, frames=2):
 
 
 def _tiny_stream(layout='slim'):
-  return resnet.Stream(num_classes=NUM_CLASSES, stride_layout=layout, **TINY)
+  return resnet.Stream(num_classes=NUM_CLASSES, stride_layout=layout, **TINY_STREAM)
 
 
 def _frames(seed, clips=CLIPS, frames=FRAMES):
@@ -176,9 +175,9 @@ def test_rejects_bad_arguments():
   with pytest.raises(ValueError, match='at least 2 units'):
     init(resnet.Stream(num_classes=3, units_per_block=(2, 1, 2, 2), width=4), 3)
   with pytest.raises(ValueError, match='not whole clips'):
-    init(resnet.Stream(num_classes=3, **TINY), 4)
+    init(resnet.Stream(num_classes=3, **TINY_STREAM), 4)
   with pytest.raises(ValueError, match='stride_layout'):
-    init(resnet.Stream(num_classes=3, stride_layout='caffe', **TINY), 3)
+    init(resnet.Stream(num_classes=3, stride_layout='caffe', **TINY_STREAM), 3)
 
 
 # --------------------------------------------------------------------------

@@ -24,8 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import configs.demo
-from conftest import REPO_ROOT, assert_trees_close, cli_env, override_flags, shrink
+from conftest import REPO_ROOT, assert_trees_close, cli_env, override_flags, tiny_config
 import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
@@ -58,9 +57,7 @@ def run_cli(args, env, *, driver_point=None, check=True) -> subprocess.Completed
 
 
 def demo_config(stage, data_dir, **overrides):
-  config = shrink(configs.demo.get_config(stage), **overrides)
-  config.data_dir = data_dir
-  return config
+  return tiny_config('demo', stage, data_dir=data_dir, **overrides)
 
 
 def outcome(workdir: str) -> dict:
@@ -151,7 +148,7 @@ def test_external_kill_just_after_a_new_best_validation(tmp_path, uninterrupted,
 
 def test_all_rerun_after_completion_does_nothing_and_says_so(tiny_trained_workdir,
                                                              synthetic_data_dir, capsys):
-  config = tiny_run.tiny_config(synthetic_data_dir)
+  config = tiny_run.run_config(synthetic_data_dir)
   before = {s: runs.stage_dir(tiny_trained_workdir, s).results_file.stat().mtime
             for s in ('step1', 'step2', 'step3', 'step4')}
   results = trainer.train_and_evaluate(config, tiny_trained_workdir)
@@ -164,7 +161,7 @@ def test_all_rerun_after_completion_does_nothing_and_says_so(tiny_trained_workdi
 def test_evaluate_takes_the_network_from_the_run(tiny_trained_workdir, synthetic_data_dir, env):
   """A command line whose network differs from the run's is refused; no config uses the run's."""
   run = runs.load_stage(tiny_trained_workdir, 'step2')
-  given = tiny_run.tiny_config(synthetic_data_dir)
+  given = tiny_run.run_config(synthetic_data_dir)
   given.model.connections = False
   with pytest.raises(evaluate.ConflictingConfigError,
                      match=r"model.connections: run has True, given False"):

@@ -1,18 +1,18 @@
 """Stage chaining: `all` writes four finished stages, each starting from the right slices of the last.
 
-The trained run is `tiny_run`'s (the demo config's `all` on conftest's tiny
-dataset, shrunk to width 4 and 16x16, one epoch per stage), shared with the
-predict and export tests. Each stage's starting variables are recomputed with
-`initialization.initial_variables`, from an all-zero init so that a stream that was not
-loaded cannot pass by coincidence, and compared bit for bit with the streams of
-the previous stages' best checkpoints. The noise sweep of `evaluate` runs on
-the same run.
+The trained run is `tiny_run`'s (`configs/demo.py:all,tiny` on conftest's tiny
+dataset, one epoch per stage), shared with the predict, export and demo tests.
+Each stage's starting variables are recomputed with `initialization.initial_variables`,
+from an all-zero init so that a stream that was not loaded cannot pass by
+coincidence, and compared bit for bit with the streams of the previous stages'
+best checkpoints. The noise sweep of `evaluate` runs on a copy of the same run.
 """
 
 import functools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -50,7 +50,7 @@ def workdir(tiny_trained_workdir):
 
 @pytest.fixture(scope='module')
 def config(synthetic_data_dir):
-  return tiny_run.tiny_config(synthetic_data_dir)
+  return tiny_run.run_config(synthetic_data_dir)
 
 
 def zero_variables(stage_name: str, config) -> dict:
@@ -125,14 +125,16 @@ def test_step2_from_separate_step1_stages(tmp_path, config):
                      {'depth': ('step1_depth', 'depth'), 'rgb': ('step1_rgb', 'rgb')})
 
 
-def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_cache_dir):
+def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_cache_dir,
+                                      tmp_path):
   """`evaluate --sweep` prints Table 2's row and writes it to `step2/noise_sweep.json`.
 
   The columns are no noise, each variance of `eval.noise_variances`, and void
   depth, in that order, each evaluated with its own sigma.
   """
-  overrides = {'input.num_frames': tiny_run.NUM_FRAMES, 'data_dir': synthetic_data_dir,
-               'eval.noise_variances': NOISE_VARIANCES}
+  # A copy: the shared run keeps the demo's own sweep, which the demo test reads.
+  workdir = shutil.copytree(workdir, tmp_path / 'run', symlinks=True)
+  overrides = {'data_dir': synthetic_data_dir, 'eval.noise_variances': NOISE_VARIANCES}
   proc = subprocess.run(
       [sys.executable, '-m', 'modistill_jax.evaluate', '--config=configs/demo.py:step2',
        f'--workdir={workdir}', '--sweep', *override_flags(overrides)],
@@ -146,7 +148,7 @@ def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_c
                              [0.0] + [math.sqrt(v) for v in NOISE_VARIANCES] + [0.0])
   for r in rows:
     assert set(r['accuracy']) == {'depth', 'rgb', 'fused'}
-    assert r['num_examples'] > 0
+    assert r['num_examples'] == 4  # one evaluation batch (max_eval_batches=1)
   assert '| sigma^2 | ' + ' | '.join(SWEEP_COLUMNS) + ' |' in proc.stdout
   assert evaluate.sweep_table(rows) in proc.stdout
 

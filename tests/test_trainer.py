@@ -1,7 +1,7 @@
 """The trainer's guard rails: each misuse fails early with a message that says the fix.
 
 All runs use the demo config on the tiny built `synthetic_rgbd`, shrunk by
-`conftest.SHRINK`, in-process on 4 fake CPU devices.
+`conftest.tiny_config`, in-process on 4 fake CPU devices.
 """
 
 import dataclasses
@@ -11,17 +11,17 @@ import jax
 import numpy as np
 import pytest
 
-import configs.demo
-from conftest import read_latest_state, shrink
+from conftest import read_latest_state, tiny_config
 from modistill_jax import runs
 from modistill_jax import trainer
+from modistill_jax.config_lib import TINY
 from modistill_jax.data import pipeline
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def demo_config(stage: str, data_dir: str, **overrides):
-  config = shrink(configs.demo.get_config(stage), **overrides)
+  config = tiny_config('demo', stage, **overrides)
   config.data_dir = data_dir
   return config
 
@@ -100,7 +100,7 @@ def test_a_stage_decodes_only_the_modalities_it_reads(tmp_path, synthetic_data_d
   monkeypatch.setattr(pipeline, 'load_source', load_source)
   results = trainer.run_stage(demo_config('step1_rgb', synthetic_data_dir), str(tmp_path),
                               'step1_rgb')
-  assert results['test']['num_examples'] > 0
+  assert results['test']['num_examples'] == TINY['eval_batch_size']  # one batch (tiny)
   with pytest.raises(ValueError, match='Cannot decode a 12-byte frame'):
     trainer.run_stage(demo_config('step1_depth', synthetic_data_dir), str(tmp_path),
                       'step1_depth')

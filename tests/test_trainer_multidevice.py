@@ -1,21 +1,21 @@
 """Data parallelism does not change the mathematics of a training step.
 
-The trainer jits `steps.train_step` over a one-axis mesh with a replicated
-state and a batch sharded along its first axis. On 4 fake CPU devices (one
-clip each) a step must give the 1-device result for the same global batch:
-the loss is a mean over the global batch and, under jit, BatchNorm statistics
-are too (a per-device BatchNorm would see one clip and differ).
+The trainer's own jitted functions (`trainer.make_state_fn`,
+`trainer.make_train_fn`, `evaluate.make_eval_fn`) run over a one-axis mesh with a
+replicated state and a batch sharded along its first axis. On 4 fake CPU
+devices (one clip each) a step must give the 1-device result for the same
+global batch: the loss is a mean over the global batch and, under jit,
+BatchNorm statistics are too (a per-device BatchNorm would see one clip and
+differ); evaluation must predict the same classes.
 """
-
-import functools
 
 import jax
 from jax.sharding import AxisType, Mesh
 import numpy as np
 import pytest
 
-import configs.demo
-from conftest import assert_trees_close, make_split, shrink
+from conftest import assert_trees_close, make_split, tiny_config
+from modistill_jax import evaluate
 from modistill_jax import optim
 from modistill_jax import sharding
 from modistill_jax import stages
@@ -46,22 +46,20 @@ WELL_CONDITIONED = {'optimizer.eps': 1e-3, 'input.image_size': 64,
                     'input.rgb_std': (58.0, 57.0, 57.0), 'input.depth_std': (58.0, 57.0, 57.0)}
 
 
-def run_steps(mesh: Mesh, variables, batches, *, stage, model, config, tx, schedule):
-  """`NUM_STEPS` steps jitted exactly as the trainer does, on `mesh`."""
-  replicated = sharding.replicated(mesh)
-  make_state = jax.jit(functools.partial(trainer.create_train_state, stage=stage, tx=tx),
-                       out_shardings=replicated)
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, model=model, config=config, tx=tx, schedule=schedule),
-      in_shardings=(replicated, sharding.data_sharded(mesh)),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
-  state = make_state(variables)
+def run_steps(mesh: Mesh, variables, batches, eval_batch, *, stage, model, config, tx,
+              schedule):
+  """`NUM_STEPS` steps of the trainer's jitted step on `mesh`, then its eval step."""
+  state = trainer.make_state_fn(stage, tx, mesh)(variables)
+  train_fn = trainer.make_train_fn(model, config, tx, schedule, mesh)
   losses, grad_norms = [], []
   for batch in batches:
     state, metrics = train_fn(state, sharding.to_global(batch, mesh))
     losses.append(float(metrics['loss']))
     grad_norms.append(float(metrics['grad_norm']))
-  return jax.device_get(state), losses, grad_norms
+  eval_fn = evaluate.make_eval_fn(model, config, mesh)
+  predictions = sharding.fetch(eval_fn(state, sharding.to_global(eval_batch, mesh),
+                                       jax.random.key(0)))
+  return jax.device_get(state), losses, grad_norms, predictions
 
 
 def test_four_devices_match_one_device():
@@ -73,7 +71,7 @@ def test_four_devices_match_one_device():
   the statistics and by O(lr) = 1e-3 in the params.
   """
   assert jax.device_count() >= 4, 'run with XLA_FLAGS=--xla_force_host_platform_device_count=4'
-  config = shrink(configs.demo.get_config('step2'), **WELL_CONDITIONED)
+  config = tiny_config('demo', 'step2', **WELL_CONDITIONED)
   size = config.input.image_size
   stage = stages.get_stage('step2')
   model = stage_network(stage, config.model, num_classes=3)
@@ -86,17 +84,24 @@ def test_four_devices_match_one_device():
       process_index=0, process_count=1)
   batches = [next(iterator) for _ in range(NUM_STEPS)]
   iterator.close()
+  eval_batch = next(iter(pipeline.eval_iterator(
+      make_split('test', 3), global_batch_size=config.eval_batch_size,
+      num_frames=config.input.num_frames, image_size=(size, size))))
   kwargs = dict(stage=stage, model=model, config=config, tx=tx, schedule=schedule)
   one = Mesh(np.array(jax.devices()[:1]), (sharding.DATA_AXIS,), axis_types=(AxisType.Auto,))
   four = Mesh(np.array(jax.devices()[:4]), (sharding.DATA_AXIS,), axis_types=(AxisType.Auto,))
-  state_1, losses_1, grad_norms_1 = run_steps(one, variables, batches, **kwargs)
-  state_4, losses_4, grad_norms_4 = run_steps(four, variables, batches, **kwargs)
+  state_1, losses_1, grad_norms_1, preds_1 = run_steps(one, variables, batches, eval_batch,
+                                                       **kwargs)
+  state_4, losses_4, grad_norms_4, preds_4 = run_steps(four, variables, batches, eval_batch,
+                                                       **kwargs)
 
   np.testing.assert_allclose(losses_4, losses_1, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad_norms_4, grad_norms_1, rtol=1e-5)
   assert_trees_close(state_4.batch_stats, state_1.batch_stats, rtol=1e-5, atol=1e-5)
   assert_trees_close(state_4.params, state_1.params, rtol=1e-5, atol=1e-5)
   assert_trees_close(state_4.opt_state, state_1.opt_state, rtol=1e-5, atol=1e-5)
+  assert_trees_close(preds_4, preds_1)
+  np.testing.assert_array_equal(preds_1['label'], eval_batch['label'])
   # The steps did something: params moved and BatchNorm statistics were updated.
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state_1.params,
                        {s: variables['params'][s] for s in stage.trainable})

@@ -1,12 +1,15 @@
-"""A tiny trained run (steps 1-4) and tiny video files, shared by the predict and export tests.
+"""The tiny demo run (every stage, the baseline, the ablation, the report) and tiny video files.
 
-The run trains on conftest's `synthetic_data_dir` (a few 16x16 clips, 3 classes).
+The run is `make demo` (`demo.run_demo`) with `configs/demo.py:all,tiny` on
+conftest's `synthetic_data_dir` (a few 16x16 clips, 3 classes), two steps (one
+epoch) per stage and whole evaluations. The demo, notebook, predict, export,
+stage-chaining, run-folder and config tests all read this one run.
 
-Training all four stages is what makes these tests slow, so the run is made
-once per pytest session (under xdist the workers share one folder: the first
-one trains while the others wait on a file lock), under conftest's
-`fast_compile` and with the RBG PRNG, whose initialisers compile several times
-faster than threefry's (the weights' values do not matter here).
+Training every stage is what makes these tests slow, so the run is made once
+per pytest run (under xdist the workers share one folder: the first one trains
+while the others wait on a file lock), under conftest's `fast_compile` and with
+the RBG PRNG, whose initialisers compile several times faster than threefry's
+(the weights' values do not matter here).
 """
 
 from __future__ import annotations
@@ -20,40 +23,27 @@ from etils import epath
 import jax
 import numpy as np
 
-from configs import demo
-from modistill_jax import trainer
+from conftest import TINY_DATA, tiny_config
+from modistill_jax import demo
 from modistill_jax.config_lib import VGG_MEAN
 
-NUM_FRAMES = 3
-IMAGE_SIZE = 16
+# Two steps: one epoch of conftest's 8 training clips at the tiny batch of 4.
+RUN_OVERRIDES = {**TINY_DATA, 'num_train_steps': 2, 'max_eval_batches': -1}
 
 
-def tiny_config(data_dir: str):
-  """The demo config, shrunk to seconds: width 4, 16x16, 3 frames, one epoch (2 steps) per stage."""
-  config = demo.get_config('all')
-  config.data_dir = data_dir
-  config.builder_config = ''  # conftest's tiny dataset has no builder configs
-  config.build_if_missing = False
-  config.input.image_size = IMAGE_SIZE
-  config.input.num_frames = NUM_FRAMES
-  config.input.worker_count = 0
-  config.input.prefetch = 1
-  config.model.width = 4
-  config.batch_size = 4
-  config.eval_batch_size = 4
-  config.num_train_steps = 2
-  config.max_eval_batches = 1
-  return config
+def run_config(data_dir: str):
+  """The config of the shared run's steps 1-4 (`configs/demo.py:all,tiny` on `data_dir`)."""
+  return tiny_config('demo', 'all', data_dir=data_dir, **RUN_OVERRIDES)
 
 
 def shared_root(tmp_path_factory) -> epath.Path:
-  """A folder all xdist workers of this session see (the session's own one without xdist)."""
+  """A folder all xdist workers of this run see (the session's own one without xdist)."""
   base = tmp_path_factory.getbasetemp()
   return epath.Path(base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base)
 
 
 def trained_workdir(tmp_path_factory, data_dir: str) -> str:
-  """Steps 1-4 trained on the built dataset in `data_dir`, once per session."""
+  """The demo run on the built dataset in `data_dir`, made once per pytest run."""
   root = shared_root(tmp_path_factory) / 'tiny_run'
   root.mkdir(exist_ok=True)
   workdir = root / 'workdir'
@@ -61,7 +51,7 @@ def trained_workdir(tmp_path_factory, data_dir: str) -> str:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (root / 'done').exists():
       with jax.default_prng_impl('unsafe_rbg'):
-        trainer.train_and_evaluate(tiny_config(data_dir), str(workdir))
+        demo.run_demo(str(workdir), data_dir, 'all,tiny', RUN_OVERRIDES)
       (root / 'done').touch()
   return str(workdir)
 
