@@ -87,7 +87,7 @@ def _assert_same_example(pool: dict, beam: dict, where: str) -> None:
 
 @pytest.mark.parametrize('name', DATASETS)
 def test_beam_writes_the_pool_examples_and_skip_report(built, name):
-  pool, beam = (tfds.builder_from_directory(os.fspath(built[kind] / name / CONFIG / '1.0.0'))
+  pool, beam = (tfds.builder_from_directory(os.fspath(built[kind] / name / CONFIG / '2.0.0'))
                 for kind in ('pool', 'beam'))
   sizes = lambda builder: {s: info.num_examples for s, info in builder.info.splits.items()}
   assert sizes(beam) == sizes(pool)

@@ -28,8 +28,12 @@ NAME_PATTERN = re.compile(r'[a-z][a-z0-9_]*')
 class CustomRgbdBuilder(raw_clips.RawClipBuilder, skip_registration=True):
   """RGB + jet-coloured depth clips of a folder in the documented layout."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release: labels.csv, frames paired by rank, optional affine.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release: labels.csv, frames paired by rank, optional affine.',
+      '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
+               'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   `manual_dir` is your folder: labels.csv (sample,label,split), rgb/<sample>.mp4
   or rgb/<sample>/ frames, depth/<sample>/ PNG frames; see
@@ -58,11 +62,9 @@ class CustomRgbdBuilder(raw_clips.RawClipBuilder, skip_registration=True):
                       'each kept the first min(RGB, depth). Listed in %s beside the dataset '
                       'files.', self.name, len(self._trimmed), TRIMMED_REPORT)
 
-  def _generate_examples(self, split, samples):
-    examples = super()._generate_examples(split, samples)
-    if self._use_beam:  # The counts stay in each example's rgb/depth_frames_raw.
-      return examples
-    return self._note_trimmed(split, examples)
+  def _examples(self, split, samples):
+    # On Beam (`_examples_on_beam`) the counts stay in each example's rgb/depth_frames_raw.
+    return self._note_trimmed(split, super()._examples(split, samples))
 
   def _note_trimmed(self, split, examples):
     for sample_id, example in examples:

@@ -64,7 +64,7 @@ class CommandLineTest(absltest.TestCase):
           cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=300)
       self.assertEqual(result.returncode, 0, result.stderr[-3000:])
       self.assertIn('2 workers', result.stdout)  # `tfds` logs through tqdm, to stdout
-      builder = tfds.builder_from_directory(os.path.join(out, 'uwa3dii', 'res112', '1.0.0'))
+      builder = tfds.builder_from_directory(os.path.join(out, 'uwa3dii', 'res112', '2.0.0'))
       self.assertEqual({s: builder.info.splits[s].num_examples for s in builder.info.splits},
                        {'view1': 1, 'view2': 1, 'view3': 1, 'view4': 1})
       self.assertEqual(builder.info.file_format.value, 'array_record')
