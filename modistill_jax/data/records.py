@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import hashing as tfds_hashing
 
 from modistill_jax.data import jet
 
@@ -205,14 +206,14 @@ def frame_positions(split: str, clips: Sequence[ClipEntry], shuffled: bool = Tru
     split: the clip-table split.
     clips: the split's clips, in the order their `frame_rows` were generated.
     shuffled: TFDS's default: a split's rows in the order of their keys'
-      hashes salted with the split name (`tfds.core.hashing`, the order a
+      hashes salted with the split name (`tfds_hashing`, the order a
       dataset keeps across TFDS versions, under Beam too); False for a builder
       with `disable_shuffling`, which writes rows as generated.
   """
   keys = [frame_key(c.fields['sample_id'], m, t)
           for c in clips for m in MODALITIES for t in range(c.fields['num_frames'])]
   if shuffled:
-    hasher = tfds.core.hashing.Hasher(frames_split(split))
+    hasher = tfds_hashing.Hasher(frames_split(split))
     order = sorted(range(len(keys)), key=lambda i: hasher.hash_key(keys[i]))
     position = np.empty(len(keys), np.int64)
     position[order] = np.arange(len(keys))
