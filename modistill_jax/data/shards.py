@@ -23,7 +23,7 @@ as `ClipRecords`: clips by index whose frames are read one by one when used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import concurrent.futures
 import dataclasses
 import operator
@@ -135,18 +135,27 @@ class ShardedRecords(Sequence):
   """A split's decoded records by index, whose read errors name the shard file and record.
 
   Wraps a TFDS data source (`builder.as_data_source(split)`); pickles with it,
-  so Grain's worker processes read through it too.
+  so Grain's worker processes read through it too. With `parse`, reads the
+  raw records under it (`source.data_source`) and decodes them with `parse`
+  instead of TFDS's generic decoding (`records.parse_row`).
   """
 
-  def __init__(self, source: Sequence[dict[str, Any]], split: BuiltSplit):
+  def __init__(self, source: Sequence[dict[str, Any]], split: BuiltSplit,
+               parse: Callable[[bytes], dict[str, Any]] | None = None):
     if len(source) != sum(shard.take for shard in split.shards):
       raise ValueError(f'{split.name}: the data source has {len(source)} records but its '
                        f'shards list {sum(s.take for s in split.shards)}.')
     self._source = source
+    self._parse = parse
     self.split = split
 
   def __len__(self) -> int:
     return len(self._source)
+
+  @property
+  def data_source(self) -> Sequence[dict[str, Any]]:
+    """The TFDS data source read (its `data_source` attribute reads the raw records)."""
+    return self._source
 
   def __getitem__(self, index):
     index = operator.index(index)
@@ -154,7 +163,9 @@ class ShardedRecords(Sequence):
       raise IndexError(f'record {index} of {self.split.name}, which has {len(self)} records')
     index %= len(self)
     try:
-      return self._source[index]
+      if self._parse is None:
+        return self._source[index]
+      return self._parse(self._source.data_source[index])
     except Exception as e:  # pylint: disable=broad-except  (any failure is this record's)
       shard, position = self.locate(index)
       raise DatasetShardError(
@@ -210,6 +221,8 @@ class ClipRecords(Sequence):
   record sets it reads.
 
   Attributes:
+    clip_table: the clip-table rows, by clip index.
+    frames: the frame rows of the split's atomic splits, concatenated.
     split: the clip table's `BuiltSplit` (`frames.split` is the frame rows').
   """
 
@@ -221,17 +234,17 @@ class ClipRecords(Sequence):
     rows; offsetting them by the frame rows of the atomic splits before it
     makes them indices into `frames`.
     """
-    self._clips = clips
+    self.clip_table = clips
     self.frames = frames
     self.split = clips.split
     self._clip_ends = np.cumsum(clip_counts)
     self._frame_starts = np.concatenate([[0], np.cumsum(frame_counts)[:-1]]).astype(np.int64)
 
   def __len__(self) -> int:
-    return len(self._clips)
+    return len(self.clip_table)
 
   def __getitem__(self, index) -> dict[str, Any]:
-    row = dict(self._clips[index])
+    row = dict(self.clip_table[index])
     index = operator.index(index) % len(self)
     offset = self._frame_starts[np.searchsorted(self._clip_ends, index, side='right')]
     for modality in records_lib.MODALITIES:
@@ -281,8 +294,9 @@ def open_split(builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str,
                                 f'{name} (frame rows)', rebuild_command=rebuild_command)
     check_shards(splits[what])
   return ClipRecords(
-      clips=ShardedRecords(builder.as_data_source(split=tfds_split), splits['clips']),
+      clips=ShardedRecords(builder.as_data_source(split=tfds_split), splits['clips'],
+                           records_lib.parse_row),
       frames=ShardedRecords(builder.as_data_source(split=splits['frames'].tfds_split),
-                            splits['frames']),
+                            splits['frames'], records_lib.parse_row),
       clip_counts=[builder.info.splits[p].num_examples for p in parts],
       frame_counts=[builder.info.splits[p].num_examples for p in frame_parts])
