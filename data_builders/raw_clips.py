@@ -415,13 +415,12 @@ class SplitWriter:
     yield from records.clip_rows(split, self._entries.pop(split))
 
   def beam_transforms(self, split: str, examples_transform) -> dict[str, Any]:
-    """The Beam form of `generators`: `examples_transform` applies to the pipeline's root once."""
+    """The Beam form of `generators`: `examples_transform` (root -> converted clips) runs once."""
     beam = tfds.core.lazy_imports.apache_beam
 
     def examples(root):
       if split not in self._beam_examples:
-        self._beam_examples[split] = (
-            root.pipeline | f'{split}_convert' >> beam.ptransform_fn(examples_transform)())
+        self._beam_examples[split] = root.pipeline | f'{split}_convert' >> examples_transform
       return self._beam_examples[split]
 
     def frames(root):
@@ -512,26 +511,22 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     generators = {}
     for split in self.ATOMIC_SPLITS:
       if by_split[split]:
-        generators.update(self._generate_examples(split, by_split[split]))
+        generators.update(self._record_sets(split, by_split[split]))
     return generators
 
-  def _generate_examples(self, split: str, samples: Sequence[RawSample]) -> dict[str, Any]:
+  def _record_sets(self, split: str, samples: Sequence[RawSample]) -> dict[str, Any]:
     """The generators (or Beam transforms) of `split`'s two record sets (`SplitWriter`)."""
+    if self._use_beam:
+      return self._writer.beam_transforms(split, self._generate_examples(split, samples))
+    return self._writer.generators(split, self._generate_examples(split, samples))
+
+  def _generate_examples(self, split: str, samples: Sequence[RawSample]):
+    """`(sample_id, make_example clip)` of the converted samples, or the Beam transform making them."""
     config = self.builder_config
     if self._use_beam:
+      beam = tfds.core.lazy_imports.apache_beam
       skips_prefix = os.fspath(self.data_path / BEAM_SKIPS_DIR / split)
-      return self._writer.beam_transforms(split, lambda root: self._examples_on_beam(
-          root, split, samples, skips_prefix))
-    return self._writer.generators(split, self._examples(split, samples))
-
-  def _examples(self, split: str, samples: Sequence[RawSample]) -> Iterator[tuple[str, dict]]:
-    """`(sample_id, make_example clip)` of the converted samples, on the process pool."""
-    config = self.builder_config
+      return beam.ptransform_fn(_convert_on_beam)(samples, self.convert_function(),
+                                                   config.height, config.width, skips_prefix)
     return self._converter.convert(split, self.convert_function(), samples,
                                    config.height, config.width)
-
-  def _examples_on_beam(self, root, split: str, samples: Sequence[RawSample], skips_prefix: str):
-    del split  # Subclasses' hook, as `_examples`.
-    config = self.builder_config
-    return _convert_on_beam(root, samples, self.convert_function(), config.height,
-                            config.width, skips_prefix)

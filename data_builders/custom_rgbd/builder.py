@@ -62,9 +62,11 @@ class CustomRgbdBuilder(raw_clips.RawClipBuilder, skip_registration=True):
                       'each kept the first min(RGB, depth). Listed in %s beside the dataset '
                       'files.', self.name, len(self._trimmed), TRIMMED_REPORT)
 
-  def _examples(self, split, samples):
-    # On Beam (`_examples_on_beam`) the counts stay in each example's rgb/depth_frames_raw.
-    return self._note_trimmed(split, super()._examples(split, samples))
+  def _generate_examples(self, split, samples):
+    examples = super()._generate_examples(split, samples)
+    if self._use_beam:  # The counts stay in each example's rgb/depth_frames_raw.
+      return examples
+    return self._note_trimmed(split, examples)
 
   def _note_trimmed(self, split, examples):
     for sample_id, example in examples:
