@@ -85,6 +85,10 @@ Batch = dict[str, np.ndarray]
 
 # Threads decoding clips inside each process (main process or worker):
 # `cv2.imdecode` releases the GIL, so threads use the cores without pickling.
+# READ_THREADS and BATCH_PREFETCH stay constants rather than `config.input`
+# fields: the knob that scales with a host's cores is `input.worker_count`
+# (each worker runs READ_THREADS threads), and neither changes what a run
+# computes; `docs/performance.md` has the measurements they come from.
 READ_THREADS = 4
 # The clips a record holds, in the order batches list them.
 MODALITIES = records_lib.MODALITIES
