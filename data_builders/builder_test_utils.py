@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from data_builders import raw_clips
 from modistill_jax.data import records
+from modistill_jax.data import shards
 
 
 class ReadsArrayRecord:
@@ -20,6 +21,8 @@ class ReadsArrayRecord:
   The base class checks splits through `as_dataset`, which TFDS does not
   implement for ArrayRecord; this makes the same checks (split sizes, no
   example in two splits) through `as_data_source`, the way the pipeline reads.
+  `SPLITS` counts clips: the clip-table splits; each has its frame rows'
+  split beside it (`records.frames_split`), one row per frame and modality.
   """
 
   def _assertAsDataset(self, builder):  # pylint: disable=invalid-name
@@ -28,8 +31,17 @@ class ReadsArrayRecord:
       source = builder.as_data_source(split=split)
       self.assertLen(source, expected)
       ids[split] = {example['sample_id'] for example in source}
+      frames = builder.as_data_source(split=records.frames_split(split))
+      self.assertLen(frames, 2 * sum(example['num_frames'] for example in source))
     for (a, ids_a), (b, ids_b) in itertools.combinations(ids.items(), 2):
       self.assertFalse(ids_a & ids_b, f'splits {a} and {b} share examples')
+
+  def _assertNumSamples(self, builder):  # pylint: disable=invalid-name
+    clip_splits = {name: split.num_examples for name, split in builder.info.splits.items()
+                   if not records.is_frames_split(name)}
+    self.assertEqual(clip_splits, self.SPLITS)
+    self.assertEqual(sorted(records.frames_split(s) for s in clip_splits),
+                     sorted(s for s in builder.info.splits if records.is_frames_split(s)))
 
 
 def tfds_build_command() -> list[str]:
@@ -49,11 +61,16 @@ def build(builder_cls: type[tfds.core.DatasetBuilder], data_dir: str, manual_dir
 
 
 def read_built(builder: tfds.core.DatasetBuilder) -> dict[str, tuple[str, dict]]:
-  """`{sample_id: (split, example)}` of a built dataset, through `tfds.data_source`."""
+  """`{sample_id: (split, clip)}` of a built dataset, read as the pipeline reads it.
+
+  A clip's `rgb` and `depth` read its frame rows by index (`shards.ClipRecords`).
+  """
   found = {}
   for split in builder.info.splits:
-    for example in builder.as_data_source(split=split):
-      found[example['sample_id'].decode()] = (split, example)
+    if records.is_frames_split(split):
+      continue
+    for clip in shards.open_split(builder, split, name=split, rebuild_command='tfds build'):
+      found[clip['sample_id'].decode()] = (split, clip)
   return found
 
 
@@ -80,9 +97,9 @@ def check_built(test, builder: tfds.core.DatasetBuilder, labels: Mapping[str, st
     test.assertEqual((example['num_frames'], example['rgb_frames_raw'],
                       example['depth_frames_raw']), (kept, rgb_raw, depth_raw), sample_id)
     rgb = np.stack([records.decode_image(f) for f in example['rgb']])
-    depth = np.stack([records.decode_image(f) for f in example['depth']])
+    depth = np.stack([records.decode_depth(f) for f in example['depth']])
     test.assertEqual(rgb.shape, (kept, config.height, config.width, 3), sample_id)
-    test.assertEqual(depth.shape, rgb.shape, sample_id)
+    test.assertEqual(depth.shape, rgb.shape[:-1], sample_id)
   report = raw_clips.read_skip_report(builder.data_path / raw_clips.SKIP_REPORT)
   test.assertEqual(sorted(s.sample_id for s in report), sorted(skips))
   for skip in report:

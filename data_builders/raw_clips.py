@@ -7,7 +7,9 @@ function). This module supplies the rest, once:
 
 * `RawClipBuilder`, the TFDS base class: ArrayRecord output (the pipeline reads
   with `tfds.data_source`), the `res224` (the reference's size) and `res112`
-  configs, one split per non-empty atomic split, and the skip report.
+  configs, the two record sets of each non-empty atomic split (its clip table
+  and its frame rows, `records.py`; each clip converted once), and the skip
+  report.
 * Parallel conversion on one machine. A `spawn` process pool (the parent may
   already run TensorFlow's thread pools, which `fork` would copy mid-flight)
   converts samples while the parent only writes; `MODISTILL_BUILD_WORKERS`
@@ -25,6 +27,9 @@ function). This module supplies the rest, once:
   dataset, which the launching process merges into the same `skipped.tsv` once
   the pipeline has run (Beam counters `converted` and `skipped` show the
   progress in the runner's UI meanwhile).
+
+`SplitWriter` turns converted clips into a split's two record sets, on the
+process pool's path and on Beam's; the synthetic builder uses it too.
 """
 
 from __future__ import annotations
@@ -170,15 +175,26 @@ def decode_video(path: epath.Path, wanted: Container[int],
   return count, kept
 
 
-def depth_clip_to_jet(depth_mm: np.ndarray, height: int, width: int) -> np.ndarray:
-  """`(T, H0, W0)` depth -> `(T, height, width, 3)` jet colours.
+def depth_clip_to_code(depth_mm: np.ndarray, height: int, width: int) -> np.ndarray:
+  """`(T, H0, W0)` depth in mm -> `(T, height, width)` uint8 codes (`jet.depth_to_code`).
 
-  Colours at the raw resolution first (per-clip normalisation needs every
-  frame), then resizes the colour images like RGB; resizing depth values
-  instead would blend valid depths with the invalid zeros into false depths.
+  Resizes the depth before coding it, since codes (like jet colours) cannot be
+  blended: each output pixel is the bilinear (antialiased, as `resize_rgb`)
+  average of the valid depths under it, and invalid where less than half of
+  its weight fell on valid pixels, so the zeros of invalid pixels never mix
+  into a depth. The per-clip normalisation then runs on the resized clip.
   """
-  coloured = jet.depth_to_jet(depth_mm)
-  return np.stack([resize_rgb(Image.fromarray(f), height, width) for f in coloured])
+  depth = np.asarray(depth_mm, np.float32)
+  valid = (depth > 0).astype(np.float32)
+
+  def resize(plane: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(plane, mode='F').resize((width, height), Image.BILINEAR))
+
+  resized = []
+  for frame, mask in zip(depth * valid, valid):
+    weight = resize(mask)
+    resized.append(np.where(weight >= 0.5, resize(frame) / np.maximum(weight, 1e-6), 0.0))
+  return jet.depth_to_code(np.stack(resized))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,7 +362,7 @@ def _beam_convert(sample: RawSample, convert: ConvertFn, height: int, width: int
 
 def _convert_on_beam(root, samples: Sequence[RawSample], convert: ConvertFn, height: int,
                      width: int, skips_prefix: str):
-  """The Beam transform of one split: samples -> examples, skips -> text shards."""
+  """The Beam transform of one split: samples -> `(sample_id, example)`, skips -> text shards."""
   beam = tfds.core.lazy_imports.apache_beam
   results = (root
              | 'Samples' >> beam.Create(samples)
@@ -354,6 +370,70 @@ def _convert_on_beam(root, samples: Sequence[RawSample], convert: ConvertFn, hei
                                          width=width).with_outputs(_SKIPPED_TAG, main='examples'))
   _ = results[_SKIPPED_TAG] | 'WriteSkips' >> beam.io.WriteToText(skips_prefix)
   return results.examples
+
+
+def _frame_rows_of(item: tuple[str, dict]) -> Iterator[tuple[str, dict]]:
+  return records.frame_rows(item[1])
+
+
+def _entry_of(item: tuple[str, dict]) -> records.ClipEntry:
+  return records.ClipEntry.of(item[1])
+
+
+def _clip_rows_on_beam(entries: list[records.ClipEntry], split: str) -> list[tuple[str, dict]]:
+  return list(records.clip_rows(split, sorted(entries, key=lambda e: e.fields['sample_id'])))
+
+
+class SplitWriter:
+  """The two record sets of each atomic split, from one conversion of its clips.
+
+  `generators(split, examples)` gives `{frames_split(split): frame rows,
+  split: clip rows}` for `_split_generators`. Without Beam they are
+  generators run one after the other, as TFDS writes splits: the first writes
+  each converted clip's frame rows and keeps its (frameless) clip entry, the
+  second writes the clip table from those entries, once every frame row's key
+  is known (`records.frame_positions`). On Beam both are transforms of one
+  shared PCollection of converted clips, so each clip is converted once there
+  too; the clip table is computed on one worker from the split's entries.
+  """
+
+  def __init__(self):
+    self._entries: dict[str, list[records.ClipEntry]] = {}
+    self._beam_examples: dict[str, Any] = {}
+
+  def generators(self, split: str, examples: Iterable[tuple[str, dict]]) -> dict[str, Any]:
+    return {records.frames_split(split): self._frame_rows(split, examples),
+            split: self._clip_rows(split)}
+
+  def _frame_rows(self, split: str, examples: Iterable[tuple[str, dict]]):
+    self._entries[split] = []
+    for _, example in examples:
+      self._entries[split].append(records.ClipEntry.of(example))
+      yield from records.frame_rows(example)
+
+  def _clip_rows(self, split: str):
+    yield from records.clip_rows(split, self._entries.pop(split))
+
+  def beam_transforms(self, split: str, examples_transform) -> dict[str, Any]:
+    """The Beam form of `generators`: `examples_transform` (root -> converted clips) runs once."""
+    beam = tfds.core.lazy_imports.apache_beam
+
+    def examples(root):
+      if split not in self._beam_examples:
+        self._beam_examples[split] = root.pipeline | f'{split}_convert' >> examples_transform
+      return self._beam_examples[split]
+
+    def frames(root):
+      return examples(root) | beam.FlatMap(_frame_rows_of)
+
+    def clips(root):
+      return (examples(root)
+              | beam.Map(_entry_of)
+              | beam.combiners.ToList()
+              | beam.FlatMap(_clip_rows_on_beam, split=split))
+
+    return {records.frames_split(split): beam.ptransform_fn(frames)(),
+            split: beam.ptransform_fn(clips)()}
 
 
 def read_beam_skips(folder: epath.Path) -> list[Skip]:
@@ -381,6 +461,7 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(file_format=file_format or records.FILE_FORMAT, **kwargs)
     self._converter = Converter(self.name, 1)
     self._use_beam = False
+    self._writer = SplitWriter()
 
   def find_samples(self, manual_dir: epath.Path) -> tuple[list[RawSample], list[Skip]]:
     """Samples found (with their atomic split) and those rejected on sight."""
@@ -427,10 +508,20 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     logging.info('[%s] found %d samples: %s; rejected %d on sight', self.name, len(samples),
                  ', '.join(f'{s} {len(by_split[s])}' for s in self.ATOMIC_SPLITS),
                  len(skipped))
-    return {split: self._generate_examples(split, by_split[split])
-            for split in self.ATOMIC_SPLITS if by_split[split]}
+    generators = {}
+    for split in self.ATOMIC_SPLITS:
+      if by_split[split]:
+        generators.update(self._record_sets(split, by_split[split]))
+    return generators
+
+  def _record_sets(self, split: str, samples: Sequence[RawSample]) -> dict[str, Any]:
+    """The generators (or Beam transforms) of `split`'s two record sets (`SplitWriter`)."""
+    if self._use_beam:
+      return self._writer.beam_transforms(split, self._generate_examples(split, samples))
+    return self._writer.generators(split, self._generate_examples(split, samples))
 
   def _generate_examples(self, split: str, samples: Sequence[RawSample]):
+    """`(sample_id, make_example clip)` of the converted samples, or the Beam transform making them."""
     config = self.builder_config
     if self._use_beam:
       beam = tfds.core.lazy_imports.apache_beam

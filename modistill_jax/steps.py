@@ -73,7 +73,8 @@ def model_inputs(batch: Mapping[str, Array], input_config: ml_collections.Config
                  modalities: tuple[str, ...], dtype, depth_transform=None) -> dict[str, Array]:
   """uint8 clips -> normalised clips of the modalities a stage reads.
 
-  Depth is re-encoded first (`input.depth_encoding`), then corrupted
+  Depth is coloured first (`input.depth_encoding`: its codes through the jet
+  or gray table), then corrupted
   (`depth_transform`, the Table 2 noise acts on the image the network reads),
   then normalised; `input.depth_subtract_mean=False` keeps its std but no mean.
   """
@@ -81,9 +82,7 @@ def model_inputs(batch: Mapping[str, Array], input_config: ml_collections.Config
   for m in modalities:
     mean = tuple(input_config[f'{m}_mean'])
     if m == 'depth':
-      clips = batch[m]
-      if input_config.depth_encoding == 'gray':
-        clips = preprocess.jet_to_gray(clips)
+      clips = preprocess.depth_image(batch[m], input_config.depth_encoding)
       clips = clips.astype(jnp.float32)
       if depth_transform is not None:
         clips = depth_transform(clips)

@@ -30,7 +30,7 @@ import numpy as np
 
 from modistill_jax import report
 from modistill_jax import runs
-from modistill_jax.data import pipeline, records
+from modistill_jax.data import jet, pipeline, records
 
 WORKDIR = os.environ.get('MODISTILL_WORKDIR', '../workdirs/demo')
 print('run folder:', runs.as_path(WORKDIR))
@@ -94,7 +94,7 @@ for col, i in enumerate(shown):
   record = source.records[int(saved['index'][i])]
   middle = len(record['rgb']) // 2
   axes[0, col].imshow(records.decode_image(record['rgb'][middle]))
-  axes[1, col].imshow(records.decode_image(record['depth'][middle]))
+  axes[1, col].imshow(jet.JET_OF_CODE[records.decode_depth(record['depth'][middle])])
   truth, guess = names[saved['label'][i]], names[saved['pred/fused'][i]]
   axes[0, col].set_title(f'true: {truth}\npredicted: {guess}', fontsize=9,
                          color='green' if truth == guess else 'red')

@@ -66,10 +66,10 @@ def make_clip(index: int, num_classes: int) -> dict:
   label = index % num_classes
   shape = (STORED_FRAMES, FRAME_SIZE, FRAME_SIZE, 3)
   rgb = rng.integers(0, 120, shape, dtype=np.uint8)
-  depth = rng.integers(0, 120, shape, dtype=np.uint8)
+  depth = rng.integers(0, 120, shape[:-1], dtype=np.uint8)  # codes: jet colours on the device
   rgb[..., label % 3] += 120
-  depth[..., (label + 1) % 3] += 120
-  return records.make_example(rgb=rgb, depth_jet=depth, label=label, sample_id=f'clip{index}',
+  depth += np.uint8(60 * ((label + 1) % 3))
+  return records.make_example(rgb=rgb, depth_code=depth, label=label, sample_id=f'clip{index}',
                               rgb_frames_raw=STORED_FRAMES, depth_frames_raw=STORED_FRAMES)
 
 
@@ -182,8 +182,9 @@ def synthetic_data_dir(tmp_path_factory) -> str:
   tfds.dataset_builders.store_as_tfds_dataset(
       name='synthetic_rgbd', version='0.0.1',
       features=records.clip_features([f'class{i}' for i in range(3)]),
-      split_datasets={split: [(r['sample_id'], r) for r in make_split(split, 3)]
-                      for split in SPLIT_SIZES},
+      split_datasets={name: rows for split in SPLIT_SIZES
+                      for name, rows in records.split_rows(make_split(split, 3), split,
+                                                           shuffled=False).items()},
       data_dir=data_dir, file_format=records.FILE_FORMAT, disable_shuffling=True)
   return data_dir
 

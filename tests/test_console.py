@@ -97,7 +97,7 @@ def test_a_dataset_build_says_what_it_built_instead_of_tfds_download_notice(tmp_
   # Asking TFDS whether a folder that does not exist yet is prepared logs a warning.
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
   out = capsys.readouterr().out
-  built_in = tmp_path / 'synthetic_rgbd' / 'tiny' / '1.0.0'
+  built_in = tmp_path / 'synthetic_rgbd' / 'tiny' / '2.0.0'
   assert re.fullmatch(rf'Built synthetic_rgbd in {re.escape(str(built_in))} in \d+:\d\d '
                       r'\(nothing downloaded\)\.\n', out), out
   cli.build_dataset(config)  # already built: nothing to say

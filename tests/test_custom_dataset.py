@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from configs import custom
 from conftest import tiny_config
+from data_builders import builder_test_utils
 from data_builders import raw_clips
 from data_builders.custom_rgbd import __main__ as build_cli
 from data_builders.custom_rgbd import builder as custom_builder
@@ -181,15 +182,11 @@ def read_examples(data_dir: epath.Path, name: str) -> tuple[dict, tfds.core.Data
   """`({sample_id: (split, example)}, builder)` of a built dataset, opened as the trainer does."""
   folder = pipeline.built_dataset_dir(name, data_dir=os.fspath(data_dir), builder_config='res112')
   ds = tfds.builder_from_directory(folder)
-  found = {}
-  for split in ds.info.splits:
-    for example in ds.as_data_source(split=split):
-      found[example['sample_id'].decode()] = (split, example)
-  return found, ds
+  return builder_test_utils.read_built(ds), ds
 
 
 def decoded(example: dict, key: str) -> np.ndarray:
-  return np.stack([records.decode_image(f) for f in example[key]]).astype(np.float64)
+  return np.stack([records.decode_frame(key, f) for f in example[key]]).astype(np.float64)
 
 
 def expected_rgb(frames: list[np.ndarray], seed: int, warped: bool) -> np.ndarray:
@@ -207,7 +204,8 @@ def test_builds_every_good_sample_and_reports_the_rest(built):
   examples, ds = read_examples(built, 'my_gestures')
   assert sorted(examples) == sorted(GOOD)
   assert ds.info.features['label'].names == list(CLASSES)
-  assert set(ds.info.splits) == {'train', 'test'}  # no validation row: no validation split
+  # No validation row: no validation split (each split has its frame rows beside it).
+  assert set(ds.info.splits) == {'train', 'test', 'train_frames', 'test_frames'}
   for sample_id, (split, example) in examples.items():
     assert CLASSES[example['label']] == LABELS[sample_id]
     assert split == ('test' if sample_id in ('clap_02', 'jump_02') else 'train')
@@ -233,7 +231,7 @@ def test_broken_sample_is_skipped_with_its_file_and_line(built, sample_id):
 
 @pytest.mark.parametrize('sample_id', sorted(GOOD))
 def test_clips_match_their_source_frames(built, sample_id):
-  """RGB through the affine within JPEG/video tolerance; depth exactly through the jet map."""
+  """RGB through the affine within JPEG/video tolerance; depth exactly as its codes."""
   examples, _ = read_examples(built, 'my_gestures')
   example = examples[sample_id][1]
   _, rgb, _, depth, _ = GOOD[sample_id]
@@ -241,7 +239,7 @@ def test_clips_match_their_source_frames(built, sample_id):
   assert (example['num_frames'], example['rgb_frames_raw'],
           example['depth_frames_raw']) == (kept, len(rgb), len(depth))
   # Depth frames in numeric order, paired by rank, coloured per clip over the kept frames.
-  want_depth = raw_clips.depth_clip_to_jet(np.stack(depth[:kept]).astype(np.int32), RES, RES)
+  want_depth = raw_clips.depth_clip_to_code(np.stack(depth[:kept]).astype(np.int32), RES, RES)
   np.testing.assert_array_equal(decoded(example, 'depth'), want_depth)
   stored = decoded(example, 'rgb')
   want = expected_rgb(rgb[:kept], SEEDS[sample_id], warped=True)

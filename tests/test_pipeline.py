@@ -1,9 +1,9 @@
 """The Grain input pipeline: alignment, exact evaluation, host sharding, resumption.
 
 Clips are built in memory with `records.make_example`; frame `t` of record `r`
-encodes `t` in the red channel (RGB) or green channel (depth) and a left-to-right
-ramp in blue, so a batch tells which frames were sampled and whether they were
-mirrored.
+encodes `t` in the red channel and a left-to-right ramp in blue (RGB), or `t`
+in the codes of its left half and 0 in its right half (depth), so a batch tells
+which frames were sampled and whether they were mirrored.
 """
 
 from etils import epath
@@ -27,8 +27,8 @@ def make_clip(index: int, length: int) -> dict:
   frame_code = np.broadcast_to(t * STEP, (length, SIZE, SIZE))
   zeros = np.zeros((length, SIZE, SIZE), np.uint8)
   rgb = np.stack([frame_code, zeros, ramp], -1)
-  depth = np.stack([zeros, frame_code, ramp], -1)
-  return records.make_example(rgb=rgb, depth_jet=depth, label=index % 7,
+  depth = np.where(np.arange(SIZE) < SIZE // 2, frame_code + 1, 0).astype(np.uint8)
+  return records.make_example(rgb=rgb, depth_code=depth, label=index % 7,
                               sample_id=f'clip{index}', rgb_frames_raw=length,
                               depth_frames_raw=length)
 
@@ -49,6 +49,16 @@ def mirrored(clips: np.ndarray) -> np.ndarray:
   """Whether each frame's ramp runs right to left, `(..., T)`."""
   ramp = clips[..., 2].astype(int)
   return ramp[..., 0].mean(-1) > ramp[..., -1].mean(-1)
+
+
+def depth_frame_numbers(clips: np.ndarray) -> np.ndarray:
+  """`(..., T, H, W, 1)` depth codes -> the frame number each frame encodes, `(..., T)`."""
+  return (clips[..., 0].max(axis=(-1, -2)).astype(int) - 1) // STEP
+
+
+def depth_mirrored(clips: np.ndarray) -> np.ndarray:
+  """Whether each depth frame's coded half is on the right, `(..., T)`."""
+  return clips[..., 0, 0].mean(-1) < clips[..., -1, 0].mean(-1)
 
 
 def train(records_=RECORDS, **kwargs):
@@ -73,7 +83,8 @@ def test_train_batch_layout():
   iterator = train(global_batch_size=6, image_size=(8, 12))
   batch = next(iterator)
   iterator.close()
-  assert batch['rgb'].shape == batch['depth'].shape == (6, NUM_FRAMES, 8, 12, 3)
+  assert batch['rgb'].shape == (6, NUM_FRAMES, 8, 12, 3)
+  assert batch['depth'].shape == (6, NUM_FRAMES, 8, 12, 1)
   assert batch['rgb'].dtype == batch['depth'].dtype == np.uint8
   assert batch['label'].dtype == np.int32 and batch['label'].shape == (6,)
   assert batch['index'].dtype == np.int32 and batch['mask'].dtype == np.bool_
@@ -88,7 +99,7 @@ def test_modalities_share_frames_and_flip():
   rgb = np.concatenate([b['rgb'] for b in batches])
   depth = np.concatenate([b['depth'] for b in batches])
   index = np.concatenate([b['index'] for b in batches])
-  rgb_frames, depth_frames = frame_numbers(rgb, 0), frame_numbers(depth, 1)
+  rgb_frames, depth_frames = frame_numbers(rgb, 0), depth_frame_numbers(depth)
   np.testing.assert_array_equal(rgb_frames, depth_frames)
   lengths = np.array([RECORDS[i]['num_frames'] for i in index])
   assert np.all(np.diff(rgb_frames, axis=1) >= 0)
@@ -96,7 +107,7 @@ def test_modalities_share_frames_and_flip():
   long_enough = lengths >= NUM_FRAMES
   assert np.all(np.diff(rgb_frames[long_enough], axis=1) > 0)
   flips = mirrored(rgb)
-  np.testing.assert_array_equal(flips, mirrored(depth))
+  np.testing.assert_array_equal(flips, depth_mirrored(depth))
   assert np.all(flips == flips[:, :1])  # one decision per clip
   assert 0.25 < flips[:, 0].mean() < 0.75
   uniform = np.array([np.array_equal(f, np.rint(np.linspace(0, n - 1, NUM_FRAMES)))
@@ -108,7 +119,7 @@ def test_no_flip_and_all_uniform_when_disabled():
   iterator = train(global_batch_size=8, flip=False, uniform_prob=1.0)
   batch = next(iterator)
   iterator.close()
-  assert not mirrored(batch['rgb']).any() and not mirrored(batch['depth']).any()
+  assert not mirrored(batch['rgb']).any() and not depth_mirrored(batch['depth']).any()
   for frames, i in zip(frame_numbers(batch['rgb'], 0), batch['index']):
     np.testing.assert_array_equal(
         frames, np.rint(np.linspace(0, RECORDS[i]['num_frames'] - 1, NUM_FRAMES)))
@@ -116,22 +127,22 @@ def test_no_flip_and_all_uniform_when_disabled():
 
 def test_resize_from_larger_jpeg_and_png():
   big = [records.make_example(
-      rgb=np.full((4, 64, 48, 3), 200, np.uint8), depth_jet=np.full((4, 64, 48, 3), 50, np.uint8),
+      rgb=np.full((4, 64, 48, 3), 200, np.uint8), depth_code=np.full((4, 64, 48), 50, np.uint8),
       label=0, sample_id='big', rgb_frames_raw=4, depth_frames_raw=4)]
   iterator = train(big, global_batch_size=2, image_size=(16, 12))
   batch = next(iterator)
   iterator.close()
   assert batch['rgb'].shape == (2, NUM_FRAMES, 16, 12, 3)
   np.testing.assert_allclose(batch['rgb'].mean(), 200, atol=2)
-  np.testing.assert_allclose(batch['depth'].mean(), 50, atol=1)
+  assert batch['depth'].shape == (2, NUM_FRAMES, 16, 12, 1) and (batch['depth'] == 50).all()
 
 
 def test_only_the_asked_modalities_are_decoded(monkeypatch):
   clips = make_records(9)  # this test's own frame objects: no other test's threads decode them
   decoded = []
-  real_decode = records.decode_image
-  monkeypatch.setattr(records, 'decode_image',
-                      lambda data: decoded.append(data) or real_decode(data))
+  real_decode = records.decode_frame
+  monkeypatch.setattr(records, 'decode_frame',
+                      lambda modality, data: decoded.append(data) or real_decode(modality, data))
   iterator = train(clips, global_batch_size=8, modalities=('rgb',))
   rgb_only = take(iterator, 3)
   iterator.close()
@@ -147,7 +158,7 @@ def test_only_the_asked_modalities_are_decoded(monkeypatch):
     for key in rgb:  # the same clips, frames and flips as with both modalities
       np.testing.assert_array_equal(rgb[key], full[key])
   batch = next(iter(evaluate(RECORDS, 4, modalities=('depth',))))
-  assert 'rgb' not in batch and batch['depth'].shape == (4, NUM_FRAMES, SIZE, SIZE, 3)
+  assert 'rgb' not in batch and batch['depth'].shape == (4, NUM_FRAMES, SIZE, SIZE, 1)
 
 
 @pytest.mark.parametrize('modalities', [(), ('rgb', 'rgb'), ('rgb', 'flow')])
@@ -157,18 +168,21 @@ def test_unknown_or_repeated_modalities_are_refused(modalities):
 
 
 def test_resize_is_the_serving_resize():
-  """Frames stored at another size reach the model as `predict` would prepare them."""
+  """RGB stored at another size reaches the model as `predict` would prepare it; depth codes
+  are resized to the nearest code, never blended."""
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (3, 40, 30, 3), dtype=np.uint8)
-  clip = [records.make_example(rgb=frames, depth_jet=frames[:, ::-1], label=0, sample_id='odd',
+  codes = rng.integers(0, 253, (3, 40, 30), dtype=np.uint8)
+  clip = [records.make_example(rgb=frames, depth_code=codes, label=0, sample_id='odd',
                                rgb_frames_raw=3, depth_frames_raw=3)]
   batch = next(iter(pipeline.eval_iterator(clip, global_batch_size=1, num_frames=3,
                                            image_size=(SIZE, 12), process_index=0,
                                            process_count=1)))
-  for modality in ('rgb', 'depth'):
-    served = [pipeline.resize_frame(Image.fromarray(records.decode_image(f)), (SIZE, 12))
-              for f in clip[0][modality]]
-    np.testing.assert_array_equal(batch[modality][0], np.stack([np.asarray(f) for f in served]))
+  served = [pipeline.resize_frame(Image.fromarray(records.decode_image(f)), (SIZE, 12))
+            for f in clip[0]['rgb']]
+  np.testing.assert_array_equal(batch['rgb'][0], np.stack([np.asarray(f) for f in served]))
+  rows, cols = (np.arange(SIZE) * 40) // SIZE, (np.arange(12) * 30) // 12
+  np.testing.assert_array_equal(batch['depth'][0, ..., 0], codes[:, rows][:, :, cols])
 
 
 def test_same_seed_same_stream_other_seed_differs():
@@ -320,12 +334,11 @@ class _TinyClips(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {'train': self._generate_examples(range(5)),
-            'test': self._generate_examples(range(5, 8))}
+    return {**self._generate_examples('train', range(5)),
+            **self._generate_examples('test', range(5, 8))}
 
-  def _generate_examples(self, indices):
-    for i in indices:
-      yield f'clip{i}', make_clip(i, length=4 + i)
+  def _generate_examples(self, split, indices):
+    return records.split_rows([make_clip(i, length=4 + i) for i in indices], split)
 
 
 def test_load_source_reads_built_array_records(tmp_path):

@@ -87,7 +87,8 @@ def library_evaluation(workdir):
     record = {'rgb': frames, 'depth': frames, 'label': 0, 'sample_id': path}
     batch = next(iter(pipeline.eval_iterator(
         [record], global_batch_size=1, num_frames=config.input.num_frames,
-        image_size=(config.input.image_size,) * 2, process_index=0, process_count=1)))
+        image_size=(config.input.image_size,) * 2, process_index=0, process_count=1,
+        modalities=stage.inputs)))
     probabilities, prediction = outputs(batch, state=state)
     return batch['rgb'], np.asarray(probabilities), int(prediction[0])
 

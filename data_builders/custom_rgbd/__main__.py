@@ -3,7 +3,7 @@
     python -m data_builders.custom_rgbd build my_gestures --manual_dir=ROOT --data_dir=DATA \
         --config=res112
 
-builds `DATA/my_gestures/res112/1.0.0/` from the folder ROOT (layout:
+builds `DATA/my_gestures/res112/2.0.0/` from the folder ROOT (layout:
 data_builders/custom_rgbd/README.md). It takes exactly the flags of `tfds build`
 (`tfds build`), with the dataset given by the name you
 choose instead of a builder's path: TFDS cannot name a builder after the data

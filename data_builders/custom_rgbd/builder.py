@@ -28,8 +28,12 @@ NAME_PATTERN = re.compile(r'[a-z][a-z0-9_]*')
 class CustomRgbdBuilder(raw_clips.RawClipBuilder, skip_registration=True):
   """RGB + jet-coloured depth clips of a folder in the documented layout."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release: labels.csv, frames paired by rank, optional affine.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release: labels.csv, frames paired by rank, optional affine.',
+      '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
+               'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   `manual_dir` is your folder: labels.csv (sample,label,split), rgb/<sample>.mp4
   or rgb/<sample>/ frames, depth/<sample>/ PNG frames; see

@@ -299,7 +299,7 @@ def _convert(sample: CustomSample, height: int, width: int) -> dict:
   depth = np.stack([raw_clips.depth_values(im, p.name)
                     for im, p in zip(depth_images[:kept], depth_files)])
   return records.make_example(
-      rgb=np.stack(rgb[:kept]), depth_jet=raw_clips.depth_clip_to_jet(depth, height, width),
+      rgb=np.stack(rgb[:kept]), depth_code=raw_clips.depth_clip_to_code(depth, height, width),
       label=sample.label, sample_id=sample.sample_id, rgb_frames_raw=num_rgb,
       depth_frames_raw=len(depth_files), subject=sample.subject, view=sample.view,
       setup=sample.setup, replication=sample.replication)

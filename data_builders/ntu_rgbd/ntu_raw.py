@@ -368,7 +368,7 @@ def convert(sample: NtuSample, height: int, width: int) -> dict:
   meta = parse_id(sample.sample_id)
   return records.make_example(
       rgb=np.stack([rgb[f] for f in common]),
-      depth_jet=raw_clips.depth_clip_to_jet(depth, height, width),
+      depth_code=raw_clips.depth_clip_to_code(depth, height, width),
       label=meta['action'] - 1, sample_id=sample.sample_id, rgb_frames_raw=num_rgb,
       depth_frames_raw=len(depth_files), subject=meta['subject'], view=meta['camera'],
       setup=meta['setup'], replication=meta['replication'])

@@ -20,8 +20,12 @@ from modistill_jax.data import protocols
 class Builder(raw_clips.RawClipBuilder):
   """NTU RGB+D 60: 56,880 clips, 60 actions, 40 subjects, 3 cameras, 17 setups."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release: masked depth, RGB affinely aligned per setup/camera.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release: masked depth, RGB affinely aligned per setup/camera.',
+      '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
+               'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Register at https://rose1.ntu.edu.sg/dataset/actionRecognition/ and download,
   for setups S001-S017 (NTU-60): `nturgbd_rgb_s0XX.zip`,

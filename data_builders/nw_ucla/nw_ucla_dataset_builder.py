@@ -19,8 +19,12 @@ from data_builders.nw_ucla import nw_ucla_raw
 class Builder(raw_clips.RawClipBuilder):
   """NW-UCLA: 10 actions, 10 subjects, 3 views; one split per view."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release: raw 16-bit depth PNGs, frames joined on number.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release: raw 16-bit depth PNGs, frames joined on number.',
+      '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
+               'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download `multiview_action.tgz.part-aa` ... `part-ap` from
   http://users.eecs.northwestern.edu/~jwa368/data/ (also linked from

@@ -112,7 +112,7 @@ def convert(sample: UclaSample, height: int, width: int) -> dict:
   depth = np.stack([raw_clips.depth_values(raw_clips.read_image(depth_files[n]),
                                            depth_files[n].name) for n in common])
   return records.make_example(
-      rgb=rgb, depth_jet=raw_clips.depth_clip_to_jet(depth, height, width),
+      rgb=rgb, depth_code=raw_clips.depth_clip_to_code(depth, height, width),
       label=ACTION_TO_LABEL[sample.action], sample_id=sample.sample_id,
       rgb_frames_raw=len(rgb_files), depth_frames_raw=len(depth_files), subject=sample.subject,
       view=sample.view, replication=sample.repetition)

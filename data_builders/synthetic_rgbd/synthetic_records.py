@@ -8,6 +8,7 @@ data_builders/synthetic_rgbd` loads the builder's own module under a name
 
 from __future__ import annotations
 
+from modistill_jax.data import jet
 from modistill_jax.data import records
 from modistill_jax.data import synthetic
 
@@ -16,7 +17,7 @@ def example(spec: synthetic.GeneratorSpec, clip: synthetic.ClipInfo) -> tuple[st
   """`(sample_id, record)` of a clip: rendered, then encoded as every dataset's records are."""
   frames = synthetic.render_clip(spec, clip.label, clip.index)
   return clip.sample_id, records.make_example(
-      rgb=frames['rgb'], depth_jet=frames['depth_jet'], label=clip.label,
+      rgb=frames['rgb'], depth_code=jet.depth_to_code(frames['depth_mm']), label=clip.label,
       sample_id=clip.sample_id, rgb_frames_raw=spec.num_frames,
       depth_frames_raw=spec.num_frames, subject=clip.subject, view=clip.view,
       replication=clip.replication)

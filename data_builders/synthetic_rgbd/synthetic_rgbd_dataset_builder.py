@@ -2,7 +2,8 @@
 
 The clips are rendered by `modistill_jax.data.synthetic` (see its docstring
 and this folder's README for the classes and why depth is privileged) and
-stored in the shared record format (`modistill_jax.data.records`), so the
+stored in the shared record format (`modistill_jax.data.records`: a clip
+table and frame rows per split, written by `raw_clips.SplitWriter`), so the
 input pipeline reads them exactly like NTU RGB+D. Splits are atomic:
 `train`, `validation` and `test` (the held-out view), which the protocol
 `cross_view` uses as they are.
@@ -39,8 +40,12 @@ class SyntheticRgbdConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Procedural RGB+D actions: 8 classes defined by motion in depth, 3 views."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release.',
+      '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
+               'modality; depth as single-channel 8-bit codes. Same clips, order and pixels.',
+  }
   BUILDER_CONFIGS = [
       SyntheticRgbdConfig(
           name='default',
@@ -63,6 +68,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # The pipeline reads with `tfds.data_source`, which needs random access.
     super().__init__(file_format=file_format or records.FILE_FORMAT, **kwargs)
     self._pool: concurrent.futures.Executor | None = None
+    self._writer = raw_clips.SplitWriter()
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -84,8 +90,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     clips = synthetic.all_clips(self.builder_config.spec)
-    return {split: self._generate_examples([c for c in clips if c.split == split])
-            for split in protocols.SPLITS}
+    generators = {}
+    for split in protocols.SPLITS:
+      generators.update(self._writer.generators(
+          split, self._generate_examples([c for c in clips if c.split == split])))
+    return generators
 
   def _generate_examples(self, clips: Sequence[synthetic.ClipInfo]
                          ) -> Iterator[tuple[str, dict]]:

@@ -14,6 +14,7 @@ from data_builders import raw_clips
 from data_builders.synthetic_rgbd import Builder
 from data_builders.synthetic_rgbd import probe
 from data_builders.synthetic_rgbd import synthetic_records
+from modistill_jax.data import jet
 from modistill_jax.data import records
 from modistill_jax.data import synthetic
 
@@ -22,9 +23,8 @@ TINY_SPLIT_SIZES = {'train': 96, 'validation': 32, 'test': 64}
 
 
 def _read(builder: tfds.core.DatasetBuilder) -> dict[str, tuple[str, dict]]:
-  """`{sample_id: (split, example)}`, read the way the pipeline reads."""
-  return {example['sample_id'].decode(): (split, example)
-          for split in builder.info.splits for example in builder.as_data_source(split=split)}
+  """`{sample_id: (split, clip)}`, read the way the pipeline reads."""
+  return builder_test_utils.read_built(builder)
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +40,9 @@ def python_built(tmp_path_factory):
 def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
   info = python_built.info
   assert info.file_format.value == records.FILE_FORMAT
-  assert {name: split.num_examples for name, split in info.splits.items()} == TINY_SPLIT_SIZES
+  assert {name: split.num_examples for name, split in info.splits.items()} == {
+      **TINY_SPLIT_SIZES,
+      **{records.frames_split(s): 2 * 8 * n for s, n in TINY_SPLIT_SIZES.items()}}
   assert info.features['label'].names == list(synthetic.CLASS_NAMES)
   expected = {clip.sample_id: clip for clip in synthetic.all_clips(TINY)}
   built = _read(python_built)
@@ -60,10 +62,11 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
     assert (counts == len(examples) // len(synthetic.CLASS_NAMES)).all(), (split, counts)
   _, example = built['S02V03A05R001']
   rgb = np.stack([records.decode_image(f) for f in example['rgb']])
-  depth = np.stack([records.decode_image(f) for f in example['depth']])
-  assert rgb.shape == depth.shape == (8, 32, 32, 3)
-  # Depth is stored losslessly: the PNG frames are the renderer's jet frames.
-  np.testing.assert_array_equal(depth, synthetic.render_clip(TINY, 5, 5)['depth_jet'])
+  depth = np.stack([records.decode_depth(f) for f in example['depth']])
+  assert rgb.shape == (8, 32, 32, 3) and depth.shape == (8, 32, 32)
+  # Depth is stored losslessly: its codes colour to the renderer's jet frames.
+  np.testing.assert_array_equal(jet.JET_OF_CODE[depth],
+                                synthetic.render_clip(TINY, 5, 5)['depth_jet'])
 
 
 def test_worker_processes_write_what_rendering_here_gives(python_built):
@@ -81,7 +84,7 @@ def test_cli_build_writes_the_same_examples(python_built, tmp_path):
   subprocess.run(builder_test_utils.tfds_build_command()
                  + [folder, '--config=tiny', f'--data_dir={tmp_path}'],
                  check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(folder)))
-  cli_built = tfds.builder_from_directory(str(tmp_path / 'synthetic_rgbd' / 'tiny' / '1.0.0'))
+  cli_built = tfds.builder_from_directory(str(tmp_path / 'synthetic_rgbd' / 'tiny' / '2.0.0'))
   assert cli_built.info.file_format.value == records.FILE_FORMAT
   from_cli, from_python = _read(cli_built), _read(python_built)
   assert sorted(from_cli) == sorted(from_python)

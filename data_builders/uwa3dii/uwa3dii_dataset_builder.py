@@ -19,8 +19,12 @@ from data_builders.uwa3dii import uwa3dii_raw
 class Builder(raw_clips.RawClipBuilder):
   """UWA3DII: 30 activities, 10 subjects, 4 views; one split per view."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release: WholeFrames depth, modalities joined on aYY_sZZ_vWW.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release: WholeFrames depth, modalities joined on aYY_sZZ_vWW.',
+      '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
+               'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   No public download address of the RGB-D release of UWA3D Multiview
   Activity II could be confirmed: ask its authors (Rahmani et al., University

@@ -120,6 +120,6 @@ def convert(sample: UwaSample, height: int, width: int) -> dict:
                                            depth_files[n].name) for n in common])
   meta = parse_id(sample.sample_id)
   return records.make_example(
-      rgb=rgb, depth_jet=raw_clips.depth_clip_to_jet(depth, height, width),
+      rgb=rgb, depth_code=raw_clips.depth_clip_to_code(depth, height, width),
       label=meta['action'] - 1, sample_id=sample.sample_id, rgb_frames_raw=len(rgb_files),
       depth_frames_raw=len(depth_files), subject=meta['subject'], view=meta['view'])

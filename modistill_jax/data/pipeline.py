@@ -2,10 +2,11 @@
 
 Why Grain over TFDS ArrayRecord (`tfds.data_source`):
 
-* Random access. A record is a whole clip (all its encoded frames); a training
-  example uses 5 of them. Random access lets the pipeline shuffle the whole
-  split globally, decode only the sampled frames, and shard by index without
-  reading the other hosts' records.
+* Random access. A clip is a small clip-table row plus one record per frame
+  and modality (`records.py`); a training example reads its row and the 5
+  frames it samples, of the modalities the stage decodes, nothing else.
+  Random access lets the pipeline shuffle the whole split globally and shard
+  by index without reading the other hosts' records.
 * Checkpointable iterators. A Grain iterator's position is a small JSON state
   (`get_state`/`set_state`), saved with the train state through Orbax
   (`grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`
@@ -31,8 +32,10 @@ Training stream (`train_iterator`), per host:
    generator seeded by `(seed, epoch, record index)`, not by stream position
    as Grain's `random_map` does: with a position-keyed generator the `j`-th
    clip of every host would share its augmentation draws.
-4. Decode only the sampled frames (`records.decode_image`, OpenCV), resize
-   when the stored size differs (Pillow bilinear, as serving does), flip.
+4. Read and decode only the sampled frames (`records.decode_frame`, OpenCV),
+   resize when the stored size differs (RGB: Pillow bilinear, as serving
+   does; depth codes: nearest, since blending codes would invent depths),
+   flip.
    Decoding runs in `ReadOptions` threads (`cv2.imdecode` releases the GIL for
    the whole decode) inside each of `worker_count` processes (`mp_prefetch`;
    0 keeps everything in this process).
@@ -44,24 +47,16 @@ Evaluation (`eval_iterator`): host `p` reads `records[p::P]`, padded with
 batch)` batches on every host, so all hosts run the same number of steps and
 every record counts exactly once (big_vision's `make_for_inference` scheme).
 
-Batches are dicts of numpy arrays: `rgb`, `depth` uint8 `(B, T, H, W, 3)` (only
-the `modalities` asked for: a stage decodes just what it reads),
-`label` int32 `(B,)`, `mask` bool `(B,)`, `index` int32 `(B,)` (record index in
-the split). Normalisation and depth noise run on device (`preprocess.py`), so
-host-to-device transfers stay uint8.
+Batches are dicts of numpy arrays: `rgb` uint8 `(B, T, H, W, 3)`, `depth` uint8
+`(B, T, H, W, 1)` depth codes (`jet.depth_to_code`; only the `modalities`
+asked for: a stage reads and decodes just what it uses), `label` int32 `(B,)`,
+`mask` bool `(B,)`, `index` int32 `(B,)` (record index in the split). The jet
+colouring, normalisation and depth noise run on the device (`preprocess.py`),
+so host-to-device transfers stay uint8 and depth a third of its jet size.
 
-Throughput on the development machine (2 cores, no accelerator), clips of 40
-frames stored at 224x224 (8.5 KiB JPEG, 39 KiB PNG per frame), 5 sampled frames
-per modality, local batch 32 (`python -m modistill_jax.data.pipeline_speed`),
-idle machine: see `docs/performance.md` for the figures and how they were
-taken. In short, 0 workers (decoding threads of this process) is the fastest
-setting on 2 cores, above 70% of the decode bound (one thread's decode-only
-rate times the cores); worker processes are slower there, since every decoded
-clip (1.5 MB) crosses a process boundary on the same two cores. On an accelerator
-host with tens of cores, where one process's Python work (sampling, stacking,
-Grain's bookkeeping: ~13% of a clip's time with both modalities, ~23% with RGB
-only, measured in one thread) would cap the threads, set
-`worker_count` to a few processes, each with its own threads and GIL.
+Throughput, and how `worker_count` and the thread counts below were chosen:
+`docs/performance.md` (input pipeline), measured with
+`python -m modistill_jax.data.pipeline_speed`.
 """
 
 from __future__ import annotations
@@ -90,9 +85,13 @@ Batch = dict[str, np.ndarray]
 
 # Threads decoding clips inside each process (main process or worker):
 # `cv2.imdecode` releases the GIL, so threads use the cores without pickling.
+# READ_THREADS and BATCH_PREFETCH stay constants rather than `config.input`
+# fields: the knob that scales with a host's cores is `input.worker_count`
+# (each worker runs READ_THREADS threads), and neither changes what a run
+# computes; `docs/performance.md` has the measurements they come from.
 READ_THREADS = 4
 # The clips a record holds, in the order batches list them.
-MODALITIES = ('rgb', 'depth')
+MODALITIES = records_lib.MODALITIES
 # Batches prefetched after batching, so the trainer never waits on stacking.
 BATCH_PREFETCH = 2
 
@@ -186,23 +185,35 @@ def resize_frame(image: Image.Image, image_size: tuple[int, int]) -> Image.Image
   return image
 
 
-def _decode_frame(data: bytes, image_size: tuple[int, int], flip: bool) -> np.ndarray:
-  """Encoded JPEG/PNG -> `(H, W, 3)` uint8 at `image_size`, mirrored when `flip`."""
-  frame = records_lib.decode_image(data)
-  if frame.shape[:2] != tuple(image_size):
-    # Stored at another size (e.g. a res112 build for a 224 model): resize as
-    # serving does (`predict` calls `resize_frame` too), so both see the same pixels.
-    frame = np.asarray(resize_frame(Image.fromarray(frame), image_size))
+def _decode_frame(modality: str, data: bytes, image_size: tuple[int, int],
+                  flip: bool) -> np.ndarray:
+  """A stored frame -> `(H, W, 3)` RGB or `(H, W, 1)` depth codes at `image_size`, mirrored when `flip`."""
+  frame = records_lib.decode_frame(modality, data)
+  height, width = image_size
+  if frame.shape[:2] != (height, width):
+    if modality == 'rgb':
+      # Stored at another size (e.g. a res112 build for a 224 model): resize as
+      # serving does (`predict` calls `resize_frame` too), so both see the same pixels.
+      frame = np.asarray(resize_frame(Image.fromarray(frame), image_size))
+    else:
+      frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_NEAREST)
   # OpenCV mirrors in C without the GIL; a reversed numpy view would cost a
   # strided copy in `np.stack`.
-  return cv2.flip(frame, 1) if flip else frame
+  if flip:
+    frame = cv2.flip(frame, 1)
+  return frame if modality == 'rgb' else frame[..., None]
 
 
 def _decode_clip(record: dict, indices: np.ndarray, image_size: tuple[int, int], flip: bool,
                  modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
   """The frames `indices` of each modality, flipped alike when `flip`."""
-  return {m: np.stack([_decode_frame(record[m][i], image_size, flip) for i in indices])
+  return {m: np.stack([_decode_frame(m, record[m][i], image_size, flip) for i in indices])
           for m in modalities}
+
+
+def frame_shape(modality: str, image_size: tuple[int, int]) -> tuple[int, int, int]:
+  """The shape of one frame of `modality` in a batch."""
+  return (*image_size, 3 if modality == 'rgb' else 1)
 
 
 def _num_frames(record: dict) -> int:
@@ -266,8 +277,8 @@ class _EvalClip:
 
   def __call__(self, index: int) -> Batch:
     if index < 0:
-      zeros = np.zeros((self.num_frames, *self.image_size, 3), np.uint8)
-      return _example({m: zeros for m in self.modalities}, 0, False, -1)
+      return _example({m: np.zeros((self.num_frames, *frame_shape(m, self.image_size)), np.uint8)
+                       for m in self.modalities}, 0, False, -1)
     record = self.records[index]
     indices = sampling.uniform_indices(_num_frames(record), self.num_frames)
     clips = _decode_clip(record, indices, self.image_size, False, self.modalities)
@@ -314,7 +325,9 @@ def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frame
   """Endless, per-epoch reshuffled batches: this host's rows of each global batch.
 
   Args:
-    records: the split, random access (`Source.records`).
+    records: the split, random access (`Source.records`, or `make_example`
+      clips in memory): `records[i]` is a dict whose `rgb`/`depth` sequences
+      give a frame's encoded bytes by index.
     global_batch_size: clips per step over all hosts; divisible by the host count.
     num_frames: frames sampled per clip.
     image_size: `(H, W)` of the output frames.
@@ -324,9 +337,8 @@ def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frame
     process_index, process_count: this host and the host count; default JAX's.
     worker_count: decoding processes; 0 decodes in threads of this process.
     worker_buffer_size: decoded clips each worker keeps ready.
-    modalities: the clips to decode and return (a stage's `inputs`); the
-      others are never decoded, which makes RGB-only stages several times
-      cheaper on the host (a jet-depth PNG costs ~3x an RGB JPEG to decode).
+    modalities: the clips to read, decode and return (a stage's `inputs`);
+      the others' frames are never read.
 
   Returns:
     A Grain iterator of batch dicts (see the module docstring) with
@@ -421,7 +433,7 @@ def measure_decode_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
                                modalities: Sequence[str] = MODALITIES) -> float:
   """Decoding alone in one thread: `num_frames` frames per modality and clip, clips/s.
 
-  The pipeline's own decoder (`records.decode_image`) on the frames it would
+  The pipeline's own decoder (`records.decode_frame`) on the frames it would
   sample; times the number of cores, the most any pipeline can deliver.
   """
   clips, start = 0, time.perf_counter()
@@ -429,6 +441,6 @@ def measure_decode_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
     record = records[clips % len(records)]
     for i in sampling.uniform_indices(_num_frames(record), num_frames):
       for modality in modalities:
-        records_lib.decode_image(record[modality][i])
+        records_lib.decode_frame(modality, record[modality][i])
     clips += 1
   return clips / (time.perf_counter() - start)

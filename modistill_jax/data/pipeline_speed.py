@@ -1,83 +1,327 @@
-"""Measures the input pipeline's clips/s on this machine, without a built dataset.
+"""Measures the input pipeline on NTU-size records written to disk, in both record layouts.
 
-    python -m modistill_jax.data.pipeline_speed --workers 0 1 2 --seconds 20
-    python -m modistill_jax.data.pipeline_speed --workers 0 --modalities rgb   # step1_rgb, step4
+    python -m modistill_jax.data.pipeline_speed                  # both stages, 0 workers
+    python -m modistill_jax.data.pipeline_speed --workers 0 2 --seconds 30 --clips 24
 
-Builds clips in memory with `records.make_example` (so the JPEG/PNG sizes are
-those a builder would write) and times `pipeline.train_iterator` for each
-worker count, then decoding alone in one thread, the per-core decode bound,
-both for the `--modalities` a stage reads (both by default: steps 2 and 3).
-The `--clips` distinct clips are indexed as a split of `--split-size` records
-(NTU RGB+D's cross-subject training split by default), because Grain's index
-shuffle costs more per record the smaller the split: ~0.6 ms on 48 records,
-~8 us on 40,000, which would otherwise dominate the RGB-only rate.
-The frames are smooth scenes with a moving figure and mild sensor noise, not
-random pixels, which no codec compresses and which would make decoding look
-slower than on real video.
+Writes `--clips` clips of 70 to 100 frames at 224x224 (NTU RGB+D's length and
+the reference's size) into a temporary folder twice, as TFDS ArrayRecord
+datasets: once in the current layout (`records.py`: clip table, one record per
+frame and modality, depth as 8-bit codes) and once in the version-1 layout it
+replaced (one record per clip holding every frame, depth as jet-coloured PNG),
+kept here only to compare against. Then, for an RGB-only stage (steps 1-RGB
+and 4) and an RGB+depth stage (steps 2 and 3), reading from those files:
+
+* the training pipeline's clips/s (`pipeline.train_iterator`, local batch 32),
+  and per usable core;
+* the decode bound: one thread decoding the frames a clip samples, times the
+  cores (the most any pipeline can deliver);
+* bytes read per training clip (counted under the TFDS data source, the raw
+  ArrayRecord records) against the bytes of the encoded frames the clip
+  decodes.
+
+The clips are indexed as a split of `--split-size` records (NTU RGB+D's
+cross-subject training split by default; index `i` reads clip `i % clips`),
+because Grain's index shuffle costs more per record the smaller the split.
+Frames are photographic-like: a lit room with smooth gradients, a textured
+floor and wall, a moving figure and sensor noise, so JPEG and PNG sizes and
+decode times are those of camera frames rather than of flat colours or of pure
+noise. The files were just written, so they are read from the page cache.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+from typing import Any
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from modistill_jax.data import jet
 from modistill_jax.data import pipeline
 from modistill_jax.data import records
+from modistill_jax.data import sampling
+from modistill_jax.data import shards
+
+SPLIT = 'train'
+STAGES = {'rgb': ('rgb',), 'rgb+depth': ('rgb', 'depth')}
 
 
 def synthetic_clip(rng: np.random.Generator, index: int, num_frames: int,
-                   size: int) -> dict:
-  """One record: a lit room with a figure walking across it, RGB and jet depth."""
-  t = np.arange(num_frames)[:, None, None]
-  y, x = np.mgrid[:size, :size][:, None].astype(np.float32)
+                   size: int) -> tuple[np.ndarray, np.ndarray]:
+  """`(rgb (T, H, W, 3) uint8, depth (T, H, W) mm)`: a textured lit room, a figure walking."""
+  t = np.arange(num_frames, dtype=np.float32)[:, None, None]
+  y, x = np.mgrid[:size, :size].astype(np.float32)
+  horizon = 0.55 * size
+  floor = y > horizon
+  # Texture: fixed random waves (wood grain, fabric, plaster) and fine grain, then sensor noise.
+  texture = rng.normal(0, 4, (size, size)).astype(np.float32)
+  for octave in range(4):
+    kx, ky = rng.uniform(0.02, 0.3, 2) * 2 ** octave
+    texture += np.sin(kx * x + ky * y + rng.uniform(0, 2 * np.pi)) * 12 / (octave + 1)
+  wall = np.stack([120 + 60 * x / size, 110 + 40 * y / size, 100 + 30 * (1 - x / size)], -1)
+  ground = np.stack([90 + 50 * (y - horizon) / size, 70 + 30 * x / size,
+                     50 + 20 * y / size], -1)
+  room = np.where(floor[..., None], ground, wall) + texture[..., None]
+  light = 0.75 + 0.25 * np.exp(-((x - 0.3 * size) ** 2 + (y - 0.2 * size) ** 2) / (0.5 * size) ** 2)
+  room = room * light[..., None]
   centre = size * (0.2 + 0.6 * t / max(num_frames - 1, 1))
-  figure = ((x - centre) ** 2 / (0.08 * size) ** 2 + (y - 0.55 * size) ** 2 /
-            (0.3 * size) ** 2) < 1
-  room = np.broadcast_to(
-      np.stack([80 + 100 * y / size, 90 + 60 * x / size, 120 - 40 * y / size], -1),
-      (num_frames, size, size, 3))
-  rgb = np.where(figure[..., None], np.array([170, 60, 50], np.float32), room)
-  rgb = np.clip(rgb + rng.normal(0, 4, rgb.shape), 0, 255).astype(np.uint8)
-  depth_mm = np.where(figure, 2500.0, 3000.0 + 1500.0 * y / size)
-  depth_mm = depth_mm + rng.normal(0, 10, depth_mm.shape)
-  return records.make_example(
-      rgb=rgb, depth_jet=jet.depth_to_jet(depth_mm), label=index % 10,
-      sample_id=f'speed{index:04d}', rgb_frames_raw=num_frames, depth_frames_raw=num_frames)
+  body = ((x - centre) ** 2 / (0.08 * size) ** 2 + (y - 0.5 * size) ** 2 / (0.3 * size) ** 2) < 1
+  head = ((x - centre) ** 2 + (y - 0.17 * size) ** 2) < (0.05 * size) ** 2
+  figure = body | head
+  shirt = np.array([150, 50 + 10 * (index % 7), 40], np.float32) + texture[..., None] * 0.5
+  rgb = np.where(figure[..., None], shirt * light[..., None], room)
+  rgb = np.clip(rgb + rng.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)
+  wall_mm = 3500.0 + 500.0 * np.abs(x - size / 2) / size
+  floor_mm = 1500.0 + 2000.0 * (size - y) / (size - horizon)
+  depth_mm = np.where(figure, 2500.0 - 100 * np.sin(x / size * np.pi),
+                      np.where(floor, floor_mm, wall_mm))
+  depth_mm = depth_mm + rng.normal(0, 8, depth_mm.shape)
+  depth_mm = np.where((x < 0.05 * size) | (rng.random(depth_mm.shape) < 0.01), 0.0, depth_mm)
+  return rgb, depth_mm
+
+
+def old_layout_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
+  """The version-1 clip record: every frame in the clip's one record, jet PNG depth."""
+  frames = tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_))
+  return tfds.features.FeaturesDict({
+      'rgb': frames, 'depth': frames,
+      'label': tfds.features.ClassLabel(names=list(class_names)),
+      'sample_id': tfds.features.Text(),
+      'num_frames': tfds.features.Scalar(dtype=np.int32),
+  })
+
+
+def write_datasets(root: str, num_clips: int, size: int, seed: int = 0
+                   ) -> tuple[shards.ClipRecords, Sequence[dict]]:
+  """Writes the clips in both layouts under `root`; returns `(current, version 1)` readers."""
+  rng = np.random.default_rng(seed)
+  examples, old_rows = [], []
+  for i in range(num_clips):
+    num_frames = int(rng.integers(70, 101))
+    rgb, depth_mm = synthetic_clip(rng, i, num_frames, size)
+    example = records.make_example(
+        rgb=rgb, depth_code=jet.depth_to_code(depth_mm), label=i % 10,
+        sample_id=f'speed{i:04d}', rgb_frames_raw=num_frames, depth_frames_raw=num_frames)
+    examples.append(example)
+    old_rows.append((example['sample_id'], {
+        'rgb': example['rgb'], 'label': i % 10, 'sample_id': example['sample_id'],
+        'num_frames': num_frames,
+        'depth': [records.encode_png(f) for f in jet.depth_to_jet(depth_mm)]}))
+  class_names = [f'class{i}' for i in range(10)]
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='speed_current', version='2.0.0', features=records.clip_features(class_names),
+      split_datasets=records.split_rows(examples, SPLIT), data_dir=root,
+      file_format=records.FILE_FORMAT)
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='speed_old', version='1.0.0', features=old_layout_features(class_names),
+      split_datasets={SPLIT: old_rows}, data_dir=root, file_format=records.FILE_FORMAT)
+  current = tfds.builder_from_directory(os.path.join(root, 'speed_current', '2.0.0'))
+  old = tfds.builder_from_directory(os.path.join(root, 'speed_old', '1.0.0'))
+  return (shards.open_split(current, SPLIT, name='speed_current', rebuild_command='-'),
+          old.as_data_source(split=SPLIT))
+
+
+class CountingReads:
+  """Wraps the raw record reader under a TFDS data source: which records, and their bytes."""
+
+  def __init__(self, reader):
+    self._reader = reader
+    self._lock = threading.Lock()
+    self.indices: list[int] = []
+    self.num_bytes = 0
+
+  def __len__(self) -> int:
+    return len(self._reader)
+
+  def _count(self, index: int, record: bytes) -> bytes:
+    with self._lock:
+      self.indices.append(index)
+      self.num_bytes += len(record)
+    return record
+
+  def __getitem__(self, index):
+    return self._count(index, self._reader[index])
+
+  def __getitems__(self, indices):
+    return [self._count(i, r) for i, r in zip(indices, self._reader.__getitems__(indices))]
+
+  def reset(self) -> None:
+    with self._lock:
+      self.indices, self.num_bytes = [], 0
+
+
+def count_reads(tfds_source) -> CountingReads:
+  """Puts a `CountingReads` under a TFDS ArrayRecord data source (`builder.as_data_source`)."""
+  counter = CountingReads(tfds_source.data_source)
+  tfds_source.data_source = counter
+  return counter
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeated(Sequence):
+  """`clips[i % len(clips)]` for `i < size`: a few clips indexed as a split of `size` records."""
+  clips: Sequence[Any]
+  size: int
+
+  def __len__(self) -> int:
+    return self.size
+
+  def __getitem__(self, index):
+    return self.clips[index % len(self.clips)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _OldLayoutClip:
+  """The version-1 pipeline's training map: the whole record read, the sampled frames decoded.
+
+  Its jet PNG depth decodes as 3-channel images (`records.decode_image`); the
+  rest is `pipeline._TrainClip`'s sampling, flip and stacking.
+  """
+  records: Sequence[dict] = dataclasses.field(repr=False)
+  num_frames: int
+  seed: int
+  modalities: tuple[str, ...]
+
+  def __call__(self, epoch_and_index: tuple[int, int]) -> dict[str, np.ndarray]:
+    epoch, index = epoch_and_index
+    rng = np.random.default_rng([self.seed, epoch, index])
+    record = self.records[index]
+    indices = sampling.train_indices(len(record['rgb']), self.num_frames, rng, 0.5)
+    flip = rng.random() < 0.5
+    clips = {m: np.stack([records.decode_image(record[m][i]) for i in indices])
+             for m in self.modalities}
+    if flip:
+      clips = {m: np.ascontiguousarray(c[:, :, ::-1]) for m, c in clips.items()}
+    return {**clips, 'label': np.int32(record['label']), 'index': np.int32(index)}
+
+
+def measure_old_layout_clips_per_s(old_records: Sequence[dict], *, modalities: Sequence[str],
+                                   num_frames: int = 5, batch_size: int = 32,
+                                   seconds: float = 10.0, worker_count: int = 0) -> float:
+  """The version-1 layout through the same Grain stages as `pipeline.train_iterator`."""
+  import grain  # pylint: disable=import-outside-toplevel  (only this comparison needs it here)
+  ds = grain.MapDataset.range(len(old_records)).seed(0).shuffle().repeat()
+  ds = ds.map_with_index(pipeline._EpochOf(len(old_records)))  # pylint: disable=protected-access
+  ds = ds.map(_OldLayoutClip(old_records, num_frames, 0, tuple(modalities)))
+  ds = pipeline._decoded_and_batched(  # pylint: disable=protected-access
+      ds, batch_size, worker_count, worker_buffer_size=2, drop_remainder=True)
+  iterator = iter(ds)
+  try:
+    for _ in range(2):
+      next(iterator)
+    clips, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      clips += len(next(iterator)['label'])
+    return clips / (time.perf_counter() - start)
+  finally:
+    iterator.close()
+
+
+def measure_old_layout_decode_clips_per_s(old_records: Sequence[dict], *,
+                                          modalities: Sequence[str], num_frames: int = 5,
+                                          seconds: float = 10.0) -> float:
+  """One thread decoding what a version-1 clip samples (jet PNG depth), clips/s."""
+  clips, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    record = old_records[clips % len(old_records)]
+    for i in sampling.uniform_indices(len(record['rgb']), num_frames):
+      for modality in modalities:
+        records.decode_image(record[modality][i])
+    clips += 1
+  return clips / (time.perf_counter() - start)
+
+
+def bytes_per_clip(read: Sequence[dict], counters: Sequence[CountingReads], *,
+                   modalities: Sequence[str], num_frames: int = 5, num_clips: int = 64,
+                   frame_bytes=None) -> tuple[float, float]:
+  """`(bytes read, encoded bytes of the frames decoded)` per training clip, mean of `num_clips`.
+
+  Reads as `pipeline._TrainClip` does: the clip's record(s), then its sampled
+  frames of `modalities`. `frame_bytes(clip, modality, t)` gives a frame's
+  encoded size without counting a read.
+  """
+  for counter in counters:
+    counter.reset()
+  decoded = 0
+  rng = np.random.default_rng(0)
+  for k in range(num_clips):
+    clip = read[k % len(read)]
+    indices = sampling.train_indices(len(clip['rgb']), num_frames, rng, 0.5)
+    for modality in modalities:
+      for t in indices:
+        _ = clip[modality][t]
+        decoded += frame_bytes(k % len(read), modality, t)
+  return sum(c.num_bytes for c in counters) / num_clips, decoded / num_clips
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--clips', type=int, default=48)
+  parser.add_argument('--clips', type=int, default=16)
   parser.add_argument('--split-size', type=int, default=40_320)
-  parser.add_argument('--frames-per-clip', type=int, default=40)
   parser.add_argument('--size', type=int, default=224)
   parser.add_argument('--batch-size', type=int, default=32)
-  parser.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2])
+  parser.add_argument('--workers', type=int, nargs='+', default=[0])
   parser.add_argument('--seconds', type=float, default=20.0)
-  parser.add_argument('--modalities', nargs='+', default=list(pipeline.MODALITIES),
-                      choices=pipeline.MODALITIES)
+  parser.add_argument('--dir', default=None, help='where to write (default: a temporary folder)')
   args = parser.parse_args()
 
-  rng = np.random.default_rng(0)
-  clips = [synthetic_clip(rng, i, args.frames_per_clip, args.size) for i in range(args.clips)]
-  split = [clips[i % args.clips] for i in range(args.split_size)]
-  rgb_kb = np.mean([len(f) for c in clips for f in c['rgb']]) / 1024
-  depth_kb = np.mean([len(f) for c in clips for f in c['depth']]) / 1024
-  print(f'{args.clips} clips as a {args.split_size}-record split, x {args.frames_per_clip} '
-        f'frames at {args.size}x{args.size}; mean JPEG {rgb_kb:.1f} KiB, PNG {depth_kb:.1f} KiB; '
-        f'{pipeline.usable_cores()} cores; '
-        f'decoding {" + ".join(args.modalities)}')
-  for workers in args.workers:
-    rate = pipeline.measure_clips_per_s(
-        split, image_size=(args.size, args.size), batch_size=args.batch_size,
-        worker_count=workers, seconds=args.seconds, modalities=args.modalities)
-    print(f'pipeline, {workers} workers: {rate:.1f} clips/s')
-  rate = pipeline.measure_decode_clips_per_s(clips, seconds=args.seconds,
-                                             modalities=args.modalities)
-  print(f'decode only, 1 thread: {rate:.1f} clips/s '
-        f'(x {pipeline.usable_cores()} cores = {rate * pipeline.usable_cores():.1f})')
+  with tempfile.TemporaryDirectory(dir=args.dir) as root:
+    start = time.perf_counter()
+    current, old = write_datasets(root, args.clips, args.size)
+    written = time.perf_counter() - start
+    size_of = lambda name: sum(os.path.getsize(os.path.join(d, f))
+                               for d, _, files in os.walk(os.path.join(root, name)) for f in files)
+    frames = sum(len(current.clip_table[i]['rgb_records']) for i in range(len(current)))
+    cores = pipeline.usable_cores()
+    print(f'{args.clips} clips, {frames} frames ({frames / args.clips:.0f} a clip) at '
+          f'{args.size}x{args.size}, written in {written:.0f} s: current layout '
+          f'{size_of("speed_current") / 2**20:.1f} MiB, version 1 {size_of("speed_old") / 2**20:.1f}'
+          f' MiB; read as a {args.split_size}-record split; {cores} usable cores; '
+          f'load {os.getloadavg()[0]:.2f}')
+    rgb_bytes = [[len(f) for f in current[i]['rgb']] for i in range(len(current))]
+    depth_bytes = [[len(f) for f in current[i]['depth']] for i in range(len(current))]
+    old_depth = [[len(f) for f in old[i]['depth']] for i in range(len(old))]
+    print(f'mean frame: JPEG {np.mean(np.concatenate(rgb_bytes)) / 1024:.1f} KiB, depth PNG '
+          f'{np.mean(np.concatenate(depth_bytes)) / 1024:.1f} KiB (version 1 jet PNG '
+          f'{np.mean(np.concatenate(old_depth)) / 1024:.1f} KiB)')
+    counters = {'current': [count_reads(current.clip_table.data_source),
+                            count_reads(current.frames.data_source)],
+                'old': [count_reads(old)]}
+    for stage, modalities in STAGES.items():
+      sizes = {'rgb': rgb_bytes, 'depth': depth_bytes}
+      read, decoded = bytes_per_clip(current, counters['current'], modalities=modalities,
+                                     frame_bytes=lambda c, m, t: sizes[m][c][t])
+      old_sizes = {'rgb': rgb_bytes, 'depth': old_depth}
+      old_read, old_decoded = bytes_per_clip(old, counters['old'], modalities=modalities,
+                                             frame_bytes=lambda c, m, t: old_sizes[m][c][t])
+      print(f'[{stage}] bytes read per training clip: current {read / 1024:.0f} KiB for '
+            f'{decoded / 1024:.0f} KiB of frames decoded ({read / decoded:.2f}x); version 1 '
+            f'{old_read / 1024:.0f} KiB for {old_decoded / 1024:.0f} KiB '
+            f'({old_read / old_decoded:.1f}x)')
+      for workers in args.workers:
+        rate = pipeline.measure_clips_per_s(
+            Repeated(current, args.split_size), image_size=(args.size, args.size),
+            batch_size=args.batch_size, worker_count=workers, seconds=args.seconds,
+            modalities=modalities)
+        old_rate = measure_old_layout_clips_per_s(
+            Repeated(old, args.split_size), modalities=modalities, batch_size=args.batch_size,
+            seconds=args.seconds, worker_count=workers)
+        print(f'[{stage}] pipeline, {workers} workers: current {rate:.1f} clips/s '
+              f'({rate / cores:.1f} per core), version 1 {old_rate:.1f} clips/s '
+              f'({old_rate / cores:.1f} per core): {rate / old_rate:.2f}x')
+      bound = pipeline.measure_decode_clips_per_s(current, seconds=args.seconds,
+                                                  modalities=modalities)
+      old_bound = measure_old_layout_decode_clips_per_s(old, modalities=modalities,
+                                                        seconds=args.seconds)
+      print(f'[{stage}] decode only, 1 thread: current {bound:.1f} clips/s (x {cores} cores = '
+            f'{bound * cores:.1f}), version 1 {old_bound:.1f} clips/s (x {cores} = '
+            f'{old_bound * cores:.1f})')
 
 
 if __name__ == '__main__':

@@ -11,14 +11,18 @@ fused element-wise ops.
   used the VGG means (123.68, 116.78, 103.94)); torchvision divides by its std
   scaled to 0..255 as well. The depth stream uses the statistics of the weights
   it starts from, since it reads jet images through an ImageNet network.
+* `depth_image` turns the stored one-channel depth codes (`jet.depth_to_code`)
+  into the image the depth stream reads: its jet colours (`input.depth_encoding
+  ='jet'`), bit for bit the jet frames builders used to store, or its 8-bit
+  gray level on 3 channels (`'gray'`; the reference's only published writer
+  stored gray depth), each one gather from a 256-entry table. 3-channel jet
+  images (frames from elsewhere, older tests) pass through `jet_to_gray`.
 * `depth_noise` is the paper's robustness experiment (section 4.3, Table 2):
-  the 3-channel jet image, before normalisation, is multiplied element-wise by
-  `n ~ N(1, sigma)` and clipped to [0, 255]. The paper's table is indexed by
-  the variance `sigma^2` (1e-3 ... 1e1): pass `sigma = sqrt(variance)`.
+  the 3-channel depth image the network reads (jet, or gray), before
+  normalisation, is multiplied element-wise by `n ~ N(1, sigma)` and clipped
+  to [0, 255]. The paper's table is indexed by the variance `sigma^2` (1e-3
+  ... 1e1): pass `sigma = sqrt(variance)`.
 * `void_depth` is the table's "void" column: depth replaced by zeros.
-* `jet_to_gray` turns the stored jet depth back into the 8-bit grayscale depth
-  it was coloured from (the reference's only published writer stored gray
-  depth), for `config.input.depth_encoding='gray'`.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def void_depth(depth: jax.Array) -> jax.Array:
 def _gray_palette() -> tuple[np.ndarray, np.ndarray]:
   """The distinct colours a stored depth pixel can have, and the gray level of each.
 
-  The records' depth is `jet_table()[level]` of an 8-bit per-clip level
+  A jet depth image is `jet_table()[level]` of an 8-bit per-clip level
   (`data/jet.py`: 255 nearest, 0 farthest), or black where invalid. Inverting the
   256-entry table recovers the level exactly except on jet's one flat stretch:
   levels 28 to 32 all render (0, 0, 255), so they come back as their middle, 30.
@@ -75,7 +79,7 @@ def _gray_palette() -> tuple[np.ndarray, np.ndarray]:
   _, first, colour_of_level = np.unique(codes, return_index=True, return_inverse=True)
   level_sum = np.bincount(colour_of_level, weights=np.arange(len(table)))
   levels = np.round(level_sum / np.bincount(colour_of_level)).astype(np.uint8)
-  return (np.concatenate([table[first], jet.INVALID_COLOUR[None]]),
+  return (np.concatenate([table[first], np.zeros((1, 3), np.uint8)]),
           np.concatenate([levels, np.zeros(1, np.uint8)]))
 
 
@@ -99,3 +103,24 @@ def jet_to_gray(depth: jax.Array) -> jax.Array:
   distance = sum((rgb[..., c, None] - palette[:, c]) ** 2 for c in range(3))
   level = jnp.asarray(_GRAY_LEVELS)[jnp.argmin(distance, axis=-1)]
   return jnp.repeat(level[..., None], 3, axis=-1)
+
+
+def depth_image(depth: jax.Array, encoding: str) -> jax.Array:
+  """Depth as the network reads it: `(..., 3)` uint8 jet colours or gray levels.
+
+  Args:
+    depth: `(..., 1)` uint8 codes of `jet.depth_to_code`, as the pipeline
+      yields them, or `(..., 3)` jet colours.
+    encoding: one of `DEPTH_ENCODINGS`.
+  """
+  if encoding not in DEPTH_ENCODINGS:
+    raise ValueError(f'depth encoding must be one of {DEPTH_ENCODINGS}, got {encoding!r}.')
+  if depth.shape[-1] == 3:
+    return jet_to_gray(depth) if encoding == 'gray' else depth
+  if depth.shape[-1] != 1:
+    raise ValueError(f'depth must be (..., 1) codes or (..., 3) jet colours, got {depth.shape}.')
+  if encoding == 'jet':
+    table = jnp.asarray(jet.JET_OF_CODE)
+  else:
+    table = jnp.asarray(np.repeat(jet.GRAY_OF_CODE[:, None], 3, axis=1))
+  return jnp.take(table, depth[..., 0].astype(jnp.int32), axis=0)

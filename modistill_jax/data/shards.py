@@ -16,12 +16,14 @@ record, and the same command crashes at the same place again. Two defences:
   not parse raises `DatasetShardError` naming the shard file, the record's
   index in the split and in that file, and what to do.
 
-`open_split` does both for `pipeline.load_source`.
+`open_split` does both for `pipeline.load_source`, on both record sets of a
+split (its clip table and its frame rows, see `records.py`), and returns them
+as `ClipRecords`: clips by index whose frames are read one by one when used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import concurrent.futures
 import dataclasses
 import operator
@@ -30,7 +32,10 @@ from typing import Any
 
 from array_record.python import array_record_module
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
+
+from modistill_jax.data import records as records_lib
 
 # Shard files whose index is read at once when a split is opened: the reads
 # wait on storage (a network round trip on gs://), not on the CPU.
@@ -130,18 +135,27 @@ class ShardedRecords(Sequence):
   """A split's decoded records by index, whose read errors name the shard file and record.
 
   Wraps a TFDS data source (`builder.as_data_source(split)`); pickles with it,
-  so Grain's worker processes read through it too.
+  so Grain's worker processes read through it too. With `parse`, reads the
+  raw records under it (`source.data_source`) and decodes them with `parse`
+  instead of TFDS's generic decoding (`records.parse_row`).
   """
 
-  def __init__(self, source: Sequence[dict[str, Any]], split: BuiltSplit):
+  def __init__(self, source: Sequence[dict[str, Any]], split: BuiltSplit,
+               parse: Callable[[bytes], dict[str, Any]] | None = None):
     if len(source) != sum(shard.take for shard in split.shards):
       raise ValueError(f'{split.name}: the data source has {len(source)} records but its '
                        f'shards list {sum(s.take for s in split.shards)}.')
     self._source = source
+    self._parse = parse
     self.split = split
 
   def __len__(self) -> int:
     return len(self._source)
+
+  @property
+  def data_source(self) -> Sequence[dict[str, Any]]:
+    """The TFDS data source read (its `data_source` attribute reads the raw records)."""
+    return self._source
 
   def __getitem__(self, index):
     index = operator.index(index)
@@ -149,7 +163,9 @@ class ShardedRecords(Sequence):
       raise IndexError(f'record {index} of {self.split.name}, which has {len(self)} records')
     index %= len(self)
     try:
-      return self._source[index]
+      if self._parse is None:
+        return self._source[index]
+      return self._parse(self._source.data_source[index])
     except Exception as e:  # pylint: disable=broad-except  (any failure is this record's)
       shard, position = self.locate(index)
       raise DatasetShardError(
@@ -166,21 +182,121 @@ class ShardedRecords(Sequence):
     raise IndexError(f'record index beyond the {len(self)} records of {self.split.name}')
 
 
-def open_split(builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str,
-               rebuild_command: str) -> ShardedRecords:
-  """The records of `tfds_split` of a built dataset, after `check_shards` passed.
+class FrameSequence(Sequence):
+  """One modality's frames of a clip: `[t]` reads frame `t`'s record, and only it.
 
-  Args:
-    builder: the built dataset (`tfds.builder_from_directory`).
-    tfds_split: a TFDS split expression, e.g. `'train'` or `'view1+view2'`.
-    name: the split as the user knows it, for messages.
-    rebuild_command: what rebuilds the dataset (`rebuild_command`), for messages.
+  Checks that the record read is that frame (its `sample_id`, `frame` and
+  modality), so a dataset whose rows are not where its clip table says stops
+  with an error instead of training on other clips' frames.
   """
-  split = BuiltSplit(
+
+  def __init__(self, frames: ShardedRecords, positions: np.ndarray, sample_id: bytes,
+               modality: str):
+    self._frames = frames
+    self._positions = positions
+    self._sample_id = sample_id
+    self._modality = modality
+
+  def __len__(self) -> int:
+    return len(self._positions)
+
+  def __getitem__(self, t):
+    t = operator.index(t)
+    row = self._frames[int(self._positions[t])]
+    if (row['sample_id'] != self._sample_id or row['frame'] != t % len(self)
+        or len(row[self._modality]) != 1):
+      raise DatasetShardError(
+          f'{self._frames.split.name}: the clip table places {self._modality} frame {t} of '
+          f'{self._sample_id!r} at frame record {int(self._positions[t])}, which holds '
+          f"frame {row['frame']} of {row['sample_id']!r}. {self._frames.split.remedy()}")
+    return row[self._modality][0]
+
+
+class ClipRecords(Sequence):
+  """A split's clips by index: the clip-table row, with `rgb`/`depth` as `FrameSequence`s.
+
+  Reading a clip reads its small clip-table row; a frame's bytes are read when
+  the pipeline takes that frame, so a clip costs the frames it samples, of the
+  modalities it decodes. Pickles (for Grain's worker processes) with the two
+  record sets it reads.
+
+  Attributes:
+    clip_table: the clip-table rows, by clip index.
+    frames: the frame rows of the split's atomic splits, concatenated.
+    split: the clip table's `BuiltSplit` (`frames.split` is the frame rows').
+  """
+
+  def __init__(self, clips: ShardedRecords, frames: ShardedRecords,
+               clip_counts: Sequence[int], frame_counts: Sequence[int]):
+    """`clip_counts`/`frame_counts`: rows of each atomic split, in the split expression's order.
+
+    A clip row lists its frames' rows within its own atomic split's frame
+    rows; offsetting them by the frame rows of the atomic splits before it
+    makes them indices into `frames`.
+    """
+    self.clip_table = clips
+    self.frames = frames
+    self.split = clips.split
+    self._clip_ends = np.cumsum(clip_counts)
+    self._frame_starts = np.concatenate([[0], np.cumsum(frame_counts)[:-1]]).astype(np.int64)
+
+  def __len__(self) -> int:
+    return len(self.clip_table)
+
+  def __getitem__(self, index) -> dict[str, Any]:
+    row = dict(self.clip_table[index])
+    index = operator.index(index) % len(self)
+    offset = self._frame_starts[np.searchsorted(self._clip_ends, index, side='right')]
+    for modality in records_lib.MODALITIES:
+      row[modality] = FrameSequence(self.frames, row.pop(f'{modality}_records') + offset,
+                                    row['sample_id'], modality)
+    return row
+
+
+def _built_split(builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str,
+                 rebuild_command: str) -> BuiltSplit:
+  return BuiltSplit(
       name=name, tfds_split=tfds_split, version_dir=os.fspath(builder.data_dir),
       rebuild_command=rebuild_command,
       shards=tuple(Shard(path=os.fspath(f.filename), skip=f.skip, take=f.take,
                          num_records=f.examples_in_shard)
                    for f in builder.info.splits[tfds_split].file_instructions))
-  check_shards(split)
-  return ShardedRecords(builder.as_data_source(split=tfds_split), split)
+
+
+def open_split(builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str,
+               rebuild_command: str) -> ClipRecords:
+  """The clips of `tfds_split` of a built dataset, after `check_shards` passed on its files.
+
+  Args:
+    builder: the built dataset (`tfds.builder_from_directory`).
+    tfds_split: a TFDS split expression over clip-table splits, e.g. `'train'`
+      or `'view1+view2'`; their frame rows are read from the matching
+      `records.frames_split`s.
+    name: the split as the user knows it, for messages.
+    rebuild_command: what rebuilds the dataset (`rebuild_command`), for messages.
+
+  Raises:
+    DatasetShardError: a shard file is missing or does not open with the
+      record count the metadata lists, or the dataset has no frame rows (a
+      build of the version-1 layout, which held the frames in the clip rows).
+  """
+  parts = tfds_split.split('+')
+  frame_parts = [records_lib.frames_split(p) for p in parts]
+  missing = [p for p in frame_parts if p not in builder.info.splits]
+  if missing:
+    raise DatasetShardError(
+        f'{name}: {builder.data_dir} has no frame record split {missing[0]!r}: it was built '
+        f'with an older record layout (frames inside the clip rows). Rebuild it with '
+        f'`{rebuild_command}` (a new version folder is written beside the old one).')
+  splits = {}
+  for what, expression in (('clips', tfds_split), ('frames', '+'.join(frame_parts))):
+    splits[what] = _built_split(builder, expression, name=name if what == 'clips' else
+                                f'{name} (frame rows)', rebuild_command=rebuild_command)
+    check_shards(splits[what])
+  return ClipRecords(
+      clips=ShardedRecords(builder.as_data_source(split=tfds_split), splits['clips'],
+                           records_lib.parse_row),
+      frames=ShardedRecords(builder.as_data_source(split=splits['frames'].tfds_split),
+                            splits['frames'], records_lib.parse_row),
+      clip_counts=[builder.info.splits[p].num_examples for p in parts],
+      frame_counts=[builder.info.splits[p].num_examples for p in frame_parts])
