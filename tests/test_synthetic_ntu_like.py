@@ -13,11 +13,13 @@ import pytest
 from conftest import REPO_ROOT
 import configs.demo
 import configs.ntu_like
+from data_builders import builder_test_utils
 from data_builders import raw_clips
 from data_builders.synthetic_rgbd import Builder
 from data_builders.synthetic_rgbd import probe
 from data_builders.synthetic_rgbd import synthetic_rgbd_dataset_builder
 from modistill_jax import stages
+from modistill_jax.data import jet
 from modistill_jax.data import records
 from modistill_jax.data import synthetic
 
@@ -104,13 +106,14 @@ def test_tiny_ntu_like_builds_with_its_class_names(tmp_path, monkeypatch):
   builder = Builder(config=config, data_dir=tmp_path)
   builder.download_and_prepare()
   assert builder.info.features['label'].names == list(synthetic.NTU_LIKE_CLASS_NAMES)
+  clips = {'train': 96, 'validation': 32, 'test': 64}
   assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
-      'train': 96, 'validation': 32, 'test': 64}
-  example = next(e for e in builder.as_data_source(split='test')
-                 if e['sample_id'].decode() == 'S02V01A05R001')
-  assert example['label'] == 5
-  depth = np.stack([records.decode_image(frame) for frame in example['depth']])
-  np.testing.assert_array_equal(depth, synthetic.render_clip(TINY_NTU_LIKE, 5, 3)['depth_jet'])
+      **clips, **{records.frames_split(s): 2 * 8 * n for s, n in clips.items()}}
+  split, example = builder_test_utils.read_built(builder)['S02V01A05R001']
+  assert (split, example['label']) == ('test', 5)
+  depth = np.stack([records.decode_depth(frame) for frame in example['depth']])
+  np.testing.assert_array_equal(jet.JET_OF_CODE[depth],
+                                synthetic.render_clip(TINY_NTU_LIKE, 5, 3)['depth_jet'])
 
 
 def test_probe_reads_the_class_and_is_chance_without_labels():
