@@ -1,12 +1,9 @@
 """A whole run on `gs://`: train `:all`, then evaluate and predict from the bucket.
 
 The work folder is `gs://<bucket>/run` on a local GCS emulator (see
-`gcs_emulator.py`). Steps 1 and 2 are the shared tiny run's (`tiny_run`),
-copied into the bucket, so `:all` skips them and trains steps 3 and 4 there,
-starting from step 2's checkpoint in the bucket; every file those stages write
-(configs, metrics, TensorBoard events, Orbax checkpoints with the data
-iterator, predictions, results, the lock) must land in the bucket, and nothing
-under the working directory.
+`gcs_emulator.py`); every file a stage writes (configs, metrics, TensorBoard
+events, Orbax checkpoints with the data iterator, predictions, results, the
+lock) must land in the bucket, and nothing under the working directory.
 """
 
 import json
@@ -15,7 +12,6 @@ import subprocess
 import sys
 import urllib.request
 
-from etils import epath
 import numpy as np
 
 from conftest import REPO_ROOT, cli_env, override_flags
@@ -40,31 +36,17 @@ def run(args, env, cwd) -> subprocess.CompletedProcess:
   return proc
 
 
-def copy_to(source: epath.Path, target: epath.Path) -> None:
-  """Copies a local folder's files into `target` (a `gs://` folder)."""
-  for path in source.rglob('*'):
-    if path.is_file():
-      (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
-      (target / path.relative_to(source)).write_bytes(path.read_bytes())
-
-
 def test_all_stages_evaluate_and_predict_on_gs(gcs_emulator, gcs_bucket, tmp_path,
-                                                synthetic_data_dir, compilation_cache_dir,
-                                                tiny_trained_workdir):
+                                                synthetic_data_dir, compilation_cache_dir):
   env = {**cli_env(compilation_cache_dir), **gcs_emulator.env}
   cwd = tmp_path / 'cwd'  # a run that wrote locally by mistake would leave `gs:` here
   cwd.mkdir()
   env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
   workdir = f'{gcs_bucket}/run'
   config = os.path.join(REPO_ROOT, 'configs', 'demo.py')
-  for stage in ('step1', 'step2'):
-    copy_to(runs.stage_dir(tiny_trained_workdir, stage).path,
-            runs.stage_dir(workdir, stage).path)
-  overrides = override_flags({'data_dir': synthetic_data_dir, **tiny_run.RUN_OVERRIDES})
-  proc = run(['modistill_jax.train', f'--config={config}:all', f'--workdir={workdir}',
-              *overrides], env, cwd)
-  assert [line.split()[0] for line in proc.stdout.splitlines()
-          if 'finished earlier' in line] == ['[step1]', '[step2]']
+  overrides = override_flags({'data_dir': synthetic_data_dir, 'num_train_steps': 2})
+  run(['modistill_jax.train', f'--config={config}:all', f'--workdir={workdir}', *overrides],
+      env, cwd)
   names = object_names(gcs_emulator, gcs_bucket)
   for stage in stages.ALL_STAGES:
     for name in (runs.CONFIG_FILE, runs.DATASET_FILE, runs.METRICS_FILE, runs.RESULTS_FILE,
