@@ -200,8 +200,13 @@ class FinishedStage:
 
 def train_command(config_file: str | None, stage: str, workdir: PathLike,
                   overrides: tuple[str, ...] = ()) -> str:
-  """The command that trains `stage`, runnable as printed when the config file is known."""
-  config_arg = f'{config_file}:{stage}' if config_file else f'<config.py>:{stage}'
+  """The command that trains `stage`, runnable as printed when the config file is known.
+
+  `config_file` may carry the config's options after a colon (`configs/demo.py:tiny`,
+  see `config_lib.parse_config_arg`); they follow the stage in the command.
+  """
+  path, _, options = (config_file or '<config.py>').partition(':')
+  config_arg = f'{path}:{stage}' + (f',{options}' if options else '')
   return ' '.join(('python -m modistill_jax.train', f'--config={config_arg}',
                    f'--workdir={workdir}', *overrides))
 

@@ -20,6 +20,7 @@ import jax
 from ml_collections import config_flags
 
 from modistill_jax import cli
+from modistill_jax import config_lib
 from modistill_jax import evaluate
 from modistill_jax import trainer
 
@@ -49,8 +50,13 @@ def initialize_distributed() -> None:
 
 
 def config_file() -> str:
-  """The `--config` flag's file without its `:stage` argument (for commands in messages)."""
-  return flags.FLAGS['config'].config_filename.split(':', 1)[0]
+  """The `--config` flag's file and options without the stage (for commands in messages).
+
+  `configs/demo.py:step2,tiny` -> `configs/demo.py:tiny` (see `runs.train_command`).
+  """
+  path, _, arg = flags.FLAGS['config'].config_filename.partition(':')
+  options = config_lib.parse_config_arg(arg)[1] if arg else ()
+  return path + (':' + ','.join(options) if options else '')
 
 
 def config_overrides(argv: list[str]) -> tuple[str, ...]:

@@ -238,3 +238,12 @@ def test_demo_config_stages_of_the_shared_run(tiny_trained_workdir, synthetic_da
   config = tiny_run.run_config(synthetic_data_dir)
   for stage_name in DEMO_RUN_STAGES:
     check_stage_outputs(tiny_trained_workdir, stage_name, config, NUM_CLASSES[config.dataset])
+
+
+def test_printed_train_command_keeps_the_config_options():
+  """A run started with `:<stage>,tiny` prints commands that are tiny too."""
+  assert runs.train_command('configs/demo.py:tiny', 'step2', 'w', ('--config.seed=1',)) == (
+      'python -m modistill_jax.train --config=configs/demo.py:step2,tiny --workdir=w '
+      '--config.seed=1')
+  assert runs.train_command('configs/demo.py', 'step2', 'w') == (
+      'python -m modistill_jax.train --config=configs/demo.py:step2 --workdir=w')
