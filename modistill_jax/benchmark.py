@@ -352,11 +352,11 @@ def time_step(train_fn, make_state, abstract_state, batches, abstract_batch, *, 
     recompiles = compiles.count - after_first
   peak_after = peak_bytes_in_use(devices)
   measured = own_peak(peak_before, peak_after)
-  step_s = statistics.median(seconds) / num_steps
-  clips_per_s = clips_per_step / step_s
+  repeat_clips_per_s = [num_steps * clips_per_step / s for s in seconds]
+  clips_per_s = statistics.median(repeat_clips_per_s)
   result.update({
-      'clips_per_s': clips_per_s, 'frames_per_s': clips_per_s * num_frames, 'step_s': step_s,
-      'repeat_clips_per_s': [num_steps * clips_per_step / s for s in seconds],
+      'clips_per_s': clips_per_s, 'frames_per_s': clips_per_s * num_frames,
+      'step_s': clips_per_step / clips_per_s, 'repeat_clips_per_s': repeat_clips_per_s,
       'recompiles': recompiles, 'final_loss': float(step_metrics['loss']),
       'measured_peak_memory_bytes': measured,
       'measured_peak_memory_at_most_bytes': peak_before if measured is None else None})
