@@ -4,6 +4,8 @@
       --config.model.dtype=bfloat16 --config.batch_size=32 --json=step3.json
   python -m modistill_jax.benchmark --config=configs/ntu_cs.py --all_stages \
       --config.model.dtype=bfloat16 --config.batch_size=32 --json=stages.json
+  python -m modistill_jax.benchmark --config=configs/ntu_cs.py --suite \
+      [--data_dir=$TFDS_DATA_DIR] --json=suite.json --markdown=suite.md
 
 The step is the trainer's own (`trainer.make_train_fn`: donated state, data-
 parallel over every device), built from the config exactly as `run_stage`
@@ -14,8 +16,9 @@ classifier size (60, NTU RGB+D 60) that the dataset would.
 What each reported number is:
 
 * `clips_per_s`, `frames_per_s`: the step alone on synthetic uint8 batches
-  already on the devices, `--steps` steps after `--warmup` steps, with one
-  `block_until_ready` at the end. Frames are input frames (clips x
+  already on the devices, the median of `--repeats` repeats of `--steps`
+  steps (after `--warmup` steps), each repeat closed by one
+  `block_until_ready` (`repeat_clips_per_s`: each repeat's). Frames are input frames (clips x
   `input.num_frames`), whatever the number of streams, so a two-stream stage
   at the same frames/s does twice the work of one stream.
 * `pipeline_clips_per_s`: with `--data_dir`, the Grain input pipeline alone on
@@ -32,6 +35,25 @@ What each reported number is:
   6 for steps 2 and 4 (two trained streams).
 * `mfu`: `flops_per_step_per_device` x steps/s over the chip's peak dense bf16
   FLOP/s (`PEAK_BF16_FLOPS`); null where the device is not in that table (CPU).
+* `lowered_flops_per_step`: XLA's cost analysis of the step as lowered (before
+  optimisation and partitioning: the whole program once, so work replicated
+  on every device, such as the optimizer update, counts once there and once
+  per device in `flops_per_step`). `flop_disagreement` = |lowered - compiled|
+  / the larger; `flops_disagree` when it is over 10% (the compiled count is
+  known to misreport on GPU: jax#16008, #17912, #22249).
+* `model_flops_per_step`, `model_flops_mfu`: model FLOPs = (3 x trained
+  streams + frozen streams) x `forward_flops_per_frame` x frames per step,
+  i.e. a forward and a backward (2 forwards) per trained stream and a forward
+  per frozen one, counted from the one-stream forward, not from the step's
+  program; MFU on them is comparable across implementations. `mfu` uses the
+  compiled step count instead.
+* `measured_peak_memory_bytes`: the device allocator's high-water mark
+  (`device.memory_stats()['peak_bytes_in_use']`, the largest over the
+  devices) after the timed steps, when they raised it; JAX cannot reset the
+  mark, so a stage that stayed below an earlier one's peak gets null and
+  `measured_peak_memory_at_most_bytes` (the mark before it). Null on backends
+  without allocator statistics (CPU): the compile plan below is never
+  reported as measured.
 * `peak_memory_bytes`: per device, from the compiled memory analysis:
   arguments + outputs + temporaries - aliased (donated) bytes, what the
   executable reserves. `xla_peak_memory_in_bytes` is XLA's own
@@ -42,6 +64,23 @@ What each reported number is:
 * `recompiles`: XLA compilations (`jax.monitoring` backend-compile events)
   during every step after the first; anything but 0 means the step's input
   avals or shardings change between steps (null with `--steps=0`).
+
+`--end_to_end` (one step-1 stage, with `--data_dir`) adds `end_to_end`: the
+trainer's own loop (`trainer.run_stage` in a temporary workdir for
+`--end_to_end_steps` steps: Grain pipeline, prefetch onto the devices,
+host-to-device transfer, step, logging, validation at the config's cadence),
+timed from the stage's `metrics.jsonl` with the compiles left out
+(`loop_throughput`), beside the step alone and the pipeline alone of the same
+run and its share of the lower of the two (`share_of_bound`).
+
+`--suite` is the accelerator suite in one command: step 1 of the test-time
+modality, step2, step3 and step4 at `--suite_image_size` (224) in bfloat16
+at `--suite_batch` clips (default 64 per device), the plain ResNet v1.5
+reference step (`reference_resnet`: same depth and width as the stream, so
+ResNet-50 for the NTU configs, same frames, dtype, batch, optimizer and
+sharding) and, with `--data_dir`, the end-to-end figure of step 1. Its
+headline is step 1's frames/s over the reference's. JSON with `--json`, a
+Markdown table printed and written with `--markdown`.
 
 With several stages (`--all_stages`, `--stages`, or a config whose stage is
 `all`), each stage also gets `flop_ratio` (its FLOPs over those of the
@@ -112,7 +151,8 @@ _SUITE_BATCH = flags.DEFINE_integer(
     'suite_batch', None, 'Global batch (clips) of every stage in --suite; default '
     f'{SUITE_CLIPS_PER_DEVICE} clips per device.')
 _SUITE_IMAGE_SIZE = flags.DEFINE_integer('suite_image_size', 224, 'Frame size in --suite.')
-_MARKDOWN = flags.DEFINE_string('markdown', None, 'With --suite: also write its table here.')
+_MARKDOWN = flags.DEFINE_string(
+    'markdown', None, 'Also write the results as a Markdown table here (--suite prints it too).')
 _END_TO_END = flags.DEFINE_bool(
     'end_to_end', False, 'Also time the trainer\'s own loop (`trainer.run_stage` on --data_dir) '
     'for a step-1 stage; --suite does it with --data_dir.')
@@ -600,7 +640,7 @@ def measure_end_to_end(config: ml_collections.ConfigDict, stage_name: str, *, da
 
 
 def compare_end_to_end(end_to_end: dict[str, Any], stage_result: Mapping[str, Any]) -> None:
-  """Adds the step alone and the pipeline alone, of the same run, and the loop's share of the lower."""
+  """Adds the step alone and the pipeline alone (same run) and the loop's share of the lower."""
   alone = {'step_alone_clips_per_s': stage_result['clips_per_s'],
            'pipeline_alone_clips_per_s': stage_result.get('pipeline_clips_per_s')}
   known = [v for v in alone.values() if v is not None]
@@ -675,7 +715,7 @@ def _memory(result: Mapping[str, Any]) -> str:
 
 
 def markdown(report: Mapping[str, Any]) -> str:
-  """The report as Markdown: settings, one row per stage (and the reference), headline, end to end."""
+  """The report as Markdown: settings, a row per stage and the reference, headline, end to end."""
   first = report['stages'][0]
   lines = [
       f"{first['device_kind']} x {first['num_devices']} ({first['platform']}), {first['dtype']}, "

@@ -121,7 +121,8 @@ def suite(tmp_path_factory, synthetic_data_dir, compilation_cache_dir) -> dict:
       '--repeats=2', '--num_classes=3', '--config.model.width=4',
       '--config.input.num_frames=2',
       '--config.input.worker_count=0', '--config.input.prefetch=1', '--config.builder_config=',
-      '--config.eval_batch_size=4', '--config.log_every_steps=1', f'--data_dir={synthetic_data_dir}',
+      '--config.eval_batch_size=4', '--config.log_every_steps=1',
+      f'--data_dir={synthetic_data_dir}',
       '--pipeline_seconds=0.3', '--end_to_end_steps=6', f'--json={folder / "suite.json"}',
       f'--markdown={folder / "suite.md"}']
   # One device: partitioning the four stages over several would double their compile time.
