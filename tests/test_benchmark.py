@@ -2,7 +2,10 @@
 
 One run of `python -m modistill_jax.benchmark` benchmarks step1_rgb and step3
 on four fake CPU devices, with the input pipeline on the tiny built dataset;
-the tests read its JSON. Nothing here asserts a speed.
+the tests read its JSON. A second run, `--suite` on a tiny stream, checks the
+suite's fields for every stage and the reference ResNet, and its end-to-end
+accounting; the reference ResNet's step and the suite's arithmetic are also
+tested alone. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import demo
 from conftest import cli_env
 from modistill_jax import benchmark
 from modistill_jax import reference_resnet
@@ -248,3 +252,9 @@ def test_reference_step_trains_on_a_fixed_batch(fast_compile):
     losses.append(float(step_metrics['loss']))
   assert int(state.step) == 6
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_end_to_end_refuses_a_stage_that_needs_earlier_stages():
+  config = ml_collections.ConfigDict(demo.get_config('step3').to_dict())
+  with pytest.raises(ValueError, match="'step3' alone, but it starts from step2"):
+    benchmark.measure_end_to_end(config, 'step3', data_dir='unused', num_steps=10)
