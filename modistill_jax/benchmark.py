@@ -799,6 +799,9 @@ def main(argv):
   if _REPEATS.value < 1:
     raise app.UsageError(f'--repeats must be at least 1, got {_REPEATS.value}.')
   if _SUITE.value:
+    if _STAGES.value or _ALL_STAGES.value or _END_TO_END.value:
+      raise app.UsageError('--suite runs every stage, and the end-to-end run with --data_dir; '
+                           'drop --stages, --all_stages and --end_to_end.')
     report = run_suite(config, image_size=_SUITE_IMAGE_SIZE.value, batch_size=_SUITE_BATCH.value,
                        num_steps=_STEPS.value, warmup=warmup, repeats=_REPEATS.value,
                        num_classes=_NUM_CLASSES.value, data_dir=_DATA_DIR.value,
