@@ -229,6 +229,10 @@ def paired(a: list[float | None], b: list[float | None]) -> list[float]:
 # MARK: running
 
 
+class Stopped(RuntimeError):
+  """A stage stopped on a signal (SIGTERM, Ctrl-C) after saving its checkpoint."""
+
+
 def seed_dir(workdir: str, seed: int):
   return runs.as_path(workdir) / f'seed{seed}'
 
@@ -265,6 +269,10 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int, epochs:
     for stage in variant.trains:
       print(f'\n=== seed {seed}: {variant.folder}/{stage} ===', flush=True)
       results = trainer.run_stage(vconfig, str(root / variant.folder), stage, clock=clock)
+      if 'preempted_at_step' in results:
+        raise Stopped(f'{variant.folder}/{stage} of seed {seed} stopped at step '
+                      f"{results['preempted_at_step']} (a signal); rerun the same command to "
+                      'resume it.')
       counts['skipped' if results.get('skipped') else 'trained'] += 1
     if variant.folder == STAGED:
       step2 = runs.stage_dir(root / STAGED, 'step2')
@@ -283,6 +291,9 @@ def run_claims(config: ml_collections.ConfigDict, workdir: str, num_seeds: int,
     raise ValueError(f'--seeds must be at least 1, got {num_seeds}.')
   if epochs < 1:
     raise ValueError(f'--epochs must be at least 1, got {epochs}.')
+  if '://' in str(workdir):
+    raise ValueError(f'--workdir={workdir}: the claims folder must be local (shared stages are '
+                     'symbolic links).')
   t0 = time.time()
   seeds = [config.seed + k for k in range(num_seeds)]
   cli.build_dataset(config)
@@ -376,7 +387,8 @@ def summarize(workdir: str, seeds: list[int]) -> dict[str, Any]:
     claims.append({'claim': claim.text, 'rows': [claim.better, claim.worse],
                    'margin': claim.margin, 'differences': diffs, **_interval_record(diffs),
                    'verdict': verdict(diffs, claim.margin)})
-  claims.append(noise_claim(per_seed['15'], noise))
+  # In the paper's order: Table 2 (section 4.3) before Table 4 (section 4.5), the last claim.
+  claims.insert(len(claims) - 1, noise_claim(per_seed['15'], noise))
   return {'seeds': seeds, 'rows': rows, 'table2': table2, 'claims': claims}
 
 

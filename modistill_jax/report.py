@@ -92,12 +92,37 @@ def paper_number(row: Row, loss: str, dataset: str | None,
   column = {'cross_subject': 0, 'cross_view': 1}.get(protocol or '')
   if dataset != 'ntu_rgbd' or column is None:
     return None
+  if row.number in PAPER_TABLE4:
+    return PAPER_TABLE4[row.number] if protocol == 'cross_view' else None
   number = LOSS_ROWS[row.number].get(loss) if row.number in LOSS_ROWS else row.number
   return PAPER_TABLE1.get(number, (None, None))[column] if number else None
 
 
+# Rows 8 and 13 of a run trained without connections are rows 9 and 14.
+_UNCONNECTED = {'8': next(r for r in TABLE1_ROWS if r.number == '9'),
+                '13': next(r for r in TABLE1_ROWS if r.number == '14')}
+_SWAPPED_MODALITIES = {'RGB': 'Depth', 'Depth': 'RGB', 'depth': 'RGB'}
+
+
+def row_of_run(row: Row, results: dict[str, Any]) -> Row:
+  """The row as the run that produced it was set up.
+
+  A folder trained without connections (e.g. the claims command's
+  `no_connections`) gives rows 9 and 14, not 8 and 13; with RGB privileged
+  (Table 4), the hallucination stream reads depth and rows 13 and 15 are 13a
+  and 15a.
+  """
+  if results.get('connections') is False and row.number in _UNCONNECTED:
+    row = _UNCONNECTED[row.number]
+  if results.get('privileged') == 'rgb' and row.stage in ('step3', 'step4', 'hoffman'):
+    modality = ' '.join(_SWAPPED_MODALITIES.get(w, w) for w in row.test_modality.split(' '))
+    number = {'13': '13a', '15': '15a'}.get(row.number, row.number)
+    row = dataclasses.replace(row, number=number, test_modality=modality)
+  return row
+
+
 def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
-  """Table 1 rows with our accuracy (and the paper's, for NTU protocols)."""
+  """Table 1 (and Table 4) rows with our accuracy (and the paper's, for NTU protocols)."""
   rows = []
   for row in TABLE1_ROWS:
     base = runs.ablation_workdir(workdir) if row.ablation else workdir
@@ -109,6 +134,7 @@ def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
     if accuracy is None:
       continue
     loss = results.get('loss', '')
+    row = row_of_run(row, results)
     rows.append({'row': row.number, 'method': row.method, 'test_modality': row.test_modality,
                  'loss': row.loss.format(loss=loss), 'accuracy': 100 * accuracy,
                  'paper': paper_number(row, loss, results.get('dataset'), results.get('protocol')),
@@ -330,6 +356,7 @@ def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
       raise FileNotFoundError(f'No run folder {workdir}.')
   tables = [table1(w, split) for w in workdirs]
   order = {r.number: i for i, r in enumerate(TABLE1_ROWS)}
+  order.update({'13a': len(order), '15a': len(order) + 1})
   keys = sorted({(r['row'], r['method'], r['test_modality'], r['loss']) for t in tables
                  for r in t}, key=lambda k: (order[k[0]], k[3]))
   rows = []

@@ -85,3 +85,18 @@ def test_compare_command_prints_and_writes_the_table(tmp_path):
   assert done.returncode == 0, done.stderr
   assert '| 1 | step 1, depth stream | Depth | x-entr | 50.00% |' in done.stdout
   assert output.read_text() in done.stdout + '\n'
+
+
+def test_rows_follow_how_the_run_was_set_up():
+  """An unconnected folder's step 2 / step 3 are rows 9 / 14; RGB privileged gives Table 4."""
+  unconnected = {'connections': False, 'privileged': 'depth'}
+  assert report.row_of_run(ROWS['8'], unconnected).number == '9'
+  assert report.row_of_run(ROWS['13'], unconnected).number == '14'
+  assert report.row_of_run(ROWS['6'], unconnected) == ROWS['6']
+  assert report.row_of_run(ROWS['8'], {'connections': True}) == ROWS['8']
+  inverted = report.row_of_run(ROWS['15'], {'connections': True, 'privileged': 'rgb'})
+  assert (inverted.number, inverted.test_modality) == ('15a', 'Depth')
+  hall = report.row_of_run(ROWS['13'], {'connections': True, 'privileged': 'rgb'})
+  assert hall.test_modality == 'Depth (hall) + RGB via connections'
+  assert report.paper_number(inverted, 'x-entr', 'ntu_rgbd', 'cross_view') == 76.41
+  assert report.paper_number(inverted, 'x-entr', 'ntu_rgbd', 'cross_subject') is None
