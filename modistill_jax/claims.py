@@ -16,14 +16,14 @@ the unconnected one); the Hoffman et al. rows start from that step 1. Per seed
 that is 15 trainings (`TRAININGS_PER_SEED`) in these folders of `DIR/seed<s>/`
 (a shared stage is a symlink to the folder that trained it):
 
-| folder              | trains                 | loss | connections | privileged | rows       |
-|---------------------|------------------------|------|-------------|------------|------------|
-| staged              | step1, step2-4         | eq5  | yes         | depth      | 1,2,6-8,13,15; Table 2 |
-| step3_eq1, step3_eq3| step3                  | eq1/3| yes         | depth      | 11, 12     |
-| no_connections      | step2, step3           | eq5  | no          | depth      | 9, 14      |
-| no_connections_eq1  | step3                  | eq1  | no          | depth      | 10         |
-| hoffman_eq1/3/5     | hoffman                | eq1/3/5 | -        | depth      | 3, 4, 5    |
-| inverted            | step2, step3, step4    | eq5  | yes         | rgb        | 13a, 15a   |
+| folder             | trains          | loss    | connections | privileged | rows             |
+|--------------------|-----------------|---------|-------------|------------|------------------|
+| staged             | step1, step2-4  | eq5     | yes         | depth      | 1,2,6-8,13,15; T2|
+| step3_eq1, _eq3    | step3           | eq1/eq3 | yes         | depth      | 11, 12           |
+| no_connections     | step2, step3    | eq5     | no          | depth      | 9, 14            |
+| no_connections_eq1 | step3           | eq1     | no          | depth      | 10               |
+| hoffman_eq1/3/5    | hoffman         | eq1/3/5 | -           | depth      | 3, 4, 5          |
+| inverted           | step2-4         | eq5     | yes         | rgb        | 13a, 15a         |
 
 Rerunning the command skips every finished stage and sweep (`trainer.run_stage`
 does), so an interrupted run resumes and a finished one re-prints its report.
@@ -320,8 +320,8 @@ def row_accuracies(workdir: str, seeds: list[int], row: ClaimsRow) -> list[float
   """The row's test accuracy (%) per seed; None where its stage has not finished."""
   values = []
   for seed in seeds:
-    results = report.stage_results(seed_dir(workdir, seed) / row.folder, row.stage)
-    accuracy = results['test']['accuracy'].get(row.stream) if results and 'test' in results else None
+    results = report.stage_results(seed_dir(workdir, seed) / row.folder, row.stage) or {}
+    accuracy = results['test']['accuracy'].get(row.stream) if 'test' in results else None
     values.append(None if accuracy is None else 100 * accuracy)
   return values
 
