@@ -52,11 +52,12 @@ from modistill_jax import report
 from modistill_jax import runs
 from modistill_jax import trainer
 
-# Epochs per stage, the same for every row. The claims run must fit 3 seeds x 15
-# trainings in 60 minutes on a 2-core CPU machine: one seed of the demo config at
-# 3 epochs per stage takes ~2 min per stage there (README, `make demo`), so 45
-# stages get 80 s each, about one epoch of the demo's data with compilation and
-# evaluation included (measured: README, "What the paper claims").
+# Epochs per stage, the same for every row, chosen for time alone. The claims run
+# must fit 3 seeds x 15 trainings in 60 minutes on a 2-core CPU machine, 80 s a
+# stage. The demo's stages at 3 epochs took 72 to 189 s there (README, `make
+# demo`), ~45 s of step 1's 96 s being compilation and evaluation, so 3 epochs
+# would need ~85 minutes; 1 epoch keeps the overhead and a third of the training
+# (an estimate: README, "What the paper claims and what we measured").
 EPOCHS = 1
 CONFIDENCE = 0.95
 # "Close" for Table 4 (RGB distillation vs depth distillation, step 4): the 95%
