@@ -456,7 +456,8 @@ def plot_rows(summary: dict[str, Any], path: str | None = None):
       ax.scatter([x], [paper], marker='x', color='C3', zorder=4,
                  label='paper (NTU CS; CV for 13a, 15a)' if x == 0 else None)
   ax.set_xticks(range(len(summary['rows'])), [r['row'] for r in summary['rows']])
-  ax.set(xlabel='Table 1 / Table 4 row', ylabel='test accuracy (%)',
+  # Few seeds make wide t-intervals; accuracy lives in [0, 100] whatever they say.
+  ax.set(xlabel='Table 1 / Table 4 row', ylabel='test accuracy (%)', ylim=(0, 100),
          title='Accuracy per row over seeds')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
@@ -479,7 +480,7 @@ def plot_noise(summary: dict[str, Any], path: str | None = None):
     ax.axhline(step4['mean'], ls='--', color='red', label='step 4, RGB only (hallucination)')
     if step4['low'] is not None:
       ax.axhspan(step4['low'], step4['high'], color='red', alpha=0.12)
-  ax.set(xlabel='noise variance sigma^2', ylabel='test accuracy (%)',
+  ax.set(xlabel='noise variance sigma^2', ylabel='test accuracy (%)', ylim=(0, 100),
          title='Noisy depth at test time (95% bands over seeds)')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
@@ -526,7 +527,10 @@ def main(argv):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   config = _CONFIG.value
   config.data_dir = _DATA_DIR.value
-  summary = run_claims(config, _WORKDIR.value, _SEEDS.value, _EPOCHS.value)
+  try:
+    summary = run_claims(config, _WORKDIR.value, _SEEDS.value, _EPOCHS.value)
+  except Stopped as stopped:
+    raise SystemExit(str(stopped)) from None
   print('\n' + claims_markdown(summary))
   print('\n' + rows_markdown(summary))
   print(f'\nStages trained: {summary["stages"]["trained"]}, found finished: '
