@@ -15,7 +15,7 @@ EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-beam demo install lock clean
+.PHONY: test test-beam demo claims install lock clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
@@ -50,6 +50,15 @@ test-beam: $(VENV)/.installed-test
 # JAX_EXTRA build is installed, which then runs it on its accelerator.
 demo: $(INSTALLED)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.demo --workdir=workdirs/demo \
+	  --data_dir=workdirs/tfds
+
+# The paper's claims over seeds on a synthetic configuration: see modistill_jax/claims.py.
+# Rerunning resumes (finished stages are skipped) and prints the report again.
+CLAIMS_CONFIG ?= configs/ntu_like.py
+SEEDS ?= 3
+claims: $(INSTALLED)
+	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.claims --config=$(CLAIMS_CONFIG) \
+	  --seeds=$(SEEDS) --workdir=workdirs/claims/$(basename $(notdir $(CLAIMS_CONFIG))) \
 	  --data_dir=workdirs/tfds
 
 # Re-resolves pyproject.toml's ranges in a scratch venv and writes what it installed (runtime and

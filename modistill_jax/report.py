@@ -2,7 +2,9 @@
 
 Everything here reads files a run wrote (`<stage>/results.json`,
 `metrics.jsonl`, `dataset.json`, `predictions_test.npz`, `noise_sweep.json`);
-nothing trains. `write_report(workdir)` writes `report.md` and its PNGs.
+nothing trains. `write_report(workdir)` writes `report.md` and its PNGs;
+`compare(workdirs)` (`python -m modistill_jax.report --compare DIR [DIR ...]`)
+puts several run folders side by side.
 
 Table 1 rows are the paper's, each filled from the stage and stream that
 produce it; a row whose stage was not run is left out. One difference from the
@@ -16,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from absl import app
+from absl import flags
 from etils import epath
 import numpy as np
 
@@ -61,6 +65,8 @@ PAPER_TABLE1 = {
 PAPER_TABLE2 = {'no noise': 81.43, '0.001': 81.34, '0.01': 81.12, '0.1': 76.85,
                 '1': 62.47, '10': 51.43, 'void': 14.24}
 PAPER_HALLUCINATION_CV = 77.21
+# Table 4 (NTU cross-view, RGB privileged: depth at test time), by row number.
+PAPER_TABLE4 = {'13a': 76.12, '15a': 76.41}
 # Rows whose paper number depends on the loss the run used.
 LOSS_ROWS = {'3-5': {'eq1': '3', 'eq3': '4', 'eq5': '5'},
              '13': {'eq1': '11', 'eq3': '12', 'eq5': '13'},
@@ -86,12 +92,37 @@ def paper_number(row: Row, loss: str, dataset: str | None,
   column = {'cross_subject': 0, 'cross_view': 1}.get(protocol or '')
   if dataset != 'ntu_rgbd' or column is None:
     return None
+  if row.number in PAPER_TABLE4:
+    return PAPER_TABLE4[row.number] if protocol == 'cross_view' else None
   number = LOSS_ROWS[row.number].get(loss) if row.number in LOSS_ROWS else row.number
   return PAPER_TABLE1.get(number, (None, None))[column] if number else None
 
 
+# Rows 8 and 13 of a run trained without connections are rows 9 and 14.
+_UNCONNECTED = {'8': next(r for r in TABLE1_ROWS if r.number == '9'),
+                '13': next(r for r in TABLE1_ROWS if r.number == '14')}
+_SWAPPED_MODALITIES = {'RGB': 'Depth', 'Depth': 'RGB', 'depth': 'RGB'}
+
+
+def row_of_run(row: Row, results: dict[str, Any]) -> Row:
+  """The row as the run that produced it was set up.
+
+  A folder trained without connections (e.g. the claims command's
+  `no_connections`) gives rows 9 and 14, not 8 and 13; with RGB privileged
+  (Table 4), the hallucination stream reads depth and rows 13 and 15 are 13a
+  and 15a.
+  """
+  if results.get('connections') is False and row.number in _UNCONNECTED:
+    row = _UNCONNECTED[row.number]
+  if results.get('privileged') == 'rgb' and row.stage in ('step3', 'step4', 'hoffman'):
+    modality = ' '.join(_SWAPPED_MODALITIES.get(w, w) for w in row.test_modality.split(' '))
+    number = {'13': '13a', '15': '15a'}.get(row.number, row.number)
+    row = dataclasses.replace(row, number=number, test_modality=modality)
+  return row
+
+
 def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
-  """Table 1 rows with our accuracy (and the paper's, for NTU protocols)."""
+  """Table 1 (and Table 4) rows with our accuracy (and the paper's, for NTU protocols)."""
   rows = []
   for row in TABLE1_ROWS:
     base = runs.ablation_workdir(workdir) if row.ablation else workdir
@@ -103,6 +134,7 @@ def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
     if accuracy is None:
       continue
     loss = results.get('loss', '')
+    row = row_of_run(row, results)
     rows.append({'row': row.number, 'method': row.method, 'test_modality': row.test_modality,
                  'loss': row.loss.format(loss=loss), 'accuracy': 100 * accuracy,
                  'paper': paper_number(row, loss, results.get('dataset'), results.get('protocol')),
@@ -180,7 +212,7 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
 # MARK: plots (matplotlib is imported lazily: the trainer never needs it)
 
 
-def _pyplot():
+def pyplot():
   """pyplot with matplotlib's own backend choice: inline in notebooks, Agg headless."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
@@ -188,7 +220,7 @@ def _pyplot():
 
 def plot_training_curves(workdir: str, path: str | None = None):
   """Training loss and validation accuracy of every stage in the folder."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
   for stage in runs.stages_with_metrics(workdir):
     records = metrics_lib.read_jsonl(runs.stage_dir(workdir, stage).metrics_file)
@@ -208,13 +240,13 @@ def plot_training_curves(workdir: str, path: str | None = None):
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_noise_curve(rows: list[dict[str, Any]], hallucination: float | None,
                      path: str | None = None):
   """Table 2 as a curve: step 2 accuracy against depth-noise variance."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   noisy = [r for r in rows if not r['void'] and r['sigma'] > 0]
   ax.semilogx([r['sigma'] ** 2 for r in noisy], [100 * r['accuracy']['fused'] for r in noisy],
@@ -229,11 +261,11 @@ def plot_noise_curve(rows: list[dict[str, Any]], hallucination: float | None,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str | None = None):
-  plt = _pyplot()
+  plt = pyplot()
   size = max(5, 0.45 * len(names) + 2)
   fig, ax = plt.subplots(figsize=(size, size))
   rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -247,14 +279,14 @@ def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str |
                 color='white' if rates[i, j] > 0.5 else 'black')
   ax.set(xlabel='predicted', ylabel='true', title=title)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
-def _save(fig, path: str | None):
+def save_figure(fig, path: str | None):
   if path is not None:
     with epath.Path(path).open('wb') as f:
       fig.savefig(f, dpi=110, format='png')
-    _pyplot().close(fig)
+    pyplot().close(fig)
   return fig
 
 
@@ -288,3 +320,94 @@ def write_report(workdir: str, *, title: str = 'Results') -> str:
   path = runs.report_file(workdir)
   path.write_text('\n'.join(parts))
   return str(path)
+
+
+# MARK: several run folders side by side
+
+
+def paper_row(row: str, loss: str) -> str:
+  """The paper's row number for a Table 1 row (`3-5` with eq1 is row 3)."""
+  return LOSS_ROWS.get(row, {}).get(loss, row)
+
+
+def run_description(workdir: str) -> dict[str, Any]:
+  """Dataset, protocol, seed and privileged modality of a run folder's finished stages."""
+  root = runs.as_path(workdir)
+  finished = sorted(p.name for p in root.iterdir() if runs.stage_dir(root, p.name).finished())
+  if not finished:
+    return {'stages': []}
+  config = stage_config(workdir, finished[0])
+  dataset = config['dataset'] + (f"/{config['builder_config']}" if config['builder_config']
+                                 else '')
+  return {'stages': finished, 'dataset': dataset, 'protocol': config['protocol'],
+          'seed': config['seed'], 'privileged': config['privileged']}
+
+
+def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
+  """Table 1 rows and Table 2 columns of several run folders, one column per folder.
+
+  Each folder is a `--workdir` with any finished stages (a seed, a config, an
+  ablation; NTU runs as well as synthetic ones): only its files are read. A row
+  is one of the paper's, by its loss where the paper has one row per loss
+  (Hoffman et al. eq. 1 is row 3); a folder without it shows None.
+  """
+  for workdir in workdirs:
+    if not runs.as_path(workdir).is_dir():
+      raise FileNotFoundError(f'No run folder {workdir}.')
+  tables = [table1(w, split) for w in workdirs]
+  order = {r.number: i for i, r in enumerate(TABLE1_ROWS)}
+  order.update({'13a': len(order), '15a': len(order) + 1})
+  keys = sorted({(r['row'], r['method'], r['test_modality'], r['loss']) for t in tables
+                 for r in t}, key=lambda k: (order[k[0]], k[3]))
+  rows = []
+  for row, method, modality, loss in keys:
+    values = []
+    for table in tables:
+      match = [r['accuracy'] for r in table
+               if (r['row'], r['method'], r['test_modality'], r['loss']) == (row, method,
+                                                                             modality, loss)]
+      values.append(match[0] if match else None)
+    rows.append({'row': paper_row(row, loss), 'method': method, 'test_modality': modality,
+                 'loss': loss, 'accuracy': values})
+  sweeps = [noise_sweep(w) or [] for w in workdirs]
+  labels = list(dict.fromkeys(r['sigma2'] for sweep in sweeps for r in sweep))
+  for label in labels:
+    values = [next((100 * r['accuracy']['fused'] for r in sweep if r['sigma2'] == label), None)
+              for sweep in sweeps]
+    rows.append({'row': 'T2', 'method': f'step 2, depth sigma^2 = {label}',
+                 'test_modality': 'RGB & noisy depth', 'loss': 'x-entr', 'accuracy': values})
+  return {'workdirs': [str(w) for w in workdirs],
+          'runs': [run_description(w) for w in workdirs], 'rows': rows}
+
+
+def compare_markdown(comparison: dict[str, Any]) -> str:
+  """`compare`'s table: a column per folder, headed by its path, dataset, protocol, seed."""
+  names = comparison['workdirs']
+  lines = ['| # | method | test modality | loss | ' + ' | '.join(names) + ' |',
+           '|---' * (4 + len(names)) + '|']
+  for label, key in (('dataset', 'dataset'), ('protocol', 'protocol'), ('seed', 'seed'),
+                     ('privileged', 'privileged')):
+    lines.append(f'| | {label} | | | ' + ' | '.join(
+        str(run.get(key, '-')) for run in comparison['runs']) + ' |')
+  for r in comparison['rows']:
+    lines.append(f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | " +
+                 ' | '.join('-' if v is None else f'{v:.2f}%' for v in r['accuracy']) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  folders = argv[1:]
+  if not flags.FLAGS.compare or not folders:
+    raise app.UsageError('Usage: python -m modistill_jax.report --compare DIR [DIR ...]')
+  text = compare_markdown(compare(folders))
+  print(text)
+  if flags.FLAGS.output:
+    epath.Path(flags.FLAGS.output).write_text(text + '\n')
+    print(f'Written to {flags.FLAGS.output}')
+
+
+if __name__ == '__main__':
+  flags.DEFINE_bool('compare', False, 'Print a side-by-side table of the run folders given '
+                    'after the flags (seeds, configurations, ablations).')
+  flags.DEFINE_string('output', '', 'Also write the table (Markdown) to this file.')
+  app.run(main)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -64,6 +66,17 @@ if sweep:
   report.plot_noise_curve(sweep, hallucination)
 else:
   print('No noise sweep in this run folder.')
+
+# %% [markdown]
+# ## Several run folders side by side
+# Seeds, configurations, ablations (the claims command's `DIR/seed<s>/<variant>` folders) or
+# real runs, one column each. Set `MODISTILL_COMPARE` to folders separated by spaces; by
+# default the run above and its no-connection ablation, if it has one.
+
+# %%
+compared = os.environ.get('MODISTILL_COMPARE', '').split() or [
+    str(p) for p in (runs.as_path(WORKDIR), runs.ablation_workdir(WORKDIR)) if p.exists()]
+display(Markdown(report.compare_markdown(report.compare(compared))))
 
 # %% [markdown]
 # ## Per-class accuracy and confusion matrix of the deployed model (step 4, RGB only)

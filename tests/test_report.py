@@ -1,8 +1,17 @@
-"""Which of the paper's published numbers stand beside ours in the tables."""
+"""Which of the paper's published numbers stand beside ours, and run folders side by side."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
+
 from modistill_jax import report
+from modistill_jax import runs
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ROWS = {r.number: r for r in report.TABLE1_ROWS}
 
@@ -22,3 +31,72 @@ def test_loss_dependent_rows_pick_the_paper_row_of_that_loss():
   assert report.paper_number(ROWS['13'], 'eq3', 'ntu_rgbd', 'cross_subject') == 71.52
   assert report.paper_number(ROWS['14'], 'eq1', 'ntu_rgbd', 'cross_view') == 70.64
   assert report.paper_number(ROWS['14'], 'eq3', 'ntu_rgbd', 'cross_subject') is None
+
+
+def _finished_stage(workdir, stage, accuracy, *, loss='xent_each', seed=0):
+  """A stage folder as the trainer leaves it, as far as the report reads it."""
+  directory = runs.stage_dir(workdir, stage)
+  runs.write_json(directory.config_file, {
+      'dataset': 'ntu_rgbd', 'builder_config': 'res112', 'protocol': 'cross_subject',
+      'seed': seed, 'privileged': 'depth'})
+  runs.write_json(directory.results_file, {
+      'stage': stage, 'dataset': 'ntu_rgbd', 'protocol': 'cross_subject', 'loss': loss,
+      'test': {'accuracy': accuracy, 'num_examples': 100, 'complete': True}})
+
+
+def test_compare_puts_run_folders_side_by_side(tmp_path):
+  """Two seeds of one NTU run, each with Hoffman et al. under another loss; a folder's
+  missing row is None, and the loss picks the paper's row number."""
+  first, second = str(tmp_path / 'seed0'), str(tmp_path / 'seed1')
+  _finished_stage(first, 'step1', {'depth': 0.70, 'rgb': 0.66, 'fused': 0.72})
+  _finished_stage(second, 'step1', {'depth': 0.71, 'rgb': 0.64, 'fused': 0.73}, seed=1)
+  _finished_stage(first, 'hoffman', {'fused': 0.65}, loss='eq1')
+  _finished_stage(second, 'hoffman', {'fused': 0.69}, loss='eq5', seed=1)
+  runs.write_json(runs.stage_dir(second, 'step2').noise_sweep_file,
+                  [{'sigma2': 'no noise', 'accuracy': {'fused': 0.8}},
+                   {'sigma2': 'void', 'accuracy': {'fused': 0.1}}])
+  comparison = report.compare([first, second])
+  rows = {(r['row'], r['method'], r['loss']): r['accuracy'] for r in comparison['rows']}
+  assert rows[('1', 'step 1, depth stream', 'x-entr')] == pytest.approx([70.0, 71.0])
+  assert rows[('2', 'step 1, RGB stream', 'x-entr')] == pytest.approx([66.0, 64.0])
+  assert rows[('3', 'Hoffman et al. w/o connections', 'eq1')] == pytest.approx([65.0, None])
+  assert rows[('5', 'Hoffman et al. w/o connections', 'eq5')] == pytest.approx([None, 69.0])
+  assert rows[('T2', 'step 2, depth sigma^2 = void', 'x-entr')] == pytest.approx([None, 10.0])
+  assert [r['seed'] for r in comparison['runs']] == [0, 1]
+  text = report.compare_markdown(comparison)
+  assert f'| # | method | test modality | loss | {first} | {second} |' in text
+  assert '| 3 | Hoffman et al. w/o connections | RGB | eq1 | 65.00% | - |' in text
+  assert '| | dataset | | | ntu_rgbd/res112 | ntu_rgbd/res112 |' in text
+
+
+def test_compare_names_a_missing_folder(tmp_path):
+  with pytest.raises(FileNotFoundError, match='nope'):
+    report.compare([str(tmp_path / 'nope')])
+
+
+def test_compare_command_prints_and_writes_the_table(tmp_path):
+  workdir = str(tmp_path / 'run')
+  _finished_stage(workdir, 'step1', {'depth': 0.5, 'rgb': 0.25, 'fused': 0.5})
+  output = tmp_path / 'compare.md'
+  done = subprocess.run(
+      [sys.executable, '-m', 'modistill_jax.report', '--compare', f'--output={output}', workdir],
+      capture_output=True, text=True, check=False, cwd=REPO_ROOT,
+      env={**os.environ, 'PYTHONPATH': REPO_ROOT, 'JAX_PLATFORMS': 'cpu'})
+  assert done.returncode == 0, done.stderr
+  assert '| 1 | step 1, depth stream | Depth | x-entr | 50.00% |' in done.stdout
+  assert output.read_text() in done.stdout + '\n'
+
+
+def test_rows_follow_how_the_run_was_set_up():
+  """An unconnected folder's step 2 / step 3 are rows 9 / 14; RGB privileged gives Table 4."""
+  unconnected = {'connections': False, 'privileged': 'depth'}
+  assert report.row_of_run(ROWS['8'], unconnected).number == '9'
+  assert report.row_of_run(ROWS['13'], unconnected).number == '14'
+  assert report.row_of_run(ROWS['6'], unconnected) == ROWS['6']
+  assert report.row_of_run(ROWS['8'], {'connections': True}) == ROWS['8']
+  inverted = report.row_of_run(ROWS['15'], {'connections': True, 'privileged': 'rgb'})
+  assert (inverted.number, inverted.test_modality) == ('15a', 'Depth')
+  hall = report.row_of_run(ROWS['13'], {'connections': True, 'privileged': 'rgb'})
+  assert hall.test_modality == 'Depth (hall) + RGB via connections'
+  assert report.paper_number(inverted, 'x-entr', 'ntu_rgbd', 'cross_view') == 76.41
+  assert report.paper_number(inverted, 'x-entr', 'ntu_rgbd', 'cross_subject') is None

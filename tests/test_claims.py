@@ -1,0 +1,137 @@
+"""The claims command: its verdict rule on known numbers, and a tiny 2-seed run of every row.
+
+The run trains the whole claims plan on conftest's tiny dataset (16x16 clips,
+width-4 stream, 2 steps per stage) with the RBG PRNG, whose initialisers compile
+faster (the weights' values do not matter here), and counts the trainings to
+show that stages are shared: 15 per seed, not the 27 of training every row from
+scratch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from modistill_jax import claims
+from modistill_jax import runs
+from modistill_jax import trainer
+import tiny_run
+
+HOLDS, CONTRADICTED, INCONCLUSIVE = claims.HOLDS, claims.CONTRADICTED, claims.INCONCLUSIVE
+
+
+def test_interval_is_the_t_interval_of_the_mean():
+  """[1, 2, 3]: mean 2, sd 1, t(0.975, 2 df) = 4.3027, half width 4.3027 / sqrt(3)."""
+  mean, low, high = claims.interval([1.0, 2.0, 3.0])
+  assert mean == 2.0
+  assert low == pytest.approx(2 - 4.302653 / np.sqrt(3), abs=1e-5)
+  assert high == pytest.approx(2 + 4.302653 / np.sqrt(3), abs=1e-5)
+  assert claims.interval([4.0]) == (4.0, None, None)
+  assert claims.interval([]) == (None, None, None)
+
+
+@pytest.mark.parametrize('differences, margin, expected', [
+    ([2.0, 3.0, 2.5, 3.1], None, HOLDS),            # consistently better
+    ([-2.0, -3.0, -2.5], None, CONTRADICTED),       # consistently worse
+    ([5.0, -5.0, 1.0], None, INCONCLUSIVE),         # the interval spans 0
+    ([1.0, 3.0], None, INCONCLUSIVE),               # 2 seeds: t(1 df) = 12.7 swallows it
+    ([9.0], None, INCONCLUSIVE),                    # one seed decides nothing
+    ([0.5, -0.3, 0.2, 0.1], 5.0, HOLDS),            # close: within +-5 points
+    ([10.0, 11.0, 10.5], 5.0, CONTRADICTED),        # far apart
+    ([-10.0, -11.0, -10.5], 5.0, CONTRADICTED),
+    ([1.0, 8.0, -3.0], 5.0, INCONCLUSIVE),          # interval crosses the margin
+])
+def test_verdict_rule(differences, margin, expected):
+  assert claims.verdict(differences, margin) == expected
+
+
+def test_paired_differences_skip_missing_seeds():
+  assert claims.paired([70.0, None, 60.0], [65.0, 50.0, 61.0]) == [5.0, -1.0]
+
+
+def test_noise_claim_reports_the_first_level_where_the_hallucination_model_wins():
+  step4 = [50.0, 52.0, 51.0]
+  noise = {'no noise': [80.0, 81.0, 79.0], '0.1': [70.0, 71.0, 69.0],
+           '1': [45.0, 46.0, 44.0], '10': [30.0, 31.0, 29.0], 'void': [12.0, 12.5, 13.0]}
+  claim = claims.noise_claim(step4, noise)
+  assert claim['verdict'] == HOLDS
+  assert claim['note'] == 'from sigma^2 = 1'
+  assert [r['sigma2'] for r in claim['per_level']] == ['0.1', '1', '10']
+  assert [r['verdict'] for r in claim['per_level']] == [CONTRADICTED, HOLDS, HOLDS]
+  strong_teacher = {k: [v + 40 for v in values] for k, values in noise.items()}
+  assert claims.noise_claim(step4, strong_teacher)['verdict'] == CONTRADICTED
+
+
+@pytest.fixture(scope='module')
+def claims_run(tmp_path_factory, synthetic_data_dir, fast_compile):
+  """The claims plan, 2 seeds, run twice: the second run must train nothing."""
+  del fast_compile
+  config = tiny_run.tiny_config(synthetic_data_dir)
+  config.eval.noise_variances = (0.1, 10.0)
+  workdir = str(tmp_path_factory.mktemp('claims') / 'run')
+  calls = []
+  real_run_stage = trainer.run_stage
+
+  def counting_run_stage(config, workdir, stage, **kwargs):
+    results = real_run_stage(config, workdir, stage, **kwargs)
+    calls.append((str(workdir), stage, bool(results.get('skipped'))))
+    return results
+
+  with pytest.MonkeyPatch.context() as patch, jax.default_prng_impl('unsafe_rbg'):
+    patch.setattr(trainer, 'run_stage', counting_run_stage)
+    first = claims.run_claims(config, workdir, num_seeds=2, epochs=1)
+    first_calls = list(calls)
+    calls.clear()
+    second = claims.run_claims(config, workdir, num_seeds=2, epochs=1)
+  return workdir, first, first_calls, second, list(calls)
+
+
+def test_every_row_and_claim_over_two_seeds(claims_run):
+  workdir, summary, _, _, _ = claims_run
+  assert summary['seeds'] == [0, 1]
+  assert [r['row'] for r in summary['rows']] == [str(n) for n in range(1, 16)] + ['13a', '15a']
+  for row in summary['rows']:
+    assert all(v is not None for v in row['per_seed']), row['row']
+    assert row['low'] <= row['mean'] <= row['high'], row['row']
+  assert [r['sigma2'] for r in summary['table2']] == ['no noise', '0.1', '10', 'void']
+  assert all(None not in r['per_seed'] for r in summary['table2'])
+  assert len(summary['claims']) == len(claims.CLAIMS) + 1
+  for claim in summary['claims']:
+    assert claim['verdict'] in (HOLDS, CONTRADICTED, INCONCLUSIVE), claim['claim']
+  text = open(os.path.join(workdir, 'claims.md')).read()
+  assert '| 15a | step 4, RGB privileged | Depth | x-entr |' in text
+  assert runs.read_json(os.path.join(workdir, 'claims.json'))['claims'] == summary['claims']
+  for png in ('claims_rows.png', 'claims_noise.png'):
+    assert os.path.getsize(os.path.join(workdir, png)) > 1000, png
+
+
+def test_stages_are_shared(claims_run):
+  """One step 1 per seed for every row; each step-3 variant from the same step 2."""
+  workdir, summary, calls, _, _ = claims_run
+  assert claims.TRAININGS_PER_SEED == 15
+  assert summary['stages'] == {'trained': 30, 'skipped': 0}
+  assert sum(1 for _, _, skipped in calls if not skipped) == 30
+  seed0 = claims.seed_dir(workdir, 0)
+  trained = sorted(str(p.relative_to(seed0)) for p in seed0.glob('*/*')
+                   if not os.path.islink(p) and (p / runs.RESULTS_FILE).exists())
+  assert len(trained) == 15
+  assert [t for t in trained if t.endswith('/step1')] == ['staged/step1']
+  for folder in ('step3_eq1', 'step3_eq3'):
+    assert os.path.realpath(seed0 / folder / 'step2') == os.path.realpath(seed0 / 'staged/step2')
+  assert (os.path.realpath(seed0 / 'no_connections_eq1' / 'step2')
+          == os.path.realpath(seed0 / 'no_connections' / 'step2'))
+  step3 = runs.read_json(seed0 / 'step3_eq1' / 'step3' / runs.RESULTS_FILE)
+  assert (step3['loss'], step3['connections']) == ('eq1', True)
+  inverted = runs.read_json(seed0 / 'inverted' / 'step4' / runs.RESULTS_FILE)
+  assert inverted['privileged'] == 'rgb'
+
+
+def test_a_finished_run_trains_nothing_and_reports_the_same(claims_run):
+  _, first, _, second, calls = claims_run
+  assert second['stages'] == {'trained': 0, 'skipped': 30}
+  assert calls and all(skipped for _, _, skipped in calls)
+  assert second['rows'] == first['rows']
+  assert second['claims'] == first['claims']
