@@ -313,8 +313,8 @@ def synthetic_batch(config: ml_collections.ConfigDict, modalities: Sequence[str]
   """A global batch shaped like the pipeline's (the stage's modalities, uint8), on the devices."""
   rng = np.random.default_rng(seed)
   batch_size = config.batch_size
-  clips = feeding.input_shape(config, batch_size)
-  batch = {m: rng.integers(0, 256, clips, dtype=np.uint8) for m in modalities}
+  batch = {m: rng.integers(0, 256, feeding.input_shape(config, batch_size, m), dtype=np.uint8)
+           for m in modalities}
   batch['label'] = rng.integers(0, num_classes, batch_size, dtype=np.int32)
   batch['mask'] = np.ones(batch_size, np.bool_)
   batch['index'] = np.arange(batch_size, dtype=np.int32)

@@ -27,7 +27,6 @@ from modistill_jax import param_merge
 from modistill_jax import pretrained
 from modistill_jax import runs
 from modistill_jax import stages
-from modistill_jax.data import feeding
 from modistill_jax.models import resnet
 from modistill_jax.models import StageNetwork
 
@@ -122,9 +121,13 @@ def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict,
 
 def init_model_variables(model: StageNetwork,
                          config: ml_collections.ConfigDict) -> dict[str, PyTree]:
-  """Freshly initialised variables of every stream of the stage (shapes need one clip)."""
-  dummy = {m: jnp.zeros(feeding.input_shape(config, 1), resnet.compute_dtype(config.model))
-           for m in model.stage.inputs}
+  """Freshly initialised variables of every stream of the stage (shapes need one clip).
+
+  The streams read 3-channel images whatever the modality (depth after its colour table).
+  """
+  size = config.input.image_size
+  dummy = {m: jnp.zeros((1, config.input.num_frames, size, size, 3),
+                        resnet.compute_dtype(config.model)) for m in model.stage.inputs}
   return jax.jit(model.init_variables)(jax.random.key(config.seed), dummy)
 
 

@@ -69,7 +69,7 @@ def test_noise_claim_reports_the_first_level_where_the_hallucination_model_wins(
 def claims_run(tmp_path_factory, synthetic_data_dir, fast_compile):
   """The claims plan, 2 seeds, run twice: the second run must train nothing."""
   del fast_compile
-  config = tiny_run.tiny_config(synthetic_data_dir)
+  config = tiny_run.run_config(synthetic_data_dir)
   config.eval.noise_variances = (0.1, 10.0)
   workdir = str(tmp_path_factory.mktemp('claims') / 'run')
   calls = []

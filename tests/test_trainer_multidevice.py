@@ -16,6 +16,7 @@ import pytest
 
 from conftest import assert_trees_close, make_split, tiny_config
 from modistill_jax import evaluate
+from modistill_jax import initialization
 from modistill_jax import optim
 from modistill_jax import sharding
 from modistill_jax import stages
@@ -76,8 +77,7 @@ def test_four_devices_match_one_device():
   stage = stages.get_stage('step2')
   model = stage_network(stage, config.model, num_classes=3)
   tx, schedule = optim.make_optimizer(config.optimizer, NUM_STEPS)
-  dummy = {m: np.zeros(feeding.input_shape(config, 1), np.float32) for m in stage.inputs}
-  variables = jax.device_get(jax.jit(model.init_variables)(jax.random.key(config.seed), dummy))
+  variables = jax.device_get(initialization.init_model_variables(model, config))
   iterator = pipeline.train_iterator(
       make_split('train', 3), global_batch_size=config.batch_size,
       num_frames=config.input.num_frames, image_size=(size, size), seed=0,

@@ -50,10 +50,10 @@ def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source
           for split in ('train', 'validation', 'test')}
 
 
-def input_shape(config: ml_collections.ConfigDict, batch: int) -> tuple[int, ...]:
-  """The shape of `batch` clips of one modality as the pipeline yields them."""
+def input_shape(config: ml_collections.ConfigDict, batch: int, modality: str) -> tuple[int, ...]:
+  """The shape of `batch` clips of `modality` as the pipeline yields them (depth: 1 channel)."""
   size = config.input.image_size
-  return (batch, config.input.num_frames, size, size, 3)
+  return (batch, config.input.num_frames, *pipeline.frame_shape(modality, (size, size)))
 
 
 class IteratorPosition:
