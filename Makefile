@@ -15,7 +15,7 @@ EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-beam demo claims install lock clean
+.PHONY: test test-beam lint format demo claims install lock clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
@@ -37,9 +37,24 @@ $(VENV)/.installed-test: $(INSTALLED)
 
 install: $(INSTALLED)
 
-# Fake CPU devices let the data-parallel tests run without an accelerator. The whole suite,
-# the Beam conversion tests (marked `beam`) included; `make test-beam` runs those alone.
-test: $(VENV)/.installed-test
+# The code the formatter and the linter check (their settings: pyproject.toml).
+SOURCES := modistill_jax data_builders configs tests notebooks/results.py
+
+lint: $(VENV)/.installed-test
+	$(PY) -m pyink --check --diff --quiet $(SOURCES)
+	$(PY) -m ruff check --quiet $(SOURCES)
+
+# Rewrites the sources as `make lint` wants them (then re-pairs the results notebook with its
+# script, which tests/test_demo_notebook.py checks).
+format: $(VENV)/.installed-test
+	$(PY) -m ruff check --quiet --fix $(SOURCES)
+	$(PY) -m pyink --quiet $(SOURCES)
+	$(VENV)/bin/jupytext --quiet --sync notebooks/results.py
+
+# Lint first, then the tests. Fake CPU devices let the data-parallel tests run without an
+# accelerator. The whole suite, the Beam conversion tests (marked `beam`) included; `make
+# test-beam` runs those alone.
+test: lint
 	XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
 	  $(PY) -m pytest -n 2 --dist loadfile -q
 
