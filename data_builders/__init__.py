@@ -9,7 +9,8 @@ builds a user's own folder under a name the user picks, so it registers
 nothing on import (`python -m data_builders.custom_rgbd build NAME ...`).
 """
 
-import data_builders.ntu_rgbd
-import data_builders.nw_ucla
-import data_builders.uwa3dii
-import data_builders.synthetic_rgbd
+# Imported for their side effect: each registers its builder with TFDS.
+from data_builders import ntu_rgbd  # noqa: F401
+from data_builders import nw_ucla  # noqa: F401
+from data_builders import synthetic_rgbd  # noqa: F401
+from data_builders import uwa3dii  # noqa: F401

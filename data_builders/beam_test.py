@@ -11,7 +11,8 @@ which hold bad samples of every kind the builders skip) twice, each time by one
 
 The two builds must hold the same splits (clip tables and frame rows), the
 same rows in the same order (TFDS orders both by the hash of the key) with
-every feature equal, frames byte for byte, and the same `skipped.tsv` (Beam's workers send their skips to
+every feature equal, frames byte for byte, and the same `skipped.tsv` (Beam's workers send their
+skips to
 a side output that the launching process merges).
 
 The two commands run side by side (each mostly waits on its own workers).
@@ -40,15 +41,26 @@ TIMEOUT_S = 600
 pytestmark = pytest.mark.beam
 
 
-def _start_build(manual_dir: pathlib.Path, data_dir: pathlib.Path,
-                 *extra_args: str) -> subprocess.Popen:
+def _start_build(
+    manual_dir: pathlib.Path, data_dir: pathlib.Path, *extra_args: str
+) -> subprocess.Popen:
   env = dict(os.environ, **{raw_clips.WORKERS_ENV: '2'})
   return subprocess.Popen(
       builder_test_utils.tfds_build_command()
       + [f'data_builders/{name}' for name in DATASETS]
-      + [f'--manual_dir={manual_dir}', '--add_name_to_manual_dir', f'--config={CONFIG}',
-         f'--data_dir={data_dir}', *extra_args],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      + [
+          f'--manual_dir={manual_dir}',
+          '--add_name_to_manual_dir',
+          f'--config={CONFIG}',
+          f'--data_dir={data_dir}',
+          *extra_args,
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
 
 
 def _finish(proc: subprocess.Popen, what: str) -> None:
@@ -87,22 +99,25 @@ def _assert_same_example(pool: dict, beam: dict, where: str) -> None:
 
 @pytest.mark.parametrize('name', DATASETS)
 def test_beam_writes_the_pool_examples_and_skip_report(built, name):
-  pool, beam = (tfds.builder_from_directory(os.fspath(built[kind] / name / CONFIG / '2.0.0'))
-                for kind in ('pool', 'beam'))
+  pool, beam = (
+      tfds.builder_from_directory(os.fspath(built[kind] / name / CONFIG / '2.0.0'))
+      for kind in ('pool', 'beam')
+  )
   sizes = lambda builder: {s: info.num_examples for s, info in builder.info.splits.items()}
   assert sizes(beam) == sizes(pool)
   for split in pool.info.splits:
     pool_examples = list(pool.as_data_source(split=split))
     beam_examples = list(beam.as_data_source(split=split))
-    assert ([e['sample_id'] for e in beam_examples]
-            == [e['sample_id'] for e in pool_examples]), split
+    assert [e['sample_id'] for e in beam_examples] == [e['sample_id'] for e in pool_examples], split
     for pool_example, beam_example in zip(pool_examples, beam_examples):
-      _assert_same_example(pool_example, beam_example,
-                           f'{name}/{split}/{pool_example["sample_id"].decode()}')
+      _assert_same_example(
+          pool_example, beam_example, f'{name}/{split}/{pool_example["sample_id"].decode()}'
+      )
     if records.is_frames_split(split):
       assert sum(len(e['rgb']) + len(e['depth']) for e in pool_examples) == len(pool_examples)
   reports = [raw_clips.read_skip_report(b.data_path / raw_clips.SKIP_REPORT) for b in (pool, beam)]
   assert reports[0], 'the dummy data has bad samples: the pool must have skipped some'
-  assert sorted(reports[1], key=lambda s: s.sample_id) == sorted(reports[0],
-                                                                key=lambda s: s.sample_id)
+  assert sorted(reports[1], key=lambda s: s.sample_id) == sorted(
+      reports[0], key=lambda s: s.sample_id
+  )
   assert not (beam.data_path / raw_clips.BEAM_SKIPS_DIR).exists()

@@ -37,24 +37,32 @@ class ReadsArrayRecord:
       self.assertFalse(ids_a & ids_b, f'splits {a} and {b} share examples')
 
   def _assertNumSamples(self, builder):  # pylint: disable=invalid-name
-    clip_splits = {name: split.num_examples for name, split in builder.info.splits.items()
-                   if not records.is_frames_split(name)}
+    clip_splits = {
+        name: split.num_examples
+        for name, split in builder.info.splits.items()
+        if not records.is_frames_split(name)
+    }
     self.assertEqual(clip_splits, self.SPLITS)
-    self.assertEqual(sorted(records.frames_split(s) for s in clip_splits),
-                     sorted(s for s in builder.info.splits if records.is_frames_split(s)))
+    self.assertEqual(
+        sorted(records.frames_split(s) for s in clip_splits),
+        sorted(s for s in builder.info.splits if records.is_frames_split(s)),
+    )
 
 
 def tfds_build_command() -> list[str]:
   """`tfds build` of this environment: the command the READMEs give (the `build` extra)."""
   script = os.path.join(os.path.dirname(sys.executable), 'tfds')
   if not os.path.exists(script):
-    raise FileNotFoundError(f'{script} not found: install the test extra, '
-                            '`pip install -e ".[test]"`, which brings the `build` extra.')
+    raise FileNotFoundError(
+        f'{script} not found: install the test extra, '
+        '`pip install -e ".[test]"`, which brings the `build` extra.'
+    )
   return [script, 'build']
 
 
-def build(builder_cls: type[tfds.core.DatasetBuilder], data_dir: str, manual_dir: str,
-          config: str) -> tfds.core.DatasetBuilder:
+def build(
+    builder_cls: type[tfds.core.DatasetBuilder], data_dir: str, manual_dir: str, config: str
+) -> tfds.core.DatasetBuilder:
   builder = builder_cls(data_dir=data_dir, config=config)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
@@ -74,8 +82,13 @@ def read_built(builder: tfds.core.DatasetBuilder) -> dict[str, tuple[str, dict]]
   return found
 
 
-def check_built(test, builder: tfds.core.DatasetBuilder, labels: Mapping[str, str],
-                frames: Mapping[str, tuple[int, int, int]], skips: Mapping[str, str]) -> dict:
+def check_built(
+    test,
+    builder: tfds.core.DatasetBuilder,
+    labels: Mapping[str, str],
+    frames: Mapping[str, tuple[int, int, int]],
+    skips: Mapping[str, str],
+) -> dict:
   """Asserts splits, label names, frame counts/sizes and the skip report.
 
   Args:
@@ -94,8 +107,11 @@ def check_built(test, builder: tfds.core.DatasetBuilder, labels: Mapping[str, st
   for sample_id, (_, example) in built.items():
     test.assertEqual(names[example['label']], labels[sample_id], sample_id)
     kept, rgb_raw, depth_raw = frames[sample_id]
-    test.assertEqual((example['num_frames'], example['rgb_frames_raw'],
-                      example['depth_frames_raw']), (kept, rgb_raw, depth_raw), sample_id)
+    test.assertEqual(
+        (example['num_frames'], example['rgb_frames_raw'], example['depth_frames_raw']),
+        (kept, rgb_raw, depth_raw),
+        sample_id,
+    )
     rgb = np.stack([records.decode_image(f) for f in example['rgb']])
     depth = np.stack([records.decode_depth(f) for f in example['depth']])
     test.assertEqual(rgb.shape, (kept, config.height, config.width, 3), sample_id)

@@ -66,6 +66,7 @@ class SampleError(Exception):
 
 class RawSample(Protocol):
   """What the shared machinery needs of a dataset's (picklable) sample record."""
+
   sample_id: str
   split: str
 
@@ -76,15 +77,21 @@ ConvertFn = Callable[[Any, int, int], dict]
 @dataclasses.dataclass
 class ClipConfig(tfds.core.BuilderConfig):
   """Output frame size: RGB and depth are both resized (not cropped) to it."""
+
   height: int = 224
   width: int = 224
 
 
 CONFIGS = (
-    ClipConfig(name='res224', height=224, width=224,
-               description='224x224 frames, the size the reference trained on.'),
-    ClipConfig(name='res112', height=112, width=112,
-               description='112x112 frames, for fast experiments.'),
+    ClipConfig(
+        name='res224',
+        height=224,
+        width=224,
+        description='224x224 frames, the size the reference trained on.',
+    ),
+    ClipConfig(
+        name='res112', height=112, width=112, description='112x112 frames, for fast experiments.'
+    ),
 )
 
 
@@ -150,8 +157,9 @@ def warp_affine(image: Image.Image, forward: np.ndarray, size: tuple[int, int]) 
   return image.transform(size, Image.AFFINE, tuple(inverse), resample=Image.BILINEAR)
 
 
-def decode_video(path: epath.Path, wanted: Container[int],
-                 transform: Callable[[Image.Image], np.ndarray]) -> tuple[int, dict[int, np.ndarray]]:
+def decode_video(
+    path: epath.Path, wanted: Container[int], transform: Callable[[Image.Image], np.ndarray]
+) -> tuple[int, dict[int, np.ndarray]]:
   """Decodes every frame; returns the frame count and `transform` of the wanted (1-based) frames.
 
   Frames are transformed as they are decoded, so a worker never holds a whole
@@ -201,8 +209,9 @@ def depth_clip_to_code(depth_mm: np.ndarray, height: int, width: int) -> np.ndar
 # Searching the raw tree.
 
 
-def find_dirs(root: epath.Path, match: Callable[[str], bool],
-              prune: Callable[[str], bool]) -> list[epath.Path]:
+def find_dirs(
+    root: epath.Path, match: Callable[[str], bool], prune: Callable[[str], bool]
+) -> list[epath.Path]:
   """Folders under `root` (itself included) whose name `match`es, sorted.
 
   Does not descend into a matching folder, nor into folders for which
@@ -238,8 +247,9 @@ def worker_count() -> int:
 # Conversion.
 
 
-def convert_or_skip(convert: ConvertFn, sample: RawSample, height: int,
-                    width: int) -> tuple[RawSample, dict | None, str | None]:
+def convert_or_skip(
+    convert: ConvertFn, sample: RawSample, height: int, width: int
+) -> tuple[RawSample, dict | None, str | None]:
   """Runs in the workers: the example, or the reason it was skipped."""
   try:
     return sample, convert(sample, height, width), None
@@ -262,7 +272,8 @@ class Converter:
   def __enter__(self) -> Converter:
     if self.workers > 1:
       self._pool = concurrent.futures.ProcessPoolExecutor(
-          self.workers, mp_context=multiprocessing.get_context('spawn'))
+          self.workers, mp_context=multiprocessing.get_context('spawn')
+      )
     return self
 
   def __exit__(self, *exc_info) -> None:
@@ -275,8 +286,9 @@ class Converter:
       logging.warning('[%s] skipping %s: %s', self.name, s.sample_id, s.reason)
       self.skipped.append(s)
 
-  def _results(self, convert: ConvertFn, samples: Sequence[RawSample], height: int,
-               width: int) -> Iterator[tuple[RawSample, dict | None, str | None]]:
+  def _results(
+      self, convert: ConvertFn, samples: Sequence[RawSample], height: int, width: int
+  ) -> Iterator[tuple[RawSample, dict | None, str | None]]:
     if self._pool is None:
       for sample in samples:
         yield convert_or_skip(convert, sample, height, width)
@@ -288,15 +300,17 @@ class Converter:
         while queue and len(pending) < 2 * self.workers:
           pending.add(self._pool.submit(convert_or_skip, convert, queue.popleft(), height, width))
         done, pending = concurrent.futures.wait(
-            pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            pending, return_when=concurrent.futures.FIRST_COMPLETED
+        )
         for future in done:
           yield future.result()
     finally:  # The consumer may stop early (e.g. `max_examples_per_split`).
       for future in pending:
         future.cancel()
 
-  def convert(self, split: str, convert: ConvertFn, samples: Sequence[RawSample],
-              height: int, width: int) -> Iterator[tuple[str, dict]]:
+  def convert(
+      self, split: str, convert: ConvertFn, samples: Sequence[RawSample], height: int, width: int
+  ) -> Iterator[tuple[str, dict]]:
     """Yields `(sample_id, example)` of a split; logs progress and skips."""
     start = last_log = time.monotonic()
     done = yielded = 0
@@ -311,24 +325,43 @@ class Converter:
       now = time.monotonic()
       if now - last_log >= PROGRESS_EVERY_S or done == len(samples):
         last_log = now
-        logging.info('[%s] %s: %d/%d samples, %.2f clips/s, %d workers', self.name, split,
-                     done, len(samples), done / max(now - start, 1e-9), self.workers)
+        logging.info(
+            '[%s] %s: %d/%d samples, %.2f clips/s, %d workers',
+            self.name,
+            split,
+            done,
+            len(samples),
+            done / max(now - start, 1e-9),
+            self.workers,
+        )
     self.seconds += time.monotonic() - start
     if not yielded:
-      raise RuntimeError(f'[{self.name}] every sample of split {split!r} was skipped; see the '
-                        f'reasons logged above.')
+      raise RuntimeError(
+          f'[{self.name}] every sample of split {split!r} was skipped; see the '
+          f'reasons logged above.'
+      )
 
   def write_report(self, folder: epath.Path) -> None:
     """Writes `skipped.tsv` and logs the summary of the build."""
     lines = ['sample_id\tsplit\treason']
-    lines += [f'{s.sample_id}\t{s.split}\t{s.reason}'
-              for s in sorted(self.skipped, key=lambda s: s.sample_id)]
+    lines += [
+        f'{s.sample_id}\t{s.split}\t{s.reason}'
+        for s in sorted(self.skipped, key=lambda s: s.sample_id)
+    ]
     (folder / SKIP_REPORT).write_text('\n'.join(lines) + '\n')
     rate = self.converted / self.seconds if self.seconds else 0.0
     where = 'Beam pipeline, writing included' if self.on_beam else f'{self.workers} workers'
-    logging.info('[%s] converted %d clips in %.1f s (%.2f clips/s, %s); skipped %d, '
-                 'listed in %s beside the dataset files', self.name, self.converted,
-                 self.seconds, rate, where, len(self.skipped), SKIP_REPORT)
+    logging.info(
+        '[%s] converted %d clips in %.1f s (%.2f clips/s, %s); skipped %d, '
+        'listed in %s beside the dataset files',
+        self.name,
+        self.converted,
+        self.seconds,
+        rate,
+        where,
+        len(self.skipped),
+        SKIP_REPORT,
+    )
     kinds = (re.sub(r'\S*\d\S*', '*', s.reason.split(':')[0]) for s in self.skipped)
     for reason, count in collections.Counter(kinds).most_common():
       logging.info('[%s]   %d x %s', self.name, count, reason)
@@ -360,14 +393,24 @@ def _beam_convert(sample: RawSample, convert: ConvertFn, height: int, width: int
   yield sample.sample_id, example
 
 
-def _convert_on_beam(root, samples: Sequence[RawSample], convert: ConvertFn, height: int,
-                     width: int, skips_prefix: str):
+def _convert_on_beam(
+    root,
+    samples: Sequence[RawSample],
+    convert: ConvertFn,
+    height: int,
+    width: int,
+    skips_prefix: str,
+):
   """The Beam transform of one split: samples -> `(sample_id, example)`, skips -> text shards."""
   beam = tfds.core.lazy_imports.apache_beam
-  results = (root
-             | 'Samples' >> beam.Create(samples)
-             | 'Convert' >> beam.FlatMap(_beam_convert, convert=convert, height=height,
-                                         width=width).with_outputs(_SKIPPED_TAG, main='examples'))
+  results = (
+      root
+      | 'Samples' >> beam.Create(samples)
+      | 'Convert'
+      >> beam.FlatMap(_beam_convert, convert=convert, height=height, width=width).with_outputs(
+          _SKIPPED_TAG, main='examples'
+      )
+  )
   _ = results[_SKIPPED_TAG] | 'WriteSkips' >> beam.io.WriteToText(skips_prefix)
   return results.examples
 
@@ -402,8 +445,10 @@ class SplitWriter:
     self._beam_examples: dict[str, Any] = {}
 
   def generators(self, split: str, examples: Iterable[tuple[str, dict]]) -> dict[str, Any]:
-    return {records.frames_split(split): self._frame_rows(split, examples),
-            split: self._clip_rows(split)}
+    return {
+        records.frames_split(split): self._frame_rows(split, examples),
+        split: self._clip_rows(split),
+    }
 
   def _frame_rows(self, split: str, examples: Iterable[tuple[str, dict]]):
     self._entries[split] = []
@@ -427,13 +472,17 @@ class SplitWriter:
       return examples(root) | beam.FlatMap(_frame_rows_of)
 
     def clips(root):
-      return (examples(root)
-              | beam.Map(_entry_of)
-              | beam.combiners.ToList()
-              | beam.FlatMap(_clip_rows_on_beam, split=split))
+      return (
+          examples(root)
+          | beam.Map(_entry_of)
+          | beam.combiners.ToList()
+          | beam.FlatMap(_clip_rows_on_beam, split=split)
+      )
 
-    return {records.frames_split(split): beam.ptransform_fn(frames)(),
-            split: beam.ptransform_fn(clips)()}
+    return {
+        records.frames_split(split): beam.ptransform_fn(frames)(),
+        split: beam.ptransform_fn(clips)(),
+    }
 
 
 def read_beam_skips(folder: epath.Path) -> list[Skip]:
@@ -496,7 +545,8 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       skips_dir.rmtree()
     beam = tfds.core.lazy_imports.apache_beam
     query = pipeline_result.metrics().query(
-        beam.metrics.MetricsFilter().with_namespace(_COUNTERS).with_name('converted'))
+        beam.metrics.MetricsFilter().with_namespace(_COUNTERS).with_name('converted')
+    )
     self._converter.converted = sum(c.committed or 0 for c in query['counters'])
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -505,9 +555,13 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     by_split = collections.defaultdict(list)
     for sample in samples:
       by_split[sample.split].append(sample)
-    logging.info('[%s] found %d samples: %s; rejected %d on sight', self.name, len(samples),
-                 ', '.join(f'{s} {len(by_split[s])}' for s in self.ATOMIC_SPLITS),
-                 len(skipped))
+    logging.info(
+        '[%s] found %d samples: %s; rejected %d on sight',
+        self.name,
+        len(samples),
+        ', '.join(f'{s} {len(by_split[s])}' for s in self.ATOMIC_SPLITS),
+        len(skipped),
+    )
     generators = {}
     for split in self.ATOMIC_SPLITS:
       if by_split[split]:
@@ -521,12 +575,14 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self._writer.generators(split, self._generate_examples(split, samples))
 
   def _generate_examples(self, split: str, samples: Sequence[RawSample]):
-    """`(sample_id, make_example clip)` of the converted samples, or the Beam transform making them."""
+    """`(sample_id, make_example clip)` of the converted samples, or the Beam transform for them."""
     config = self.builder_config
     if self._use_beam:
       beam = tfds.core.lazy_imports.apache_beam
       skips_prefix = os.fspath(self.data_path / BEAM_SKIPS_DIR / split)
-      return beam.ptransform_fn(_convert_on_beam)(samples, self.convert_function(),
-                                                   config.height, config.width, skips_prefix)
-    return self._converter.convert(split, self.convert_function(), samples,
-                                   config.height, config.width)
+      return beam.ptransform_fn(_convert_on_beam)(
+          samples, self.convert_function(), config.height, config.width, skips_prefix
+      )
+    return self._converter.convert(
+        split, self.convert_function(), samples, config.height, config.width
+    )

@@ -36,8 +36,13 @@ class CheckpointError(RuntimeError):
 
 
 def state_to_dict(state: steps.TrainState) -> dict[str, Any]:
-  return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
-          'opt_state': state.opt_state, 'frozen': state.frozen}
+  return {
+      'step': state.step,
+      'params': state.params,
+      'batch_stats': state.batch_stats,
+      'opt_state': state.opt_state,
+      'frozen': state.frozen,
+  }
 
 
 def dict_to_state(d: dict[str, Any]) -> steps.TrainState:
@@ -75,23 +80,40 @@ class StageCheckpoints:
     # too). With several processes their async saves meet at barriers named
     # after the step; distinct prefixes keep the two managers' barriers apart.
     self.latest = ocp.CheckpointManager(
-        directory.latest_dir, item_names=('state', 'data'),
+        directory.latest_dir,
+        item_names=('state', 'data'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max(keep, 2), create=True,
+            max_to_keep=max(keep, 2),
+            create=True,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
-                barrier_sync_key_prefix=runs.LATEST_DIR)))
+                barrier_sync_key_prefix=runs.LATEST_DIR
+            ),
+        ),
+    )
     self.best = ocp.CheckpointManager(
-        directory.best_dir, item_names=('state', 'selection'),
+        directory.best_dir,
+        item_names=('state', 'selection'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True,
+            max_to_keep=1,
+            create=True,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
-                barrier_sync_key_prefix=runs.BEST_DIR)))
+                barrier_sync_key_prefix=runs.BEST_DIR
+            ),
+        ),
+    )
 
   def save_latest(self, step: int, state: steps.TrainState, data_iterator) -> None:
-    self._checked(lambda: self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_to_dict(state)),
-        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True),
-                  self.directory.latest_dir)
+    self._checked(
+        lambda: self.latest.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state_to_dict(state)),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+            ),
+            force=True,
+        ),
+        self.directory.latest_dir,
+    )
 
   def save_best(self, step: int, best: dict[str, Any], selection: dict[str, Any]) -> None:
     """Saves the selected state and its selection record as one checkpoint.
@@ -101,9 +123,16 @@ class StageCheckpoints:
     """
     if step in self.best.all_steps():
       return
-    self._checked(lambda: self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(best), selection=ocp.args.JsonSave(selection)), force=True),
-                  self.directory.best_dir)
+    self._checked(
+        lambda: self.best.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(best), selection=ocp.args.JsonSave(selection)
+            ),
+            force=True,
+        ),
+        self.directory.best_dir,
+    )
 
   def _checked(self, save, directory: epath.Path) -> None:
     """Runs a save after surfacing any error of the previous background save."""
@@ -121,8 +150,9 @@ class StageCheckpoints:
     except OSError as e:
       raise CheckpointError(f'Checkpoint save in {self.directory.path} failed: {e}') from e
 
-  def restore_latest(self, abstract_state: steps.TrainState, data_iterator
-                     ) -> tuple[steps.TrainState, list[str]] | None:
+  def restore_latest(
+      self, abstract_state: steps.TrainState, data_iterator
+  ) -> tuple[steps.TrainState, list[str]] | None:
     """The newest readable latest checkpoint and notes on unreadable newer ones; None if none.
 
     Raises:
@@ -131,13 +161,19 @@ class StageCheckpoints:
     notes = []
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        restored = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(state_to_dict(abstract_state)),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        restored = self.latest.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(state_to_dict(abstract_state)),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+            ),
+        )
       except Exception as e:  # pylint: disable=broad-except  (TensorStore, OS and format errors)
-        notes.append(f'checkpoint {self.directory.latest_dir / str(step)} is unreadable '
-                     f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); removed it, '
-                     'using an older one')
+        notes.append(
+            f'checkpoint {self.directory.latest_dir / str(step)} is unreadable '
+            f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); removed it, '
+            'using an older one'
+        )
         logging.warning('%s', notes[-1])
         # The resumed run saves this step again; the unreadable copy would be in its way.
         self.latest.delete(step)
@@ -145,8 +181,10 @@ class StageCheckpoints:
       return dict_to_state(restored['state']), notes
     if notes:
       raise CheckpointError(
-          f'No readable checkpoint in {self.directory.latest_dir}: ' + '; '.join(notes) +
-          f'. Remove the stage folder {self.directory.path} and train the stage again.')
+          f'No readable checkpoint in {self.directory.latest_dir}: '
+          + '; '.join(notes)
+          + f'. Remove the stage folder {self.directory.path} and train the stage again.'
+      )
     return None
 
   def clear_best(self) -> None:
@@ -159,8 +197,7 @@ class StageCheckpoints:
     if step is None:
       return None
     try:
-      restored = self.best.restore(step, args=ocp.args.Composite(
-          selection=ocp.args.JsonRestore()))
+      restored = self.best.restore(step, args=ocp.args.Composite(selection=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
       raise corrupted_best(self.directory.best_dir / str(step), e) from e
     return restored['selection']
@@ -168,8 +205,9 @@ class StageCheckpoints:
   def restore_best(self, abstract_best: dict[str, Any]) -> dict[str, Any]:
     step = self.best.latest_step()
     try:
-      restored = self.best.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_best)))
+      restored = self.best.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_best))
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise corrupted_best(self.directory.best_dir / str(step), e) from e
     return restored['state']
@@ -190,7 +228,8 @@ def corrupted_best(path: epath.Path, error: Exception) -> CheckpointError:
   return CheckpointError(
       f'The best checkpoint {path} is unreadable ({type(error).__name__}: '
       f'{str(error).splitlines()[0][:200]}). Remove the stage folder {path.parent.parent.parent} '
-      'and train the stage again (its prerequisites are untouched).')
+      'and train the stage again (its prerequisites are untouched).'
+  )
 
 
 def read_best_state(best_dir: epath.Path) -> dict[str, Any]:
@@ -205,20 +244,26 @@ def read_best_state(best_dir: epath.Path) -> dict[str, Any]:
     FileNotFoundError: no committed best checkpoint.
     CheckpointError: it cannot be read.
   """
-  handlers = {'state': ocp.StandardCheckpointHandler(),
-              'selection': ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(best_dir, item_handlers=handlers,
-                             options=ocp.CheckpointManagerOptions(create=False)) as mgr:
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'selection': ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(
+      best_dir, item_handlers=handlers, options=ocp.CheckpointManagerOptions(create=False)
+  ) as mgr:
     step = mgr.latest_step()
     if step is None:
       raise FileNotFoundError(f'No best checkpoint in {best_dir}.')
     try:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            mgr.item_metadata(step)['state'])
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          mgr.item_metadata(step)['state'],
+      )
       # Both items, so that Orbax has nothing to warn about leaving behind.
-      restored = mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), selection=ocp.args.JsonRestore()))
+      restored = mgr.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target), selection=ocp.args.JsonRestore()
+          ),
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise corrupted_best(best_dir / str(step), e) from e
   return jax.device_get(restored['state'])
@@ -230,6 +275,7 @@ def stream_variables(state: dict[str, Any], stream: str) -> dict[str, Any]:
     params = source.get('params') or {}
     if stream in params:
       return {'params': params[stream], 'batch_stats': source['batch_stats'][stream]}
-  available = sorted(set(state.get('params') or {})
-                     | set((state.get('frozen') or {}).get('params') or {}))
+  available = sorted(
+      set(state.get('params') or {}) | set((state.get('frozen') or {}).get('params') or {})
+  )
   raise KeyError(f'No stream {stream!r} in checkpoint; it has {available}.')

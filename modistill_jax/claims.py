@@ -75,6 +75,7 @@ HOLDS, CONTRADICTED, INCONCLUSIVE = 'holds', 'contradicted', 'inconclusive'
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """A run folder of one seed: the stages it trains and those it shares."""
+
   folder: str
   trains: tuple[str, ...]
   shares: tuple[tuple[str, str], ...]  # (stage, folder that trained it)
@@ -90,8 +91,13 @@ VARIANTS = (
     Variant('step3_eq1', ('step3',), _STEP1 + (('step2', STAGED),), loss='eq1'),
     Variant('step3_eq3', ('step3',), _STEP1 + (('step2', STAGED),), loss='eq3'),
     Variant('no_connections', ('step2', 'step3'), _STEP1, connections=False),
-    Variant('no_connections_eq1', ('step3',), _STEP1 + (('step2', 'no_connections'),),
-            loss='eq1', connections=False),
+    Variant(
+        'no_connections_eq1',
+        ('step3',),
+        _STEP1 + (('step2', 'no_connections'),),
+        loss='eq1',
+        connections=False,
+    ),
     Variant('hoffman_eq1', ('hoffman',), _STEP1, loss='eq1'),
     Variant('hoffman_eq3', ('hoffman',), _STEP1, loss='eq3'),
     Variant('hoffman_eq5', ('hoffman',), _STEP1, loss='eq5'),
@@ -104,6 +110,7 @@ TRAININGS_PER_SEED = sum(len(v.trains) for v in VARIANTS)
 @dataclasses.dataclass(frozen=True)
 class ClaimsRow:
   """A row of Table 1 or 4: the folder, stage and stream whose test accuracy it is."""
+
   number: str
   method: str
   test_modality: str
@@ -116,30 +123,64 @@ class ClaimsRow:
 ROWS = (
     ClaimsRow('1', 'step 1, depth stream', 'Depth', 'x-entr', STAGED, 'step1', 'depth'),
     ClaimsRow('2', 'step 1, RGB stream', 'RGB', 'x-entr', STAGED, 'step1', 'rgb'),
-    ClaimsRow('3', 'Hoffman et al. w/o connections', 'RGB', 'eq. 1', 'hoffman_eq1', 'hoffman',
-              'fused'),
-    ClaimsRow('4', 'Hoffman et al. w/o connections', 'RGB', 'eq. 3', 'hoffman_eq3', 'hoffman',
-              'fused'),
-    ClaimsRow('5', 'Hoffman et al. w/o connections', 'RGB', 'eq. 5', 'hoffman_eq5', 'hoffman',
-              'fused'),
+    ClaimsRow(
+        '3', 'Hoffman et al. w/o connections', 'RGB', 'eq. 1', 'hoffman_eq1', 'hoffman', 'fused'
+    ),
+    ClaimsRow(
+        '4', 'Hoffman et al. w/o connections', 'RGB', 'eq. 3', 'hoffman_eq3', 'hoffman', 'fused'
+    ),
+    ClaimsRow(
+        '5', 'Hoffman et al. w/o connections', 'RGB', 'eq. 5', 'hoffman_eq5', 'hoffman', 'fused'
+    ),
     ClaimsRow('6', 'step 2, depth stream', 'Depth', 'x-entr', STAGED, 'step2', 'depth'),
     ClaimsRow('7', 'step 2, RGB stream', 'RGB', 'x-entr', STAGED, 'step2', 'rgb'),
     ClaimsRow('8', 'step 2', 'RGB & Depth', 'x-entr', STAGED, 'step2', 'fused'),
-    ClaimsRow('9', 'step 2 w/o connections', 'RGB & Depth', 'x-entr', 'no_connections', 'step2',
-              'fused'),
-    ClaimsRow('10', 'step 3 w/o connections', 'RGB (hall)', 'eq. 1', 'no_connections_eq1',
-              'step3', 'hall'),
-    ClaimsRow('11', 'step 3 w/ connections', 'RGB (hall) + depth via connections', 'eq. 1',
-              'step3_eq1', 'step3', 'hall'),
-    ClaimsRow('12', 'step 3 w/ connections', 'RGB (hall) + depth via connections', 'eq. 3',
-              'step3_eq3', 'step3', 'hall'),
-    ClaimsRow('13', 'step 3 w/ connections', 'RGB (hall) + depth via connections', 'eq. 5',
-              STAGED, 'step3', 'hall'),
-    ClaimsRow('14', 'step 3 w/o connections', 'RGB (hall)', 'eq. 5', 'no_connections', 'step3',
-              'hall'),
+    ClaimsRow(
+        '9', 'step 2 w/o connections', 'RGB & Depth', 'x-entr', 'no_connections', 'step2', 'fused'
+    ),
+    ClaimsRow(
+        '10', 'step 3 w/o connections', 'RGB (hall)', 'eq. 1', 'no_connections_eq1', 'step3', 'hall'
+    ),
+    ClaimsRow(
+        '11',
+        'step 3 w/ connections',
+        'RGB (hall) + depth via connections',
+        'eq. 1',
+        'step3_eq1',
+        'step3',
+        'hall',
+    ),
+    ClaimsRow(
+        '12',
+        'step 3 w/ connections',
+        'RGB (hall) + depth via connections',
+        'eq. 3',
+        'step3_eq3',
+        'step3',
+        'hall',
+    ),
+    ClaimsRow(
+        '13',
+        'step 3 w/ connections',
+        'RGB (hall) + depth via connections',
+        'eq. 5',
+        STAGED,
+        'step3',
+        'hall',
+    ),
+    ClaimsRow(
+        '14', 'step 3 w/o connections', 'RGB (hall)', 'eq. 5', 'no_connections', 'step3', 'hall'
+    ),
     ClaimsRow('15', 'step 4', 'RGB', 'x-entr', STAGED, 'step4', 'fused'),
-    ClaimsRow('13a', 'step 3, RGB privileged', 'Depth (hall) + RGB via connections', 'eq. 5',
-              'inverted', 'step3', 'hall'),
+    ClaimsRow(
+        '13a',
+        'step 3, RGB privileged',
+        'Depth (hall) + RGB via connections',
+        'eq. 5',
+        'inverted',
+        'step3',
+        'hall',
+    ),
     ClaimsRow('15a', 'step 4, RGB privileged', 'Depth', 'x-entr', 'inverted', 'step4', 'fused'),
 )
 
@@ -158,6 +199,7 @@ class Claim:
   With `margin`, the claim is that the two are close instead: the difference
   lies within +-margin points.
   """
+
   text: str
   better: str
   worse: str
@@ -176,18 +218,26 @@ CLAIMS = (
     Claim('Step 3: eq. 5 beats eq. 3 (rows 13 vs 12)', '13', '12'),
     Claim('Step 4 beats the RGB stream trained alone (rows 15 vs 2)', '15', '2'),
     Claim('Staged training beats Hoffman et al. one-step, same loss (rows 15 vs 5)', '15', '5'),
-    Claim(f'RGB distillation is close to depth distillation, within +-{CLOSE_POINTS:g} points '
-          '(Table 4 row 15a vs Table 1 row 15)', '15a', '15', margin=CLOSE_POINTS),
+    Claim(
+        f'RGB distillation is close to depth distillation, within +-{CLOSE_POINTS:g} points '
+        '(Table 4 row 15a vs Table 1 row 15)',
+        '15a',
+        '15',
+        margin=CLOSE_POINTS,
+    ),
 )
-NOISE_CLAIM = ('The hallucination model (step 4, no depth) beats the step-2 teacher fed noisy '
-               'depth beyond some noise level (Table 2)')
+NOISE_CLAIM = (
+    'The hallucination model (step 4, no depth) beats the step-2 teacher fed noisy '
+    'depth beyond some noise level (Table 2)'
+)
 
 
 # MARK: statistics
 
 
-def interval(values, confidence: float = CONFIDENCE
-             ) -> tuple[float | None, float | None, float | None]:
+def interval(
+    values, confidence: float = CONFIDENCE
+) -> tuple[float | None, float | None, float | None]:
   """Mean and two-sided t-interval of the mean; (mean, None, None) below 2 values."""
   values = np.asarray([v for v in values if v is not None], np.float64)
   if values.size == 0:
@@ -195,8 +245,11 @@ def interval(values, confidence: float = CONFIDENCE
   mean = float(values.mean())
   if values.size < 2:
     return mean, None, None
-  half = (stats.t.ppf(0.5 + confidence / 2, values.size - 1)
-          * values.std(ddof=1) / math.sqrt(values.size))
+  half = (
+      stats.t.ppf(0.5 + confidence / 2, values.size - 1)
+      * values.std(ddof=1)
+      / math.sqrt(values.size)
+  )
   return mean, mean - float(half), mean + float(half)
 
 
@@ -238,8 +291,9 @@ def seed_dir(workdir: str, seed: int):
   return runs.as_path(workdir) / f'seed{seed}'
 
 
-def variant_config(config: ml_collections.ConfigDict, variant: Variant, seed: int,
-                   epochs: int) -> ml_collections.ConfigDict:
+def variant_config(
+    config: ml_collections.ConfigDict, variant: Variant, seed: int, epochs: int
+) -> ml_collections.ConfigDict:
   """The config a variant's stages train with (the caller's stays unchanged)."""
   config = config.copy_and_resolve_references()
   config.seed = seed
@@ -257,8 +311,9 @@ def share(workdir, stage: str, from_folder: str, folder: str) -> None:
     os.symlink(os.path.join('..', from_folder, stage), link)
 
 
-def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int, epochs: int,
-             clock: metrics.RunClock) -> dict[str, int]:
+def run_seed(
+    config: ml_collections.ConfigDict, workdir: str, seed: int, epochs: int, clock: metrics.RunClock
+) -> dict[str, int]:
   """Every variant of one seed, then Table 2's sweep; returns stages trained and skipped."""
   root = seed_dir(workdir, seed)
   counts = {'trained': 0, 'skipped': 0}
@@ -271,9 +326,11 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int, epochs:
       print(f'\n=== seed {seed}: {variant.folder}/{stage} ===', flush=True)
       results = trainer.run_stage(vconfig, str(root / variant.folder), stage, clock=clock)
       if 'preempted_at_step' in results:
-        raise Stopped(f'{variant.folder}/{stage} of seed {seed} stopped at step '
-                      f"{results['preempted_at_step']} (a signal); rerun the same command to "
-                      'resume it.')
+        raise Stopped(
+            f'{variant.folder}/{stage} of seed {seed} stopped at step '
+            f"{results['preempted_at_step']} (a signal); rerun the same command to "
+            'resume it.'
+        )
       counts['skipped' if results.get('skipped') else 'trained'] += 1
     if variant.folder == STAGED:
       step2 = runs.stage_dir(root / STAGED, 'step2')
@@ -285,16 +342,19 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int, epochs:
   return counts
 
 
-def run_claims(config: ml_collections.ConfigDict, workdir: str, num_seeds: int,
-               epochs: int = EPOCHS) -> dict[str, Any]:
+def run_claims(
+    config: ml_collections.ConfigDict, workdir: str, num_seeds: int, epochs: int = EPOCHS
+) -> dict[str, Any]:
   """Trains (or finds) every stage of every seed and writes the report; returns its JSON."""
   if num_seeds < 1:
     raise ValueError(f'--seeds must be at least 1, got {num_seeds}.')
   if epochs < 1:
     raise ValueError(f'--epochs must be at least 1, got {epochs}.')
   if '://' in str(workdir):
-    raise ValueError(f'--workdir={workdir}: the claims folder must be local (shared stages are '
-                     'symbolic links).')
+    raise ValueError(
+        f'--workdir={workdir}: the claims folder must be local (shared stages are '
+        'symbolic links).'
+    )
   t0 = time.time()
   seeds = [config.seed + k for k in range(num_seeds)]
   cli.build_dataset(config)
@@ -304,10 +364,15 @@ def run_claims(config: ml_collections.ConfigDict, workdir: str, num_seeds: int,
     for key, value in run_seed(config, workdir, seed, epochs, clock).items():
       counts[key] += value
   summary = summarize(workdir, seeds)
-  summary['settings'] = {'dataset': config.dataset, 'builder_config': config.builder_config,
-                         'protocol': config.protocol, 'epochs_per_stage': epochs,
-                         'num_train_steps': config.num_train_steps,
-                         'confidence': CONFIDENCE, 'close_points': CLOSE_POINTS}
+  summary['settings'] = {
+      'dataset': config.dataset,
+      'builder_config': config.builder_config,
+      'protocol': config.protocol,
+      'epochs_per_stage': epochs,
+      'num_train_steps': config.num_train_steps,
+      'confidence': CONFIDENCE,
+      'close_points': CLOSE_POINTS,
+  }
   summary['stages'] = counts
   summary['wall_seconds'] = time.time() - t0
   write_report(workdir, summary)
@@ -341,8 +406,9 @@ def _interval_record(values) -> dict[str, Any]:
   return {'mean': mean, 'low': low, 'high': high}
 
 
-def noise_claim(hallucination: list[float | None], noise: dict[str, list[float | None]]
-                ) -> dict[str, Any]:
+def noise_claim(
+    hallucination: list[float | None], noise: dict[str, list[float | None]]
+) -> dict[str, Any]:
   """Table 2's claim: step 4 beats the noisy teacher from some noise variance on.
 
   Holds when at some noise variance the paired difference (step 4 minus the
@@ -356,8 +422,14 @@ def noise_claim(hallucination: list[float | None], noise: dict[str, list[float |
   per_level = []
   for level in levels:
     diffs = paired(hallucination, noise[level])
-    per_level.append({'sigma2': level, 'differences': diffs, **_interval_record(diffs),
-                      'verdict': verdict(diffs)})
+    per_level.append(
+        {
+            'sigma2': level,
+            'differences': diffs,
+            **_interval_record(diffs),
+            'verdict': verdict(diffs),
+        }
+    )
   beaten = [r['sigma2'] for r in per_level if r['verdict'] == HOLDS]
   if beaten:
     result, note = HOLDS, f'from sigma^2 = {beaten[0]}'
@@ -376,18 +448,41 @@ def summarize(workdir: str, seeds: list[int]) -> dict[str, Any]:
     values = row_accuracies(workdir, seeds, row)
     per_seed[row.number] = values
     cs, cv = paper_numbers(row.number)
-    rows.append({'row': row.number, 'method': row.method, 'test_modality': row.test_modality,
-                 'loss': row.loss, 'per_seed': values, **_interval_record(values),
-                 'paper_cross_subject': cs, 'paper_cross_view': cv})
+    rows.append(
+        {
+            'row': row.number,
+            'method': row.method,
+            'test_modality': row.test_modality,
+            'loss': row.loss,
+            'per_seed': values,
+            **_interval_record(values),
+            'paper_cross_subject': cs,
+            'paper_cross_view': cv,
+        }
+    )
   noise = noise_accuracies(workdir, seeds)
-  table2 = [{'sigma2': label, 'per_seed': values, **_interval_record(values),
-             'paper': report.PAPER_TABLE2.get(label)} for label, values in noise.items()]
+  table2 = [
+      {
+          'sigma2': label,
+          'per_seed': values,
+          **_interval_record(values),
+          'paper': report.PAPER_TABLE2.get(label),
+      }
+      for label, values in noise.items()
+  ]
   claims = []
   for claim in CLAIMS:
     diffs = paired(per_seed[claim.better], per_seed[claim.worse])
-    claims.append({'claim': claim.text, 'rows': [claim.better, claim.worse],
-                   'margin': claim.margin, 'differences': diffs, **_interval_record(diffs),
-                   'verdict': verdict(diffs, claim.margin)})
+    claims.append(
+        {
+            'claim': claim.text,
+            'rows': [claim.better, claim.worse],
+            'margin': claim.margin,
+            'differences': diffs,
+            **_interval_record(diffs),
+            'verdict': verdict(diffs, claim.margin),
+        }
+    )
   # In the paper's order: Table 2 (section 4.3) before Table 4 (section 4.5), the last claim.
   claims.insert(len(claims) - 1, noise_claim(per_seed['15'], noise))
   return {'seeds': seeds, 'rows': rows, 'table2': table2, 'claims': claims}
@@ -404,13 +499,18 @@ def _interval_text(record: dict[str, Any]) -> str:
 
 
 def rows_markdown(summary: dict[str, Any]) -> str:
-  lines = ['| # | method | test modality | loss | mean | 95% interval | per seed | '
-           'paper CS | paper CV |', '|---' * 9 + '|']
+  lines = [
+      '| # | method | test modality | loss | mean | 95% interval | per seed | '
+      'paper CS | paper CV |',
+      '|---' * 9 + '|',
+  ]
   for r in summary['rows']:
     seeds = ', '.join(_points(v) for v in r['per_seed'])
-    lines.append(f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | "
-                 f"{_points(r['mean'])} | {_interval_text(r)} | {seeds} | "
-                 f"{_points(r['paper_cross_subject'])} | {_points(r['paper_cross_view'])} |")
+    lines.append(
+        f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | "
+        f"{_points(r['mean'])} | {_interval_text(r)} | {seeds} | "
+        f"{_points(r['paper_cross_subject'])} | {_points(r['paper_cross_view'])} |"
+    )
   return '\n'.join(lines)
 
 
@@ -418,24 +518,33 @@ def table2_markdown(summary: dict[str, Any]) -> str:
   lines = ['| sigma^2 | mean | 95% interval | per seed | paper (CV) |', '|---' * 5 + '|']
   for r in summary['table2']:
     seeds = ', '.join(_points(v) for v in r['per_seed'])
-    lines.append(f"| {r['sigma2']} | {_points(r['mean'])} | {_interval_text(r)} | {seeds} | "
-                 f"{_points(r['paper'])} |")
+    lines.append(
+        f"| {r['sigma2']} | {_points(r['mean'])} | {_interval_text(r)} | {seeds} | "
+        f"{_points(r['paper'])} |"
+    )
   return '\n'.join(lines)
 
 
 def claims_markdown(summary: dict[str, Any]) -> str:
-  lines = ['| claim of the paper | mean paired difference (points) | 95% interval | verdict |',
-           '|---|---|---|---|']
+  lines = [
+      '| claim of the paper | mean paired difference (points) | 95% interval | verdict |',
+      '|---|---|---|---|',
+  ]
   for c in summary['claims']:
     if 'per_level' in c:
-      lines.append(f"| {c['claim']} | per noise level below | | **{c['verdict']}**"
-                   f"{' (' + c['note'] + ')' if c['note'] else ''} |")
+      lines.append(
+          f"| {c['claim']} | per noise level below | | **{c['verdict']}**"
+          f"{' (' + c['note'] + ')' if c['note'] else ''} |"
+      )
       for level in c['per_level']:
-        lines.append(f"| - step 4 minus teacher at sigma^2 = {level['sigma2']} | "
-                     f"{_points(level['mean'])} | {_interval_text(level)} | {level['verdict']} |")
+        lines.append(
+            f"| - step 4 minus teacher at sigma^2 = {level['sigma2']} | "
+            f"{_points(level['mean'])} | {_interval_text(level)} | {level['verdict']} |"
+        )
     else:
-      lines.append(f"| {c['claim']} | {_points(c['mean'])} | {_interval_text(c)} | "
-                   f"**{c['verdict']}** |")
+      lines.append(
+          f"| {c['claim']} | {_points(c['mean'])} | {_interval_text(c)} | " f"**{c['verdict']}** |"
+      )
   return '\n'.join(lines)
 
 
@@ -445,20 +554,39 @@ def plot_rows(summary: dict[str, Any], path: str | None = None):
   fig, ax = plt.subplots(figsize=(11, 4.5))
   for x, r in enumerate(summary['rows']):
     seeds = [v for v in r['per_seed'] if v is not None]
-    ax.scatter([x] * len(seeds), seeds, s=10, color='gray', zorder=2,
-               label='one seed' if x == 0 else None)
+    ax.scatter(
+        [x] * len(seeds), seeds, s=10, color='gray', zorder=2, label='one seed' if x == 0 else None
+    )
     if r['mean'] is not None:
       error = None if r['low'] is None else [[r['mean'] - r['low']], [r['high'] - r['mean']]]
-      ax.errorbar([x], [r['mean']], yerr=error, fmt='o', color='C0', capsize=4, zorder=3,
-                  label='mean, 95% interval' if x == 0 else None)
+      ax.errorbar(
+          [x],
+          [r['mean']],
+          yerr=error,
+          fmt='o',
+          color='C0',
+          capsize=4,
+          zorder=3,
+          label='mean, 95% interval' if x == 0 else None,
+      )
     paper = r['paper_cross_subject'] or r['paper_cross_view']
     if paper is not None:
-      ax.scatter([x], [paper], marker='x', color='C3', zorder=4,
-                 label='paper (NTU CS; CV for 13a, 15a)' if x == 0 else None)
+      ax.scatter(
+          [x],
+          [paper],
+          marker='x',
+          color='C3',
+          zorder=4,
+          label='paper (NTU CS; CV for 13a, 15a)' if x == 0 else None,
+      )
   ax.set_xticks(range(len(summary['rows'])), [r['row'] for r in summary['rows']])
   # Few seeds make wide t-intervals; accuracy lives in [0, 100] whatever they say.
-  ax.set(xlabel='Table 1 / Table 4 row', ylabel='test accuracy (%)', ylim=(0, 100),
-         title='Accuracy per row over seeds')
+  ax.set(
+      xlabel='Table 1 / Table 4 row',
+      ylabel='test accuracy (%)',
+      ylim=(0, 100),
+      title='Accuracy per row over seeds',
+  )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -469,8 +597,11 @@ def plot_noise(summary: dict[str, Any], path: str | None = None):
   """Table 2 as a curve with its 95% band, against step 4's accuracy with its band."""
   plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
-  levels = [r for r in summary['table2'] if r['sigma2'] not in ('no noise', 'void')
-            and r['mean'] is not None]
+  levels = [
+      r
+      for r in summary['table2']
+      if r['sigma2'] not in ('no noise', 'void') and r['mean'] is not None
+  ]
   x = [float(r['sigma2']) for r in levels]
   ax.semilogx(x, [r['mean'] for r in levels], marker='o', label='step 2: RGB + noisy depth')
   if all(r['low'] is not None for r in levels) and levels:
@@ -480,8 +611,12 @@ def plot_noise(summary: dict[str, Any], path: str | None = None):
     ax.axhline(step4['mean'], ls='--', color='red', label='step 4, RGB only (hallucination)')
     if step4['low'] is not None:
       ax.axhspan(step4['low'], step4['high'], color='red', alpha=0.12)
-  ax.set(xlabel='noise variance sigma^2', ylabel='test accuracy (%)', ylim=(0, 100),
-         title='Noisy depth at test time (95% bands over seeds)')
+  ax.set(
+      xlabel='noise variance sigma^2',
+      ylabel='test accuracy (%)',
+      ylim=(0, 100),
+      title='Noisy depth at test time (95% bands over seeds)',
+  )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -495,23 +630,41 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
   plot_rows(summary, str(root / 'claims_rows.png'))
   plot_noise(summary, str(root / 'claims_noise.png'))
   s = summary['settings']
-  text = '\n'.join([
-      '# The paper\'s claims, measured', '',
-      f"Dataset {s['dataset']}/{s['builder_config'] or 'default'} ({s['protocol']}), seeds "
-      f"{', '.join(map(str, summary['seeds']))}, {s['epochs_per_stage']} epoch(s) per stage"
-      + (f" ({s['num_train_steps']} steps)" if s['num_train_steps'] > 0 else '')
-      + f"; {summary['stages']['trained']} stages trained, {summary['stages']['skipped']} "
-      f"found finished; wall time {metrics.format_duration(summary['wall_seconds'])}.", '',
-      'Verdicts come from the paired per-seed differences (the claimed better row minus the '
-      f'other): the {100 * CONFIDENCE:g}% t-interval of their mean entirely above 0 holds, '
-      'entirely below 0 contradicts, anything else (and a single seed) is inconclusive. "Close" '
-      f'means the interval lies within +-{CLOSE_POINTS:g} points. The paper\'s numbers are NTU '
-      'RGB+D (cross-subject CS, cross-view CV), beside synthetic numbers only for orientation.',
-      '', '## Claims', '', claims_markdown(summary), '',
-      '## Table 1 and Table 4 rows (test accuracy, %)', '', rows_markdown(summary), '',
-      '![rows](claims_rows.png)', '',
-      '## Table 2: the step-2 teacher with noisy depth (test accuracy, %)', '',
-      table2_markdown(summary), '', '![noise](claims_noise.png)', ''])
+  text = '\n'.join(
+      [
+          "# The paper's claims, measured",
+          '',
+          f"Dataset {s['dataset']}/{s['builder_config'] or 'default'} ({s['protocol']}), seeds "
+          f"{', '.join(map(str, summary['seeds']))}, {s['epochs_per_stage']} epoch(s) per stage"
+          + (f" ({s['num_train_steps']} steps)" if s['num_train_steps'] > 0 else '')
+          + f"; {summary['stages']['trained']} stages trained, {summary['stages']['skipped']} "
+          f"found finished; wall time {metrics.format_duration(summary['wall_seconds'])}.",
+          '',
+          'Verdicts come from the paired per-seed differences (the claimed better row minus the '
+          f'other): the {100 * CONFIDENCE:g}% t-interval of their mean entirely above 0 holds, '
+          'entirely below 0 contradicts, anything else (and a single seed) is inconclusive. '
+          f'"Close" means the interval lies within +-{CLOSE_POINTS:g} points. '
+          "The paper's numbers are NTU "
+          'RGB+D (cross-subject CS, cross-view CV), beside synthetic numbers only for orientation.',
+          '',
+          '## Claims',
+          '',
+          claims_markdown(summary),
+          '',
+          '## Table 1 and Table 4 rows (test accuracy, %)',
+          '',
+          rows_markdown(summary),
+          '',
+          '![rows](claims_rows.png)',
+          '',
+          '## Table 2: the step-2 teacher with noisy depth (test accuracy, %)',
+          '',
+          table2_markdown(summary),
+          '',
+          '![noise](claims_noise.png)',
+          '',
+      ]
+  )
   path = root / 'claims.md'
   path.write_text(text)
   return str(path)
@@ -522,8 +675,7 @@ def main(argv):
   cli.quiet_logging()
   # Every seed compiles the same programs as the first (the seed is data, not code):
   # a persistent XLA cache in the claims folder turns those compiles into reads.
-  jax.config.update('jax_compilation_cache_dir',
-                    str(runs.as_path(_WORKDIR.value) / XLA_CACHE_DIR))
+  jax.config.update('jax_compilation_cache_dir', str(runs.as_path(_WORKDIR.value) / XLA_CACHE_DIR))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   config = _CONFIG.value
   config.data_dir = _DATA_DIR.value
@@ -533,19 +685,23 @@ def main(argv):
     raise SystemExit(str(stopped)) from None
   print('\n' + claims_markdown(summary))
   print('\n' + rows_markdown(summary))
-  print(f'\nStages trained: {summary["stages"]["trained"]}, found finished: '
-        f'{summary["stages"]["skipped"]}; wall time '
-        f'{metrics.format_duration(summary["wall_seconds"])}')
+  print(
+      f'\nStages trained: {summary["stages"]["trained"]}, found finished: '
+      f'{summary["stages"]["skipped"]}; wall time '
+      f'{metrics.format_duration(summary["wall_seconds"])}'
+  )
   print(f'Report: {runs.as_path(_WORKDIR.value) / "claims.md"}')
 
 
 if __name__ == '__main__':
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', None, 'Synthetic config file, e.g. configs/ntu_like.py.', lock_config=True)
+      'config', None, 'Synthetic config file, e.g. configs/ntu_like.py.', lock_config=True
+  )
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Claims folder (one subfolder per seed).')
   _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds: config.seed, config.seed + 1, ...')
   _EPOCHS = flags.DEFINE_integer('epochs', EPOCHS, 'Epochs per stage, every row alike.')
-  _DATA_DIR = flags.DEFINE_string('data_dir', 'workdirs/tfds',
-                                  'Where the synthetic dataset is (built on first use).')
+  _DATA_DIR = flags.DEFINE_string(
+      'data_dir', 'workdirs/tfds', 'Where the synthetic dataset is (built on first use).'
+  )
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -44,6 +44,8 @@ def build_dataset(config: ml_collections.ConfigDict) -> None:
   with contextlib.redirect_stdout(io.StringIO()):
     built_in = feeding.ensure_dataset(config)
   if built_in:
-    print(f'Built {config.dataset} in {built_in} in '
-          f'{metrics.format_duration(time.monotonic() - start)} (nothing downloaded).',
-          flush=True)
+    print(
+        f'Built {config.dataset} in {built_in} in '
+        f'{metrics.format_duration(time.monotonic() - start)} (nothing downloaded).',
+        flush=True,
+    )

@@ -32,37 +32,38 @@ UNIT_STD = (1.0, 1.0, 1.0)
 def base_config() -> ml_collections.ConfigDict:
   """All fields with their defaults (the NTU cross-subject reference setting)."""
   c = ml_collections.ConfigDict()
-  c.stage = 'step1'              # see modistill_jax/stages.py: STAGES
-  c.privileged = 'depth'         # the training-only modality; 'rgb' = Table 4 inverted setting
+  c.stage = 'step1'  # see modistill_jax/stages.py: STAGES
+  c.privileged = 'depth'  # the training-only modality; 'rgb' = Table 4 inverted setting
   c.seed = 0
 
   # Data.
-  c.dataset = 'ntu_rgbd'         # TFDS name (builders in data_builders/)
-  c.builder_config = ''          # TFDS builder config, e.g. 'res224' | 'res112' ('' = none)
-  c.protocol = 'cross_subject'   # modistill_jax/data/protocols.py
-  c.data_dir = ''                # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-  c.build_if_missing = False     # build the dataset on first use (only for download-free builders)
+  c.dataset = 'ntu_rgbd'  # TFDS name (builders in data_builders/)
+  c.builder_config = ''  # TFDS builder config, e.g. 'res224' | 'res112' ('' = none)
+  c.protocol = 'cross_subject'  # modistill_jax/data/protocols.py
+  c.data_dir = ''  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  c.build_if_missing = False  # build the dataset on first use (only for download-free builders)
 
   # Schedule. batch_size is the GLOBAL number of clips per step, over all hosts and devices.
   c.batch_size = 5
   c.eval_batch_size = 5
   c.num_epochs = 40
-  c.num_train_steps = -1         # > 0 overrides num_epochs (smoke runs and tests)
+  c.num_train_steps = -1  # > 0 overrides num_epochs (smoke runs and tests)
   c.eval_every_epochs = 1
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 2         # latest checkpoints kept (>= 2: an unreadable newest one falls back)
-  # Best-on-validation ties: 'later' keeps the later epoch (the reference's `>=`), 'earlier' the first.
+  c.keep_checkpoints = 2  # latest checkpoints kept (>= 2: an unreadable newest one falls back)
+  # Best-on-validation ties: 'later' keeps the later epoch (the reference's `>=`), 'earlier'
+  # the first.
   c.selection_ties = 'later'
-  c.max_eval_batches = -1        # > 0 truncates evaluation (smoke runs only; results say so)
+  c.max_eval_batches = -1  # > 0 truncates evaluation (smoke runs only; results say so)
 
   c.input = ml_collections.ConfigDict()
   c.input.num_frames = 5
   c.input.image_size = 224
-  c.input.uniform_prob = 0.5     # training: P(uniformly spaced frames), else random frames in order
-  c.input.flip = True            # one horizontal flip decision per clip, shared by both modalities
-  c.input.worker_count = 8       # grain decoding processes per host (0 = in the main process)
-  c.input.prefetch = 2           # batches placed on devices ahead of the step
+  c.input.uniform_prob = 0.5  # training: P(uniformly spaced frames), else random frames in order
+  c.input.flip = True  # one horizontal flip decision per clip, shared by both modalities
+  c.input.worker_count = 8  # grain decoding processes per host (0 = in the main process)
+  c.input.prefetch = 2  # batches placed on devices ahead of the step
   c.input.rgb_mean = VGG_MEAN
   c.input.rgb_std = UNIT_STD
   c.input.depth_mean = VGG_MEAN
@@ -79,8 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.units_per_block = (3, 4, 6, 3)
   c.model.width = 64
   c.model.stride_layout = 'slim'
-  c.model.dtype = 'float32'      # compute dtype: 'float32' | 'bfloat16' (params stay float32)
-  c.model.connections = True     # multiplicative cross-stream connections (steps 2-4)
+  c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+  c.model.connections = True  # multiplicative cross-stream connections (steps 2-4)
   # Stages among step2, step3, step4 built without connections even though
   # `connections` is on. The paper connects all three; the reference's runnable
   # step 4 is unconnected (its connected graph fails to build), and its README's
@@ -94,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   # published initialiser produced: every channel copies channel 1 of the previous
   # frame; see models/resnet.py).
   c.model.temporal_init = 'identity'
-  c.model.bn_momentum = 0.997    # BatchNorm decay of the running statistics (reference)
+  c.model.bn_momentum = 0.997  # BatchNorm decay of the running statistics (reference)
   c.model.bn_epsilon = 1e-5
   # Recompute each bottleneck unit's activations in the backward pass instead of
   # storing them (`nn.remat`): less activation memory for about one extra forward
@@ -102,10 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.kind = 'eq5'            # step 3 / hoffman: 'xent' | 'eq1' | 'eq3' | 'eq5'
-  c.loss.temperature = 10.0      # T, eq. (4)
-  c.loss.lam = 0.5               # lambda, eq. (3)
-  c.loss.alpha = 0.5             # alpha, eq. (5)
+  c.loss.kind = 'eq5'  # step 3 / hoffman: 'xent' | 'eq1' | 'eq3' | 'eq5'
+  c.loss.temperature = 10.0  # T, eq. (4)
+  c.loss.lam = 0.5  # lambda, eq. (3)
+  c.loss.alpha = 0.5  # alpha, eq. (5)
   c.loss.hall_endpoint = 'block4'  # L_hall feature map (any Stream endpoint name)
   c.loss.hall_weight = 0.01
   # eq. (1)'s reduction. 'per_clip' (use this): summed over each clip's elements,
@@ -127,13 +128,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
 
   c.init = ml_collections.ConfigDict()
-  c.init.imagenet = ''           # converted ImageNet checkpoint dir (python -m modistill_jax.pretrained)
-  c.init.from_workdir = ''       # step 1 starts from this run's step-1 streams (e.g. NTU for NW-UCLA)
+  c.init.imagenet = ''  # converted ImageNet checkpoint dir (python -m modistill_jax.pretrained)
+  c.init.from_workdir = ''  # step 1 starts from this run's step-1 streams (e.g. NTU for NW-UCLA)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'test'
-  c.eval.depth_noise_std = 0.0   # sigma of n ~ N(1, sigma) multiplying depth (paper 4.3)
-  c.eval.void_depth = False      # depth replaced by zeros
+  c.eval.depth_noise_std = 0.0  # sigma of n ~ N(1, sigma) multiplying depth (paper 4.3)
+  c.eval.void_depth = False  # depth replaced by zeros
   c.eval.noise_variances = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # Table 2 columns (sigma^2)
   c.eval.noise_seed = 0
   # Evaluate step 2's privileged (depth) stream with BatchNorm batch statistics
@@ -151,10 +152,18 @@ def base_config() -> ml_collections.ConfigDict:
 # convs, connections) at width 4. Its accuracies mean nothing. Where the data
 # is stays the config's.
 TINY = {
-    'model.units_per_block': (2, 2, 2, 2), 'model.width': 4,
-    'input.image_size': 16, 'input.num_frames': 3, 'input.worker_count': 0,
-    'input.prefetch': 1, 'batch_size': 4, 'eval_batch_size': 4, 'num_train_steps': 1,
-    'max_eval_batches': 1, 'log_every_steps': 1, 'eval.noise_variances': (0.1,),
+    'model.units_per_block': (2, 2, 2, 2),
+    'model.width': 4,
+    'input.image_size': 16,
+    'input.num_frames': 3,
+    'input.worker_count': 0,
+    'input.prefetch': 1,
+    'batch_size': 4,
+    'eval_batch_size': 4,
+    'num_train_steps': 1,
+    'max_eval_batches': 1,
+    'log_every_steps': 1,
+    'eval.noise_variances': (0.1,),
 }
 CONFIG_OPTIONS = ('tiny',)
 
@@ -164,8 +173,10 @@ def parse_config_arg(arg: str) -> tuple[str, tuple[str, ...]]:
   stage, *options = arg.split(',')
   unknown = [o for o in options if o not in CONFIG_OPTIONS]
   if unknown:
-    raise ValueError(f'Unknown config option(s) {unknown} in {arg!r}; options are '
-                     f"{CONFIG_OPTIONS}, e.g. 'step1,tiny'.")
+    raise ValueError(
+        f'Unknown config option(s) {unknown} in {arg!r}; options are '
+        f"{CONFIG_OPTIONS}, e.g. 'step1,tiny'."
+    )
   return stage, tuple(options)
 
 
@@ -173,8 +184,9 @@ def is_tiny(arg: str) -> bool:
   return 'tiny' in parse_config_arg(arg)[1]
 
 
-def override(config: ml_collections.ConfigDict,
-             values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def override(
+    config: ml_collections.ConfigDict, values: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
   """Sets `{'dotted.key': value}` in place; a key the config lacks is an error."""
   for key, value in values.items():
     *parents, leaf = key.split('.')
@@ -217,8 +229,7 @@ def with_defaults(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
-def _fill_missing(config: ml_collections.ConfigDict,
-                  defaults: ml_collections.ConfigDict) -> None:
+def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
   for key, value in defaults.items():
     if key not in config:
       config[key] = value
@@ -255,21 +266,30 @@ def check(config: ml_collections.ConfigDict) -> None:
   if config.privileged not in ('depth', 'rgb'):
     raise ValueError(f"config.privileged must be 'depth' or 'rgb', got {config.privileged!r}.")
   if config.loss.kind not in stages.LOSS_KINDS:
-    raise ValueError(f'config.loss.kind must be one of {stages.LOSS_KINDS}, got {config.loss.kind!r}.')
+    raise ValueError(
+        f'config.loss.kind must be one of {stages.LOSS_KINDS}, got {config.loss.kind!r}.'
+    )
   if config.model.dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}.")
+    raise ValueError(
+        f"config.model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}."
+    )
   if config.selection_ties not in ('later', 'earlier'):
-    raise ValueError(f"config.selection_ties must be 'later' or 'earlier', got "
-                     f'{config.selection_ties!r}.')
+    raise ValueError(
+        f"config.selection_ties must be 'later' or 'earlier', got " f'{config.selection_ties!r}.'
+    )
   if config.keep_checkpoints < 2:
-    raise ValueError('config.keep_checkpoints must be at least 2 (an unreadable newest '
-                     f'checkpoint falls back to the one before), got {config.keep_checkpoints}.')
+    raise ValueError(
+        'config.keep_checkpoints must be at least 2 (an unreadable newest '
+        f'checkpoint falls back to the one before), got {config.keep_checkpoints}.'
+    )
   if config.batch_size <= 0 or config.eval_batch_size <= 0:
     raise ValueError('config.batch_size and config.eval_batch_size must be positive.')
   _check_choice('loss.hall_reduction', config.loss.hall_reduction, losses.HALL_REDUCTIONS)
   if config.loss.hall_reference_clips <= 0:
-    raise ValueError('config.loss.hall_reference_clips must be positive, '
-                     f'got {config.loss.hall_reference_clips!r}.')
+    raise ValueError(
+        'config.loss.hall_reference_clips must be positive, '
+        f'got {config.loss.hall_reference_clips!r}.'
+    )
   _check_choice('model.temporal_form', config.model.temporal_form, resnet.TEMPORAL_FORMS)
   _check_choice('model.temporal_init', config.model.temporal_init, resnet.TEMPORAL_INITS)
   for stage in config.model.unconnected_stages:
@@ -282,16 +302,44 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 # Keys a resumed stage may change: they decide how often things are logged and
 # saved and where data is read from, never what is trained.
-RESUMABLE_KEYS = ('stage', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-                  'data_dir', 'build_if_missing', 'input.worker_count', 'input.prefetch')
+RESUMABLE_KEYS = (
+    'stage',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'data_dir',
+    'build_if_missing',
+    'input.worker_count',
+    'input.prefetch',
+)
 # Keys an evaluation may set: what is evaluated, and how it is read.
-EVALUATION_KEYS = ('eval', 'eval_batch_size', 'max_eval_batches', 'data_dir', 'build_if_missing',
-                   'input.worker_count', 'input.prefetch')
+EVALUATION_KEYS = (
+    'eval',
+    'eval_batch_size',
+    'max_eval_batches',
+    'data_dir',
+    'build_if_missing',
+    'input.worker_count',
+    'input.prefetch',
+)
 # Keys that only shape training; an evaluation ignores them (the run's values stay).
-TRAINING_ONLY_KEYS = ('stage', 'seed', 'batch_size', 'num_epochs', 'num_train_steps',
-                      'eval_every_epochs', 'log_every_steps', 'checkpoint_every_steps',
-                      'keep_checkpoints', 'selection_ties', 'input.uniform_prob', 'input.flip',
-                      'loss', 'optimizer', 'init')
+TRAINING_ONLY_KEYS = (
+    'stage',
+    'seed',
+    'batch_size',
+    'num_epochs',
+    'num_train_steps',
+    'eval_every_epochs',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'selection_ties',
+    'input.uniform_prob',
+    'input.flip',
+    'loss',
+    'optimizer',
+    'init',
+)
 
 
 def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, object]:
@@ -311,8 +359,11 @@ def matches(key: str, prefixes: tuple[str, ...]) -> bool:
   return any(key == p or key.startswith(p + '.') for p in prefixes)
 
 
-def differences(saved: ml_collections.ConfigDict | dict, given: ml_collections.ConfigDict | dict,
-                ignore: tuple[str, ...] = ()) -> dict[str, tuple[object, object]]:
+def differences(
+    saved: ml_collections.ConfigDict | dict,
+    given: ml_collections.ConfigDict | dict,
+    ignore: tuple[str, ...] = (),
+) -> dict[str, tuple[object, object]]:
   """`{key: (saved value, given value)}` for every key that differs, except `ignore`d ones.
 
   A key only one side has counts as a difference (with `<absent>` on the other).
@@ -334,6 +385,8 @@ def format_differences(diff: dict[str, tuple[object, object]]) -> str:
 
 def as_flags(values: dict[str, object]) -> str:
   """Values as `--config.key=value` flags (tuples comma-separated)."""
+
   def text(v):
     return ','.join(map(str, v)) if isinstance(v, tuple) else str(v)
+
   return ' '.join(f'--config.{k}={text(v)}' for k, v in values.items())

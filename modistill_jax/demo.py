@@ -39,8 +39,9 @@ ABLATION_STAGES = ('step2', 'step3')
 NUM_STAGES = len(stages.expand(stages.ALL)) + 1 + len(ABLATION_STAGES)
 
 
-def run_demo(workdir: str, data_dir: str, config_arg: str = 'all',
-             overrides: dict | None = None) -> str:
+def run_demo(
+    workdir: str, data_dir: str, config_arg: str = 'all', overrides: dict | None = None
+) -> str:
   """Runs every stage of the demo and writes the report; returns its path.
 
   Args:

@@ -55,27 +55,38 @@ from modistill_jax.data import pipeline
 from modistill_jax.models import stage_network
 from modistill_jax.models import StageNetwork
 
-
 # MARK: evaluating a state (the trainer's validation and test, and this command)
 
 
 def make_eval_fn(model: StageNetwork, config: ml_collections.ConfigDict, mesh):
   """The jitted `steps.eval_step`; its predictions come back replicated."""
-  return jax.jit(functools.partial(steps.eval_step, model=model, config=config),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(
+      functools.partial(steps.eval_step, model=model, config=config),
+      out_shardings=sharding.replicated(mesh),
+  )
 
 
-def evaluate_split(state: steps.TrainState, source: pipeline.Source, *, eval_fn, mesh,
-                   config: ml_collections.ConfigDict, modalities: Sequence[str]
-                   ) -> dict[str, Any]:
+def evaluate_split(
+    state: steps.TrainState,
+    source: pipeline.Source,
+    *,
+    eval_fn,
+    mesh,
+    config: ml_collections.ConfigDict,
+    modalities: Sequence[str],
+) -> dict[str, Any]:
   """Exact accuracy of every stream and of the fused model on a whole split.
 
   `modalities`: the clips the stage reads (`Stage.inputs`), the only ones decoded.
   """
   batches = pipeline.eval_iterator(
-      source.records, global_batch_size=config.eval_batch_size,
-      num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
-      worker_count=config.input.worker_count, modalities=modalities)
+      source.records,
+      global_batch_size=config.eval_batch_size,
+      num_frames=config.input.num_frames,
+      image_size=(config.input.image_size,) * 2,
+      worker_count=config.input.worker_count,
+      modalities=modalities,
+  )
   key = jax.random.key(config.eval.noise_seed)
   outputs = []
   truncated = False
@@ -83,17 +94,24 @@ def evaluate_split(state: steps.TrainState, source: pipeline.Source, *, eval_fn,
     if 0 < config.max_eval_batches <= i:
       truncated = True
       break
-    outputs.append(sharding.fetch(eval_fn(state, sharding.to_global(batch, mesh),
-                                          jax.random.fold_in(key, i))))
+    outputs.append(
+        sharding.fetch(eval_fn(state, sharding.to_global(batch, mesh), jax.random.fold_in(key, i)))
+    )
   stacked = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
   mask = stacked.pop('mask').astype(bool)
   kept = {k: v[mask] for k, v in stacked.items()}
   labels = kept['label']
-  accuracy = {k.split('/', 1)[1]: float(np.mean(v == labels))
-              for k, v in kept.items() if k.startswith('pred/')}
-  return {'accuracy': accuracy, 'num_examples': int(mask.sum()),
-          'complete': not truncated and int(mask.sum()) == batches.num_examples,
-          'predictions': kept}
+  accuracy = {
+      k.split('/', 1)[1]: float(np.mean(v == labels))
+      for k, v in kept.items()
+      if k.startswith('pred/')
+  }
+  return {
+      'accuracy': accuracy,
+      'num_examples': int(mask.sum()),
+      'complete': not truncated and int(mask.sum()) == batches.num_examples,
+      'predictions': kept,
+  }
 
 
 def save_predictions(path: epath.Path, predictions: Mapping[str, np.ndarray]) -> None:
@@ -110,8 +128,9 @@ class ConflictingConfigError(ValueError):
   """A command line that would evaluate a network other than the one the run trained."""
 
 
-def evaluation_config(run: runs.FinishedStage,
-                      given: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+def evaluation_config(
+    run: runs.FinishedStage, given: ml_collections.ConfigDict | None
+) -> ml_collections.ConfigDict:
   """The run's own config, with the evaluation keys of `given` (a command line's config).
 
   Raises:
@@ -123,14 +142,15 @@ def evaluation_config(run: runs.FinishedStage,
     return config
   effective = initialization.effective_config(given, run.name)
   diff = config_lib.differences(
-      run.config, effective,
-      ignore=config_lib.EVALUATION_KEYS + config_lib.TRAINING_ONLY_KEYS)
+      run.config, effective, ignore=config_lib.EVALUATION_KEYS + config_lib.TRAINING_ONLY_KEYS
+  )
   if diff:
     raise ConflictingConfigError(
         f'{run.dir.path} was trained with other settings than the given config:\n'
         f'{config_lib.format_differences(diff)}\nEvaluate the run as trained: drop --config '
         f'(python -m modistill_jax.evaluate --workdir={run.dir.workdir} --stage={run.name}), '
-        'or make these values agree.')
+        'or make these values agree.'
+    )
   given_flat = config_lib.flatten(effective)
   for key, value in given_flat.items():
     if config_lib.matches(key, config_lib.EVALUATION_KEYS):
@@ -148,13 +168,20 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 def best_train_state(run: runs.FinishedStage) -> steps.TrainState:
   """The stage's best state, enough for evaluation (no optimizer state is read)."""
   saved = run.best_state()
-  return steps.TrainState(step=saved['step'], params=saved['params'],
-                          batch_stats=saved['batch_stats'], opt_state=None,
-                          frozen=saved.get('frozen') or {})
+  return steps.TrainState(
+      step=saved['step'],
+      params=saved['params'],
+      batch_stats=saved['batch_stats'],
+      opt_state=None,
+      frozen=saved.get('frozen') or {},
+  )
 
 
-def evaluate_stage(run: runs.FinishedStage, config: ml_collections.ConfigDict,
-                   state: steps.TrainState | None = None) -> dict[str, Any]:
+def evaluate_stage(
+    run: runs.FinishedStage,
+    config: ml_collections.ConfigDict,
+    state: steps.TrainState | None = None,
+) -> dict[str, Any]:
   """Accuracy of every stream and the fused model under `config.eval` (exact).
 
   Returns the results and, under 'predictions', the per-clip predictions.
@@ -167,17 +194,24 @@ def evaluate_stage(run: runs.FinishedStage, config: ml_collections.ConfigDict,
   if source is None:
     raise ValueError(f'{config.dataset}/{config.protocol} has no {config.eval.split!r} split.')
   if tuple(source.class_names) != run.class_names:
-    raise ValueError(f'The data in {config.data_dir or "the TFDS default folder"} has other '
-                     f'classes than {run.dir.dataset_file}: not the dataset the run trained on.')
+    raise ValueError(
+        f'The data in {config.data_dir or "the TFDS default folder"} has other '
+        f'classes than {run.dir.dataset_file}: not the dataset the run trained on.'
+    )
   model = stage_network(stage, config.model, len(run.class_names))
   state = jax.device_put(state or best_train_state(run), sharding.replicated(mesh))
-  result = evaluate_split(state, source, eval_fn=make_eval_fn(model, config, mesh), mesh=mesh,
-                          config=config, modalities=stage.inputs)
+  result = evaluate_split(
+      state,
+      source,
+      eval_fn=make_eval_fn(model, config, mesh),
+      mesh=mesh,
+      config=config,
+      modalities=stage.inputs,
+  )
   return {k: result[k] for k in ('accuracy', 'num_examples', 'complete', 'predictions')}
 
 
-def noise_sweep(run: runs.FinishedStage, config: ml_collections.ConfigDict
-                ) -> list[dict[str, Any]]:
+def noise_sweep(run: runs.FinishedStage, config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """Table 2: accuracy with clean depth, each noise variance, and void depth."""
   config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays clean
   state = best_train_state(run)
@@ -194,8 +228,9 @@ def noise_sweep(run: runs.FinishedStage, config: ml_collections.ConfigDict
   return rows
 
 
-def reevaluate(workdir: str, stage_name: str,
-               given: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+def reevaluate(
+    workdir: str, stage_name: str, given: ml_collections.ConfigDict | None = None
+) -> dict[str, Any]:
   """Evaluates a finished stage again and rewrites its results and predictions."""
   run = runs.load_stage(workdir, stage_name)
   config = evaluation_config(run, given)
@@ -211,21 +246,28 @@ def sweep_table(rows: list[dict[str, Any]], stream: str = 'fused') -> str:
   """The sweep as a Markdown table laid out like the paper's Table 2."""
   head = '| sigma^2 | ' + ' | '.join(r['sigma2'] for r in rows) + ' |'
   rule = '|---' * (len(rows) + 1) + '|'
-  body = f'| accuracy ({stream}) | ' + ' | '.join(
-      f"{100 * r['accuracy'][stream]:.2f}%" for r in rows) + ' |'
+  body = (
+      f'| accuracy ({stream}) | '
+      + ' | '.join(f"{100 * r['accuracy'][stream]:.2f}%" for r in rows)
+      + ' |'
+  )
   return '\n'.join([head, rule, body])
 
 
 def define_flags() -> None:
   """The command line's flags (defined only when run as a program)."""
   config_flags.DEFINE_config_file(
-      'config', None, 'Optional: a config to check against the run, whose `eval` settings '
-      'apply, e.g. configs/ntu_cv.py:step2.', lock_config=True)
+      'config',
+      None,
+      'Optional: a config to check against the run, whose `eval` settings '
+      'apply, e.g. configs/ntu_cv.py:step2.',
+      lock_config=True,
+  )
   flags.DEFINE_string('workdir', None, 'Run folder the stage was trained in.', required=True)
-  flags.DEFINE_list('stage', [], 'Stages to evaluate (default: the --config\'s stage).')
+  flags.DEFINE_list('stage', [], "Stages to evaluate (default: the --config's stage).")
   flags.DEFINE_bool('sweep', False, "Evaluate Table 2's depth-noise row.")
-  flags.DEFINE_string('split', None, 'Split to evaluate (default: the run\'s eval.split).')
-  flags.DEFINE_string('data_dir', None, 'Where the dataset is (default: the run\'s).')
+  flags.DEFINE_string('split', None, "Split to evaluate (default: the run's eval.split).")
+  flags.DEFINE_string('data_dir', None, "Where the dataset is (default: the run's).")
   flags.DEFINE_integer('eval_batch_size', None, 'Clips per evaluation batch.')
   flags.DEFINE_integer('max_eval_batches', None, '> 0: truncate (smoke runs; results say so).')
   flags.DEFINE_float('depth_noise_std', None, 'sigma of the multiplicative depth noise.')
@@ -233,9 +275,14 @@ def define_flags() -> None:
 
 
 # Flags of this command and the config key each sets.
-_EVAL_FLAGS = {'split': 'eval.split', 'data_dir': 'data_dir',
-               'eval_batch_size': 'eval_batch_size', 'max_eval_batches': 'max_eval_batches',
-               'depth_noise_std': 'eval.depth_noise_std', 'void_depth': 'eval.void_depth'}
+_EVAL_FLAGS = {
+    'split': 'eval.split',
+    'data_dir': 'data_dir',
+    'eval_batch_size': 'eval_batch_size',
+    'max_eval_batches': 'max_eval_batches',
+    'depth_noise_std': 'eval.depth_noise_std',
+    'void_depth': 'eval.void_depth',
+}
 
 
 def main(argv):

@@ -74,40 +74,50 @@ def default_platforms() -> tuple[str, ...]:
 
 def metadata(predictor: predict.Predictor, platforms: Sequence[str]) -> dict[str, Any]:
   """What a server needs besides the function: shapes, preprocessing, class names."""
-  mean, std = (list(predictor.input_config[f'{predict.VIDEO_MODALITY}_{k}'])
-               for k in ('mean', 'std'))
+  mean, std = (
+      list(predictor.input_config[f'{predict.VIDEO_MODALITY}_{k}']) for k in ('mean', 'std')
+  )
   height, width = predictor.image_size
   return {
       'stage': predictor.stage.name,
       'checkpoint_step': predictor.step,
       'platforms': list(platforms),
       'input': {
-          'name': INPUT_NAME, 'dtype': 'uint8',
+          'name': INPUT_NAME,
+          'dtype': 'uint8',
           'shape': [None, predictor.num_frames, height, width, 3],
           'layout': '(clips, frames, height, width, RGB); clips is any size',
-          'frame_sampling': (f'{predictor.num_frames} uniformly spaced frames of the video: '
-                             'rint(linspace(0, num_video_frames - 1, frames))'),
+          'frame_sampling': (
+              f'{predictor.num_frames} uniformly spaced frames of the video: '
+              'rint(linspace(0, num_video_frames - 1, frames))'
+          ),
           'resize': f'each frame to {height}x{width}, PIL bilinear, before export input',
       },
       'normalization': {
-          'applied_inside': True, 'formula': '(float32(x) - mean) / std per channel, 0..255 units',
-          'mean': mean, 'std': std,
+          'applied_inside': True,
+          'formula': '(float32(x) - mean) / std per channel, 0..255 units',
+          'mean': mean,
+          'std': std,
       },
       'output': {
-          'name': OUTPUT_NAME, 'dtype': 'float32', 'shape': [None, len(predictor.class_names)],
-          'meaning': 'softmax of the mean of the streams\' clip logits: '
-                     + ' + '.join(predictor.stage.fused),
+          'name': OUTPUT_NAME,
+          'dtype': 'float32',
+          'shape': [None, len(predictor.class_names)],
+          'meaning': "softmax of the mean of the streams' clip logits: "
+          + ' + '.join(predictor.stage.fused),
       },
       'class_names': list(predictor.class_names),
   }
 
 
-def export_saved_model(predictor: predict.Predictor, path: str,
-                       platforms: Sequence[str]) -> None:
+def export_saved_model(predictor: predict.Predictor, path: str, platforms: Sequence[str]) -> None:
   """Writes a SavedModel whose `serving_default` maps uint8 frames to probabilities."""
-  tf_fn = jax2tf.convert(predictor.probabilities,
-                         polymorphic_shapes=[None, f'({BATCH_DIM}, ...)'],
-                         native_serialization_platforms=tuple(platforms), with_gradient=False)
+  tf_fn = jax2tf.convert(
+      predictor.probabilities,
+      polymorphic_shapes=[None, f'({BATCH_DIM}, ...)'],
+      native_serialization_platforms=tuple(platforms),
+      with_gradient=False,
+  )
   weights = tf.nest.map_structure(lambda x: tf.Variable(x, trainable=False), predictor.variables)
   module = tf.Module()
   # Tracked as a flat list: the SavedModel then stores each weight once, as a variable.
@@ -126,16 +136,16 @@ def export_stablehlo(predictor: predict.Predictor, platforms: Sequence[str]) -> 
   """The probabilities function with the weights as constants, for any number of clips."""
   fn = jax.jit(functools.partial(predictor.probabilities, predictor.variables))
   shape = jax.export.symbolic_shape(f'{BATCH_DIM}, ' + ', '.join(map(str, predictor.clip_shape)))
-  return jax.export.export(fn, platforms=tuple(platforms))(
-      jax.ShapeDtypeStruct(shape, jnp.uint8))
+  return jax.export.export(fn, platforms=tuple(platforms))(jax.ShapeDtypeStruct(shape, jnp.uint8))
 
 
 def load_stablehlo(path: str) -> jax.export.Exported:
   return jax.export.deserialize(bytearray(epath.Path(path).read_bytes()))
 
 
-def export(workdir: str, stage: str, out: str, *, fmt: str = 'both',
-           platforms: Sequence[str] | None = None) -> dict[str, Any]:
+def export(
+    workdir: str, stage: str, out: str, *, fmt: str = 'both', platforms: Sequence[str] | None = None
+) -> dict[str, Any]:
   """Writes the chosen artefacts and `metadata.json` into `out`; returns the metadata."""
   if fmt not in FORMATS:
     raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}.')
@@ -175,8 +185,10 @@ def main(argv: Sequence[str]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   files = ', '.join(str(epath.Path(f.out) / p) for p in meta['files'].values())
-  print(f"{meta['stage']} (step {meta['checkpoint_step']}) for {', '.join(meta['platforms'])}: "
-        f'{files}, {epath.Path(f.out) / METADATA_FILE}')
+  print(
+      f"{meta['stage']} (step {meta['checkpoint_step']}) for {', '.join(meta['platforms'])}: "
+      f'{files}, {epath.Path(f.out) / METADATA_FILE}'
+  )
   return 0
 
 

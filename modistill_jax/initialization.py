@@ -33,18 +33,19 @@ from modistill_jax.models import StageNetwork
 PyTree = Any
 
 
-def check_imagenet_layout(config: ml_collections.ConfigDict, metadata: Mapping[str, Any]
-                          ) -> None:
+def check_imagenet_layout(config: ml_collections.ConfigDict, metadata: Mapping[str, Any]) -> None:
   """The model must run the ImageNet weights in the stride layout they were trained in."""
   layout = metadata['stride_layout']
   if layout != config.model.stride_layout:
     raise ValueError(
         f'{config.init.imagenet} holds {layout!r}-layout weights; set '
-        f'--config.model.stride_layout={layout} to run them as trained.')
+        f'--config.model.stride_layout={layout} to run them as trained.'
+    )
 
 
-def effective_config(config: ml_collections.ConfigDict, stage_name: str
-                     ) -> ml_collections.ConfigDict:
+def effective_config(
+    config: ml_collections.ConfigDict, stage_name: str
+) -> ml_collections.ConfigDict:
   """A checked copy of `config` as the stage runs it (the caller's config is never changed).
 
   The stage name is set, and with ImageNet weights both modalities get the
@@ -58,8 +59,7 @@ def effective_config(config: ml_collections.ConfigDict, stage_name: str
   effective = ml_collections.ConfigDict(config.to_dict())
   effective.stage = stage_name
   if config.init.imagenet:
-    metadata = json.loads(
-        (epath.Path(config.init.imagenet) / pretrained.METADATA_FILE).read_text())
+    metadata = json.loads((epath.Path(config.init.imagenet) / pretrained.METADATA_FILE).read_text())
     check_imagenet_layout(config, metadata)
     for m in ('rgb', 'depth'):
       effective.input[f'{m}_mean'] = tuple(metadata['mean'])
@@ -67,26 +67,37 @@ def effective_config(config: ml_collections.ConfigDict, stage_name: str
   return effective
 
 
-def prerequisites(stage: stages.Stage, config: ml_collections.ConfigDict, workdir: str, *,
-                  config_file: str | None = None, overrides: tuple[str, ...] = ()
-                  ) -> dict[stages.InitSource, runs.StageDir]:
+def prerequisites(
+    stage: stages.Stage,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    config_file: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> dict[stages.InitSource, runs.StageDir]:
   """The finished stages the stage starts from, all located before anything is read or made.
 
   Raises:
     runs.StageNotFinishedError: one is missing; the message is the command that makes it.
   """
   if stage.init:
-    return {src: runs.find_finished(workdir, src.from_stages, config_file, overrides)
-            for src in stage.init}
+    return {
+        src: runs.find_finished(workdir, src.from_stages, config_file, overrides)
+        for src in stage.init
+    }
   if config.init.from_workdir:
-    return {stages.InitSource(s, (f'step1_{s}', 'step1'), s):
-            runs.find_finished(config.init.from_workdir, (f'step1_{s}', 'step1'))
-            for s in stage.streams}
+    return {
+        stages.InitSource(s, (f'step1_{s}', 'step1'), s): runs.find_finished(
+            config.init.from_workdir, (f'step1_{s}', 'step1')
+        )
+        for s in stage.streams
+    }
   return {}
 
 
-def previous_stage_variables(stage: stages.Stage, sources: Mapping[stages.InitSource, runs.StageDir]
-                             ) -> dict[str, dict[str, PyTree]]:
+def previous_stage_variables(
+    stage: stages.Stage, sources: Mapping[stages.InitSource, runs.StageDir]
+) -> dict[str, dict[str, PyTree]]:
   """`{stream: {'params', 'batch_stats'}}` from the finished stages `prerequisites` found."""
   cache: dict[str, dict[str, Any]] = {}
   loaded = {}
@@ -95,46 +106,60 @@ def previous_stage_variables(stage: stages.Stage, sources: Mapping[stages.InitSo
     if directory.name not in cache:
       cache[directory.name] = checkpointing.read_best_state(directory.best_dir)
     loaded[src.stream] = checkpointing.stream_variables(cache[directory.name], src.from_stream)
-    logging.info('%s: stream %r <- %s stream %r', stage.name, src.stream, directory.path,
-                 src.from_stream)
+    logging.info(
+        '%s: stream %r <- %s stream %r', stage.name, src.stream, directory.path, src.from_stream
+    )
   return loaded
 
 
-def step1_variables(stage: stages.Stage, config: ml_collections.ConfigDict,
-                    sources: Mapping[stages.InitSource, runs.StageDir]
-                    ) -> tuple[dict[str, dict[str, PyTree]], tuple[str, ...], str]:
+def step1_variables(
+    stage: stages.Stage,
+    config: ml_collections.ConfigDict,
+    sources: Mapping[stages.InitSource, runs.StageDir],
+) -> tuple[dict[str, dict[str, PyTree]], tuple[str, ...], str]:
   """Step-1 initial weights: another run's step 1, ImageNet, or none (scratch).
 
   Returns `(loaded streams, fresh key patterns, description)`.
   """
   if config.init.from_workdir:
-    loaded = {src.stream: checkpointing.stream_variables(
-        checkpointing.read_best_state(directory.best_dir), src.from_stream)
-              for src, directory in sources.items()}
+    loaded = {
+        src.stream: checkpointing.stream_variables(
+            checkpointing.read_best_state(directory.best_dir), src.from_stream
+        )
+        for src, directory in sources.items()
+    }
     return loaded, (r'(.*/)?logits/.*',), f'step 1 of {config.init.from_workdir}'
   if config.init.imagenet:
     variables, _ = pretrained.load(config.init.imagenet)
-    return ({s: variables for s in stage.streams}, pretrained.FRESH_PATTERNS,
-            f'ImageNet weights {config.init.imagenet}')
+    return (
+        {s: variables for s in stage.streams},
+        pretrained.FRESH_PATTERNS,
+        f'ImageNet weights {config.init.imagenet}',
+    )
   return {}, (), 'scratch'
 
 
-def init_model_variables(model: StageNetwork,
-                         config: ml_collections.ConfigDict) -> dict[str, PyTree]:
+def init_model_variables(
+    model: StageNetwork, config: ml_collections.ConfigDict
+) -> dict[str, PyTree]:
   """Freshly initialised variables of every stream of the stage (shapes need one clip).
 
   The streams read 3-channel images whatever the modality (depth after its colour table).
   """
   size = config.input.image_size
-  dummy = {m: jnp.zeros((1, config.input.num_frames, size, size, 3),
-                        resnet.compute_dtype(config.model)) for m in model.stage.inputs}
+  dummy = {
+      m: jnp.zeros((1, config.input.num_frames, size, size, 3), resnet.compute_dtype(config.model))
+      for m in model.stage.inputs
+  }
   return jax.jit(model.init_variables)(jax.random.key(config.seed), dummy)
 
 
-def initial_variables(config: ml_collections.ConfigDict, stage: stages.Stage,
-                      init_variables: Mapping[str, PyTree],
-                      sources: Mapping[stages.InitSource, runs.StageDir]
-                      ) -> tuple[dict[str, PyTree], str]:
+def initial_variables(
+    config: ml_collections.ConfigDict,
+    stage: stages.Stage,
+    init_variables: Mapping[str, PyTree],
+    sources: Mapping[stages.InitSource, runs.StageDir],
+) -> tuple[dict[str, PyTree], str]:
   """The stage's starting variables: fresh init overwritten by loaded streams."""
   if stage.init:
     loaded, fresh, what = previous_stage_variables(stage, sources), (), 'previous stages'

@@ -47,10 +47,15 @@ def soft_cross_entropy(logits: Array, target_probs: Array) -> Array:
 HALL_REDUCTIONS = ('per_clip', 'sum', 'mean')
 
 
-def hallucination_loss(teacher_activations: Array, student_activations: Array, *,
-                       reduction: Literal['per_clip', 'sum', 'mean'] = 'sum',
-                       weight: float = 0.01, num_clips: int | None = None,
-                       reference_clips: int = 5) -> Array:
+def hallucination_loss(
+    teacher_activations: Array,
+    student_activations: Array,
+    *,
+    reduction: Literal['per_clip', 'sum', 'mean'] = 'sum',
+    weight: float = 0.01,
+    num_clips: int | None = None,
+    reference_clips: int = 5,
+) -> Array:
   """Eq. (1): `weight * reduce((sigmoid(A_teacher) - sigmoid(A_student))^2)`.
 
   Args:
@@ -64,18 +69,19 @@ def hallucination_loss(teacher_activations: Array, student_activations: Array, *
       holds clips times frames).
     reference_clips: the batch at which `'per_clip'` equals `'sum'`.
   """
-  diff = (jax.nn.sigmoid(teacher_activations.astype(jnp.float32))
-          - jax.nn.sigmoid(student_activations.astype(jnp.float32)))
+  diff = jax.nn.sigmoid(teacher_activations.astype(jnp.float32)) - jax.nn.sigmoid(
+      student_activations.astype(jnp.float32)
+  )
   if reduction == 'per_clip':
     if not num_clips:
       raise ValueError("reduction='per_clip' needs the batch's num_clips.")
     # A Python float: exactly 1.0 at the reference batch, so the value is then
     # bit-identical to 'sum'.
-    reduced = jnp.sum(diff ** 2) * (reference_clips / num_clips)
+    reduced = jnp.sum(diff**2) * (reference_clips / num_clips)
   elif reduction == 'sum':
-    reduced = jnp.sum(diff ** 2)
+    reduced = jnp.sum(diff**2)
   elif reduction == 'mean':
-    reduced = jnp.mean(diff ** 2)
+    reduced = jnp.mean(diff**2)
   else:
     raise ValueError(f'reduction must be one of {HALL_REDUCTIONS}, got {reduction!r}')
   return weight * reduced
@@ -86,17 +92,21 @@ def soft_targets(teacher_logits: Array, temperature: float) -> Array:
   return jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
 
 
-def generalized_distillation_loss(student_logits: Array, teacher_logits: Array,
-                                  labels: Array, *, temperature: float = 10.0,
-                                  lam: float = 0.5) -> dict[str, Array]:
+def generalized_distillation_loss(
+    student_logits: Array,
+    teacher_logits: Array,
+    labels: Array,
+    *,
+    temperature: float = 10.0,
+    lam: float = 0.5,
+) -> dict[str, Array]:
   """Eq. (3): `(1 - lambda) * hard + lambda * soft`.
 
   Returns a dict with the weighted total under `'loss'` and the unweighted
   `'hard'` and `'soft'` terms, which the trainer logs separately.
   """
   hard = cross_entropy(student_logits, labels)
-  soft = soft_cross_entropy(student_logits / temperature,
-                            soft_targets(teacher_logits, temperature))
+  soft = soft_cross_entropy(student_logits / temperature, soft_targets(teacher_logits, temperature))
   return {'loss': (1.0 - lam) * hard + lam * soft, 'hard': hard, 'soft': soft}
 
 

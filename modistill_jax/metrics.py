@@ -70,8 +70,13 @@ class MetricWriter:
       before the folder is updated.
   """
 
-  def __init__(self, stage_dir: str | os.PathLike, *, start_step: int | None = None,
-               sync_every_s: float = SYNC_EVERY_S):
+  def __init__(
+      self,
+      stage_dir: str | os.PathLike,
+      *,
+      start_step: int | None = None,
+      sync_every_s: float = SYNC_EVERY_S,
+  ):
     self.enabled = jax.process_index() == 0  # one writer per run
     self.stage_dir = epath.Path(stage_dir)
     self.path = self.stage_dir / runs.METRICS_FILE
@@ -86,13 +91,17 @@ class MetricWriter:
     self.stage_dir.mkdir(parents=True, exist_ok=True)
     self._start(start_step)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
     if self.remote:
       self._local_events = tempfile.mkdtemp(prefix='modistill_events_')
     events = self._local_events or os.fspath(self.stage_dir / runs.EVENTS_DIR)
     # tensorboardX names a file by the second it was opened and the host; the
     # suffix keeps two sessions of one second apart, in the order they ran.
-    self._tb = SummaryWriter(events, purge_step=None if start_step is None else start_step + 1,
-                             filename_suffix=f'.{time.time_ns()}')
+    self._tb = SummaryWriter(
+        events,
+        purge_step=None if start_step is None else start_step + 1,
+        filename_suffix=f'.{time.time_ns()}',
+    )
 
   def _start(self, start_step: int | None) -> None:
     """Loads (remote) and trims (resumed runs) the existing `metrics.jsonl`."""
@@ -160,8 +169,9 @@ def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
-def first_non_finite(history: list[dict[str, Any]], first_step: int
-                     ) -> tuple[int, str, float] | None:
+def first_non_finite(
+    history: list[dict[str, Any]], first_step: int
+) -> tuple[int, str, float] | None:
   """`(step, name, value)` of the first non-finite watched metric, or None.
 
   The loss alone is not enough: a diverged step can keep a finite loss while its
@@ -184,6 +194,7 @@ def format_duration(seconds: float) -> str:
 @dataclasses.dataclass(frozen=True)
 class StageTime:
   """A finished stage: where it wrote and how long it took, start to `results.json`."""
+
   name: str
   folder: str
   seconds: float
@@ -214,8 +225,9 @@ class RunClock:
   def summary(self) -> str:
     """One line per finished stage: name, folder, wall time; then their total."""
     width = max((len(s.folder) for s in self.finished), default=0)
-    lines = [f'  {s.name:<8} {s.folder:<{width}}  {format_duration(s.seconds):>8}'
-             for s in self.finished]
+    lines = [
+        f'  {s.name:<8} {s.folder:<{width}}  {format_duration(s.seconds):>8}' for s in self.finished
+    ]
     total = sum(s.seconds for s in self.finished)
     lines.append(f'  {"total":<8} {"":<{width}}  {format_duration(total):>8}')
     return '\n'.join(lines)
@@ -238,8 +250,15 @@ class Progress:
   compilation out; the first line has only its own rate to go by.
   """
 
-  def __init__(self, total_steps: int, label: str, *, clips_per_step: int,
-               clock: RunClock | None = None, started: float | None = None):
+  def __init__(
+      self,
+      total_steps: int,
+      label: str,
+      *,
+      clips_per_step: int,
+      clock: RunClock | None = None,
+      started: float | None = None,
+  ):
     """`started`: the stage's start, a `time.time()`; the stage's wall time counts from it."""
     self.total, self.label, self.clips_per_step = total_steps, label, clips_per_step
     self.clock = clock or RunClock(1)
@@ -263,19 +282,26 @@ class Progress:
       steps_per_s = (step - first_step) / max(now - first_time, 1e-9)
     return (self.total - step) / max(steps_per_s, 1e-9)
 
-  def line(self, step: int, scalars: dict[str, float], best_validation: float | None,
-           now: float) -> str:
+  def line(
+      self, step: int, scalars: dict[str, float], best_validation: float | None, now: float
+  ) -> str:
     """The progress line after `step`; `scalars` holds the trainer's `clips_per_s`."""
     if self._first_line is None:
       self._first_line = (step, now)
     clips_per_s = scalars['clips_per_s']
     elapsed = now - self._started
     left = self.seconds_left(step, now, clips_per_s)
-    run = (f' (run {format_duration(self.clock.seconds_left(elapsed, left))})'
-           if self.clock.planned_stages > 1 else '')
-    parts = [f'{self._prefix()} step {step}/{self.total} ({100 * step // self.total}%)',
-             f'elapsed {format_duration(elapsed)}', f'left {format_duration(left)}{run}',
-             f'{clips_per_s:.1f} clips/s']
+    run = (
+        f' (run {format_duration(self.clock.seconds_left(elapsed, left))})'
+        if self.clock.planned_stages > 1
+        else ''
+    )
+    parts = [
+        f'{self._prefix()} step {step}/{self.total} ({100 * step // self.total}%)',
+        f'elapsed {format_duration(elapsed)}',
+        f'left {format_duration(left)}{run}',
+        f'{clips_per_s:.1f} clips/s',
+    ]
     if best_validation is not None:
       parts.append(f'best val {best_validation:.4f}')
     names = ['loss'] * ('loss' in scalars) + sorted(k for k in scalars if k.startswith('accuracy/'))
@@ -283,8 +309,9 @@ class Progress:
       parts.append(' '.join(f'{k}={scalars[k]:.4g}' for k in names))
     return '  '.join(parts)
 
-  def update(self, step: int, scalars: dict[str, float],
-             best_validation: float | None = None) -> None:
+  def update(
+      self, step: int, scalars: dict[str, float], best_validation: float | None = None
+  ) -> None:
     """Shows the progress after `step`; `best_validation`: the best validation accuracy yet."""
     text = self.line(step, scalars, best_validation, time.time())
     if self.tty:

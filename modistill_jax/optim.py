@@ -20,18 +20,23 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
     return optax.cosine_decay_schedule(lr, decay_steps=max(total_steps, 1))
   if config.schedule == 'warmup_cosine':
     return optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup_steps=config.warmup_steps, decay_steps=max(total_steps, 1))
-  raise ValueError("optimizer.schedule must be 'constant', 'cosine' or 'warmup_cosine', "
-                   f'got {config.schedule!r}.')
+        0.0, lr, warmup_steps=config.warmup_steps, decay_steps=max(total_steps, 1)
+    )
+  raise ValueError(
+      "optimizer.schedule must be 'constant', 'cosine' or 'warmup_cosine', "
+      f'got {config.schedule!r}.'
+  )
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The stage's optimizer and its schedule (logged as the learning rate)."""
   schedule = learning_rate_schedule(config, total_steps)
   if config.weight_decay > 0:
-    opt = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                      weight_decay=config.weight_decay)
+    opt = optax.adamw(
+        schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+    )
   else:
     opt = optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps)
   if config.grad_clip_norm > 0:

@@ -38,9 +38,14 @@ class MergeError(ValueError):
   """The source does not fit the target; the message lists every offending key."""
 
 
-def merge(target: Mapping[str, Any], source: Mapping[str, Any], *,
-          fresh: Iterable[str] = (), ignore: Iterable[str] = (),
-          what: str = 'checkpoint') -> dict[str, Any]:
+def merge(
+    target: Mapping[str, Any],
+    source: Mapping[str, Any],
+    *,
+    fresh: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    what: str = 'checkpoint',
+) -> dict[str, Any]:
   """Returns `target` with every leaf replaced by `source`'s, checked.
 
   Args:
@@ -56,25 +61,34 @@ def merge(target: Mapping[str, Any], source: Mapping[str, Any], *,
   """
   fresh, ignore = tuple(fresh), tuple(ignore)
   flat_target, flat_source = flatten(target), flatten(source)
-  missing = sorted(k for k in flat_target
-                   if k not in flat_source and not _matches(k, fresh))
-  unexpected = sorted(k for k in flat_source
-                      if k not in flat_target and not _matches(k, ignore + fresh))
+  missing = sorted(k for k in flat_target if k not in flat_source and not _matches(k, fresh))
+  unexpected = sorted(
+      k for k in flat_source if k not in flat_target and not _matches(k, ignore + fresh)
+  )
   misshaped = sorted(
       f'{k}: {what} {np.shape(flat_source[k])} vs model {np.shape(flat_target[k])}'
       for k in flat_target
-      if k in flat_source and not _matches(k, fresh)
-      and np.shape(flat_source[k]) != np.shape(flat_target[k]))
+      if k in flat_source
+      and not _matches(k, fresh)
+      and np.shape(flat_source[k]) != np.shape(flat_target[k])
+  )
   if missing or unexpected or misshaped:
     lines = [f'{what} does not fit the model:']
-    for title, keys in (('missing from ' + what, missing),
-                        ('unexpected in ' + what, unexpected),
-                        ('shape mismatch', misshaped)):
+    for title, keys in (
+        ('missing from ' + what, missing),
+        ('unexpected in ' + what, unexpected),
+        ('shape mismatch', misshaped),
+    ):
       if keys:
         lines.append(f'  {title} ({len(keys)}):')
         lines.extend(f'    {k}' for k in keys)
     raise MergeError('\n'.join(lines))
-  merged = {k: (v if _matches(k, fresh) or k not in flat_source
-                else np.asarray(flat_source[k], dtype=np.asarray(v).dtype))
-            for k, v in flat_target.items()}
+  merged = {
+      k: (
+          v
+          if _matches(k, fresh) or k not in flat_source
+          else np.asarray(flat_source[k], dtype=np.asarray(v).dtype)
+      )
+      for k, v in flat_target.items()
+  }
   return unflatten(merged)

@@ -113,12 +113,12 @@ class Predictor:
       raise StageError(
           f'Stage {stage_name} reads {" and ".join(self.stage.inputs)}, but a video gives '
           f'RGB only; use a stage that reads RGB alone (step4 with depth privileged, '
-          f'or step1_rgb).')
+          f'or step1_rgb).'
+      )
     saved = run.best_state()
     self.step = int(saved['step'])
     streams = {s: checkpointing.stream_variables(saved, s) for s in self.stage.streams}
-    self.variables = {c: {s: v[c] for s, v in streams.items()}
-                      for c in ('params', 'batch_stats')}
+    self.variables = {c: {s: v[c] for s, v in streams.items()} for c in ('params', 'batch_stats')}
     self.class_names = run.class_names
     self.model = stage_network(self.stage, config.model, len(self.class_names))
     self.dtype = resnet.compute_dtype(config.model)
@@ -138,8 +138,9 @@ class Predictor:
     Takes the variables as an argument (not from `self`) so that jit and
     export see them as inputs rather than baking them in as constants.
     """
-    inputs = steps.model_inputs({VIDEO_MODALITY: clips}, self.input_config, self.stage.inputs,
-                                self.dtype)
+    inputs = steps.model_inputs(
+        {VIDEO_MODALITY: clips}, self.input_config, self.stage.inputs, self.dtype
+    )
     outputs = self.model.apply(variables, inputs, train=False)
     return jax.nn.softmax(outputs['fused'].astype(jnp.float32), axis=-1)
 
@@ -147,8 +148,10 @@ class Predictor:
     """uint8 clips `(N, T, H, W, 3)` at the trained size -> probabilities `(N, C)`."""
     clips = np.asarray(clips)
     if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[1:] != self.clip_shape:
-      raise ValueError(f'Expected uint8 clips (N, {", ".join(map(str, self.clip_shape))}), '
-                       f'got {clips.dtype} {clips.shape}.')
+      raise ValueError(
+          f'Expected uint8 clips (N, {", ".join(map(str, self.clip_shape))}), '
+          f'got {clips.dtype} {clips.shape}.'
+      )
     return np.asarray(self._jitted(self.variables, clips))
 
 
@@ -194,12 +197,17 @@ def window_indices(num_available: int, num_frames: int, windows: int = 1) -> np.
   if windows < 1 or num_available < windows:
     raise ValueError(f'{num_available} frames cannot fill {windows} windows.')
   bounds = [w * num_available // windows for w in range(windows + 1)]
-  return np.stack([start + sampling.uniform_indices(end - start, num_frames)
-                   for start, end in zip(bounds[:-1], bounds[1:])])
+  return np.stack(
+      [
+          start + sampling.uniform_indices(end - start, num_frames)
+          for start, end in zip(bounds[:-1], bounds[1:])
+      ]
+  )
 
 
-def sample_clips(path: str, *, num_frames: int, image_size: tuple[int, int],
-                 windows: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
+def sample_clips(
+    path: str, *, num_frames: int, image_size: tuple[int, int], windows: int = 1
+) -> tuple[np.ndarray, np.ndarray, int]:
   """A video's clips as evaluation would sample and resize them.
 
   Returns:
@@ -231,22 +239,26 @@ def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list
   return [{'class': class_names[i], 'probability': float(probabilities[i])} for i in order]
 
 
-def predict_video(predictor: Predictor, path: str, *, windows: int = 1,
-                  k: int = 5) -> dict[str, Any]:
+def predict_video(
+    predictor: Predictor, path: str, *, windows: int = 1, k: int = 5
+) -> dict[str, Any]:
   """One video's JSON-ready prediction: mean of the windows' probabilities, and each window.
 
   Raises:
     VideoError: the video cannot be read (see `sample_clips`).
   """
   clips, indices, num_available = sample_clips(
-      path, num_frames=predictor.num_frames, image_size=predictor.image_size, windows=windows)
+      path, num_frames=predictor.num_frames, image_size=predictor.image_size, windows=windows
+  )
   probabilities = predictor(clips)
   return {
-      'video': path, 'num_frames': num_available,
+      'video': path,
+      'num_frames': num_available,
       'top_k': top_k(probabilities.mean(axis=0), predictor.class_names, k),
-      'windows': [{'frame_indices': row.tolist(),
-                   'top_k': top_k(p, predictor.class_names, k)}
-                  for row, p in zip(indices, probabilities)],
+      'windows': [
+          {'frame_indices': row.tolist(), 'top_k': top_k(p, predictor.class_names, k)}
+          for row, p in zip(indices, probabilities)
+      ],
   }
 
 
@@ -255,8 +267,9 @@ def format_result(result: dict[str, Any]) -> str:
   head = f"{result['video']} ({result['num_frames']} frames"
   head += f", {len(result['windows'])} windows):" if len(result['windows']) > 1 else '):'
   width = max(len(c['class']) for c in result['top_k'])
-  return '\n'.join([head] + [f"  {c['class']:<{width}}  {c['probability']:.4f}"
-                             for c in result['top_k']])
+  return '\n'.join(
+      [head] + [f"  {c['class']:<{width}}  {c['probability']:.4f}" for c in result['top_k']]
+  )
 
 
 # MARK: command line
@@ -271,14 +284,18 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Run folder the stage was trained in.', required=True)
   flags.DEFINE_string('stage', 'step4', 'An RGB-only stage of that run.')
   flags.DEFINE_integer('top_k', 5, 'Classes listed per video.', lower_bound=1)
-  flags.DEFINE_integer('windows', 1,
-                       'Equal windows of each video, one clip each; probabilities averaged.',
-                       lower_bound=1)
+  flags.DEFINE_integer(
+      'windows',
+      1,
+      'Equal windows of each video, one clip each; probabilities averaged.',
+      lower_bound=1,
+  )
   flags.DEFINE_string('output', None, 'Write JSON lines here instead of printing.')
 
 
-def run(predictor: Predictor, videos: Sequence[str], *, windows: int, k: int,
-        output: str | None) -> int:
+def run(
+    predictor: Predictor, videos: Sequence[str], *, windows: int, k: int, output: str | None
+) -> int:
   """Predicts every video, reporting unreadable ones; returns the exit status."""
   failed = 0
   out = epath.Path(output).open('w') if output else None

@@ -68,8 +68,10 @@ FRESH_PATTERNS: tuple[str, ...] = (r'(.*/)?logits/.*', r'(.*/)?temporal(_bn)?/.*
 NORMALISATION: dict[str, dict[str, tuple[float, float, float]]] = {
     'slim': {'mean': (123.68, 116.78, 103.94), 'std': (1.0, 1.0, 1.0)},
     'keras': {'mean': (123.68, 116.779, 103.939), 'std': (1.0, 1.0, 1.0)},
-    'torchvision': {'mean': (0.485 * 255, 0.456 * 255, 0.406 * 255),
-                    'std': (0.229 * 255, 0.224 * 255, 0.225 * 255)},
+    'torchvision': {
+        'mean': (0.485 * 255, 0.456 * 255, 0.406 * 255),
+        'std': (0.229 * 255, 0.224 * 255, 0.225 * 255),
+    },
 }
 
 # BatchNorm epsilon each framework's ResNet-50 was trained with.
@@ -86,6 +88,7 @@ _IGNORED = {
 @dataclasses.dataclass(frozen=True)
 class _ConvBN:
   """Source names of one conv + BatchNorm pair and where they go in the Stream."""
+
   conv: str
   bn: str
   kernel: str
@@ -96,13 +99,17 @@ class _ConvBN:
   bias: str | None = None
 
   def names(self) -> list[str]:
-    return [n for n in (self.kernel, self.gamma, self.beta, self.mean, self.var, self.bias)
-            if n is not None]
+    return [
+        n
+        for n in (self.kernel, self.gamma, self.beta, self.mean, self.var, self.bias)
+        if n is not None
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
   """Where one format keeps every ResNet-50 weight."""
+
   conv_bns: tuple[_ConvBN, ...]
   logits_kernel: str
   logits_bias: str
@@ -127,24 +134,45 @@ def _stream_layers() -> Iterator[tuple[str, str, int, int, str]]:
 def _slim_layout() -> _Layout:
   conv_bns = []
   for conv, bn, b, u, part in _stream_layers():
-    scope = ('resnet_v1_50/conv1' if part == 'root'
-             else f'resnet_v1_50/block{b}/unit_{u + 1}/bottleneck_v1/{part}')
-    conv_bns.append(_ConvBN(
-        conv, bn, kernel=f'{scope}/weights', gamma=f'{scope}/BatchNorm/gamma',
-        beta=f'{scope}/BatchNorm/beta', mean=f'{scope}/BatchNorm/moving_mean',
-        var=f'{scope}/BatchNorm/moving_variance'))
+    scope = (
+        'resnet_v1_50/conv1'
+        if part == 'root'
+        else f'resnet_v1_50/block{b}/unit_{u + 1}/bottleneck_v1/{part}'
+    )
+    conv_bns.append(
+        _ConvBN(
+            conv,
+            bn,
+            kernel=f'{scope}/weights',
+            gamma=f'{scope}/BatchNorm/gamma',
+            beta=f'{scope}/BatchNorm/beta',
+            mean=f'{scope}/BatchNorm/moving_mean',
+            var=f'{scope}/BatchNorm/moving_variance',
+        )
+    )
   return _Layout(tuple(conv_bns), 'resnet_v1_50/logits/weights', 'resnet_v1_50/logits/biases')
 
 
 def _keras_layout() -> _Layout:
   conv_bns = []
   for conv, bn, b, u, part in _stream_layers():
-    stem = ('conv1' if part == 'root'
-            else f'conv{b + 1}_block{u + 1}_{0 if part == "shortcut" else part[-1]}')
-    conv_bns.append(_ConvBN(
-        conv, bn, kernel=f'{stem}_conv/kernel', bias=f'{stem}_conv/bias',
-        gamma=f'{stem}_bn/gamma', beta=f'{stem}_bn/beta', mean=f'{stem}_bn/moving_mean',
-        var=f'{stem}_bn/moving_variance'))
+    stem = (
+        'conv1'
+        if part == 'root'
+        else f'conv{b + 1}_block{u + 1}_{0 if part == "shortcut" else part[-1]}'
+    )
+    conv_bns.append(
+        _ConvBN(
+            conv,
+            bn,
+            kernel=f'{stem}_conv/kernel',
+            bias=f'{stem}_conv/bias',
+            gamma=f'{stem}_bn/gamma',
+            beta=f'{stem}_bn/beta',
+            mean=f'{stem}_bn/moving_mean',
+            var=f'{stem}_bn/moving_variance',
+        )
+    )
   return _Layout(tuple(conv_bns), 'predictions/kernel', 'predictions/bias')
 
 
@@ -152,18 +180,29 @@ def _torchvision_layout() -> _Layout:
   conv_bns = []
   for conv, bn, b, u, part in _stream_layers():
     unit = '' if part == 'root' else f'layer{b}.{u}.'
-    conv_name, bn_name = {'root': ('conv1', 'bn1'),
-                          'shortcut': ('downsample.0', 'downsample.1')}.get(
-                              part, (part, 'bn' + part[-1]))
-    conv_bns.append(_ConvBN(
-        conv, bn, kernel=f'{unit}{conv_name}.weight', gamma=f'{unit}{bn_name}.weight',
-        beta=f'{unit}{bn_name}.bias', mean=f'{unit}{bn_name}.running_mean',
-        var=f'{unit}{bn_name}.running_var'))
+    conv_name, bn_name = {
+        'root': ('conv1', 'bn1'),
+        'shortcut': ('downsample.0', 'downsample.1'),
+    }.get(part, (part, 'bn' + part[-1]))
+    conv_bns.append(
+        _ConvBN(
+            conv,
+            bn,
+            kernel=f'{unit}{conv_name}.weight',
+            gamma=f'{unit}{bn_name}.weight',
+            beta=f'{unit}{bn_name}.bias',
+            mean=f'{unit}{bn_name}.running_mean',
+            var=f'{unit}{bn_name}.running_var',
+        )
+    )
   return _Layout(tuple(conv_bns), 'fc.weight', 'fc.bias')
 
 
 _LAYOUTS: dict[str, Callable[[], _Layout]] = {
-    'slim': _slim_layout, 'keras': _keras_layout, 'torchvision': _torchvision_layout}
+    'slim': _slim_layout,
+    'keras': _keras_layout,
+    'torchvision': _torchvision_layout,
+}
 
 
 # ----------------------------------------------------------------------------
@@ -173,9 +212,9 @@ _LAYOUTS: dict[str, Callable[[], _Layout]] = {
 def read_slim(path: str) -> dict[str, np.ndarray]:
   """A TF checkpoint (V1 file or V2 prefix) as {variable name: array}."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   reader = tf.train.load_checkpoint(path)
-  return {name: np.asarray(reader.get_tensor(name))
-          for name in reader.get_variable_to_shape_map()}
+  return {name: np.asarray(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()}
 
 
 def _read_legacy_h5(group: Any) -> dict[str, np.ndarray]:
@@ -194,20 +233,26 @@ def _read_keras3_weights(path: str, f: Any) -> dict[str, np.ndarray]:
   """Keras 3 `.weights.h5`: layers are stored under generated names (`conv2d_7`),
   so a `ResNet50` built to the file's classifier size reads them back."""
   if 'layers/dense/vars' not in f:
-    raise ValueError(f'{path}: no classifier (`dense`) in this Keras weights file; '
-                     'convert a file saved with include_top=True.')
+    raise ValueError(
+        f'{path}: no classifier (`dense`) in this Keras weights file; '
+        'convert a file saved with include_top=True.'
+    )
   num_classes = f['layers/dense/vars/1'].shape[0]
   import keras  # pylint: disable=g-import-not-at-top
-  model = keras.applications.ResNet50(weights=None, classes=num_classes,
-                                      classifier_activation=None)
+
+  model = keras.applications.ResNet50(weights=None, classes=num_classes, classifier_activation=None)
   model.load_weights(path)
-  return {f'{layer.name}/{w.name}': np.asarray(w.numpy())
-          for layer in model.layers for w in layer.weights}
+  return {
+      f'{layer.name}/{w.name}': np.asarray(w.numpy())
+      for layer in model.layers
+      for w in layer.weights
+  }
 
 
 def read_keras(path: str) -> dict[str, np.ndarray]:
   """A Keras `ResNet50` weights file as {'layer/weight': array}."""
   import h5py  # pylint: disable=g-import-not-at-top
+
   with h5py.File(path, 'r') as f:
     if 'layer_names' in f.attrs:
       return _read_legacy_h5(f)
@@ -215,14 +260,16 @@ def read_keras(path: str) -> dict[str, np.ndarray]:
       return _read_legacy_h5(f['model_weights'])
     if 'layers' in f:
       return _read_keras3_weights(path, f)
-  raise ValueError(f'{path}: not a Keras weights file (no `layer_names`, '
-                   '`model_weights` or `layers`).')
+  raise ValueError(
+      f'{path}: not a Keras weights file (no `layer_names`, ' '`model_weights` or `layers`).'
+  )
 
 
 def read_torchvision(path: str) -> dict[str, np.ndarray]:
   """A torchvision state dict (`.safetensors`, or `.pth`/`.pt` via PyTorch)."""
   if path.endswith('.safetensors'):
     import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
     return dict(safetensors.numpy.load_file(path))
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -230,13 +277,17 @@ def read_torchvision(path: str) -> dict[str, np.ndarray]:
     raise ImportError(
         f'Reading {path} needs PyTorch (a CPU build is enough: '
         '`pip install torch --index-url https://download.pytorch.org/whl/cpu`), '
-        'or save the state dict as .safetensors where PyTorch is installed.') from e
+        'or save the state dict as .safetensors where PyTorch is installed.'
+    ) from e
   state = torch.load(path, map_location='cpu', weights_only=True)
   return {k: v.numpy() for k, v in state.items()}
 
 
 _READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
-    'slim': read_slim, 'keras': read_keras, 'torchvision': read_torchvision}
+    'slim': read_slim,
+    'keras': read_keras,
+    'torchvision': read_torchvision,
+}
 
 
 # ----------------------------------------------------------------------------
@@ -262,18 +313,27 @@ def _logits_kernel(fmt: str, kernel: np.ndarray) -> np.ndarray:
 
 def _target_shapes(num_classes: int, stride_layout: str) -> dict[str, Any]:
   """Zero-cost stand-ins with a full-size Stream's variable shapes and dtypes."""
-  model = resnet.Stream(num_classes=num_classes, units_per_block=UNITS_PER_BLOCK,
-                        width=WIDTH, stride_layout=stride_layout)
+  model = resnet.Stream(
+      num_classes=num_classes,
+      units_per_block=UNITS_PER_BLOCK,
+      width=WIDTH,
+      stride_layout=stride_layout,
+  )
   shapes = jax.eval_shape(
       functools.partial(model.init, num_frames=1, train=False),
-      jax.random.key(0), jnp.zeros((1, 224, 224, 3), jnp.float32))
-  return jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape),
-                      dict(shapes))
+      jax.random.key(0),
+      jnp.zeros((1, 224, 224, 3), jnp.float32),
+  )
+  return jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), dict(shapes))
 
 
-def convert_arrays(fmt: str, arrays: Mapping[str, np.ndarray], *,
-                   ignore: Sequence[str] = (), what: str | None = None
-                   ) -> tuple[dict[str, Any], int]:
+def convert_arrays(
+    fmt: str,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    ignore: Sequence[str] = (),
+    what: str | None = None,
+) -> tuple[dict[str, Any], int]:
   """Source arrays -> (Stream variables, number of source classes).
 
   Args:
@@ -300,8 +360,9 @@ def convert_arrays(fmt: str, arrays: Mapping[str, np.ndarray], *,
   wanted = {n for cb in layout.conv_bns for n in cb.names()}
   wanted |= {layout.logits_kernel, layout.logits_bias}
   missing = sorted(wanted - set(arrays))
-  unused = sorted(n for n in arrays
-                  if n not in wanted and not any(re.fullmatch(p, n) for p in ignore))
+  unused = sorted(
+      n for n in arrays if n not in wanted and not any(re.fullmatch(p, n) for p in ignore)
+  )
 
   def f64(name: str) -> np.ndarray:  # Folding in float64 rounds once, at the end.
     return np.asarray(arrays[name], np.float64)
@@ -328,8 +389,7 @@ def convert_arrays(fmt: str, arrays: Mapping[str, np.ndarray], *,
     if re.fullmatch(r'params/.*temporal/kernel', key):
       flat[key] = resnet.temporal_identity_init(None, value.shape, jnp.float32)
   lines = []
-  for title, names in (('source entries missing', missing),
-                       ('source entries not used', unused)):
+  for title, names in (('source entries missing', missing), ('source entries not used', unused)):
     if names:
       lines.append(f'  {title} ({len(names)}):')
       lines.extend(f'    {n}' for n in names)
@@ -348,7 +408,8 @@ def convert(fmt: str, src: str, out: str, *, ignore: Sequence[str] = ()) -> dict
   Returns the metadata written.
   """
   variables, num_classes = convert_arrays(
-      fmt, _READERS[fmt](src), ignore=ignore, what=f'{fmt} file {os.path.basename(src)}')
+      fmt, _READERS[fmt](src), ignore=ignore, what=f'{fmt} file {os.path.basename(src)}'
+  )
   metadata = {
       'source_format': fmt,
       'source_file': os.path.basename(src),
@@ -360,6 +421,7 @@ def convert(fmt: str, src: str, out: str, *, ignore: Sequence[str] = ()) -> dict
       'std': list(NORMALISATION[fmt]['std']),
   }
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   out = os.path.abspath(out)
   os.makedirs(out, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
@@ -384,6 +446,7 @@ def load(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
       variables = param_merge.merge(model_init_vars, loaded, fresh=FRESH_PATTERNS)
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   directory = os.path.abspath(directory)
   with open(os.path.join(directory, METADATA_FILE)) as f:
     metadata = json.load(f)
@@ -428,12 +491,18 @@ def imagenet_classifier(directory: str) -> Callable[[Any], jax.Array]:
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog='python -m modistill_jax.pretrained',
-      description='Convert an ImageNet ResNet-50 checkpoint into stream variables.')
+      description='Convert an ImageNet ResNet-50 checkpoint into stream variables.',
+  )
   parser.add_argument('--format', required=True, choices=FORMATS)
   parser.add_argument('--src', required=True, help='checkpoint file (slim: the .ckpt path)')
   parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--ignore', action='append', default=[], metavar='REGEX',
-                      help='drop source entries whose name matches (repeatable)')
+  parser.add_argument(
+      '--ignore',
+      action='append',
+      default=[],
+      metavar='REGEX',
+      help='drop source entries whose name matches (repeatable)',
+  )
   args = parser.parse_args(argv)
   metadata = convert(args.format, args.src, args.out, ignore=args.ignore)
   print(json.dumps(metadata, indent=2))

@@ -33,6 +33,7 @@ RESNET50_UNITS = (3, 4, 6, 3)
 
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 (strided) -> 1x1 with 4x expansion, projection shortcut when shapes change."""
+
   features: int
   strides: int
   dtype: Any
@@ -40,8 +41,9 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+    )
     y = nn.relu(norm()(conv(self.features, (1, 1))(x)))
     y = nn.relu(norm()(conv(self.features, (3, 3), strides=self.strides, padding=1)(y)))
     y = norm()(conv(4 * self.features, (1, 1))(y))
@@ -55,6 +57,7 @@ class ResNet(nn.Module):
 
   A narrower `width` or fewer units make the tiny variant the tests train.
   """
+
   num_classes: int
   units_per_block: Sequence[int] = RESNET50_UNITS
   width: int = 64
@@ -63,13 +66,13 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype)(images)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
     x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding='SAME')
     for block, units in enumerate(self.units_per_block):
       for unit in range(units):
-        x = Bottleneck(self.width * 2**block, strides=2 if unit == 0 and block > 0 else 1,
-                       dtype=self.dtype)(x, train)
+        x = Bottleneck(
+            self.width * 2**block, strides=2 if unit == 0 and block > 0 else 1, dtype=self.dtype
+        )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -88,41 +91,75 @@ def frames_of(batch: dict[str, jax.Array], modality: str) -> tuple[jax.Array, ja
   return clips.reshape((-1,) + clips.shape[2:]), jnp.repeat(batch['label'], num_frames)
 
 
-def train_step(state: ReferenceState, batch: dict[str, jax.Array], *, model: ResNet,
-               tx: optax.GradientTransformation, mean: Sequence[float], std: Sequence[float],
-               modality: str) -> tuple[ReferenceState, dict[str, jax.Array]]:
+def train_step(
+    state: ReferenceState,
+    batch: dict[str, jax.Array],
+    *,
+    model: ResNet,
+    tx: optax.GradientTransformation,
+    mean: Sequence[float],
+    std: Sequence[float],
+    modality: str,
+) -> tuple[ReferenceState, dict[str, jax.Array]]:
   """One step of softmax cross-entropy on every frame, the uint8 input normalised on the device."""
   images, labels = frames_of(batch, modality)
   images = preprocess.normalize(images, mean, std, model.dtype)
 
   def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
-                                  train=True, mutable=['batch_stats'])
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, updates['batch_stats']
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = ReferenceState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                             batch_stats=batch_stats, opt_state=opt_state)
+  new_state = ReferenceState(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+  )
   return new_state, {'loss': loss}
 
 
-def init_state(model: ResNet, tx: optax.GradientTransformation, image_size: int,
-               seed: int = 0) -> ReferenceState:
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3),
-                                                          model.dtype), train=False)
-  return ReferenceState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                        batch_stats=variables['batch_stats'],
-                        opt_state=tx.init(variables['params']))
+def init_state(
+    model: ResNet, tx: optax.GradientTransformation, image_size: int, seed: int = 0
+) -> ReferenceState:
+  variables = model.init(
+      jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3), model.dtype), train=False
+  )
+  return ReferenceState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      opt_state=tx.init(variables['params']),
+  )
 
 
-def make_train_fn(model: ResNet, tx: optax.GradientTransformation,
-                  input_config: ml_collections.ConfigDict, mesh, modality: str = 'rgb'):
+def make_train_fn(
+    model: ResNet,
+    tx: optax.GradientTransformation,
+    input_config: ml_collections.ConfigDict,
+    mesh,
+    modality: str = 'rgb',
+):
   """The jitted step, sharded and donated exactly as `trainer.make_train_fn` does ours."""
   replicated = sharding.replicated(mesh)
-  step = functools.partial(train_step, model=model, tx=tx,
-                           mean=tuple(input_config[f'{modality}_mean']),
-                           std=tuple(input_config[f'{modality}_std']), modality=modality)
-  return jax.jit(step, in_shardings=(replicated, sharding.data_sharded(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  step = functools.partial(
+      train_step,
+      model=model,
+      tx=tx,
+      mean=tuple(input_config[f'{modality}_mean']),
+      std=tuple(input_config[f'{modality}_std']),
+      modality=modality,
+  )
+  return jax.jit(
+      step,
+      in_shardings=(replicated, sharding.data_sharded(mesh)),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+  )

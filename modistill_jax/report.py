@@ -27,16 +27,16 @@ from modistill_jax import metrics as metrics_lib
 from modistill_jax import runs
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One Table 1 row: which stage folder and stream produce it."""
-  number: str          # the paper's row number
+
+  number: str  # the paper's row number
   method: str
   test_modality: str
   loss: str
   stage: str
-  stream: str          # key of results['test']['accuracy']
+  stream: str  # key of results['test']['accuracy']
   ablation: bool = False  # read from WORKDIR/no_connections/
 
 
@@ -48,29 +48,55 @@ TABLE1_ROWS = (
     Row('7', 'step 2, RGB stream', 'RGB', 'x-entr', 'step2', 'rgb'),
     Row('8', 'step 2', 'RGB & Depth', 'x-entr', 'step2', 'fused'),
     Row('9', 'step 2 w/o connections', 'RGB & Depth', 'x-entr', 'step2', 'fused', True),
-    Row('13', 'step 3 w/ connections', 'RGB (hall) + depth via connections', '{loss}',
-        'step3', 'hall'),
+    Row(
+        '13',
+        'step 3 w/ connections',
+        'RGB (hall) + depth via connections',
+        '{loss}',
+        'step3',
+        'hall',
+    ),
     Row('14', 'step 3 w/o connections', 'RGB (hall)', '{loss}', 'step3', 'hall', True),
     Row('15', 'step 4', 'RGB', 'x-entr', 'step4', 'fused'),
 )
 
 # The paper's Table 1 (NTU RGB+D, %), by row number: (cross-subject, cross-view).
 PAPER_TABLE1 = {
-    '1': (70.44, 75.16), '2': (66.52, 71.39), '3': (64.64, None), '4': (68.60, None),
-    '5': (70.70, None), '6': (71.09, 77.30), '7': (66.68, 56.26), '8': (79.73, 81.43),
-    '9': (78.27, 82.11), '10': (69.93, 70.64), '11': (70.47, None), '12': (71.52, None),
-    '13': (71.93, 74.10), '14': (71.10, None), '15': (73.42, 77.21),
+    '1': (70.44, 75.16),
+    '2': (66.52, 71.39),
+    '3': (64.64, None),
+    '4': (68.60, None),
+    '5': (70.70, None),
+    '6': (71.09, 77.30),
+    '7': (66.68, 56.26),
+    '8': (79.73, 81.43),
+    '9': (78.27, 82.11),
+    '10': (69.93, 70.64),
+    '11': (70.47, None),
+    '12': (71.52, None),
+    '13': (71.93, 74.10),
+    '14': (71.10, None),
+    '15': (73.42, 77.21),
 }
 # Table 2 (NTU cross-view, step 2 with noisy depth), by sigma^2 label.
-PAPER_TABLE2 = {'no noise': 81.43, '0.001': 81.34, '0.01': 81.12, '0.1': 76.85,
-                '1': 62.47, '10': 51.43, 'void': 14.24}
+PAPER_TABLE2 = {
+    'no noise': 81.43,
+    '0.001': 81.34,
+    '0.01': 81.12,
+    '0.1': 76.85,
+    '1': 62.47,
+    '10': 51.43,
+    'void': 14.24,
+}
 PAPER_HALLUCINATION_CV = 77.21
 # Table 4 (NTU cross-view, RGB privileged: depth at test time), by row number.
 PAPER_TABLE4 = {'13a': 76.12, '15a': 76.41}
 # Rows whose paper number depends on the loss the run used.
-LOSS_ROWS = {'3-5': {'eq1': '3', 'eq3': '4', 'eq5': '5'},
-             '13': {'eq1': '11', 'eq3': '12', 'eq5': '13'},
-             '14': {'eq1': '10', 'eq5': '14'}}
+LOSS_ROWS = {
+    '3-5': {'eq1': '3', 'eq3': '4', 'eq5': '5'},
+    '13': {'eq1': '11', 'eq3': '12', 'eq5': '13'},
+    '14': {'eq1': '10', 'eq5': '14'},
+}
 
 
 def stage_results(workdir: str, stage: str) -> dict[str, Any] | None:
@@ -86,8 +112,7 @@ def _step1_stage(workdir: str, stream: str) -> str:
   return 'step1'
 
 
-def paper_number(row: Row, loss: str, dataset: str | None,
-                 protocol: str | None) -> float | None:
+def paper_number(row: Row, loss: str, dataset: str | None, protocol: str | None) -> float | None:
   """The paper's NTU figure for a row, or None (other datasets, rows it lacks)."""
   column = {'cross_subject': 0, 'cross_view': 1}.get(protocol or '')
   if dataset != 'ntu_rgbd' or column is None:
@@ -99,8 +124,10 @@ def paper_number(row: Row, loss: str, dataset: str | None,
 
 
 # Rows 8 and 13 of a run trained without connections are rows 9 and 14.
-_UNCONNECTED = {'8': next(r for r in TABLE1_ROWS if r.number == '9'),
-                '13': next(r for r in TABLE1_ROWS if r.number == '14')}
+_UNCONNECTED = {
+    '8': next(r for r in TABLE1_ROWS if r.number == '9'),
+    '13': next(r for r in TABLE1_ROWS if r.number == '14'),
+}
 _SWAPPED_MODALITIES = {'RGB': 'Depth', 'Depth': 'RGB', 'depth': 'RGB'}
 
 
@@ -135,11 +162,18 @@ def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
       continue
     loss = results.get('loss', '')
     row = row_of_run(row, results)
-    rows.append({'row': row.number, 'method': row.method, 'test_modality': row.test_modality,
-                 'loss': row.loss.format(loss=loss), 'accuracy': 100 * accuracy,
-                 'paper': paper_number(row, loss, results.get('dataset'), results.get('protocol')),
-                 'num_examples': results[split]['num_examples'],
-                 'complete': results[split]['complete']})
+    rows.append(
+        {
+            'row': row.number,
+            'method': row.method,
+            'test_modality': row.test_modality,
+            'loss': row.loss.format(loss=loss),
+            'accuracy': 100 * accuracy,
+            'paper': paper_number(row, loss, results.get('dataset'), results.get('protocol')),
+            'num_examples': results[split]['num_examples'],
+            'complete': results[split]['complete'],
+        }
+    )
   return rows
 
 
@@ -149,8 +183,10 @@ def table1_markdown(rows: list[dict[str, Any]]) -> str:
   rule = '|---' * (6 if with_paper else 5) + '|'
   lines = [head, rule]
   for r in rows:
-    line = (f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | "
-            f"{r['accuracy']:.2f}%{'' if r['complete'] else ' (partial)'} |")
+    line = (
+        f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | "
+        f"{r['accuracy']:.2f}%{'' if r['complete'] else ' (partial)'} |"
+    )
     if with_paper:
       line += f" {r['paper']:.2f}% |" if r['paper'] is not None else ' - |'
     lines.append(line)
@@ -165,12 +201,16 @@ def noise_sweep(workdir: str, stage: str = 'step2') -> list[dict[str, Any]] | No
 def table2_markdown(rows: list[dict[str, Any]], hallucination: float | None) -> str:
   head = '| sigma^2 | ' + ' | '.join(r['sigma2'] for r in rows) + ' |'
   rule = '|---' * (len(rows) + 1) + '|'
-  body = '| step 2, RGB + noisy depth | ' + ' | '.join(
-      f"{100 * r['accuracy']['fused']:.2f}%" for r in rows) + ' |'
+  body = (
+      '| step 2, RGB + noisy depth | '
+      + ' | '.join(f"{100 * r['accuracy']['fused']:.2f}%" for r in rows)
+      + ' |'
+  )
   lines = [head, rule, body]
   if hallucination is not None:
-    lines.append(f'\nStep 4 (hallucination, RGB only, no depth at test time): '
-                 f'{hallucination:.2f}%.')
+    lines.append(
+        f'\nStep 4 (hallucination, RGB only, no depth at test time): ' f'{hallucination:.2f}%.'
+    )
   return '\n'.join(lines)
 
 
@@ -188,8 +228,9 @@ def class_names(workdir: str, stage: str) -> list[str]:
   return dataset_info(workdir, stage)['class_names']
 
 
-def confusion_matrix(workdir: str, stage: str, stream: str = 'fused',
-                     split: str = 'test') -> np.ndarray:
+def confusion_matrix(
+    workdir: str, stage: str, stream: str = 'fused', split: str = 'test'
+) -> np.ndarray:
   """Counts `[true, predicted]` from a stage's saved test predictions."""
   saved = predictions(workdir, stage, split)
   n = len(class_names(workdir, stage))
@@ -215,6 +256,7 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
 def pyplot():
   """pyplot with matplotlib's own backend choice: inline in notebooks, Agg headless."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -229,10 +271,17 @@ def plot_training_curves(workdir: str, path: str | None = None):
     if train:
       ax_loss.plot([r['step'] for r in train], [r['loss'] for r in train], label=stage)
     if val:
-      key = 'accuracy/fused' if 'accuracy/fused' in val[0] else next(
-          k for k in val[0] if k.startswith('accuracy/'))
-      ax_acc.plot([r['step'] for r in val], [100 * r[key] for r in val], marker='o',
-                  label=f'{stage} ({key.split("/")[1]})')
+      key = (
+          'accuracy/fused'
+          if 'accuracy/fused' in val[0]
+          else next(k for k in val[0] if k.startswith('accuracy/'))
+      )
+      ax_acc.plot(
+          [r['step'] for r in val],
+          [100 * r[key] for r in val],
+          marker='o',
+          label=f'{stage} ({key.split("/")[1]})',
+      )
   ax_loss.set(xlabel='step', ylabel='training loss', title='Training loss')
   ax_acc.set(xlabel='step', ylabel='accuracy (%)', title='Validation accuracy')
   for ax in (ax_loss, ax_acc):
@@ -243,14 +292,19 @@ def plot_training_curves(workdir: str, path: str | None = None):
   return save_figure(fig, path)
 
 
-def plot_noise_curve(rows: list[dict[str, Any]], hallucination: float | None,
-                     path: str | None = None):
+def plot_noise_curve(
+    rows: list[dict[str, Any]], hallucination: float | None, path: str | None = None
+):
   """Table 2 as a curve: step 2 accuracy against depth-noise variance."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   noisy = [r for r in rows if not r['void'] and r['sigma'] > 0]
-  ax.semilogx([r['sigma'] ** 2 for r in noisy], [100 * r['accuracy']['fused'] for r in noisy],
-              marker='o', label='step 2: RGB + noisy depth')
+  ax.semilogx(
+      [r['sigma'] ** 2 for r in noisy],
+      [100 * r['accuracy']['fused'] for r in noisy],
+      marker='o',
+      label='step 2: RGB + noisy depth',
+  )
   clean = next(r for r in rows if r['sigma2'] == 'no noise')
   void = next(r for r in rows if r['void'])
   ax.axhline(100 * clean['accuracy']['fused'], ls=':', color='gray', label='step 2, clean depth')
@@ -275,8 +329,15 @@ def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str |
   if len(names) <= 20:
     for (i, j), count in np.ndenumerate(matrix):
       if count:
-        ax.text(j, i, str(count), ha='center', va='center', fontsize=7,
-                color='white' if rates[i, j] > 0.5 else 'black')
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha='center',
+            va='center',
+            fontsize=7,
+            color='white' if rates[i, j] > 0.5 else 'black',
+        )
   ax.set(xlabel='predicted', ylabel='true', title=title)
   fig.tight_layout()
   return save_figure(fig, path)
@@ -293,8 +354,16 @@ def save_figure(fig, path: str | None):
 def write_report(workdir: str, *, title: str = 'Results') -> str:
   """Writes `report.md` and its PNGs into `workdir`; returns the report's path."""
   rows = table1(workdir)
-  parts = [f'# {title}', '', f'Run folder: `{runs.as_path(workdir)}`', '',
-           '## Table 1 layout (test split)', '', table1_markdown(rows), '']
+  parts = [
+      f'# {title}',
+      '',
+      f'Run folder: `{runs.as_path(workdir)}`',
+      '',
+      '## Table 1 layout (test split)',
+      '',
+      table1_markdown(rows),
+      '',
+  ]
   curves = runs.report_asset(workdir, 'training_curves.png')
   plot_training_curves(workdir, curves)
   parts += ['## Training curves', '', '![training curves](training_curves.png)', '']
@@ -303,19 +372,34 @@ def write_report(workdir: str, *, title: str = 'Results') -> str:
   sweep = noise_sweep(workdir)
   if sweep:
     plot_noise_curve(sweep, hallucination, runs.report_asset(workdir, 'noise_curve.png'))
-    parts += ['## Table 2 layout: step 2 with noisy depth (test split)', '',
-              table2_markdown(sweep, hallucination), '',
-              '![noise curve](noise_curve.png)', '']
+    parts += [
+        '## Table 2 layout: step 2 with noisy depth (test split)',
+        '',
+        table2_markdown(sweep, hallucination),
+        '',
+        '![noise curve](noise_curve.png)',
+        '',
+    ]
   if step4 and runs.stage_dir(workdir, 'step4').predictions_file('test').exists():
     names = class_names(workdir, 'step4')
     matrix = confusion_matrix(workdir, 'step4')
-    plot_confusion(matrix, names, 'Step 4 (RGB only), test split',
-                   runs.report_asset(workdir, 'confusion_step4.png'))
+    plot_confusion(
+        matrix,
+        names,
+        'Step 4 (RGB only), test split',
+        runs.report_asset(workdir, 'confusion_step4.png'),
+    )
     per_class = per_class_accuracy(matrix)
-    parts += ['## Step 4 per class (test split)', '',
-              '| class | accuracy | clips |', '|---|---|---|']
-    parts += [f'| {n} | {100 * a:.1f}% | {int(t)} |'
-              for n, a, t in zip(names, per_class, matrix.sum(axis=1))]
+    parts += [
+        '## Step 4 per class (test split)',
+        '',
+        '| class | accuracy | clips |',
+        '|---|---|---|',
+    ]
+    parts += [
+        f'| {n} | {100 * a:.1f}% | {int(t)} |'
+        for n, a, t in zip(names, per_class, matrix.sum(axis=1))
+    ]
     parts += ['', '![confusion matrix](confusion_step4.png)', '']
   path = runs.report_file(workdir)
   path.write_text('\n'.join(parts))
@@ -337,10 +421,14 @@ def run_description(workdir: str) -> dict[str, Any]:
   if not finished:
     return {'stages': []}
   config = stage_config(workdir, finished[0])
-  dataset = config['dataset'] + (f"/{config['builder_config']}" if config['builder_config']
-                                 else '')
-  return {'stages': finished, 'dataset': dataset, 'protocol': config['protocol'],
-          'seed': config['seed'], 'privileged': config['privileged']}
+  dataset = config['dataset'] + (f"/{config['builder_config']}" if config['builder_config'] else '')
+  return {
+      'stages': finished,
+      'dataset': dataset,
+      'protocol': config['protocol'],
+      'seed': config['seed'],
+      'privileged': config['privileged'],
+  }
 
 
 def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
@@ -357,41 +445,76 @@ def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
   tables = [table1(w, split) for w in workdirs]
   order = {r.number: i for i, r in enumerate(TABLE1_ROWS)}
   order.update({'13a': len(order), '15a': len(order) + 1})
-  keys = sorted({(r['row'], r['method'], r['test_modality'], r['loss']) for t in tables
-                 for r in t}, key=lambda k: (order[k[0]], k[3]))
+  keys = sorted(
+      {(r['row'], r['method'], r['test_modality'], r['loss']) for t in tables for r in t},
+      key=lambda k: (order[k[0]], k[3]),
+  )
   rows = []
   for row, method, modality, loss in keys:
     values = []
     for table in tables:
-      match = [r['accuracy'] for r in table
-               if (r['row'], r['method'], r['test_modality'], r['loss']) == (row, method,
-                                                                             modality, loss)]
+      match = [
+          r['accuracy']
+          for r in table
+          if (r['row'], r['method'], r['test_modality'], r['loss']) == (row, method, modality, loss)
+      ]
       values.append(match[0] if match else None)
-    rows.append({'row': paper_row(row, loss), 'method': method, 'test_modality': modality,
-                 'loss': loss, 'accuracy': values})
+    rows.append(
+        {
+            'row': paper_row(row, loss),
+            'method': method,
+            'test_modality': modality,
+            'loss': loss,
+            'accuracy': values,
+        }
+    )
   sweeps = [noise_sweep(w) or [] for w in workdirs]
   labels = list(dict.fromkeys(r['sigma2'] for sweep in sweeps for r in sweep))
   for label in labels:
-    values = [next((100 * r['accuracy']['fused'] for r in sweep if r['sigma2'] == label), None)
-              for sweep in sweeps]
-    rows.append({'row': 'T2', 'method': f'step 2, depth sigma^2 = {label}',
-                 'test_modality': 'RGB & noisy depth', 'loss': 'x-entr', 'accuracy': values})
-  return {'workdirs': [str(w) for w in workdirs],
-          'runs': [run_description(w) for w in workdirs], 'rows': rows}
+    values = [
+        next((100 * r['accuracy']['fused'] for r in sweep if r['sigma2'] == label), None)
+        for sweep in sweeps
+    ]
+    rows.append(
+        {
+            'row': 'T2',
+            'method': f'step 2, depth sigma^2 = {label}',
+            'test_modality': 'RGB & noisy depth',
+            'loss': 'x-entr',
+            'accuracy': values,
+        }
+    )
+  return {
+      'workdirs': [str(w) for w in workdirs],
+      'runs': [run_description(w) for w in workdirs],
+      'rows': rows,
+  }
 
 
 def compare_markdown(comparison: dict[str, Any]) -> str:
   """`compare`'s table: a column per folder, headed by its path, dataset, protocol, seed."""
   names = comparison['workdirs']
-  lines = ['| # | method | test modality | loss | ' + ' | '.join(names) + ' |',
-           '|---' * (4 + len(names)) + '|']
-  for label, key in (('dataset', 'dataset'), ('protocol', 'protocol'), ('seed', 'seed'),
-                     ('privileged', 'privileged')):
-    lines.append(f'| | {label} | | | ' + ' | '.join(
-        str(run.get(key, '-')) for run in comparison['runs']) + ' |')
+  lines = [
+      '| # | method | test modality | loss | ' + ' | '.join(names) + ' |',
+      '|---' * (4 + len(names)) + '|',
+  ]
+  for label, key in (
+      ('dataset', 'dataset'),
+      ('protocol', 'protocol'),
+      ('seed', 'seed'),
+      ('privileged', 'privileged'),
+  ):
+    lines.append(
+        f'| | {label} | | | '
+        + ' | '.join(str(run.get(key, '-')) for run in comparison['runs'])
+        + ' |'
+    )
   for r in comparison['rows']:
-    lines.append(f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | " +
-                 ' | '.join('-' if v is None else f'{v:.2f}%' for v in r['accuracy']) + ' |')
+    lines.append(
+        f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | "
+        + ' | '.join('-' if v is None else f'{v:.2f}%' for v in r['accuracy'])
+        + ' |'
+    )
   return '\n'.join(lines)
 
 
@@ -407,7 +530,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_bool('compare', False, 'Print a side-by-side table of the run folders given '
-                    'after the flags (seeds, configurations, ablations).')
+  flags.DEFINE_bool(
+      'compare',
+      False,
+      'Print a side-by-side table of the run folders given '
+      'after the flags (seeds, configurations, ablations).',
+  )
   flags.DEFINE_string('output', '', 'Also write the table (Markdown) to this file.')
   app.run(main)

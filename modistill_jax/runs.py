@@ -66,6 +66,7 @@ def as_path(path: PathLike) -> epath.Path:
 @dataclasses.dataclass(frozen=True)
 class StageDir:
   """The files of one stage of a run folder."""
+
   workdir: epath.Path
   name: str
 
@@ -179,6 +180,7 @@ def write_json(path: PathLike, obj: Any) -> None:
 @dataclasses.dataclass
 class FinishedStage:
   """A finished stage as it was trained: config, dataset, results and best state."""
+
   dir: StageDir
   config: ml_collections.ConfigDict
   dataset: dict[str, Any]
@@ -195,11 +197,13 @@ class FinishedStage:
   def best_state(self) -> dict[str, Any]:
     """The best checkpoint's `{step, params, batch_stats, frozen}` (no optimizer state)."""
     from modistill_jax import checkpointing  # pylint: disable=g-import-not-at-top (Orbax is heavy)
+
     return checkpointing.read_best_state(self.dir.best_dir)
 
 
-def train_command(config_file: str | None, stage: str, workdir: PathLike,
-                  overrides: tuple[str, ...] = ()) -> str:
+def train_command(
+    config_file: str | None, stage: str, workdir: PathLike, overrides: tuple[str, ...] = ()
+) -> str:
   """The command that trains `stage`, runnable as printed when the config file is known.
 
   `config_file` may carry the config's options after a colon (`configs/demo.py:tiny`,
@@ -207,26 +211,44 @@ def train_command(config_file: str | None, stage: str, workdir: PathLike,
   """
   path, _, options = (config_file or '<config.py>').partition(':')
   config_arg = f'{path}:{stage}' + (f',{options}' if options else '')
-  return ' '.join(('python -m modistill_jax.train', f'--config={config_arg}',
-                   f'--workdir={workdir}', *overrides))
+  return ' '.join(
+      (
+          'python -m modistill_jax.train',
+          f'--config={config_arg}',
+          f'--workdir={workdir}',
+          *overrides,
+      )
+  )
 
 
-def not_finished_error(workdir: PathLike, candidates: tuple[str, ...],
-                       config_file: str | None = None,
-                       overrides: tuple[str, ...] = ()) -> StageNotFinishedError:
+def not_finished_error(
+    workdir: PathLike,
+    candidates: tuple[str, ...],
+    config_file: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> StageNotFinishedError:
   """The error for a missing prerequisite: where it was looked for and how to make it."""
   dirs = [stage_dir(workdir, n) for n in candidates]
   where = ' or '.join(str(d.path) for d in dirs)
   started = [d for d in dirs if d.path.exists()]
-  state = (f' ({started[0].path} exists but has no {RESULTS_FILE}: interrupted, rerun its '
-           'command to resume it)' if started else '')
+  state = (
+      f' ({started[0].path} exists but has no {RESULTS_FILE}: interrupted, rerun its '
+      'command to resume it)'
+      if started
+      else ''
+  )
   return StageNotFinishedError(
       f'Stage {candidates[0]} has not finished in {where}{state}. Produce it with:\n  '
-      + train_command(config_file, candidates[0], workdir, overrides))
+      + train_command(config_file, candidates[0], workdir, overrides)
+  )
 
 
-def find_finished(workdir: PathLike, candidates: tuple[str, ...], config_file: str | None = None,
-                  overrides: tuple[str, ...] = ()) -> StageDir:
+def find_finished(
+    workdir: PathLike,
+    candidates: tuple[str, ...],
+    config_file: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> StageDir:
   """The first finished stage among `candidates` (e.g. step1, step1_rgb)."""
   for name in candidates:
     directory = stage_dir(workdir, name)
@@ -242,11 +264,14 @@ def load_stage(workdir: PathLike, stage: str) -> FinishedStage:
     StageNotFinishedError: the stage has no results in `workdir`.
   """
   from modistill_jax import config_lib  # pylint: disable=g-import-not-at-top (models, losses)
+
   directory = find_finished(workdir, (stage,))
-  return FinishedStage(dir=directory,
-                       config=config_lib.with_defaults(read_json(directory.config_file)),
-                       dataset=read_json(directory.dataset_file),
-                       results=read_json(directory.results_file))
+  return FinishedStage(
+      dir=directory,
+      config=config_lib.with_defaults(read_json(directory.config_file)),
+      dataset=read_json(directory.dataset_file),
+      results=read_json(directory.results_file),
+  )
 
 
 # MARK: one job per stage folder
@@ -303,10 +328,14 @@ class StageLock:
             f'{self.file.parent} is in use by pid {holder["pid"]} on {holder["host"]} '
             f'(heartbeat {time.time() - holder["heartbeat"]:.0f} s ago). Two jobs on one stage '
             'would overwrite each other. If that job is not running (killed on another '
-            f'machine), remove the lock: rm {self.file}')
-      note = (f'took over the stale lock of pid {holder.get("pid")} on {holder.get("host")} '
-              '(no longer running, or silent too long)' if holder
-              else 'replaced an unreadable lock')
+            f'machine), remove the lock: rm {self.file}'
+        )
+      note = (
+          f'took over the stale lock of pid {holder.get("pid")} on {holder.get("host")} '
+          '(no longer running, or silent too long)'
+          if holder
+          else 'replaced an unreadable lock'
+      )
     write_json(self.file, self._record())
     self.held = True
     return note

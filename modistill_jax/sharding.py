@@ -26,8 +26,9 @@ DATA_AXIS = 'data'
 
 def make_mesh() -> Mesh:
   # Auto axes let XLA propagate the batch sharding through the frame/clip reshapes.
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+      (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -44,14 +45,16 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = 'batch_size
   if global_batch_size % devices or global_batch_size % hosts:
     raise ValueError(
         f'config.{what}={global_batch_size} clips must divide over {devices} devices '
-        f'on {hosts} host(s); use a multiple of {np.lcm(devices, hosts)}.')
+        f'on {hosts} host(s); use a multiple of {np.lcm(devices, hosts)}.'
+    )
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This host's slice of a batch -> global arrays sharded over the data axis."""
   sharding = data_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
 def fetch(tree: Any) -> Any:
@@ -59,4 +62,5 @@ def fetch(tree: Any) -> Any:
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return multihost_utils.process_allgather(tree, tiled=True)

@@ -5,23 +5,24 @@ stream is a frozen teacher, what the loss is, which streams make the fused
 prediction, and where every stream's initial weights come from. With the
 privileged modality P (depth by default) and the test-time modality O (RGB):
 
-| stage      | models (giver -> receiver)       | loss                         | init                          |
-|------------|----------------------------------|------------------------------|-------------------------------|
-| step1_rgb  | rgb                              | CE(rgb)                      | ImageNet or scratch           |
-| step1_depth| depth                            | CE(depth)                    | ImageNet or scratch           |
-| step1      | depth, rgb (no connections)      | CE(depth) + CE(rgb)          | ImageNet or scratch           |
-| step2      | P -> O                           | CE(fused)                    | step 1                        |
-| step3      | P (frozen) -> hall(O input)      | loss.kind, teacher = P       | hall and P from step 2's P    |
-| step4      | hall(O input) -> O               | CE(fused)                    | hall: step 3; O: step 2       |
-| hoffman    | P, O, hall(O input), no connections | CE(P) + CE(O) + loss.kind(hall vs P) | step 1 (hall from P) |
+| stage | models (giver -> receiver) | loss | init |
+| --- | --- | --- | --- |
+| step1_rgb | rgb | CE(rgb) | ImageNet or scratch |
+| step1_depth | depth | CE(depth) | ImageNet or scratch |
+| step1 | depth, rgb (no connections) | CE(depth) + CE(rgb) | ImageNet or scratch |
+| step2 | P -> O | CE(fused) | step 1 |
+| step3 | P (frozen) -> hall(O input) | loss.kind, teacher = P | hall and P from step 2's P |
+| step4 | hall(O input) -> O | CE(fused) | hall: step 3; O: step 2 |
+| hoffman | P, O, hall(O input); no connections | CE(P) + CE(O) + loss.kind(hall, P) | step 1 |
 
 `all` runs step1, step2, step3, step4 in order. Stream names are the
 modality names ('rgb', 'depth') plus 'hall', so in the inverted setting
 (`privileged='rgb'`, paper Table 4) the hallucination stream reads depth and
 imitates the RGB stream. The hoffman baseline (Hoffman et al., Table 1 rows 3-5)
-is one joint step with no staging; its teacher logits and features enter the
-hallucination loss through `stop_gradient`, so the depth stream learns only from
-its own labels. Its test-time prediction is O + hall, as in steps 4.
+is one joint step with no staging, every stream from step 1 (hall from P's); its
+teacher logits and features enter the hallucination loss through `stop_gradient`,
+so the depth stream learns only from its own labels. Its test-time prediction is
+O + hall, as in step 4.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def expand(stage: str) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """One `MultiStream`: receiver, optional giver, their inputs, connections."""
+
   receiver: str
   receiver_input: str
   giver: str | None = None
@@ -65,18 +67,20 @@ class ModelSpec:
 @dataclasses.dataclass(frozen=True)
 class InitSource:
   """Stream `stream` starts from stream `from_stream` of an earlier stage's checkpoint."""
+
   stream: str
-  from_stages: tuple[str, ...]   # candidates, first existing wins (e.g. step1, or step1_rgb)
+  from_stages: tuple[str, ...]  # candidates, first existing wins (e.g. step1, or step1_rgb)
   from_stream: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """Everything the trainer needs to know about a stage (see the module table)."""
+
   name: str
   models: tuple[ModelSpec, ...]
-  loss: str                      # 'xent_fused' | 'xent_each' | 'distill' | 'hoffman'
-  fused: tuple[str, ...]         # streams averaged into the reported/test prediction
+  loss: str  # 'xent_fused' | 'xent_each' | 'distill' | 'hoffman'
+  fused: tuple[str, ...]  # streams averaged into the reported/test prediction
   frozen: tuple[str, ...] = ()
   teacher: str | None = None
   student: str | None = None
@@ -110,8 +114,7 @@ def for_config(name: str, config) -> Stage:
   `model.connections` is on and it is not in `model.unconnected_stages` (the
   reference's runnable step 4, for one, is unconnected).
   """
-  connections = (config.model.connections
-                 and name not in tuple(config.model.unconnected_stages))
+  connections = config.model.connections and name not in tuple(config.model.unconnected_stages)
   return get_stage(name, privileged=config.privileged, connections=connections)
 
 
@@ -126,21 +129,46 @@ def get_stage(name: str, *, privileged: str = 'depth', connections: bool = True)
     m = name.split('_')[1]
     return Stage(name, (ModelSpec(m, m),), loss='xent_each', fused=(m,))
   if name == 'step1':
-    return Stage(name, (ModelSpec('rgb', 'rgb', 'depth', 'depth', connections=False),),
-                 loss='xent_each', fused=('depth', 'rgb'))
+    return Stage(
+        name,
+        (ModelSpec('rgb', 'rgb', 'depth', 'depth', connections=False),),
+        loss='xent_each',
+        fused=('depth', 'rgb'),
+    )
   if name == 'step2':
-    return Stage(name, (ModelSpec(o, o, p, p, connections=connections),), loss='xent_fused',
-                 fused=(p, o), init=(step1_sources(p), step1_sources(o)))
+    return Stage(
+        name,
+        (ModelSpec(o, o, p, p, connections=connections),),
+        loss='xent_fused',
+        fused=(p, o),
+        init=(step1_sources(p), step1_sources(o)),
+    )
   if name == 'step3':
-    return Stage(name, (ModelSpec(HALL, o, p, p, connections=connections, giver_frozen=True),),
-                 loss='distill', fused=(HALL,), frozen=(p,), teacher=p, student=HALL,
-                 init=(InitSource(HALL, ('step2',), p), InitSource(p, ('step2',), p)))
+    return Stage(
+        name,
+        (ModelSpec(HALL, o, p, p, connections=connections, giver_frozen=True),),
+        loss='distill',
+        fused=(HALL,),
+        frozen=(p,),
+        teacher=p,
+        student=HALL,
+        init=(InitSource(HALL, ('step2',), p), InitSource(p, ('step2',), p)),
+    )
   if name == 'step4':
-    return Stage(name, (ModelSpec(o, o, HALL, o, connections=connections),), loss='xent_fused',
-                 fused=(HALL, o),
-                 init=(InitSource(HALL, ('step3',), HALL), InitSource(o, ('step2',), o)))
+    return Stage(
+        name,
+        (ModelSpec(o, o, HALL, o, connections=connections),),
+        loss='xent_fused',
+        fused=(HALL, o),
+        init=(InitSource(HALL, ('step3',), HALL), InitSource(o, ('step2',), o)),
+    )
   # hoffman: one joint step from the step-1 streams, no connections.
-  return Stage(name, (ModelSpec(p, p), ModelSpec(o, o), ModelSpec(HALL, o)), loss='hoffman',
-               fused=(o, HALL), teacher=p, student=HALL,
-               init=(step1_sources(p), step1_sources(o),
-                     InitSource(HALL, ('step1', f'step1_{p}'), p)))
+  return Stage(
+      name,
+      (ModelSpec(p, p), ModelSpec(o, o), ModelSpec(HALL, o)),
+      loss='hoffman',
+      fused=(o, HALL),
+      teacher=p,
+      student=HALL,
+      init=(step1_sources(p), step1_sources(o), InitSource(HALL, ('step1', f'step1_{p}'), p)),
+  )

@@ -38,23 +38,30 @@ PyTree = Any
 @flax.struct.dataclass
 class TrainState:
   step: Array
-  params: PyTree        # trainable streams only: {stream: ...}
-  batch_stats: PyTree   # trainable streams only
+  params: PyTree  # trainable streams only: {stream: ...}
+  batch_stats: PyTree  # trainable streams only
   opt_state: PyTree
-  frozen: PyTree        # {'params': {stream: ...}, 'batch_stats': {stream: ...}}; {} when none
+  frozen: PyTree  # {'params': {stream: ...}, 'batch_stats': {stream: ...}}; {} when none
 
   def variables(self) -> dict[str, PyTree]:
     """All streams' variables, trainable and frozen, as Flax expects them."""
     frozen_params = self.frozen.get('params', {}) if self.frozen else {}
     frozen_stats = self.frozen.get('batch_stats', {}) if self.frozen else {}
-    return {'params': {**self.params, **frozen_params},
-            'batch_stats': {**self.batch_stats, **frozen_stats}}
+    return {
+        'params': {**self.params, **frozen_params},
+        'batch_stats': {**self.batch_stats, **frozen_stats},
+    }
 
 
-def forward(network: StageNetwork, variables: Mapping[str, PyTree],
-            inputs: Mapping[str, Array], *, train: bool,
-            batch_stats_streams: tuple[str, ...] = (),
-            clip_mask: Array | None = None) -> tuple[dict[str, Any], dict[str, PyTree]]:
+def forward(
+    network: StageNetwork,
+    variables: Mapping[str, PyTree],
+    inputs: Mapping[str, Array],
+    *,
+    train: bool,
+    batch_stats_streams: tuple[str, ...] = (),
+    clip_mask: Array | None = None,
+) -> tuple[dict[str, Any], dict[str, PyTree]]:
   """The network's outputs and (in training) its streams' updated batch statistics.
 
   `batch_stats_streams` and `clip_mask` are `MultiStream`'s: in evaluation,
@@ -63,14 +70,24 @@ def forward(network: StageNetwork, variables: Mapping[str, PyTree],
   """
   if not train and not batch_stats_streams:
     return network.apply(variables, inputs, train=False), {}
-  outputs, updates = network.apply(variables, inputs, train=train,
-                                   batch_stats_streams=batch_stats_streams,
-                                   clip_mask=clip_mask, mutable=['batch_stats'])
+  outputs, updates = network.apply(
+      variables,
+      inputs,
+      train=train,
+      batch_stats_streams=batch_stats_streams,
+      clip_mask=clip_mask,
+      mutable=['batch_stats'],
+  )
   return outputs, (updates['batch_stats'] if train else {})
 
 
-def model_inputs(batch: Mapping[str, Array], input_config: ml_collections.ConfigDict,
-                 modalities: tuple[str, ...], dtype, depth_transform=None) -> dict[str, Array]:
+def model_inputs(
+    batch: Mapping[str, Array],
+    input_config: ml_collections.ConfigDict,
+    modalities: tuple[str, ...],
+    dtype,
+    depth_transform=None,
+) -> dict[str, Array]:
   """uint8 clips -> normalised clips of the modalities a stage reads.
 
   Depth is coloured first (`input.depth_encoding`: its codes through the jet
@@ -94,8 +111,9 @@ def model_inputs(batch: Mapping[str, Array], input_config: ml_collections.Config
   return inputs
 
 
-def eval_batch_stats_streams(stage: stages.Stage, privileged: str,
-                             eval_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def eval_batch_stats_streams(
+    stage: stages.Stage, privileged: str, eval_config: ml_collections.ConfigDict
+) -> tuple[str, ...]:
   """Streams evaluated with batch statistics: step 2's privileged one, if asked.
 
   The reference builds its step-2 graph with the depth stream's BatchNorm in
@@ -106,46 +124,68 @@ def eval_batch_stats_streams(stage: stages.Stage, privileged: str,
   return ()
 
 
-def _distillation(loss_config: ml_collections.ConfigDict, student_logits: Array,
-                  teacher_logits: Array, student_features: Array, teacher_features: Array,
-                  labels: Array) -> tuple[Array, dict[str, Array]]:
+def _distillation(
+    loss_config: ml_collections.ConfigDict,
+    student_logits: Array,
+    teacher_logits: Array,
+    student_features: Array,
+    teacher_features: Array,
+    labels: Array,
+) -> tuple[Array, dict[str, Array]]:
   """The step-3 / hoffman hallucination loss chosen by `loss.kind`."""
   kind = loss_config.kind
   if kind == 'xent':
     hard = losses.cross_entropy(student_logits, labels)
     return hard, {'hard': hard}
-  hall = losses.hallucination_loss(teacher_features, student_features,
-                                   reduction=loss_config.hall_reduction,
-                                   weight=loss_config.hall_weight, num_clips=labels.shape[0],
-                                   reference_clips=loss_config.hall_reference_clips)
+  hall = losses.hallucination_loss(
+      teacher_features,
+      student_features,
+      reduction=loss_config.hall_reduction,
+      weight=loss_config.hall_weight,
+      num_clips=labels.shape[0],
+      reference_clips=loss_config.hall_reference_clips,
+  )
   if kind == 'eq1':
     return hall, {'hall': hall}
-  gd = losses.generalized_distillation_loss(student_logits, teacher_logits, labels,
-                                            temperature=loss_config.temperature,
-                                            lam=loss_config.lam)
+  gd = losses.generalized_distillation_loss(
+      student_logits,
+      teacher_logits,
+      labels,
+      temperature=loss_config.temperature,
+      lam=loss_config.lam,
+  )
   terms = {'hard': gd['hard'], 'soft': gd['soft']}
   if kind == 'eq3':
     return gd['loss'], terms
   return losses.total_loss(gd['loss'], hall, alpha=loss_config.alpha), {**terms, 'hall': hall}
 
 
-def stage_loss(stage: stages.Stage, loss_config: ml_collections.ConfigDict,
-               outputs: Mapping[str, Any], labels: Array) -> tuple[Array, dict[str, Array]]:
+def stage_loss(
+    stage: stages.Stage,
+    loss_config: ml_collections.ConfigDict,
+    outputs: Mapping[str, Any],
+    labels: Array,
+) -> tuple[Array, dict[str, Array]]:
   """The stage's training loss and its separately logged terms."""
   logits = outputs['logits']
   if stage.loss == 'xent_fused':
     loss = losses.cross_entropy(outputs['fused'], labels)
     return loss, {'xent': loss}
   teacher, student = stage.teacher, stage.student
-  xents = {f'xent_{s}': losses.cross_entropy(logits[s], labels)
-           for s in stage.trainable if s != student}
+  xents = {
+      f'xent_{s}': losses.cross_entropy(logits[s], labels) for s in stage.trainable if s != student
+  }
   if stage.loss == 'xent_each':
     return sum(xents.values()), xents
   endpoint = loss_config.hall_endpoint
   distill, terms = _distillation(
-      loss_config, logits[student], jax.lax.stop_gradient(logits[teacher]),
+      loss_config,
+      logits[student],
+      jax.lax.stop_gradient(logits[teacher]),
       outputs['endpoints'][student][endpoint],
-      jax.lax.stop_gradient(outputs['endpoints'][teacher][endpoint]), labels)
+      jax.lax.stop_gradient(outputs['endpoints'][teacher][endpoint]),
+      labels,
+  )
   if stage.loss == 'distill':
     return distill, terms
   # hoffman: every stream learns jointly; the teacher only from its own labels.
@@ -153,16 +193,24 @@ def stage_loss(stage: stages.Stage, loss_config: ml_collections.ConfigDict,
 
 
 def accuracies(stage: stages.Stage, outputs: Mapping[str, Any], labels: Array) -> dict[str, Array]:
-  acc = {f'accuracy/{s}': jnp.mean(jnp.argmax(l, -1) == labels)
-         for s, l in outputs['logits'].items()}
+  acc = {
+      f'accuracy/{s}': jnp.mean(jnp.argmax(logits, -1) == labels)
+      for s, logits in outputs['logits'].items()
+  }
   if len(stage.fused) > 1:
     acc['accuracy/fused'] = jnp.mean(jnp.argmax(outputs['fused'], -1) == labels)
   return acc
 
 
-def train_step(state: TrainState, batch: Mapping[str, Array], *, model: StageNetwork,
-               config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-               schedule: optax.Schedule) -> tuple[TrainState, dict[str, Array]]:
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, Array],
+    *,
+    model: StageNetwork,
+    config: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, Array]]:
   """One optimisation step on a global batch; differentiates `state.params` only."""
   stage = model.stage
   inputs = model_inputs(batch, config.input, stage.inputs, resnet.compute_dtype(config.model))
@@ -174,18 +222,24 @@ def train_step(state: TrainState, batch: Mapping[str, Array], *, model: StageNet
     loss, terms = stage_loss(stage, config.loss, outputs, labels)
     return loss, (terms, outputs, new_stats)
 
-  (loss, (terms, outputs, new_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  (loss, (terms, outputs, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   batch_stats = {s: new_stats[s] for s in state.batch_stats}
-  metrics = {'loss': loss, **{f'loss/{k}': v for k, v in terms.items()},
-             **accuracies(stage, outputs, labels),
-             'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
-             'batch_stats_norm': optax.tree.norm(batch_stats),
-             'learning_rate': schedule(state.step)}
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
+  metrics = {
+      'loss': loss,
+      **{f'loss/{k}': v for k, v in terms.items()},
+      **accuracies(stage, outputs, labels),
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': optax.tree.norm(params),
+      'batch_stats_norm': optax.tree.norm(batch_stats),
+      'learning_rate': schedule(state.step),
+  }
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+  )
   return new_state, metrics
 
 
@@ -198,17 +252,34 @@ def depth_transform_fn(eval_config: ml_collections.ConfigDict, key: Array):
   return None
 
 
-def eval_step(state: TrainState, batch: Mapping[str, Array], noise_key: Array, *,
-              model: StageNetwork, config: ml_collections.ConfigDict) -> dict[str, Array]:
+def eval_step(
+    state: TrainState,
+    batch: Mapping[str, Array],
+    noise_key: Array,
+    *,
+    model: StageNetwork,
+    config: ml_collections.ConfigDict,
+) -> dict[str, Array]:
   """Per-example predictions of every stream and of the fused model."""
   stage = model.stage
-  inputs = model_inputs(batch, config.input, stage.inputs, resnet.compute_dtype(config.model),
-                        depth_transform_fn(config.eval, noise_key))
-  outputs, _ = forward(model, state.variables(), inputs, train=False,
-                           batch_stats_streams=eval_batch_stats_streams(
-                               stage, config.privileged, config.eval),
-                           clip_mask=batch['mask'])
-  preds = {f'pred/{s}': jnp.argmax(l, -1).astype(jnp.int32)
-           for s, l in outputs['logits'].items()}
+  inputs = model_inputs(
+      batch,
+      config.input,
+      stage.inputs,
+      resnet.compute_dtype(config.model),
+      depth_transform_fn(config.eval, noise_key),
+  )
+  outputs, _ = forward(
+      model,
+      state.variables(),
+      inputs,
+      train=False,
+      batch_stats_streams=eval_batch_stats_streams(stage, config.privileged, config.eval),
+      clip_mask=batch['mask'],
+  )
+  preds = {
+      f'pred/{s}': jnp.argmax(logits, -1).astype(jnp.int32)
+      for s, logits in outputs['logits'].items()
+  }
   preds['pred/fused'] = jnp.argmax(outputs['fused'], -1).astype(jnp.int32)
   return {**preds, 'label': batch['label'], 'mask': batch['mask'], 'index': batch['index']}

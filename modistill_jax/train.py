@@ -25,16 +25,22 @@ from modistill_jax import evaluate
 from modistill_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Protocol config file and stage, e.g. configs/ntu_cs.py:step3.',
-    lock_config=True)
+    'config',
+    None,
+    'Protocol config file and stage, e.g. configs/ntu_cs.py:step3.',
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; each stage writes a subfolder.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() (TPU pods).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in the job.')
 _REEVALUATE = flags.DEFINE_bool(
-    'reevaluate', False, 'Evaluate finished stages again (they are skipped otherwise) and '
-    'rewrite their results, with the run\'s own network and this command\'s `eval` settings.')
+    'reevaluate',
+    False,
+    'Evaluate finished stages again (they are skipped otherwise) and '
+    "rewrite their results, with the run's own network and this command's `eval` settings.",
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -69,8 +75,9 @@ def main(argv):
   cli.quiet_logging()
   initialize_distributed()
   cli.build_dataset(_CONFIG.value)
-  results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, config_file=config_file(),
-                                       overrides=config_overrides(sys.argv))
+  results = trainer.train_and_evaluate(
+      _CONFIG.value, _WORKDIR.value, config_file=config_file(), overrides=config_overrides(sys.argv)
+  )
   for stage, result in results.items():
     if result.get('skipped') and _REEVALUATE.value:
       result = evaluate.reevaluate(_WORKDIR.value, stage, _CONFIG.value)

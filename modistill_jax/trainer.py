@@ -51,25 +51,33 @@ PyTree = Any
 # MARK: jitted steps
 
 
-def create_train_state(variables: Mapping[str, PyTree], stage: stages.Stage,
-                       tx) -> steps.TrainState:
+def create_train_state(
+    variables: Mapping[str, PyTree], stage: stages.Stage, tx
+) -> steps.TrainState:
   params = {s: variables['params'][s] for s in stage.trainable}
-  frozen = ({c: {s: variables[c][s] for s in stage.frozen} for c in ('params', 'batch_stats')}
-            if stage.frozen else {})
+  frozen = (
+      {c: {s: variables[c][s] for s in stage.frozen} for c in ('params', 'batch_stats')}
+      if stage.frozen
+      else {}
+  )
   return steps.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
+      step=jnp.zeros((), jnp.int32),
+      params=params,
       batch_stats={s: variables['batch_stats'][s] for s in stage.trainable},
-      opt_state=tx.init(params), frozen=frozen)
+      opt_state=tx.init(params),
+      frozen=frozen,
+  )
 
 
 def make_state_fn(stage: stages.Stage, tx, mesh):
   """Variables -> `TrainState` replicated over the mesh, jitted."""
-  return jax.jit(functools.partial(create_train_state, stage=stage, tx=tx),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(
+      functools.partial(create_train_state, stage=stage, tx=tx),
+      out_shardings=sharding.replicated(mesh),
+  )
 
 
-def make_train_fn(model: StageNetwork, config: ml_collections.ConfigDict, tx,
-                  schedule, mesh):
+def make_train_fn(model: StageNetwork, config: ml_collections.ConfigDict, tx, schedule, mesh):
   """The jitted data-parallel train step; the trainer and `benchmark` run this one.
 
   The state is donated (updated in place, no second copy of params and optimizer
@@ -79,7 +87,9 @@ def make_train_fn(model: StageNetwork, config: ml_collections.ConfigDict, tx,
   return jax.jit(
       functools.partial(steps.train_step, model=model, config=config, tx=tx, schedule=schedule),
       in_shardings=(replicated, sharding.data_sharded(mesh)),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+  )
 
 
 # MARK: best-state selection
@@ -132,6 +142,7 @@ class _Preemption:
     if jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     flags = multihost_utils.process_allgather(np.array([self.requested]))
     return bool(np.any(flags))
 
@@ -146,6 +157,7 @@ class StepEnd:
     save: save the latest checkpoint (the cadence, or the last step).
     preempted: every host agreed to stop here (SIGTERM); the latest is saved.
   """
+
   log: bool
   validate: bool
   save: bool
@@ -160,8 +172,15 @@ class StepEnd:
     return self.log or self.validate or self.save or self.preempted
 
 
-def step_end(step: int, *, config: ml_collections.ConfigDict, steps_per_epoch: int,
-             total_steps: int, has_validation: bool, preemption: _Preemption) -> StepEnd:
+def step_end(
+    step: int,
+    *,
+    config: ml_collections.ConfigDict,
+    steps_per_epoch: int,
+    total_steps: int,
+    has_validation: bool,
+    preemption: _Preemption,
+) -> StepEnd:
   """The decisions after `step` (1-based): log, validate, save, stop.
 
   Validation runs every `eval_every_epochs` epochs and after the last step, so
@@ -171,11 +190,12 @@ def step_end(step: int, *, config: ml_collections.ConfigDict, steps_per_epoch: i
   steps), except on one host, which looks every step.
   """
   log = step % config.log_every_steps == 0
-  epoch_end = (step % steps_per_epoch == 0
-               and (step // steps_per_epoch) % config.eval_every_epochs == 0)
+  epoch_end = (
+      step % steps_per_epoch == 0 and (step // steps_per_epoch) % config.eval_every_epochs == 0
+  )
   save = step % config.checkpoint_every_steps == 0 or step == total_steps
   validate = (epoch_end or step == total_steps) and has_validation
-  preempted = (preemption.agreed() if log or save or jax.process_count() == 1 else False)
+  preempted = preemption.agreed() if log or save or jax.process_count() == 1 else False
   return StepEnd(log=log, validate=validate, save=save, preempted=preempted)
 
 
@@ -199,14 +219,21 @@ def check_resume_config(directory: runs.StageDir, config: ml_collections.ConfigD
     raise ConfigMismatchError(
         f'{directory.path} was trained with other settings than this command gives:\n'
         f'{config_lib.format_differences(diff)}\n'
-        'Either resume with the run\'s own values (add '
+        "Either resume with the run's own values (add "
         f'{config_lib.as_flags({k: a for k, (a, _) in diff.items()})}), or train this stage '
-        f'afresh in another --workdir (or after removing {directory.path}).')
+        f'afresh in another --workdir (or after removing {directory.path}).'
+    )
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, *,
-              config_file: str | None = None, overrides: tuple[str, ...] = (),
-              clock: metrics_lib.RunClock | None = None) -> dict[str, Any]:
+def run_stage(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    stage_name: str,
+    *,
+    config_file: str | None = None,
+    overrides: tuple[str, ...] = (),
+    clock: metrics_lib.RunClock | None = None,
+) -> dict[str, Any]:
   """Trains and evaluates one stage; returns (and writes) its results.
 
   A finished stage is not run again: its saved results are returned with
@@ -219,16 +246,21 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   stage = stages.for_config(stage_name, config)
   directory = runs.stage_dir(workdir, stage_name)
   if directory.finished():
-    print(f'[{stage_name}] finished earlier ({directory.results_file}); nothing to do.',
-          flush=True)
+    print(f'[{stage_name}] finished earlier ({directory.results_file}); nothing to do.', flush=True)
     if clock is not None:
       clock.planned_stages = max(clock.planned_stages - 1, 1)
     return {**runs.read_json(directory.results_file), 'skipped': True}
   resuming = directory.latest_dir.exists() and any(
-      p.name.isdigit() for p in directory.latest_dir.iterdir())
+      p.name.isdigit() for p in directory.latest_dir.iterdir()
+  )
   # Nothing is created for a stage that cannot start.
-  sources_of_init = {} if resuming else initialization.prerequisites(
-      stage, config, workdir, config_file=config_file, overrides=overrides)
+  sources_of_init = (
+      {}
+      if resuming
+      else initialization.prerequisites(
+          stage, config, workdir, config_file=config_file, overrides=overrides
+      )
+  )
   t_start = time.time()
 
   # MARK: mesh and data
@@ -242,12 +274,15 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
   num_classes = len(train_src.class_names)
   steps_per_epoch = len(train_src.records) // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f'{len(train_src.records)} training clips cannot fill one batch of '
-                     f'{config.batch_size}.')
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else config.num_epochs * steps_per_epoch)
-  progress = metrics_lib.Progress(total_steps, stage_name, clips_per_step=config.batch_size,
-                                  clock=clock, started=t_start)
+    raise ValueError(
+        f'{len(train_src.records)} training clips cannot fill one batch of ' f'{config.batch_size}.'
+    )
+  total_steps = (
+      config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+  )
+  progress = metrics_lib.Progress(
+      total_steps, stage_name, clips_per_step=config.batch_size, clock=clock, started=t_start
+  )
 
   # MARK: the folder: one job at a time, one config per stage
   if jax.process_index() == 0:
@@ -260,10 +295,16 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
       check_resume_config(directory, config)
     else:
       runs.write_json(directory.config_file, config.to_dict())
-      runs.write_json(directory.dataset_file, {
-          'dataset': config.dataset, 'protocol': config.protocol,
-          'builder_config': config.builder_config, 'class_names': list(train_src.class_names),
-          'split_sizes': {k: (len(v.records) if v else 0) for k, v in sources.items()}})
+      runs.write_json(
+          directory.dataset_file,
+          {
+              'dataset': config.dataset,
+              'protocol': config.protocol,
+              'builder_config': config.builder_config,
+              'class_names': list(train_src.class_names),
+              'split_sizes': {k: (len(v.records) if v else 0) for k, v in sources.items()},
+          },
+      )
 
     # MARK: network, optimizer, initial weights
     model = stage_network(stage, config.model, num_classes)
@@ -273,14 +314,21 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
     make_state = make_state_fn(stage, tx, mesh)
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(make_state, init_vars))
+        jax.eval_shape(make_state, init_vars),
+    )
     abstract_best = checkpointing.best_dict(abstract_state)
 
     train_iter = pipeline.train_iterator(
-        sources['train'].records, global_batch_size=config.batch_size,
-        num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
-        seed=config.seed, uniform_prob=config.input.uniform_prob, flip=config.input.flip,
-        worker_count=config.input.worker_count, modalities=stage.inputs)
+        sources['train'].records,
+        global_batch_size=config.batch_size,
+        num_frames=config.input.num_frames,
+        image_size=(config.input.image_size,) * 2,
+        seed=config.seed,
+        uniform_prob=config.input.uniform_prob,
+        flip=config.input.flip,
+        worker_count=config.input.worker_count,
+        modalities=stage.inputs,
+    )
     position = feeding.IteratorPosition(train_iter)
     ckpt = checkpointing.StageCheckpoints(directory, keep=config.keep_checkpoints)
 
@@ -294,8 +342,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
         progress.message(n)
       progress.message(f'resumed at step {int(state.step)}')
     else:
-      variables, origin = initialization.initial_variables(config, stage, init_vars,
-                                                           sources_of_init)
+      variables, origin = initialization.initial_variables(
+          config, stage, init_vars, sources_of_init
+      )
       state = make_state(variables)
       progress.message(f'initialised from {origin}')
       # A stage that starts afresh selects afresh: a best kept by an attempt that
@@ -309,8 +358,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
     best_streams = {}
     if len(groups) > 1 and selection['steps']:
       saved = ckpt.restore_best(abstract_best)
-      best_streams = {s: {c: saved[c][s] for c in ('params', 'batch_stats')}
-                      for s in stage.trainable}
+      best_streams = {
+          s: {c: saved[c][s] for c in ('params', 'batch_stats')} for s in stage.trainable
+      }
 
     def best_of(state) -> dict[str, Any]:
       if len(groups) == 1:
@@ -337,50 +387,82 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
         batch, position.state = next(batches)
         state, step_metrics = train_fn(state, batch)
         pending.append(step_metrics)
-        end = step_end(step, config=config, steps_per_epoch=steps_per_epoch,
-                       total_steps=total_steps, has_validation=sources['validation'] is not None,
-                       preemption=preempt)
+        end = step_end(
+            step,
+            config=config,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            has_validation=sources['validation'] is not None,
+            preemption=preempt,
+        )
         if end.check_metrics:
           history = jax.device_get(pending)
           bad = metrics_lib.first_non_finite(history, step - len(history) + 1)
           if bad is not None:
             bad_step, name, value = bad
             last_good = ckpt.latest.latest_step()
-            kept = (f'Last good checkpoint: step {last_good} in {directory.latest_dir}'
-                    if last_good is not None else 'No checkpoint was saved before it')
+            kept = (
+                f'Last good checkpoint: step {last_good} in {directory.latest_dir}'
+                if last_good is not None
+                else 'No checkpoint was saved before it'
+            )
             raise FloatingPointError(
                 f'{stage_name} diverged: {name} = {value} at step {bad_step}; stopped, and '
                 f'nothing from that step on was saved. {kept}. Lower optimizer.learning_rate '
-                'or set optimizer.grad_clip_norm, then train the stage afresh.')
+                'or set optimizer.grad_clip_norm, then train the stage afresh.'
+            )
           now = time.time()
           scalars = metrics_lib.mean_metrics(history)
-          scalars['clips_per_s'] = ((step - last_log_step) * config.batch_size
-                                    / max(now - last_log_time, 1e-9))
+          scalars['clips_per_s'] = (
+              (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
+          )
           writer.write(step, 'train', scalars)
-          progress.update(step, scalars, (selection['metrics'].get(next(iter(groups)))
-                                          if len(groups) == 1 else None))
+          progress.update(
+              step,
+              scalars,
+              (selection['metrics'].get(next(iter(groups))) if len(groups) == 1 else None),
+          )
           pending, last_log_step, last_log_time = [], step, now
           ckpt.check_for_errors()
           lock.heartbeat()
         if end.validate:
-          result = evaluate.evaluate_split(state, sources['validation'], eval_fn=eval_fn,
-                                           mesh=mesh, config=config, modalities=stage.inputs)
-          writer.write(step, 'validation',
-                       {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
-          better = [g for g in groups if improved(result['accuracy'][g],
-                                                   selection['metrics'].get(g),
-                                                   config.selection_ties)]
-          progress.message(f'epoch {step // steps_per_epoch}: validation accuracy ' + ', '.join(
-              f'{g} {result["accuracy"][g]:.4f}' + (' (best)' if g in better else '')
-              for g in groups))
+          result = evaluate.evaluate_split(
+              state,
+              sources['validation'],
+              eval_fn=eval_fn,
+              mesh=mesh,
+              config=config,
+              modalities=stage.inputs,
+          )
+          writer.write(
+              step, 'validation', {f'accuracy/{k}': v for k, v in result['accuracy'].items()}
+          )
+          better = [
+              g
+              for g in groups
+              if improved(result['accuracy'][g], selection['metrics'].get(g), config.selection_ties)
+          ]
+          progress.message(
+              f'epoch {step // steps_per_epoch}: validation accuracy '
+              + ', '.join(
+                  f'{g} {result["accuracy"][g]:.4f}' + (' (best)' if g in better else '')
+                  for g in groups
+              )
+          )
           if better:
             for g in better:
               selection['metrics'][g] = result['accuracy'][g]
               selection['steps'][g] = step
               if len(groups) > 1:
-                best_streams.update({s: {c: jax.tree.map(jnp.copy, getattr(state, c)[s])
-                                         for c in ('params', 'batch_stats')}
-                                     for s in groups[g]})
+                best_streams.update(
+                    {
+                        s: {
+                            c: jax.tree.map(jnp.copy, getattr(state, c)[s])
+                            for c in ('params', 'batch_stats')
+                        }
+                        for s in groups[g]
+                    }
+                )
             ckpt.save_best(step, best_of(state), selection)
         if end.save or end.preempted:
           ckpt.save_latest(step, state, position)
@@ -399,37 +481,60 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
 
     # MARK: test with the best-on-validation state (the final state without validation)
     if sources['validation'] is None and selection['steps'].get(next(iter(groups))) != int(
-        state.step):
+        state.step
+    ):
       selection = {'metrics': {}, 'steps': {g: int(state.step) for g in groups}}
       ckpt.save_best(int(state.step), checkpointing.best_dict(state), selection)
       ckpt.wait()
     best = ckpt.restore_best(abstract_best)
-    best_state = steps.TrainState(step=best['step'], params=best['params'],
-                                  batch_stats=best['batch_stats'], opt_state=None,
-                                  frozen=best['frozen'])
+    best_state = steps.TrainState(
+        step=best['step'],
+        params=best['params'],
+        batch_stats=best['batch_stats'],
+        opt_state=None,
+        frozen=best['frozen'],
+    )
     single = len(groups) == 1
     results = {
-        'stage': stage_name, 'dataset': config.dataset, 'protocol': config.protocol,
+        'stage': stage_name,
+        'dataset': config.dataset,
+        'protocol': config.protocol,
         'privileged': config.privileged,
         'loss': config.loss.kind if stage.student else stage.loss,
         'connections': bool(config.model.connections and any(m.connections for m in stage.models)),
-        'train_inputs': list(stage.inputs), 'fused_streams': list(stage.fused),
+        'train_inputs': list(stage.inputs),
+        'fused_streams': list(stage.fused),
         'best_step': max(selection['steps'].values()),
-        'selected_on': {g: {'step': selection['steps'][g],
-                            'validation_accuracy': selection['metrics'].get(g)} for g in groups},
-        'validation_accuracy': (selection['metrics'].get(next(iter(groups))) if single
-                                else dict(selection['metrics']) or None),
-        'total_steps': total_steps, 'train_seconds': time.time() - t_start}
+        'selected_on': {
+            g: {'step': selection['steps'][g], 'validation_accuracy': selection['metrics'].get(g)}
+            for g in groups
+        },
+        'validation_accuracy': (
+            selection['metrics'].get(next(iter(groups)))
+            if single
+            else dict(selection['metrics']) or None
+        ),
+        'total_steps': total_steps,
+        'train_seconds': time.time() - t_start,
+    }
     split = config.eval.split
     if sources[split] is not None:
-      result = evaluate.evaluate_split(best_state, sources[split], eval_fn=eval_fn, mesh=mesh,
-                                       config=config, modalities=stage.inputs)
+      result = evaluate.evaluate_split(
+          best_state,
+          sources[split],
+          eval_fn=eval_fn,
+          mesh=mesh,
+          config=config,
+          modalities=stage.inputs,
+      )
       results[split] = {k: result[k] for k in ('accuracy', 'num_examples', 'complete')}
-      writer.write(results['best_step'], split,
-                   {f'accuracy/{k}': v for k, v in result['accuracy'].items()})
+      writer.write(
+          results['best_step'], split, {f'accuracy/{k}': v for k, v in result['accuracy'].items()}
+      )
       evaluate.save_predictions(directory.predictions_file(split), result['predictions'])
-      progress.message(f'{split} accuracy: ' + ', '.join(
-          f'{k} {v:.4f}' for k, v in result['accuracy'].items()))
+      progress.message(
+          f'{split} accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in result['accuracy'].items())
+      )
     # Written last: from here on the stage counts as finished (`runs.StageDir.finished`).
     runs.write_json(directory.results_file, results)
     ckpt.close()
@@ -438,9 +543,14 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str, 
     return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       config_file: str | None = None, overrides: tuple[str, ...] = (),
-                       clock: metrics_lib.RunClock | None = None) -> dict[str, dict[str, Any]]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    config_file: str | None = None,
+    overrides: tuple[str, ...] = (),
+    clock: metrics_lib.RunClock | None = None,
+) -> dict[str, dict[str, Any]]:
   """Runs the config's stage (or, for `all`, steps 1 to 4 in order); finished ones are skipped.
 
   `clock`: the run these stages belong to (by default, just these stages).
@@ -449,8 +559,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   names = stages.expand(config.stage)
   clock = clock or metrics_lib.RunClock(len(names))
   for stage_name in names:
-    results[stage_name] = run_stage(config, workdir, stage_name, config_file=config_file,
-                                    overrides=overrides, clock=clock)
+    results[stage_name] = run_stage(
+        config, workdir, stage_name, config_file=config_file, overrides=overrides, clock=clock
+    )
     if 'preempted_at_step' in results[stage_name]:
       break
   return results

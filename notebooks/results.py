@@ -50,7 +50,7 @@ display(Markdown(report.table1_markdown(report.table1(WORKDIR))))
 # ## Training curves
 
 # %%
-report.plot_training_curves(WORKDIR);
+report.plot_training_curves(WORKDIR)
 
 # %% [markdown]
 # ## Table 2: the step-2 teacher with noisy depth
@@ -75,7 +75,8 @@ else:
 
 # %%
 compared = os.environ.get('MODISTILL_COMPARE', '').split() or [
-    str(p) for p in (runs.as_path(WORKDIR), runs.ablation_workdir(WORKDIR)) if p.exists()]
+    str(p) for p in (runs.as_path(WORKDIR), runs.ablation_workdir(WORKDIR)) if p.exists()
+]
 display(Markdown(report.compare_markdown(report.compare(compared))))
 
 # %% [markdown]
@@ -86,22 +87,35 @@ stage = 'step4' if step4 else runs.stages_with_metrics(WORKDIR)[-1]
 names = report.class_names(WORKDIR, stage)
 matrix = report.confusion_matrix(WORKDIR, stage)
 per_class = report.per_class_accuracy(matrix)
-display(Markdown('\n'.join(['| class | accuracy | clips |', '|---|---|---|'] + [
-    f'| {n} | {100 * a:.1f}% | {int(t)} |'
-    for n, a, t in zip(names, per_class, matrix.sum(axis=1))])))
-report.plot_confusion(matrix, names, f'{stage}, test split');
+display(
+    Markdown(
+        '\n'.join(
+            ['| class | accuracy | clips |', '|---|---|---|']
+            + [
+                f'| {n} | {100 * a:.1f}% | {int(t)} |'
+                for n, a, t in zip(names, per_class, matrix.sum(axis=1))
+            ]
+        )
+    )
+)
+report.plot_confusion(matrix, names, f'{stage}, test split')
 
 # %% [markdown]
 # ## A few test clips: RGB, depth, and what the model said
 
 # %%
 dataset = report.dataset_info(WORKDIR, stage)
-source = pipeline.load_source(dataset['dataset'], dataset['protocol'], 'test',
-                              data_dir=report.stage_config(WORKDIR, stage)['data_dir'] or None,
-                              builder_config=dataset['builder_config'] or None)
+source = pipeline.load_source(
+    dataset['dataset'],
+    dataset['protocol'],
+    'test',
+    data_dir=report.stage_config(WORKDIR, stage)['data_dir'] or None,
+    builder_config=dataset['builder_config'] or None,
+)
 saved = report.predictions(WORKDIR, stage)
-shown = np.random.default_rng(0).choice(len(saved['index']), size=min(4, len(saved['index'])),
-                                        replace=False)
+shown = np.random.default_rng(0).choice(
+    len(saved['index']), size=min(4, len(saved['index'])), replace=False
+)
 fig, axes = plt.subplots(2, len(shown), figsize=(3 * len(shown), 6), squeeze=False)
 for col, i in enumerate(shown):
   record = source.records[int(saved['index'][i])]
@@ -109,8 +123,9 @@ for col, i in enumerate(shown):
   axes[0, col].imshow(records.decode_image(record['rgb'][middle]))
   axes[1, col].imshow(jet.JET_OF_CODE[records.decode_depth(record['depth'][middle])])
   truth, guess = names[saved['label'][i]], names[saved['pred/fused'][i]]
-  axes[0, col].set_title(f'true: {truth}\npredicted: {guess}', fontsize=9,
-                         color='green' if truth == guess else 'red')
+  axes[0, col].set_title(
+      f'true: {truth}\npredicted: {guess}', fontsize=9, color='green' if truth == guess else 'red'
+  )
   for ax in axes[:, col]:
     ax.axis('off')
 axes[0, 0].set_ylabel('RGB')

@@ -29,8 +29,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # two-stream net compiles in ~15 s with XLA's defaults, ~7 s with these): the
 # legacy CPU emitters and no expensive LLVM passes. Code generation options only;
 # results stay float32-exact to within rounding.
-FAST_COMPILE_XLA_FLAGS = ('--xla_cpu_use_fusion_emitters=false',
-                          '--xla_llvm_disable_expensive_passes=true')
+FAST_COMPILE_XLA_FLAGS = (
+    '--xla_cpu_use_fusion_emitters=false',
+    '--xla_llvm_disable_expensive_passes=true',
+)
 for _flag in FAST_COMPILE_XLA_FLAGS:
   if _flag.split('=')[0] not in os.environ['XLA_FLAGS']:
     os.environ['XLA_FLAGS'] += ' ' + _flag
@@ -52,9 +54,12 @@ from modistill_jax.data import protocols  # pylint: disable=g-import-not-at-top,
 from modistill_jax.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.models import resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# The local GCS server's fixtures, for every test module that asks for them by name.
+from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402, F401
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FRAME_SIZE = 16          # stored frame size (`config_lib.TINY` trains at 16x16 too)
-STORED_FRAMES = 4        # frames per stored clip
+FRAME_SIZE = 16  # stored frame size (`config_lib.TINY` trains at 16x16 too)
+STORED_FRAMES = 4  # frames per stored clip
 NUM_CLASSES = {'ntu_rgbd': 60, 'nw_ucla': 10, 'uwa3dii': 30, 'synthetic_rgbd': 3}
 # Clips per split of the tiny datasets; 8 training clips = 2 steps per epoch at batch 4.
 SPLIT_SIZES = {'train': 8, 'validation': 4, 'test': 6}
@@ -69,8 +74,14 @@ def make_clip(index: int, num_classes: int) -> dict:
   depth = rng.integers(0, 120, shape[:-1], dtype=np.uint8)  # codes: jet colours on the device
   rgb[..., label % 3] += 120
   depth += np.uint8(60 * ((label + 1) % 3))
-  return records.make_example(rgb=rgb, depth_code=depth, label=label, sample_id=f'clip{index}',
-                              rgb_frames_raw=STORED_FRAMES, depth_frames_raw=STORED_FRAMES)
+  return records.make_example(
+      rgb=rgb,
+      depth_code=depth,
+      label=label,
+      sample_id=f'clip{index}',
+      rgb_frames_raw=STORED_FRAMES,
+      depth_frames_raw=STORED_FRAMES,
+  )
 
 
 @functools.cache
@@ -84,8 +95,11 @@ def make_split(split: str, num_classes: int) -> tuple[dict, ...]:
 # built on use. `config_lib.TINY` (the `:<stage>,tiny` switch) does the rest.
 TINY_DATA = {'builder_config': '', 'build_if_missing': False}
 # `config_lib.TINY`'s stream as `resnet.Stream` / `MultiStream` keyword arguments.
-TINY_STREAM = {key.removeprefix('model.'): value for key, value in config_lib.TINY.items()
-               if key.startswith('model.')}
+TINY_STREAM = {
+    key.removeprefix('model.'): value
+    for key, value in config_lib.TINY.items()
+    if key.startswith('model.')
+}
 
 
 def tiny_config(name: str, stage: str, **overrides) -> ml_collections.ConfigDict:
@@ -115,9 +129,14 @@ def compilation_cache_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope='module')
 def fast_compile(compilation_cache_dir):
   """While a module's tests run: XLA without most optimisations, and the shared cache."""
-  previous = {k: jax.config.values[k] for k in (
-      'jax_disable_most_optimizations', 'jax_compilation_cache_dir',
-      'jax_persistent_cache_min_compile_time_secs')}
+  previous = {
+      k: jax.config.values[k]
+      for k in (
+          'jax_disable_most_optimizations',
+          'jax_compilation_cache_dir',
+          'jax_persistent_cache_min_compile_time_secs',
+      )
+  }
   jax.config.update('jax_disable_most_optimizations', True)
   jax.config.update('jax_compilation_cache_dir', compilation_cache_dir)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
@@ -129,12 +148,16 @@ def fast_compile(compilation_cache_dir):
 def cli_env(compilation_cache_dir: str, *, device_count: int = 4) -> dict[str, str]:
   """Environment of a CLI subprocess: `device_count` CPU devices, fast compiles, shared cache."""
   env = dict(os.environ)
-  env['XLA_FLAGS'] = ' '.join((f'--xla_force_host_platform_device_count={device_count}',)
-                              + FAST_COMPILE_XLA_FLAGS)
-  env.update(JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
-             JAX_COMPILATION_CACHE_DIR=compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
-             PYTHONPATH=REPO_ROOT + os.pathsep + env.get('PYTHONPATH', ''))
+  env['XLA_FLAGS'] = ' '.join(
+      (f'--xla_force_host_platform_device_count={device_count}',) + FAST_COMPILE_XLA_FLAGS
+  )
+  env.update(
+      JAX_PLATFORMS='cpu',
+      JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+      JAX_COMPILATION_CACHE_DIR=compilation_cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
+      PYTHONPATH=REPO_ROOT + os.pathsep + env.get('PYTHONPATH', ''),
+  )
   env.pop('PYTEST_XDIST_WORKER', None)
   return env
 
@@ -146,18 +169,22 @@ def override_flags(overrides: dict[str, object]) -> list[str]:
   repeat the `--config.` flags) are runnable as printed.
   """
   values = {**config_lib.TINY, **TINY_DATA, **overrides}
+
   def text(v):
     return ','.join(map(str, v)) if isinstance(v, tuple) else str(v)
+
   return [f'--config.{k}={text(v)}' for k, v in values.items()]
 
 
 def read_latest_state(stage_dir: str) -> dict:
   """The train state of a stage's latest checkpoint, as nested numpy dicts."""
   directory = epath.Path(stage_dir) / 'checkpoints' / 'latest'
-  with ocp.CheckpointManager(directory, item_names=('state', 'data'),
-                             options=ocp.CheckpointManagerOptions(create=False)) as mgr:
-    restored = mgr.restore(mgr.latest_step(),
-                           args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  with ocp.CheckpointManager(
+      directory, item_names=('state', 'data'), options=ocp.CheckpointManagerOptions(create=False)
+  ) as mgr:
+    restored = mgr.restore(
+        mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )
   return jax.device_get(restored['state'])
 
 
@@ -167,8 +194,9 @@ def assert_trees_close(a, b, *, atol: float = 0.0, rtol: float = 0.0):
   paths_b = jax.tree_util.tree_flatten_with_path(b)[0]
   assert [p for p, _ in paths_a] == [p for p, _ in paths_b]
   for (path, x), (_, y) in zip(paths_a, paths_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+        np.asarray(x), np.asarray(y), atol=atol, rtol=rtol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 @pytest.fixture(scope='session')
@@ -180,12 +208,18 @@ def synthetic_data_dir(tmp_path_factory) -> str:
   """
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   tfds.dataset_builders.store_as_tfds_dataset(
-      name='synthetic_rgbd', version='0.0.1',
+      name='synthetic_rgbd',
+      version='0.0.1',
       features=records.clip_features([f'class{i}' for i in range(3)]),
-      split_datasets={name: rows for split in SPLIT_SIZES
-                      for name, rows in records.split_rows(make_split(split, 3), split,
-                                                           shuffled=False).items()},
-      data_dir=data_dir, file_format=records.FILE_FORMAT, disable_shuffling=True)
+      split_datasets={
+          name: rows
+          for split in SPLIT_SIZES
+          for name, rows in records.split_rows(make_split(split, 3), split, shuffled=False).items()
+      },
+      data_dir=data_dir,
+      file_format=records.FILE_FORMAT,
+      disable_shuffling=True,
+  )
   return data_dir
 
 
@@ -195,9 +229,11 @@ def fake_load_source(dataset: str, protocol: str, split: str, **kwargs) -> pipel
   if not protocols.get_protocol(dataset, protocol).atomic_splits(split):
     return None
   num_classes = NUM_CLASSES[dataset]
-  return pipeline.Source(records=make_split(split, num_classes),
-                         class_names=tuple(f'class{i}' for i in range(num_classes)),
-                         name=f'{dataset}/{protocol}/{split}')
+  return pipeline.Source(
+      records=make_split(split, num_classes),
+      class_names=tuple(f'class{i}' for i in range(num_classes)),
+      name=f'{dataset}/{protocol}/{split}',
+  )
 
 
 @pytest.fixture
@@ -260,4 +296,5 @@ def tiny_trained_workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
   """The tiny demo run on the tiny dataset, made once per pytest run (see `tiny_run`)."""
   del fast_compile  # requested for its order: training compiles under it
   import tiny_run  # pylint: disable=g-import-not-at-top
+
   return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)

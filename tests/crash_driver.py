@@ -44,6 +44,7 @@ def install(point: str) -> None:
         if commit:
           getattr(self, commit).wait_until_finished()
         _die()
+
     setattr(checkpointing.StageCheckpoints, method, patched)
 
   if name == 'best_save_started':
@@ -59,6 +60,7 @@ def install(point: str) -> None:
       if str(path).endswith(runs.RESULTS_FILE):
         _die()
       original(path, obj)
+
     runs.write_json = write_json
   else:
     raise SystemExit(f'unknown point {point!r}')

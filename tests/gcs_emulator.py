@@ -68,14 +68,18 @@ class GcsEmulator:
     url: its HTTP endpoint, e.g. `http://127.0.0.1:40123`.
     env: the environment variables that point every client library at it.
   """
+
   url: str
   env: dict[str, str]
 
   def create_bucket(self, name: str) -> str:
     """Creates bucket `name`; returns `gs://name`."""
     request = urllib.request.Request(
-        f'{self.url}/storage/v1/b?project=test', data=json.dumps({'name': name}).encode(),
-        headers={'Content-Type': 'application/json'}, method='POST')
+        f'{self.url}/storage/v1/b?project=test',
+        data=json.dumps({'name': name}).encode(),
+        headers={'Content-Type': 'application/json'},
+        method='POST',
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
       if response.status != 200:
         raise RuntimeError(f'Creating bucket {name} on {self.url}: HTTP {response.status}.')
@@ -132,11 +136,16 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
       while not _answers(url):
         if process.poll() is not None or time.monotonic() > deadline:
           log.seek(0)
-          state = (f'exited with status {process.returncode}' if process.poll() is not None
-                   else f'did not answer on {url} within {START_TIMEOUT_S} s')
-          pytest.fail(f'The GCS emulator `{" ".join(command)}` {state}; its output:\n'
-                      f'{log.read()}\n(it comes with the test extra: pip install -e ".[test]")',
-                      pytrace=False)
+          state = (
+              f'exited with status {process.returncode}'
+              if process.poll() is not None
+              else f'did not answer on {url} within {START_TIMEOUT_S} s'
+          )
+          pytest.fail(
+              f'The GCS emulator `{" ".join(command)}` {state}; its output:\n'
+              f'{log.read()}\n(it comes with the test extra: pip install -e ".[test]")',
+              pytrace=False,
+          )
         time.sleep(0.2)
       yield GcsEmulator(url=url, env=client_env(url))
     finally:
@@ -166,6 +175,7 @@ def serve(port: int) -> None:
   Its downloads carry the object's generation, as GCS's do (module docstring).
   """
   from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+
   download = objects.download
 
   def download_with_generation(request, response, storage, *args, **kwargs):
@@ -178,6 +188,7 @@ def serve(port: int) -> None:
   objects.download = download_with_generation
   # Imported only now: the server binds its routes to the handlers when imported.
   from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
+
   server.create_server('127.0.0.1', port, in_memory=True).run()
 
 

@@ -33,26 +33,49 @@ from modistill_jax.config_lib import TINY
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STAGE_KEYS = {
-    'stage': str, 'device_kind': str, 'frames_per_s': float, 'clips_per_s': float,
-    'flops_per_step': float, 'forward_flops_per_frame': float, 'mfu': type(None),
-    'peak_memory_bytes': int, 'compile_s': float, 'recompiles': int,
-    'pipeline_clips_per_s': float, 'flop_ratio': float, 'multi_stream_efficiency': float}
+    'stage': str,
+    'device_kind': str,
+    'frames_per_s': float,
+    'clips_per_s': float,
+    'flops_per_step': float,
+    'forward_flops_per_frame': float,
+    'mfu': type(None),
+    'peak_memory_bytes': int,
+    'compile_s': float,
+    'recompiles': int,
+    'pipeline_clips_per_s': float,
+    'flop_ratio': float,
+    'multi_stream_efficiency': float,
+}
 
 
 @pytest.fixture(scope='module')
 def report(tmp_path_factory, synthetic_data_dir) -> dict:
   """The JSON of one benchmark run of step1_rgb and step3 (tiny stream, 2 timed steps)."""
   out = tmp_path_factory.mktemp('benchmark') / 'result.json'
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true',
-         'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=4')}
+  env = {
+      **os.environ,
+      'JAX_PLATFORMS': 'cpu',
+      'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true',
+      'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=4'),
+  }
   command = [
-      sys.executable, '-m', 'modistill_jax.benchmark', '--config=configs/demo.py:step3,tiny',
-      '--stages=step1_rgb,step3', '--steps=2', '--warmup=2', f'--json={out}',
-      '--num_classes=3', f'--data_dir={synthetic_data_dir}',
+      sys.executable,
+      '-m',
+      'modistill_jax.benchmark',
+      '--config=configs/demo.py:step3,tiny',
+      '--stages=step1_rgb,step3',
+      '--steps=2',
+      '--warmup=2',
+      f'--json={out}',
+      '--num_classes=3',
+      f'--data_dir={synthetic_data_dir}',
       *(f'--config.{k}={v}' for k, v in TINY_DATA.items()),
-      '--pipeline_seconds=0.5']
-  done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                        timeout=600, check=False)
+      '--pipeline_seconds=0.5',
+  ]
+  done = subprocess.run(
+      command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   return json.loads(out.read_text())
 
@@ -64,8 +87,7 @@ def test_json_has_every_key_with_its_type(report):
       assert isinstance(result[key], kind), (result['stage'], key, result[key])
     assert result['device_kind'] == 'cpu'
     assert result['num_devices'] == 4
-    assert result['frames_per_s'] == pytest.approx(
-        TINY['input.num_frames'] * result['clips_per_s'])
+    assert result['frames_per_s'] == pytest.approx(TINY['input.num_frames'] * result['clips_per_s'])
     assert result['peak_memory_bytes'] > 0
 
 
@@ -102,14 +124,27 @@ def test_peak_flops_table_knows_the_accelerators_and_not_the_cpu():
 
 SUITE_STAGES = ['step1_rgb', 'step2', 'step3', 'step4']
 SUITE_KEYS = {
-    'stage': str, 'batch_size': int, 'clips_per_s': float, 'frames_per_s': float,
-    'repeat_clips_per_s': list, 'lowered_flops_per_step': float, 'flops_per_step': float,
-    'flop_disagreement': float, 'flops_disagree': bool, 'model_flops_per_step': float,
-    'model_flops_mfu': type(None), 'mfu': type(None),
+    'stage': str,
+    'batch_size': int,
+    'clips_per_s': float,
+    'frames_per_s': float,
+    'repeat_clips_per_s': list,
+    'lowered_flops_per_step': float,
+    'flops_per_step': float,
+    'flop_disagreement': float,
+    'flops_disagree': bool,
+    'model_flops_per_step': float,
+    'model_flops_mfu': type(None),
+    'mfu': type(None),
     # The CPU backend keeps no allocator statistics: n/a, never the compile plan.
-    'measured_peak_memory_bytes': type(None), 'measured_peak_memory_at_most_bytes': type(None),
-    'peak_memory_bytes': int, 'compile_s': float, 'recompiles': int,
-    'pipeline_clips_per_s': float, 'forward_flops_per_frame': float}
+    'measured_peak_memory_bytes': type(None),
+    'measured_peak_memory_at_most_bytes': type(None),
+    'peak_memory_bytes': int,
+    'compile_s': float,
+    'recompiles': int,
+    'pipeline_clips_per_s': float,
+    'forward_flops_per_frame': float,
+}
 
 
 @pytest.fixture(scope='module')
@@ -121,21 +156,45 @@ def suite(tmp_path_factory, synthetic_data_dir, compilation_cache_dir) -> dict:
   """
   folder = tmp_path_factory.mktemp('suite')
   command = [
-      sys.executable, '-m', 'modistill_jax.benchmark', '--config=configs/demo.py:step1_rgb',
-      '--suite', '--suite_image_size=16', '--suite_batch=4', '--steps=2', '--warmup=1',
-      '--repeats=2', '--num_classes=3', '--config.model.width=4',
+      sys.executable,
+      '-m',
+      'modistill_jax.benchmark',
+      '--config=configs/demo.py:step1_rgb',
+      '--suite',
+      '--suite_image_size=16',
+      '--suite_batch=4',
+      '--steps=2',
+      '--warmup=1',
+      '--repeats=2',
+      '--num_classes=3',
+      '--config.model.width=4',
       '--config.input.num_frames=2',
-      '--config.input.worker_count=0', '--config.input.prefetch=1', '--config.builder_config=',
-      '--config.eval_batch_size=4', '--config.log_every_steps=1',
+      '--config.input.worker_count=0',
+      '--config.input.prefetch=1',
+      '--config.builder_config=',
+      '--config.eval_batch_size=4',
+      '--config.log_every_steps=1',
       f'--data_dir={synthetic_data_dir}',
-      '--pipeline_seconds=0.3', '--end_to_end_steps=6', f'--json={folder / "suite.json"}',
-      f'--markdown={folder / "suite.md"}']
+      '--pipeline_seconds=0.3',
+      '--end_to_end_steps=6',
+      f'--json={folder / "suite.json"}',
+      f'--markdown={folder / "suite.md"}',
+  ]
   # One device: partitioning the four stages over several would double their compile time.
-  done = subprocess.run(command, cwd=REPO_ROOT, env=cli_env(compilation_cache_dir, device_count=1),
-                        capture_output=True, text=True, timeout=900, check=False)
+  done = subprocess.run(
+      command,
+      cwd=REPO_ROOT,
+      env=cli_env(compilation_cache_dir, device_count=1),
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
-  return {'json': json.loads((folder / 'suite.json').read_text()),
-          'markdown': (folder / 'suite.md').read_text()}
+  return {
+      'json': json.loads((folder / 'suite.json').read_text()),
+      'markdown': (folder / 'suite.md').read_text(),
+  }
 
 
 def test_suite_reports_every_field_for_every_stage_and_the_reference(suite):
@@ -153,12 +212,14 @@ def test_suite_reports_every_field_for_every_stage_and_the_reference(suite):
     assert result['dtype'] == 'bfloat16' and result['image_size'] == 16
     trained, frozen = len(result['trainable']), len(result['frozen'])
     assert result['model_flops_per_step'] == pytest.approx(
-        result['forward_flops_per_frame'] * 4 * 2 * (3 * trained + frozen))
+        result['forward_flops_per_frame'] * 4 * 2 * (3 * trained + frozen)
+    )
   by_name = {r['stage']: r for r in report['stages']}
   assert (by_name['step3']['trainable'], by_name['step3']['frozen']) == (['hall'], ['depth'])
   reference = report['reference']
   assert reference['model_flops_per_step'] == pytest.approx(
-      3 * reference['forward_flops_per_frame'] * 4 * 2)
+      3 * reference['forward_flops_per_frame'] * 4 * 2
+  )
 
 
 def test_suite_headline_is_step1_over_the_reference(suite):
@@ -167,7 +228,8 @@ def test_suite_headline_is_step1_over_the_reference(suite):
   assert headline['frames_per_s'] == report['stages'][0]['frames_per_s']
   assert headline['reference_frames_per_s'] == report['reference']['frames_per_s']
   assert headline['over_reference'] == pytest.approx(
-      headline['frames_per_s'] / headline['reference_frames_per_s'])
+      headline['frames_per_s'] / headline['reference_frames_per_s']
+  )
   text = suite['markdown']
   for name in SUITE_STAGES + ['reference']:
     assert f'| {name} |' in text
@@ -195,19 +257,27 @@ def test_flop_disagreement_is_relative_to_the_larger_count():
   assert benchmark.flop_disagreement(100.0, 125.0) == pytest.approx(0.2)
   assert benchmark.flop_disagreement(125.0, 100.0) == pytest.approx(0.2)
   assert benchmark.flop_disagreement(0.0, 0.0) == 0.0
-  assert not benchmark.flops_disagree(100.0, 111.0)   # 9.9% apart
-  assert benchmark.flops_disagree(100.0, 112.0)       # 10.7% apart
-  assert benchmark.flops_disagree(3.0e12, 1.0e12)     # a compiled count a third of the lowered
+  assert not benchmark.flops_disagree(100.0, 111.0)  # 9.9% apart
+  assert benchmark.flops_disagree(100.0, 112.0)  # 10.7% apart
+  assert benchmark.flops_disagree(3.0e12, 1.0e12)  # a compiled count a third of the lowered
 
 
 def test_loop_throughput_skips_the_compiles_and_separates_validation():
   def train(step, clips_per_s):
     return {'step': step, 'split': 'train', 'clips_per_s': clips_per_s}
+
   # 10 clips per step; steps 1-2 compile (slow), validation after step 4 (its
   # compile falls in (4, 6]) and after 8 (a pass in (8, 10]).
-  records = [train(2, 1.0), train(4, 20.0), {'step': 4, 'split': 'validation'},
-             train(6, 2.0), train(8, 40.0), {'step': 8, 'split': 'validation'},
-             train(10, 10.0), train(12, 40.0)]
+  records = [
+      train(2, 1.0),
+      train(4, 20.0),
+      {'step': 4, 'split': 'validation'},
+      train(6, 2.0),
+      train(8, 40.0),
+      {'step': 8, 'split': 'validation'},
+      train(10, 10.0),
+      train(12, 40.0),
+  ]
   timing = benchmark.loop_throughput(records, clips_per_step=10)
   # Loop alone: (2, 4] 1 s, (6, 8] 0.5 s, (10, 12] 0.5 s -> 60 clips in 2 s.
   assert timing['clips_per_s'] == pytest.approx(30.0)
@@ -227,8 +297,11 @@ def test_own_peak_only_when_the_measurement_raised_the_mark():
 
 def test_reference_is_resnet50_by_its_parameter_count():
   model = reference_resnet.ResNet(num_classes=1000)
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  shapes = jax.eval_shape(
+      functools.partial(model.init, train=False),
+      jax.random.key(0),
+      jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32),
+  )
   # torchvision's resnet50: 25,557,032 trainable parameters (BatchNorm scales and biases included).
   assert sum(x.size for x in jax.tree.leaves(shapes['params'])) == 25_557_032
   assert len([n for n in shapes['params'] if n.startswith('Bottleneck')]) == 3 + 4 + 6 + 3
@@ -237,16 +310,23 @@ def test_reference_is_resnet50_by_its_parameter_count():
 def test_reference_step_trains_on_a_fixed_batch(fast_compile):
   del fast_compile
   model = reference_resnet.ResNet(num_classes=3, units_per_block=(1, 1, 1, 1), width=4)
-  config = ml_collections.ConfigDict({'rgb_mean': (120.0, 110.0, 100.0),
-                                      'rgb_std': (60.0, 60.0, 60.0)})
+  config = ml_collections.ConfigDict(
+      {'rgb_mean': (120.0, 110.0, 100.0), 'rgb_std': (60.0, 60.0, 60.0)}
+  )
   mesh = sharding.make_mesh()
   tx = optax.adam(1e-2)
   train_fn = reference_resnet.make_train_fn(model, tx, config, mesh)
-  state = jax.device_put(reference_resnet.init_state(model, tx, image_size=16),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+      reference_resnet.init_state(model, tx, image_size=16), sharding.replicated(mesh)
+  )
   rng = np.random.default_rng(0)
-  batch = sharding.to_global({'rgb': rng.integers(0, 256, (4, 2, 16, 16, 3), dtype=np.uint8),
-                              'label': np.arange(4, dtype=np.int32) % 3}, mesh)
+  batch = sharding.to_global(
+      {
+          'rgb': rng.integers(0, 256, (4, 2, 16, 16, 3), dtype=np.uint8),
+          'label': np.arange(4, dtype=np.int32) % 3,
+      },
+      mesh,
+  )
   losses = []
   for _ in range(6):
     state, step_metrics = train_fn(state, batch)

@@ -13,9 +13,13 @@ from modistill_jax import steps
 def test_relative_stage_folder_saves_and_reads_back(tmp_path, monkeypatch):
   """`make demo` passes `workdirs/demo`; Orbax itself accepts absolute paths only."""
   monkeypatch.chdir(tmp_path)
-  state = steps.TrainState(step=jnp.int32(3), params={'rgb': {'w': jnp.arange(4.0)}},
-                           batch_stats={'rgb': {'mean': jnp.ones(2)}},
-                           opt_state={'mu': jnp.zeros(4)}, frozen={})
+  state = steps.TrainState(
+      step=jnp.int32(3),
+      params={'rgb': {'w': jnp.arange(4.0)}},
+      batch_stats={'rgb': {'mean': jnp.ones(2)}},
+      opt_state={'mu': jnp.zeros(4)},
+      frozen={},
+  )
   directory = runs.stage_dir('run', 'step1')
   ckpt = checkpointing.StageCheckpoints(directory)
   selection = {'metrics': {'rgb': 0.5}, 'steps': {'rgb': 3}}

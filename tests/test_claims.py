@@ -33,17 +33,20 @@ def test_interval_is_the_t_interval_of_the_mean():
   assert claims.interval([]) == (None, None, None)
 
 
-@pytest.mark.parametrize('differences, margin, expected', [
-    ([2.0, 3.0, 2.5, 3.1], None, HOLDS),            # consistently better
-    ([-2.0, -3.0, -2.5], None, CONTRADICTED),       # consistently worse
-    ([5.0, -5.0, 1.0], None, INCONCLUSIVE),         # the interval spans 0
-    ([1.0, 3.0], None, INCONCLUSIVE),               # 2 seeds: t(1 df) = 12.7 swallows it
-    ([9.0], None, INCONCLUSIVE),                    # one seed decides nothing
-    ([0.5, -0.3, 0.2, 0.1], 5.0, HOLDS),            # close: within +-5 points
-    ([10.0, 11.0, 10.5], 5.0, CONTRADICTED),        # far apart
-    ([-10.0, -11.0, -10.5], 5.0, CONTRADICTED),
-    ([1.0, 8.0, -3.0], 5.0, INCONCLUSIVE),          # interval crosses the margin
-])
+@pytest.mark.parametrize(
+    'differences, margin, expected',
+    [
+        ([2.0, 3.0, 2.5, 3.1], None, HOLDS),  # consistently better
+        ([-2.0, -3.0, -2.5], None, CONTRADICTED),  # consistently worse
+        ([5.0, -5.0, 1.0], None, INCONCLUSIVE),  # the interval spans 0
+        ([1.0, 3.0], None, INCONCLUSIVE),  # 2 seeds: t(1 df) = 12.7 swallows it
+        ([9.0], None, INCONCLUSIVE),  # one seed decides nothing
+        ([0.5, -0.3, 0.2, 0.1], 5.0, HOLDS),  # close: within +-5 points
+        ([10.0, 11.0, 10.5], 5.0, CONTRADICTED),  # far apart
+        ([-10.0, -11.0, -10.5], 5.0, CONTRADICTED),
+        ([1.0, 8.0, -3.0], 5.0, INCONCLUSIVE),  # interval crosses the margin
+    ],
+)
 def test_verdict_rule(differences, margin, expected):
   assert claims.verdict(differences, margin) == expected
 
@@ -54,8 +57,13 @@ def test_paired_differences_skip_missing_seeds():
 
 def test_noise_claim_reports_the_first_level_where_the_hallucination_model_wins():
   step4 = [50.0, 52.0, 51.0]
-  noise = {'no noise': [80.0, 81.0, 79.0], '0.1': [70.0, 71.0, 69.0],
-           '1': [45.0, 46.0, 44.0], '10': [30.0, 31.0, 29.0], 'void': [12.0, 12.5, 13.0]}
+  noise = {
+      'no noise': [80.0, 81.0, 79.0],
+      '0.1': [70.0, 71.0, 69.0],
+      '1': [45.0, 46.0, 44.0],
+      '10': [30.0, 31.0, 29.0],
+      'void': [12.0, 12.5, 13.0],
+  }
   claim = claims.noise_claim(step4, noise)
   assert claim['verdict'] == HOLDS
   assert claim['note'] == 'from sigma^2 = 1'
@@ -115,14 +123,18 @@ def test_stages_are_shared(claims_run):
   assert summary['stages'] == {'trained': 30, 'skipped': 0}
   assert sum(1 for _, _, skipped in calls if not skipped) == 30
   seed0 = claims.seed_dir(workdir, 0)
-  trained = sorted(str(p.relative_to(seed0)) for p in seed0.glob('*/*')
-                   if not os.path.islink(p) and (p / runs.RESULTS_FILE).exists())
+  trained = sorted(
+      str(p.relative_to(seed0))
+      for p in seed0.glob('*/*')
+      if not os.path.islink(p) and (p / runs.RESULTS_FILE).exists()
+  )
   assert len(trained) == 15
   assert [t for t in trained if t.endswith('/step1')] == ['staged/step1']
   for folder in ('step3_eq1', 'step3_eq3'):
     assert os.path.realpath(seed0 / folder / 'step2') == os.path.realpath(seed0 / 'staged/step2')
-  assert (os.path.realpath(seed0 / 'no_connections_eq1' / 'step2')
-          == os.path.realpath(seed0 / 'no_connections' / 'step2'))
+  assert os.path.realpath(seed0 / 'no_connections_eq1' / 'step2') == os.path.realpath(
+      seed0 / 'no_connections' / 'step2'
+  )
   step3 = runs.read_json(seed0 / 'step3_eq1' / 'step3' / runs.RESULTS_FILE)
   assert (step3['loss'], step3['connections']) == ('eq1', True)
   inverted = runs.read_json(seed0 / 'inverted' / 'step4' / runs.RESULTS_FILE)

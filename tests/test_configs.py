@@ -11,7 +11,6 @@ the configs' own `:<stage>,tiny` switch (`config_lib.TINY`). The demo config's
 
 import ast
 import importlib
-import json
 import math
 import os
 import subprocess
@@ -121,11 +120,16 @@ def test_tiny_switch_on_the_command_line():
   The demo config reads its 32x32 `tiny` build too; other configs keep their data.
   """
   demo = parse_config_flag(f'{REPO_ROOT}/configs/demo.py:step1,tiny')
-  assert config_lib.flatten(demo) == {**config_lib.flatten(get_config('demo', 'step1')),
-                                      **config_lib.TINY, 'builder_config': 'tiny'}
+  assert config_lib.flatten(demo) == {
+      **config_lib.flatten(get_config('demo', 'step1')),
+      **config_lib.TINY,
+      'builder_config': 'tiny',
+  }
   ntu = parse_config_flag(f'{REPO_ROOT}/configs/ntu_cs.py:all,tiny')
-  assert config_lib.flatten(ntu) == {**config_lib.flatten(get_config('ntu_cs', 'all')),
-                                     **config_lib.TINY}
+  assert config_lib.flatten(ntu) == {
+      **config_lib.flatten(get_config('ntu_cs', 'all')),
+      **config_lib.TINY,
+  }
   assert ntu.stage == 'all' and ntu.builder_config == 'res224'
 
 
@@ -143,17 +147,37 @@ def test_base_config_holds_the_reference_settings():
   epoch, no weight decay in effect.
   """
   expected = {
-      'optimizer.learning_rate': 1e-3, 'optimizer.schedule': 'constant',
-      'optimizer.warmup_steps': 0, 'optimizer.b1': 0.9, 'optimizer.b2': 0.999,
-      'optimizer.eps': 1e-8, 'optimizer.weight_decay': 0.0, 'optimizer.grad_clip_norm': 0.0,
-      'batch_size': 5, 'num_epochs': 40, 'eval_every_epochs': 1, 'selection_ties': 'later',
-      'input.num_frames': 5, 'input.image_size': 224, 'input.uniform_prob': 0.5,
-      'input.flip': True, 'input.rgb_mean': (123.68, 116.78, 103.94),
+      'optimizer.learning_rate': 1e-3,
+      'optimizer.schedule': 'constant',
+      'optimizer.warmup_steps': 0,
+      'optimizer.b1': 0.9,
+      'optimizer.b2': 0.999,
+      'optimizer.eps': 1e-8,
+      'optimizer.weight_decay': 0.0,
+      'optimizer.grad_clip_norm': 0.0,
+      'batch_size': 5,
+      'num_epochs': 40,
+      'eval_every_epochs': 1,
+      'selection_ties': 'later',
+      'input.num_frames': 5,
+      'input.image_size': 224,
+      'input.uniform_prob': 0.5,
+      'input.flip': True,
+      'input.rgb_mean': (123.68, 116.78, 103.94),
       'input.rgb_std': (1.0, 1.0, 1.0),
-      'loss.kind': 'eq5', 'loss.temperature': 10.0, 'loss.lam': 0.5, 'loss.alpha': 0.5,
-      'loss.hall_endpoint': 'block4', 'loss.hall_weight': 0.01, 'loss.hall_reference_clips': 5,
-      'model.units_per_block': (3, 4, 6, 3), 'model.width': 64, 'model.bn_momentum': 0.997,
-      'model.bn_epsilon': 1e-5, 'privileged': 'depth', 'protocol': 'cross_subject',
+      'loss.kind': 'eq5',
+      'loss.temperature': 10.0,
+      'loss.lam': 0.5,
+      'loss.alpha': 0.5,
+      'loss.hall_endpoint': 'block4',
+      'loss.hall_weight': 0.01,
+      'loss.hall_reference_clips': 5,
+      'model.units_per_block': (3, 4, 6, 3),
+      'model.width': 64,
+      'model.bn_momentum': 0.997,
+      'model.bn_epsilon': 1e-5,
+      'privileged': 'depth',
+      'protocol': 'cross_subject',
   }
   flat = config_lib.flatten(get_config('ntu_cs', 'step3'))
   assert {key: flat[key] for key in expected} == expected
@@ -167,10 +191,21 @@ def test_misspelled_override_fails_on_the_cli(tmp_path, compilation_cache_dir):
   """
   workdir = tmp_path / 'w'
   proc = subprocess.run(
-      [sys.executable, '-m', 'modistill_jax.train', '--config=configs/demo.py:step1',
-       f'--workdir={workdir}', '--config.batch_sise=4'],
-      cwd=REPO_ROOT, env=cli_env(compilation_cache_dir), capture_output=True, text=True,
-      timeout=300, check=False)
+      [
+          sys.executable,
+          '-m',
+          'modistill_jax.train',
+          '--config=configs/demo.py:step1',
+          f'--workdir={workdir}',
+          '--config.batch_sise=4',
+      ],
+      cwd=REPO_ROOT,
+      env=cli_env(compilation_cache_dir),
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode != 0
   assert 'batch_sise' in proc.stderr
   assert not workdir.exists()
@@ -185,8 +220,7 @@ def check_stage_outputs(workdir: str, stage_name: str, config, num_classes: int)
   stage = stages.get_stage(stage_name)
   out_dir = runs.stage_dir(workdir, stage_name)
   steps = config.num_train_steps
-  train_records = [r for r in metrics_lib.read_jsonl(out_dir.metrics_file)
-                   if r['split'] == 'train']
+  train_records = [r for r in metrics_lib.read_jsonl(out_dir.metrics_file) if r['split'] == 'train']
   assert [r['step'] for r in train_records] == list(range(1, steps + 1))
   assert all(math.isfinite(r['loss']) for r in train_records)
   results = runs.read_json(out_dir.results_file)
@@ -197,7 +231,8 @@ def check_stage_outputs(workdir: str, stage_name: str, config, num_classes: int)
   assert set(results['test']['accuracy']) == expected
   one_batch = config.max_eval_batches == 1
   assert results['test']['num_examples'] == (
-      config.eval_batch_size if one_batch else SPLIT_SIZES['test'])
+      config.eval_batch_size if one_batch else SPLIT_SIZES['test']
+  )
   assert results['test']['complete'] == (not one_batch)
   state = checkpointing.read_best_state(out_dir.best_dir)
   assert set(state['params']) == set(stage.trainable)
@@ -244,6 +279,8 @@ def test_printed_train_command_keeps_the_config_options():
   """A run started with `:<stage>,tiny` prints commands that are tiny too."""
   assert runs.train_command('configs/demo.py:tiny', 'step2', 'w', ('--config.seed=1',)) == (
       'python -m modistill_jax.train --config=configs/demo.py:step2,tiny --workdir=w '
-      '--config.seed=1')
+      '--config.seed=1'
+  )
   assert runs.train_command('configs/demo.py', 'step2', 'w') == (
-      'python -m modistill_jax.train --config=configs/demo.py:step2 --workdir=w')
+      'python -m modistill_jax.train --config=configs/demo.py:step2 --workdir=w'
+  )

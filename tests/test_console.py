@@ -38,15 +38,23 @@ def test_progress_lines_show_place_times_left_rate_and_best_validation():
   # First line: 10 steps in 30 s, at the trainer's 2 clips/s = 0.5 steps/s, so 90 steps take
   # 180 s. The run: this stage is projected at 30 + 180 = 210 s; the 2 stages after it at the
   # mean of 100 s and 210 s each: 180 + 2 * 155 = 490 s.
-  first = progress.line(10, {'loss': 1.25, 'accuracy/fused': 0.5, 'clips_per_s': 2.0,
-                             'learning_rate': 0.1}, None, now=START + 30)
-  assert first == ('[step2 2/4] step 10/100 (10%)  elapsed 0:30  left 3:00 (run 8:10)  '
-                   '2.0 clips/s  loss=1.25 accuracy/fused=0.5')
+  first = progress.line(
+      10,
+      {'loss': 1.25, 'accuracy/fused': 0.5, 'clips_per_s': 2.0, 'learning_rate': 0.1},
+      None,
+      now=START + 30,
+  )
+  assert first == (
+      '[step2 2/4] step 10/100 (10%)  elapsed 0:30  left 3:00 (run 8:10)  '
+      '2.0 clips/s  loss=1.25 accuracy/fused=0.5'
+  )
   # Later lines go by the mean pace since the first line (20 steps in 20 s): 70 s for 70 steps,
   # whatever the last interval's rate. The run: 70 + 2 * mean(100, 50 + 70) = 290 s.
   second = progress.line(30, {'loss': 1.0, 'clips_per_s': 8.0}, 0.625, now=START + 50)
-  assert second == ('[step2 2/4] step 30/100 (30%)  elapsed 0:50  left 1:10 (run 4:50)  '
-                    '8.0 clips/s  best val 0.6250  loss=1')
+  assert second == (
+      '[step2 2/4] step 30/100 (30%)  elapsed 0:50  left 1:10 (run 4:50)  '
+      '8.0 clips/s  best val 0.6250  loss=1'
+  )
 
 
 def test_a_single_stage_shows_no_run_estimate():
@@ -76,21 +84,25 @@ def test_a_log_gets_one_line_per_update_a_terminal_one_rewritten_line(capsys):
 def test_finish_says_what_was_made_where_and_the_run_sums_it_up(capsys):
   clock = metrics.RunClock(2)
   for name, seconds in (('step1', 65.0), ('step2', 3600.0)):
-    progress = metrics.Progress(10, name, clips_per_step=4, clock=clock,
-                                started=metrics.time.time() - seconds)
+    progress = metrics.Progress(
+        10, name, clips_per_step=4, clock=clock, started=metrics.time.time() - seconds
+    )
     done = progress.finish(f'run/{name}', f'run/{name}/results.json')
     assert done.name == name and done.seconds == pytest.approx(seconds, abs=1)
   out = capsys.readouterr().out
   assert '[step2] finished in 1:00:00: run/step2' in out
   assert '[step2]   results: run/step2/results.json' in out
   assert '[step2]   curves:  tensorboard --logdir run/step2' in out
-  assert clock.summary().split('\n') == ['  step1    run/step1      1:05',
-                                         '  step2    run/step2   1:00:00',
-                                         '  total                1:01:05']
+  assert clock.summary().split('\n') == [
+      '  step1    run/step1      1:05',
+      '  step2    run/step2   1:00:00',
+      '  total                1:01:05',
+  ]
 
 
-def test_a_dataset_build_says_what_it_built_instead_of_tfds_download_notice(tmp_path, capsys,
-                                                                            caplog):
+def test_a_dataset_build_says_what_it_built_instead_of_tfds_download_notice(
+    tmp_path, capsys, caplog
+):
   config = demo_config.get_config('step1')
   config.builder_config, config.data_dir = 'tiny', str(tmp_path)
   cli.build_dataset(config)
@@ -98,30 +110,47 @@ def test_a_dataset_build_says_what_it_built_instead_of_tfds_download_notice(tmp_
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
   out = capsys.readouterr().out
   built_in = tmp_path / 'synthetic_rgbd' / 'tiny' / '2.0.0'
-  assert re.fullmatch(rf'Built synthetic_rgbd in {re.escape(str(built_in))} in \d+:\d\d '
-                      r'\(nothing downloaded\)\.\n', out), out
+  assert re.fullmatch(
+      rf'Built synthetic_rgbd in {re.escape(str(built_in))} in \d+:\d\d '
+      r'\(nothing downloaded\)\.\n',
+      out,
+  ), out
   cli.build_dataset(config)  # already built: nothing to say
   assert capsys.readouterr().out == ''
 
 
 def test_training_console_has_real_numbers_time_left_and_no_warnings(
-    tmp_path, synthetic_data_dir, compilation_cache_dir):
+    tmp_path, synthetic_data_dir, compilation_cache_dir
+):
   workdir = tmp_path / 'run'
   overrides = {'num_train_steps': 4, 'log_every_steps': 2, 'data_dir': synthetic_data_dir}
   done = subprocess.run(
-      [sys.executable, '-m', 'modistill_jax.train', '--config=configs/demo.py:step1_rgb',
-       f'--workdir={workdir}', *override_flags(overrides)],
-      cwd=REPO_ROOT, env=cli_env(compilation_cache_dir), capture_output=True, text=True,
-      timeout=420, check=False)
+      [
+          sys.executable,
+          '-m',
+          'modistill_jax.train',
+          '--config=configs/demo.py:step1_rgb',
+          f'--workdir={workdir}',
+          *override_flags(overrides),
+      ],
+      cwd=REPO_ROOT,
+      env=cli_env(compilation_cache_dir),
+      capture_output=True,
+      text=True,
+      timeout=420,
+      check=False,
+  )
   output = done.stdout + done.stderr
   assert done.returncode == 0, output[-5000:]
   assert not re.search(r'\bnan\b', output, re.IGNORECASE), output
   assert 'warning' not in output.lower(), output
-  progress = re.findall(r'^\[step1_rgb\] step (\d+)/4 .* left \d+:\d\d .* clips/s', output,
-                        re.MULTILINE)
+  progress = re.findall(
+      r'^\[step1_rgb\] step (\d+)/4 .* left \d+:\d\d .* clips/s', output, re.MULTILINE
+  )
   assert progress == ['2', '4'], output
   stage_dir = os.path.join(workdir, 'step1_rgb')
-  assert re.search(rf'^\[step1_rgb\] finished in \d+:\d\d: {re.escape(stage_dir)}$', output,
-                   re.MULTILINE), output
+  assert re.search(
+      rf'^\[step1_rgb\] finished in \d+:\d\d: {re.escape(stage_dir)}$', output, re.MULTILINE
+  ), output
   assert f'results: {os.path.join(stage_dir, "results.json")}' in output
   assert f'tensorboard --logdir {stage_dir}' in output

@@ -35,8 +35,8 @@ from modistill_jax.data import pipeline
 from modistill_jax.data import records
 import tiny_run
 
-RES = 112                      # the res112 config's frame size
-RGB_W, RGB_H = 80, 64          # even: yuv420p video
+RES = 112  # the res112 config's frame size
+RGB_W, RGB_H = 80, 64  # even: yuv420p video
 DEPTH_W, DEPTH_H = 32, 24
 # depth = 0.5 * rgb - (4, 2): the depth camera sees RGB's x 8..72, y 4..52.
 AFFINE = [[0.5, 0.0, -4.0], [0.0, 0.5, -2.0]]
@@ -44,25 +44,31 @@ CLASSES = ('wave', 'clap', 'jump')  # classes.txt's order, not the sorted one
 # Broken samples among the good ones: a substring of each one's skip reason.
 SKIPS = {
     'no_rgb': 'no RGB: none of rgb/no_rgb{.mp4,.avi,.mkv,.mov} or the folder rgb/no_rgb/ '
-              '(labels.csv line 8)',
+    '(labels.csv line 8)',
     'no_depth': 'no depth: no folder depth/no_depth/ (labels.csv line 9)',
     'bad_video': 'undecodable bad_video.mp4',
     'odd_depth': 'frame of another size: depth/odd_depth/d2.png is 30x24, its siblings 32x24 '
-                 '(labels.csv line 11)',
+    '(labels.csv line 11)',
 }
 
 
 def smooth_rgb(x: np.ndarray, y: np.ndarray, t: int, seed: int) -> np.ndarray:
   """Colours at continuous RGB coordinates: smooth, so any resampler gives about the same."""
-  return np.stack([128 + 90 * np.sin(x / 11 + t + seed),
-                   128 + 90 * np.cos(y / 9 - t / 2 + seed),
-                   128 + 60 * np.sin((x + y) / 15 + seed)], axis=-1)
+  return np.stack(
+      [
+          128 + 90 * np.sin(x / 11 + t + seed),
+          128 + 90 * np.cos(y / 9 - t / 2 + seed),
+          128 + 60 * np.sin((x + y) / 15 + seed),
+      ],
+      axis=-1,
+  )
 
 
 def rgb_frames(count: int, seed: int) -> list[np.ndarray]:
   y, x = np.mgrid[:RGB_H, :RGB_W] + 0.5  # pixel centres
-  return [np.clip(np.rint(smooth_rgb(x, y, t, seed)), 0, 255).astype(np.uint8)
-          for t in range(count)]
+  return [
+      np.clip(np.rint(smooth_rgb(x, y, t, seed)), 0, 255).astype(np.uint8) for t in range(count)
+  ]
 
 
 def depth_frames(count: int, bits: int, seed: int) -> list[np.ndarray]:
@@ -113,32 +119,55 @@ def make_sample(seed: int, rgb, bits: int, depth_names: list[str]) -> tuple:
     kind, rgb_names, count = rgb[0], None, rgb[1]
   else:
     kind, rgb_names, count = 'frames', rgb, len(rgb)
-  return (kind, rgb_frames(count, seed), rgb_names, depth_frames(len(depth_names), bits, seed),
-          depth_names)
+  return (
+      kind,
+      rgb_frames(count, seed),
+      rgb_names,
+      depth_frames(len(depth_names), bits, seed),
+      depth_names,
+  )
 
 
 SEEDS = {'wave_01': 1, 'clap_01': 2, 'jump_01': 3, 'wave_02': 4, 'clap_02': 5, 'jump_02': 6}
 # The main folder. Depth/RGB numbering has gaps and mixed padding: sorted by name,
 # d10 would come before d2 and f010 before f9.
 GOOD = {
-    'wave_01': make_sample(SEEDS['wave_01'], ('mp4', 4), 16,
-                           numbered('depth_{}.png', (1, 2, 5, 10))),
-    'clap_01': make_sample(SEEDS['clap_01'], ['f9.png', 'f010.png', 'f11.jpg'], 8,
-                           numbered('d{:04d}.png', (7, 8, 9))),
+    'wave_01': make_sample(
+        SEEDS['wave_01'], ('mp4', 4), 16, numbered('depth_{}.png', (1, 2, 5, 10))
+    ),
+    'clap_01': make_sample(
+        SEEDS['clap_01'], ['f9.png', 'f010.png', 'f11.jpg'], 8, numbered('d{:04d}.png', (7, 8, 9))
+    ),
     'jump_01': make_sample(SEEDS['jump_01'], ('avi', 5), 16, numbered('{}.png', (1, 2, 3, 4))),
-    'wave_02': make_sample(SEEDS['wave_02'], numbered('{}.png', (1, 2, 3)), 8,
-                           numbered('x_{}.png', (1, 3, 10))),
+    'wave_02': make_sample(
+        SEEDS['wave_02'], numbered('{}.png', (1, 2, 3)), 8, numbered('x_{}.png', (1, 3, 10))
+    ),
     'clap_02': make_sample(SEEDS['clap_02'], ('mp4', 3), 16, numbered('{:03d}.png', (1, 2, 3))),
-    'jump_02': make_sample(SEEDS['jump_02'], numbered('img{}.png', (0, 1, 2)), 8,
-                           numbered('{}.png', (0, 1, 2))),
+    'jump_02': make_sample(
+        SEEDS['jump_02'], numbered('img{}.png', (0, 1, 2)), 8, numbered('{}.png', (0, 1, 2))
+    ),
 }
-LABELS = {'wave_01': 'wave', 'clap_01': 'clap', 'jump_01': 'jump', 'wave_02': 'wave',
-          'clap_02': 'clap', 'jump_02': 'jump'}
-ROWS = ['sample,label,split,subject,view',
-        'wave_01,wave,train,1,2', 'clap_01,clap,train,2,', 'jump_01,jump,train,,1',
-        'wave_02,wave,train,3,1', 'clap_02,clap,test,4,2', 'jump_02,jump,test,4,1',
-        'no_rgb,wave,train,,', 'no_depth,clap,train,,', 'bad_video,jump,train,,',
-        'odd_depth,wave,train,,']
+LABELS = {
+    'wave_01': 'wave',
+    'clap_01': 'clap',
+    'jump_01': 'jump',
+    'wave_02': 'wave',
+    'clap_02': 'clap',
+    'jump_02': 'jump',
+}
+ROWS = [
+    'sample,label,split,subject,view',
+    'wave_01,wave,train,1,2',
+    'clap_01,clap,train,2,',
+    'jump_01,jump,train,,1',
+    'wave_02,wave,train,3,1',
+    'clap_02,clap,test,4,2',
+    'jump_02,jump,test,4,1',
+    'no_rgb,wave,train,,',
+    'no_depth,clap,train,,',
+    'bad_video,jump,train,,',
+    'odd_depth,wave,train,,',
+]
 
 
 def broken_samples() -> dict:
@@ -148,16 +177,30 @@ def broken_samples() -> dict:
       'no_rgb': (None, None, None, depth_frames(3, 16, 7), numbered('{}.png', (1, 2, 3))),
       'no_depth': ('frames', rgb_frames(3, 7), numbered('{}.png', (1, 2, 3)), None, None),
       'bad_video': (None, None, None, depth_frames(3, 16, 7), numbered('{}.png', (1, 2, 3))),
-      'odd_depth': ('frames', rgb_frames(3, 7), numbered('{}.png', (1, 2, 3)), odd,
-                    numbered('d{}.png', (1, 2, 3))),
+      'odd_depth': (
+          'frames',
+          rgb_frames(3, 7),
+          numbered('{}.png', (1, 2, 3)),
+          odd,
+          numbered('d{}.png', (1, 2, 3)),
+      ),
   }
 
 
 def build(name: str, root: epath.Path, data_dir: epath.Path) -> None:
   """The documented command, through its own flag parser and entry point."""
-  build_cli.main(build_cli.parse_flags(
-      ['python -m data_builders.custom_rgbd', 'build', name, f'--manual_dir={root}',
-       f'--data_dir={data_dir}', '--config=res112']))
+  build_cli.main(
+      build_cli.parse_flags(
+          [
+              'python -m data_builders.custom_rgbd',
+              'build',
+              name,
+              f'--manual_dir={root}',
+              f'--data_dir={data_dir}',
+              '--config=res112',
+          ]
+      )
+  )
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -192,11 +235,12 @@ def decoded(example: dict, key: str) -> np.ndarray:
 def expected_rgb(frames: list[np.ndarray], seed: int, warped: bool) -> np.ndarray:
   """What the stored RGB should be, from the source frames or their continuous colours."""
   if not warped:
-    return np.stack([np.asarray(Image.fromarray(f).resize((RES, RES), Image.BILINEAR))
-                     for f in frames]).astype(np.float64)
+    return np.stack(
+        [np.asarray(Image.fromarray(f).resize((RES, RES), Image.BILINEAR)) for f in frames]
+    ).astype(np.float64)
   j, i = np.meshgrid(np.arange(RES) + 0.5, np.arange(RES) + 0.5)
-  u, v = j * DEPTH_W / RES, i * DEPTH_H / RES           # depth-frame coordinates
-  x, y = (u + 4.0) / 0.5, (v + 2.0) / 0.5                # the affine, inverted
+  u, v = j * DEPTH_W / RES, i * DEPTH_H / RES  # depth-frame coordinates
+  x, y = (u + 4.0) / 0.5, (v + 2.0) / 0.5  # the affine, inverted
   return np.stack([np.clip(smooth_rgb(x, y, t, seed), 0, 255) for t in range(len(frames))])
 
 
@@ -211,18 +255,22 @@ def test_builds_every_good_sample_and_reports_the_rest(built):
     assert split == ('test' if sample_id in ('clap_02', 'jump_02') else 'train')
   assert (examples['wave_01'][1]['subject'], examples['wave_01'][1]['view']) == (1, 2)
   assert (examples['jump_01'][1]['subject'], examples['jump_01'][1]['setup']) == (-1, -1)
-  version_dir = epath.Path(pipeline.built_dataset_dir('my_gestures', data_dir=os.fspath(built),
-                                                      builder_config='res112'))
+  version_dir = epath.Path(
+      pipeline.built_dataset_dir('my_gestures', data_dir=os.fspath(built), builder_config='res112')
+  )
   trimmed = (version_dir / custom_builder.TRIMMED_REPORT).read_text().splitlines()
   assert trimmed[1:] == ['jump_01\ttrain\t5\t4']
 
 
 @pytest.mark.parametrize('sample_id', sorted(SKIPS))
 def test_broken_sample_is_skipped_with_its_file_and_line(built, sample_id):
-  folder = pipeline.built_dataset_dir('my_gestures', data_dir=os.fspath(built),
-                                      builder_config='res112')
-  reasons = {s.sample_id: s.reason for s in
-             raw_clips.read_skip_report(epath.Path(folder) / raw_clips.SKIP_REPORT)}
+  folder = pipeline.built_dataset_dir(
+      'my_gestures', data_dir=os.fspath(built), builder_config='res112'
+  )
+  reasons = {
+      s.sample_id: s.reason
+      for s in raw_clips.read_skip_report(epath.Path(folder) / raw_clips.SKIP_REPORT)
+  }
   assert sorted(reasons) == sorted(SKIPS)
   assert SKIPS[sample_id] in reasons[sample_id]
   csv_line = next(n for n, row in enumerate(ROWS, 1) if row.startswith(f'{sample_id},'))
@@ -236,8 +284,11 @@ def test_clips_match_their_source_frames(built, sample_id):
   example = examples[sample_id][1]
   _, rgb, _, depth, _ = GOOD[sample_id]
   kept = min(len(rgb), len(depth))
-  assert (example['num_frames'], example['rgb_frames_raw'],
-          example['depth_frames_raw']) == (kept, len(rgb), len(depth))
+  assert (example['num_frames'], example['rgb_frames_raw'], example['depth_frames_raw']) == (
+      kept,
+      len(rgb),
+      len(depth),
+  )
   # Depth frames in numeric order, paired by rank, coloured per clip over the kept frames.
   want_depth = raw_clips.depth_clip_to_code(np.stack(depth[:kept]).astype(np.int32), RES, RES)
   np.testing.assert_array_equal(decoded(example, 'depth'), want_depth)
@@ -256,30 +307,64 @@ def test_clips_match_their_source_frames(built, sample_id):
 def test_without_affine_rgb_and_depth_are_resized_alike(tmp_path):
   root = epath.Path(tmp_path) / 'plain'
   frames = rgb_frames(3, 9)
-  write_folder(root, {'s': ('frames', frames, numbered('{}.png', (1, 2, 3)),
-                            depth_frames(3, 16, 9), numbered('{}.png', (1, 2, 3)))},
-               ['sample,label,split', 's,wave,train'])
+  write_folder(
+      root,
+      {
+          's': (
+              'frames',
+              frames,
+              numbered('{}.png', (1, 2, 3)),
+              depth_frames(3, 16, 9),
+              numbered('{}.png', (1, 2, 3)),
+          )
+      },
+      ['sample,label,split', 's,wave,train'],
+  )
   build('plain_rgbd', root, epath.Path(tmp_path) / 'data')
   examples, _ = read_examples(epath.Path(tmp_path) / 'data', 'plain_rgbd')
   error = np.abs(decoded(examples['s'][1], 'rgb') - expected_rgb(frames, 9, warped=False))
   assert error.mean() < 2.0 and error.max() < 16, (error.mean(), error.max())
 
 
-@pytest.mark.parametrize('rows, classes, message', [
-    ([], None, 'labels.csv is empty'),
-    (['sample,label,split'], None, 'has a header but no sample row'),
-    (['sample,label,split', 'a,wave,train', 'b,wave,val'], None,
-     "labels.csv:3: split must be one of ('train', 'validation', 'test'), got 'val'"),
-    (['sample,label,split', 'a,,train'], None, "labels.csv:2: sample 'a' has no label"),
-    (['sample,label,split', 'a,wave,train', 'b,wave,test', 'a,clap,test'], None,
-     "labels.csv:4: sample 'a' already on line 2"),
-    (['sample,label,split', 'a,wave,train', 'b,run,test'], CLASSES,
-     "labels.csv:3: label 'run' is not in"),
-    (['sample,label,split,subjet', 'a,wave,train,1'], None, "unknown ['subjet']"),
-    (['sample,label,split,subject', 'a,wave,train,P1'], None,
-     "labels.csv:2: subject must be an integer (or empty), got 'P1'"),
-], ids=['empty', 'header_only', 'unknown_split', 'missing_label', 'duplicate_sample',
-        'label_not_in_classes', 'misspelled_column', 'non_integer_subject'])
+@pytest.mark.parametrize(
+    'rows, classes, message',
+    [
+        ([], None, 'labels.csv is empty'),
+        (['sample,label,split'], None, 'has a header but no sample row'),
+        (
+            ['sample,label,split', 'a,wave,train', 'b,wave,val'],
+            None,
+            "labels.csv:3: split must be one of ('train', 'validation', 'test'), got 'val'",
+        ),
+        (['sample,label,split', 'a,,train'], None, "labels.csv:2: sample 'a' has no label"),
+        (
+            ['sample,label,split', 'a,wave,train', 'b,wave,test', 'a,clap,test'],
+            None,
+            "labels.csv:4: sample 'a' already on line 2",
+        ),
+        (
+            ['sample,label,split', 'a,wave,train', 'b,run,test'],
+            CLASSES,
+            "labels.csv:3: label 'run' is not in",
+        ),
+        (['sample,label,split,subjet', 'a,wave,train,1'], None, "unknown ['subjet']"),
+        (
+            ['sample,label,split,subject', 'a,wave,train,P1'],
+            None,
+            "labels.csv:2: subject must be an integer (or empty), got 'P1'",
+        ),
+    ],
+    ids=[
+        'empty',
+        'header_only',
+        'unknown_split',
+        'missing_label',
+        'duplicate_sample',
+        'label_not_in_classes',
+        'misspelled_column',
+        'non_integer_subject',
+    ],
+)
 def test_table_mistake_stops_the_build_naming_file_and_line(tmp_path, rows, classes, message):
   root = epath.Path(tmp_path) / 'raw'
   root.mkdir()
@@ -305,8 +390,11 @@ def test_bad_affine_file_stops_the_build(tmp_path):
 def test_failed_build_leaves_no_dataset(tmp_path):
   """Every training sample broken: the build fails mid-way, and nothing looks built."""
   root = epath.Path(tmp_path) / 'raw'
-  write_folder(root, {'a': (None, None, None, depth_frames(2, 16, 0), ['1.png', '2.png'])},
-               ['sample,label,split', 'a,wave,train'])
+  write_folder(
+      root,
+      {'a': (None, None, None, depth_frames(2, 16, 0), ['1.png', '2.png'])},
+      ['sample,label,split', 'a,wave,train'],
+  )
   (root / 'rgb').mkdir()
   (root / 'rgb' / 'a.avi').write_bytes(b'\x00' * 100)
   data_dir = epath.Path(tmp_path) / 'data'
@@ -315,8 +403,7 @@ def test_failed_build_leaves_no_dataset(tmp_path):
   config_dir = data_dir / 'all_broken' / 'res112'
   assert not config_dir.exists() or not list(config_dir.iterdir())
   with pytest.raises(FileNotFoundError, match='No built all_broken dataset'):
-    pipeline.built_dataset_dir('all_broken', data_dir=os.fspath(data_dir),
-                               builder_config='res112')
+    pipeline.built_dataset_dir('all_broken', data_dir=os.fspath(data_dir), builder_config='res112')
 
 
 def test_name_must_be_new_and_a_folder_name(tmp_path):
@@ -333,9 +420,17 @@ def test_custom_config_trains_all_steps(built, fast_compile):
   del fast_compile
   # tiny_run's stream and schedule (the demo's bn_momentum too), so that the XLA programs are
   # the ones tiny_run compiles for the predict/export tests: one compile in a pytest session.
-  config = tiny_config('custom', 'all', **{
-      **tiny_run.RUN_OVERRIDES, 'dataset': 'my_gestures', 'data_dir': os.fspath(built),
-      'builder_config': 'res112', 'model.bn_momentum': tiny_run.run_config('').model.bn_momentum})
+  config = tiny_config(
+      'custom',
+      'all',
+      **{
+          **tiny_run.RUN_OVERRIDES,
+          'dataset': 'my_gestures',
+          'data_dir': os.fspath(built),
+          'builder_config': 'res112',
+          'model.bn_momentum': tiny_run.run_config('').model.bn_momentum,
+      },
+  )
   workdir = epath.Path(built).parent / 'run'
   with jax.default_prng_impl('unsafe_rbg'):
     results = trainer.train_and_evaluate(config, os.fspath(workdir))
@@ -362,6 +457,8 @@ def test_frames_order_by_number_and_a_repeated_number_is_an_error(tmp_path):
   frames = layout.numbered_frames(folder, layout.DEPTH_FRAME_SUFFIXES, sample)
   assert [p.name for p in frames] == ['f9.png', 'f010.png', 'f11.png']
   (folder / 'g0009.png').write_bytes(b'')
-  with pytest.raises(raw_clips.SampleError,
-                     match='two frames numbered 9: depth/s/(f9|g0009).png, depth/s/(f9|g0009).png'):
+  with pytest.raises(
+      raw_clips.SampleError,
+      match='two frames numbered 9: depth/s/(f9|g0009).png, depth/s/(f9|g0009).png',
+  ):
     layout.numbered_frames(folder, layout.DEPTH_FRAME_SUFFIXES, sample)

@@ -50,8 +50,12 @@ def test_results_notebook_runs_on_a_run_folder(demo_run):
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   os.environ['MODISTILL_WORKDIR'] = workdir
   try:
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name='python3',
-                            resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}}).execute()
+    nbclient.NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name='python3',
+        resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}},
+    ).execute()
   finally:
     del os.environ['MODISTILL_WORKDIR']
   outputs = [o for cell in notebook.cells if cell.cell_type == 'code' for o in cell.outputs]

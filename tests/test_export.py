@@ -53,8 +53,13 @@ def test_metadata_describes_the_serving_input(workdir, exported):
     meta = json.load(f)
   with open(os.path.join(workdir, 'step4', 'dataset.json')) as f:
     assert meta['class_names'] == json.load(f)['class_names']
-  assert meta['input']['shape'] == [None, TINY['input.num_frames'], TINY['input.image_size'],
-                                    TINY['input.image_size'], 3]
+  assert meta['input']['shape'] == [
+      None,
+      TINY['input.num_frames'],
+      TINY['input.image_size'],
+      TINY['input.image_size'],
+      3,
+  ]
   assert meta['input']['dtype'] == 'uint8'
   assert meta['normalization']['mean'] == pytest.approx([123.68, 116.78, 103.94])
   assert meta['files'] == {'saved_model': 'saved_model', 'stablehlo': 'model.stablehlo'}
@@ -62,7 +67,8 @@ def test_metadata_describes_the_serving_input(workdir, exported):
 
 def test_saved_model_matches_jax_for_any_number_of_clips(exported, frames, jax_probabilities):
   serve = tf.saved_model.load(os.path.join(exported, export.SAVED_MODEL_DIR)).signatures[
-      'serving_default']
+      'serving_default'
+  ]
   for batch in (1, 3):
     served = serve(frames=tf.constant(frames[:batch]))['probabilities'].numpy()
     assert served.dtype == np.float32 and served.shape == (batch, jax_probabilities.shape[1])

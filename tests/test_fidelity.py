@@ -68,13 +68,15 @@ def step3_outputs(num_copies: int) -> tuple[dict, np.ndarray]:
   rng = np.random.default_rng(0)
   clips = 5
   logits = {s: rng.normal(size=(clips, NUM_CLASSES)).astype(np.float32) for s in ('depth', 'hall')}
-  block4 = {s: rng.normal(size=(clips, FRAMES, 2, 2, 8)).astype(np.float32)
-            for s in ('depth', 'hall')}
+  block4 = {
+      s: rng.normal(size=(clips, FRAMES, 2, 2, 8)).astype(np.float32) for s in ('depth', 'hall')
+  }
   labels = rng.integers(0, NUM_CLASSES, clips)
   tile = lambda a: np.concatenate([a] * num_copies)
-  outputs = {'logits': {s: tile(l) for s, l in logits.items()},
-             'endpoints': {s: {'block4': tile(f).reshape((-1,) + f.shape[2:])}
-                           for s, f in block4.items()}}
+  outputs = {
+      'logits': {s: tile(z) for s, z in logits.items()},
+      'endpoints': {s: {'block4': tile(f).reshape((-1,) + f.shape[2:])} for s, f in block4.items()},
+  }
   return outputs, tile(labels)
 
 
@@ -82,8 +84,9 @@ def eq5(reduction: str, num_copies: int) -> tuple[float, float]:
   """The step-3 loss (eq. 5) and its L_hall term."""
   config = tiny_config(**{'loss.hall_reduction': reduction})
   outputs, labels = step3_outputs(num_copies)
-  loss, terms = steps.stage_loss(stages.for_config('step3', config), config.loss, outputs,
-                                 jnp.asarray(labels))
+  loss, terms = steps.stage_loss(
+      stages.for_config('step3', config), config.loss, outputs, jnp.asarray(labels)
+  )
   return float(loss), float(terms['hall'])
 
 
@@ -108,8 +111,11 @@ def test_per_clip_balance_does_not_move_with_the_batch():
 
 def stream_tree(**kwargs) -> dict[str, tuple[int, ...]]:
   stream = resnet.Stream(num_classes=NUM_CLASSES, units_per_block=(2, 2, 2, 2), width=4, **kwargs)
-  shapes = jax.eval_shape(lambda: stream.init(jax.random.key(0), jnp.zeros((FRAMES, SIZE, SIZE, 3)),
-                                              num_frames=FRAMES, train=False))
+  shapes = jax.eval_shape(
+      lambda: stream.init(
+          jax.random.key(0), jnp.zeros((FRAMES, SIZE, SIZE, 3)), num_frames=FRAMES, train=False
+      )
+  )
   return {k: v.shape for k, v in flax.traverse_util.flatten_dict(shapes, sep='/').items()}
 
 
@@ -120,20 +126,28 @@ def test_conv_bn_relu_adds_only_a_temporal_batchnorm():
   bn = stream_tree(temporal_form='conv_bn_relu')
   added = {k: v for k, v in bn.items() if k not in linear}
   assert all(bn[k] == v for k, v in linear.items())
-  expected = {f'{c}/block{b}_unit1/temporal_bn/{n}': (4 * 2 ** (b - 1),)
-              for b in range(1, 5)
-              for c, names in (('params', ('scale', 'bias')), ('batch_stats', ('mean', 'var')))
-              for n in names}
+  expected = {
+      f'{c}/block{b}_unit1/temporal_bn/{n}': (4 * 2 ** (b - 1),)
+      for b in range(1, 5)
+      for c, names in (('params', ('scale', 'bias')), ('batch_stats', ('mean', 'var')))
+      for n in names
+  }
   assert added == expected
 
 
 def test_imagenet_weights_fit_the_conv_bn_relu_form():
   """A converted ImageNet tree (the default form's) loads; the temporal BatchNorm starts fresh."""
+
   def variables(form):
-    stream = resnet.Stream(num_classes=NUM_CLASSES, units_per_block=(2, 2, 2, 2), width=4,
-                           temporal_form=form)
-    return jax.eval_shape(lambda: stream.init(
-        jax.random.key(0), jnp.zeros((FRAMES, SIZE, SIZE, 3)), num_frames=FRAMES, train=False))
+    stream = resnet.Stream(
+        num_classes=NUM_CLASSES, units_per_block=(2, 2, 2, 2), width=4, temporal_form=form
+    )
+    return jax.eval_shape(
+        lambda: stream.init(
+            jax.random.key(0), jnp.zeros((FRAMES, SIZE, SIZE, 3)), num_frames=FRAMES, train=False
+        )
+    )
+
   target, source = variables('conv_bn_relu'), variables('linear')
   merged = param_merge.merge(target, source, fresh=pretrained.FRESH_PATTERNS)
   assert 'temporal_bn' in merged['batch_stats']['block3_unit1']
@@ -144,10 +158,15 @@ def test_imagenet_weights_fit_the_conv_bn_relu_form():
 def unit_conv3_input(temporal_form: str) -> np.ndarray:
   """conv3's input in a temporal unit whose temporal kernel is minus the identity."""
   unit = resnet.Bottleneck(
-      width=4, stride=1, layout='slim', temporal=True, num_frames=FRAMES,
+      width=4,
+      stride=1,
+      layout='slim',
+      temporal=True,
+      num_frames=FRAMES,
       conv=functools.partial(nn.Conv, use_bias=False),
       norm=functools.partial(nn.BatchNorm, use_running_average=True),
-      temporal_form=temporal_form)
+      temporal_form=temporal_form,
+  )
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2 * FRAMES, 4, 4, 16)), jnp.float32)
   variables = unit.init(jax.random.key(0), x)
   params = flax.traverse_util.flatten_dict(variables['params'], sep='/')
@@ -169,8 +188,9 @@ def test_reference_code_init_copies_channel_1_of_the_previous_frame():
   expected = np.zeros((3, 1, 1, 4, 4))
   expected[0, 0, 0, 1, :] = 1
   np.testing.assert_array_equal(kernel, expected)
-  conv = nn.Conv(4, (3, 1, 1), padding='SAME', use_bias=False,
-                 kernel_init=resnet.temporal_reference_code_init)
+  conv = nn.Conv(
+      4, (3, 1, 1), padding='SAME', use_bias=False, kernel_init=resnet.temporal_reference_code_init
+  )
   frames = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, 1, 1, 4)), jnp.float32)
   out = conv.apply(conv.init(jax.random.key(0), frames), frames)
   np.testing.assert_array_equal(out[0, 0], 0.0)
@@ -192,10 +212,14 @@ def test_unconnected_step4_is_the_mean_of_two_streams_alone():
 
   alone = []
   for stream in ('hall', 'rgb'):
-    single = MultiStream(stages.ModelSpec(stream, 'rgb'),
-                         resnet.stream_factory(config.model, NUM_CLASSES))
-    alone.append(single.apply({c: {stream: variables[c][stream]} for c in variables},
-                              rgb, train=False)['logits'][stream])
+    single = MultiStream(
+        stages.ModelSpec(stream, 'rgb'), resnet.stream_factory(config.model, NUM_CLASSES)
+    )
+    alone.append(
+        single.apply({c: {stream: variables[c][stream]} for c in variables}, rgb, train=False)[
+            'logits'
+        ][stream]
+    )
   np.testing.assert_allclose(fused, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
   connected = stage_model('step4', tiny_config()).apply(variables, rgb, train=False)['fused']
   assert np.abs(np.asarray(connected) - np.asarray(fused)).max() > 1e-3
@@ -209,15 +233,26 @@ def step2_eval(batch_stats: bool, batch: dict, variables) -> dict:
   model = stage_model('step2', config)
   inputs = steps.model_inputs(batch, config.input, model.stage.inputs, jnp.float32)
   streams = steps.eval_batch_stats_streams(model.stage, config.privileged, config.eval)
-  return apply_tapped(model, variables, inputs, train=False,
-                      batch_stats_streams=streams, clip_mask=batch['mask'],
-                      mutable=['batch_stats'], taps=('depth/conv1', 'depth/bn1'))
+  return apply_tapped(
+      model,
+      variables,
+      inputs,
+      train=False,
+      batch_stats_streams=streams,
+      clip_mask=batch['mask'],
+      mutable=['batch_stats'],
+      taps=('depth/conv1', 'depth/bn1'),
+  )
 
 
 def step2_batch(seed: int) -> dict:
-  return {'rgb': uint8_clips(seed, 3), 'depth': uint8_clips(seed + 1, 3),
-          'mask': np.array([True, True, False]), 'label': np.zeros(3, np.int32),
-          'index': np.arange(3, dtype=np.int32)}
+  return {
+      'rgb': uint8_clips(seed, 3),
+      'depth': uint8_clips(seed + 1, 3),
+      'mask': np.array([True, True, False]),
+      'label': np.zeros(3, np.int32),
+      'index': np.arange(3, dtype=np.int32),
+  }
 
 
 def test_step2_batch_statistics_evaluation_by_hand():
@@ -225,15 +260,18 @@ def test_step2_batch_statistics_evaluation_by_hand():
   config = tiny_config()
   batch = step2_batch(0)
   model = stage_model('step2', config)
-  variables = filled_variables(model, steps.model_inputs(batch, config.input, ('depth', 'rgb'),
-                                                         jnp.float32), temporal_noise=0.3)
+  variables = filled_variables(
+      model,
+      steps.model_inputs(batch, config.input, ('depth', 'rgb'), jnp.float32),
+      temporal_noise=0.3,
+  )
   (running, _), _ = step2_eval(False, batch, variables)
   (out, _), record = step2_eval(True, batch, variables)
   depth_change = np.asarray(out['logits']['depth']) - np.asarray(running['logits']['depth'])
   assert np.abs(depth_change).max() > 1e-3
 
   conv = np.asarray(record['depth/conv1'][1], np.float64)
-  valid = conv[:2 * FRAMES]  # the padded third clip's frames are left out
+  valid = conv[: 2 * FRAMES]  # the padded third clip's frames are left out
   mean, var = valid.mean(axis=(0, 1, 2)), valid.var(axis=(0, 1, 2))
   bn = variables['params']['depth']['bn1']
   by_hand = (conv - mean) / np.sqrt(var + 1e-5) * np.asarray(bn['scale']) + np.asarray(bn['bias'])
@@ -252,18 +290,27 @@ def test_eval_step_uses_the_batch_statistics():
   config = tiny_config(**{'eval.step2_privileged_batch_stats': True})
   batch = step2_batch(2)
   model = stage_model('step2', config)
-  variables = filled_variables(model, steps.model_inputs(batch, config.input, ('depth', 'rgb'),
-                                                         jnp.float32), temporal_noise=0.3)
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                           batch_stats=variables['batch_stats'], opt_state=(), frozen={})
+  variables = filled_variables(
+      model,
+      steps.model_inputs(batch, config.input, ('depth', 'rgb'), jnp.float32),
+      temporal_noise=0.3,
+  )
+  state = steps.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      opt_state=(),
+      frozen={},
+  )
   preds = jax.jit(functools.partial(steps.eval_step, model=model, config=config))(
-      state, batch, jax.random.key(0))
+      state, batch, jax.random.key(0)
+  )
   (out, _), _ = step2_eval(True, batch, variables)
   (running, _), _ = step2_eval(False, batch, variables)
   for stream in ('depth', 'rgb', 'fused'):
     logits = out[stream] if stream == 'fused' else out['logits'][stream]
     np.testing.assert_array_equal(preds[f'pred/{stream}'], np.argmax(logits, -1))
-  assert (np.abs(np.asarray(out['fused']) - np.asarray(running['fused'])).max() > 1e-3)
+  assert np.abs(np.asarray(out['fused']) - np.asarray(running['fused'])).max() > 1e-3
 
 
 def test_batch_statistics_evaluation_only_in_step2():
@@ -271,9 +318,11 @@ def test_batch_statistics_evaluation_only_in_step2():
   for name in ('step1', 'step3', 'step4', 'hoffman'):
     assert steps.eval_batch_stats_streams(stages.get_stage(name), 'depth', eval_config) == ()
   assert steps.eval_batch_stats_streams(stages.get_stage('step2'), 'depth', eval_config) == (
-      'depth',)
-  assert steps.eval_batch_stats_streams(stages.get_stage('step2'), 'depth',
-                                        tiny_config().eval) == ()
+      'depth',
+  )
+  assert (
+      steps.eval_batch_stats_streams(stages.get_stage('step2'), 'depth', tiny_config().eval) == ()
+  )
 
 
 # Depth encoding and mean.
@@ -306,7 +355,8 @@ def test_depth_inputs_gray_and_without_mean():
   batch = {'depth': jet.depth_to_jet(np.random.default_rng(1).uniform(1, 9, (2, FRAMES, 4, 4)))}
   jet_mean = steps.model_inputs(batch, tiny_config().input, ('depth',), jnp.float32)['depth']
   np.testing.assert_array_equal(
-      jet_mean, batch['depth'].astype(np.float32) - np.asarray(config_lib.VGG_MEAN, np.float32))
+      jet_mean, batch['depth'].astype(np.float32) - np.asarray(config_lib.VGG_MEAN, np.float32)
+  )
   config = tiny_config(**{'input.depth_encoding': 'gray', 'input.depth_subtract_mean': False})
   gray = steps.model_inputs(batch, config.input, ('depth',), jnp.float32)['depth']
   np.testing.assert_array_equal(gray, preprocess.jet_to_gray(batch['depth']).astype(np.float32))
@@ -321,37 +371,50 @@ def test_reference_switches():
   assert not stages.for_config('step4', config).models[0].connections
   assert not stages.for_config('step3', config).models[0].connections
   assert stages.for_config('step2', config).models[0].connections
-  assert (config.loss.hall_reduction, config.model.temporal_form, config.model.temporal_init,
-          config.input.depth_encoding) == ('sum', 'conv_bn_relu', 'reference_code', 'gray')
+  assert (
+      config.loss.hall_reduction,
+      config.model.temporal_form,
+      config.model.temporal_init,
+      config.input.depth_encoding,
+  ) == ('sum', 'conv_bn_relu', 'reference_code', 'gray')
   assert config.eval.step2_privileged_batch_stats and not config.input.depth_subtract_mean
 
 
 def test_a_saved_config_from_before_the_switches_gets_their_defaults():
   """A run's config.json without the new fields rebuilds the model it trained."""
   saved = config_lib.base_config().to_dict()
-  for group, field in (('model', 'temporal_form'), ('model', 'temporal_init'),
-                       ('model', 'unconnected_stages'), ('input', 'depth_encoding'),
-                       ('input', 'depth_subtract_mean'), ('loss', 'hall_reference_clips'),
-                       ('eval', 'step2_privileged_batch_stats')):
+  for group, field in (
+      ('model', 'temporal_form'),
+      ('model', 'temporal_init'),
+      ('model', 'unconnected_stages'),
+      ('input', 'depth_encoding'),
+      ('input', 'depth_subtract_mean'),
+      ('loss', 'hall_reference_clips'),
+      ('eval', 'step2_privileged_batch_stats'),
+  ):
     del saved[group][field]
   saved['loss']['hall_reduction'] = 'sum'
   saved['model']['width'] = 4
   config = config_lib.with_defaults(saved)
   config_lib.check(config)
-  assert config.to_dict() == {**config_lib.base_config().to_dict(),
-                              'loss': {**config_lib.base_config().loss.to_dict(),
-                                       'hall_reduction': 'sum'},
-                              'model': {**config_lib.base_config().model.to_dict(), 'width': 4}}
+  assert config.to_dict() == {
+      **config_lib.base_config().to_dict(),
+      'loss': {**config_lib.base_config().loss.to_dict(), 'hall_reduction': 'sum'},
+      'model': {**config_lib.base_config().model.to_dict(), 'width': 4},
+  }
 
 
-@pytest.mark.parametrize('key, value, shown', [
-    ('loss.hall_reduction', 'batch_sum', "'batch_sum'"),
-    ('loss.hall_reference_clips', 0, 'got 0'),
-    ('model.temporal_form', 'conv_bn', "'conv_bn'"),
-    ('model.temporal_init', 'zeros', "'zeros'"),
-    ('model.unconnected_stages', ('step4', 'step1'), "'step1'"),
-    ('input.depth_encoding', 'hha', "'hha'"),
-])
+@pytest.mark.parametrize(
+    'key, value, shown',
+    [
+        ('loss.hall_reduction', 'batch_sum', "'batch_sum'"),
+        ('loss.hall_reference_clips', 0, 'got 0'),
+        ('model.temporal_form', 'conv_bn', "'conv_bn'"),
+        ('model.temporal_init', 'zeros', "'zeros'"),
+        ('model.unconnected_stages', ('step4', 'step1'), "'step1'"),
+        ('input.depth_encoding', 'hha', "'hha'"),
+    ],
+)
 def test_check_refuses_bad_switch_values(key, value, shown):
   """The error names the field and the bad value."""
   config = config_lib.base_config()

@@ -50,9 +50,14 @@ def test_step3_update_leaves_teacher_untouched():
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
   state = trainer.make_state_fn(stage, tx, mesh)(variables)
   iterator = pipeline.train_iterator(
-      make_split('train', 3), global_batch_size=config.batch_size,
-      num_frames=config.input.num_frames, image_size=(config.input.image_size,) * 2,
-      seed=config.seed, process_index=0, process_count=1)
+      make_split('train', 3),
+      global_batch_size=config.batch_size,
+      num_frames=config.input.num_frames,
+      image_size=(config.input.image_size,) * 2,
+      seed=config.seed,
+      process_index=0,
+      process_count=1,
+  )
   batch = sharding.to_global(next(iterator), mesh)
   iterator.close()
 
@@ -75,9 +80,13 @@ def test_step3_update_leaves_teacher_untouched():
   assert set(new_state.params) == set(new_state.batch_stats) == {'hall'}
   for path, _ in jax.tree_util.tree_flatten_with_path(new_state.opt_state)[0]:
     assert 'depth' not in dict_keys(path), jax.tree_util.keystr(path)
-  adam = [s for s in jax.tree.leaves(new_state.opt_state,
-                                     is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
-          if isinstance(s, optax.ScaleByAdamState)]
+  adam = [
+      s
+      for s in jax.tree.leaves(
+          new_state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+      )
+      if isinstance(s, optax.ScaleByAdamState)
+  ]
   assert len(adam) == 1
   for moment in (adam[0].mu, adam[0].nu):
     assert jax.tree.structure(moment) == jax.tree.structure(new_state.params)
@@ -91,6 +100,10 @@ def test_step3_update_leaves_teacher_untouched():
     for k in path:
       y = y[k.key]
     assert not np.array_equal(x, y), f'hall{jax.tree_util.keystr(path)} did not change'
-  assert any(not np.array_equal(x, y) for x, y in zip(
-      jax.tree.leaves(new_state.batch_stats['hall']),
-      jax.tree.leaves(variables['batch_stats']['hall'])))
+  assert any(
+      not np.array_equal(x, y)
+      for x, y in zip(
+          jax.tree.leaves(new_state.batch_stats['hall']),
+          jax.tree.leaves(variables['batch_stats']['hall']),
+      )
+  )

@@ -14,7 +14,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gcs_emulator import gcs_bucket, gcs_emulator  # pylint: disable=unused-import
 from modistill_jax.data import pipeline
 from modistill_jax.data import shards
 
@@ -43,8 +42,10 @@ def test_epath_files(gcs_emulator, gcs_bucket):
   assert json.loads((folder / 'results.json').read_text()) == {'accuracy': 0.5}
   assert (folder / 'predictions.npz').read_bytes() == b'\x00\x01\x02'
   assert sorted(p.name for p in folder.iterdir()) == ['predictions.npz', 'results.json']
-  assert object_names(gcs_emulator, gcs_bucket) == ['run/step1/predictions.npz',
-                                                    'run/step1/results.json']
+  assert object_names(gcs_emulator, gcs_bucket) == [
+      'run/step1/predictions.npz',
+      'run/step1/results.json',
+  ]
   # No rename: gcsfs tries GCS's moveTo first, which the emulator lacks (HTTP
   # 501), and falls back to copy + delete only after ~35 s of retries.
   (folder / 'predictions.npz').unlink()
@@ -55,8 +56,13 @@ def test_epath_files(gcs_emulator, gcs_bucket):
 def test_orbax_checkpoints(gcs_emulator, gcs_bucket):
   # Enough arrays that TensorStore updates the OCDBT manifest conditionally,
   # reading back the generation its earlier write got (see gcs_emulator.py).
-  tree = {f'layer{i}': {'kernel': np.full((3, 4), i, np.float32),
-                        'bias': np.arange(4, dtype=np.float32) + i} for i in range(40)}
+  tree = {
+      f'layer{i}': {
+          'kernel': np.full((3, 4), i, np.float32),
+          'bias': np.arange(4, dtype=np.float32) + i,
+      }
+      for i in range(40)
+  }
   directory = epath.Path(gcs_bucket) / 'x'
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=2)) as mgr:
     for step in (1, 2, 3):
@@ -75,19 +81,25 @@ def test_orbax_checkpoints(gcs_emulator, gcs_bucket):
 def test_built_dataset_on_gs(synthetic_data_dir, gcs_bucket):
   data_dir = f'{gcs_bucket}/tfds'
   upload_tree(synthetic_data_dir, epath.Path(data_dir))
-  kwargs = dict(global_batch_size=2, num_frames=2, image_size=(16, 16), process_index=0,
-                process_count=1)
+  kwargs = dict(
+      global_batch_size=2, num_frames=2, image_size=(16, 16), process_index=0, process_count=1
+  )
   remote = pipeline.load_source('synthetic_rgbd', 'cross_view', 'test', data_dir=data_dir)
-  local = pipeline.load_source('synthetic_rgbd', 'cross_view', 'test',
-                               data_dir=synthetic_data_dir)
-  for remote_batch, local_batch in zip(pipeline.eval_iterator(remote.records, **kwargs),
-                                       pipeline.eval_iterator(local.records, **kwargs),
-                                       strict=True):
+  local = pipeline.load_source('synthetic_rgbd', 'cross_view', 'test', data_dir=synthetic_data_dir)
+  for remote_batch, local_batch in zip(
+      pipeline.eval_iterator(remote.records, **kwargs),
+      pipeline.eval_iterator(local.records, **kwargs),
+      strict=True,
+  ):
     for key in local_batch:
       np.testing.assert_array_equal(remote_batch[key], local_batch[key], err_msg=key)
   # A truncated shard on gs:// is caught when the split is opened, too.
-  shard = (epath.Path(data_dir) / 'synthetic_rgbd' / '0.0.1'
-           / 'synthetic_rgbd-train.array_record-00000-of-00001')
+  shard = (
+      epath.Path(data_dir)
+      / 'synthetic_rgbd'
+      / '0.0.1'
+      / 'synthetic_rgbd-train.array_record-00000-of-00001'
+  )
   shard.write_bytes(shard.read_bytes()[:1000])
   with pytest.raises(shards.DatasetShardError, match=f'{shard} cannot be opened as ArrayRecord'):
     pipeline.load_source('synthetic_rgbd', 'cross_view', 'train', data_dir=data_dir)

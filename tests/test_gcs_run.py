@@ -15,7 +15,6 @@ import urllib.request
 import numpy as np
 
 from conftest import REPO_ROOT, cli_env, override_flags
-from gcs_emulator import gcs_bucket, gcs_emulator  # pylint: disable=unused-import
 import tiny_run
 from modistill_jax import runs
 from modistill_jax import stages
@@ -30,14 +29,21 @@ def object_names(emulator, bucket: str) -> list[str]:
 
 
 def run(args, env, cwd) -> subprocess.CompletedProcess:
-  proc = subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=TIMEOUT_S)
+  proc = subprocess.run(
+      [sys.executable, '-m', *args],
+      cwd=cwd,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   return proc
 
 
-def test_all_stages_evaluate_and_predict_on_gs(gcs_emulator, gcs_bucket, tmp_path,
-                                                synthetic_data_dir, compilation_cache_dir):
+def test_all_stages_evaluate_and_predict_on_gs(
+    gcs_emulator, gcs_bucket, tmp_path, synthetic_data_dir, compilation_cache_dir
+):
   env = {**cli_env(compilation_cache_dir), **gcs_emulator.env}
   cwd = tmp_path / 'cwd'  # a run that wrote locally by mistake would leave `gs:` here
   cwd.mkdir()
@@ -45,12 +51,20 @@ def test_all_stages_evaluate_and_predict_on_gs(gcs_emulator, gcs_bucket, tmp_pat
   workdir = f'{gcs_bucket}/run'
   config = os.path.join(REPO_ROOT, 'configs', 'demo.py')
   overrides = override_flags({'data_dir': synthetic_data_dir, 'num_train_steps': 2})
-  run(['modistill_jax.train', f'--config={config}:all', f'--workdir={workdir}', *overrides],
-      env, cwd)
+  run(
+      ['modistill_jax.train', f'--config={config}:all', f'--workdir={workdir}', *overrides],
+      env,
+      cwd,
+  )
   names = object_names(gcs_emulator, gcs_bucket)
   for stage in stages.ALL_STAGES:
-    for name in (runs.CONFIG_FILE, runs.DATASET_FILE, runs.METRICS_FILE, runs.RESULTS_FILE,
-                 'predictions_test.npz'):
+    for name in (
+        runs.CONFIG_FILE,
+        runs.DATASET_FILE,
+        runs.METRICS_FILE,
+        runs.RESULTS_FILE,
+        'predictions_test.npz',
+    ):
       assert f'run/{stage}/{name}' in names, (stage, name)
     assert any(n.startswith(f'run/{stage}/checkpoints/best/2/') for n in names), stage
     assert any(n.startswith(f'run/{stage}/checkpoints/latest/2/data/') for n in names), stage
@@ -64,11 +78,19 @@ def test_all_stages_evaluate_and_predict_on_gs(gcs_emulator, gcs_bucket, tmp_pat
   proc = run(['modistill_jax.evaluate', f'--workdir={workdir}', '--stage=step2'], env, cwd)
   for stream, accuracy in step2.results['test']['accuracy'].items():
     assert f'"{stream}": {accuracy}' in proc.stdout
-  video = tiny_run.write_video(str(tmp_path / 'clip.avi'), tiny_run.synthetic_frames(6),
-                               'mpeg4')
+  video = tiny_run.write_video(str(tmp_path / 'clip.avi'), tiny_run.synthetic_frames(6), 'mpeg4')
   output = f'{workdir}/predictions.jsonl'
-  run(['modistill_jax.predict', f'--workdir={workdir}', '--stage=step4', f'--output={output}',
-       video], env, cwd)
+  run(
+      [
+          'modistill_jax.predict',
+          f'--workdir={workdir}',
+          '--stage=step4',
+          f'--output={output}',
+          video,
+      ],
+      env,
+      cwd,
+  )
   lines = runs.as_path(output).read_text().splitlines()
   assert len(lines) == 1 and json.loads(lines[0])['video'] == video
   step4 = runs.load_stage(workdir, 'step4')

@@ -9,7 +9,6 @@ still the initial ones and can be compared exactly with the source; BatchNorm
 statistics move in training mode, so only parameters are compared.
 """
 
-import json
 import os
 
 import numpy as np
@@ -32,7 +31,9 @@ TORCH_STD = np.array([0.229, 0.224, 0.225]) * 255
 # The full ResNet-50 topology (the converted weights only fit it) on 32x32
 # frames, one step at learning rate 0; the rest is the tiny config's.
 FULL_SIZE = {
-    'model.units_per_block': (3, 4, 6, 3), 'model.width': 64, 'input.image_size': 32,
+    'model.units_per_block': (3, 4, 6, 3),
+    'model.width': 64,
+    'input.image_size': 32,
     'optimizer.learning_rate': 0.0,
 }
 
@@ -63,14 +64,16 @@ def torchvision_resnet50_state(rng: np.random.Generator) -> dict[str, np.ndarray
       c_in = 4 * width
   state['fc.weight'] = rng.normal(0.0, 0.05, (SOURCE_CLASSES, 2048))
   state['fc.bias'] = rng.normal(0.0, 0.1, SOURCE_CLASSES)
-  return {k: v if v.dtype == np.int64 else np.ascontiguousarray(v, np.float32)
-          for k, v in state.items()}
+  return {
+      k: v if v.dtype == np.int64 else np.ascontiguousarray(v, np.float32) for k, v in state.items()
+  }
 
 
 @pytest.fixture(scope='module')
 def converted(tmp_path_factory):
   """`(source state dict, converted checkpoint dir)` of a random torchvision ResNet-50."""
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
   root = tmp_path_factory.mktemp('imagenet')
   state = torchvision_resnet50_state(np.random.default_rng(0))
   src = str(root / 'resnet50.safetensors')
@@ -81,8 +84,13 @@ def converted(tmp_path_factory):
 
 
 def imagenet_config(data_dir: str, imagenet_dir: str, stride_layout: str):
-  return tiny_config('demo', STAGE, data_dir=data_dir, **FULL_SIZE,
-                     **{'init.imagenet': imagenet_dir, 'model.stride_layout': stride_layout})
+  return tiny_config(
+      'demo',
+      STAGE,
+      data_dir=data_dir,
+      **FULL_SIZE,
+      **{'init.imagenet': imagenet_dir, 'model.stride_layout': stride_layout},
+  )
 
 
 def test_layout_mismatch_names_the_fix(converted, tmp_path, synthetic_data_dir):
@@ -91,8 +99,9 @@ def test_layout_mismatch_names_the_fix(converted, tmp_path, synthetic_data_dir):
   the message gives the flag that fixes it."""
   _, out = converted
   config = imagenet_config(synthetic_data_dir, out, 'slim')
-  with pytest.raises(ValueError,
-                     match=r"'torchvision'-layout weights.*--config\.model\.stride_layout=torchvision"):
+  with pytest.raises(
+      ValueError, match=r"'torchvision'-layout weights.*--config\.model\.stride_layout=torchvision"
+  ):
     trainer.run_stage(config, str(tmp_path), STAGE)
   assert not os.path.exists(os.path.join(tmp_path, STAGE))
 
@@ -115,21 +124,27 @@ def test_step1_starts_from_imagenet_weights(converted, tmp_path, synthetic_data_
 
   # Named tensors, against the converted checkpoint and the source file.
   np.testing.assert_array_equal(params['conv1']['kernel'], source['params']['conv1']['kernel'])
-  np.testing.assert_array_equal(params['conv1']['kernel'],
-                                state['conv1.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(params['block2_unit1']['conv2']['kernel'],
-                                source['params']['block2_unit1']['conv2']['kernel'])
-  np.testing.assert_array_equal(params['block2_unit1']['conv2']['kernel'],
-                                state['layer2.1.conv2.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(params['block4_unit2']['bn3']['scale'],
-                                state['layer4.2.bn3.weight'])
+  np.testing.assert_array_equal(
+      params['conv1']['kernel'], state['conv1.weight'].transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_array_equal(
+      params['block2_unit1']['conv2']['kernel'], source['params']['block2_unit1']['conv2']['kernel']
+  )
+  np.testing.assert_array_equal(
+      params['block2_unit1']['conv2']['kernel'],
+      state['layer2.1.conv2.weight'].transpose(2, 3, 1, 0),
+  )
+  np.testing.assert_array_equal(
+      params['block4_unit2']['bn3']['scale'], state['layer4.2.bn3.weight']
+  )
 
   # Every parameter but the fresh ones (classifier, temporal convs) is loaded.
   flat = param_merge.flatten(params)
   flat_source = param_merge.flatten(source['params'])
   loaded = [k for k in flat if not k.startswith('logits/') and '/temporal/' not in k]
-  assert sorted(loaded) == sorted(k for k in flat_source
-                                  if not k.startswith('logits/') and '/temporal/' not in k)
+  assert sorted(loaded) == sorted(
+      k for k in flat_source if not k.startswith('logits/') and '/temporal/' not in k
+  )
   assert len(loaded) == 53 * 3  # 53 conv + BN pairs: kernel, scale, bias.
   for key in loaded:
     np.testing.assert_array_equal(flat[key], flat_source[key], err_msg=key)
@@ -138,8 +153,9 @@ def test_step1_starts_from_imagenet_weights(converted, tmp_path, synthetic_data_
   assert source['params']['logits']['kernel'].shape == (2048, SOURCE_CLASSES)
   assert params['logits']['kernel'].shape == (2048, num_classes)
   assert params['logits']['bias'].shape == (num_classes,)
-  assert not np.allclose(params['logits']['kernel'],
-                         source['params']['logits']['kernel'][:, :num_classes])
+  assert not np.allclose(
+      params['logits']['kernel'], source['params']['logits']['kernel'][:, :num_classes]
+  )
 
   # Temporal convs at identity: [0, I, 0] over time.
   temporal = [k for k in flat if k.endswith('/temporal/kernel')]

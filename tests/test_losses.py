@@ -43,12 +43,19 @@ def test_defaults_are_the_references():
   """Defaults are the authors' settings: T=10, lambda=0.5, alpha=0.5, sum, weight 0.01."""
 
   def defaults(fn):
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        k: p.default
+        for k, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
   assert defaults(losses.generalized_distillation_loss) == {'temperature': 10.0, 'lam': 0.5}
-  assert defaults(losses.hallucination_loss) == {'reduction': 'sum', 'weight': 0.01,
-                                                 'num_clips': None, 'reference_clips': 5}
+  assert defaults(losses.hallucination_loss) == {
+      'reduction': 'sum',
+      'weight': 0.01,
+      'num_clips': None,
+      'reference_clips': 5,
+  }
   assert defaults(losses.total_loss) == {'alpha': 0.5}
 
 
@@ -107,10 +114,12 @@ def test_generalized_distillation_loss_by_hand(temperature, lam):
   """
   student, teacher, labels = _example(1)
   hard = -np.mean(_log_softmax(student)[np.arange(len(labels)), labels])
-  soft = np.mean(-np.sum(_softmax(teacher / temperature)
-                         * _log_softmax(student / temperature), axis=-1))
-  out = losses.generalized_distillation_loss(student, teacher, labels,
-                                             temperature=temperature, lam=lam)
+  soft = np.mean(
+      -np.sum(_softmax(teacher / temperature) * _log_softmax(student / temperature), axis=-1)
+  )
+  out = losses.generalized_distillation_loss(
+      student, teacher, labels, temperature=temperature, lam=lam
+  )
   assert sorted(out) == ['hard', 'loss', 'soft']
   np.testing.assert_allclose(out['hard'], hard, rtol=1e-5)
   np.testing.assert_allclose(out['soft'], soft, rtol=1e-5)
@@ -136,20 +145,30 @@ def test_hallucination_loss_by_hand():
   teacher = rng.normal(scale=2.0, size=(6, 3, 3, 8)).astype(np.float32)
   student = rng.normal(scale=2.0, size=(6, 3, 3, 8)).astype(np.float32)
   squares = (_sigmoid(teacher) - _sigmoid(student)) ** 2
-  np.testing.assert_allclose(losses.hallucination_loss(teacher, student),
-                             0.01 * squares.sum(), rtol=1e-5)
-  np.testing.assert_allclose(losses.hallucination_loss(teacher, student, reduction='sum',
-                                                       weight=1.0),
-                             squares.sum(), rtol=1e-5)
-  np.testing.assert_allclose(losses.hallucination_loss(teacher, student, reduction='mean'),
-                             0.01 * squares.mean(), rtol=1e-5)
-  np.testing.assert_allclose(losses.hallucination_loss(teacher, student, reduction='mean',
-                                                       weight=0.3),
-                             0.3 * squares.mean(), rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.hallucination_loss(teacher, student), 0.01 * squares.sum(), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+      losses.hallucination_loss(teacher, student, reduction='sum', weight=1.0),
+      squares.sum(),
+      rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+      losses.hallucination_loss(teacher, student, reduction='mean'),
+      0.01 * squares.mean(),
+      rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+      losses.hallucination_loss(teacher, student, reduction='mean', weight=0.3),
+      0.3 * squares.mean(),
+      rtol=1e-5,
+  )
   # 'per_clip': the 6 rows are 3 clips of 2 frames; the sum per clip, times 5 clips.
-  np.testing.assert_allclose(losses.hallucination_loss(teacher, student, reduction='per_clip',
-                                                       num_clips=3),
-                             0.01 * squares.sum() / 3 * 5, rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.hallucination_loss(teacher, student, reduction='per_clip', num_clips=3),
+      0.01 * squares.sum() / 3 * 5,
+      rtol=1e-5,
+  )
   assert float(losses.hallucination_loss(teacher, teacher)) == 0.0
   with pytest.raises(ValueError, match='reduction'):
     losses.hallucination_loss(teacher, student, reduction='max')
@@ -161,8 +180,9 @@ def test_hallucination_loss_by_hand():
 def test_total_loss_by_hand(alpha):
   """Eq. 5: `L = (1 - alpha) * L_GD + alpha * L_hall`; the default alpha is 0.5."""
   gd, hall = jnp.float32(1.7), jnp.float32(0.4)
-  np.testing.assert_allclose(losses.total_loss(gd, hall, alpha=alpha),
-                             (1 - alpha) * 1.7 + alpha * 0.4, rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.total_loss(gd, hall, alpha=alpha), (1 - alpha) * 1.7 + alpha * 0.4, rtol=1e-6
+  )
   np.testing.assert_allclose(losses.total_loss(gd, hall), 0.5 * 1.7 + 0.5 * 0.4, rtol=1e-6)
 
 
@@ -181,7 +201,8 @@ def test_composed_defaults_match_reference_formula():
   expected = 0.5 * (0.5 * hard + 0.5 * soft) + 0.5 * 0.01 * l_hall
   got = losses.total_loss(
       losses.generalized_distillation_loss(student, teacher, labels)['loss'],
-      losses.hallucination_loss(feats_t, feats_s))
+      losses.hallucination_loss(feats_t, feats_s),
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -199,8 +220,10 @@ def _net(params, x):
 
 def _params(key):
   k1, k2 = jax.random.split(key)
-  return {'w1': jax.random.normal(k1, (IN_DIM, FEAT_DIM)),
-          'w2': jax.random.normal(k2, (FEAT_DIM, CLASSES))}
+  return {
+      'w1': jax.random.normal(k1, (IN_DIM, FEAT_DIM)),
+      'w2': jax.random.normal(k2, (FEAT_DIM, CLASSES)),
+  }
 
 
 def _objective(student_params, teacher_params, x_student, x_teacher, labels, *, stop):
@@ -219,8 +242,13 @@ def _grad(argnums, stop):
 
 def _problem():
   keys = jax.random.split(jax.random.key(0), 4)
-  return (_params(keys[0]), _params(keys[1]), jax.random.normal(keys[2], (3, IN_DIM)),
-          jax.random.normal(keys[3], (3, IN_DIM)), jnp.array([0, 3, 4]))
+  return (
+      _params(keys[0]),
+      _params(keys[1]),
+      jax.random.normal(keys[2], (3, IN_DIM)),
+      jax.random.normal(keys[3], (3, IN_DIM)),
+      jnp.array([0, 3, 4]),
+  )
 
 
 def test_objective_gradient_is_zero_for_a_stopped_teacher():

@@ -13,7 +13,6 @@ import jax
 import pytest
 from tensorboardX.proto import event_pb2
 
-from gcs_emulator import gcs_bucket, gcs_emulator  # pylint: disable=unused-import
 from modistill_jax import metrics as metrics_lib
 
 
@@ -28,8 +27,8 @@ def read_events(path: epath.Path) -> list[event_pb2.Event]:
   """The events of a TensorBoard event file (TFRecord framing: length, CRC, data, CRC)."""
   data, events, offset = path.read_bytes(), [], 0
   while offset < len(data):
-    length, = struct.unpack('<Q', data[offset:offset + 8])
-    events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+    (length,) = struct.unpack('<Q', data[offset : offset + 8])
+    events.append(event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length]))
     offset += 12 + length + 4
   return events
 
@@ -55,13 +54,23 @@ def test_records_and_events_reach_the_stage_folder(stage_dir):
   writer.close()
   records = metrics_lib.read_jsonl(epath.Path(stage_dir) / 'metrics.jsonl')
   assert [(r['step'], r['split']) for r in records] == [
-      (1, 'train'), (2, 'train'), (3, 'train'), (4, 'train'), (4, 'validation'), (5, 'train')]
+      (1, 'train'),
+      (2, 'train'),
+      (3, 'train'),
+      (4, 'train'),
+      (4, 'validation'),
+      (5, 'train'),
+  ]
   assert records[4]['accuracy/fused'] == pytest.approx(1.4)
-  events, = event_files(stage_dir)
+  (events,) = event_files(stage_dir)
   assert scalars(read_events(events)) == [
-      (1, 'train/loss', 101.0), (2, 'train/loss', 102.0), (3, 'train/loss', 103.0),
-      (4, 'train/loss', 104.0), (4, 'validation/accuracy/fused', pytest.approx(1.4)),
-      (5, 'train/loss', 105.0)]
+      (1, 'train/loss', 101.0),
+      (2, 'train/loss', 102.0),
+      (3, 'train/loss', 103.0),
+      (4, 'train/loss', 104.0),
+      (4, 'validation/accuracy/fused', pytest.approx(1.4)),
+      (5, 'train/loss', 105.0),
+  ]
 
 
 def test_a_resumed_run_holds_each_step_once(stage_dir):
@@ -74,14 +83,22 @@ def test_a_resumed_run_holds_each_step_once(stage_dir):
   second.close()
   records = metrics_lib.read_jsonl(epath.Path(stage_dir) / 'metrics.jsonl')
   assert [(r['step'], r['split'], r.get('loss')) for r in records] == [
-      (1, 'train', 101), (2, 'train', 102), (3, 'train', 103), (4, 'train', 204),
-      (4, 'validation', None), (5, 'train', 205), (6, 'train', 206), (7, 'train', 207),
-      (8, 'train', 208), (8, 'validation', None)]
+      (1, 'train', 101),
+      (2, 'train', 102),
+      (3, 'train', 103),
+      (4, 'train', 204),
+      (4, 'validation', None),
+      (5, 'train', 205),
+      (6, 'train', 206),
+      (7, 'train', 207),
+      (8, 'train', 208),
+      (8, 'validation', None),
+  ]
   # TensorBoard keeps both event files; the second starts with the marker that
   # hides the first one's events from step 4 on.
   old, new = event_files(stage_dir)
   assert [s for s, _, _ in scalars(read_events(old))] == [1, 2, 3, 4, 4, 5, 6]
-  start, = [e for e in read_events(new) if e.HasField('session_log')]
+  (start,) = [e for e in read_events(new) if e.HasField('session_log')]
   assert (start.session_log.status, start.step) == (event_pb2.SessionLog.START, 4)
 
 

@@ -28,7 +28,6 @@ A per-process (instead of global) BatchNorm, a missing cross-process gradient
 reduction, or hosts reading the same clips would differ by O(lr) = 1e-3.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -43,11 +42,14 @@ from modistill_jax import checkpointing
 from modistill_jax import metrics as metrics_lib
 from modistill_jax import runs
 
-NUM_STEPS = 2   # one epoch of the tiny dataset; its validation makes step 2 the best state
+NUM_STEPS = 2  # one epoch of the tiny dataset; its validation makes step 2 the best state
 TIMEOUT_S = 420
 WELL_CONDITIONED = {
-    'num_train_steps': NUM_STEPS, 'input.image_size': 32, 'input.num_frames': 4,
-    'input.rgb_std': (58.0, 57.0, 57.0), 'optimizer.eps': 1e-3,
+    'num_train_steps': NUM_STEPS,
+    'input.image_size': 32,
+    'input.num_frames': 4,
+    'input.rgb_std': (58.0, 57.0, 57.0),
+    'optimizer.eps': 1e-3,
 }
 
 
@@ -58,9 +60,15 @@ def free_port() -> int:
 
 
 def train_command(workdir: str, data_dir: str, *extra: str) -> list[str]:
-  return [sys.executable, '-m', 'modistill_jax.train', '--config=configs/demo.py:step1_rgb',
-          f'--workdir={workdir}', *override_flags({**WELL_CONDITIONED, 'data_dir': data_dir}),
-          *extra]
+  return [
+      sys.executable,
+      '-m',
+      'modistill_jax.train',
+      '--config=configs/demo.py:step1_rgb',
+      f'--workdir={workdir}',
+      *override_flags({**WELL_CONDITIONED, 'data_dir': data_dir}),
+      *extra,
+  ]
 
 
 def wait_all(procs: dict[str, subprocess.Popen]) -> dict[str, str]:
@@ -72,8 +80,10 @@ def wait_all(procs: dict[str, subprocess.Popen]) -> dict[str, str]:
   except subprocess.TimeoutExpired:
     for proc in procs.values():
       proc.kill()
-    pytest.fail(f'timed out after {TIMEOUT_S}s: '
-                + '\n'.join(f'--- {n}:\n{p.communicate()[0][-3000:]}' for n, p in procs.items()))
+    pytest.fail(
+        f'timed out after {TIMEOUT_S}s: '
+        + '\n'.join(f'--- {n}:\n{p.communicate()[0][-3000:]}' for n, p in procs.items())
+    )
   for name, proc in procs.items():
     assert proc.returncode == 0, f'{name} failed:\n{outputs[name][-5000:]}'
   return outputs
@@ -84,20 +94,34 @@ def test_two_processes_match_one_process(tmp_path, synthetic_data_dir, compilati
   single, multi = str(tmp_path / 'single'), str(tmp_path / 'multi')
   address = f'localhost:{free_port()}'
   run = dict(cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  procs = {'single': subprocess.Popen(train_command(single, synthetic_data_dir),
-                                      env=cli_env(compilation_cache_dir, device_count=4), **run)}
+  procs = {
+      'single': subprocess.Popen(
+          train_command(single, synthetic_data_dir),
+          env=cli_env(compilation_cache_dir, device_count=4),
+          **run,
+      )
+  }
   for i in range(2):
     procs[f'process {i}'] = subprocess.Popen(
-        train_command(multi, synthetic_data_dir, f'--coordinator_address={address}',
-                      '--num_processes=2', f'--process_id={i}'),
-        env=cli_env(compilation_cache_dir, device_count=2), **run)
+        train_command(
+            multi,
+            synthetic_data_dir,
+            f'--coordinator_address={address}',
+            '--num_processes=2',
+            f'--process_id={i}',
+        ),
+        env=cli_env(compilation_cache_dir, device_count=2),
+        **run,
+    )
   wait_all(procs)
 
   stage_single, stage_multi = (os.path.join(w, 'step1_rgb') for w in (single, multi))
   # Each process saved its own data-iterator position into the shared checkpoint.
   data_dir = epath.Path(stage_multi) / 'checkpoints' / 'latest' / str(NUM_STEPS) / 'data'
   assert sorted(p.name for p in data_dir.iterdir() if p.name.startswith('process_')) == [
-      'process_0-of-2.json', 'process_1-of-2.json']
+      'process_0-of-2.json',
+      'process_1-of-2.json',
+  ]
   for stage_dir in (stage_single, stage_multi):
     assert runs.read_json(os.path.join(stage_dir, runs.RESULTS_FILE))['best_step'] == NUM_STEPS
 
@@ -107,13 +131,15 @@ def test_two_processes_match_one_process(tmp_path, synthetic_data_dir, compilati
 
   losses_single, losses_multi = train_losses(stage_single), train_losses(stage_multi)
   assert sorted(losses_single) == sorted(losses_multi) == list(range(1, NUM_STEPS + 1))
-  np.testing.assert_allclose([losses_multi[s] for s in sorted(losses_multi)],
-                             [losses_single[s] for s in sorted(losses_single)],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      [losses_multi[s] for s in sorted(losses_multi)],
+      [losses_single[s] for s in sorted(losses_single)],
+      rtol=1e-5,
+      atol=1e-5,
+  )
 
   state_single = checkpointing.read_best_state(runs.stage_dir(single, 'step1_rgb').best_dir)
   state_multi = checkpointing.read_best_state(runs.stage_dir(multi, 'step1_rgb').best_dir)
   assert int(state_single['step']) == int(state_multi['step']) == NUM_STEPS
   assert_trees_close(state_multi['params'], state_single['params'], rtol=1e-5, atol=1e-5)
-  assert_trees_close(state_multi['batch_stats'], state_single['batch_stats'],
-                     rtol=1e-5, atol=1e-5)
+  assert_trees_close(state_multi['batch_stats'], state_single['batch_stats'], rtol=1e-5, atol=1e-5)

@@ -33,16 +33,21 @@ TINY_FACTORY = functools.partial(resnet.Stream, num_classes=NUM_CLASSES, **TINY_
 
 def _model(giver='depth', receiver='rgb', connections=True, giver_frozen=False):
   inputs = {'depth': 'depth', 'rgb': 'rgb', 'hall': 'rgb'}
-  spec = stages.ModelSpec(receiver, inputs[receiver], giver, inputs.get(giver),
-                          connections=connections, giver_frozen=giver_frozen)
+  spec = stages.ModelSpec(
+      receiver,
+      inputs[receiver],
+      giver,
+      inputs.get(giver),
+      connections=connections,
+      giver_frozen=giver_frozen,
+  )
   return multistream.MultiStream(spec, TINY_FACTORY)
 
 
 def _clips(seed):
   keys = jax.random.split(jax.random.key(seed))
   shape = (CLIPS, FRAMES, SIDE, SIDE, 3)
-  return {'rgb': jax.random.normal(keys[0], shape),
-          'depth': jax.random.normal(keys[1], shape)}
+  return {'rgb': jax.random.normal(keys[0], shape), 'depth': jax.random.normal(keys[1], shape)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,21 +59,21 @@ def _variables(giver='depth', receiver='rgb', seed=0):
   perturbed away from their trivial values.
   """
   model = _model(giver, receiver)
-  shapes = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.key(0), _clips(0))
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), _clips(0))
   return fill_variables(shapes, seed, temporal_noise=1.0)
 
 
 def _assert_trees_equal(actual, expected):
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual),
-                          jax.tree.leaves(expected)):
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
 def _max_abs_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+      float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def _zero_giver_unit0(variables, giver='depth'):
@@ -98,19 +103,22 @@ def test_full_size_variables_are_one_stream_per_name():
   stream = resnet.Stream(num_classes=60)
   stream_shapes = jax.eval_shape(
       lambda x: stream.init(jax.random.key(0), x, num_frames=2, train=False),
-      jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
+      jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32),
+  )
   stream_shapes = {k: v.shape for k, v in _flat(stream_shapes).items()}
   for connections in (True, False):
     model = multistream.MultiStream(
         stages.ModelSpec('rgb', 'rgb', 'depth', 'depth', connections=connections),
-        functools.partial(resnet.Stream, num_classes=60))
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), clips)
+        functools.partial(resnet.Stream, num_classes=60),
+    )
+    shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), train=False), clips)
     assert sorted(shapes['params']) == ['depth', 'rgb']
     for name in ('depth', 'rgb'):
       got = {k: v.shape for k, v in _flat({c: shapes[c][name] for c in shapes}).items()}
       assert got == stream_shapes, name
-  single = multistream.MultiStream(stages.ModelSpec('rgb', 'rgb'),
-                                   functools.partial(resnet.Stream, num_classes=60))
+  single = multistream.MultiStream(
+      stages.ModelSpec('rgb', 'rgb'), functools.partial(resnet.Stream, num_classes=60)
+  )
   shapes = jax.eval_shape(lambda x: single.init(jax.random.key(0), x, train=False), clips)
   assert sorted(shapes['params']) == ['rgb']
 
@@ -133,10 +141,16 @@ def test_clip_logits_and_fusion():
   for name in ('depth', 'rgb'):
     direct, _ = stream.apply(
         {c: variables[c][name] for c in variables},
-        clips[name].reshape((CLIPS * FRAMES, SIDE, SIDE, 3)), num_frames=FRAMES, train=False)
-    np.testing.assert_allclose(out['logits'][name],
-                               np.asarray(direct).reshape(CLIPS, FRAMES, -1).mean(axis=1),
-                               rtol=1e-6, atol=1e-6)
+        clips[name].reshape((CLIPS * FRAMES, SIDE, SIDE, 3)),
+        num_frames=FRAMES,
+        train=False,
+    )
+    np.testing.assert_allclose(
+        out['logits'][name],
+        np.asarray(direct).reshape(CLIPS, FRAMES, -1).mean(axis=1),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     assert out['endpoints'][name]['block4'].shape[0] == CLIPS * FRAMES
   network = multistream.StageNetwork(stages.get_stage('step1'), TINY_FACTORY)
   out_network = network.apply(variables, clips, train=False)
@@ -144,15 +158,18 @@ def test_clip_logits_and_fusion():
   np.testing.assert_allclose(
       out_network['fused'],
       (np.asarray(out['logits']['depth']) + np.asarray(out['logits']['rgb'])) / 2,
-      rtol=1e-6, atol=1e-6)
+      rtol=1e-6,
+      atol=1e-6,
+  )
 
   single = multistream.StageNetwork(stages.get_stage('step1_rgb'), TINY_FACTORY)
   single_vars = {c: {'rgb': variables[c]['rgb']} for c in variables}
   out_single = single.apply(single_vars, {'rgb': clips['rgb']}, train=False)
   assert sorted(out_single['logits']) == ['rgb']
   np.testing.assert_array_equal(out_single['fused'], out_single['logits']['rgb'])
-  np.testing.assert_allclose(out_single['logits']['rgb'], out['logits']['rgb'],
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      out_single['logits']['rgb'], out['logits']['rgb'], rtol=1e-6, atol=1e-6
+  )
 
 
 def test_giver_and_receiver_must_differ():
@@ -199,8 +216,9 @@ def test_connections_inject_giver_unit0_at_unit1_only(train):
   taps += [f'rgb/block{b}_unit{u}/conv1' for b in BLOCKS for u in (0, 1)]
   kwargs = dict(train=train, mutable=['batch_stats']) if train else dict(train=False)
   out, record = apply_tapped(_model(connections=True), variables, clips, taps=taps, **kwargs)
-  plain, plain_record = apply_tapped(_model(connections=False), variables, clips,
-                                      taps=taps, **kwargs)
+  plain, plain_record = apply_tapped(
+      _model(connections=False), variables, clips, taps=taps, **kwargs
+  )
   if train:
     out, plain = out[0], plain[0]
   receiver, giver = out['endpoints']['rgb'], out['endpoints']['depth']
@@ -212,14 +230,15 @@ def test_connections_inject_giver_unit0_at_unit1_only(train):
         np.testing.assert_array_equal(conv1_input, x)
       else:
         np.testing.assert_array_equal(x, receiver[f'block{b}/unit0'])
-        expected = (np.asarray(receiver[f'block{b}/unit0'])
-                    + np.asarray(receiver[f'block{b}/unit0_pre'])
-                    * np.asarray(giver[f'block{b}/unit0']))
+        expected = np.asarray(receiver[f'block{b}/unit0']) + np.asarray(
+            receiver[f'block{b}/unit0_pre']
+        ) * np.asarray(giver[f'block{b}/unit0'])
         np.testing.assert_allclose(conv1_input, expected, rtol=1e-6, atol=1e-6)
         assert np.max(np.abs(np.asarray(conv1_input) - np.asarray(x))) > 1e-2
   # Stem output: the input of block 1's unit 0.
-  np.testing.assert_array_equal(record['rgb/block1_unit0'][0][0],
-                                plain_record['rgb/block1_unit0'][0][0])
+  np.testing.assert_array_equal(
+      record['rgb/block1_unit0'][0][0], plain_record['rgb/block1_unit0'][0][0]
+  )
   np.testing.assert_array_equal(receiver['block1/unit0'], plain['endpoints']['rgb']['block1/unit0'])
   _assert_trees_equal(out['endpoints']['depth'], plain['endpoints']['depth'])
   _assert_trees_equal(out['logits']['depth'], plain['logits']['depth'])
@@ -232,8 +251,10 @@ def test_without_connections_streams_are_independent():
   output bit-identical; with connections on, the same change reaches the receiver.
   """
   clips = _clips(4)
-  other = {**clips, 'depth': clips['depth'] + jax.random.normal(jax.random.key(5),
-                                                                 clips['depth'].shape)}
+  other = {
+      **clips,
+      'depth': clips['depth'] + jax.random.normal(jax.random.key(5), clips['depth'].shape),
+  }
   variables = _variables()
   model = _model(connections=False)
   a, b = model.apply(variables, clips, train=False), model.apply(variables, other, train=False)
@@ -263,22 +284,27 @@ def test_frozen_giver_batchnorm_runs_in_inference_mode():
     old = _flat(variables['batch_stats']['hall'])[path]
     assert np.max(np.abs(np.asarray(new) - np.asarray(old))) > 1e-6, path
   inference = frozen.apply(variables, clips, train=False)
-  np.testing.assert_allclose(out['logits']['depth'], inference['logits']['depth'],
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      out['logits']['depth'], inference['logits']['depth'], rtol=1e-6, atol=1e-6
+  )
 
   _, updates = _model('depth', 'hall', giver_frozen=False).apply(
-      variables, clips, train=True, mutable=['batch_stats'])
+      variables, clips, train=True, mutable=['batch_stats']
+  )
   assert _max_abs_diff(updates['batch_stats']['depth'], variables['batch_stats']['depth']) > 1e-6
 
 
 def _step3_loss(model, params, batch_stats, clips, labels):
   """The hallucination step's loss (eq. 5) on the model's outputs."""
-  out, _ = model.apply({'params': params, 'batch_stats': batch_stats}, clips,
-                       train=True, mutable=['batch_stats'])
-  gd = losses.generalized_distillation_loss(out['logits']['hall'], out['logits']['depth'],
-                                            labels)['loss']
-  hall = losses.hallucination_loss(out['endpoints']['depth']['block4'],
-                                   out['endpoints']['hall']['block4'])
+  out, _ = model.apply(
+      {'params': params, 'batch_stats': batch_stats}, clips, train=True, mutable=['batch_stats']
+  )
+  gd = losses.generalized_distillation_loss(out['logits']['hall'], out['logits']['depth'], labels)[
+      'loss'
+  ]
+  hall = losses.hallucination_loss(
+      out['endpoints']['depth']['block4'], out['endpoints']['hall']['block4']
+  )
   return losses.total_loss(gd, hall)
 
 
@@ -297,7 +323,8 @@ def test_frozen_giver_gets_exactly_zero_gradient():
   for frozen in (True, False):
     model = _model('depth', 'hall', giver_frozen=frozen)
     grads = jax.jit(jax.grad(functools.partial(_step3_loss, model)))(
-        variables['params'], variables['batch_stats'], clips, labels)
+        variables['params'], variables['batch_stats'], clips, labels
+    )
     giver_norms = {k: float(np.max(np.abs(v))) for k, v in _flat(grads['depth']).items()}
     receiver_norms = {k: float(np.max(np.abs(v))) for k, v in _flat(grads['hall']).items()}
     assert all(np.isfinite(list(giver_norms.values()) + list(receiver_norms.values())))

@@ -44,8 +44,8 @@ def adam_directions(config, grads=GRADS) -> list[np.ndarray]:
   out = []
   for t, g in enumerate(grads, start=1):
     m = config.b1 * m + (1 - config.b1) * g
-    v = config.b2 * v + (1 - config.b2) * g ** 2
-    m_hat, v_hat = m / (1 - config.b1 ** t), v / (1 - config.b2 ** t)
+    v = config.b2 * v + (1 - config.b2) * g**2
+    m_hat, v_hat = m / (1 - config.b1**t), v / (1 - config.b2**t)
     out.append(m_hat / (np.sqrt(v_hat) + config.eps))
   return out
 
@@ -82,8 +82,7 @@ def test_cosine_schedule_decays_to_zero_over_the_run():
 
 def test_warmup_cosine_rises_linearly_then_decays_within_the_run():
   """From 0 to the peak over `warmup_steps`, then cosine to 0 at the run's last step."""
-  _, schedule = optim.make_optimizer(optimizer_config(schedule='warmup_cosine',
-                                                      warmup_steps=4), 12)
+  _, schedule = optim.make_optimizer(optimizer_config(schedule='warmup_cosine', warmup_steps=4), 12)
   expected = {0: 0.0, 2: 0.05, 4: 0.1, 8: 0.05, 12: 0.0}
   assert {s: round(float(schedule(s)), 7) for s in expected} == expected
 
@@ -92,8 +91,12 @@ def test_the_schedule_scales_the_update_it_belongs_to():
   """Step 2 of a 2-step cosine run moves by `lr(1) = lr / 2` times Adam's direction."""
   config = optimizer_config(schedule='cosine')
   directions = adam_directions(config)
-  np.testing.assert_allclose(updates(config, total_steps=2),
-                             [-0.1 * directions[0], -0.05 * directions[1]], rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(
+      updates(config, total_steps=2),
+      [-0.1 * directions[0], -0.05 * directions[1]],
+      rtol=1e-5,
+      atol=1e-8,
+  )
 
 
 def test_reference_default_is_plain_adam():

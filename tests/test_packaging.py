@@ -24,13 +24,13 @@ from packaging.requirements import Requirement
 from conftest import REPO_ROOT
 
 SOURCES = ('pyproject.toml', 'README.md', 'modistill_jax', 'data_builders', 'configs')
-BUILD = '''
+BUILD = """
 import sys
 from setuptools import build_meta
 dist = sys.argv[1]  # before the backend rewrites sys.argv
 build_meta.build_wheel(dist)
 build_meta.build_editable(dist)
-'''
+"""
 
 
 def test_wheel_and_editable_wheel_build_without_warnings(tmp_path):
@@ -40,17 +40,25 @@ def test_wheel_and_editable_wheel_build_without_warnings(tmp_path):
     installed = importlib.metadata.version(requirement.name)
     assert requirement.specifier.contains(installed), (
         f'{requirement.name} {installed} is installed; pyproject.toml [build-system] requires '
-        f'{requirement} (`make install` upgrades it).')
+        f'{requirement} (`make install` upgrades it).'
+    )
   source = tmp_path / 'source'
   source.mkdir()
   for name in SOURCES:
     if os.path.isdir(os.path.join(REPO_ROOT, name)):
-      shutil.copytree(os.path.join(REPO_ROOT, name), source / name,
-                      ignore=shutil.ignore_patterns('__pycache__'))
+      shutil.copytree(
+          os.path.join(REPO_ROOT, name), source / name, ignore=shutil.ignore_patterns('__pycache__')
+      )
     else:
       shutil.copy(os.path.join(REPO_ROOT, name), source / name)
-  done = subprocess.run([sys.executable, '-W', 'error', '-c', BUILD, str(tmp_path / 'dist')],
-                        cwd=source, capture_output=True, text=True, timeout=300, check=False)
+  done = subprocess.run(
+      [sys.executable, '-W', 'error', '-c', BUILD, str(tmp_path / 'dist')],
+      cwd=source,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
   editable, wheel = sorted(os.listdir(tmp_path / 'dist'))
   assert re.fullmatch(r'modistill_jax-[\d.]+-0\.editable-py3-none-any\.whl', editable), editable

@@ -24,8 +24,10 @@ def _tree(seed, dtype=np.float32, classes=5):
       'rgb': {
           'conv1': {'kernel': leaf(7, 7, 3, 4)},
           'bn1': {'scale': leaf(4), 'bias': leaf(4)},
-          'block1_unit1': {'temporal': {'kernel': leaf(3, 1, 1, 4, 4)},
-                           'conv1': {'kernel': leaf(1, 1, 16, 4)}},
+          'block1_unit1': {
+              'temporal': {'kernel': leaf(3, 1, 1, 4, 4)},
+              'conv1': {'kernel': leaf(1, 1, 16, 4)},
+          },
           'logits': {'kernel': leaf(16, classes), 'bias': leaf(classes)},
       },
   }
@@ -52,7 +54,7 @@ def test_merge_fills_every_leaf_from_source():
 
 
 def test_fresh_keys_keep_target_initialisation():
-  """`fresh` keys keep the target's value, whether the source lacks them, has them, or mis-shapes them.
+  """`fresh` keys keep the target's value whether the source lacks, has or mis-shapes them.
 
   This is the ImageNet case: the checkpoint has no temporal kernels and a
   1000-class classifier, both of which must start from the model's own init.
@@ -69,8 +71,9 @@ def test_fresh_keys_keep_target_initialisation():
   # A fresh key the source has with the right shape is still not taken.
   merged = param_merge.merge(target, _tree(2), fresh=[r'rgb/logits/bias'])
   np.testing.assert_array_equal(merged['rgb']['logits']['bias'], target['rgb']['logits']['bias'])
-  np.testing.assert_array_equal(merged['rgb']['logits']['kernel'],
-                                _tree(2)['rgb']['logits']['kernel'])
+  np.testing.assert_array_equal(
+      merged['rgb']['logits']['kernel'], _tree(2)['rgb']['logits']['kernel']
+  )
 
 
 def test_all_mismatches_reported_in_one_error():
@@ -129,9 +132,15 @@ def test_patterns_match_the_whole_path():
   np.testing.assert_array_equal(merged['rgb']['logits']['bias'], target['rgb']['logits']['bias'])
 
 
-@pytest.mark.parametrize('target_dtype,source_dtype', [
-    (np.float32, np.float64), (np.float32, np.float16),
-    (jnp.bfloat16, np.float32), (np.int32, np.int64)])
+@pytest.mark.parametrize(
+    'target_dtype,source_dtype',
+    [
+        (np.float32, np.float64),
+        (np.float32, np.float16),
+        (jnp.bfloat16, np.float32),
+        (np.int32, np.int64),
+    ],
+)
 def test_dtype_follows_target(target_dtype, source_dtype):
   """Merged leaves have the target's dtype, not the checkpoint's.
 
@@ -139,13 +148,16 @@ def test_dtype_follows_target(target_dtype, source_dtype):
   float64 (slow, and a changed jit signature), nor a float32 one bfloat16 ones.
   """
   target = {'a': {'w': np.zeros((2, 3), target_dtype)}, 'b': jnp.zeros((4,), target_dtype)}
-  source = {'a': {'w': np.arange(6).reshape(2, 3).astype(source_dtype)},
-            'b': np.arange(4).astype(source_dtype)}
+  source = {
+      'a': {'w': np.arange(6).reshape(2, 3).astype(source_dtype)},
+      'b': np.arange(4).astype(source_dtype),
+  }
   merged = param_merge.merge(target, source)
   for key, value in _flat(merged).items():
     assert value.dtype == np.dtype(target_dtype), key
-  np.testing.assert_array_equal(np.asarray(merged['a']['w'], np.float64),
-                                np.arange(6).reshape(2, 3))
+  np.testing.assert_array_equal(
+      np.asarray(merged['a']['w'], np.float64), np.arange(6).reshape(2, 3)
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -153,7 +165,8 @@ def _model_shapes(giver, receiver):
   inputs = {'depth': 'depth', 'rgb': 'rgb', 'hall': 'rgb'}
   model = multistream.MultiStream(
       stages.ModelSpec(receiver, inputs[receiver], giver, inputs[giver], connections=True),
-      functools.partial(resnet.Stream, num_classes=4, units_per_block=(2, 2, 2, 2), width=4))
+      functools.partial(resnet.Stream, num_classes=4, units_per_block=(2, 2, 2, 2), width=4),
+  )
   clips = {m: jax.ShapeDtypeStruct((1, 2, 32, 32, 3), jnp.float32) for m in ('rgb', 'depth')}
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), clips)
 
@@ -170,14 +183,15 @@ def test_stage_transfer_of_a_stream():
   streams from step 2's depth stream, and names the missing stream's keys when
   it is not given.
   """
-  step2 = {c: _filled(v, seed) for seed, (c, v) in
-           enumerate(_model_shapes('depth', 'rgb').items())}
-  step3_target = {c: _filled(v, 10 + seed) for seed, (c, v) in
-                  enumerate(_model_shapes('depth', 'hall').items())}
+  step2 = {c: _filled(v, seed) for seed, (c, v) in enumerate(_model_shapes('depth', 'rgb').items())}
+  step3_target = {
+      c: _filled(v, 10 + seed) for seed, (c, v) in enumerate(_model_shapes('depth', 'hall').items())
+  }
   for collection in ('params', 'batch_stats'):
     depth = step2[collection]['depth']
-    merged = param_merge.merge(step3_target[collection], {'depth': depth, 'hall': depth},
-                               what='step 2')
+    merged = param_merge.merge(
+        step3_target[collection], {'depth': depth, 'hall': depth}, what='step 2'
+    )
     for key, value in _flat(merged).items():
       np.testing.assert_array_equal(value, _flat(depth)[key.split('/', 1)[1]], err_msg=key)
   # Without the copy the missing stream is reported by its keys.

@@ -28,9 +28,14 @@ def make_clip(index: int, length: int) -> dict:
   zeros = np.zeros((length, SIZE, SIZE), np.uint8)
   rgb = np.stack([frame_code, zeros, ramp], -1)
   depth = np.where(np.arange(SIZE) < SIZE // 2, frame_code + 1, 0).astype(np.uint8)
-  return records.make_example(rgb=rgb, depth_code=depth, label=index % 7,
-                              sample_id=f'clip{index}', rgb_frames_raw=length,
-                              depth_frames_raw=length)
+  return records.make_example(
+      rgb=rgb,
+      depth_code=depth,
+      label=index % 7,
+      sample_id=f'clip{index}',
+      rgb_frames_raw=length,
+      depth_frames_raw=length,
+  )
 
 
 def make_records(count: int) -> list[dict]:
@@ -62,8 +67,14 @@ def depth_mirrored(clips: np.ndarray) -> np.ndarray:
 
 
 def train(records_=RECORDS, **kwargs):
-  defaults = dict(global_batch_size=4, num_frames=NUM_FRAMES, image_size=(SIZE, SIZE), seed=0,
-                  process_index=0, process_count=1)
+  defaults = dict(
+      global_batch_size=4,
+      num_frames=NUM_FRAMES,
+      image_size=(SIZE, SIZE),
+      seed=0,
+      process_index=0,
+      process_count=1,
+  )
   return pipeline.train_iterator(records_, **{**defaults, **kwargs})
 
 
@@ -110,8 +121,12 @@ def test_modalities_share_frames_and_flip():
   np.testing.assert_array_equal(flips, depth_mirrored(depth))
   assert np.all(flips == flips[:, :1])  # one decision per clip
   assert 0.25 < flips[:, 0].mean() < 0.75
-  uniform = np.array([np.array_equal(f, np.rint(np.linspace(0, n - 1, NUM_FRAMES)))
-                      for f, n in zip(rgb_frames, lengths)])
+  uniform = np.array(
+      [
+          np.array_equal(f, np.rint(np.linspace(0, n - 1, NUM_FRAMES)))
+          for f, n in zip(rgb_frames, lengths)
+      ]
+  )
   assert 0.25 < uniform[long_enough].mean() < 0.9  # uniform half the time, plus chance
 
 
@@ -122,13 +137,21 @@ def test_no_flip_and_all_uniform_when_disabled():
   assert not mirrored(batch['rgb']).any() and not depth_mirrored(batch['depth']).any()
   for frames, i in zip(frame_numbers(batch['rgb'], 0), batch['index']):
     np.testing.assert_array_equal(
-        frames, np.rint(np.linspace(0, RECORDS[i]['num_frames'] - 1, NUM_FRAMES)))
+        frames, np.rint(np.linspace(0, RECORDS[i]['num_frames'] - 1, NUM_FRAMES))
+    )
 
 
 def test_resize_from_larger_jpeg_and_png():
-  big = [records.make_example(
-      rgb=np.full((4, 64, 48, 3), 200, np.uint8), depth_code=np.full((4, 64, 48), 50, np.uint8),
-      label=0, sample_id='big', rgb_frames_raw=4, depth_frames_raw=4)]
+  big = [
+      records.make_example(
+          rgb=np.full((4, 64, 48, 3), 200, np.uint8),
+          depth_code=np.full((4, 64, 48), 50, np.uint8),
+          label=0,
+          sample_id='big',
+          rgb_frames_raw=4,
+          depth_frames_raw=4,
+      )
+  ]
   iterator = train(big, global_batch_size=2, image_size=(16, 12))
   batch = next(iterator)
   iterator.close()
@@ -141,8 +164,11 @@ def test_only_the_asked_modalities_are_decoded(monkeypatch):
   clips = make_records(9)  # this test's own frame objects: no other test's threads decode them
   decoded = []
   real_decode = records.decode_frame
-  monkeypatch.setattr(records, 'decode_frame',
-                      lambda modality, data: decoded.append(data) or real_decode(modality, data))
+  monkeypatch.setattr(
+      records,
+      'decode_frame',
+      lambda modality, data: decoded.append(data) or real_decode(modality, data),
+  )
   iterator = train(clips, global_batch_size=8, modalities=('rgb',))
   rgb_only = take(iterator, 3)
   iterator.close()
@@ -173,13 +199,32 @@ def test_resize_is_the_serving_resize():
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (3, 40, 30, 3), dtype=np.uint8)
   codes = rng.integers(0, 253, (3, 40, 30), dtype=np.uint8)
-  clip = [records.make_example(rgb=frames, depth_code=codes, label=0, sample_id='odd',
-                               rgb_frames_raw=3, depth_frames_raw=3)]
-  batch = next(iter(pipeline.eval_iterator(clip, global_batch_size=1, num_frames=3,
-                                           image_size=(SIZE, 12), process_index=0,
-                                           process_count=1)))
-  served = [pipeline.resize_frame(Image.fromarray(records.decode_image(f)), (SIZE, 12))
-            for f in clip[0]['rgb']]
+  clip = [
+      records.make_example(
+          rgb=frames,
+          depth_code=codes,
+          label=0,
+          sample_id='odd',
+          rgb_frames_raw=3,
+          depth_frames_raw=3,
+      )
+  ]
+  batch = next(
+      iter(
+          pipeline.eval_iterator(
+              clip,
+              global_batch_size=1,
+              num_frames=3,
+              image_size=(SIZE, 12),
+              process_index=0,
+              process_count=1,
+          )
+      )
+  )
+  served = [
+      pipeline.resize_frame(Image.fromarray(records.decode_image(f)), (SIZE, 12))
+      for f in clip[0]['rgb']
+  ]
   np.testing.assert_array_equal(batch['rgb'][0], np.stack([np.asarray(f) for f in served]))
   rows, cols = (np.arange(SIZE) * 40) // SIZE, (np.arange(12) * 30) // 12
   np.testing.assert_array_equal(batch['depth'][0, ..., 0], codes[:, rows][:, :, cols])
@@ -213,15 +258,21 @@ def test_train_hosts_split_each_epoch(process_count):
   global_batch_size = 2 * process_count
   local_streams = []
   for process_index in range(process_count):
-    iterator = train(global_batch_size=global_batch_size, process_index=process_index,
-                     process_count=process_count)
+    iterator = train(
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
     batches = take(iterator, 2 * len(RECORDS) // global_batch_size + 1)
     iterator.close()
     assert all(len(b['index']) == 2 for b in batches)
     local_streams.append(np.concatenate([b['index'] for b in batches]))
-  first_epoch = np.concatenate([
-      stream[:len(range(p, len(RECORDS), process_count))]
-      for p, stream in enumerate(local_streams)])
+  first_epoch = np.concatenate(
+      [
+          stream[: len(range(p, len(RECORDS), process_count))]
+          for p, stream in enumerate(local_streams)
+      ]
+  )
   np.testing.assert_array_equal(np.sort(first_epoch), np.arange(len(RECORDS)))
   # The global stream is the single-host one: the same clips per global batch.
   iterator = train(global_batch_size=global_batch_size)
@@ -264,12 +315,19 @@ def test_worker_processes_give_the_same_stream_and_resume():
 
 def evaluate(records_, global_batch_size, process_index=0, process_count=1, **kwargs):
   return pipeline.eval_iterator(
-      records_, global_batch_size=global_batch_size, num_frames=NUM_FRAMES,
-      image_size=(SIZE, SIZE), process_index=process_index, process_count=process_count,
-      **kwargs)
+      records_,
+      global_batch_size=global_batch_size,
+      num_frames=NUM_FRAMES,
+      image_size=(SIZE, SIZE),
+      process_index=process_index,
+      process_count=process_count,
+      **kwargs,
+  )
 
 
-@pytest.mark.parametrize('num_devices, global_batch_size', [(1, 1), (1, 5), (4, 4), (4, 8), (4, 36)])
+@pytest.mark.parametrize(
+    'num_devices, global_batch_size', [(1, 1), (1, 5), (4, 4), (4, 8), (4, 36)]
+)
 def test_exact_eval_on_a_mesh(num_devices, global_batch_size):
   """Masked count and index sum over global arrays see each record once."""
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ('data',))
@@ -287,8 +345,7 @@ def test_exact_eval_on_a_mesh(num_devices, global_batch_size):
     seen += 1
     frames = frame_numbers(batch['rgb'], 0)[batch['mask']]
     lengths = np.array([RECORDS[i]['num_frames'] for i in batch['index'][batch['mask']]])
-    np.testing.assert_array_equal(
-        frames, np.rint(np.linspace(0, lengths - 1, NUM_FRAMES, axis=-1)))
+    np.testing.assert_array_equal(frames, np.rint(np.linspace(0, lengths - 1, NUM_FRAMES, axis=-1)))
     assert not batch['rgb'][~batch['mask']].any()
     assert np.all(batch['index'][~batch['mask']] == -1)
   assert seen == len(batches)
@@ -296,8 +353,10 @@ def test_exact_eval_on_a_mesh(num_devices, global_batch_size):
   assert index_sum == sum(range(len(RECORDS)))
 
 
-@pytest.mark.parametrize('num_records, process_count, global_batch_size',
-                         [(23, 2, 4), (23, 3, 3), (23, 4, 8), (2, 4, 4), (8, 4, 4)])
+@pytest.mark.parametrize(
+    'num_records, process_count, global_batch_size',
+    [(23, 2, 4), (23, 3, 3), (23, 4, 8), (2, 4, 4), (8, 4, 4)],
+)
 def test_exact_eval_across_hosts(num_records, process_count, global_batch_size):
   records_ = RECORDS[:num_records]
   indices, num_batches = [], set()
@@ -330,12 +389,15 @@ class _TinyClips(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=records.clip_features([f'class{i}' for i in range(7)]))
+        features=records.clip_features([f'class{i}' for i in range(7)])
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {**self._generate_examples('train', range(5)),
-            **self._generate_examples('test', range(5, 8))}
+    return {
+        **self._generate_examples('train', range(5)),
+        **self._generate_examples('test', range(5, 8)),
+    }
 
   def _generate_examples(self, split, indices):
     return records.split_rows([make_clip(i, length=4 + i) for i in indices], split)
@@ -347,11 +409,19 @@ def test_load_source_reads_built_array_records(tmp_path):
   assert source.name == 'synthetic_rgbd/cross_view/train'
   assert source.class_names == tuple(f'class{i}' for i in range(7))
   assert len(source.records) == 5
-  assert pipeline.load_source('synthetic_rgbd', 'cross_view', 'validation',
-                              data_dir=str(tmp_path)) is None
+  assert (
+      pipeline.load_source('synthetic_rgbd', 'cross_view', 'validation', data_dir=str(tmp_path))
+      is None
+  )
   iterator = pipeline.train_iterator(
-      source.records, global_batch_size=5, num_frames=NUM_FRAMES, image_size=(SIZE, SIZE),
-      seed=0, process_index=0, process_count=1)
+      source.records,
+      global_batch_size=5,
+      num_frames=NUM_FRAMES,
+      image_size=(SIZE, SIZE),
+      seed=0,
+      process_index=0,
+      process_count=1,
+  )
   batch = next(iterator)
   iterator.close()
   np.testing.assert_array_equal(np.sort(batch['index']), np.arange(5))

@@ -3,7 +3,6 @@
 import functools
 import io
 import json
-import os
 import subprocess
 import sys
 
@@ -14,12 +13,10 @@ from PIL import Image
 import pytest
 
 import tiny_run
-from modistill_jax import checkpointing
 from modistill_jax import predict
 from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import steps
-from modistill_jax import trainer
 from modistill_jax.data import pipeline
 from modistill_jax.models import resnet
 from modistill_jax.models import stage_network
@@ -41,12 +38,15 @@ def predictor(workdir):
 def videos(tmp_path_factory):
   folder = tmp_path_factory.mktemp('videos')
   return {
-      'mp4': tiny_run.write_video(str(folder / 'long.mp4'), tiny_run.synthetic_frames(11),
-                                  'libx264'),
-      'avi': tiny_run.write_video(str(folder / 'clip.avi'),
-                                  tiny_run.synthetic_frames(7, seed=1), 'mpeg4'),
-      'short': tiny_run.write_video(str(folder / 'short.mp4'),
-                                    tiny_run.synthetic_frames(2, seed=2), 'libx264'),
+      'mp4': tiny_run.write_video(
+          str(folder / 'long.mp4'), tiny_run.synthetic_frames(11), 'libx264'
+      ),
+      'avi': tiny_run.write_video(
+          str(folder / 'clip.avi'), tiny_run.synthetic_frames(7, seed=1), 'mpeg4'
+      ),
+      'short': tiny_run.write_video(
+          str(folder / 'short.mp4'), tiny_run.synthetic_frames(2, seed=2), 'libx264'
+      ),
   }
 
 
@@ -58,8 +58,9 @@ def png(image: Image.Image) -> bytes:
 
 def _library_outputs(batch, *, state, model, config):
   """Probabilities from the stage network, and the prediction `steps.eval_step` reports."""
-  inputs = steps.model_inputs(batch, config.input, model.stage.inputs,
-                              resnet.compute_dtype(config.model))
+  inputs = steps.model_inputs(
+      batch, config.input, model.stage.inputs, resnet.compute_dtype(config.model)
+  )
   outputs = model.apply(state.variables(), inputs, train=False)
   prediction = steps.eval_step(state, batch, jax.random.key(0), model=model, config=config)
   return jax.nn.softmax(outputs['fused'], axis=-1), prediction['pred/fused']
@@ -77,18 +78,32 @@ def library_evaluation(workdir):
   config, num_classes = run.config, len(run.class_names)
   stage = stages.for_config('step4', config)
   saved = run.best_state()
-  state = steps.TrainState(step=saved['step'], params=saved['params'],
-                           batch_stats=saved['batch_stats'], opt_state=None, frozen={})
+  state = steps.TrainState(
+      step=saved['step'],
+      params=saved['params'],
+      batch_stats=saved['batch_stats'],
+      opt_state=None,
+      frozen={},
+  )
   model = stage_network(stage, config.model, num_classes)
   outputs = jax.jit(functools.partial(_library_outputs, model=model, config=config))
 
   def evaluate(path):
     frames = [png(frame.to_image()) for frame in predict.iter_frames(path)]
     record = {'rgb': frames, 'depth': frames, 'label': 0, 'sample_id': path}
-    batch = next(iter(pipeline.eval_iterator(
-        [record], global_batch_size=1, num_frames=config.input.num_frames,
-        image_size=(config.input.image_size,) * 2, process_index=0, process_count=1,
-        modalities=stage.inputs)))
+    batch = next(
+        iter(
+            pipeline.eval_iterator(
+                [record],
+                global_batch_size=1,
+                num_frames=config.input.num_frames,
+                image_size=(config.input.image_size,) * 2,
+                process_index=0,
+                process_count=1,
+                modalities=stage.inputs,
+            )
+        )
+    )
     probabilities, prediction = outputs(batch, state=state)
     return batch['rgb'], np.asarray(probabilities), int(prediction[0])
 
@@ -98,7 +113,8 @@ def library_evaluation(workdir):
 @pytest.mark.parametrize('kind', ['mp4', 'avi'])
 def test_predict_equals_library_evaluation(predictor, videos, library_evaluation, kind):
   clips, indices, num_available = predict.sample_clips(
-      videos[kind], num_frames=predictor.num_frames, image_size=predictor.image_size)
+      videos[kind], num_frames=predictor.num_frames, image_size=predictor.image_size
+  )
   eval_clips, eval_probabilities, eval_prediction = library_evaluation(videos[kind])
   np.testing.assert_array_equal(clips, eval_clips)
   np.testing.assert_array_equal(indices, [np.rint(np.linspace(0, num_available - 1, 3))])
@@ -109,15 +125,17 @@ def test_predict_equals_library_evaluation(predictor, videos, library_evaluation
 
 
 def test_predictor_refuses_clips_of_another_type(predictor, videos):
-  clips, _, _ = predict.sample_clips(videos['mp4'], num_frames=predictor.num_frames,
-                                     image_size=predictor.image_size)
+  clips, _, _ = predict.sample_clips(
+      videos['mp4'], num_frames=predictor.num_frames, image_size=predictor.image_size
+  )
   with pytest.raises(ValueError, match='Expected uint8 clips'):
     predictor(clips.astype(np.float32))
 
 
 def test_frames_repeat_when_the_video_is_short(predictor, videos):
   clips, indices, num_available = predict.sample_clips(
-      videos['short'], num_frames=3, image_size=predictor.image_size)
+      videos['short'], num_frames=3, image_size=predictor.image_size
+  )
   assert num_available == 2
   np.testing.assert_array_equal(indices, [[0, 0, 1]])
   np.testing.assert_array_equal(clips[0, 0], clips[0, 1])
@@ -133,12 +151,14 @@ def test_windows_are_sampled_like_clips_and_averaged(predictor, videos):
     predict.window_indices(2, 3, 3)
   result = predict.predict_video(predictor, videos['mp4'], windows=2, k=3)
   assert [w['frame_indices'] for w in result['windows']] == [[0, 2, 4], [5, 7, 10]]
-  clips, _, _ = predict.sample_clips(videos['mp4'], num_frames=3,
-                                     image_size=predictor.image_size, windows=2)
+  clips, _, _ = predict.sample_clips(
+      videos['mp4'], num_frames=3, image_size=predictor.image_size, windows=2
+  )
   mean = predictor(clips).mean(axis=0)
   for entry in result['top_k']:
     assert entry['probability'] == pytest.approx(
-        mean[predictor.class_names.index(entry['class'])], abs=1e-6)
+        mean[predictor.class_names.index(entry['class'])], abs=1e-6
+    )
 
 
 def test_stages_reading_depth_are_refused(workdir):
@@ -146,19 +166,35 @@ def test_stages_reading_depth_are_refused(workdir):
     predict.Predictor(workdir, 'step2')
 
 
-def test_cli_reports_bad_files_and_goes_on(workdir, predictor, videos, tmp_path,
-                                           compilation_cache_dir):
+def test_cli_reports_bad_files_and_goes_on(
+    workdir, predictor, videos, tmp_path, compilation_cache_dir
+):
   corrupt = tmp_path / 'corrupt.mp4'
   corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
   empty = tmp_path / 'empty.mp4'
   empty.touch()
   output = tmp_path / 'out.jsonl'
   proc = subprocess.run(
-      [sys.executable, '-m', 'modistill_jax.predict', f'--workdir={workdir}', '--top_k=3',
-       f'--output={output}', videos['mp4'], str(corrupt), str(empty), videos['avi']],
+      [
+          sys.executable,
+          '-m',
+          'modistill_jax.predict',
+          f'--workdir={workdir}',
+          '--top_k=3',
+          f'--output={output}',
+          videos['mp4'],
+          str(corrupt),
+          str(empty),
+          videos['avi'],
+      ],
       # One device: the checkpoint, saved by a 4-device job, must open on fewer.
-      cwd=REPO_ROOT, env=cli_env(compilation_cache_dir, device_count=1), capture_output=True,
-      text=True, timeout=300, check=False)
+      cwd=REPO_ROOT,
+      env=cli_env(compilation_cache_dir, device_count=1),
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode == 1, proc.stderr
   errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 2, proc.stderr

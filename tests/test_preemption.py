@@ -36,10 +36,20 @@ TIMEOUT_S = 420
 
 
 def train_command(workdir: str, data_dir: str) -> list[str]:
-  overrides = {'num_train_steps': NUM_STEPS, 'log_every_steps': 1,
-               'checkpoint_every_steps': 10_000, 'data_dir': data_dir}
-  return [sys.executable, '-m', 'modistill_jax.train', '--config=configs/demo.py:step1_rgb',
-          f'--workdir={workdir}', *override_flags(overrides)]
+  overrides = {
+      'num_train_steps': NUM_STEPS,
+      'log_every_steps': 1,
+      'checkpoint_every_steps': 10_000,
+      'data_dir': data_dir,
+  }
+  return [
+      sys.executable,
+      '-m',
+      'modistill_jax.train',
+      '--config=configs/demo.py:step1_rgb',
+      f'--workdir={workdir}',
+      *override_flags(overrides),
+  ]
 
 
 def train_records(stage_dir: str) -> list[dict]:
@@ -59,8 +69,10 @@ def wait_for_train_step(proc: subprocess.Popen, stage_dir: str, step: int) -> No
     except json.JSONDecodeError:  # a line being written
       pass
     if proc.poll() is not None:
-      pytest.fail(f'the run exited ({proc.returncode}) before logging step {step + 1}:\n'
-                  f'{proc.communicate()[0][-5000:]}')
+      pytest.fail(
+          f'the run exited ({proc.returncode}) before logging step {step + 1}:\n'
+          f'{proc.communicate()[0][-5000:]}'
+      )
     time.sleep(0.02)
   proc.kill()
   pytest.fail(f'no training record after step {step} within {TIMEOUT_S}s')
@@ -76,13 +88,19 @@ def finish(proc: subprocess.Popen, what: str) -> str:
   return output
 
 
-def test_sigterm_and_resume_match_uninterrupted_run(tmp_path, synthetic_data_dir,
-                                                     compilation_cache_dir):
+def test_sigterm_and_resume_match_uninterrupted_run(
+    tmp_path, synthetic_data_dir, compilation_cache_dir
+):
   """Final params, optimizer state, losses and test accuracy equal the uninterrupted run's."""
   resumed, reference = str(tmp_path / 'resumed'), str(tmp_path / 'reference')
   stage_dir = os.path.join(resumed, 'step1_rgb')
-  popen = dict(cwd=REPO_ROOT, env=cli_env(compilation_cache_dir), stdout=subprocess.PIPE,
-               stderr=subprocess.STDOUT, text=True)
+  popen = dict(
+      cwd=REPO_ROOT,
+      env=cli_env(compilation_cache_dir),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   reference_proc = subprocess.Popen(train_command(reference, synthetic_data_dir), **popen)
   proc = subprocess.Popen(train_command(resumed, synthetic_data_dir), **popen)
   wait_for_train_step(proc, stage_dir, SIGNAL_AFTER_STEP)
@@ -91,15 +109,18 @@ def test_sigterm_and_resume_match_uninterrupted_run(tmp_path, synthetic_data_dir
 
   match = re.search(r"'preempted_at_step': (\d+)", output)
   if match is None:
-    pytest.fail(f'the run finished all {NUM_STEPS} steps before SIGTERM reached it (nothing '
-                f'was resumed; make NUM_STEPS larger):\n{output[-3000:]}')
+    pytest.fail(
+        f'the run finished all {NUM_STEPS} steps before SIGTERM reached it (nothing '
+        f'was resumed; make NUM_STEPS larger):\n{output[-3000:]}'
+    )
   stopped = int(match.group(1))
   assert SIGNAL_AFTER_STEP < stopped < NUM_STEPS
   assert not os.path.exists(os.path.join(stage_dir, 'results.json'))
   assert int(read_latest_state(stage_dir)['step']) == stopped
 
-  output = finish(subprocess.Popen(train_command(resumed, synthetic_data_dir), **popen),
-                  'the resumed run')
+  output = finish(
+      subprocess.Popen(train_command(resumed, synthetic_data_dir), **popen), 'the resumed run'
+  )
   assert f'resumed at step {stopped}' in output
   finish(reference_proc, 'the uninterrupted run')
 
@@ -107,8 +128,9 @@ def test_sigterm_and_resume_match_uninterrupted_run(tmp_path, synthetic_data_dir
   expected = read_latest_state(os.path.join(reference, 'step1_rgb'))
   assert int(state['step']) == int(expected['step']) == NUM_STEPS
   for part in ('params', 'batch_stats', 'opt_state'):
-    leaves, leaves_expected = (jax.tree_util.tree_flatten_with_path(s[part])[0]
-                               for s in (state, expected))
+    leaves, leaves_expected = (
+        jax.tree_util.tree_flatten_with_path(s[part])[0] for s in (state, expected)
+    )
     assert [p for p, _ in leaves] == [p for p, _ in leaves_expected]
     for (path, x), (_, y) in zip(leaves, leaves_expected):
       assert np.array_equal(x, y), part + jax.tree_util.keystr(path)
@@ -119,6 +141,7 @@ def test_sigterm_and_resume_match_uninterrupted_run(tmp_path, synthetic_data_dir
   expected_records = train_records(os.path.join(reference, 'step1_rgb'))
   assert [r['loss'] for r in records] == [r['loss'] for r in expected_records]
   results, expected_results = (
-      json.load(open(os.path.join(w, 'step1_rgb', 'results.json'))) for w in (resumed, reference))
+      json.load(open(os.path.join(w, 'step1_rgb', 'results.json'))) for w in (resumed, reference)
+  )
   assert results['best_step'] == expected_results['best_step']
   assert results['test'] == expected_results['test']

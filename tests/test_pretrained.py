@@ -74,6 +74,7 @@ def _import_tf_slim():
     sys.modules.setdefault(f'tf_keras.{name}', importlib.import_module(f'tf_keras.src.{name}'))
   import tf_slim  # pylint: disable=g-import-not-at-top
   from tf_slim.nets import resnet_v1  # pylint: disable=g-import-not-at-top
+
   return tf_slim, resnet_v1
 
 
@@ -89,6 +90,7 @@ def slim_case(tmp_path_factory, images):
   """A random `resnet_v1_50` saved as a V1 checkpoint (the model zoo's format),
   its logits on the images, and its variables."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   tf1 = tf.compat.v1
   slim, resnet_v1 = _import_tf_slim()
   path = str(tmp_path_factory.mktemp('slim') / 'resnet_v1_50.ckpt')
@@ -101,11 +103,13 @@ def slim_case(tmp_path_factory, images):
     with tf1.Session() as sess:
       values = {}
       for v in variables:
-        values[v.op.name] = _random_value(
-            _slim_kind(v.op.name), v.shape.as_list(), rng).astype(np.float32)
+        values[v.op.name] = _random_value(_slim_kind(v.op.name), v.shape.as_list(), rng).astype(
+            np.float32
+        )
         v.load(values[v.op.name], sess)
       tf1.train.Saver(variables, write_version=tf1.train.SaverDef.V1).save(
-          sess, path, write_meta_graph=False)
+          sess, path, write_meta_graph=False
+      )
       expected = sess.run(logits, {inputs: images - SLIM_MEAN})[:, 0, 0, :]
   return path, expected, values
 
@@ -127,6 +131,7 @@ def test_slim_background_class_is_kept(slim_case, tmp_path):
   """A 1001-way slim classifier (index 0: background) stays 1001-way; a V2
   checkpoint with a `global_step` converts too."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   _, _, values = slim_case
   rng = np.random.default_rng(2)
   values = dict(values)
@@ -134,13 +139,18 @@ def test_slim_background_class_is_kept(slim_case, tmp_path):
   values['resnet_v1_50/logits/biases'] = rng.normal(size=(1001,)).astype(np.float32)
   values['global_step'] = np.array(100, np.int64)  # Training bookkeeping, ignored.
   path = str(tmp_path / 'model.ckpt')  # A V2 checkpoint this time.
-  tf.raw_ops.SaveV2(prefix=path, tensor_names=list(values), shape_and_slices=[''] * len(values),
-                    tensors=list(values.values()))
+  tf.raw_ops.SaveV2(
+      prefix=path,
+      tensor_names=list(values),
+      shape_and_slices=[''] * len(values),
+      tensors=list(values.values()),
+  )
   metadata = pretrained.convert('slim', path, str(tmp_path / 'out'))
   assert metadata['num_classes'] == 1001 and metadata['background_class']
   loaded, _ = pretrained.load(str(tmp_path / 'out'))
-  np.testing.assert_array_equal(loaded['params']['logits']['kernel'],
-                                values['resnet_v1_50/logits/weights'][0, 0])
+  np.testing.assert_array_equal(
+      loaded['params']['logits']['kernel'], values['resnet_v1_50/logits/weights'][0, 0]
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -157,19 +167,27 @@ def keras_case(tmp_path_factory, images):
   file; its logits on the images."""
   import keras  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
+
   directory = tmp_path_factory.mktemp('keras')
   rng = np.random.default_rng(3)
   model = keras.applications.ResNet50(weights=None, classifier_activation=None)
   for layer in model.layers:
     if layer.weights:
-      layer.set_weights([
-          _random_value(_KERAS_KINDS.get(w.name, 'other'), tuple(w.shape), rng)
-          .astype(np.float32) for w in layer.weights])
+      layer.set_weights(
+          [
+              _random_value(_KERAS_KINDS.get(w.name, 'other'), tuple(w.shape), rng).astype(
+                  np.float32
+              )
+              for w in layer.weights
+          ]
+      )
   bgr = images[..., ::-1] - CAFFE_BGR_MEAN
   expected = np.asarray(model(bgr, training=False))
-  paths = {'keras3': str(directory / 'resnet50.weights.h5'),
-           'keras3_legacy': str(directory / 'resnet50_keras3.h5'),
-           'keras2': str(directory / 'resnet50_weights_tf_dim_ordering_tf_kernels.h5')}
+  paths = {
+      'keras3': str(directory / 'resnet50.weights.h5'),
+      'keras3_legacy': str(directory / 'resnet50_keras3.h5'),
+      'keras2': str(directory / 'resnet50_weights_tf_dim_ordering_tf_kernels.h5'),
+  }
   model.save_weights(paths['keras3'])
   model.save(paths['keras3_legacy'])
   model2 = tf_keras.applications.ResNet50(weights=None, classifier_activation=None)
@@ -194,8 +212,10 @@ def test_keras_conversion_matches_keras(keras_case, images, tmp_path):
 
 def test_keras_file_layouts_convert_alike(keras_case):
   paths, _ = keras_case
-  converted = {name: pretrained.convert_arrays('keras', pretrained.read_keras(path))
-               for name, path in paths.items()}
+  converted = {
+      name: pretrained.convert_arrays('keras', pretrained.read_keras(path))
+      for name, path in paths.items()
+  }
   reference, num_classes = converted.pop('keras2')
   assert num_classes == 1000
   for name, (variables, _) in converted.items():
@@ -245,8 +265,9 @@ def _torchvision_state_dict(rng, num_classes=1000):
   state['fc.bias'] = rng.normal(0.0, 0.1, (num_classes,))
   # Contiguous, as PyTorch saves them (safetensors' numpy API writes other
   # arrays in their memory order).
-  return {k: v if v.dtype == np.int64 else np.ascontiguousarray(v, np.float32)
-          for k, v in state.items()}
+  return {
+      k: v if v.dtype == np.int64 else np.ascontiguousarray(v, np.float32) for k, v in state.items()
+  }
 
 
 def _torch_conv(x, w, stride=1, padding=0):
@@ -261,8 +282,9 @@ def _torch_bn(x, state, name):
   shape = (1, -1, 1, 1)
   var = state[f'{name}.running_var'].astype(np.float64)
   scale = state[f'{name}.weight'] / np.sqrt(var + 1e-5)
-  return ((x - state[f'{name}.running_mean'].reshape(shape)) * scale.reshape(shape)
-          + state[f'{name}.bias'].reshape(shape))
+  return (x - state[f'{name}.running_mean'].reshape(shape)) * scale.reshape(shape) + state[
+      f'{name}.bias'
+  ].reshape(shape)
 
 
 def _torchvision_forward(state, images):
@@ -278,12 +300,14 @@ def _torchvision_forward(state, images):
       p = f'layer{layer}.{i}'
       stride = 2 if layer > 1 and i == 0 else 1
       out = relu(_torch_bn(_torch_conv(x, state[f'{p}.conv1.weight']), state, f'{p}.bn1'))
-      out = relu(_torch_bn(_torch_conv(out, state[f'{p}.conv2.weight'], stride, 1),
-                           state, f'{p}.bn2'))
+      out = relu(
+          _torch_bn(_torch_conv(out, state[f'{p}.conv2.weight'], stride, 1), state, f'{p}.bn2')
+      )
       out = _torch_bn(_torch_conv(out, state[f'{p}.conv3.weight']), state, f'{p}.bn3')
       if i == 0:
-        x = _torch_bn(_torch_conv(x, state[f'{p}.downsample.0.weight'], stride),
-                      state, f'{p}.downsample.1')
+        x = _torch_bn(
+            _torch_conv(x, state[f'{p}.downsample.0.weight'], stride), state, f'{p}.downsample.1'
+        )
       x = relu(out + x)
   return x.mean((2, 3)) @ state['fc.weight'].T + state['fc.bias']
 
@@ -291,6 +315,7 @@ def _torchvision_forward(state, images):
 @pytest.fixture(scope='module')
 def torchvision_case(tmp_path_factory):
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
   state = _torchvision_state_dict(np.random.default_rng(4))
   path = str(tmp_path_factory.mktemp('torchvision') / 'resnet50-0676ba61.safetensors')
   safetensors.numpy.save_file(state, path)
@@ -321,10 +346,13 @@ def test_torchvision_every_entry_is_used(torchvision_case):
   tracked = [k for k in state if k.endswith('num_batches_tracked')]
   # Each conv + BN pair is 5 source entries and 5 Stream entries; fc is 2 and 2.
   assert len(non_temporal) == len(state) - len(tracked)
-  np.testing.assert_array_equal(flat['params/block2_unit0/shortcut/kernel'],
-                                state['layer2.0.downsample.0.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(flat['batch_stats/block4_unit2/bn3/var'],
-                                state['layer4.2.bn3.running_var'])
+  np.testing.assert_array_equal(
+      flat['params/block2_unit0/shortcut/kernel'],
+      state['layer2.0.downsample.0.weight'].transpose(2, 3, 1, 0),
+  )
+  np.testing.assert_array_equal(
+      flat['batch_stats/block4_unit2/bn3/var'], state['layer4.2.bn3.running_var']
+  )
   np.testing.assert_array_equal(flat['params/logits/kernel'], state['fc.weight'].T)
   for b, c in zip(range(1, 5), (64, 128, 256, 512)):
     kernel = flat[f'params/block{b}_unit1/temporal/kernel']
@@ -344,8 +372,9 @@ def test_misfit_checkpoint_lists_every_problem(torchvision_case):
   assert 'resnet50.pth does not fit the model' in message
   assert 'source entries missing (1):\n    layer3.1.bn2.running_var' in message
   assert 'source entries not used (1):\n    layer5.0.conv1.weight' in message
-  assert ('params/block2_unit0/conv2/kernel: resnet50.pth (1, 1, 128, 128) '
-          'vs model (3, 3, 128, 128)') in message
+  assert (
+      'params/block2_unit0/conv2/kernel: resnet50.pth (1, 1, 128, 128) ' 'vs model (3, 3, 128, 128)'
+  ) in message
 
 
 def test_converted_checkpoint_starts_a_60_class_stream(torchvision_case, tmp_path):
@@ -353,18 +382,24 @@ def test_converted_checkpoint_starts_a_60_class_stream(torchvision_case, tmp_pat
   pretrained.convert('torchvision', path, str(tmp_path))
   loaded, metadata = pretrained.load(str(tmp_path))
   model = resnet.Stream(num_classes=60, **pretrained.stream_kwargs(metadata))
-  init = jax.eval_shape(functools.partial(model.init, num_frames=1, train=False),
-                        jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  init = jax.eval_shape(
+      functools.partial(model.init, num_frames=1, train=False),
+      jax.random.key(0),
+      jnp.zeros((1, 224, 224, 3)),
+  )
   init = jax.tree.map(lambda s: np.full(s.shape, 7.0, s.dtype), dict(init))
   merged = param_merge.merge(init, loaded, fresh=pretrained.FRESH_PATTERNS)
   assert merged['params']['logits']['kernel'].shape == (2048, 60)
   assert (merged['params']['logits']['kernel'] == 7.0).all()
   assert (merged['params']['block3_unit1']['temporal']['kernel'] == 7.0).all()
-  np.testing.assert_array_equal(merged['params']['block3_unit1']['conv2']['kernel'],
-                                loaded['params']['block3_unit1']['conv2']['kernel'])
+  np.testing.assert_array_equal(
+      merged['params']['block3_unit1']['conv2']['kernel'],
+      loaded['params']['block3_unit1']['conv2']['kernel'],
+  )
   # Per collection, the unprefixed patterns work too.
-  params = param_merge.merge(init['params'], loaded['params'],
-                             fresh=[r'logits/.*', r'.*temporal/.*'])
+  params = param_merge.merge(
+      init['params'], loaded['params'], fresh=[r'logits/.*', r'.*temporal/.*']
+  )
   assert params['logits']['bias'].shape == (60,)
   with pytest.raises(param_merge.MergeError, match='logits'):
     param_merge.merge(init, loaded, fresh=[r'.*temporal/.*'])
@@ -374,18 +409,29 @@ def test_cli_converts_a_file(torchvision_case, tmp_path):
   path, state = torchvision_case
   out = tmp_path / 'imagenet'
   result = subprocess.run(
-      [sys.executable, '-m', 'modistill_jax.pretrained', '--format=torchvision',
-       f'--src={path}', f'--out={out}'],
-      capture_output=True, text=True, check=False,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, timeout=120)
+      [
+          sys.executable,
+          '-m',
+          'modistill_jax.pretrained',
+          '--format=torchvision',
+          f'--src={path}',
+          f'--out={out}',
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+      timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   with open(out / 'metadata.json') as f:
     metadata = json.load(f)
   assert metadata['source_file'] == os.path.basename(path)
   assert metadata['source_format'] == metadata['stride_layout'] == 'torchvision'
   loaded, _ = pretrained.load(str(out))
-  np.testing.assert_array_equal(loaded['params']['conv1']['kernel'],
-                                state['conv1.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      loaded['params']['conv1']['kernel'], state['conv1.weight'].transpose(2, 3, 1, 0)
+  )
   np.testing.assert_array_equal(loaded['batch_stats']['bn1']['mean'], state['bn1.running_mean'])
 
 

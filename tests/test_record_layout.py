@@ -1,4 +1,4 @@
-"""Record layout 2: clip table + frame rows read as whole clips were; depth codes coloured on device.
+"""Record layout 2: clip table + frame rows read as whole clips were; depth coloured on device.
 
 A tiny dataset is written both ways: as built files in the current layout
 (`records.split_rows`, TFDS's hashed order), and as the whole-clip records the
@@ -35,12 +35,19 @@ def make_clip(index: int) -> dict:
   depth_mm[:, :, :3] = 0  # invalid
   return records.make_example(
       rgb=rng.integers(0, 256, (length, SIZE, SIZE, 3), dtype=np.uint8),
-      depth_code=jet.depth_to_code(depth_mm), label=index % 4, sample_id=f'clip{index:02d}',
-      rgb_frames_raw=length, depth_frames_raw=length, subject=index)
+      depth_code=jet.depth_to_code(depth_mm),
+      label=index % 4,
+      sample_id=f'clip{index:02d}',
+      rgb_frames_raw=length,
+      depth_frames_raw=length,
+      subject=index,
+  )
 
 
-CLIPS = {split: [make_clip(i + 100 * n) for i in range(size)]
-         for n, (split, size) in enumerate(SPLITS.items())}
+CLIPS = {
+    split: [make_clip(i + 100 * n) for i in range(size)]
+    for n, (split, size) in enumerate(SPLITS.items())
+}
 
 
 def version1_order(split: str) -> list[dict]:
@@ -56,9 +63,13 @@ def built(tmp_path_factory) -> tfds.core.DatasetBuilder:
   for split, clips in CLIPS.items():
     rows.update(records.split_rows(clips, split))
   tfds.dataset_builders.store_as_tfds_dataset(
-      name='synthetic_rgbd', version='2.0.0', data_dir=data_dir,
+      name='synthetic_rgbd',
+      version='2.0.0',
+      data_dir=data_dir,
       features=records.clip_features([f'class{i}' for i in range(4)]),
-      split_datasets=rows, file_format=records.FILE_FORMAT)
+      split_datasets=rows,
+      file_format=records.FILE_FORMAT,
+  )
   return tfds.builder_from_directory(os.path.join(data_dir, 'synthetic_rgbd', '2.0.0'))
 
 
@@ -102,8 +113,14 @@ def test_fast_row_parsing_is_tfds_decoding(built):
 
 def test_pipeline_gives_the_version1_batches(built):
   clips, whole = open_split(built, 'train'), version1_order('train')
-  kwargs = dict(global_batch_size=3, num_frames=4, image_size=(SIZE, SIZE), seed=5,
-                process_index=0, process_count=1)
+  kwargs = dict(
+      global_batch_size=3,
+      num_frames=4,
+      image_size=(SIZE, SIZE),
+      seed=5,
+      process_index=0,
+      process_count=1,
+  )
   batches = {}
   for name, source in (('built', clips), ('whole', whole)):
     iterator = pipeline.train_iterator(source, **kwargs)
@@ -111,10 +128,12 @@ def test_pipeline_gives_the_version1_batches(built):
     iterator.close()
   assert_same_batches(batches['built'], batches['whole'])
   test, test_whole = open_split(built, 'test'), version1_order('test')
-  eval_kwargs = dict(global_batch_size=2, num_frames=4, image_size=(SIZE, SIZE),
-                     process_index=0, process_count=1)
-  assert_same_batches(pipeline.eval_iterator(test, **eval_kwargs),
-                      pipeline.eval_iterator(test_whole, **eval_kwargs))
+  eval_kwargs = dict(
+      global_batch_size=2, num_frames=4, image_size=(SIZE, SIZE), process_index=0, process_count=1
+  )
+  assert_same_batches(
+      pipeline.eval_iterator(test, **eval_kwargs), pipeline.eval_iterator(test_whole, **eval_kwargs)
+  )
 
 
 def test_a_union_of_splits_reads_each_clip_its_own_frames(built):
@@ -137,16 +156,22 @@ def test_a_misplaced_frame_row_is_refused(built):
 def test_an_rgb_only_stage_opens_no_depth_bytes(built):
   clips = open_split(built, 'train')
   frame_reads = pipeline_speed.count_reads(clips.frames.data_source)
-  depth_rows = {int(p) for i in range(len(clips))
-                for p in clips.clip_table[i]['depth_records']}
+  depth_rows = {int(p) for i in range(len(clips)) for p in clips.clip_table[i]['depth_records']}
   clip = clips[3]
   _ = clip['rgb'][0], clip['rgb'][2]
   assert frame_reads.indices == [int(clips.clip_table[3]['rgb_records'][t]) for t in (0, 2)]
   for modalities, reads_depth in ((('rgb',), False), (('rgb', 'depth'), True)):
     frame_reads.reset()
-    iterator = pipeline.train_iterator(clips, global_batch_size=7, num_frames=2,
-                                       image_size=(SIZE, SIZE), seed=0, process_index=0,
-                                       process_count=1, modalities=modalities)
+    iterator = pipeline.train_iterator(
+        clips,
+        global_batch_size=7,
+        num_frames=2,
+        image_size=(SIZE, SIZE),
+        seed=0,
+        process_index=0,
+        process_count=1,
+        modalities=modalities,
+    )
     next(iterator)
     iterator.close()
     assert frame_reads.num_bytes > 0
@@ -155,19 +180,27 @@ def test_an_rgb_only_stage_opens_no_depth_bytes(built):
 
 def test_jet_on_the_device_is_the_host_jet_bit_for_bit():
   rng = np.random.default_rng(0)
-  clips = [rng.uniform(400, 4500, (3, 8, 8)), np.full((2, 4, 4), 1234.0), np.zeros((2, 4, 4)),
-           np.linspace(1, 5000, 3 * 256).reshape(3, 16, 16)]
+  clips = [
+      rng.uniform(400, 4500, (3, 8, 8)),
+      np.full((2, 4, 4), 1234.0),
+      np.zeros((2, 4, 4)),
+      np.linspace(1, 5000, 3 * 256).reshape(3, 16, 16),
+  ]
   clips[0][:, :2] = 0
   for depth_mm in clips:
     codes = jet.depth_to_code(depth_mm)
     on_device = preprocess.depth_image(jnp.asarray(codes[..., None]), 'jet')
     np.testing.assert_array_equal(on_device, jet.depth_to_jet(depth_mm))
-    np.testing.assert_array_equal(preprocess.depth_image(jnp.asarray(codes[..., None]), 'gray'),
-                                  preprocess.jet_to_gray(jet.depth_to_jet(depth_mm)))
+    np.testing.assert_array_equal(
+        preprocess.depth_image(jnp.asarray(codes[..., None]), 'gray'),
+        preprocess.jet_to_gray(jet.depth_to_jet(depth_mm)),
+    )
   every_code = np.arange(jet.MAX_CODE + 1, dtype=np.uint8)[:, None]
-  assert len(np.unique(jet.JET_OF_CODE[:jet.MAX_CODE + 1], axis=0)) == jet.MAX_CODE + 1
-  np.testing.assert_array_equal(preprocess.depth_image(jnp.asarray(every_code), 'gray'),
-                                preprocess.jet_to_gray(jet.JET_OF_CODE[every_code[:, 0]]))
+  assert len(np.unique(jet.JET_OF_CODE[: jet.MAX_CODE + 1], axis=0)) == jet.MAX_CODE + 1
+  np.testing.assert_array_equal(
+      preprocess.depth_image(jnp.asarray(every_code), 'gray'),
+      preprocess.jet_to_gray(jet.JET_OF_CODE[every_code[:, 0]]),
+  )
 
 
 def test_model_inputs_and_depth_noise_are_those_of_stored_jet_frames():
@@ -184,17 +217,26 @@ def test_model_inputs_and_depth_noise_are_those_of_stored_jet_frames():
     for transform in (None, noise):
       np.testing.assert_array_equal(
           steps.model_inputs(codes, config, ('depth',), jnp.float32, transform)['depth'],
-          steps.model_inputs(coloured, config, ('depth',), jnp.float32, transform)['depth'])
+          steps.model_inputs(coloured, config, ('depth',), jnp.float32, transform)['depth'],
+      )
 
 
 def test_old_layout_build_is_refused_with_the_rebuild_command(tmp_path):
   tfds.dataset_builders.store_as_tfds_dataset(
-      name='old', version='1.0.0', data_dir=str(tmp_path),
+      name='old',
+      version='1.0.0',
+      data_dir=str(tmp_path),
       features=pipeline_speed.old_layout_features(['a']),
-      split_datasets={'train': [('x', {'rgb': [b'j'], 'depth': [b'p'], 'label': 0,
-                                       'sample_id': 'x', 'num_frames': 1})]},
-      file_format=records.FILE_FORMAT)
+      split_datasets={
+          'train': [
+              ('x', {'rgb': [b'j'], 'depth': [b'p'], 'label': 0, 'sample_id': 'x', 'num_frames': 1})
+          ]
+      },
+      file_format=records.FILE_FORMAT,
+  )
   builder = tfds.builder_from_directory(str(tmp_path / 'old' / '1.0.0'))
-  with pytest.raises(shards.DatasetShardError, match="no frame record split 'train_frames'.*"
-                     'Rebuild it with `REBUILD`'):
+  with pytest.raises(
+      shards.DatasetShardError,
+      match="no frame record split 'train_frames'.*" 'Rebuild it with `REBUILD`',
+  ):
     open_split(builder, 'train')

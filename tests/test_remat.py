@@ -27,8 +27,7 @@ CLIPS, FRAMES, SIDE = 2, 3, 32
 
 
 def _shapes(tree):
-  return {path: leaf.shape
-          for path, leaf in flax.traverse_util.flatten_dict(tree, sep='/').items()}
+  return {path: leaf.shape for path, leaf in flax.traverse_util.flatten_dict(tree, sep='/').items()}
 
 
 def _step3_model(remat):
@@ -64,8 +63,7 @@ def _variables():
 def _outputs_fn(remat, variables, inputs):
   """Params -> (outputs, new batch stats) of the tiny step-3 model in training mode."""
   model = _step3_model(remat)
-  return lambda params: steps.forward(model, {**variables, 'params': params}, inputs,
-                                      train=True)
+  return lambda params: steps.forward(model, {**variables, 'params': params}, inputs, train=True)
 
 
 def test_full_size_variable_tree_is_the_same_with_remat():
@@ -74,8 +72,11 @@ def test_full_size_variable_tree_is_the_same_with_remat():
   shapes = {}
   for remat in (False, True):
     stream = resnet.Stream(num_classes=60, remat=remat)
-    shapes[remat] = _shapes(jax.eval_shape(
-        lambda x, s=stream: s.init(jax.random.key(0), x, num_frames=2, train=False), frames))
+    shapes[remat] = _shapes(
+        jax.eval_shape(
+            lambda x, s=stream: s.init(jax.random.key(0), x, num_frames=2, train=False), frames
+        )
+    )
   assert shapes[True] == shapes[False]
   assert 'params/block4_unit2/conv3/kernel' in shapes[True]
 
@@ -100,8 +101,7 @@ def test_tiny_step3_outputs_and_gradients_are_the_same_with_remat():
   np.testing.assert_allclose(r_loss, loss, rtol=1e-6)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-6), r_aux, aux)
   assert jax.tree.structure(r_grads) == jax.tree.structure(grads)
-  for path, r_grad, grad in zip(_shapes(grads), jax.tree.leaves(r_grads),
-                                jax.tree.leaves(grads)):
+  for path, r_grad, grad in zip(_shapes(grads), jax.tree.leaves(r_grads), jax.tree.leaves(grads)):
     # Recomputation fuses differently, so float32 sums reassociate: differences
     # are about 1e-6 of a leaf's largest gradient, not bit-exact.
     scale = max(1.0, float(jnp.max(jnp.abs(grad))))

@@ -36,12 +36,26 @@ def test_loss_dependent_rows_pick_the_paper_row_of_that_loss():
 def _finished_stage(workdir, stage, accuracy, *, loss='xent_each', seed=0):
   """A stage folder as the trainer leaves it, as far as the report reads it."""
   directory = runs.stage_dir(workdir, stage)
-  runs.write_json(directory.config_file, {
-      'dataset': 'ntu_rgbd', 'builder_config': 'res112', 'protocol': 'cross_subject',
-      'seed': seed, 'privileged': 'depth'})
-  runs.write_json(directory.results_file, {
-      'stage': stage, 'dataset': 'ntu_rgbd', 'protocol': 'cross_subject', 'loss': loss,
-      'test': {'accuracy': accuracy, 'num_examples': 100, 'complete': True}})
+  runs.write_json(
+      directory.config_file,
+      {
+          'dataset': 'ntu_rgbd',
+          'builder_config': 'res112',
+          'protocol': 'cross_subject',
+          'seed': seed,
+          'privileged': 'depth',
+      },
+  )
+  runs.write_json(
+      directory.results_file,
+      {
+          'stage': stage,
+          'dataset': 'ntu_rgbd',
+          'protocol': 'cross_subject',
+          'loss': loss,
+          'test': {'accuracy': accuracy, 'num_examples': 100, 'complete': True},
+      },
+  )
 
 
 def test_compare_puts_run_folders_side_by_side(tmp_path):
@@ -52,9 +66,13 @@ def test_compare_puts_run_folders_side_by_side(tmp_path):
   _finished_stage(second, 'step1', {'depth': 0.71, 'rgb': 0.64, 'fused': 0.73}, seed=1)
   _finished_stage(first, 'hoffman', {'fused': 0.65}, loss='eq1')
   _finished_stage(second, 'hoffman', {'fused': 0.69}, loss='eq5', seed=1)
-  runs.write_json(runs.stage_dir(second, 'step2').noise_sweep_file,
-                  [{'sigma2': 'no noise', 'accuracy': {'fused': 0.8}},
-                   {'sigma2': 'void', 'accuracy': {'fused': 0.1}}])
+  runs.write_json(
+      runs.stage_dir(second, 'step2').noise_sweep_file,
+      [
+          {'sigma2': 'no noise', 'accuracy': {'fused': 0.8}},
+          {'sigma2': 'void', 'accuracy': {'fused': 0.1}},
+      ],
+  )
   comparison = report.compare([first, second])
   rows = {(r['row'], r['method'], r['loss']): r['accuracy'] for r in comparison['rows']}
   assert rows[('1', 'step 1, depth stream', 'x-entr')] == pytest.approx([70.0, 71.0])
@@ -80,8 +98,12 @@ def test_compare_command_prints_and_writes_the_table(tmp_path):
   output = tmp_path / 'compare.md'
   done = subprocess.run(
       [sys.executable, '-m', 'modistill_jax.report', '--compare', f'--output={output}', workdir],
-      capture_output=True, text=True, check=False, cwd=REPO_ROOT,
-      env={**os.environ, 'PYTHONPATH': REPO_ROOT, 'JAX_PLATFORMS': 'cpu'})
+      capture_output=True,
+      text=True,
+      check=False,
+      cwd=REPO_ROOT,
+      env={**os.environ, 'PYTHONPATH': REPO_ROOT, 'JAX_PLATFORMS': 'cpu'},
+  )
   assert done.returncode == 0, done.stderr
   assert '| 1 | step 1, depth stream | Depth | x-entr | 50.00% |' in done.stdout
   assert output.read_text() in done.stdout + '\n'

@@ -45,8 +45,8 @@ def _full_size_shapes(layout, num_classes=60, frames=2):
   model = resnet.Stream(num_classes=num_classes, stride_layout=layout)
   images = jax.ShapeDtypeStruct((frames, 224, 224, 3), jnp.float32)
   (logits, endpoints), variables = jax.eval_shape(
-      lambda x: model.init_with_output(jax.random.key(0), x, num_frames=frames,
-                                       train=False), images)
+      lambda x: model.init_with_output(jax.random.key(0), x, num_frames=frames, train=False), images
+  )
   return logits, endpoints, variables
 
 
@@ -62,8 +62,8 @@ def _frames(seed, clips=CLIPS, frames=FRAMES):
 def _tiny_variables(layout='slim', seed=0, temporal_noise=0.0):
   model = _tiny_stream(layout)
   shapes = jax.eval_shape(
-      functools.partial(model.init, num_frames=FRAMES, train=False),
-      jax.random.key(0), _frames(0))
+      functools.partial(model.init, num_frames=FRAMES, train=False), jax.random.key(0), _frames(0)
+  )
   return fill_variables(shapes, seed, temporal_noise)
 
 
@@ -77,8 +77,7 @@ def _tiny_initialised():
 
 def _assert_trees_close(actual, expected, **tolerance):
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual),
-                          jax.tree.leaves(expected)):
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, err_msg=jax.tree_util.keystr(path), **tolerance)
 
 
@@ -101,7 +100,8 @@ def test_full_size_endpoint_shapes(layout):
   assert logits.dtype == jnp.float32
   expected = {'pooled': (frames, 2048)}
   for b, (side, unit0_side, channels) in enumerate(
-      zip(FULL_BLOCK_SIDES[layout], FULL_UNIT0_SIDES, FULL_CHANNELS), start=1):
+      zip(FULL_BLOCK_SIDES[layout], FULL_UNIT0_SIDES, FULL_CHANNELS), start=1
+  ):
     expected[f'block{b}'] = (frames, side, side, channels)
     expected[f'block{b}/unit0'] = (frames, unit0_side, unit0_side, channels)
     expected[f'block{b}/unit0_pre'] = (frames, unit0_side, unit0_side, channels)
@@ -123,7 +123,8 @@ def test_full_size_parameter_count(num_classes):
   temporal = {k: v.shape for k, v in params.items() if '/temporal/' in k}
   assert temporal == {
       f'block{b}_unit1/temporal/kernel': (3, 1, 1, c, c)
-      for b, c in enumerate((64, 128, 256, 512), start=1)}
+      for b, c in enumerate((64, 128, 256, 512), start=1)
+  }
   classifier = {k: v.shape for k, v in params.items() if k.startswith('logits/')}
   assert classifier == {'logits/kernel': (2048, num_classes), 'logits/bias': (num_classes,)}
   trunk = {k: v for k, v in params.items() if k not in temporal and k not in classifier}
@@ -133,17 +134,20 @@ def test_full_size_parameter_count(num_classes):
   assert len([k for k in trunk if k.endswith('/scale')]) == 53
   assert len([k for k in trunk if k.endswith('/bias')]) == 53
   total = sum(int(np.prod(v.shape)) for v in params.values())
-  assert total == (RESNET50_TRUNK_PARAMS
-                   + sum(3 * c * c for c in (64, 128, 256, 512))
-                   + 2048 * num_classes + num_classes)
+  assert total == (
+      RESNET50_TRUNK_PARAMS
+      + sum(3 * c * c for c in (64, 128, 256, 512))
+      + 2048 * num_classes
+      + num_classes
+  )
   # Every BatchNorm has running statistics of its scale's shape, and nothing else
   # is in `batch_stats`.
   stats = _flat(variables['batch_stats'])
   expected_stats = {}
   for k, v in trunk.items():
     if k.endswith('/scale'):
-      expected_stats[k[:-len('scale')] + 'mean'] = v.shape
-      expected_stats[k[:-len('scale')] + 'var'] = v.shape
+      expected_stats[k[: -len('scale')] + 'mean'] = v.shape
+      expected_stats[k[: -len('scale')] + 'var'] = v.shape
   assert {k: v.shape for k, v in stats.items()} == expected_stats
 
 
@@ -169,8 +173,9 @@ def test_rejects_bad_arguments():
   images = jax.ShapeDtypeStruct((6, 32, 32, 3), jnp.float32)
 
   def init(model, num_frames):
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x,
-                                               num_frames=num_frames, train=False), images)
+    return jax.eval_shape(
+        lambda x: model.init(jax.random.key(0), x, num_frames=num_frames, train=False), images
+    )
 
   with pytest.raises(ValueError, match='at least 2 units'):
     init(resnet.Stream(num_classes=3, units_per_block=(2, 1, 2, 2), width=4), 3)
@@ -278,14 +283,15 @@ def test_temporal_conv_matches_hand_computation():
   """
   model = _tiny_stream()
   variables = _tiny_variables(temporal_noise=1.0)
-  _, record = apply_tapped(model, variables, _frames(5), num_frames=FRAMES,
-                            train=False, taps=['block2_unit1/temporal'])
+  _, record = apply_tapped(
+      model, variables, _frames(5), num_frames=FRAMES, train=False, taps=['block2_unit1/temporal']
+  )
   (inputs,), outputs = record['block2_unit1/temporal']
   inputs, outputs = np.asarray(inputs, np.float64), np.asarray(outputs)
   assert inputs.shape[:2] == (CLIPS, FRAMES) and inputs.ndim == 5
   kernel = np.asarray(variables['params']['block2_unit1']['temporal']['kernel'], np.float64)
   padded = np.pad(inputs, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
-  expected = sum(padded[:, k:k + FRAMES] @ kernel[k, 0, 0] for k in range(3))
+  expected = sum(padded[:, k : k + FRAMES] @ kernel[k, 0, 0] for k in range(3))
   np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -296,8 +302,10 @@ def test_temporal_conv_matches_hand_computation():
 def _gates_like(endpoints, seed, blocks=(1, 2, 3, 4)):
   """Non-negative (post-ReLU-like) gates of the unit-0 endpoint shapes."""
   keys = jax.random.split(jax.random.key(seed), 4)
-  return {b: jax.random.uniform(keys[b - 1], endpoints[f'block{b}/unit0'].shape,
-                                maxval=2.0) for b in blocks}
+  return {
+      b: jax.random.uniform(keys[b - 1], endpoints[f'block{b}/unit0'].shape, maxval=2.0)
+      for b in blocks
+  }
 
 
 def test_zero_gates_equal_no_gates():
@@ -335,7 +343,8 @@ def test_gate_enters_residual_branch_of_unit1_only(layout):
   for b in range(1, 5):
     taps += [f'block{b}_unit1', f'block{b}_unit1/conv1', f'block{b}_unit1/bn3']
   (_, endpoints), record = apply_tapped(
-      model, variables, frames, num_frames=FRAMES, train=False, gates=gates, taps=taps)
+      model, variables, frames, num_frames=FRAMES, train=False, gates=gates, taps=taps
+  )
   strides = resnet.block_strides(layout)
   for b in range(1, 5):
     x = np.asarray(endpoints[f'block{b}/unit0'])

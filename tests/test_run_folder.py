@@ -41,16 +41,30 @@ TIMEOUT_S = 420
 
 
 def train_args(workdir, data_dir, **overrides) -> list[str]:
-  values = {'num_train_steps': NUM_STEPS, 'checkpoint_every_steps': 2, 'data_dir': data_dir,
-            'max_eval_batches': -1, **overrides}
+  values = {
+      'num_train_steps': NUM_STEPS,
+      'checkpoint_every_steps': 2,
+      'data_dir': data_dir,
+      'max_eval_batches': -1,
+      **overrides,
+  }
   return [f'--config=configs/demo.py:{STAGE}', f'--workdir={workdir}', *override_flags(values)]
 
 
 def run_cli(args, env, *, driver_point=None, check=True) -> subprocess.CompletedProcess:
-  program = ([os.path.join(REPO_ROOT, 'tests', 'crash_driver.py'), driver_point]
-             if driver_point else ['-m', 'modistill_jax.train'])
-  proc = subprocess.run([sys.executable, *program, *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=TIMEOUT_S)
+  program = (
+      [os.path.join(REPO_ROOT, 'tests', 'crash_driver.py'), driver_point]
+      if driver_point
+      else ['-m', 'modistill_jax.train']
+  )
+  proc = subprocess.run(
+      [sys.executable, *program, *args],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+  )
   if check:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   return proc
@@ -65,11 +79,18 @@ def outcome(workdir: str) -> dict:
   directory = runs.stage_dir(workdir, STAGE)
   results = runs.read_json(directory.results_file)
   records = metrics_lib.read_jsonl(directory.metrics_file)
-  return {'results': {k: results[k] for k in ('best_step', 'selected_on', 'test')},
-          'best': checkpointing.read_best_state(directory.best_dir),
-          'records': {split: [(r['step'], r.get('loss'), r.get('accuracy/rgb'))
-                              for r in records if r['split'] == split]
-                      for split in ('train', 'validation', 'test')}}
+  return {
+      'results': {k: results[k] for k in ('best_step', 'selected_on', 'test')},
+      'best': checkpointing.read_best_state(directory.best_dir),
+      'records': {
+          split: [
+              (r['step'], r.get('loss'), r.get('accuracy/rgb'))
+              for r in records
+              if r['split'] == split
+          ]
+          for split in ('train', 'validation', 'test')
+      },
+  }
 
 
 def assert_same_outcome(actual: dict, expected: dict) -> None:
@@ -97,10 +118,13 @@ def test_uninterrupted_run_records_each_step_once(uninterrupted):
   assert len(expected['records']['test']) == 1
 
 
-@pytest.mark.parametrize('point', ['best_save_started:2', 'best_save_committed:2',
-                                   'latest_save_started:2', 'before_results'])
-def test_sigkill_then_same_command_gives_uninterrupted_results(point, tmp_path, uninterrupted,
-                                                               synthetic_data_dir, env):
+@pytest.mark.parametrize(
+    'point',
+    ['best_save_started:2', 'best_save_committed:2', 'latest_save_started:2', 'before_results'],
+)
+def test_sigkill_then_same_command_gives_uninterrupted_results(
+    point, tmp_path, uninterrupted, synthetic_data_dir, env
+):
   """SIGKILL at the moments the bookkeeping could disagree with the checkpoints, then rerun.
 
   `best_save_*:2` is the second best save (validation at step 4 ties or beats
@@ -109,12 +133,11 @@ def test_sigkill_then_same_command_gives_uninterrupted_results(point, tmp_path, 
   """
   _, expected = uninterrupted
   accuracies = [acc for _, _, acc in expected['records']['validation']]
-  best_saves = sum(acc >= max(accuracies[:i + 1]) for i, acc in enumerate(accuracies))
+  best_saves = sum(acc >= max(accuracies[: i + 1]) for i, acc in enumerate(accuracies))
   if point.endswith(':2') and best_saves < 2:
     point = point.replace(':2', ':1')  # this data's validation never ties or improves again
   workdir = str(tmp_path)
-  crashed = run_cli(train_args(workdir, synthetic_data_dir), env, driver_point=point,
-                    check=False)
+  crashed = run_cli(train_args(workdir, synthetic_data_dir), env, driver_point=point, check=False)
   assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
   directory = runs.stage_dir(workdir, STAGE)
   assert not directory.finished()
@@ -124,15 +147,20 @@ def test_sigkill_then_same_command_gives_uninterrupted_results(point, tmp_path, 
   assert_same_outcome(outcome(workdir), expected)
 
 
-def test_external_kill_just_after_a_new_best_validation(tmp_path, uninterrupted,
-                                                        synthetic_data_dir, env):
+def test_external_kill_just_after_a_new_best_validation(
+    tmp_path, uninterrupted, synthetic_data_dir, env
+):
   """kill -9 from outside the moment the second validation line is printed."""
   _, expected = uninterrupted
   workdir = str(tmp_path)
-  proc = subprocess.Popen([sys.executable, '-m', 'modistill_jax.train',
-                           *train_args(workdir, synthetic_data_dir)],
-                          cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'modistill_jax.train', *train_args(workdir, synthetic_data_dir)],
+      cwd=REPO_ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+      text=True,
+  )
   validations = 0
   for line in proc.stdout:
     if 'validation accuracy' in line:
@@ -146,11 +174,14 @@ def test_external_kill_just_after_a_new_best_validation(tmp_path, uninterrupted,
   assert_same_outcome(outcome(workdir), expected)
 
 
-def test_all_rerun_after_completion_does_nothing_and_says_so(tiny_trained_workdir,
-                                                             synthetic_data_dir, capsys):
+def test_all_rerun_after_completion_does_nothing_and_says_so(
+    tiny_trained_workdir, synthetic_data_dir, capsys
+):
   config = tiny_run.run_config(synthetic_data_dir)
-  before = {s: runs.stage_dir(tiny_trained_workdir, s).results_file.stat().mtime
-            for s in ('step1', 'step2', 'step3', 'step4')}
+  before = {
+      s: runs.stage_dir(tiny_trained_workdir, s).results_file.stat().mtime
+      for s in ('step1', 'step2', 'step3', 'step4')
+  }
   results = trainer.train_and_evaluate(config, tiny_trained_workdir)
   assert all(r['skipped'] for r in results.values())
   assert capsys.readouterr().out.count('nothing to do') == 4
@@ -163,8 +194,9 @@ def test_evaluate_takes_the_network_from_the_run(tiny_trained_workdir, synthetic
   run = runs.load_stage(tiny_trained_workdir, 'step2')
   given = tiny_run.run_config(synthetic_data_dir)
   given.model.connections = False
-  with pytest.raises(evaluate.ConflictingConfigError,
-                     match=r"model.connections: run has True, given False"):
+  with pytest.raises(
+      evaluate.ConflictingConfigError, match=r'model.connections: run has True, given False'
+  ):
     evaluate.evaluation_config(run, given)
   given.model.connections = True
   given.eval.split = 'validation'
@@ -173,9 +205,19 @@ def test_evaluate_takes_the_network_from_the_run(tiny_trained_workdir, synthetic
   assert config.eval.split == 'validation'
   assert config.optimizer.learning_rate == run.config.optimizer.learning_rate
   proc = subprocess.run(
-      [sys.executable, '-m', 'modistill_jax.evaluate', f'--workdir={tiny_trained_workdir}',
-       '--stage=step2'], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-      timeout=TIMEOUT_S)
+      [
+          sys.executable,
+          '-m',
+          'modistill_jax.evaluate',
+          f'--workdir={tiny_trained_workdir}',
+          '--stage=step2',
+      ],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   for stream, accuracy in run.results['test']['accuracy'].items():
     assert f'"{stream}": {accuracy}' in proc.stdout
@@ -188,8 +230,14 @@ def test_resume_with_other_settings_is_refused(tmp_path, synthetic_data_dir):
   directory = runs.stage_dir(workdir, STAGE)
   directory.results_file.unlink()  # as if killed before the end
   saved_config = directory.config_file.read_text()
-  changed = demo_config(STAGE, synthetic_data_dir, num_train_steps=2, checkpoint_every_steps=2,
-                        batch_size=8, **{'optimizer.learning_rate': 0.5})
+  changed = demo_config(
+      STAGE,
+      synthetic_data_dir,
+      num_train_steps=2,
+      checkpoint_every_steps=2,
+      batch_size=8,
+      **{'optimizer.learning_rate': 0.5},
+  )
   with pytest.raises(trainer.ConfigMismatchError) as error:
     trainer.run_stage(changed, workdir, STAGE)
   message = str(error.value)
@@ -199,8 +247,9 @@ def test_resume_with_other_settings_is_refused(tmp_path, synthetic_data_dir):
   assert '--config.batch_size=4' in message
   assert directory.config_file.read_text() == saved_config
   # Cadence and worker settings may change.
-  relaxed = demo_config(STAGE, synthetic_data_dir, num_train_steps=2, checkpoint_every_steps=5,
-                        log_every_steps=2)
+  relaxed = demo_config(
+      STAGE, synthetic_data_dir, num_train_steps=2, checkpoint_every_steps=5, log_every_steps=2
+  )
   assert trainer.run_stage(relaxed, workdir, STAGE)['best_step'] == 2
 
 
@@ -210,29 +259,39 @@ def test_second_job_on_a_stage_folder_is_refused(tmp_path, synthetic_data_dir):
   directory.path.mkdir(parents=True)
   holder = subprocess.Popen(['sleep', '60'])
   try:
-    runs.write_json(directory.lock_file, {'host': socket.gethostname(), 'pid': holder.pid,
-                                          'heartbeat': time.time()})
+    runs.write_json(
+        directory.lock_file,
+        {'host': socket.gethostname(), 'pid': holder.pid, 'heartbeat': time.time()},
+    )
     config = demo_config(STAGE, synthetic_data_dir)
-    with pytest.raises(runs.StageLockedError, match=rf'in use by pid {holder.pid} on '
-                       rf'{socket.gethostname()}.*rm {directory.lock_file}'):
+    with pytest.raises(
+        runs.StageLockedError,
+        match=rf'in use by pid {holder.pid} on '
+        rf'{socket.gethostname()}.*rm {directory.lock_file}',
+    ):
       trainer.run_stage(config, workdir, STAGE)
-    runs.write_json(directory.lock_file, {'host': 'another-host', 'pid': 1,
-                                          'heartbeat': time.time()})
+    runs.write_json(
+        directory.lock_file, {'host': 'another-host', 'pid': 1, 'heartbeat': time.time()}
+    )
     with pytest.raises(runs.StageLockedError, match='another-host'):
       trainer.run_stage(config, workdir, STAGE)
   finally:
     holder.kill()
     holder.wait()
   # A holder that is gone (killed on this host) leaves a stale lock: taken over.
-  runs.write_json(directory.lock_file, {'host': socket.gethostname(), 'pid': holder.pid,
-                                        'heartbeat': time.time()})
+  runs.write_json(
+      directory.lock_file,
+      {'host': socket.gethostname(), 'pid': holder.pid, 'heartbeat': time.time()},
+  )
   assert trainer.run_stage(config, workdir, STAGE)['best_step'] == 1
   assert not directory.lock_file.exists()
 
 
 def _immutable(path) -> bool:
-  return shutil.which('chattr') is not None and subprocess.run(
-      ['chattr', '+i', str(path)], capture_output=True).returncode == 0
+  return (
+      shutil.which('chattr') is not None
+      and subprocess.run(['chattr', '+i', str(path)], capture_output=True).returncode == 0
+  )
 
 
 def test_unwritable_checkpoint_folder_fails_at_once(tmp_path, synthetic_data_dir):
@@ -244,23 +303,34 @@ def test_unwritable_checkpoint_folder_fails_at_once(tmp_path, synthetic_data_dir
     pytest.skip('chattr +i is not available on this filesystem')
   try:
     start = time.time()
-    with pytest.raises(checkpointing.CheckpointError, match=rf'Cannot write checkpoints to '
-                       rf'{latest}: .*Operation not permitted'):
+    with pytest.raises(
+        checkpointing.CheckpointError,
+        match=rf'Cannot write checkpoints to ' rf'{latest}: .*Operation not permitted',
+    ):
       trainer.run_stage(demo_config(STAGE, synthetic_data_dir), workdir, STAGE)
     assert time.time() - start < 60
   finally:
     subprocess.run(['chattr', '-i', str(latest)], check=True)
 
 
-def test_checkpoint_folder_turning_unwritable_mid_run_ends_the_job(tmp_path, synthetic_data_dir,
-                                                                   env):
+def test_checkpoint_folder_turning_unwritable_mid_run_ends_the_job(
+    tmp_path, synthetic_data_dir, env
+):
   workdir = str(tmp_path)
   latest = runs.stage_dir(workdir, STAGE).latest_dir
-  proc = subprocess.Popen([sys.executable, '-m', 'modistill_jax.train',
-                           *train_args(workdir, synthetic_data_dir, num_train_steps=40,
-                                       checkpoint_every_steps=1)],
-                          cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      [
+          sys.executable,
+          '-m',
+          'modistill_jax.train',
+          *train_args(workdir, synthetic_data_dir, num_train_steps=40, checkpoint_every_steps=1),
+      ],
+      cwd=REPO_ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   made_immutable = False
   try:
     for line in proc.stdout:
@@ -290,12 +360,17 @@ def _corrupt(checkpoint_dir) -> None:
         f.write(b'\x07' * max(size, 16))
 
 
-def test_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted,
-                                                                 synthetic_data_dir, env):
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path, uninterrupted, synthetic_data_dir, env
+):
   _, expected = uninterrupted
   workdir = str(tmp_path)
-  run_cli(train_args(workdir, synthetic_data_dir, num_train_steps=4), env,
-          driver_point='before_results', check=False)
+  run_cli(
+      train_args(workdir, synthetic_data_dir, num_train_steps=4),
+      env,
+      driver_point='before_results',
+      check=False,
+  )
   directory = runs.stage_dir(workdir, STAGE)
   assert sorted(int(p.name) for p in directory.latest_dir.iterdir() if p.name.isdigit()) == [2, 4]
   _corrupt(directory.latest_dir / '4' / 'state')
@@ -304,12 +379,14 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, unint
   rerun = run_cli(train_args(workdir, synthetic_data_dir, num_train_steps=4), env)
   assert 'unreadable' in rerun.stdout and 'resumed at step 2' in rerun.stdout
   assert runs.read_json(directory.results_file)['best_step'] in (2, 4)
-  train_steps = [r['step'] for r in metrics_lib.read_jsonl(directory.metrics_file)
-                 if r['split'] == 'train']
+  train_steps = [
+      r['step'] for r in metrics_lib.read_jsonl(directory.metrics_file) if r['split'] == 'train'
+  ]
   assert train_steps == [1, 2, 3, 4]
   np.testing.assert_array_equal(
       [r[1] for r in outcome(workdir)['records']['train']],
-      [r[1] for r in expected['records']['train'][:4]])
+      [r[1] for r in expected['records']['train'][:4]],
+  )
 
 
 def test_corrupted_best_checkpoint_names_the_file_and_the_way_out(tmp_path, uninterrupted):
@@ -319,9 +396,11 @@ def test_corrupted_best_checkpoint_names_the_file_and_the_way_out(tmp_path, unin
   directory = runs.stage_dir(workdir, STAGE)
   step = next(p.name for p in directory.best_dir.iterdir() if p.name.isdigit())
   _corrupt(directory.best_dir / step / 'state')
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=rf'best checkpoint {directory.best_dir / step} is unreadable.*'
-                           rf'Remove the stage folder {directory.path}'):
+  with pytest.raises(
+      checkpointing.CheckpointError,
+      match=rf'best checkpoint {directory.best_dir / step} is unreadable.*'
+      rf'Remove the stage folder {directory.path}',
+  ):
     runs.load_stage(workdir, STAGE).best_state()
 
 
@@ -330,8 +409,9 @@ def test_predict_needs_no_optimizer_state_nor_latest_checkpoints(tmp_path, tiny_
   shutil.copytree(tiny_trained_workdir, workdir)
   shutil.rmtree(runs.stage_dir(workdir, 'step4').latest_dir)
   predictor = predict.Predictor(workdir, 'step4')
-  assert predictor.step == runs.read_json(runs.stage_dir(workdir, 'step4').results_file)[
-      'best_step']
+  assert (
+      predictor.step == runs.read_json(runs.stage_dir(workdir, 'step4').results_file)['best_step']
+  )
   saved = runs.load_stage(workdir, 'step4').best_state()
   assert set(saved) == set(checkpointing.BEST_KEYS)
 
@@ -342,10 +422,15 @@ def test_missing_prerequisite_hint_runs_as_printed(tmp_path, synthetic_data_dir,
   args[0] = '--config=configs/demo.py:step3'
   proc = run_cli(args, env, check=False)
   assert proc.returncode != 0
-  hint = next(line.strip() for line in proc.stderr.splitlines()
-              if line.strip().startswith('python -m modistill_jax.train'))
-  assert hint.startswith(f'python -m modistill_jax.train --config=configs/demo.py:step2 '
-                         f'--workdir={workdir} --config.')
+  hint = next(
+      line.strip()
+      for line in proc.stderr.splitlines()
+      if line.strip().startswith('python -m modistill_jax.train')
+  )
+  assert hint.startswith(
+      f'python -m modistill_jax.train --config=configs/demo.py:step2 '
+      f'--workdir={workdir} --config.'
+  )
   assert not runs.stage_dir(workdir, 'step3').path.exists()
   assert hint.split()[5:] == [a for a in args[1:] if a.startswith('--config.')]
 
@@ -353,42 +438,75 @@ def test_missing_prerequisite_hint_runs_as_printed(tmp_path, synthetic_data_dir,
 def _code_strings(path: str) -> list[str]:
   """The string constants of a Python file's code (docstrings left out: they may name files)."""
   tree = ast.parse(open(path).read())
-  docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
-                and isinstance(node.body[0], ast.Expr)
-                and isinstance(node.body[0].value, ast.Constant)}
-  return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
-          and isinstance(node.value, str) and id(node) not in docstrings]
+  docstrings = {
+      id(node.body[0].value)
+      for node in ast.walk(tree)
+      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+      and node.body
+      and isinstance(node.body[0], ast.Expr)
+      and isinstance(node.body[0].value, ast.Constant)
+  }
+  return [
+      node.value
+      for node in ast.walk(tree)
+      if isinstance(node, ast.Constant)
+      and isinstance(node.value, str)
+      and id(node) not in docstrings
+  ]
 
 
 def test_no_module_but_runs_builds_a_run_folder_path():
   """Every run-folder name lives in `runs.py`; other modules and the notebook ask it for paths."""
-  files_named = (runs.CONFIG_FILE, runs.DATASET_FILE, runs.LOCK_FILE, runs.METRICS_FILE,
-                 runs.RESULTS_FILE, runs.NOISE_SWEEP_FILE, runs.REPORT_FILE, 'predictions_',
-                 'best.json')
-  folders = (runs.CHECKPOINTS_DIR, runs.EVENTS_DIR, runs.ABLATION_DIR, runs.LATEST_DIR,
-             runs.BEST_DIR)
-  files = [os.path.join(root, name)
-           for root, _, names_ in os.walk(os.path.join(REPO_ROOT, 'modistill_jax'))
-           for name in names_ if name.endswith('.py') and name != 'runs.py']
+  files_named = (
+      runs.CONFIG_FILE,
+      runs.DATASET_FILE,
+      runs.LOCK_FILE,
+      runs.METRICS_FILE,
+      runs.RESULTS_FILE,
+      runs.NOISE_SWEEP_FILE,
+      runs.REPORT_FILE,
+      'predictions_',
+      'best.json',
+  )
+  folders = (
+      runs.CHECKPOINTS_DIR,
+      runs.EVENTS_DIR,
+      runs.ABLATION_DIR,
+      runs.LATEST_DIR,
+      runs.BEST_DIR,
+  )
+  files = [
+      os.path.join(root, name)
+      for root, _, names_ in os.walk(os.path.join(REPO_ROOT, 'modistill_jax'))
+      for name in names_
+      if name.endswith('.py') and name != 'runs.py'
+  ]
   files.append(os.path.join(REPO_ROOT, 'notebooks', 'results.py'))
-  offenders = [f'{path}: {text!r}' for path in files for text in _code_strings(path)
-               if any(n in text for n in files_named)
-               or any(part in folders for part in text.split('/') if part != text)
-               or text in folders]
+  offenders = [
+      f'{path}: {text!r}'
+      for path in files
+      for text in _code_strings(path)
+      if any(n in text for n in files_named)
+      or any(part in folders for part in text.split('/') if part != text)
+      or text in folders
+  ]
   assert not offenders
 
 
-def test_joint_step1_selects_each_stream_on_its_own_accuracy(tmp_path, synthetic_data_dir,
-                                                             monkeypatch):
+def test_joint_step1_selects_each_stream_on_its_own_accuracy(
+    tmp_path, synthetic_data_dir, monkeypatch
+):
   """Crafted validation accuracies: depth is best at step 4, RGB at step 6.
 
   The best checkpoint must hold the depth stream of step 4 and the RGB stream
   of step 6 (compared with the latest checkpoints of those steps), and the
   results must say which step each came from.
   """
-  crafted = {2: {'depth': 0.5, 'rgb': 0.5}, 4: {'depth': 0.7, 'rgb': 0.4},
-             6: {'depth': 0.6, 'rgb': 0.8}}
+  crafted = {
+      2: {'depth': 0.5, 'rgb': 0.5},
+      4: {'depth': 0.7, 'rgb': 0.4},
+      6: {'depth': 0.6, 'rgb': 0.8},
+  }
   real_evaluate = evaluate.evaluate_split
 
   def crafted_evaluate(state, source, **kwargs):
@@ -399,11 +517,14 @@ def test_joint_step1_selects_each_stream_on_its_own_accuracy(tmp_path, synthetic
 
   monkeypatch.setattr(evaluate, 'evaluate_split', crafted_evaluate)
   workdir = str(tmp_path)
-  config = demo_config('step1', synthetic_data_dir, num_train_steps=6, checkpoint_every_steps=2,
-                       keep_checkpoints=3)
+  config = demo_config(
+      'step1', synthetic_data_dir, num_train_steps=6, checkpoint_every_steps=2, keep_checkpoints=3
+  )
   results = trainer.run_stage(config, workdir, 'step1')
-  assert results['selected_on'] == {'depth': {'step': 4, 'validation_accuracy': 0.7},
-                                    'rgb': {'step': 6, 'validation_accuracy': 0.8}}
+  assert results['selected_on'] == {
+      'depth': {'step': 4, 'validation_accuracy': 0.7},
+      'rgb': {'step': 6, 'validation_accuracy': 0.8},
+  }
   directory = runs.stage_dir(workdir, 'step1')
   best = checkpointing.read_best_state(directory.best_dir)
   for stream, step in (('depth', 4), ('rgb', 6)):
@@ -417,7 +538,10 @@ def test_joint_step1_selects_each_stream_on_its_own_accuracy(tmp_path, synthetic
 
 def read_latest_state_at(directory: runs.StageDir, step: int) -> dict:
   """The train state of the latest checkpoint of `step` (kept: `keep_checkpoints`)."""
-  with ocp.CheckpointManager(directory.latest_dir, item_names=('state', 'data'),
-                             options=ocp.CheckpointManagerOptions(create=False)) as mgr:
+  with ocp.CheckpointManager(
+      directory.latest_dir,
+      item_names=('state', 'data'),
+      options=ocp.CheckpointManagerOptions(create=False),
+  ) as mgr:
     restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return jax.device_get(restored['state'])

@@ -6,13 +6,16 @@ import pytest
 from modistill_jax.data import sampling
 
 
-@pytest.mark.parametrize('num_available, expected', [
-    (10, [0, 2, 4, 7, 9]),      # linspace 0, 2.25, 4.5, 6.75, 9 (ties to even)
-    (5, [0, 1, 2, 3, 4]),
-    (100, [0, 25, 50, 74, 99]),  # 24.75, 49.5, 74.25
-    (3, [0, 0, 1, 2, 2]),        # 0, .5, 1, 1.5, 2
-    (1, [0, 0, 0, 0, 0]),
-])
+@pytest.mark.parametrize(
+    'num_available, expected',
+    [
+        (10, [0, 2, 4, 7, 9]),  # linspace 0, 2.25, 4.5, 6.75, 9 (ties to even)
+        (5, [0, 1, 2, 3, 4]),
+        (100, [0, 25, 50, 74, 99]),  # 24.75, 49.5, 74.25
+        (3, [0, 0, 1, 2, 2]),  # 0, .5, 1, 1.5, 2
+        (1, [0, 0, 0, 0, 0]),
+    ],
+)
 def test_uniform_indices_exact(num_available, expected):
   indices = sampling.uniform_indices(num_available, 5)
   assert indices.dtype == np.int32
@@ -47,10 +50,12 @@ def test_train_indices_mixes_uniform_and_random():
   draws = [tuple(sampling.train_indices(40, 5, rng, 0.5)) for _ in range(400)]
   share = sum(d == uniform for d in draws) / len(draws)
   assert 0.4 < share < 0.6
-  assert all(d == uniform for d in
-             (tuple(sampling.train_indices(40, 5, rng, 1.0)) for _ in range(20)))
-  assert not any(d == uniform for d in
-                 (tuple(sampling.train_indices(40, 5, rng, 0.0)) for _ in range(20)))
+  assert all(
+      d == uniform for d in (tuple(sampling.train_indices(40, 5, rng, 1.0)) for _ in range(20))
+  )
+  assert not any(
+      d == uniform for d in (tuple(sampling.train_indices(40, 5, rng, 0.0)) for _ in range(20))
+  )
 
 
 def test_rejects_empty_clip():

@@ -23,16 +23,19 @@ def test_each_stage_is_selected_on_its_reported_prediction():
       'step4': {'fused': ('hall', 'rgb')},
       'hoffman': {'fused': ('depth', 'rgb', 'hall')},
   }
-  assert {name: trainer.selection_groups(stages.get_stage(name))
-          for name in stages.STAGE_NAMES} == expected
+  assert {
+      name: trainer.selection_groups(stages.get_stage(name)) for name in stages.STAGE_NAMES
+  } == expected
 
 
 def test_inverted_setting_selects_on_the_depth_student():
   """With RGB privileged (Table 4), step 3's student reads depth and is still 'hall'."""
   assert trainer.selection_groups(stages.get_stage('step3', privileged='rgb')) == {
-      'hall': ('hall',)}
+      'hall': ('hall',)
+  }
   assert trainer.selection_groups(stages.get_stage('step2', privileged='rgb')) == {
-      'fused': ('rgb', 'depth')}
+      'fused': ('rgb', 'depth')
+  }
 
 
 @pytest.mark.parametrize('ties, expected', [('later', 3), ('earlier', 1)])

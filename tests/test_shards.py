@@ -61,7 +61,7 @@ def damage_one_record(path: str) -> int:
   assert rejected_records(path) == []
   for offset in range(1024, len(intact), 1024):
     damaged = bytearray(intact)
-    damaged[offset:offset + 64] = bytes(b ^ 0xFF for b in damaged[offset:offset + 64])
+    damaged[offset : offset + 64] = bytes(b ^ 0xFF for b in damaged[offset : offset + 64])
     with open(path, 'wb') as f:
       f.write(damaged)
     rejected = rejected_records(path)
@@ -103,17 +103,21 @@ def test_truncated_shard_fails_when_the_split_is_opened(data_dir, keep):
 
 def test_missing_shard_fails_when_the_split_is_opened(data_dir):
   os.remove(shard_file(data_dir, 'validation'))
-  with pytest.raises(shards.DatasetShardError, match=r'synthetic_rgbd/cross_view/validation '
-                     r"\(TFDS split 'validation'\): 1 of 1 shard files cannot be read:\n  "
-                     f'{shard_file(data_dir, "validation")} is missing'):
+  with pytest.raises(
+      shards.DatasetShardError,
+      match=r'synthetic_rgbd/cross_view/validation '
+      r"\(TFDS split 'validation'\): 1 of 1 shard files cannot be read:\n  "
+      f'{shard_file(data_dir, "validation")} is missing',
+  ):
     load(data_dir, 'validation')
 
 
 def test_shard_with_another_record_count_fails_when_the_split_is_opened(data_dir):
   # The validation split's file (4 records) in place of the test split's (6).
   shutil.copy(shard_file(data_dir, 'validation'), shard_file(data_dir, 'test'))
-  with pytest.raises(shards.DatasetShardError,
-                     match='holds 4 records, but the dataset metadata lists 6'):
+  with pytest.raises(
+      shards.DatasetShardError, match='holds 4 records, but the dataset metadata lists 6'
+  ):
     load(data_dir, 'test')
 
 
@@ -123,8 +127,9 @@ def test_damaged_record_names_the_shard_file_and_record(data_dir):
   # A union of two splits, so the record's index in the split (after the 4
   # validation records) differs from its index in its shard file.
   builder = tfds.builder_from_directory(os.path.join(data_dir, VERSION))
-  records = shards.open_split(builder, 'validation+test', name='synthetic_rgbd/union',
-                              rebuild_command='REBUILD')
+  records = shards.open_split(
+      builder, 'validation+test', name='synthetic_rgbd/union', rebuild_command='REBUILD'
+  )
   for i in range(4 + 6):
     if i != 4 + position:
       assert records[i]['sample_id']  # every other record still reads
@@ -132,34 +137,60 @@ def test_damaged_record_names_the_shard_file_and_record(data_dir):
     records[4 + position]  # pylint: disable=pointless-statement
   message = str(error.value)
   assert message.startswith(
-      f"Cannot read record {4 + position} of synthetic_rgbd/union (TFDS split "
+      f'Cannot read record {4 + position} of synthetic_rgbd/union (TFDS split '
       f"'validation+test'): record {position} of 6 in shard file {path}: RuntimeError: "
-      'Corrupted Riegeli/records file')
-  assert message.endswith(f'delete {os.path.join(data_dir, VERSION)} and rebuild it with '
-                          '`REBUILD`, or replace the file with an intact copy.')
+      'Corrupted Riegeli/records file'
+  )
+  assert message.endswith(
+      f'delete {os.path.join(data_dir, VERSION)} and rebuild it with '
+      '`REBUILD`, or replace the file with an intact copy.'
+  )
 
 
 def test_damaged_record_stops_the_input_pipeline_with_its_name(data_dir):
   path = shard_file(data_dir, 'test')
   position = damage_one_record(path)
   source = load(data_dir, 'test')  # the index is intact: opening passes
-  batches = pipeline.eval_iterator(source.records, global_batch_size=2, num_frames=2,
-                                   image_size=(16, 16), process_index=0, process_count=1)
-  with pytest.raises(shards.DatasetShardError,
-                     match=f'Cannot read record {position} of synthetic_rgbd/cross_view/test '
-                           rf"\(TFDS split 'test'\): record {position} of 6 in shard file {path}"):
+  batches = pipeline.eval_iterator(
+      source.records,
+      global_batch_size=2,
+      num_frames=2,
+      image_size=(16, 16),
+      process_index=0,
+      process_count=1,
+  )
+  with pytest.raises(
+      shards.DatasetShardError,
+      match=f'Cannot read record {position} of synthetic_rgbd/cross_view/test '
+      rf"\(TFDS split 'test'\): record {position} of 6 in shard file {path}",
+  ):
     list(batches)
 
 
 def test_locate_maps_split_indices_to_shard_records():
   split = shards.BuiltSplit(
-      name='x', tfds_split='a[2:]+b', version_dir='/v', rebuild_command='c',
-      shards=(shards.Shard('a0', skip=2, take=3, num_records=5),
-              shards.Shard('a1', skip=0, take=4, num_records=4),
-              shards.Shard('b0', skip=0, take=2, num_records=2)))
+      name='x',
+      tfds_split='a[2:]+b',
+      version_dir='/v',
+      rebuild_command='c',
+      shards=(
+          shards.Shard('a0', skip=2, take=3, num_records=5),
+          shards.Shard('a1', skip=0, take=4, num_records=4),
+          shards.Shard('b0', skip=0, take=2, num_records=2),
+      ),
+  )
   records = shards.ShardedRecords(list(range(9)), split)
   located = [(shard.path, position) for shard, position in map(records.locate, range(9))]
-  assert located == [('a0', 2), ('a0', 3), ('a0', 4), ('a1', 0), ('a1', 1), ('a1', 2),
-                     ('a1', 3), ('b0', 0), ('b0', 1)]
+  assert located == [
+      ('a0', 2),
+      ('a0', 3),
+      ('a0', 4),
+      ('a1', 0),
+      ('a1', 1),
+      ('a1', 2),
+      ('a1', 3),
+      ('b0', 0),
+      ('b0', 1),
+  ]
   with pytest.raises(ValueError, match='the data source has 8 records but its shards list 9'):
     shards.ShardedRecords(list(range(8)), split)

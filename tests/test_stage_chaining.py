@@ -1,4 +1,4 @@
-"""Stage chaining: `all` writes four finished stages, each starting from the right slices of the last.
+"""Stage chaining: `all` writes four finished stages, each starting from slices of the last.
 
 The trained run is `tiny_run`'s (`configs/demo.py:all,tiny` on conftest's tiny
 dataset, one epoch per stage), shared with the predict, export and demo tests.
@@ -9,9 +9,7 @@ best checkpoints. The noise sweep of `evaluate` runs on a copy of the same run.
 """
 
 import functools
-import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -70,21 +68,24 @@ def assert_bit_identical(actual, expected, what: str):
     assert a.dtype == e.dtype and np.array_equal(a, e), what + jax.tree_util.keystr(path)
 
 
-def assert_starts_from(config, workdir: str, stage_name: str,
-                       sources: dict[str, tuple[str, str]]):
+def assert_starts_from(config, workdir: str, stage_name: str, sources: dict[str, tuple[str, str]]):
   """`initial_variables` of `stage_name` equals, stream by stream, the named checkpoint slices."""
   stage = stages.get_stage(stage_name)
   variables, origin = initialization.initial_variables(
-      config, stage, zero_variables(stage_name, config),
-      initialization.prerequisites(stage, config, workdir))
+      config,
+      stage,
+      zero_variables(stage_name, config),
+      initialization.prerequisites(stage, config, workdir),
+  )
   assert origin == 'previous stages'
   assert set(variables['params']) == set(sources)
   for stream, (source_stage, source_stream) in sources.items():
     saved = checkpointing.read_best_state(runs.stage_dir(workdir, source_stage).best_dir)
     expected = checkpointing.stream_variables(saved, source_stream)
     actual = {c: variables[c][stream] for c in ('params', 'batch_stats')}
-    assert_bit_identical(actual, expected,
-                         f'{stage_name} {stream} <- {source_stage} {source_stream}: ')
+    assert_bit_identical(
+        actual, expected, f'{stage_name} {stream} <- {source_stage} {source_stream}: '
+    )
 
 
 def test_all_writes_four_finished_stages(workdir):
@@ -99,7 +100,8 @@ def test_all_writes_four_finished_stages(workdir):
     predictions = np.load(directory.predictions_file('test'))
     assert results['test']['num_examples'] == len(predictions['label'])
     assert results['test']['accuracy']['fused'] == np.mean(
-        predictions['pred/fused'] == predictions['label'])
+        predictions['pred/fused'] == predictions['label']
+    )
 
 
 @pytest.mark.parametrize('stage_name', sorted(CHAIN))
@@ -121,12 +123,12 @@ def test_step2_from_separate_step1_stages(tmp_path, config):
     for stage_name in ('step1_rgb', 'step1_depth'):
       trainer.run_stage(config, workdir, stage_name)
   assert not runs.stage_dir(workdir, 'step1').path.exists()
-  assert_starts_from(config, workdir, 'step2',
-                     {'depth': ('step1_depth', 'depth'), 'rgb': ('step1_rgb', 'rgb')})
+  assert_starts_from(
+      config, workdir, 'step2', {'depth': ('step1_depth', 'depth'), 'rgb': ('step1_rgb', 'rgb')}
+  )
 
 
-def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_cache_dir,
-                                      tmp_path):
+def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_cache_dir, tmp_path):
   """`evaluate --sweep` prints Table 2's row and writes it to `step2/noise_sweep.json`.
 
   The columns are no noise, each variance of `eval.noise_variances`, and void
@@ -136,16 +138,28 @@ def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_c
   workdir = shutil.copytree(workdir, tmp_path / 'run', symlinks=True)
   overrides = {'data_dir': synthetic_data_dir, 'eval.noise_variances': NOISE_VARIANCES}
   proc = subprocess.run(
-      [sys.executable, '-m', 'modistill_jax.evaluate', '--config=configs/demo.py:step2',
-       f'--workdir={workdir}', '--sweep', *override_flags(overrides)],
-      cwd=REPO_ROOT, env=cli_env(compilation_cache_dir), capture_output=True, text=True,
-      timeout=600)
+      [
+          sys.executable,
+          '-m',
+          'modistill_jax.evaluate',
+          '--config=configs/demo.py:step2',
+          f'--workdir={workdir}',
+          '--sweep',
+          *override_flags(overrides),
+      ],
+      cwd=REPO_ROOT,
+      env=cli_env(compilation_cache_dir),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-5000:]
   rows = runs.read_json(runs.stage_dir(workdir, 'step2').noise_sweep_file)
   assert [r['sigma2'] for r in rows] == SWEEP_COLUMNS
   assert [r['void'] for r in rows] == [False, False, False, True]
-  np.testing.assert_allclose([r['sigma'] for r in rows],
-                             [0.0] + [math.sqrt(v) for v in NOISE_VARIANCES] + [0.0])
+  np.testing.assert_allclose(
+      [r['sigma'] for r in rows], [0.0] + [math.sqrt(v) for v in NOISE_VARIANCES] + [0.0]
+  )
   for r in rows:
     assert set(r['accuracy']) == {'depth', 'rgb', 'fused'}
     assert r['num_examples'] == 4  # one evaluation batch (max_eval_batches=1)

@@ -38,11 +38,13 @@ def random_outputs(stage: stages.Stage, seed: int = 0) -> dict:
   """`StageNetwork.apply`'s outputs for `stage`: logits, fused logits, the block-4 endpoints."""
   rng = np.random.default_rng(seed)
   return {
-      'logits': {s: jnp.asarray(rng.normal(size=(CLIPS, CLASSES)) * 2, jnp.float32)
-                 for s in stage.streams},
+      'logits': {
+          s: jnp.asarray(rng.normal(size=(CLIPS, CLASSES)) * 2, jnp.float32) for s in stage.streams
+      },
       'fused': jnp.asarray(rng.normal(size=(CLIPS, CLASSES)), jnp.float32),
-      'endpoints': {s: {'block4': jnp.asarray(rng.normal(size=FEATURES), jnp.float32)}
-                    for s in stage.streams},
+      'endpoints': {
+          s: {'block4': jnp.asarray(rng.normal(size=FEATURES), jnp.float32)} for s in stage.streams
+      },
   }
 
 
@@ -62,13 +64,17 @@ def sigmoid(x):
 
 def hall_numpy(teacher, student, config):
   squared = (sigmoid(teacher) - sigmoid(student)) ** 2
-  reduced = {'sum': squared.sum(), 'mean': squared.mean(),
-             'per_clip': squared.sum() / CLIPS * config.hall_reference_clips}
+  reduced = {
+      'sum': squared.sum(),
+      'mean': squared.mean(),
+      'per_clip': squared.sum() / CLIPS * config.hall_reference_clips,
+  }
   return config.hall_weight * reduced[config.hall_reduction]
 
 
-def distillation_numpy(student_logits, teacher_logits, student_features, teacher_features,
-                       config) -> tuple[float, dict[str, float]]:
+def distillation_numpy(
+    student_logits, teacher_logits, student_features, teacher_features, config
+) -> tuple[float, dict[str, float]]:
   """`loss.kind`'s loss and its logged terms, from the paper's equations."""
   hard = xent(student_logits)
   if config.kind == 'xent':
@@ -77,13 +83,17 @@ def distillation_numpy(student_logits, teacher_logits, student_features, teacher
   if config.kind == 'eq1':
     return hall, {'hall': hall}
   t = config.temperature
-  soft = -np.mean(np.sum(np.exp(log_softmax(np.asarray(teacher_logits) / t))
-                         * log_softmax(np.asarray(student_logits) / t), -1))
+  soft = -np.mean(
+      np.sum(
+          np.exp(log_softmax(np.asarray(teacher_logits) / t))
+          * log_softmax(np.asarray(student_logits) / t),
+          -1,
+      )
+  )
   gd = (1 - config.lam) * hard + config.lam * soft
   if config.kind == 'eq3':
     return gd, {'hard': hard, 'soft': soft}
-  return (1 - config.alpha) * gd + config.alpha * hall, {'hard': hard, 'soft': soft,
-                                                         'hall': hall}
+  return (1 - config.alpha) * gd + config.alpha * hall, {'hard': hard, 'soft': soft, 'hall': hall}
 
 
 def assert_loss(actual, expected):
@@ -101,16 +111,18 @@ def test_joint_stages_use_the_fused_logits_only():
     stage = stages.get_stage(name)
     outputs = random_outputs(stage)
     expected = xent(outputs['fused'])
-    assert_loss(steps.stage_loss(stage, loss_config('eq5'), outputs, LABELS),
-                (expected, {'xent': expected}))
+    assert_loss(
+        steps.stage_loss(stage, loss_config('eq5'), outputs, LABELS), (expected, {'xent': expected})
+    )
 
 
 def test_step1_sums_each_streams_cross_entropy():
   stage = stages.get_stage('step1')
   outputs = random_outputs(stage)
   terms = {f'xent_{s}': xent(outputs['logits'][s]) for s in ('depth', 'rgb')}
-  assert_loss(steps.stage_loss(stage, loss_config('eq5'), outputs, LABELS),
-              (sum(terms.values()), terms))
+  assert_loss(
+      steps.stage_loss(stage, loss_config('eq5'), outputs, LABELS), (sum(terms.values()), terms)
+  )
 
 
 @pytest.mark.parametrize('kind', stages.LOSS_KINDS)
@@ -121,8 +133,13 @@ def test_step3_loss_of_each_kind_and_reduction(kind, reduction):
   config = loss_config(kind, reduction)
   outputs = random_outputs(stage)
   logits, features = outputs['logits'], outputs['endpoints']
-  expected = distillation_numpy(logits['hall'], logits['depth'], features['hall']['block4'],
-                                features['depth']['block4'], config)
+  expected = distillation_numpy(
+      logits['hall'],
+      logits['depth'],
+      features['hall']['block4'],
+      features['depth']['block4'],
+      config,
+  )
   assert_loss(steps.stage_loss(stage, config, outputs, LABELS), expected)
 
 
@@ -132,12 +149,18 @@ def test_hoffman_adds_the_teacher_and_rgb_cross_entropies(kind):
   config = loss_config(kind)
   outputs = random_outputs(stage)
   logits, features = outputs['logits'], outputs['endpoints']
-  distill, terms = distillation_numpy(logits['hall'], logits['depth'],
-                                      features['hall']['block4'],
-                                      features['depth']['block4'], config)
+  distill, terms = distillation_numpy(
+      logits['hall'],
+      logits['depth'],
+      features['hall']['block4'],
+      features['depth']['block4'],
+      config,
+  )
   xents = {f'xent_{s}': xent(logits[s]) for s in ('depth', 'rgb')}
-  assert_loss(steps.stage_loss(stage, config, outputs, LABELS),
-              (distill + sum(xents.values()), {**terms, **xents}))
+  assert_loss(
+      steps.stage_loss(stage, config, outputs, LABELS),
+      (distill + sum(xents.values()), {**terms, **xents}),
+  )
 
 
 def loss_gradients(stage_name: str, kind: str = 'eq5') -> dict:
@@ -177,8 +200,13 @@ def test_hoffman_teacher_learns_from_its_labels_only(kind):
   outputs = random_outputs(stage)
   grads = loss_gradients('hoffman', kind)
   for stream in ('depth', 'rgb'):
-    np.testing.assert_allclose(grads['logits'][stream], xent_gradient(outputs['logits'][stream]),
-                               rtol=1e-5, atol=1e-7, err_msg=stream)
+    np.testing.assert_allclose(
+        grads['logits'][stream],
+        xent_gradient(outputs['logits'][stream]),
+        rtol=1e-5,
+        atol=1e-7,
+        err_msg=stream,
+    )
   assert not np.any(grads['endpoints']['depth']['block4'])
   assert not np.any(grads['endpoints']['rgb']['block4'])
   assert not np.any(grads['fused'])

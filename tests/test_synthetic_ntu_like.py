@@ -26,8 +26,9 @@ from modistill_jax.data import synthetic
 CONFIGS = {config.name: config for config in Builder.BUILDER_CONFIGS}
 NTU_LIKE = CONFIGS['ntu_like'].spec
 # The `tiny` size with `ntu_like`'s content: 32x32, 8 frames, 24 clips per class, 4 subjects.
-TINY_NTU_LIKE = dataclasses.replace(CONFIGS['tiny'].spec, scenario='ntu_like',
-                                    rgb_distractors=False)
+TINY_NTU_LIKE = dataclasses.replace(
+    CONFIGS['tiny'].spec, scenario='ntu_like', rgb_distractors=False
+)
 
 # sha256 over the rgb, depth_mm and depth_jet bytes of one clip per class (clip
 # 37 * label + 5). `default`'s was computed with main's generator before `ntu_like`
@@ -62,7 +63,8 @@ def test_ntu_like_is_default_sized_with_its_own_classes():
   assert NTU_LIKE.class_names == synthetic.NTU_LIKE_CLASS_NAMES
   assert len(NTU_LIKE.class_names) == len(default.class_names)
   assert [(c.sample_id, c.split) for c in synthetic.all_clips(NTU_LIKE)] == [
-      (c.sample_id, c.split) for c in synthetic.all_clips(default)]
+      (c.sample_id, c.split) for c in synthetic.all_clips(default)
+  ]
 
 
 def test_ntu_like_clips_render_and_differ_from_default():
@@ -102,18 +104,22 @@ def test_unknown_scenario_is_rejected():
 def test_tiny_ntu_like_builds_with_its_class_names(tmp_path, monkeypatch):
   monkeypatch.setenv(raw_clips.WORKERS_ENV, '1')
   config = synthetic_rgbd_dataset_builder.SyntheticRgbdConfig(
-      name='tiny_ntu_like', description='tiny ntu_like, for this test', spec=TINY_NTU_LIKE)
+      name='tiny_ntu_like', description='tiny ntu_like, for this test', spec=TINY_NTU_LIKE
+  )
   builder = Builder(config=config, data_dir=tmp_path)
   builder.download_and_prepare()
   assert builder.info.features['label'].names == list(synthetic.NTU_LIKE_CLASS_NAMES)
   clips = {'train': 96, 'validation': 32, 'test': 64}
   assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
-      **clips, **{records.frames_split(s): 2 * 8 * n for s, n in clips.items()}}
+      **clips,
+      **{records.frames_split(s): 2 * 8 * n for s, n in clips.items()},
+  }
   split, example = builder_test_utils.read_built(builder)['S02V01A05R001']
   assert (split, example['label']) == ('test', 5)
   depth = np.stack([records.decode_depth(frame) for frame in example['depth']])
-  np.testing.assert_array_equal(jet.JET_OF_CODE[depth],
-                                synthetic.render_clip(TINY_NTU_LIKE, 5, 3)['depth_jet'])
+  np.testing.assert_array_equal(
+      jet.JET_OF_CODE[depth], synthetic.render_clip(TINY_NTU_LIKE, 5, 3)['depth_jet']
+  )
 
 
 def test_probe_reads_the_class_and_is_chance_without_labels():

@@ -30,8 +30,9 @@ def demo_config(stage: str, data_dir: str, **overrides):
 def test_batch_not_divisible_by_devices(field, tmp_path, synthetic_data_dir):
   """A global batch of 6 clips cannot split over 4 devices; the error gives both numbers."""
   config = demo_config('step1', synthetic_data_dir, **{field: 6})
-  with pytest.raises(ValueError, match=rf'config\.{field}=6 clips must divide over 4 devices.*'
-                                       r'multiple of 4'):
+  with pytest.raises(
+      ValueError, match=rf'config\.{field}=6 clips must divide over 4 devices.*' r'multiple of 4'
+  ):
     trainer.run_stage(config, str(tmp_path), 'step1')
   assert not os.path.exists(tmp_path / 'step1' / 'checkpoints')
 
@@ -45,13 +46,15 @@ def test_missing_previous_stage(tmp_path, synthetic_data_dir):
   message = str(error.value)
   assert str(runs.stage_dir(workdir, 'step1').path) in message
   assert str(runs.stage_dir(workdir, 'step1_depth').path) in message
-  assert (f'python -m modistill_jax.train --config=configs/demo.py:step1 --workdir={workdir}'
-          in message)
+  assert (
+      f'python -m modistill_jax.train --config=configs/demo.py:step1 --workdir={workdir}' in message
+  )
   assert not runs.stage_dir(workdir, 'step2').path.exists()
 
 
 def test_divergence_with_a_finite_loss_stops_and_keeps_last_good_checkpoint(
-    tmp_path, synthetic_data_dir):
+    tmp_path, synthetic_data_dir
+):
   """A learning rate of 1e6 keeps the loss finite while gradients and weights turn NaN.
 
   The stage must stop with an error naming the step and the quantity, keep the
@@ -59,10 +62,18 @@ def test_divergence_with_a_finite_loss_stops_and_keeps_last_good_checkpoint(
   stage to start from.
   """
   workdir = str(tmp_path)
-  config = demo_config('step1_rgb', synthetic_data_dir, num_train_steps=6,
-                       checkpoint_every_steps=1, **{'optimizer.learning_rate': 1e6})
-  with pytest.raises(FloatingPointError, match=r'step1_rgb diverged: (grad_norm|param_norm|'
-                     r'batch_stats_norm|loss) = (nan|inf) at step (\d).*') as error:
+  config = demo_config(
+      'step1_rgb',
+      synthetic_data_dir,
+      num_train_steps=6,
+      checkpoint_every_steps=1,
+      **{'optimizer.learning_rate': 1e6},
+  )
+  with pytest.raises(
+      FloatingPointError,
+      match=r'step1_rgb diverged: (grad_norm|param_norm|'
+      r'batch_stats_norm|loss) = (nan|inf) at step (\d).*',
+  ) as error:
     trainer.run_stage(config, workdir, 'step1_rgb')
   bad_step = int(error.value.args[0].split(' at step ')[1].split(';')[0])
   directory = runs.stage_dir(workdir, 'step1_rgb')
@@ -98,9 +109,9 @@ def test_a_stage_decodes_only_the_modalities_it_reads(tmp_path, synthetic_data_d
     return source and dataclasses.replace(source, records=_UndecodableDepth(source.records))
 
   monkeypatch.setattr(pipeline, 'load_source', load_source)
-  results = trainer.run_stage(demo_config('step1_rgb', synthetic_data_dir), str(tmp_path),
-                              'step1_rgb')
+  results = trainer.run_stage(
+      demo_config('step1_rgb', synthetic_data_dir), str(tmp_path), 'step1_rgb'
+  )
   assert results['test']['num_examples'] == TINY['eval_batch_size']  # one batch (tiny)
   with pytest.raises(ValueError, match='Cannot decode a 12-byte frame'):
-    trainer.run_stage(demo_config('step1_depth', synthetic_data_dir), str(tmp_path),
-                      'step1_depth')
+    trainer.run_stage(demo_config('step1_depth', synthetic_data_dir), str(tmp_path), 'step1_depth')

@@ -20,9 +20,7 @@ from modistill_jax import initialization
 from modistill_jax import optim
 from modistill_jax import sharding
 from modistill_jax import stages
-from modistill_jax import steps
 from modistill_jax import trainer
-from modistill_jax.data import feeding
 from modistill_jax.data import pipeline
 from modistill_jax.models import stage_network
 
@@ -43,12 +41,15 @@ NUM_STEPS = 1
 #   the gradient norm is in the hundreds at initialisation and float32 rounding
 #   of the loss, statistics and updates differs by up to ~1e-4 with the device
 #   count; at 64x64 it stays below ~4e-6.
-WELL_CONDITIONED = {'optimizer.eps': 1e-3, 'input.image_size': 64,
-                    'input.rgb_std': (58.0, 57.0, 57.0), 'input.depth_std': (58.0, 57.0, 57.0)}
+WELL_CONDITIONED = {
+    'optimizer.eps': 1e-3,
+    'input.image_size': 64,
+    'input.rgb_std': (58.0, 57.0, 57.0),
+    'input.depth_std': (58.0, 57.0, 57.0),
+}
 
 
-def run_steps(mesh: Mesh, variables, batches, eval_batch, *, stage, model, config, tx,
-              schedule):
+def run_steps(mesh: Mesh, variables, batches, eval_batch, *, stage, model, config, tx, schedule):
   """`NUM_STEPS` steps of the trainer's jitted step on `mesh`, then its eval step."""
   state = trainer.make_state_fn(stage, tx, mesh)(variables)
   train_fn = trainer.make_train_fn(model, config, tx, schedule, mesh)
@@ -58,8 +59,9 @@ def run_steps(mesh: Mesh, variables, batches, eval_batch, *, stage, model, confi
     losses.append(float(metrics['loss']))
     grad_norms.append(float(metrics['grad_norm']))
   eval_fn = evaluate.make_eval_fn(model, config, mesh)
-  predictions = sharding.fetch(eval_fn(state, sharding.to_global(eval_batch, mesh),
-                                       jax.random.key(0)))
+  predictions = sharding.fetch(
+      eval_fn(state, sharding.to_global(eval_batch, mesh), jax.random.key(0))
+  )
   return jax.device_get(state), losses, grad_norms, predictions
 
 
@@ -79,21 +81,35 @@ def test_four_devices_match_one_device():
   tx, schedule = optim.make_optimizer(config.optimizer, NUM_STEPS)
   variables = jax.device_get(initialization.init_model_variables(model, config))
   iterator = pipeline.train_iterator(
-      make_split('train', 3), global_batch_size=config.batch_size,
-      num_frames=config.input.num_frames, image_size=(size, size), seed=0,
-      process_index=0, process_count=1)
+      make_split('train', 3),
+      global_batch_size=config.batch_size,
+      num_frames=config.input.num_frames,
+      image_size=(size, size),
+      seed=0,
+      process_index=0,
+      process_count=1,
+  )
   batches = [next(iterator) for _ in range(NUM_STEPS)]
   iterator.close()
-  eval_batch = next(iter(pipeline.eval_iterator(
-      make_split('test', 3), global_batch_size=config.eval_batch_size,
-      num_frames=config.input.num_frames, image_size=(size, size))))
+  eval_batch = next(
+      iter(
+          pipeline.eval_iterator(
+              make_split('test', 3),
+              global_batch_size=config.eval_batch_size,
+              num_frames=config.input.num_frames,
+              image_size=(size, size),
+          )
+      )
+  )
   kwargs = dict(stage=stage, model=model, config=config, tx=tx, schedule=schedule)
   one = Mesh(np.array(jax.devices()[:1]), (sharding.DATA_AXIS,), axis_types=(AxisType.Auto,))
   four = Mesh(np.array(jax.devices()[:4]), (sharding.DATA_AXIS,), axis_types=(AxisType.Auto,))
-  state_1, losses_1, grad_norms_1, preds_1 = run_steps(one, variables, batches, eval_batch,
-                                                       **kwargs)
-  state_4, losses_4, grad_norms_4, preds_4 = run_steps(four, variables, batches, eval_batch,
-                                                       **kwargs)
+  state_1, losses_1, grad_norms_1, preds_1 = run_steps(
+      one, variables, batches, eval_batch, **kwargs
+  )
+  state_4, losses_4, grad_norms_4, preds_4 = run_steps(
+      four, variables, batches, eval_batch, **kwargs
+  )
 
   np.testing.assert_allclose(losses_4, losses_1, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad_norms_4, grad_norms_1, rtol=1e-5)
@@ -103,9 +119,14 @@ def test_four_devices_match_one_device():
   assert_trees_close(preds_4, preds_1)
   np.testing.assert_array_equal(preds_1['label'], eval_batch['label'])
   # The steps did something: params moved and BatchNorm statistics were updated.
-  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state_1.params,
-                       {s: variables['params'][s] for s in stage.trainable})
+  moved = jax.tree.map(
+      lambda a, b: not np.array_equal(a, b),
+      state_1.params,
+      {s: variables['params'][s] for s in stage.trainable},
+  )
   assert all(jax.tree.leaves(moved['rgb']['logits']))
   stats_before = variables['batch_stats']['depth']
-  assert any(not np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(state_1.batch_stats['depth']), jax.tree.leaves(stats_before)))
+  assert any(
+      not np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(state_1.batch_stats['depth']), jax.tree.leaves(stats_before))
+  )

@@ -58,37 +58,52 @@ runpy.run_module(module, run_name='__main__', alter_sys=True)
 """
 
 
-def run_without_tensorflow(module: str, imports: tuple[str, ...], args: list[str],
-                           env: dict[str, str]) -> str:
-  proc = subprocess.run([sys.executable, '-c', _WITHOUT_TENSORFLOW, module, ','.join(imports),
-                         *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                        timeout=TIMEOUT_S, check=False)
+def run_without_tensorflow(
+    module: str, imports: tuple[str, ...], args: list[str], env: dict[str, str]
+) -> str:
+  proc = subprocess.run(
+      [sys.executable, '-c', _WITHOUT_TENSORFLOW, module, ','.join(imports), *args],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+      check=False,
+  )
   assert proc.returncode == 0, f'{module} failed ({proc.returncode}):\n{proc.stderr[-5000:]}'
   return proc.stdout
 
 
 def test_blocked_tensorflow_fails_to_import():
   """The hiding works: the same script around a bare `import tensorflow` fails."""
-  proc = subprocess.run([sys.executable, '-c', _WITHOUT_TENSORFLOW, 'tensorflow', 'tensorflow'],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S,
-                        check=False)
+  proc = subprocess.run(
+      [sys.executable, '-c', _WITHOUT_TENSORFLOW, 'tensorflow', 'tensorflow'],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+      check=False,
+  )
   assert proc.returncode != 0
   assert "ModuleNotFoundError: No module named 'tensorflow'" in proc.stderr
 
 
-def test_train_and_evaluate_without_tensorflow(tmp_path, synthetic_data_dir,
-                                               compilation_cache_dir):
+def test_train_and_evaluate_without_tensorflow(tmp_path, synthetic_data_dir, compilation_cache_dir):
   env = cli_env(compilation_cache_dir)
   workdir = str(tmp_path / 'run')
-  flags = ['--config=configs/demo.py:step1_rgb', f'--workdir={workdir}',
-           *override_flags({'data_dir': synthetic_data_dir})]
-  run_without_tensorflow('modistill_jax.train', ('modistill_jax.evaluate', 'modistill_jax.predict'),
-                         flags, env)
+  flags = [
+      '--config=configs/demo.py:step1_rgb',
+      f'--workdir={workdir}',
+      *override_flags({'data_dir': synthetic_data_dir}),
+  ]
+  run_without_tensorflow(
+      'modistill_jax.train', ('modistill_jax.evaluate', 'modistill_jax.predict'), flags, env
+  )
   with open(os.path.join(workdir, 'step1_rgb', 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   assert [r['step'] for r in records if r['split'] == 'train'] == [1]
   output = run_without_tensorflow('modistill_jax.evaluate', (), flags, env)
-  line = next(l for l in output.splitlines() if l.startswith('step1_rgb '))
+  line = next(t for t in output.splitlines() if t.startswith('step1_rgb '))
   result = json.loads(line.split(': ', 1)[1])
   assert result['num_examples'] == TINY['eval_batch_size']  # one batch (tiny)
   assert set(result['accuracy']) == {'rgb', 'fused'}
@@ -100,8 +115,14 @@ def test_environment_has_one_tensorflow_distribution():
   `tensorflow` and `tensorflow-cpu` (or `tf-nightly`) install the same files;
   with two, uninstalling either breaks the other.
   """
-  owners = sorted({dist.metadata['Name'] for dist in importlib.metadata.distributions()
-                   if any(f.parts[0] == 'tensorflow' for f in dist.files or ())})
+  owners = sorted(
+      {
+          dist.metadata['Name']
+          for dist in importlib.metadata.distributions()
+          if any(f.parts[0] == 'tensorflow' for f in dist.files or ())
+      }
+  )
   assert owners == ['tensorflow'], (
       f'{owners} own tensorflow/; a venv made before the switch from tensorflow-cpu keeps it: '
-      '`make clean` and install again')
+      '`make clean` and install again'
+  )

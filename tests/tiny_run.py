@@ -56,8 +56,9 @@ def trained_workdir(tmp_path_factory, data_dir: str) -> str:
   return str(workdir)
 
 
-def synthetic_frames(num_frames: int, height: int = 24, width: int = 32,
-                     seed: int = 0) -> np.ndarray:
+def synthetic_frames(
+    num_frames: int, height: int = 24, width: int = 32, seed: int = 0
+) -> np.ndarray:
   """Faint moving colour waves around the normalisation mean.
 
   The tiny, barely trained net's logits blow up on high-contrast input, which
@@ -66,8 +67,16 @@ def synthetic_frames(num_frames: int, height: int = 24, width: int = 32,
   """
   y, x = np.mgrid[:height, :width]
   phase = np.random.default_rng(seed).uniform(0, 2 * np.pi, 3)
-  frames = [np.stack([VGG_MEAN[c] + 3 * np.sin(x / 5 + t + phase[c]) * np.cos(y / 7 - t / 3)
-                      for c in range(3)], axis=-1) for t in range(num_frames)]
+  frames = [
+      np.stack(
+          [
+              VGG_MEAN[c] + 3 * np.sin(x / 5 + t + phase[c]) * np.cos(y / 7 - t / 3)
+              for c in range(3)
+          ],
+          axis=-1,
+      )
+      for t in range(num_frames)
+  ]
   return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
 
 

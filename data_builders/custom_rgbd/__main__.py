@@ -23,6 +23,7 @@ from tensorflow_datasets.scripts.cli import cli_utils
 
 from data_builders.custom_rgbd import builder
 
+
 def parse_flags(argv: list[str]) -> build.Args:
   """`tfds build`'s flags, and only those.
 
@@ -31,10 +32,13 @@ def parse_flags(argv: list[str]) -> build.Args:
   absl `--data_dir` defined elsewhere would clash with TFDS's).
   """
   if len(argv) < 2 or argv[1] != 'build':
-    sys.exit(f'usage: python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT '
-             f'[tfds build flags]\n\n{__doc__}')
-  parser = cli_utils.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                    inherited_absl_flags=None)
+    sys.exit(
+        f'usage: python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT '
+        f'[tfds build flags]\n\n{__doc__}'
+    )
+  parser = cli_utils.ArgumentParser(
+      description=__doc__, allow_abbrev=False, inherited_absl_flags=None
+  )
   parser.add_arguments(build.Args, dest='args')
   return parser.parse_args(argv[2:]).args
 
@@ -55,11 +59,16 @@ def main(args: build.Args) -> None:
   # With `imports` set, TFDS looks the name up among registered builders only,
   # never as a path (a folder named like the dataset in the current directory).
   args = dataclasses.replace(
-      args, generation=dataclasses.replace(args.generation, imports=builder.__name__))
+      args, generation=dataclasses.replace(args.generation, imports=builder.__name__)
+  )
   # What the `tfds` command does before running `build`: every dataset visible,
   # Python logging at INFO (progress and the builder's reports show).
-  tfds.core.visibility.set_availables([tfds.core.visibility.DatasetType.TFDS_PUBLIC,
-                                       tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC])
+  tfds.core.visibility.set_availables(
+      [
+          tfds.core.visibility.DatasetType.TFDS_PUBLIC,
+          tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC,
+      ]
+  )
   logging.use_python_logging(quiet=True)
   logging.set_verbosity(logging.INFO)
   args.execute()

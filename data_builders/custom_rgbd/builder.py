@@ -32,7 +32,7 @@ class CustomRgbdBuilder(raw_clips.RawClipBuilder, skip_registration=True):
   RELEASE_NOTES = {
       '1.0.0': 'First release: labels.csv, frames paired by rank, optional affine.',
       '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
-               'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
+      'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   `manual_dir` is your folder: labels.csv (sample,label,split), rgb/<sample>.mp4
@@ -58,9 +58,14 @@ class CustomRgbdBuilder(raw_clips.RawClipBuilder, skip_registration=True):
     lines += ['\t'.join(map(str, row)) for row in sorted(self._trimmed)]
     (self.data_path / TRIMMED_REPORT).write_text('\n'.join(lines) + '\n')
     if self._trimmed:
-      logging.warning('[%s] %d samples have more frames in one modality than in the other; '
-                      'each kept the first min(RGB, depth). Listed in %s beside the dataset '
-                      'files.', self.name, len(self._trimmed), TRIMMED_REPORT)
+      logging.warning(
+          '[%s] %d samples have more frames in one modality than in the other; '
+          'each kept the first min(RGB, depth). Listed in %s beside the dataset '
+          'files.',
+          self.name,
+          len(self._trimmed),
+          TRIMMED_REPORT,
+      )
 
   def _generate_examples(self, split, samples):
     examples = super()._generate_examples(split, samples)
@@ -72,16 +77,24 @@ class CustomRgbdBuilder(raw_clips.RawClipBuilder, skip_registration=True):
     for sample_id, example in examples:
       rgb, depth = example['rgb_frames_raw'], example['depth_frames_raw']
       if rgb != depth:
-        logging.warning('[%s] %s: %d RGB and %d depth frames; keeping the first %d of each.',
-                        self.name, sample_id, rgb, depth, min(rgb, depth))
+        logging.warning(
+            '[%s] %s: %d RGB and %d depth frames; keeping the first %d of each.',
+            self.name,
+            sample_id,
+            rgb,
+            depth,
+            min(rgb, depth),
+        )
         self._trimmed.append((sample_id, split, rgb, depth))
       yield sample_id, example
 
 
 def check_name(name: str) -> None:
   if not NAME_PATTERN.fullmatch(name):
-    raise ValueError(f'Dataset name {name!r}: use lower-case letters, digits and underscores, '
-                     f'starting with a letter (it names the folder <data_dir>/{name}/).')
+    raise ValueError(
+        f'Dataset name {name!r}: use lower-case letters, digits and underscores, '
+        f'starting with a letter (it names the folder <data_dir>/{name}/).'
+    )
   if name in tfds.list_builders(with_community_datasets=False):
     raise ValueError(f'Dataset name {name!r} is already a TFDS dataset; pick another.')
 
@@ -95,5 +108,8 @@ def make_builder_class(name: str, root: epath.PathLike) -> type[CustomRgbdBuilde
   check_name(name)
   class_names = layout.read_layout(root).class_names
   class_name = ''.join(part.title() for part in name.split('_')) + 'Builder'
-  return type(class_name, (CustomRgbdBuilder,),
-              {'name': name, 'CLASS_NAMES': class_names, '__module__': __name__})
+  return type(
+      class_name,
+      (CustomRgbdBuilder,),
+      {'name': name, 'CLASS_NAMES': class_names, '__module__': __name__},
+  )

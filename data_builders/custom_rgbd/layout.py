@@ -61,6 +61,7 @@ class LayoutError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class CustomSample:
   """One row of labels.csv, with the files found for it (picklable, for the workers)."""
+
   sample_id: str
   split: str
   label: int
@@ -76,6 +77,7 @@ class CustomSample:
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """What the tables of a folder say: class names in label order, one sample per row."""
+
   class_names: tuple[str, ...]
   samples: tuple[CustomSample, ...]
 
@@ -91,13 +93,15 @@ def read_class_names(root: epath.Path, labels: list[str]) -> tuple[str, ...]:
     if not name:
       continue
     if name in first_line:
-      raise LayoutError(f'{path}:{number}: class {name!r} already listed on line '
-                        f'{first_line[name]}.')
+      raise LayoutError(
+          f'{path}:{number}: class {name!r} already listed on line ' f'{first_line[name]}.'
+      )
     first_line[name] = number
     names.append(name)
   if not names:
-    raise LayoutError(f'{path} lists no class; delete it to use the sorted labels of '
-                      f'{LABELS_FILE}.')
+    raise LayoutError(
+        f'{path} lists no class; delete it to use the sorted labels of ' f'{LABELS_FILE}.'
+    )
   return tuple(names)
 
 
@@ -110,13 +114,21 @@ def read_affine(root: epath.Path) -> Affine | None:
     matrix = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise LayoutError(f'{path}:{e.lineno}: not JSON ({e.msg}).') from e
-  if (not isinstance(matrix, list) or len(matrix) != 2
+  if (
+      not isinstance(matrix, list)
+      or len(matrix) != 2
       or any(not isinstance(row, list) or len(row) != 3 for row in matrix)
-      or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-             for row in matrix for v in row)):
-    raise LayoutError(f'{path} must hold a 2x3 list of finite numbers, [[a, b, c], [d, e, f]] '
-                      f'with depth_x = a*x + b*y + c and depth_y = d*x + e*y + f for an RGB '
-                      f'pixel (x, y); got {matrix!r}.')
+      or any(
+          isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+          for row in matrix
+          for v in row
+      )
+  ):
+    raise LayoutError(
+        f'{path} must hold a 2x3 list of finite numbers, [[a, b, c], [d, e, f]] '
+        f'with depth_x = a*x + b*y + c and depth_y = d*x + e*y + f for an RGB '
+        f'pixel (x, y); got {matrix!r}.'
+    )
   if abs(matrix[0][0] * matrix[1][1] - matrix[0][1] * matrix[1][0]) < 1e-9:
     raise LayoutError(f'{path}: the map {matrix} is not invertible.')
   return tuple(tuple(float(v) for v in row) for row in matrix)
@@ -128,8 +140,9 @@ def _metadata(path: epath.Path, line: int, column: str, text: str) -> int:
   try:
     return int(text)
   except ValueError:
-    raise LayoutError(f'{path}:{line}: {column} must be an integer (or empty), '
-                      f'got {text!r}.') from None
+    raise LayoutError(
+        f'{path}:{line}: {column} must be an integer (or empty), ' f'got {text!r}.'
+    ) from None
 
 
 def read_layout(root: epath.PathLike) -> Layout:
@@ -137,15 +150,19 @@ def read_layout(root: epath.PathLike) -> Layout:
   root = epath.Path(root)
   path = root / LABELS_FILE
   if not path.exists():
-    raise LayoutError(f'No {path}. The folder must hold {LABELS_FILE} (columns '
-                      f'{",".join(REQUIRED_COLUMNS)}), {RGB_DIR}/ and {DEPTH_DIR}/; see '
-                      f'data_builders/custom_rgbd/README.md.')
+    raise LayoutError(
+        f'No {path}. The folder must hold {LABELS_FILE} (columns '
+        f'{",".join(REQUIRED_COLUMNS)}), {RGB_DIR}/ and {DEPTH_DIR}/; see '
+        f'data_builders/custom_rgbd/README.md.'
+    )
   # A spreadsheet's UTF-8 export may start with a byte-order mark.
   reader = csv.reader(io.StringIO(path.read_text().removeprefix('\ufeff')))
   header = next((row for row in reader if any(c.strip() for c in row)), None)
   if header is None:
-    raise LayoutError(f'{path} is empty: expected the header '
-                      f'{",".join(REQUIRED_COLUMNS)} and one row per sample.')
+    raise LayoutError(
+        f'{path} is empty: expected the header '
+        f'{",".join(REQUIRED_COLUMNS)} and one row per sample.'
+    )
   header_line = reader.line_num
   columns = [c.strip().lower() for c in header]
   missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -153,14 +170,16 @@ def read_layout(root: epath.PathLike) -> Layout:
   if missing or unknown or len(set(columns)) != len(columns):
     raise LayoutError(
         f'{path}:{header_line}: header {header} must name each of {REQUIRED_COLUMNS} once, '
-        f'plus any of {OPTIONAL_COLUMNS}; missing {missing}, unknown {unknown}.')
+        f'plus any of {OPTIONAL_COLUMNS}; missing {missing}, unknown {unknown}.'
+    )
   rows = []
   for row in reader:
     if not any(c.strip() for c in row):
       continue
     if len(row) != len(columns):
-      raise LayoutError(f'{path}:{reader.line_num}: {len(row)} fields, the header has '
-                        f'{len(columns)}.')
+      raise LayoutError(
+          f'{path}:{reader.line_num}: {len(row)} fields, the header has ' f'{len(columns)}.'
+      )
     rows.append((reader.line_num, dict(zip(columns, (c.strip() for c in row)))))
   if not rows:
     raise LayoutError(f'{path} has a header but no sample row.')
@@ -171,8 +190,10 @@ def read_layout(root: epath.PathLike) -> Layout:
     if not name or name in ('.', '..') or '/' in name or '\\' in name:
       raise LayoutError(f'{path}:{line}: sample must be a file name (no slash), got {name!r}.')
     if name in first_line:
-      raise LayoutError(f'{path}:{line}: sample {name!r} already on line {first_line[name]}; '
-                        f'sample names must be unique.')
+      raise LayoutError(
+          f'{path}:{line}: sample {name!r} already on line {first_line[name]}; '
+          f'sample names must be unique.'
+      )
     first_line[name] = line
     if not row['label']:
       raise LayoutError(f'{path}:{line}: sample {name!r} has no label.')
@@ -187,8 +208,11 @@ def read_layout(root: epath.PathLike) -> Layout:
     if row['label'] not in label_index:
       raise LayoutError(f'{path}:{line}: label {row["label"]!r} is not in {root / CLASSES_FILE}.')
     meta = {k: _metadata(path, line, k, row[k]) for k in OPTIONAL_COLUMNS if k in row}
-    samples.append(CustomSample(row['sample'], row['split'], label_index[row['label']], line,
-                                str(root), affine, **meta))
+    samples.append(
+        CustomSample(
+            row['sample'], row['split'], label_index[row['label']], line, str(root), affine, **meta
+        )
+    )
   return Layout(class_names, tuple(samples))
 
 
@@ -196,8 +220,9 @@ def read_layout(root: epath.PathLike) -> Layout:
 # Finding and converting one sample's frames.
 
 
-def numbered_frames(folder: epath.Path, suffixes: tuple[str, ...],
-                    sample: CustomSample) -> list[epath.Path]:
+def numbered_frames(
+    folder: epath.Path, suffixes: tuple[str, ...], sample: CustomSample
+) -> list[epath.Path]:
   """The frame files of `folder` in the order of the last number in their names."""
   numbered = {}
   for entry in folder.iterdir():
@@ -208,8 +233,10 @@ def numbered_frames(folder: epath.Path, suffixes: tuple[str, ...],
       raise raw_clips.SampleError(f'frame without a number: {_rel(entry, sample)}')
     number = int(match.group(1))
     if number in numbered:
-      raise raw_clips.SampleError(f'two frames numbered {number}: '
-                                  f'{_rel(numbered[number], sample)}, {_rel(entry, sample)}')
+      raise raw_clips.SampleError(
+          f'two frames numbered {number}: '
+          f'{_rel(numbered[number], sample)}, {_rel(entry, sample)}'
+      )
     numbered[number] = entry
   return [numbered[n] for n in sorted(numbered)]
 
@@ -228,10 +255,12 @@ def rgb_source(sample: CustomSample) -> epath.Path:
   if not found:
     raise raw_clips.SampleError(
         f'no RGB: none of {RGB_DIR}/{sample.sample_id}'
-        f'{{{",".join(VIDEO_SUFFIXES)}}} or the folder {RGB_DIR}/{sample.sample_id}/')
+        f'{{{",".join(VIDEO_SUFFIXES)}}} or the folder {RGB_DIR}/{sample.sample_id}/'
+    )
   if len(found) > 1:
-    raise raw_clips.SampleError(f'several RGB sources: '
-                                f'{[_rel(p, sample) for p in found]}; keep one')
+    raise raw_clips.SampleError(
+        f'several RGB sources: ' f'{[_rel(p, sample) for p in found]}; keep one'
+    )
   return found[0]
 
 
@@ -243,8 +272,9 @@ def depth_folder(sample: CustomSample) -> epath.Path:
   return folder
 
 
-def same_size(images: list[Image.Image], files: list[epath.Path],
-              sample: CustomSample) -> tuple[int, int]:
+def same_size(
+    images: list[Image.Image], files: list[epath.Path], sample: CustomSample
+) -> tuple[int, int]:
   """The frames' common (W, H); names the first frame of another size than its siblings."""
   sizes = collections.Counter(im.size for im in images)
   size = sizes.most_common(1)[0][0]
@@ -252,7 +282,8 @@ def same_size(images: list[Image.Image], files: list[epath.Path],
     if image.size != size:
       raise raw_clips.SampleError(
           f'frame of another size: {_rel(path, sample)} is {image.size[0]}x{image.size[1]}, '
-          f'its siblings {size[0]}x{size[1]}')
+          f'its siblings {size[0]}x{size[1]}'
+      )
   return size
 
 
@@ -289,32 +320,43 @@ def _convert(sample: CustomSample, height: int, width: int) -> dict:
     rgb_files = numbered_frames(source, RGB_FRAME_SUFFIXES, sample)
     if not rgb_files:
       raise raw_clips.SampleError(f'no .jpg/.jpeg/.png frame in {_rel(source, sample)}/')
-    rgb_images = [raw_clips.read_image(p) for p in rgb_files[:len(depth_files)]]
+    rgb_images = [raw_clips.read_image(p) for p in rgb_files[: len(depth_files)]]
     same_size(rgb_images, rgb_files, sample)
     num_rgb, rgb = len(rgb_files), [to_output(im) for im in rgb_images]
   else:
     num_rgb, decoded = raw_clips.decode_video(source, range(1, len(depth_files) + 1), to_output)
     rgb = [decoded[k] for k in sorted(decoded)]
   kept = min(num_rgb, len(depth_files))
-  depth = np.stack([raw_clips.depth_values(im, p.name)
-                    for im, p in zip(depth_images[:kept], depth_files)])
+  depth = np.stack(
+      [raw_clips.depth_values(im, p.name) for im, p in zip(depth_images[:kept], depth_files)]
+  )
   return records.make_example(
-      rgb=np.stack(rgb[:kept]), depth_code=raw_clips.depth_clip_to_code(depth, height, width),
-      label=sample.label, sample_id=sample.sample_id, rgb_frames_raw=num_rgb,
-      depth_frames_raw=len(depth_files), subject=sample.subject, view=sample.view,
-      setup=sample.setup, replication=sample.replication)
+      rgb=np.stack(rgb[:kept]),
+      depth_code=raw_clips.depth_clip_to_code(depth, height, width),
+      label=sample.label,
+      sample_id=sample.sample_id,
+      rgb_frames_raw=num_rgb,
+      depth_frames_raw=len(depth_files),
+      subject=sample.subject,
+      view=sample.view,
+      setup=sample.setup,
+      replication=sample.replication,
+  )
 
 
-def find_samples(root: epath.Path, class_names: tuple[str, ...]
-                 ) -> tuple[list[CustomSample], list[raw_clips.Skip]]:
+def find_samples(
+    root: epath.Path, class_names: tuple[str, ...]
+) -> tuple[list[CustomSample], list[raw_clips.Skip]]:
   """The samples of labels.csv, less those without RGB or depth files (rejected on sight).
 
   Fails if the class list changed since the builder was made for this folder.
   """
   layout = read_layout(root)
   if layout.class_names != tuple(class_names):
-    raise LayoutError(f'The classes of {root} changed while building: {layout.class_names}, '
-                      f'the builder was made for {tuple(class_names)}.')
+    raise LayoutError(
+        f'The classes of {root} changed while building: {layout.class_names}, '
+        f'the builder was made for {tuple(class_names)}.'
+    )
   samples, skipped = [], []
   for sample in layout.samples:
     try:

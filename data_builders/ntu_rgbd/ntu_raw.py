@@ -50,23 +50,66 @@ from modistill_jax.data import protocols
 from modistill_jax.data import records
 
 CLASS_NAMES = (
-    'drink water', 'eat meal/snack', 'brushing teeth', 'brushing hair', 'drop', 'pickup',
-    'throw', 'sitting down', 'standing up (from sitting position)', 'clapping', 'reading',
-    'writing', 'tear up paper', 'wear jacket', 'take off jacket', 'wear a shoe',
-    'take off a shoe', 'wear on glasses', 'take off glasses', 'put on a hat/cap',
-    'take off a hat/cap', 'cheer up', 'hand waving', 'kicking something', 'reach into pocket',
-    'hopping (one foot jumping)', 'jump up', 'make a phone call/answer phone',
-    'playing with phone/tablet', 'typing on a keyboard', 'pointing to something with finger',
-    'taking a selfie', 'check time (from watch)', 'rub two hands together', 'nod head/bow',
-    'shake head', 'wipe face', 'salute', 'put the palms together',
-    'cross hands in front (say stop)', 'sneeze/cough', 'staggering', 'falling',
-    'touch head (headache)', 'touch chest (stomachache/heart pain)', 'touch back (backache)',
-    'touch neck (neckache)', 'nausea or vomiting condition',
-    'use a fan (with hand or paper)/feeling warm', 'punching/slapping other person',
-    'kicking other person', 'pushing other person', 'pat on back of other person',
-    'point finger at the other person', 'hugging other person',
-    'giving something to other person', "touch other person's pocket", 'handshaking',
-    'walking towards each other', 'walking apart from each other',
+    'drink water',
+    'eat meal/snack',
+    'brushing teeth',
+    'brushing hair',
+    'drop',
+    'pickup',
+    'throw',
+    'sitting down',
+    'standing up (from sitting position)',
+    'clapping',
+    'reading',
+    'writing',
+    'tear up paper',
+    'wear jacket',
+    'take off jacket',
+    'wear a shoe',
+    'take off a shoe',
+    'wear on glasses',
+    'take off glasses',
+    'put on a hat/cap',
+    'take off a hat/cap',
+    'cheer up',
+    'hand waving',
+    'kicking something',
+    'reach into pocket',
+    'hopping (one foot jumping)',
+    'jump up',
+    'make a phone call/answer phone',
+    'playing with phone/tablet',
+    'typing on a keyboard',
+    'pointing to something with finger',
+    'taking a selfie',
+    'check time (from watch)',
+    'rub two hands together',
+    'nod head/bow',
+    'shake head',
+    'wipe face',
+    'salute',
+    'put the palms together',
+    'cross hands in front (say stop)',
+    'sneeze/cough',
+    'staggering',
+    'falling',
+    'touch head (headache)',
+    'touch chest (stomachache/heart pain)',
+    'touch back (backache)',
+    'touch neck (neckache)',
+    'nausea or vomiting condition',
+    'use a fan (with hand or paper)/feeling warm',
+    'punching/slapping other person',
+    'kicking other person',
+    'pushing other person',
+    'pat on back of other person',
+    'point finger at the other person',
+    'hugging other person',
+    'giving something to other person',
+    "touch other person's pocket",
+    'handshaking',
+    'walking towards each other',
+    'walking apart from each other',
 )
 
 ID_PATTERN = re.compile(r'S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})')
@@ -77,7 +120,8 @@ DEPTH_SIZE = (512, 424)
 
 # The reference's (ncgarcia/modality-distillation) splits.
 CS_TRAIN_SUBJECTS = frozenset(
-    (2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38))
+    (2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38)
+)
 CS_VAL_SUBJECTS = frozenset((1,))
 CV_TEST_CAMERAS = frozenset((1,))
 CV_VAL_PER_CLASS = 31  # int(1882 / 60): the reference's per-class validation draw.
@@ -102,8 +146,9 @@ def parse_id(sample_id: str) -> dict[str, int]:
   match = ID_PATTERN.fullmatch(sample_id)
   if not match:
     raise ValueError(f'Not an NTU sample id: {sample_id!r}')
-  return dict(zip(('setup', 'camera', 'subject', 'replication', 'action'),
-                  map(int, match.groups())))
+  return dict(
+      zip(('setup', 'camera', 'subject', 'replication', 'action'), map(int, match.groups()))
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,14 +172,14 @@ def atomic_splits(sample_ids: Iterable[str]) -> dict[str, str]:
   cv_val = set()
   for class_ids in by_class.values():
     np.random.seed(0)
-    picks = np.random.choice(len(class_ids), min(CV_VAL_PER_CLASS, len(class_ids)),
-                             replace=False)
+    picks = np.random.choice(len(class_ids), min(CV_VAL_PER_CLASS, len(class_ids)), replace=False)
     cv_val.update(class_ids[p] for p in picks)
   splits = {}
   for i in ids:
     subject, camera = meta[i]['subject'], meta[i]['camera']
-    cs = ('train' if subject in CS_TRAIN_SUBJECTS else
-          'val' if subject in CS_VAL_SUBJECTS else 'test')
+    cs = (
+        'train' if subject in CS_TRAIN_SUBJECTS else 'val' if subject in CS_VAL_SUBJECTS else 'test'
+    )
     cv = 'test' if camera in CV_TEST_CAMERAS else 'val' if i in cv_val else 'train'
     splits[i] = protocols.ntu_atomic_split(cs, cv)
   return splits
@@ -189,8 +234,13 @@ class AffineFit:
   median_px: float
 
 
-def fit_affine(src: np.ndarray, dst: np.ndarray, threshold: float = INLIER_PX,
-               iterations: int = RANSAC_ITERATIONS, seed: int = 0) -> AffineFit:
+def fit_affine(
+    src: np.ndarray,
+    dst: np.ndarray,
+    threshold: float = INLIER_PX,
+    iterations: int = RANSAC_ITERATIONS,
+    seed: int = 0,
+) -> AffineFit:
   """Robust affine `dst ~ A [src; 1]`: RANSAC, then least squares on the inliers."""
   n = len(src)
   if n < 3:
@@ -219,16 +269,23 @@ def fit_affine(src: np.ndarray, dst: np.ndarray, threshold: float = INLIER_PX,
     if updated.sum() < 3 or (updated == best).all():
       break
     best = updated
-  return AffineFit(matrix=a.T, inliers=int(best.sum()), points=n,
-                   rms_px=float(np.sqrt(np.mean(err[best] ** 2))),
-                   median_px=float(np.median(err[best])))
+  return AffineFit(
+      matrix=a.T,
+      inliers=int(best.sum()),
+      points=n,
+      rms_px=float(np.sqrt(np.mean(err[best] ** 2))),
+      median_px=float(np.median(err[best])),
+  )
 
 
 def group_mapping(group: tuple[int, int], skeleton_paths: Sequence[epath.Path]) -> Affine:
   """The RGB->depth map of one (setup, camera) group; logs its residual."""
   setup, camera = group
-  spread = np.linspace(0, len(skeleton_paths) - 1,
-                       min(FIT_FILES_PER_GROUP, len(skeleton_paths))).round().astype(int)
+  spread = (
+      np.linspace(0, len(skeleton_paths) - 1, min(FIT_FILES_PER_GROUP, len(skeleton_paths)))
+      .round()
+      .astype(int)
+  )
   chunks = []
   for path in (skeleton_paths[i] for i in sorted(set(spread.tolist()))):
     try:
@@ -242,18 +299,33 @@ def group_mapping(group: tuple[int, int], skeleton_paths: Sequence[epath.Path]) 
   if len(pairs) >= MIN_INLIERS:
     fit = fit_affine(pairs[:, :2], pairs[:, 2:])
   if fit is None or fit.inliers < MIN_INLIERS:
-    logging.warning('[ntu_rgbd] S%03dC%03d: %d usable joints; using the issue-#39 map of camera '
-                    '%d instead of a fit.', setup, camera, len(pairs), camera)
+    logging.warning(
+        '[ntu_rgbd] S%03dC%03d: %d usable joints; using the issue-#39 map of camera '
+        '%d instead of a fit.',
+        setup,
+        camera,
+        len(pairs),
+        camera,
+    )
     return ISSUE_39_AFFINES[camera]
-  logging.info('[ntu_rgbd] S%03dC%03d RGB->depth affine from %d joints (%d files): %d inliers, '
-               'residual rms %.2f px, median %.2f px (depth pixels); matrix %s', setup, camera,
-               fit.points, len(chunks), fit.inliers, fit.rms_px, fit.median_px,
-               np.array2string(fit.matrix, precision=4, suppress_small=True).replace('\n', ''))
+  logging.info(
+      '[ntu_rgbd] S%03dC%03d RGB->depth affine from %d joints (%d files): %d inliers, '
+      'residual rms %.2f px, median %.2f px (depth pixels); matrix %s',
+      setup,
+      camera,
+      fit.points,
+      len(chunks),
+      fit.inliers,
+      fit.rms_px,
+      fit.median_px,
+      np.array2string(fit.matrix, precision=4, suppress_small=True).replace('\n', ''),
+  )
   return tuple(tuple(float(v) for v in row) for row in fit.matrix)
 
 
-def warp_to_depth(rgb: Image.Image, rgb_to_depth: Affine,
-                  depth_size: tuple[int, int]) -> Image.Image:
+def warp_to_depth(
+    rgb: Image.Image, rgb_to_depth: Affine, depth_size: tuple[int, int]
+) -> Image.Image:
   """Resamples an RGB frame into the depth frame (`depth_size` = (W, H) as decoded)."""
   # Nominal map -> decoded pixels: depth_px = D @ M @ C^-1 @ rgb_px.
   m = np.vstack([np.asarray(rgb_to_depth, np.float64), [0, 0, 1]])
@@ -280,8 +352,9 @@ def _is_sample_dir(name: str) -> bool:
   return ID_PATTERN.fullmatch(name) is not None
 
 
-def _index(folders: Sequence[epath.Path], pattern: re.Pattern[str],
-           want_dirs: bool) -> dict[str, epath.Path]:
+def _index(
+    folders: Sequence[epath.Path], pattern: re.Pattern[str], want_dirs: bool
+) -> dict[str, epath.Path]:
   """`{sample id: path}` over modality folders; the first of duplicates wins."""
   found = {}
   for folder in folders:
@@ -289,8 +362,9 @@ def _index(folders: Sequence[epath.Path], pattern: re.Pattern[str],
       match = pattern.fullmatch(entry.name)
       if match and entry.is_dir() == want_dirs:
         if match.group(1) in found:
-          logging.warning('[ntu_rgbd] %s found twice; using %s', match.group(1),
-                          found[match.group(1)])
+          logging.warning(
+              '[ntu_rgbd] %s found twice; using %s', match.group(1), found[match.group(1)]
+          )
         else:
           found[match.group(1)] = entry
   return found
@@ -312,9 +386,15 @@ def find_samples(root: epath.Path) -> tuple[list[NtuSample], list[raw_clips.Skip
         f'<ID>_rgb.avi) and {DEPTH_DIR}/ (holding <ID>/MDepth-%08d.png), plus {SKELETON_DIR}/ '
         f'(<ID>.skeleton) for the alignment, either directly in it or inside per-setup folders '
         f'such as nturgbd_rgb_s001/{RGB_DIR}/. Found {RGB_DIR}: {folders[RGB_DIR]}, '
-        f'{DEPTH_DIR}: {folders[DEPTH_DIR]}.')
-  logging.info('[ntu_rgbd] %d RGB videos, %d depth folders, %d skeleton files in %s', len(rgb),
-               len(depth), len(skeletons), root)
+        f'{DEPTH_DIR}: {folders[DEPTH_DIR]}.'
+    )
+  logging.info(
+      '[ntu_rgbd] %d RGB videos, %d depth folders, %d skeleton files in %s',
+      len(rgb),
+      len(depth),
+      len(skeletons),
+      root,
+  )
   splits = atomic_splits(set(rgb) | set(depth))
 
   skeletons_by_group = collections.defaultdict(list)
@@ -332,8 +412,15 @@ def find_samples(root: epath.Path) -> tuple[list[NtuSample], list[raw_clips.Skip
       skipped.append(raw_clips.Skip(sample_id, split, f'no depth folder {DEPTH_DIR}/{sample_id}'))
     else:
       meta = parse_id(sample_id)
-      samples.append(NtuSample(sample_id, split, str(rgb[sample_id]), str(depth[sample_id]),
-                               mappings[meta['setup'], meta['camera']]))
+      samples.append(
+          NtuSample(
+              sample_id,
+              split,
+              str(rgb[sample_id]),
+              str(depth[sample_id]),
+              mappings[meta['setup'], meta['camera']],
+          )
+      )
   return samples, skipped
 
 
@@ -369,6 +456,12 @@ def convert(sample: NtuSample, height: int, width: int) -> dict:
   return records.make_example(
       rgb=np.stack([rgb[f] for f in common]),
       depth_code=raw_clips.depth_clip_to_code(depth, height, width),
-      label=meta['action'] - 1, sample_id=sample.sample_id, rgb_frames_raw=num_rgb,
-      depth_frames_raw=len(depth_files), subject=meta['subject'], view=meta['camera'],
-      setup=meta['setup'], replication=meta['replication'])
+      label=meta['action'] - 1,
+      sample_id=sample.sample_id,
+      rgb_frames_raw=num_rgb,
+      depth_frames_raw=len(depth_files),
+      subject=meta['subject'],
+      view=meta['camera'],
+      setup=meta['setup'],
+      replication=meta['replication'],
+  )

@@ -17,8 +17,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _load_dummy_data_module():
-  spec = importlib.util.spec_from_file_location('make_dummy_data',
-                                                HERE / 'dummy_data' / 'make_dummy_data.py')
+  spec = importlib.util.spec_from_file_location(
+      'make_dummy_data', HERE / 'dummy_data' / 'make_dummy_data.py'
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

@@ -24,7 +24,7 @@ class Builder(raw_clips.RawClipBuilder):
   RELEASE_NOTES = {
       '1.0.0': 'First release: masked depth, RGB affinely aligned per setup/camera.',
       '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
-               'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
+      'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Register at https://rose1.ntu.edu.sg/dataset/actionRecognition/ and download,

@@ -16,12 +16,23 @@ from data_builders.nw_ucla import nw_ucla_dataset_builder
 from data_builders.nw_ucla import nw_ucla_raw
 
 DUMMY = pathlib.Path(__file__).resolve().parent / 'dummy_data'
-LABELS = {'a08_s01_e00_v01': 'donning', 'a09_s02_e01_v01': 'doffing',
-          'a11_s03_e00_v02': 'throw', 'a12_s01_e02_v03': 'carry'}
-FRAMES = {'a08_s01_e00_v01': (3, 3, 3), 'a09_s02_e01_v01': (4, 5, 5),
-          'a11_s03_e00_v02': (3, 3, 3), 'a12_s01_e02_v03': (3, 3, 3)}
-SKIPS = {'a05_s04_e01_v02': 'undecodable frame_2_tc_', 'a07_s01_e00_v02': 'unknown action id a07',
-         'a01_s01_e00_v03': 'holds no frame'}
+LABELS = {
+    'a08_s01_e00_v01': 'donning',
+    'a09_s02_e01_v01': 'doffing',
+    'a11_s03_e00_v02': 'throw',
+    'a12_s01_e02_v03': 'carry',
+}
+FRAMES = {
+    'a08_s01_e00_v01': (3, 3, 3),
+    'a09_s02_e01_v01': (4, 5, 5),
+    'a11_s03_e00_v02': (3, 3, 3),
+    'a12_s01_e02_v03': (3, 3, 3),
+}
+SKIPS = {
+    'a05_s04_e01_v02': 'undecodable frame_2_tc_',
+    'a07_s01_e00_v02': 'unknown action id a07',
+    'a01_s01_e00_v03': 'holds no frame',
+}
 
 
 class NwUclaTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuilderTestCase):
@@ -35,9 +46,12 @@ class NwUclaTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuilde
     self.enter_context(mock.patch.dict(os.environ, {raw_clips.WORKERS_ENV: '1'}))
 
   def test_examples_and_skip_report(self):
-    builder = builder_test_utils.build(self.DATASET_CLASS,
-                                       self.enter_context(tempfile.TemporaryDirectory()),
-                                       os.fspath(DUMMY), 'res112')
+    builder = builder_test_utils.build(
+        self.DATASET_CLASS,
+        self.enter_context(tempfile.TemporaryDirectory()),
+        os.fspath(DUMMY),
+        'res112',
+    )
     built = builder_test_utils.check_built(self, builder, LABELS, FRAMES, SKIPS)
     example = built['a08_s01_e00_v01'][1]
     self.assertEqual((example['view'], example['subject'], example['replication']), (1, 1, 0))
@@ -50,13 +64,13 @@ class RawTest(absltest.TestCase):
     self.assertEqual(list(files['rgb.jpg']), [99, 100, 101])
     self.assertEqual(sorted(files['depth.png']), [99, 100, 101])
     # The timecodes differ between the modalities of a frame.
-    self.assertNotEqual(files['rgb.jpg'][100].name.split('_')[3],
-                        files['depth.png'][100].name.split('_')[3])
+    self.assertNotEqual(
+        files['rgb.jpg'][100].name.split('_')[3], files['depth.png'][100].name.split('_')[3]
+    )
 
   def test_empty_root_fails_naming_the_expected_folders(self):
     with self.assertRaisesRegex(FileNotFoundError, 'view_1/, view_2/, view_3/'):
-      nw_ucla_raw.find_samples(
-          tfds.core.Path(self.enter_context(tempfile.TemporaryDirectory())))
+      nw_ucla_raw.find_samples(tfds.core.Path(self.enter_context(tempfile.TemporaryDirectory())))
 
 
 if __name__ == '__main__':

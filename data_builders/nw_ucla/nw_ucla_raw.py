@@ -31,8 +31,18 @@ from data_builders import raw_clips
 from modistill_jax.data import protocols
 from modistill_jax.data import records
 
-CLASS_NAMES = ('pick up with one hand', 'pick up with two hands', 'drop trash', 'walk around',
-               'sit down', 'stand up', 'donning', 'doffing', 'throw', 'carry')
+CLASS_NAMES = (
+    'pick up with one hand',
+    'pick up with two hands',
+    'drop trash',
+    'walk around',
+    'sit down',
+    'stand up',
+    'donning',
+    'doffing',
+    'throw',
+    'carry',
+)
 ACTION_TO_LABEL = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5, 8: 6, 9: 7, 11: 8, 12: 9}
 ATOMIC_SPLITS = protocols.view_splits('nw_ucla')
 VIEW_DIR = re.compile(r'view_(\d+)')
@@ -52,8 +62,11 @@ class UclaSample:
 
 
 def find_samples(root: epath.Path) -> tuple[list[UclaSample], list[raw_clips.Skip]]:
-  views = raw_clips.find_dirs(root, lambda n: VIEW_DIR.fullmatch(n) is not None,
-                              lambda n: SAMPLE_DIR.fullmatch(n) is not None)
+  views = raw_clips.find_dirs(
+      root,
+      lambda n: VIEW_DIR.fullmatch(n) is not None,
+      lambda n: SAMPLE_DIR.fullmatch(n) is not None,
+  )
   samples, skipped, seen = [], [], set()
   for view_dir in views:
     view = int(VIEW_DIR.fullmatch(view_dir.name).group(1))
@@ -72,13 +85,13 @@ def find_samples(root: epath.Path) -> tuple[list[UclaSample], list[raw_clips.Ski
       elif action not in ACTION_TO_LABEL:
         skipped.append(raw_clips.Skip(sample_id, split, f'unknown action id a{action:02d}'))
       else:
-        samples.append(UclaSample(sample_id, split, str(folder), action, subject, repetition,
-                                  view))
+        samples.append(UclaSample(sample_id, split, str(folder), action, subject, repetition, view))
   if not samples and not skipped:
     raise FileNotFoundError(
         f'No NW-UCLA sample under {root}: expected view_1/, view_2/, view_3/ folders (as in '
         f'multiview_action/view_1/a01_s01_e00/frame_<N>_tc_<TC>_rgb.jpg and ..._depth.png), '
-        f'directly in it or below. Found view folders: {views}.')
+        f'directly in it or below. Found view folders: {views}.'
+    )
   return samples, skipped
 
 
@@ -105,14 +118,27 @@ def convert(sample: UclaSample, height: int, width: int) -> dict:
     raise raw_clips.SampleError('sample folder holds no frame')
   common = sorted(set(rgb_files) & set(depth_files))
   if not common:
-    raise raw_clips.SampleError(f'no frame number with both RGB ({len(rgb_files)} frames) and '
-                                f'depth ({len(depth_files)} frames)')
-  rgb = np.stack([raw_clips.resize_rgb(raw_clips.read_image(rgb_files[n]), height, width)
-                  for n in common])
-  depth = np.stack([raw_clips.depth_values(raw_clips.read_image(depth_files[n]),
-                                           depth_files[n].name) for n in common])
+    raise raw_clips.SampleError(
+        f'no frame number with both RGB ({len(rgb_files)} frames) and '
+        f'depth ({len(depth_files)} frames)'
+    )
+  rgb = np.stack(
+      [raw_clips.resize_rgb(raw_clips.read_image(rgb_files[n]), height, width) for n in common]
+  )
+  depth = np.stack(
+      [
+          raw_clips.depth_values(raw_clips.read_image(depth_files[n]), depth_files[n].name)
+          for n in common
+      ]
+  )
   return records.make_example(
-      rgb=rgb, depth_code=raw_clips.depth_clip_to_code(depth, height, width),
-      label=ACTION_TO_LABEL[sample.action], sample_id=sample.sample_id,
-      rgb_frames_raw=len(rgb_files), depth_frames_raw=len(depth_files), subject=sample.subject,
-      view=sample.view, replication=sample.repetition)
+      rgb=rgb,
+      depth_code=raw_clips.depth_clip_to_code(depth, height, width),
+      label=ACTION_TO_LABEL[sample.action],
+      sample_id=sample.sample_id,
+      rgb_frames_raw=len(rgb_files),
+      depth_frames_raw=len(depth_files),
+      subject=sample.subject,
+      view=sample.view,
+      replication=sample.repetition,
+  )

@@ -47,14 +47,24 @@ def clip_features(frames: np.ndarray) -> np.ndarray:
   frames = frames[picked].astype(np.float32) / 255
   t, h, w, c = frames.shape
   cells = frames.reshape(t, _CELLS, h // _CELLS, _CELLS, w // _CELLS, c).mean(axis=(2, 4))
-  motion = np.abs(np.diff(frames, axis=0)).mean(-1).reshape(
-      t - 1, _CELLS, h // _CELLS, _CELLS, w // _CELLS)
+  motion = (
+      np.abs(np.diff(frames, axis=0))
+      .mean(-1)
+      .reshape(t - 1, _CELLS, h // _CELLS, _CELLS, w // _CELLS)
+  )
   return np.concatenate([cells.ravel(), motion.mean(axis=(2, 4)).ravel()])
 
 
-def logistic_regression_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                                 test_y: np.ndarray, num_classes: int, l2: float = 1e-2,
-                                 steps: int = 500, learning_rate: float = 0.5) -> float:
+def logistic_regression_accuracy(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    num_classes: int,
+    l2: float = 1e-2,
+    steps: int = 500,
+    learning_rate: float = 0.5,
+) -> float:
   """Test accuracy of multinomial logistic regression, full-batch gradient descent from zero.
 
   Features are standardised with the training set's statistics. Deterministic:
@@ -73,16 +83,16 @@ def logistic_regression_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_
   return float(((test_x @ weights + bias).argmax(1) == test_y).mean())
 
 
-def _features_of(task: tuple[synthetic.GeneratorSpec, synthetic.ClipInfo]
-                 ) -> dict[str, np.ndarray]:
+def _features_of(task: tuple[synthetic.GeneratorSpec, synthetic.ClipInfo]) -> dict[str, np.ndarray]:
   """Renders one clip and returns its features per probe modality (a pool's unit of work)."""
   spec, clip = task
   rendered = synthetic.render_clip(spec, clip.label, clip.index)
   return {modality: clip_features(rendered[key]) for modality, key in MODALITIES.items()}
 
 
-def probe(spec: synthetic.GeneratorSpec, workers: int = 1,
-          shuffle_labels: bool = False) -> dict[str, float]:
+def probe(
+    spec: synthetic.GeneratorSpec, workers: int = 1, shuffle_labels: bool = False
+) -> dict[str, float]:
   """Probe accuracy on the held-out view per modality, and chance.
 
   Args:
@@ -100,7 +110,8 @@ def probe(spec: synthetic.GeneratorSpec, workers: int = 1,
     features = list(map(_features_of, tasks))
   else:
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+        workers, mp_context=multiprocessing.get_context('spawn')
+    ) as pool:
       features = list(pool.map(_features_of, tasks, chunksize=16))
   split = np.array([clip.split for clip in clips])
   labels = np.array([clip.label for clip in clips])
@@ -112,32 +123,39 @@ def probe(spec: synthetic.GeneratorSpec, workers: int = 1,
   for modality in MODALITIES:
     x = np.stack([f[modality] for f in features])
     accuracy[modality] = logistic_regression_accuracy(
-        x[split == 'train'], train_y, x[split == 'test'], test_y, num_classes)
+        x[split == 'train'], train_y, x[split == 'test'], test_y, num_classes
+    )
   accuracy['chance'] = 1 / num_classes
   return accuracy
 
 
 _CONFIG = flags.DEFINE_string('config', 'ntu_like', 'A BUILDER_CONFIG name of synthetic_rgbd.')
 _WORKERS = flags.DEFINE_integer('workers', 1, 'Rendering processes (1: in this process).')
-_SHUFFLE_LABELS = flags.DEFINE_bool('shuffle_labels', False,
-                                    'Train on permuted labels (a control: must give chance).')
+_SHUFFLE_LABELS = flags.DEFINE_bool(
+    'shuffle_labels', False, 'Train on permuted labels (a control: must give chance).'
+)
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
   # The builder module imports TFDS: only the command line needs it, for the config names.
   from data_builders.synthetic_rgbd import Builder  # pylint: disable=g-import-not-at-top
+
   configs = {config.name: config for config in Builder.BUILDER_CONFIGS}
   if _CONFIG.value not in configs:
-    raise app.UsageError(f'--config={_CONFIG.value!r} is not a synthetic_rgbd config; '
-                         f'known: {", ".join(configs)}.')
+    raise app.UsageError(
+        f'--config={_CONFIG.value!r} is not a synthetic_rgbd config; '
+        f'known: {", ".join(configs)}.'
+    )
   spec = configs[_CONFIG.value].spec
   accuracy = probe(spec, workers=_WORKERS.value, shuffle_labels=_SHUFFLE_LABELS.value)
   test_clips = sum(clip.split == 'test' for clip in synthetic.all_clips(spec))
   control = ' (shuffled labels)' if _SHUFFLE_LABELS.value else ''
-  print(f'synthetic_rgbd/{_CONFIG.value}: logistic-regression probe, held-out view '
-        f'({test_clips} clips): RGB {accuracy["rgb"]:.3f}, depth {accuracy["depth"]:.3f}, '
-        f'chance {accuracy["chance"]:.3f}{control}')
+  print(
+      f'synthetic_rgbd/{_CONFIG.value}: logistic-regression probe, held-out view '
+      f'({test_clips} clips): RGB {accuracy["rgb"]:.3f}, depth {accuracy["depth"]:.3f}, '
+      f'chance {accuracy["chance"]:.3f}{control}'
+  )
 
 
 if __name__ == '__main__':

@@ -17,13 +17,18 @@ def example(spec: synthetic.GeneratorSpec, clip: synthetic.ClipInfo) -> tuple[st
   """`(sample_id, record)` of a clip: rendered, then encoded as every dataset's records are."""
   frames = synthetic.render_clip(spec, clip.label, clip.index)
   return clip.sample_id, records.make_example(
-      rgb=frames['rgb'], depth_code=jet.depth_to_code(frames['depth_mm']), label=clip.label,
-      sample_id=clip.sample_id, rgb_frames_raw=spec.num_frames,
-      depth_frames_raw=spec.num_frames, subject=clip.subject, view=clip.view,
-      replication=clip.replication)
+      rgb=frames['rgb'],
+      depth_code=jet.depth_to_code(frames['depth_mm']),
+      label=clip.label,
+      sample_id=clip.sample_id,
+      rgb_frames_raw=spec.num_frames,
+      depth_frames_raw=spec.num_frames,
+      subject=clip.subject,
+      view=clip.view,
+      replication=clip.replication,
+  )
 
 
-def example_of_task(task: tuple[synthetic.GeneratorSpec, synthetic.ClipInfo]
-                    ) -> tuple[str, dict]:
+def example_of_task(task: tuple[synthetic.GeneratorSpec, synthetic.ClipInfo]) -> tuple[str, dict]:
   """`example` of a `(spec, clip)` pair, the form a pool's `map` hands out."""
   return example(*task)

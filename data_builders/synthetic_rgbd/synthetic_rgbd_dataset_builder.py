@@ -34,6 +34,7 @@ from modistill_jax.data import synthetic
 @dataclasses.dataclass(kw_only=True)
 class SyntheticRgbdConfig(tfds.core.BuilderConfig):
   """A named `synthetic.GeneratorSpec`: size, frames, clips, seed, views, subjects."""
+
   spec: synthetic.GeneratorSpec = synthetic.GeneratorSpec()
 
 
@@ -44,23 +45,29 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {
       '1.0.0': 'First release.',
       '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
-               'modality; depth as single-channel 8-bit codes. Same clips, order and pixels.',
+      'modality; depth as single-channel 8-bit codes. Same clips, order and pixels.',
   }
   BUILDER_CONFIGS = [
       SyntheticRgbdConfig(
           name='default',
           description='64x64, 16 frames, 288 clips per class (2,304 clips), 8 subjects.',
-          spec=synthetic.GeneratorSpec()),
+          spec=synthetic.GeneratorSpec(),
+      ),
       SyntheticRgbdConfig(
           name='tiny',
           description='32x32, 8 frames, 24 clips per class (192 clips), 4 subjects: for tests.',
-          spec=synthetic.GeneratorSpec(resolution=32, num_frames=8, clips_per_class=24,
-                                       num_subjects=4)),
+          spec=synthetic.GeneratorSpec(
+              resolution=32, num_frames=8, clips_per_class=24, num_subjects=4
+          ),
+      ),
       SyntheticRgbdConfig(
           name='ntu_like',
-          description=('The size of `default`, NTU-like classes: some told apart only in RGB, '
-                       'some only in depth, most in both (see the README).'),
-          spec=synthetic.GeneratorSpec(scenario='ntu_like', rgb_distractors=False)),
+          description=(
+              'The size of `default`, NTU-like classes: some told apart only in RGB, '
+              'some only in depth, most in both (see the README).'
+          ),
+          spec=synthetic.GeneratorSpec(scenario='ntu_like', rgb_distractors=False),
+      ),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
@@ -72,7 +79,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=records.clip_features(self.builder_config.spec.class_names))
+        features=records.clip_features(self.builder_config.spec.class_names)
+    )
 
   def _download_and_prepare(self, dl_manager, download_config):
     """Renders on one pool for the whole build: spawned workers start once, not per split."""
@@ -80,7 +88,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if workers == 1:
       return super()._download_and_prepare(dl_manager, download_config)
     self._pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context('spawn'))
+        workers, mp_context=multiprocessing.get_context('spawn')
+    )
     try:
       return super()._download_and_prepare(dl_manager, download_config)
     finally:
@@ -92,12 +101,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     clips = synthetic.all_clips(self.builder_config.spec)
     generators = {}
     for split in protocols.SPLITS:
-      generators.update(self._writer.generators(
-          split, self._generate_examples([c for c in clips if c.split == split])))
+      generators.update(
+          self._writer.generators(
+              split, self._generate_examples([c for c in clips if c.split == split])
+          )
+      )
     return generators
 
-  def _generate_examples(self, clips: Sequence[synthetic.ClipInfo]
-                         ) -> Iterator[tuple[str, dict]]:
+  def _generate_examples(self, clips: Sequence[synthetic.ClipInfo]) -> Iterator[tuple[str, dict]]:
     spec = self.builder_config.spec
     tasks = [(spec, clip) for clip in clips]
     if self._pool is None:

@@ -42,7 +42,8 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
   assert info.file_format.value == records.FILE_FORMAT
   assert {name: split.num_examples for name, split in info.splits.items()} == {
       **TINY_SPLIT_SIZES,
-      **{records.frames_split(s): 2 * 8 * n for s, n in TINY_SPLIT_SIZES.items()}}
+      **{records.frames_split(s): 2 * 8 * n for s, n in TINY_SPLIT_SIZES.items()},
+  }
   assert info.features['label'].names == list(synthetic.CLASS_NAMES)
   expected = {clip.sample_id: clip for clip in synthetic.all_clips(TINY)}
   built = _read(python_built)
@@ -51,10 +52,17 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
     clip = expected[sample_id]
     assert split == clip.split
     assert (example['label'], example['view'], example['subject'], example['replication']) == (
-        clip.label, clip.view, clip.subject, clip.replication)
+        clip.label,
+        clip.view,
+        clip.subject,
+        clip.replication,
+    )
     assert len(example['rgb']) == len(example['depth']) == example['num_frames'] == 8
-  for split, views, subjects in (('train', {2, 3}, {1, 2, 3}), ('validation', {2, 3}, {4}),
-                                 ('test', {1}, {1, 2, 3, 4})):
+  for split, views, subjects in (
+      ('train', {2, 3}, {1, 2, 3}),
+      ('validation', {2, 3}, {4}),
+      ('test', {1}, {1, 2, 3, 4}),
+  ):
     examples = [e for s, e in built.values() if s == split]
     assert {int(e['view']) for e in examples} == views
     assert {int(e['subject']) for e in examples} == subjects
@@ -65,8 +73,9 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
   depth = np.stack([records.decode_depth(f) for f in example['depth']])
   assert rgb.shape == (8, 32, 32, 3) and depth.shape == (8, 32, 32)
   # Depth is stored losslessly: its codes colour to the renderer's jet frames.
-  np.testing.assert_array_equal(jet.JET_OF_CODE[depth],
-                                synthetic.render_clip(TINY, 5, 5)['depth_jet'])
+  np.testing.assert_array_equal(
+      jet.JET_OF_CODE[depth], synthetic.render_clip(TINY, 5, 5)['depth_jet']
+  )
 
 
 def test_worker_processes_write_what_rendering_here_gives(python_built):
@@ -81,9 +90,12 @@ def test_worker_processes_write_what_rendering_here_gives(python_built):
 
 def test_cli_build_writes_the_same_examples(python_built, tmp_path):
   folder = os.path.dirname(os.path.abspath(__file__))
-  subprocess.run(builder_test_utils.tfds_build_command()
-                 + [folder, '--config=tiny', f'--data_dir={tmp_path}'],
-                 check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(folder)))
+  subprocess.run(
+      builder_test_utils.tfds_build_command() + [folder, '--config=tiny', f'--data_dir={tmp_path}'],
+      check=True,
+      capture_output=True,
+      cwd=os.path.dirname(os.path.dirname(folder)),
+  )
   cli_built = tfds.builder_from_directory(str(tmp_path / 'synthetic_rgbd' / 'tiny' / '2.0.0'))
   assert cli_built.info.file_format.value == records.FILE_FORMAT
   from_cli, from_python = _read(cli_built), _read(python_built)
@@ -96,8 +108,13 @@ def test_cli_build_writes_the_same_examples(python_built, tmp_path):
 
 def test_clips_are_a_function_of_the_seed():
   first, again = (synthetic.render_clip(TINY, 3, 5) for _ in range(2))
-  other_seed = synthetic.render_clip(synthetic.GeneratorSpec(
-      resolution=32, num_frames=8, clips_per_class=24, num_subjects=4, seed=1), 3, 5)
+  other_seed = synthetic.render_clip(
+      synthetic.GeneratorSpec(
+          resolution=32, num_frames=8, clips_per_class=24, num_subjects=4, seed=1
+      ),
+      3,
+      5,
+  )
   for key in ('rgb', 'depth_mm', 'depth_jet'):
     np.testing.assert_array_equal(first[key], again[key])
     assert not np.array_equal(first[key], other_seed[key]), key
@@ -114,7 +131,9 @@ def test_depth_is_privileged_information():
   errors of a difference and 3 of an accuracy.
   """
   accuracy = probe.probe(synthetic.GeneratorSpec(resolution=32, num_frames=8, clips_per_class=96))
-  print(f'logistic regression, held-out view: depth {accuracy["depth"]:.3f}, '
-        f'RGB {accuracy["rgb"]:.3f}, chance {accuracy["chance"]:.3f}')
+  print(
+      f'logistic regression, held-out view: depth {accuracy["depth"]:.3f}, '
+      f'RGB {accuracy["rgb"]:.3f}, chance {accuracy["chance"]:.3f}'
+  )
   assert accuracy['depth'] - accuracy['rgb'] >= 0.2, accuracy
   assert accuracy['rgb'] >= accuracy['chance'] + 0.1, accuracy

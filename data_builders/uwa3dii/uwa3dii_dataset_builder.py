@@ -23,7 +23,7 @@ class Builder(raw_clips.RawClipBuilder):
   RELEASE_NOTES = {
       '1.0.0': 'First release: WholeFrames depth, modalities joined on aYY_sZZ_vWW.',
       '2.0.0': 'Record layout 2 (`records.py`): a clip table and one record per frame and '
-               'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
+      'modality; depth as single-channel 8-bit codes, resized as depth before coding.',
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   No public download address of the RGB-D release of UWA3D Multiview

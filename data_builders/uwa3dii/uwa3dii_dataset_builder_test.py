@@ -19,12 +19,23 @@ from modistill_jax.data import records
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DUMMY = pathlib.Path(__file__).resolve().parent / 'dummy_data'
-LABELS = {'a01_s01_v01': 'one hand waving', 'a05_s02_v02': 'sitting down',
-          'a12_s03_v03': 'walking', 'a30_s01_v04': 'coughing'}
-FRAMES = {'a01_s01_v01': (4, 5, 5), 'a05_s02_v02': (3, 3, 3), 'a12_s03_v03': (3, 3, 3),
-          'a30_s01_v04': (3, 3, 3)}
-SKIPS = {'a02_s06_v02': 'empty file 002,.jpg', 'a06_s06_v03': 'no RGB folder',
-         'a21_s02_v04': 'no depth folder'}
+LABELS = {
+    'a01_s01_v01': 'one hand waving',
+    'a05_s02_v02': 'sitting down',
+    'a12_s03_v03': 'walking',
+    'a30_s01_v04': 'coughing',
+}
+FRAMES = {
+    'a01_s01_v01': (4, 5, 5),
+    'a05_s02_v02': (3, 3, 3),
+    'a12_s03_v03': (3, 3, 3),
+    'a30_s01_v04': (3, 3, 3),
+}
+SKIPS = {
+    'a02_s06_v02': 'empty file 002,.jpg',
+    'a06_s06_v03': 'no RGB folder',
+    'a21_s02_v04': 'no depth folder',
+}
 
 
 class Uwa3diiTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuilderTestCase):
@@ -38,8 +49,12 @@ class Uwa3diiTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuild
     self.enter_context(mock.patch.dict(os.environ, {raw_clips.WORKERS_ENV: '1'}))
 
   def test_examples_and_skip_report(self):
-    builder = builder_test_utils.build(self.DATASET_CLASS, self.enter_context(tempfile.TemporaryDirectory()),
-                                       os.fspath(DUMMY), 'res112')
+    builder = builder_test_utils.build(
+        self.DATASET_CLASS,
+        self.enter_context(tempfile.TemporaryDirectory()),
+        os.fspath(DUMMY),
+        'res112',
+    )
     built = builder_test_utils.check_built(self, builder, LABELS, FRAMES, SKIPS)
     self.assertEqual(built['a12_s03_v03'][1]['view'], 3)
     self.assertEqual(built['a12_s03_v03'][1]['subject'], 3)
@@ -49,8 +64,7 @@ class FindSamplesTest(absltest.TestCase):
 
   def test_empty_root_fails_naming_the_expected_folders(self):
     with self.assertRaisesRegex(FileNotFoundError, 'UWA3D-RGB.*WholeFrames'):
-      uwa3dii_raw.find_samples(
-          tfds.core.Path(self.enter_context(tempfile.TemporaryDirectory())))
+      uwa3dii_raw.find_samples(tfds.core.Path(self.enter_context(tempfile.TemporaryDirectory())))
 
 
 class CommandLineTest(absltest.TestCase):
@@ -59,16 +73,31 @@ class CommandLineTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as out:
       env = dict(os.environ, **{raw_clips.WORKERS_ENV: '2'})
       result = subprocess.run(
-          builder_test_utils.tfds_build_command() + [
-              'data_builders/uwa3dii', f'--manual_dir={DUMMY}', f'--data_dir={out}',
-              '--config=res112'],
-          cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=300)
+          builder_test_utils.tfds_build_command()
+          + [
+              'data_builders/uwa3dii',
+              f'--manual_dir={DUMMY}',
+              f'--data_dir={out}',
+              '--config=res112',
+          ],
+          cwd=REPO,
+          env=env,
+          capture_output=True,
+          text=True,
+          check=False,
+          timeout=300,
+      )
       self.assertEqual(result.returncode, 0, result.stderr[-3000:])
       self.assertIn('2 workers', result.stdout)  # `tfds` logs through tqdm, to stdout
       builder = tfds.builder_from_directory(os.path.join(out, 'uwa3dii', 'res112', '2.0.0'))
-      self.assertEqual({s: builder.info.splits[s].num_examples for s in builder.info.splits
-                        if not records.is_frames_split(s)},
-                       {'view1': 1, 'view2': 1, 'view3': 1, 'view4': 1})
+      self.assertEqual(
+          {
+              s: builder.info.splits[s].num_examples
+              for s in builder.info.splits
+              if not records.is_frames_split(s)
+          },
+          {'view1': 1, 'view2': 1, 'view3': 1, 'view4': 1},
+      )
       self.assertEqual(builder.info.file_format.value, 'array_record')
       report = raw_clips.read_skip_report(builder.data_path / raw_clips.SKIP_REPORT)
       self.assertEqual(sorted(s.sample_id for s in report), sorted(SKIPS))

@@ -28,12 +28,36 @@ from modistill_jax.data import protocols
 from modistill_jax.data import records
 
 CLASS_NAMES = (
-    'one hand waving', 'one hand punching', 'two hand waving', 'two hand punching',
-    'sitting down', 'standing up', 'vibrating', 'falling down', 'holding chest',
-    'holding head', 'holding back', 'walking', 'irregular walking', 'lying down',
-    'turning around', 'drinking', 'phone answering', 'bending', 'jumping jack', 'running',
-    'picking up', 'putting down', 'kicking', 'jumping', 'dancing', 'mopping floor', 'sneezing',
-    'sitting down (chair)', 'squatting', 'coughing',
+    'one hand waving',
+    'one hand punching',
+    'two hand waving',
+    'two hand punching',
+    'sitting down',
+    'standing up',
+    'vibrating',
+    'falling down',
+    'holding chest',
+    'holding head',
+    'holding back',
+    'walking',
+    'irregular walking',
+    'lying down',
+    'turning around',
+    'drinking',
+    'phone answering',
+    'bending',
+    'jumping jack',
+    'running',
+    'picking up',
+    'putting down',
+    'kicking',
+    'jumping',
+    'dancing',
+    'mopping floor',
+    'sneezing',
+    'sitting down (chair)',
+    'squatting',
+    'coughing',
 )
 ATOMIC_SPLITS = protocols.view_splits('uwa3dii')
 RGB_DIR, DEPTH_DIR = 'UWA3D-RGB', 'WholeFrames'
@@ -65,23 +89,26 @@ def _index(folders: list[epath.Path]) -> dict[str, epath.Path]:
       match = SAMPLE_DIR.fullmatch(entry.name)
       if match and entry.is_dir():
         if match.group(1) in found:
-          logging.warning('[uwa3dii] %s found twice; using %s', match.group(1),
-                          found[match.group(1)])
+          logging.warning(
+              '[uwa3dii] %s found twice; using %s', match.group(1), found[match.group(1)]
+          )
         else:
           found[match.group(1)] = entry
   return found
 
 
 def find_samples(root: epath.Path) -> tuple[list[UwaSample], list[raw_clips.Skip]]:
-  folders = raw_clips.find_dirs(root, lambda n: n in (RGB_DIR, DEPTH_DIR),
-                                lambda n: SAMPLE_DIR.fullmatch(n) is not None)
+  folders = raw_clips.find_dirs(
+      root, lambda n: n in (RGB_DIR, DEPTH_DIR), lambda n: SAMPLE_DIR.fullmatch(n) is not None
+  )
   rgb = _index([f for f in folders if f.name == RGB_DIR])
   depth = _index([f for f in folders if f.name == DEPTH_DIR])
   if not rgb and not depth:
     raise FileNotFoundError(
         f'No UWA3DII sample under {root}: expected the folders {RGB_DIR}/ (holding '
         f'aYY_sZZ_vWW_eNN/<fff>,.jpg) and UWA3D-Depth/{DEPTH_DIR}/ (holding '
-        f'aYY_sZZ_vWW_eNN/<fff>.png), at any depth. Found: {folders}.')
+        f'aYY_sZZ_vWW_eNN/<fff>.png), at any depth. Found: {folders}.'
+    )
   samples, skipped = [], []
   for sample_id in sorted(set(rgb) | set(depth)):
     meta = parse_id(sample_id)
@@ -89,7 +116,9 @@ def find_samples(root: epath.Path) -> tuple[list[UwaSample], list[raw_clips.Skip
     if split not in ATOMIC_SPLITS or not 1 <= meta['action'] <= len(CLASS_NAMES):
       skipped.append(raw_clips.Skip(sample_id, split, 'action or view out of range'))
     elif sample_id not in depth:
-      skipped.append(raw_clips.Skip(sample_id, split, f'no depth folder {DEPTH_DIR}/{sample_id}_e*'))
+      skipped.append(
+          raw_clips.Skip(sample_id, split, f'no depth folder {DEPTH_DIR}/{sample_id}_e*')
+      )
     elif sample_id not in rgb:
       skipped.append(raw_clips.Skip(sample_id, split, f'no RGB folder {RGB_DIR}/{sample_id}_e*'))
     else:
@@ -112,14 +141,27 @@ def convert(sample: UwaSample, height: int, width: int) -> dict:
   depth_files = _frames(epath.Path(sample.depth_dir), DEPTH_FRAME)
   common = sorted(set(rgb_files) & set(depth_files))
   if not common:
-    raise raw_clips.SampleError(f'no frame number with both RGB ({len(rgb_files)} frames) and '
-                                f'depth ({len(depth_files)} frames)')
-  rgb = np.stack([raw_clips.resize_rgb(raw_clips.read_image(rgb_files[n]), height, width)
-                  for n in common])
-  depth = np.stack([raw_clips.depth_values(raw_clips.read_image(depth_files[n]),
-                                           depth_files[n].name) for n in common])
+    raise raw_clips.SampleError(
+        f'no frame number with both RGB ({len(rgb_files)} frames) and '
+        f'depth ({len(depth_files)} frames)'
+    )
+  rgb = np.stack(
+      [raw_clips.resize_rgb(raw_clips.read_image(rgb_files[n]), height, width) for n in common]
+  )
+  depth = np.stack(
+      [
+          raw_clips.depth_values(raw_clips.read_image(depth_files[n]), depth_files[n].name)
+          for n in common
+      ]
+  )
   meta = parse_id(sample.sample_id)
   return records.make_example(
-      rgb=rgb, depth_code=raw_clips.depth_clip_to_code(depth, height, width),
-      label=meta['action'] - 1, sample_id=sample.sample_id, rgb_frames_raw=len(rgb_files),
-      depth_frames_raw=len(depth_files), subject=meta['subject'], view=meta['view'])
+      rgb=rgb,
+      depth_code=raw_clips.depth_clip_to_code(depth, height, width),
+      label=meta['action'] - 1,
+      sample_id=sample.sample_id,
+      rgb_frames_raw=len(rgb_files),
+      depth_frames_raw=len(depth_files),
+      subject=meta['subject'],
+      view=meta['view'],
+  )

@@ -26,9 +26,10 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
   """Builds a download-free dataset (the synthetic one) on first use; returns where, if it did."""
   if not config.build_if_missing:
     return None
-  import data_builders  # pylint: disable=g-import-not-at-top,unused-import  (registers builders)
+  import data_builders  # noqa: F401  (registers the builders with TFDS)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from modistill_jax.data import records  # pylint: disable=g-import-not-at-top
+
   name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
   builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=records.FILE_FORMAT)
   # TFDS logs a warning when asked about a dataset folder that does not exist yet.
@@ -44,10 +45,16 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
 def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source | None]:
   """The config's train, validation and test splits (None where the protocol has none)."""
   ensure_dataset(config)
-  return {split: pipeline.load_source(config.dataset, config.protocol, split,
-                                      data_dir=config.data_dir or None,
-                                      builder_config=config.builder_config or None)
-          for split in ('train', 'validation', 'test')}
+  return {
+      split: pipeline.load_source(
+          config.dataset,
+          config.protocol,
+          split,
+          data_dir=config.data_dir or None,
+          builder_config=config.builder_config or None,
+      )
+      for split in ('train', 'validation', 'test')
+  }
 
 
 def input_shape(config: ml_collections.ConfigDict, batch: int, modality: str) -> tuple[int, ...]:

@@ -99,6 +99,7 @@ BATCH_PREFETCH = 2
 @dataclasses.dataclass(frozen=True)
 class Source:
   """A protocol's split, readable by index."""
+
   records: Sequence[dict]
   class_names: tuple[str, ...]
   name: str
@@ -109,8 +110,9 @@ def _data_root(data_dir: str | None) -> epath.Path:
   return epath.Path(data_dir or os.environ.get('TFDS_DATA_DIR', tfds.core.constants.DATA_DIR))
 
 
-def built_dataset_dir(dataset: str, *, data_dir: str | None = None,
-                      builder_config: str | None = None) -> str:
+def built_dataset_dir(
+    dataset: str, *, data_dir: str | None = None, builder_config: str | None = None
+) -> str:
   """The folder of the newest built version of `dataset[/builder_config]`.
 
   Resolved from the files alone (local or `gs://`), never from registered
@@ -125,20 +127,35 @@ def built_dataset_dir(dataset: str, *, data_dir: str | None = None,
   if root.is_dir():
     for path in root.iterdir():
       parts = path.name.split('.')
-      if (len(parts) == 3 and all(p.isdigit() for p in parts)
-          and (path / 'dataset_info.json').exists()):
+      if (
+          len(parts) == 3
+          and all(p.isdigit() for p in parts)
+          and (path / 'dataset_info.json').exists()
+      ):
         versions.append(tuple(int(p) for p in parts))
   if not versions:
-    built = sorted(p.name for p in root.iterdir() if not p.name.startswith('.')) if root.is_dir() else []
-    hint = (f'; it holds {built}: set config.builder_config to one of them' if built
-            else '; build it first (see data_builders/<name>/README.md)')
+    built = (
+        sorted(p.name for p in root.iterdir() if not p.name.startswith('.'))
+        if root.is_dir()
+        else []
+    )
+    hint = (
+        f'; it holds {built}: set config.builder_config to one of them'
+        if built
+        else '; build it first (see data_builders/<name>/README.md)'
+    )
     raise FileNotFoundError(f'No built {dataset} dataset in {root}{hint}.')
   return str(root / '.'.join(map(str, max(versions))))
 
 
-def load_source(dataset: str, protocol: str, split: str, *,
-                data_dir: str | None = None,
-                builder_config: str | None = None) -> Source | None:
+def load_source(
+    dataset: str,
+    protocol: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    builder_config: str | None = None,
+) -> Source | None:
   """The records of `split` ('train', 'validation', 'test') of a built dataset.
 
   The dataset is opened from its built files (the newest version in
@@ -169,7 +186,9 @@ def load_source(dataset: str, protocol: str, split: str, *,
   rebuild = shards.rebuild_command(dataset, os.fspath(_data_root(data_dir)), builder_config)
   return Source(
       records=shards.open_split(builder, expression, name=name, rebuild_command=rebuild),
-      class_names=tuple(builder.info.features['label'].names), name=name)
+      class_names=tuple(builder.info.features['label'].names),
+      name=name,
+  )
 
 
 def resize_frame(image: Image.Image, image_size: tuple[int, int]) -> Image.Image:
@@ -185,9 +204,10 @@ def resize_frame(image: Image.Image, image_size: tuple[int, int]) -> Image.Image
   return image
 
 
-def _decode_frame(modality: str, data: bytes, image_size: tuple[int, int],
-                  flip: bool) -> np.ndarray:
-  """A stored frame -> `(H, W, 3)` RGB or `(H, W, 1)` depth codes at `image_size`, mirrored when `flip`."""
+def _decode_frame(
+    modality: str, data: bytes, image_size: tuple[int, int], flip: bool
+) -> np.ndarray:
+  """A stored frame -> `(H, W, 3)` RGB or `(H, W, 1)` depth codes at `image_size`, maybe flipped."""
   frame = records_lib.decode_frame(modality, data)
   height, width = image_size
   if frame.shape[:2] != (height, width):
@@ -204,11 +224,18 @@ def _decode_frame(modality: str, data: bytes, image_size: tuple[int, int],
   return frame if modality == 'rgb' else frame[..., None]
 
 
-def _decode_clip(record: dict, indices: np.ndarray, image_size: tuple[int, int], flip: bool,
-                 modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _decode_clip(
+    record: dict,
+    indices: np.ndarray,
+    image_size: tuple[int, int],
+    flip: bool,
+    modalities: tuple[str, ...],
+) -> dict[str, np.ndarray]:
   """The frames `indices` of each modality, flipped alike when `flip`."""
-  return {m: np.stack([_decode_frame(m, record[m][i], image_size, flip) for i in indices])
-          for m in modalities}
+  return {
+      m: np.stack([_decode_frame(m, record[m][i], image_size, flip) for i in indices])
+      for m in modalities
+  }
 
 
 def frame_shape(modality: str, image_size: tuple[int, int]) -> tuple[int, int, int]:
@@ -219,8 +246,10 @@ def frame_shape(modality: str, image_size: tuple[int, int]) -> tuple[int, int, i
 def _num_frames(record: dict) -> int:
   num_rgb, num_depth = len(record['rgb']), len(record['depth'])
   if num_rgb != num_depth:
-    raise ValueError(f"{record['sample_id']!r}: {num_rgb} RGB frames but {num_depth} depth "
-                     'frames; the record format requires aligned modalities.')
+    raise ValueError(
+        f"{record['sample_id']!r}: {num_rgb} RGB frames but {num_depth} depth "
+        'frames; the record format requires aligned modalities.'
+    )
   return num_rgb
 
 
@@ -239,6 +268,7 @@ def _checked_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class _EpochOf:
   """`(position in the repeated stream, record index)` -> `(epoch, record index)`."""
+
   num_records: int
 
   def __call__(self, position: int, record_index: int) -> tuple[int, int]:
@@ -248,6 +278,7 @@ class _EpochOf:
 @dataclasses.dataclass(frozen=True)
 class _TrainClip:
   """`(epoch, record index)` -> one augmented training example."""
+
   records: Sequence[dict] = dataclasses.field(repr=False)  # Grain logs the transform's repr
   num_frames: int
   image_size: tuple[int, int]
@@ -260,8 +291,7 @@ class _TrainClip:
     epoch, index = epoch_and_index
     rng = np.random.default_rng([self.seed, epoch, index])
     record = self.records[index]
-    indices = sampling.train_indices(_num_frames(record), self.num_frames, rng,
-                                     self.uniform_prob)
+    indices = sampling.train_indices(_num_frames(record), self.num_frames, rng, self.uniform_prob)
     flip = self.flip and rng.random() < 0.5
     clips = _decode_clip(record, indices, self.image_size, flip, self.modalities)
     return _example(clips, record['label'], True, index)
@@ -270,6 +300,7 @@ class _TrainClip:
 @dataclasses.dataclass(frozen=True)
 class _EvalClip:
   """Record index -> uniformly sampled example; -1 -> a masked-out zero example."""
+
   records: Sequence[dict] = dataclasses.field(repr=False)
   num_frames: int
   image_size: tuple[int, int]
@@ -277,8 +308,15 @@ class _EvalClip:
 
   def __call__(self, index: int) -> Batch:
     if index < 0:
-      return _example({m: np.zeros((self.num_frames, *frame_shape(m, self.image_size)), np.uint8)
-                       for m in self.modalities}, 0, False, -1)
+      return _example(
+          {
+              m: np.zeros((self.num_frames, *frame_shape(m, self.image_size)), np.uint8)
+              for m in self.modalities
+          },
+          0,
+          False,
+          -1,
+      )
     record = self.records[index]
     indices = sampling.uniform_indices(_num_frames(record), self.num_frames)
     clips = _decode_clip(record, indices, self.image_size, False, self.modalities)
@@ -297,31 +335,52 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size < 1 or global_batch_size % process_count:
     raise ValueError(
         f'global_batch_size {global_batch_size} must be a positive multiple of the '
-        f'process count {process_count}.')
+        f'process count {process_count}.'
+    )
   return global_batch_size // process_count
 
 
-def _decoded_and_batched(ds: grain.MapDataset, local_batch_size: int, worker_count: int,
-                         worker_buffer_size: int, drop_remainder: bool) -> grain.IterDataset:
+def _decoded_and_batched(
+    ds: grain.MapDataset,
+    local_batch_size: int,
+    worker_count: int,
+    worker_buffer_size: int,
+    drop_remainder: bool,
+) -> grain.IterDataset:
   """Decode in threads (and worker processes), batch here, prefetch batches."""
   if worker_count and not flags.FLAGS.is_parsed():
     # Grain's worker processes read absl flags; outside an absl app (tests,
     # notebooks, scripts) nothing parsed them, and the defaults are what we want.
     flags.FLAGS.mark_as_parsed()
-  ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=READ_THREADS, prefetch_buffer_size=max(READ_THREADS, local_batch_size)))
-  ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-      num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+  ds = ds.to_iter_dataset(
+      grain.ReadOptions(
+          num_threads=READ_THREADS, prefetch_buffer_size=max(READ_THREADS, local_batch_size)
+      )
+  )
+  ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+          num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
+      )
+  )
   ds = ds.batch(local_batch_size, drop_remainder=drop_remainder)
   return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=BATCH_PREFETCH)
 
 
-def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frames: int,
-                   image_size: tuple[int, int], seed: int, uniform_prob: float = 0.5,
-                   flip: bool = True, process_index: int | None = None,
-                   process_count: int | None = None, worker_count: int = 0,
-                   worker_buffer_size: int = 2,
-                   modalities: Sequence[str] = MODALITIES) -> grain.DatasetIterator:
+def train_iterator(
+    records: Sequence[dict],
+    *,
+    global_batch_size: int,
+    num_frames: int,
+    image_size: tuple[int, int],
+    seed: int,
+    uniform_prob: float = 0.5,
+    flip: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    modalities: Sequence[str] = MODALITIES,
+) -> grain.DatasetIterator:
   """Endless, per-epoch reshuffled batches: this host's rows of each global batch.
 
   Args:
@@ -354,10 +413,20 @@ def train_iterator(records: Sequence[dict], *, global_batch_size: int, num_frame
   ds = grain.MapDataset.range(len(records)).seed(seed).shuffle().repeat()
   ds = ds.map_with_index(_EpochOf(len(records)))
   ds = ds[process_index::process_count]
-  ds = ds.map(_TrainClip(records, num_frames, tuple(image_size), seed, uniform_prob, flip,
-                         _checked_modalities(modalities)))
-  ds = _decoded_and_batched(ds, local_batch_size, worker_count, worker_buffer_size,
-                            drop_remainder=True)
+  ds = ds.map(
+      _TrainClip(
+          records,
+          num_frames,
+          tuple(image_size),
+          seed,
+          uniform_prob,
+          flip,
+          _checked_modalities(modalities),
+      )
+  )
+  ds = _decoded_and_batched(
+      ds, local_batch_size, worker_count, worker_buffer_size, drop_remainder=True
+  )
   return iter(ds)
 
 
@@ -371,6 +440,7 @@ class EvalBatches:
     num_examples: records in the split over all hosts, i.e. the sum of `mask`
       over the assembled global batches of one pass.
   """
+
   dataset: grain.IterDataset
   num_batches: int
   num_examples: int
@@ -382,10 +452,17 @@ class EvalBatches:
     return iter(self.dataset)
 
 
-def eval_iterator(records: Sequence[dict], *, global_batch_size: int, num_frames: int,
-                  image_size: tuple[int, int], process_index: int | None = None,
-                  process_count: int | None = None, worker_count: int = 0,
-                  modalities: Sequence[str] = MODALITIES) -> EvalBatches:
+def eval_iterator(
+    records: Sequence[dict],
+    *,
+    global_batch_size: int,
+    num_frames: int,
+    image_size: tuple[int, int],
+    process_index: int | None = None,
+    process_count: int | None = None,
+    worker_count: int = 0,
+    modalities: Sequence[str] = MODALITIES,
+) -> EvalBatches:
   """Every record exactly once over all hosts, uniformly sampled, padded with mask=False.
 
   Arguments as for `train_iterator`.
@@ -396,11 +473,12 @@ def eval_iterator(records: Sequence[dict], *, global_batch_size: int, num_frames
   num_batches = math.ceil(max_per_host / local_batch_size)
   indices = np.full(num_batches * local_batch_size, -1, np.int64)
   own = np.arange(process_index, len(records), process_count)
-  indices[:len(own)] = own
+  indices[: len(own)] = own
   ds = grain.MapDataset.source(indices.tolist())
   ds = ds.map(_EvalClip(records, num_frames, tuple(image_size), _checked_modalities(modalities)))
-  ds = _decoded_and_batched(ds, local_batch_size, worker_count, worker_buffer_size=2,
-                            drop_remainder=False)
+  ds = _decoded_and_batched(
+      ds, local_batch_size, worker_count, worker_buffer_size=2, drop_remainder=False
+  )
   return EvalBatches(dataset=ds, num_batches=num_batches, num_examples=len(records))
 
 
@@ -409,14 +487,28 @@ def usable_cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
-def measure_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
-                        image_size: tuple[int, int] = (224, 224), batch_size: int = 32,
-                        worker_count: int = 0, seconds: float = 10.0,
-                        modalities: Sequence[str] = MODALITIES) -> float:
+def measure_clips_per_s(
+    records: Sequence[dict],
+    *,
+    num_frames: int = 5,
+    image_size: tuple[int, int] = (224, 224),
+    batch_size: int = 32,
+    worker_count: int = 0,
+    seconds: float = 10.0,
+    modalities: Sequence[str] = MODALITIES,
+) -> float:
   """Training-pipeline throughput alone (clips/s), after two warm-up batches."""
-  iterator = train_iterator(records, global_batch_size=batch_size, num_frames=num_frames,
-                            image_size=image_size, seed=0, process_index=0, process_count=1,
-                            worker_count=worker_count, modalities=modalities)
+  iterator = train_iterator(
+      records,
+      global_batch_size=batch_size,
+      num_frames=num_frames,
+      image_size=image_size,
+      seed=0,
+      process_index=0,
+      process_count=1,
+      worker_count=worker_count,
+      modalities=modalities,
+  )
   try:
     for _ in range(2):
       next(iterator)
@@ -428,9 +520,13 @@ def measure_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
     iterator.close()
 
 
-def measure_decode_clips_per_s(records: Sequence[dict], *, num_frames: int = 5,
-                               seconds: float = 10.0,
-                               modalities: Sequence[str] = MODALITIES) -> float:
+def measure_decode_clips_per_s(
+    records: Sequence[dict],
+    *,
+    num_frames: int = 5,
+    seconds: float = 10.0,
+    modalities: Sequence[str] = MODALITIES,
+) -> float:
   """Decoding alone in one thread: `num_frames` frames per modality and clip, clips/s.
 
   The pipeline's own decoder (`records.decode_frame`) on the frames it would

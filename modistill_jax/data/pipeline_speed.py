@@ -52,8 +52,9 @@ SPLIT = 'train'
 STAGES = {'rgb': ('rgb',), 'rgb+depth': ('rgb', 'depth')}
 
 
-def synthetic_clip(rng: np.random.Generator, index: int, num_frames: int,
-                   size: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_clip(
+    rng: np.random.Generator, index: int, num_frames: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
   """`(rgb (T, H, W, 3) uint8, depth (T, H, W) mm)`: a textured lit room, a figure walking."""
   t = np.arange(num_frames, dtype=np.float32)[:, None, None]
   y, x = np.mgrid[:size, :size].astype(np.float32)
@@ -62,11 +63,10 @@ def synthetic_clip(rng: np.random.Generator, index: int, num_frames: int,
   # Texture: fixed random waves (wood grain, fabric, plaster) and fine grain, then sensor noise.
   texture = rng.normal(0, 4, (size, size)).astype(np.float32)
   for octave in range(4):
-    kx, ky = rng.uniform(0.02, 0.3, 2) * 2 ** octave
+    kx, ky = rng.uniform(0.02, 0.3, 2) * 2**octave
     texture += np.sin(kx * x + ky * y + rng.uniform(0, 2 * np.pi)) * 12 / (octave + 1)
   wall = np.stack([120 + 60 * x / size, 110 + 40 * y / size, 100 + 30 * (1 - x / size)], -1)
-  ground = np.stack([90 + 50 * (y - horizon) / size, 70 + 30 * x / size,
-                     50 + 20 * y / size], -1)
+  ground = np.stack([90 + 50 * (y - horizon) / size, 70 + 30 * x / size, 50 + 20 * y / size], -1)
   room = np.where(floor[..., None], ground, wall) + texture[..., None]
   light = 0.75 + 0.25 * np.exp(-((x - 0.3 * size) ** 2 + (y - 0.2 * size) ** 2) / (0.5 * size) ** 2)
   room = room * light[..., None]
@@ -79,8 +79,9 @@ def synthetic_clip(rng: np.random.Generator, index: int, num_frames: int,
   rgb = np.clip(rgb + rng.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)
   wall_mm = 3500.0 + 500.0 * np.abs(x - size / 2) / size
   floor_mm = 1500.0 + 2000.0 * (size - y) / (size - horizon)
-  depth_mm = np.where(figure, 2500.0 - 100 * np.sin(x / size * np.pi),
-                      np.where(floor, floor_mm, wall_mm))
+  depth_mm = np.where(
+      figure, 2500.0 - 100 * np.sin(x / size * np.pi), np.where(floor, floor_mm, wall_mm)
+  )
   depth_mm = depth_mm + rng.normal(0, 8, depth_mm.shape)
   depth_mm = np.where((x < 0.05 * size) | (rng.random(depth_mm.shape) < 0.01), 0.0, depth_mm)
   return rgb, depth_mm
@@ -89,16 +90,20 @@ def synthetic_clip(rng: np.random.Generator, index: int, num_frames: int,
 def old_layout_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
   """The version-1 clip record: every frame in the clip's one record, jet PNG depth."""
   frames = tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_))
-  return tfds.features.FeaturesDict({
-      'rgb': frames, 'depth': frames,
-      'label': tfds.features.ClassLabel(names=list(class_names)),
-      'sample_id': tfds.features.Text(),
-      'num_frames': tfds.features.Scalar(dtype=np.int32),
-  })
+  return tfds.features.FeaturesDict(
+      {
+          'rgb': frames,
+          'depth': frames,
+          'label': tfds.features.ClassLabel(names=list(class_names)),
+          'sample_id': tfds.features.Text(),
+          'num_frames': tfds.features.Scalar(dtype=np.int32),
+      }
+  )
 
 
-def write_datasets(root: str, num_clips: int, size: int, seed: int = 0
-                   ) -> tuple[shards.ClipRecords, Sequence[dict]]:
+def write_datasets(
+    root: str, num_clips: int, size: int, seed: int = 0
+) -> tuple[shards.ClipRecords, Sequence[dict]]:
   """Writes the clips in both layouts under `root`; returns `(current, version 1)` readers."""
   rng = np.random.default_rng(seed)
   examples, old_rows = [], []
@@ -106,25 +111,49 @@ def write_datasets(root: str, num_clips: int, size: int, seed: int = 0
     num_frames = int(rng.integers(70, 101))
     rgb, depth_mm = synthetic_clip(rng, i, num_frames, size)
     example = records.make_example(
-        rgb=rgb, depth_code=jet.depth_to_code(depth_mm), label=i % 10,
-        sample_id=f'speed{i:04d}', rgb_frames_raw=num_frames, depth_frames_raw=num_frames)
+        rgb=rgb,
+        depth_code=jet.depth_to_code(depth_mm),
+        label=i % 10,
+        sample_id=f'speed{i:04d}',
+        rgb_frames_raw=num_frames,
+        depth_frames_raw=num_frames,
+    )
     examples.append(example)
-    old_rows.append((example['sample_id'], {
-        'rgb': example['rgb'], 'label': i % 10, 'sample_id': example['sample_id'],
-        'num_frames': num_frames,
-        'depth': [records.encode_png(f) for f in jet.depth_to_jet(depth_mm)]}))
+    old_rows.append(
+        (
+            example['sample_id'],
+            {
+                'rgb': example['rgb'],
+                'label': i % 10,
+                'sample_id': example['sample_id'],
+                'num_frames': num_frames,
+                'depth': [records.encode_png(f) for f in jet.depth_to_jet(depth_mm)],
+            },
+        )
+    )
   class_names = [f'class{i}' for i in range(10)]
   tfds.dataset_builders.store_as_tfds_dataset(
-      name='speed_current', version='2.0.0', features=records.clip_features(class_names),
-      split_datasets=records.split_rows(examples, SPLIT), data_dir=root,
-      file_format=records.FILE_FORMAT)
+      name='speed_current',
+      version='2.0.0',
+      features=records.clip_features(class_names),
+      split_datasets=records.split_rows(examples, SPLIT),
+      data_dir=root,
+      file_format=records.FILE_FORMAT,
+  )
   tfds.dataset_builders.store_as_tfds_dataset(
-      name='speed_old', version='1.0.0', features=old_layout_features(class_names),
-      split_datasets={SPLIT: old_rows}, data_dir=root, file_format=records.FILE_FORMAT)
+      name='speed_old',
+      version='1.0.0',
+      features=old_layout_features(class_names),
+      split_datasets={SPLIT: old_rows},
+      data_dir=root,
+      file_format=records.FILE_FORMAT,
+  )
   current = tfds.builder_from_directory(os.path.join(root, 'speed_current', '2.0.0'))
   old = tfds.builder_from_directory(os.path.join(root, 'speed_old', '1.0.0'))
-  return (shards.open_split(current, SPLIT, name='speed_current', rebuild_command='-'),
-          old.as_data_source(split=SPLIT))
+  return (
+      shards.open_split(current, SPLIT, name='speed_current', rebuild_command='-'),
+      old.as_data_source(split=SPLIT),
+  )
 
 
 class CountingReads:
@@ -166,6 +195,7 @@ def count_reads(tfds_source) -> CountingReads:
 @dataclasses.dataclass(frozen=True)
 class Repeated(Sequence):
   """`clips[i % len(clips)]` for `i < size`: a few clips indexed as a split of `size` records."""
+
   clips: Sequence[Any]
   size: int
 
@@ -183,6 +213,7 @@ class _OldLayoutClip:
   Its jet PNG depth decodes as 3-channel images (`records.decode_image`); the
   rest is `pipeline._TrainClip`'s sampling, flip and stacking.
   """
+
   records: Sequence[dict] = dataclasses.field(repr=False)
   num_frames: int
   seed: int
@@ -194,23 +225,32 @@ class _OldLayoutClip:
     record = self.records[index]
     indices = sampling.train_indices(len(record['rgb']), self.num_frames, rng, 0.5)
     flip = rng.random() < 0.5
-    clips = {m: np.stack([records.decode_image(record[m][i]) for i in indices])
-             for m in self.modalities}
+    clips = {
+        m: np.stack([records.decode_image(record[m][i]) for i in indices]) for m in self.modalities
+    }
     if flip:
       clips = {m: np.ascontiguousarray(c[:, :, ::-1]) for m, c in clips.items()}
     return {**clips, 'label': np.int32(record['label']), 'index': np.int32(index)}
 
 
-def measure_old_layout_clips_per_s(old_records: Sequence[dict], *, modalities: Sequence[str],
-                                   num_frames: int = 5, batch_size: int = 32,
-                                   seconds: float = 10.0, worker_count: int = 0) -> float:
+def measure_old_layout_clips_per_s(
+    old_records: Sequence[dict],
+    *,
+    modalities: Sequence[str],
+    num_frames: int = 5,
+    batch_size: int = 32,
+    seconds: float = 10.0,
+    worker_count: int = 0,
+) -> float:
   """The version-1 layout through the same Grain stages as `pipeline.train_iterator`."""
   import grain  # pylint: disable=import-outside-toplevel  (only this comparison needs it here)
+
   ds = grain.MapDataset.range(len(old_records)).seed(0).shuffle().repeat()
   ds = ds.map_with_index(pipeline._EpochOf(len(old_records)))  # pylint: disable=protected-access
   ds = ds.map(_OldLayoutClip(old_records, num_frames, 0, tuple(modalities)))
   ds = pipeline._decoded_and_batched(  # pylint: disable=protected-access
-      ds, batch_size, worker_count, worker_buffer_size=2, drop_remainder=True)
+      ds, batch_size, worker_count, worker_buffer_size=2, drop_remainder=True
+  )
   iterator = iter(ds)
   try:
     for _ in range(2):
@@ -223,9 +263,13 @@ def measure_old_layout_clips_per_s(old_records: Sequence[dict], *, modalities: S
     iterator.close()
 
 
-def measure_old_layout_decode_clips_per_s(old_records: Sequence[dict], *,
-                                          modalities: Sequence[str], num_frames: int = 5,
-                                          seconds: float = 10.0) -> float:
+def measure_old_layout_decode_clips_per_s(
+    old_records: Sequence[dict],
+    *,
+    modalities: Sequence[str],
+    num_frames: int = 5,
+    seconds: float = 10.0,
+) -> float:
   """One thread decoding what a version-1 clip samples (jet PNG depth), clips/s."""
   clips, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
@@ -237,9 +281,15 @@ def measure_old_layout_decode_clips_per_s(old_records: Sequence[dict], *,
   return clips / (time.perf_counter() - start)
 
 
-def bytes_per_clip(read: Sequence[dict], counters: Sequence[CountingReads], *,
-                   modalities: Sequence[str], num_frames: int = 5, num_clips: int = 64,
-                   frame_bytes=None) -> tuple[float, float]:
+def bytes_per_clip(
+    read: Sequence[dict],
+    counters: Sequence[CountingReads],
+    *,
+    modalities: Sequence[str],
+    num_frames: int = 5,
+    num_clips: int = 64,
+    frame_bytes=None,
+) -> tuple[float, float]:
   """`(bytes read, encoded bytes of the frames decoded)` per training clip, mean of `num_clips`.
 
   Reads as `pipeline._TrainClip` does: the clip's record(s), then its sampled
@@ -275,53 +325,88 @@ def main() -> None:
     start = time.perf_counter()
     current, old = write_datasets(root, args.clips, args.size)
     written = time.perf_counter() - start
-    size_of = lambda name: sum(os.path.getsize(os.path.join(d, f))
-                               for d, _, files in os.walk(os.path.join(root, name)) for f in files)
+    size_of = lambda name: sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(os.path.join(root, name))
+        for f in files
+    )
     frames = sum(len(current.clip_table[i]['rgb_records']) for i in range(len(current)))
     cores = pipeline.usable_cores()
-    print(f'{args.clips} clips, {frames} frames ({frames / args.clips:.0f} a clip) at '
-          f'{args.size}x{args.size}, written in {written:.0f} s: current layout '
-          f'{size_of("speed_current") / 2**20:.1f} MiB, version 1 {size_of("speed_old") / 2**20:.1f}'
-          f' MiB; read as a {args.split_size}-record split; {cores} usable cores; '
-          f'load {os.getloadavg()[0]:.2f}')
+    print(
+        f'{args.clips} clips, {frames} frames ({frames / args.clips:.0f} a clip) at '
+        f'{args.size}x{args.size}, written in {written:.0f} s: current layout '
+        f'{size_of("speed_current") / 2**20:.1f} MiB, version 1 {size_of("speed_old") / 2**20:.1f}'
+        f' MiB; read as a {args.split_size}-record split; {cores} usable cores; '
+        f'load {os.getloadavg()[0]:.2f}'
+    )
     rgb_bytes = [[len(f) for f in current[i]['rgb']] for i in range(len(current))]
     depth_bytes = [[len(f) for f in current[i]['depth']] for i in range(len(current))]
     old_depth = [[len(f) for f in old[i]['depth']] for i in range(len(old))]
-    print(f'mean frame: JPEG {np.mean(np.concatenate(rgb_bytes)) / 1024:.1f} KiB, depth PNG '
-          f'{np.mean(np.concatenate(depth_bytes)) / 1024:.1f} KiB (version 1 jet PNG '
-          f'{np.mean(np.concatenate(old_depth)) / 1024:.1f} KiB)')
-    counters = {'current': [count_reads(current.clip_table.data_source),
-                            count_reads(current.frames.data_source)],
-                'old': [count_reads(old)]}
+    print(
+        f'mean frame: JPEG {np.mean(np.concatenate(rgb_bytes)) / 1024:.1f} KiB, depth PNG '
+        f'{np.mean(np.concatenate(depth_bytes)) / 1024:.1f} KiB (version 1 jet PNG '
+        f'{np.mean(np.concatenate(old_depth)) / 1024:.1f} KiB)'
+    )
+    counters = {
+        'current': [
+            count_reads(current.clip_table.data_source),
+            count_reads(current.frames.data_source),
+        ],
+        'old': [count_reads(old)],
+    }
+    sizes = {'rgb': rgb_bytes, 'depth': depth_bytes}
+    old_sizes = {'rgb': rgb_bytes, 'depth': old_depth}
     for stage, modalities in STAGES.items():
-      sizes = {'rgb': rgb_bytes, 'depth': depth_bytes}
-      read, decoded = bytes_per_clip(current, counters['current'], modalities=modalities,
-                                     frame_bytes=lambda c, m, t: sizes[m][c][t])
-      old_sizes = {'rgb': rgb_bytes, 'depth': old_depth}
-      old_read, old_decoded = bytes_per_clip(old, counters['old'], modalities=modalities,
-                                             frame_bytes=lambda c, m, t: old_sizes[m][c][t])
-      print(f'[{stage}] bytes read per training clip: current {read / 1024:.0f} KiB for '
-            f'{decoded / 1024:.0f} KiB of frames decoded ({read / decoded:.2f}x); version 1 '
-            f'{old_read / 1024:.0f} KiB for {old_decoded / 1024:.0f} KiB '
-            f'({old_read / old_decoded:.1f}x)')
+      read, decoded = bytes_per_clip(
+          current,
+          counters['current'],
+          modalities=modalities,
+          frame_bytes=lambda c, m, t: sizes[m][c][t],
+      )
+      old_read, old_decoded = bytes_per_clip(
+          old,
+          counters['old'],
+          modalities=modalities,
+          frame_bytes=lambda c, m, t: old_sizes[m][c][t],
+      )
+      print(
+          f'[{stage}] bytes read per training clip: current {read / 1024:.0f} KiB for '
+          f'{decoded / 1024:.0f} KiB of frames decoded ({read / decoded:.2f}x); version 1 '
+          f'{old_read / 1024:.0f} KiB for {old_decoded / 1024:.0f} KiB '
+          f'({old_read / old_decoded:.1f}x)'
+      )
       for workers in args.workers:
         rate = pipeline.measure_clips_per_s(
-            Repeated(current, args.split_size), image_size=(args.size, args.size),
-            batch_size=args.batch_size, worker_count=workers, seconds=args.seconds,
-            modalities=modalities)
+            Repeated(current, args.split_size),
+            image_size=(args.size, args.size),
+            batch_size=args.batch_size,
+            worker_count=workers,
+            seconds=args.seconds,
+            modalities=modalities,
+        )
         old_rate = measure_old_layout_clips_per_s(
-            Repeated(old, args.split_size), modalities=modalities, batch_size=args.batch_size,
-            seconds=args.seconds, worker_count=workers)
-        print(f'[{stage}] pipeline, {workers} workers: current {rate:.1f} clips/s '
-              f'({rate / cores:.1f} per core), version 1 {old_rate:.1f} clips/s '
-              f'({old_rate / cores:.1f} per core): {rate / old_rate:.2f}x')
-      bound = pipeline.measure_decode_clips_per_s(current, seconds=args.seconds,
-                                                  modalities=modalities)
-      old_bound = measure_old_layout_decode_clips_per_s(old, modalities=modalities,
-                                                        seconds=args.seconds)
-      print(f'[{stage}] decode only, 1 thread: current {bound:.1f} clips/s (x {cores} cores = '
-            f'{bound * cores:.1f}), version 1 {old_bound:.1f} clips/s (x {cores} = '
-            f'{old_bound * cores:.1f})')
+            Repeated(old, args.split_size),
+            modalities=modalities,
+            batch_size=args.batch_size,
+            seconds=args.seconds,
+            worker_count=workers,
+        )
+        print(
+            f'[{stage}] pipeline, {workers} workers: current {rate:.1f} clips/s '
+            f'({rate / cores:.1f} per core), version 1 {old_rate:.1f} clips/s '
+            f'({old_rate / cores:.1f} per core): {rate / old_rate:.2f}x'
+        )
+      bound = pipeline.measure_decode_clips_per_s(
+          current, seconds=args.seconds, modalities=modalities
+      )
+      old_bound = measure_old_layout_decode_clips_per_s(
+          old, modalities=modalities, seconds=args.seconds
+      )
+      print(
+          f'[{stage}] decode only, 1 thread: current {bound:.1f} clips/s (x {cores} cores = '
+          f'{bound * cores:.1f}), version 1 {old_bound:.1f} clips/s (x {cores} = '
+          f'{old_bound * cores:.1f})'
+      )
 
 
 if __name__ == '__main__':

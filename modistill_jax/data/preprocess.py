@@ -36,8 +36,9 @@ import numpy as np
 from modistill_jax.data import jet
 
 
-def normalize(clips: jax.Array, mean: Sequence[float], std: Sequence[float],
-              dtype: jnp.dtype = jnp.float32) -> jax.Array:
+def normalize(
+    clips: jax.Array, mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype = jnp.float32
+) -> jax.Array:
   """`(clips - mean) / std` over the last (channel) axis, in 0..255 units.
 
   Args:
@@ -79,8 +80,10 @@ def _gray_palette() -> tuple[np.ndarray, np.ndarray]:
   _, first, colour_of_level = np.unique(codes, return_index=True, return_inverse=True)
   level_sum = np.bincount(colour_of_level, weights=np.arange(len(table)))
   levels = np.round(level_sum / np.bincount(colour_of_level)).astype(np.uint8)
-  return (np.concatenate([table[first], np.zeros((1, 3), np.uint8)]),
-          np.concatenate([levels, np.zeros(1, np.uint8)]))
+  return (
+      np.concatenate([table[first], np.zeros((1, 3), np.uint8)]),
+      np.concatenate([levels, np.zeros(1, np.uint8)]),
+  )
 
 
 DEPTH_ENCODINGS = ('jet', 'gray')

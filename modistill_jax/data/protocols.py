@@ -37,6 +37,7 @@ ROLES = ('train', 'val', 'test')
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """Atomic split names making up each of a protocol's splits."""
+
   train: tuple[str, ...]
   validation: tuple[str, ...]
   test: tuple[str, ...]
@@ -57,8 +58,12 @@ NTU_ATOMIC_SPLITS = tuple(ntu_atomic_split(a, b) for a, b in itertools.product(R
 
 def _ntu(axis: str) -> Protocol:
   def pick(role):
-    return tuple(s for s in NTU_ATOMIC_SPLITS
-                 if re.fullmatch(rf'cs{role}_cv\w+' if axis == 'cs' else rf'cs\w+_cv{role}', s))
+    return tuple(
+        s
+        for s in NTU_ATOMIC_SPLITS
+        if re.fullmatch(rf'cs{role}_cv\w+' if axis == 'cs' else rf'cs\w+_cv{role}', s)
+    )
+
   return Protocol(train=pick('train'), validation=pick('val'), test=pick('test'))
 
 
@@ -71,8 +76,9 @@ def views_protocol(name: str, num_views: int) -> Protocol:
   views = set(train) | set(test)
   if set(train) & set(test) or not views <= set(range(1, num_views + 1)):
     raise ValueError(f'{name!r}: views must be disjoint and within 1..{num_views}.')
-  return Protocol(train=tuple(f'view{v}' for v in train), validation=(),
-                  test=tuple(f'view{v}' for v in test))
+  return Protocol(
+      train=tuple(f'view{v}' for v in train), validation=(), test=tuple(f'view{v}' for v in test)
+  )
 
 
 NUM_VIEWS = {'nw_ucla': 3, 'uwa3dii': 4}
@@ -81,8 +87,14 @@ NUM_VIEWS = {'nw_ucla': 3, 'uwa3dii': 4}
 def view_splits(dataset: str) -> tuple[str, ...]:
   """The atomic splits of a view-split dataset: `view1` ... `viewN`."""
   return tuple(f'view{v}' for v in range(1, NUM_VIEWS[dataset] + 1))
-DEFAULT_PROTOCOL = {'ntu_rgbd': 'cross_subject', 'nw_ucla': 'views12_3',
-                    'uwa3dii': 'views123_4', 'synthetic_rgbd': 'cross_view'}
+
+
+DEFAULT_PROTOCOL = {
+    'ntu_rgbd': 'cross_subject',
+    'nw_ucla': 'views12_3',
+    'uwa3dii': 'views123_4',
+    'synthetic_rgbd': 'cross_view',
+}
 
 
 def get_protocol(dataset: str, name: str) -> Protocol:
@@ -100,12 +112,15 @@ def get_protocol(dataset: str, name: str) -> Protocol:
     if name != 'cross_view':
       raise ValueError(f"synthetic_rgbd has one protocol, 'cross_view', got {name!r}.")
     return Protocol(train=('train',), validation=('validation',), test=('test',))
-  raise ValueError(f'Unknown dataset {dataset!r}; known: {sorted(DEFAULT_PROTOCOL)}, or any '
-                   f'dataset built by data_builders.custom_rgbd with protocol {CSV_SPLITS!r}.')
+  raise ValueError(
+      f'Unknown dataset {dataset!r}; known: {sorted(DEFAULT_PROTOCOL)}, or any '
+      f'dataset built by data_builders.custom_rgbd with protocol {CSV_SPLITS!r}.'
+  )
 
 
-def split_expression(dataset: str, protocol: str, split: str,
-                     split_sizes: Mapping[str, int]) -> str | None:
+def split_expression(
+    dataset: str, protocol: str, split: str, split_sizes: Mapping[str, int]
+) -> str | None:
   """TFDS split expression for a protocol's split, over the non-empty atomic splits.
 
   Args:
@@ -115,6 +130,7 @@ def split_expression(dataset: str, protocol: str, split: str,
     e.g. `'cstrain_cvtrain+cstrain_cvval+cstrain_cvtest'`, or None when the
     protocol has no such split (no validation set) or all its parts are empty.
   """
-  parts = [s for s in get_protocol(dataset, protocol).atomic_splits(split)
-           if split_sizes.get(s, 0) > 0]
+  parts = [
+      s for s in get_protocol(dataset, protocol).atomic_splits(split) if split_sizes.get(s, 0) > 0
+  ]
   return '+'.join(parts) if parts else None

@@ -63,8 +63,14 @@ JPEG_QUALITY = 90
 MODALITIES = ('rgb', 'depth')
 FRAMES_SUFFIX = '_frames'
 # The per-clip fields a frame row repeats, so that a read can be checked.
-CLIP_FIELDS = ('label', 'sample_id', *METADATA_KEYS, 'num_frames', 'rgb_frames_raw',
-               'depth_frames_raw')
+CLIP_FIELDS = (
+    'label',
+    'sample_id',
+    *METADATA_KEYS,
+    'num_frames',
+    'rgb_frames_raw',
+    'depth_frames_raw',
+)
 
 
 def frames_split(split: str) -> str:
@@ -81,22 +87,24 @@ def clip_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
   frames = tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_))
   positions = tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.int64))
   scalar = lambda doc: tfds.features.Scalar(dtype=np.int32, doc=doc)
-  return tfds.features.FeaturesDict({
-      'rgb': frames,
-      'depth': frames,
-      'rgb_records': positions,
-      'depth_records': positions,
-      'frame': scalar('index of a frame row\'s frame in its clip; -1 in a clip row'),
-      'label': tfds.features.ClassLabel(names=list(class_names)),
-      'sample_id': tfds.features.Text(),
-      'subject': scalar('performer, -1 if unknown'),
-      'view': scalar('camera or view, -1 if unknown'),
-      'setup': scalar('recording setup, -1 if unknown'),
-      'replication': scalar('replication / repetition, -1 if unknown'),
-      'num_frames': scalar('frames kept in both modalities'),
-      'rgb_frames_raw': scalar('RGB frames found in the raw data'),
-      'depth_frames_raw': scalar('depth frames found in the raw data'),
-  })
+  return tfds.features.FeaturesDict(
+      {
+          'rgb': frames,
+          'depth': frames,
+          'rgb_records': positions,
+          'depth_records': positions,
+          'frame': scalar("index of a frame row's frame in its clip; -1 in a clip row"),
+          'label': tfds.features.ClassLabel(names=list(class_names)),
+          'sample_id': tfds.features.Text(),
+          'subject': scalar('performer, -1 if unknown'),
+          'view': scalar('camera or view, -1 if unknown'),
+          'setup': scalar('recording setup, -1 if unknown'),
+          'replication': scalar('replication / repetition, -1 if unknown'),
+          'num_frames': scalar('frames kept in both modalities'),
+          'rgb_frames_raw': scalar('RGB frames found in the raw data'),
+          'depth_frames_raw': scalar('depth frames found in the raw data'),
+      }
+  )
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -132,9 +140,10 @@ def decode_depth(data: bytes) -> np.ndarray:
   """A stored depth frame (single-channel PNG of `jet.depth_to_code`) -> `(H, W)` uint8."""
   frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
   if frame is None or frame.ndim != 2 or frame.dtype != np.uint8:
-    raise ValueError(f'Cannot decode a {len(data)}-byte frame as an 8-bit single-channel '
-                     'depth PNG' + ('' if frame is None else f' (got {frame.dtype} {frame.shape})')
-                     + '.')
+    raise ValueError(
+        f'Cannot decode a {len(data)}-byte frame as an 8-bit single-channel '
+        'depth PNG' + ('' if frame is None else f' (got {frame.dtype} {frame.shape})') + '.'
+    )
   return frame
 
 
@@ -143,9 +152,19 @@ def decode_frame(modality: str, data: bytes) -> np.ndarray:
   return decode_image(data) if modality == 'rgb' else decode_depth(data)
 
 
-def make_example(*, rgb: np.ndarray, depth_code: np.ndarray, label: int, sample_id: str,
-                 rgb_frames_raw: int, depth_frames_raw: int, subject: int = -1,
-                 view: int = -1, setup: int = -1, replication: int = -1) -> dict:
+def make_example(
+    *,
+    rgb: np.ndarray,
+    depth_code: np.ndarray,
+    label: int,
+    sample_id: str,
+    rgb_frames_raw: int,
+    depth_frames_raw: int,
+    subject: int = -1,
+    view: int = -1,
+    setup: int = -1,
+    replication: int = -1,
+) -> dict:
   """A whole clip, encoded: aligned, equally long `(T, H, W, 3)` RGB and `(T, H, W)` depth codes.
 
   What a builder's conversion returns; `frame_rows` and `clip_rows` split it
@@ -153,25 +172,33 @@ def make_example(*, rgb: np.ndarray, depth_code: np.ndarray, label: int, sample_
   """
   rgb, depth_code = np.asarray(rgb), np.asarray(depth_code)
   if rgb.ndim != 4 or rgb.shape[-1] != 3 or depth_code.shape != rgb.shape[:-1]:
-    raise ValueError(f'{sample_id}: RGB {rgb.shape} and depth {depth_code.shape} must be '
-                     '(T, H, W, 3) and (T, H, W).')
+    raise ValueError(
+        f'{sample_id}: RGB {rgb.shape} and depth {depth_code.shape} must be '
+        '(T, H, W, 3) and (T, H, W).'
+    )
   if depth_code.dtype != np.uint8 or depth_code.max(initial=0) > jet.MAX_CODE:
-    raise ValueError(f'{sample_id}: depth must be uint8 codes of jet.depth_to_code (0 to '
-                     f'{jet.MAX_CODE}), got {depth_code.dtype} up to {depth_code.max()}.')
+    raise ValueError(
+        f'{sample_id}: depth must be uint8 codes of jet.depth_to_code (0 to '
+        f'{jet.MAX_CODE}), got {depth_code.dtype} up to {depth_code.max()}.'
+    )
   if rgb.shape[0] == 0:
     raise ValueError(f'{sample_id}: no frame to store.')
   return {
       'rgb': [encode_jpeg(f) for f in rgb],
       'depth': [encode_png(f) for f in depth_code],
-      'label': int(label), 'sample_id': sample_id,
-      'subject': subject, 'view': view, 'setup': setup, 'replication': replication,
-      'num_frames': rgb.shape[0], 'rgb_frames_raw': rgb_frames_raw,
+      'label': int(label),
+      'sample_id': sample_id,
+      'subject': subject,
+      'view': view,
+      'setup': setup,
+      'replication': replication,
+      'num_frames': rgb.shape[0],
+      'rgb_frames_raw': rgb_frames_raw,
       'depth_frames_raw': depth_frames_raw,
   }
 
 
-_INT_FIELDS = ('label', *METADATA_KEYS, 'num_frames', 'rgb_frames_raw', 'depth_frames_raw',
-               'frame')
+_INT_FIELDS = ('label', *METADATA_KEYS, 'num_frames', 'rgb_frames_raw', 'depth_frames_raw', 'frame')
 
 
 def parse_row(serialized: bytes) -> dict[str, Any]:
@@ -189,8 +216,9 @@ def parse_row(serialized: bytes) -> dict[str, Any]:
   row['sample_id'] = feature['sample_id'].bytes_list.value[0]
   for modality in MODALITIES:
     row[modality] = list(feature[modality].bytes_list.value)
-    row[f'{modality}_records'] = np.asarray(feature[f'{modality}_records'].int64_list.value,
-                                            np.int64)
+    row[f'{modality}_records'] = np.asarray(
+        feature[f'{modality}_records'].int64_list.value, np.int64
+    )
   return row
 
 
@@ -204,8 +232,7 @@ def frame_rows(example: dict) -> Iterator[tuple[str, dict]]:
   clip = {k: example[k] for k in CLIP_FIELDS}
   for modality in MODALITIES:
     for frame, data in enumerate(example[modality]):
-      row = {**clip, 'rgb': [], 'depth': [], 'rgb_records': [], 'depth_records': [],
-             'frame': frame}
+      row = {**clip, 'rgb': [], 'depth': [], 'rgb_records': [], 'depth_records': [], 'frame': frame}
       row[modality] = [data]
       yield frame_key(example['sample_id'], modality, frame), row
 
@@ -213,19 +240,23 @@ def frame_rows(example: dict) -> Iterator[tuple[str, dict]]:
 @dataclasses.dataclass(frozen=True)
 class ClipEntry:
   """What a clip row needs of a converted clip: its fields, without the frame bytes."""
+
   fields: dict
 
   @classmethod
   def of(cls, example: dict) -> ClipEntry:
     if len(example['rgb']) != len(example['depth']):
-      raise ValueError(f"{example['sample_id']!r}: {len(example['rgb'])} RGB frames but "
-                       f"{len(example['depth'])} depth frames; the format requires aligned "
-                       'modalities.')
+      raise ValueError(
+          f"{example['sample_id']!r}: {len(example['rgb'])} RGB frames but "
+          f"{len(example['depth'])} depth frames; the format requires aligned "
+          'modalities.'
+      )
     return cls({k: example[k] for k in CLIP_FIELDS})
 
 
-def frame_positions(split: str, clips: Sequence[ClipEntry], shuffled: bool = True
-                    ) -> list[dict[str, np.ndarray]]:
+def frame_positions(
+    split: str, clips: Sequence[ClipEntry], shuffled: bool = True
+) -> list[dict[str, np.ndarray]]:
   """Where each frame of `clips` lies in `frames_split(split)`, per clip and modality.
 
   Args:
@@ -236,8 +267,12 @@ def frame_positions(split: str, clips: Sequence[ClipEntry], shuffled: bool = Tru
       dataset keeps across TFDS versions, under Beam too); False for a builder
       with `disable_shuffling`, which writes rows as generated.
   """
-  keys = [frame_key(c.fields['sample_id'], m, t)
-          for c in clips for m in MODALITIES for t in range(c.fields['num_frames'])]
+  keys = [
+      frame_key(c.fields['sample_id'], m, t)
+      for c in clips
+      for m in MODALITIES
+      for t in range(c.fields['num_frames'])
+  ]
   if shuffled:
     hasher = tfds_hashing.Hasher(frames_split(split))
     order = sorted(range(len(keys)), key=lambda i: hasher.hash_key(keys[i]))
@@ -248,23 +283,31 @@ def frame_positions(split: str, clips: Sequence[ClipEntry], shuffled: bool = Tru
   found, start = [], 0
   for clip in clips:
     n = clip.fields['num_frames']
-    found.append({m: position[start + i * n:start + (i + 1) * n]
-                  for i, m in enumerate(MODALITIES)})
+    found.append(
+        {m: position[start + i * n : start + (i + 1) * n] for i, m in enumerate(MODALITIES)}
+    )
     start += len(MODALITIES) * n
   return found
 
 
-def clip_rows(split: str, clips: Sequence[ClipEntry], shuffled: bool = True
-              ) -> Iterator[tuple[str, dict]]:
+def clip_rows(
+    split: str, clips: Sequence[ClipEntry], shuffled: bool = True
+) -> Iterator[tuple[str, dict]]:
   """`(sample_id, clip row)` of each clip, with its frames' rows in `frames_split(split)`."""
   for clip, positions in zip(clips, frame_positions(split, clips, shuffled)):
     yield clip.fields['sample_id'], {
-        **clip.fields, 'rgb': [], 'depth': [], 'frame': -1,
-        'rgb_records': positions['rgb'], 'depth_records': positions['depth']}
+        **clip.fields,
+        'rgb': [],
+        'depth': [],
+        'frame': -1,
+        'rgb_records': positions['rgb'],
+        'depth_records': positions['depth'],
+    }
 
 
-def split_rows(examples: Iterable[dict], split: str, shuffled: bool = True
-               ) -> dict[str, list[tuple[str, dict]]]:
+def split_rows(
+    examples: Iterable[dict], split: str, shuffled: bool = True
+) -> dict[str, list[tuple[str, dict]]]:
   """`{split: clip rows, frames_split(split): frame rows}` of `make_example` clips."""
   frames, clips = [], []
   for example in examples:

@@ -23,7 +23,8 @@ def _check(num_available: int, num_frames: int) -> None:
   if num_available < 1 or num_frames < 1:
     raise ValueError(
         f'Need at least one frame to sample and one to draw, got '
-        f'{num_available} available and {num_frames} requested.')
+        f'{num_available} available and {num_frames} requested.'
+    )
 
 
 def uniform_indices(num_available: int, num_frames: int) -> np.ndarray:
@@ -32,8 +33,7 @@ def uniform_indices(num_available: int, num_frames: int) -> np.ndarray:
   return np.rint(np.linspace(0, num_available - 1, num_frames)).astype(np.int32)
 
 
-def random_indices(num_available: int, num_frames: int,
-                   rng: np.random.Generator) -> np.ndarray:
+def random_indices(num_available: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
   """Random frame indices in temporal order, distinct when enough frames exist.
 
   A clip shorter than `num_frames` contributes each frame `num_frames //
@@ -42,15 +42,18 @@ def random_indices(num_available: int, num_frames: int,
   """
   _check(num_available, num_frames)
   repeats, remainder = divmod(num_frames, num_available)
-  indices = np.concatenate([
-      np.tile(np.arange(num_available), repeats),
-      rng.choice(num_available, size=remainder, replace=False),
-  ])
+  indices = np.concatenate(
+      [
+          np.tile(np.arange(num_available), repeats),
+          rng.choice(num_available, size=remainder, replace=False),
+      ]
+  )
   return np.sort(indices).astype(np.int32)
 
 
-def train_indices(num_available: int, num_frames: int, rng: np.random.Generator,
-                  uniform_prob: float = 0.5) -> np.ndarray:
+def train_indices(
+    num_available: int, num_frames: int, rng: np.random.Generator, uniform_prob: float = 0.5
+) -> np.ndarray:
   """Uniform indices with probability `uniform_prob`, else random ones."""
   if rng.random() < uniform_prob:
     return uniform_indices(num_available, num_frames)

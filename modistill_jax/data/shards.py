@@ -56,6 +56,7 @@ class Shard:
     take: records of the file in the split.
     num_records: records the dataset's metadata says the file holds.
   """
+
   path: str
   skip: int
   take: int
@@ -73,6 +74,7 @@ class BuiltSplit:
     rebuild_command: the command that rebuilds that version folder.
     shards: the split's shard files, in the order of its record indices.
   """
+
   name: str
   tfds_split: str
   version_dir: str
@@ -80,8 +82,10 @@ class BuiltSplit:
   shards: tuple[Shard, ...]
 
   def remedy(self) -> str:
-    return (f'The built dataset is damaged: delete {self.version_dir} and rebuild it with '
-            f'`{self.rebuild_command}`, or replace the file with an intact copy.')
+    return (
+        f'The built dataset is damaged: delete {self.version_dir} and rebuild it with '
+        f'`{self.rebuild_command}`, or replace the file with an intact copy.'
+    )
 
 
 def rebuild_command(dataset: str, data_dir: str, builder_config: str | None) -> str:
@@ -108,9 +112,11 @@ def _shard_problem(shard: Shard) -> str | None:
     path = epath.Path(shard.path)
     if not path.exists():
       return 'is missing'
-    return (f'cannot be opened as ArrayRecord ({path.stat().length} bytes): its footer or '
-            'index is unreadable, as in a truncated or overwritten file'
-            + (f' ({error})' if error else ''))
+    return (
+        f'cannot be opened as ArrayRecord ({path.stat().length} bytes): its footer or '
+        'index is unreadable, as in a truncated or overwritten file'
+        + (f' ({error})' if error else '')
+    )
   if num_records != shard.num_records:
     return f'holds {num_records} records, but the dataset metadata lists {shard.num_records}'
   return None
@@ -128,7 +134,8 @@ def check_shards(split: BuiltSplit) -> None:
   if found:
     raise DatasetShardError(
         f'{split.name} (TFDS split {split.tfds_split!r}): {len(found)} of {len(split.shards)} '
-        'shard files cannot be read:\n  ' + '\n  '.join(found) + '\n' + split.remedy())
+        'shard files cannot be read:\n  ' + '\n  '.join(found) + '\n' + split.remedy()
+    )
 
 
 class ShardedRecords(Sequence):
@@ -140,11 +147,17 @@ class ShardedRecords(Sequence):
   instead of TFDS's generic decoding (`records.parse_row`).
   """
 
-  def __init__(self, source: Sequence[dict[str, Any]], split: BuiltSplit,
-               parse: Callable[[bytes], dict[str, Any]] | None = None):
+  def __init__(
+      self,
+      source: Sequence[dict[str, Any]],
+      split: BuiltSplit,
+      parse: Callable[[bytes], dict[str, Any]] | None = None,
+  ):
     if len(source) != sum(shard.take for shard in split.shards):
-      raise ValueError(f'{split.name}: the data source has {len(source)} records but its '
-                       f'shards list {sum(s.take for s in split.shards)}.')
+      raise ValueError(
+          f'{split.name}: the data source has {len(source)} records but its '
+          f'shards list {sum(s.take for s in split.shards)}.'
+      )
     self._source = source
     self._parse = parse
     self.split = split
@@ -171,7 +184,8 @@ class ShardedRecords(Sequence):
       raise DatasetShardError(
           f'Cannot read record {index} of {self.split.name} (TFDS split '
           f'{self.split.tfds_split!r}): record {position} of {shard.num_records} in shard file '
-          f'{shard.path}: {type(e).__name__}: {e}\n{self.split.remedy()}') from e
+          f'{shard.path}: {type(e).__name__}: {e}\n{self.split.remedy()}'
+      ) from e
 
   def locate(self, index: int) -> tuple[Shard, int]:
     """`(shard, record index within the shard file)` of the split's record `index`."""
@@ -190,8 +204,9 @@ class FrameSequence(Sequence):
   with an error instead of training on other clips' frames.
   """
 
-  def __init__(self, frames: ShardedRecords, positions: np.ndarray, sample_id: bytes,
-               modality: str):
+  def __init__(
+      self, frames: ShardedRecords, positions: np.ndarray, sample_id: bytes, modality: str
+  ):
     self._frames = frames
     self._positions = positions
     self._sample_id = sample_id
@@ -203,12 +218,16 @@ class FrameSequence(Sequence):
   def __getitem__(self, t):
     t = operator.index(t)
     row = self._frames[int(self._positions[t])]
-    if (row['sample_id'] != self._sample_id or row['frame'] != t % len(self)
-        or len(row[self._modality]) != 1):
+    if (
+        row['sample_id'] != self._sample_id
+        or row['frame'] != t % len(self)
+        or len(row[self._modality]) != 1
+    ):
       raise DatasetShardError(
           f'{self._frames.split.name}: the clip table places {self._modality} frame {t} of '
           f'{self._sample_id!r} at frame record {int(self._positions[t])}, which holds '
-          f"frame {row['frame']} of {row['sample_id']!r}. {self._frames.split.remedy()}")
+          f"frame {row['frame']} of {row['sample_id']!r}. {self._frames.split.remedy()}"
+      )
     return row[self._modality][0]
 
 
@@ -226,8 +245,13 @@ class ClipRecords(Sequence):
     split: the clip table's `BuiltSplit` (`frames.split` is the frame rows').
   """
 
-  def __init__(self, clips: ShardedRecords, frames: ShardedRecords,
-               clip_counts: Sequence[int], frame_counts: Sequence[int]):
+  def __init__(
+      self,
+      clips: ShardedRecords,
+      frames: ShardedRecords,
+      clip_counts: Sequence[int],
+      frame_counts: Sequence[int],
+  ):
     """`clip_counts`/`frame_counts`: rows of each atomic split, in the split expression's order.
 
     A clip row lists its frames' rows within its own atomic split's frame
@@ -248,23 +272,32 @@ class ClipRecords(Sequence):
     index = operator.index(index) % len(self)
     offset = self._frame_starts[np.searchsorted(self._clip_ends, index, side='right')]
     for modality in records_lib.MODALITIES:
-      row[modality] = FrameSequence(self.frames, row.pop(f'{modality}_records') + offset,
-                                    row['sample_id'], modality)
+      row[modality] = FrameSequence(
+          self.frames, row.pop(f'{modality}_records') + offset, row['sample_id'], modality
+      )
     return row
 
 
-def _built_split(builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str,
-                 rebuild_command: str) -> BuiltSplit:
+def _built_split(
+    builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str, rebuild_command: str
+) -> BuiltSplit:
   return BuiltSplit(
-      name=name, tfds_split=tfds_split, version_dir=os.fspath(builder.data_dir),
+      name=name,
+      tfds_split=tfds_split,
+      version_dir=os.fspath(builder.data_dir),
       rebuild_command=rebuild_command,
-      shards=tuple(Shard(path=os.fspath(f.filename), skip=f.skip, take=f.take,
-                         num_records=f.examples_in_shard)
-                   for f in builder.info.splits[tfds_split].file_instructions))
+      shards=tuple(
+          Shard(
+              path=os.fspath(f.filename), skip=f.skip, take=f.take, num_records=f.examples_in_shard
+          )
+          for f in builder.info.splits[tfds_split].file_instructions
+      ),
+  )
 
 
-def open_split(builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str,
-               rebuild_command: str) -> ClipRecords:
+def open_split(
+    builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str, rebuild_command: str
+) -> ClipRecords:
   """The clips of `tfds_split` of a built dataset, after `check_shards` passed on its files.
 
   Args:
@@ -287,16 +320,26 @@ def open_split(builder: tfds.core.DatasetBuilder, tfds_split: str, *, name: str,
     raise DatasetShardError(
         f'{name}: {builder.data_dir} has no frame record split {missing[0]!r}: it was built '
         f'with an older record layout (frames inside the clip rows). Rebuild it with '
-        f'`{rebuild_command}` (a new version folder is written beside the old one).')
+        f'`{rebuild_command}` (a new version folder is written beside the old one).'
+    )
   splits = {}
   for what, expression in (('clips', tfds_split), ('frames', '+'.join(frame_parts))):
-    splits[what] = _built_split(builder, expression, name=name if what == 'clips' else
-                                f'{name} (frame rows)', rebuild_command=rebuild_command)
+    splits[what] = _built_split(
+        builder,
+        expression,
+        name=name if what == 'clips' else f'{name} (frame rows)',
+        rebuild_command=rebuild_command,
+    )
     check_shards(splits[what])
   return ClipRecords(
-      clips=ShardedRecords(builder.as_data_source(split=tfds_split), splits['clips'],
-                           records_lib.parse_row),
-      frames=ShardedRecords(builder.as_data_source(split=splits['frames'].tfds_split),
-                            splits['frames'], records_lib.parse_row),
+      clips=ShardedRecords(
+          builder.as_data_source(split=tfds_split), splits['clips'], records_lib.parse_row
+      ),
+      frames=ShardedRecords(
+          builder.as_data_source(split=splits['frames'].tfds_split),
+          splits['frames'],
+          records_lib.parse_row,
+      ),
       clip_counts=[builder.info.splits[p].num_examples for p in parts],
-      frame_counts=[builder.info.splits[p].num_examples for p in frame_parts])
+      frame_counts=[builder.info.splits[p].num_examples for p in frame_parts],
+  )

@@ -69,20 +69,43 @@ import numpy as np
 
 from modistill_jax.data import jet
 
-CLASS_NAMES = ('approach', 'recede', 'cross near', 'cross far', 'reach forward',
-               'reach sideways', 'lean forward', 'turn around')
+CLASS_NAMES = (
+    'approach',
+    'recede',
+    'cross near',
+    'cross far',
+    'reach forward',
+    'reach sideways',
+    'lean forward',
+    'turn around',
+)
 # The `ntu_like` scenario's classes (see the module docstring), named like NTU's actions.
-NTU_LIKE_CLASS_NAMES = ('walk towards', 'walk away', 'walk across', 'bow', 'lean back',
-                        'put on jacket', 'take off jacket', 'turn around')
+NTU_LIKE_CLASS_NAMES = (
+    'walk towards',
+    'walk away',
+    'walk across',
+    'bow',
+    'lean back',
+    'put on jacket',
+    'take off jacket',
+    'turn around',
+)
 # Scenario -> its class names. `default`: every class is a motion in depth, which RGB sees
 # only through perspective (depth strongly privileged); `ntu_like`: some classes differ
 # only in RGB, some (mostly) only in depth, most in both.
 SCENARIOS = {'default': CLASS_NAMES, 'ntu_like': NTU_LIKE_CLASS_NAMES}
 # The motion (in `_actor`'s vocabulary) an `ntu_like` class performs. The two jacket
 # classes perform the same one: what tells them apart is only what RGB sees.
-_NTU_LIKE_MOTIONS = {'walk towards': 'approach', 'walk away': 'recede', 'walk across': 'cross',
-                     'bow': 'lean forward', 'lean back': 'lean back', 'put on jacket': 'dress',
-                     'take off jacket': 'dress', 'turn around': 'turn around'}
+_NTU_LIKE_MOTIONS = {
+    'walk towards': 'approach',
+    'walk away': 'recede',
+    'walk across': 'cross',
+    'bow': 'lean forward',
+    'lean back': 'lean back',
+    'put on jacket': 'dress',
+    'take off jacket': 'dress',
+    'turn around': 'turn around',
+}
 TEST_VIEW = 1
 
 # Room and camera geometry, in metres. The wall is a vertical cylinder around
@@ -99,9 +122,12 @@ _MAX_RANGE_M = 4.5  # a Kinect v2's rated range: farther pixels read 0 (invalid)
 # subject's scale: (x, y, z, radius, part). Parts: 0 skin, 1 shirt, 2 trousers.
 # Arms are added separately, as 3 spheres from the shoulder to the hand.
 _BODY = (
-    (-0.10, 0.10, 0.0, 0.085, 2), (0.10, 0.10, 0.0, 0.085, 2),  # feet
-    (-0.10, 0.35, 0.0, 0.090, 2), (0.10, 0.35, 0.0, 0.090, 2),  # knees
-    (-0.10, 0.60, 0.0, 0.100, 2), (0.10, 0.60, 0.0, 0.100, 2),  # thighs
+    (-0.10, 0.10, 0.0, 0.085, 2),
+    (0.10, 0.10, 0.0, 0.085, 2),  # feet
+    (-0.10, 0.35, 0.0, 0.090, 2),
+    (0.10, 0.35, 0.0, 0.090, 2),  # knees
+    (-0.10, 0.60, 0.0, 0.100, 2),
+    (0.10, 0.60, 0.0, 0.100, 2),  # thighs
     (0.0, 0.82, 0.0, 0.160, 2),  # hips
     (0.0, 1.04, 0.0, 0.170, 1),  # belly
     (0.0, 1.26, 0.0, 0.180, 1),  # chest
@@ -136,6 +162,7 @@ class GeneratorSpec:
       something approaching or receding; depth sees a flat wall), and a light
       level that drifts during the clip (every pixel changes; depth does not).
   """
+
   resolution: int = 64
   num_frames: int = 16
   clips_per_class: int = 288
@@ -148,11 +175,14 @@ class GeneratorSpec:
 
   def __post_init__(self):
     if self.scenario not in SCENARIOS:
-      raise ValueError(f'Unknown synthetic scenario {self.scenario!r}; '
-                       f'known: {", ".join(SCENARIOS)}.')
+      raise ValueError(
+          f'Unknown synthetic scenario {self.scenario!r}; ' f'known: {", ".join(SCENARIOS)}.'
+      )
     if not 0 < self.num_validation_subjects < self.num_subjects:
-      raise ValueError('Need at least one training and one validation subject, got '
-                       f'{self.num_validation_subjects} of {self.num_subjects}.')
+      raise ValueError(
+          'Need at least one training and one validation subject, got '
+          f'{self.num_validation_subjects} of {self.num_subjects}.'
+      )
     if len(self.view_azimuths_deg) < 2:
       raise ValueError('Need a test view and at least one training view.')
 
@@ -168,6 +198,7 @@ class GeneratorSpec:
 @dataclasses.dataclass(frozen=True)
 class ClipInfo:
   """Where clip `index` of class `label` sits in the dataset."""
+
   label: int
   index: int
   view: int
@@ -177,8 +208,7 @@ class ClipInfo:
 
   @property
   def sample_id(self) -> str:
-    return (f'S{self.subject:02d}V{self.view:02d}'
-            f'A{self.label:02d}R{self.replication:03d}')
+    return f'S{self.subject:02d}V{self.view:02d}' f'A{self.label:02d}R{self.replication:03d}'
 
 
 def split_of(spec: GeneratorSpec, view: int, subject: int) -> str:
@@ -194,13 +224,22 @@ def clip_info(spec: GeneratorSpec, label: int, index: int) -> ClipInfo:
   view = index % spec.num_views + 1
   subject = (index // spec.num_views) % spec.num_subjects + 1
   replication = index // (spec.num_views * spec.num_subjects) + 1
-  return ClipInfo(label=label, index=index, view=view, subject=subject,
-                  replication=replication, split=split_of(spec, view, subject))
+  return ClipInfo(
+      label=label,
+      index=index,
+      view=view,
+      subject=subject,
+      replication=replication,
+      split=split_of(spec, view, subject),
+  )
 
 
 def all_clips(spec: GeneratorSpec) -> list[ClipInfo]:
-  return [clip_info(spec, label, index) for label in range(len(spec.class_names))
-          for index in range(spec.clips_per_class)]
+  return [
+      clip_info(spec, label, index)
+      for label in range(len(spec.class_names))
+      for index in range(spec.clips_per_class)
+  ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,27 +256,33 @@ def _subject(spec: GeneratorSpec, subject: int) -> _Subject:
   rng = np.random.default_rng([spec.seed, 0, subject])
   skin = np.array([0.85, 0.65, 0.5]) * rng.uniform(0.45, 1.1)
   return _Subject(
-      scale=rng.uniform(0.8, 1.2), build=rng.uniform(0.85, 1.2),
-      colours=np.clip(np.stack([skin, rng.uniform(0.1, 0.95, 3), rng.uniform(0.1, 0.9, 3)]),
-                      0.05, 1.0),
-      stripe_period=rng.uniform(0.06, 0.2), stripe_contrast=rng.uniform(0.0, 0.45),
-      stripe_phase=rng.uniform(0, 2 * np.pi))
+      scale=rng.uniform(0.8, 1.2),
+      build=rng.uniform(0.85, 1.2),
+      colours=np.clip(
+          np.stack([skin, rng.uniform(0.1, 0.95, 3), rng.uniform(0.1, 0.9, 3)]), 0.05, 1.0
+      ),
+      stripe_period=rng.uniform(0.06, 0.2),
+      stripe_contrast=rng.uniform(0.0, 0.45),
+      stripe_phase=rng.uniform(0, 2 * np.pi),
+  )
 
 
 def _rotation_y(angle: np.ndarray) -> np.ndarray:
   """`(..., 3, 3)` rotations about the vertical axis (x towards z for positive angles)."""
   c, s = np.cos(angle), np.sin(angle)
   zero, one = np.zeros_like(angle), np.ones_like(angle)
-  return np.stack([np.stack([c, zero, s], -1), np.stack([zero, one, zero], -1),
-                   np.stack([-s, zero, c], -1)], -2)
+  return np.stack(
+      [np.stack([c, zero, s], -1), np.stack([zero, one, zero], -1), np.stack([-s, zero, c], -1)], -2
+  )
 
 
 def _rotation_x(angle: np.ndarray) -> np.ndarray:
   """`(..., 3, 3)` rotations about the x axis (z towards -y for positive angles)."""
   c, s = np.cos(angle), np.sin(angle)
   zero, one = np.zeros_like(angle), np.ones_like(angle)
-  return np.stack([np.stack([one, zero, zero], -1), np.stack([zero, c, s], -1),
-                   np.stack([zero, -s, c], -1)], -2)
+  return np.stack(
+      [np.stack([one, zero, zero], -1), np.stack([zero, c, s], -1), np.stack([zero, -s, c], -1)], -2
+  )
 
 
 def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generator):
@@ -265,8 +310,9 @@ def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generat
   body = np.array([b[:4] for b in _BODY])
   body = np.broadcast_to(body, (num_frames,) + body.shape).copy()
   shoulders = np.stack([_SHOULDER * [-1, 1, 1], _SHOULDER])
-  hands = np.broadcast_to(np.stack([_HAND_REST * [-1, 1, 1], _HAND_REST]),
-                          (num_frames, 2, 3)).copy()
+  hands = np.broadcast_to(
+      np.stack([_HAND_REST * [-1, 1, 1], _HAND_REST]), (num_frames, 2, 3)
+  ).copy()
   # Walking: legs and hands swing in opposite phase while the actor moves.
   walks = name in ('approach', 'recede', 'cross near', 'cross far', 'cross')
   if walks:
@@ -290,7 +336,8 @@ def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generat
   # Arms: three spheres evenly spaced from the shoulder to the hand.
   fractions = np.array([1 / 3, 2 / 3, 1.0])
   arms = shoulders[None, :, None] + fractions[None, None, :, None] * (
-      hands[:, :, None] - shoulders[None, :, None])  # (T, 2, 3, 3)
+      hands[:, :, None] - shoulders[None, :, None]
+  )  # (T, 2, 3, 3)
   arms = arms.reshape(num_frames, 6, 3)
   points = np.concatenate([body[..., :3], arms], axis=1)
   radii = np.concatenate([body[0, :, 3], np.tile(_ARM_RADII, 2)])
@@ -341,8 +388,9 @@ def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generat
 def _camera(spec: GeneratorSpec, view: int, rng: np.random.Generator):
   """Camera position and `(3, 3)` rotation whose rows are its right/up/forward axes."""
   azimuth = np.deg2rad(spec.view_azimuths_deg[view - 1])
-  position = np.array([_CAMERA_DISTANCE * np.sin(azimuth), _CAMERA_HEIGHT,
-                       -_CAMERA_DISTANCE * np.cos(azimuth)]) + rng.normal(0.0, 0.05, 3)
+  position = np.array(
+      [_CAMERA_DISTANCE * np.sin(azimuth), _CAMERA_HEIGHT, -_CAMERA_DISTANCE * np.cos(azimuth)]
+  ) + rng.normal(0.0, 0.05, 3)
   forward = _CAMERA_TARGET + rng.normal(0.0, 0.05, 3) - position
   forward /= np.linalg.norm(forward)
   right = np.cross([0.0, 1.0, 0.0], forward)
@@ -363,8 +411,14 @@ def _rays(resolution: int, rotation: np.ndarray):
   return cam @ rotation, cam[:, 2]
 
 
-def _cast_actor(centres: np.ndarray, radii: np.ndarray, origin: np.ndarray,
-                rotation: np.ndarray, rays: np.ndarray, size: int):
+def _cast_actor(
+    centres: np.ndarray,
+    radii: np.ndarray,
+    origin: np.ndarray,
+    rotation: np.ndarray,
+    rays: np.ndarray,
+    size: int,
+):
   """Ray-casts the spheres: the nearest sphere and its distance for every ray.
 
   Rays are cast only inside a window that follows the actor from frame to
@@ -379,18 +433,21 @@ def _cast_actor(centres: np.ndarray, radii: np.ndarray, origin: np.ndarray,
   camera = (centres - origin) @ rotation.T  # (T, P, 3): right, up, forward
   depth = np.maximum(camera[..., 2], radii + 1e-3)
   focal = _focal(size)
-  reach = focal * radii / np.sqrt(depth ** 2 - radii ** 2) + 1.5  # silhouette radius, px
+  reach = focal * radii / np.sqrt(depth**2 - radii**2) + 1.5  # silhouette radius, px
   cols = focal * camera[..., 0] / depth + size / 2
   rows = size / 2 - focal * camera[..., 1] / depth
   lo = np.clip(np.floor(np.stack([(rows - reach).min(1), (cols - reach).min(1)], -1)), 0, size)
   hi = np.clip(np.ceil(np.stack([(rows + reach).max(1), (cols + reach).max(1)], -1)), 0, size)
   extent = (hi - lo).max(0).astype(int)  # window (height, width)
   start = np.minimum(lo, size - extent).astype(int)  # (T, 2)
-  window = ((start[:, 0, None, None] + np.arange(extent[0])[:, None]) * size
-            + start[:, 1, None, None] + np.arange(extent[1])).reshape(frames, -1)
+  window = (
+      (start[:, 0, None, None] + np.arange(extent[0])[:, None]) * size
+      + start[:, 1, None, None]
+      + np.arange(extent[1])
+  ).reshape(frames, -1)
   offsets = centres - origin
   along = np.einsum('tmk,tpk->tpm', rays[window], offsets)  # (T, P, M)
-  disc = along ** 2 - ((offsets ** 2).sum(-1) - radii ** 2)[..., None]
+  disc = along**2 - ((offsets**2).sum(-1) - radii**2)[..., None]
   hit = along - np.sqrt(np.maximum(disc, 0.0))
   hit = np.where((disc > 0) & (hit > 0), hit, np.inf)
   nearest = np.zeros((frames, len(rays)), int)
@@ -408,13 +465,19 @@ def _room_distance(origin: np.ndarray, rays: np.ndarray):
     t_floor = np.where(rays[:, 1] < 0, -origin[1] / rays[:, 1], np.inf)
   a = rays[:, 0] ** 2 + rays[:, 2] ** 2
   b = 2 * (origin[0] * rays[:, 0] + origin[2] * rays[:, 2])
-  c = origin[0] ** 2 + origin[2] ** 2 - _WALL_RADIUS ** 2  # < 0: the camera is inside
+  c = origin[0] ** 2 + origin[2] ** 2 - _WALL_RADIUS**2  # < 0: the camera is inside
   t_wall = (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
   return np.minimum(t_floor, t_wall), t_floor < t_wall
 
 
-def _room_albedo(points: np.ndarray, floor: np.ndarray, look_angle: float, num_frames: int,
-                 rng: np.random.Generator, screen: bool) -> np.ndarray:
+def _room_albedo(
+    points: np.ndarray,
+    floor: np.ndarray,
+    look_angle: float,
+    num_frames: int,
+    rng: np.random.Generator,
+    screen: bool,
+) -> np.ndarray:
   """`(T, N, 3)` colours of the floor tiles, the wall posters and (if `screen`) a
   screen playing a looming (or shrinking) disc, at the room points `(N, 3)`."""
   tile = rng.uniform(0.3, 0.7)
@@ -422,8 +485,7 @@ def _room_albedo(points: np.ndarray, floor: np.ndarray, look_angle: float, num_f
   checker = (np.floor(points[:, 0] / tile) + np.floor(points[:, 2] / tile)).astype(int) % 2
   albedo = np.where(floor[:, None], tiles[checker], rng.uniform(0.3, 0.9, 3))
   # Wall coordinates: arc length around the wall from where the camera looks, and height.
-  arc = _WALL_RADIUS * np.angle(np.exp(1j * (np.arctan2(points[:, 0], points[:, 2])
-                                             - look_angle)))
+  arc = _WALL_RADIUS * np.angle(np.exp(1j * (np.arctan2(points[:, 0], points[:, 2]) - look_angle)))
   height = points[:, 1]
   for _ in range(rng.integers(4, 9)):
     centre = rng.uniform([-2.5, 0.4], [2.5, 2.4])
@@ -435,12 +497,16 @@ def _room_albedo(points: np.ndarray, floor: np.ndarray, look_angle: float, num_f
     return albedo
   # The screen: a dark panel with a bright disc whose radius grows or shrinks.
   centre = rng.uniform([-1.2, 1.4], [1.2, 2.0])
-  screen = np.flatnonzero(~floor & (np.abs(arc - centre[0]) < 0.45)
-                          & (np.abs(height - centre[1]) < 0.3))
+  screen = np.flatnonzero(
+      ~floor & (np.abs(arc - centre[0]) < 0.45) & (np.abs(height - centre[1]) < 0.3)
+  )
   radii = np.linspace(*rng.permutation([0.04, 0.25]), num_frames)
   drift = np.linspace(0.0, rng.uniform(-0.15, 0.15), num_frames)
-  disc = ((arc[screen] - centre[0] - drift[:, None]) ** 2
-          + (height[screen] - centre[1]) ** 2 < radii[:, None] ** 2)  # (T, screen pixels)
+  disc = (arc[screen] - centre[0] - drift[:, None]) ** 2 + (
+      height[screen] - centre[1]
+  ) ** 2 < radii[
+      :, None
+  ] ** 2  # (T, screen pixels)
   albedo[:, screen] = np.where(disc[..., None], rng.uniform(0.6, 1.0, 3), 0.08)
   return albedo
 
@@ -483,18 +549,25 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   room_points = origin + t_room[:, None] * rays
   wall_normal = -room_points * [1.0, 0.0, 1.0] / _WALL_RADIUS
   look = origin + rotation[2] * _WALL_RADIUS
-  colour = _room_albedo(room_points, floor, np.arctan2(look[0], look[2]), frames, rng,
-                        spec.rgb_distractors)
+  colour = _room_albedo(
+      room_points, floor, np.arctan2(look[0], look[2]), frames, rng, spec.rgb_distractors
+  )
   colour *= shading(np.where(floor[:, None], [0.0, 1.0, 0.0], wall_normal))[:, None]
   frame, pixel = np.nonzero(actor)
   sphere = nearest[frame, pixel]
   points = origin + t_actor[frame, pixel, None] * rays[pixel]
   normal = (points - centres[frame, sphere]) / radii[sphere, None]
-  stripes = np.sin(2 * np.pi * points[:, 1] / subject.scale / subject.stripe_period
-                   + subject.stripe_phase) > 0
+  stripes = (
+      np.sin(
+          2 * np.pi * points[:, 1] / subject.scale / subject.stripe_period + subject.stripe_phase
+      )
+      > 0
+  )
   striped = (parts[sphere] > 0) & ~(jacket[frame] & (parts[sphere] == 1))
-  albedo = colours[frame, parts[sphere]] * np.where(
-      striped & stripes, 1.0 - subject.stripe_contrast, 1.0)[:, None]
+  albedo = (
+      colours[frame, parts[sphere]]
+      * np.where(striped & stripes, 1.0 - subject.stripe_contrast, 1.0)[:, None]
+  )
   colour[frame, pixel] = albedo * shading(normal)[:, None]
 
   # Camera exposure: a light level drifting during the clip (a distractor), a colour cast, noise.
@@ -502,14 +575,15 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   if spec.rgb_distractors:
     tau = np.linspace(0.0, 1.0, frames)
     level = 1.0 + rng.uniform(0.0, 0.25) * np.sin(
-        2 * np.pi * rng.uniform(0.5, 1.5) * tau + rng.uniform(0, 2 * np.pi))
+        2 * np.pi * rng.uniform(0.5, 1.5) * tau + rng.uniform(0, 2 * np.pi)
+    )
   rgb = (255 * colour * rng.uniform(0.85, 1.15, 3)).astype(np.float32) * level[:, None, None]
   rgb += 3.0 * rng.standard_normal(rgb.shape, np.float32)
   rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(frames, size, size, 3)
 
   depth = distance * forwardness  # planar depth, metres
   noise = rng.standard_normal(depth.shape, np.float32) * _SENSOR_NOISE_MM
-  depth_mm = np.clip(np.round(1000 * depth + noise * depth ** 2), 1, 65535)
+  depth_mm = np.clip(np.round(1000 * depth + noise * depth**2), 1, 65535)
   depth_mm[depth > _MAX_RANGE_M] = 0
   depth_mm = depth_mm.astype(np.uint16).reshape(frames, size, size)
   return {'rgb': rgb, 'depth_mm': depth_mm, 'depth_jet': jet.depth_to_jet(depth_mm)}

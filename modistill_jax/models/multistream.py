@@ -51,13 +51,19 @@ class MultiStream(nn.Module):
       it: step 3).
     stream: builds a stream from its name (`resnet.stream_factory`).
   """
+
   spec: stages.ModelSpec
   stream: resnet.StreamFactory
 
   @nn.compact
-  def __call__(self, inputs: Mapping[str, Array], *, train: bool,
-               batch_stats_streams: Sequence[str] = (),
-               clip_mask: Array | None = None) -> dict[str, Any]:
+  def __call__(
+      self,
+      inputs: Mapping[str, Array],
+      *,
+      train: bool,
+      batch_stats_streams: Sequence[str] = (),
+      clip_mask: Array | None = None,
+  ) -> dict[str, Any]:
     """Runs the streams on clips.
 
     Args:
@@ -84,24 +90,30 @@ class MultiStream(nn.Module):
       clips = inputs[modality]
       n, t = clips.shape[:2]
       batch_stats = trainable and name in batch_stats_streams
-      bn_mask = (jnp.repeat(clip_mask, t) if batch_stats and clip_mask is not None else None)
+      bn_mask = jnp.repeat(clip_mask, t) if batch_stats and clip_mask is not None else None
       frame_logits, endpoints = self.stream(name=name)(
-          clips.reshape((n * t,) + clips.shape[2:]), num_frames=t,
-          train=(train and trainable) or batch_stats, gates=gates, bn_mask=bn_mask)
+          clips.reshape((n * t,) + clips.shape[2:]),
+          num_frames=t,
+          train=(train and trainable) or batch_stats,
+          gates=gates,
+          bn_mask=bn_mask,
+      )
       return frame_logits.reshape(n, t, -1).mean(axis=1), endpoints
 
     logits, endpoints = {}, {}
     gates = None
     if spec.giver is not None:
-      giver_logits, giver_endpoints = run(spec.giver, spec.giver_input,
-                                          trainable=not spec.giver_frozen)
+      giver_logits, giver_endpoints = run(
+          spec.giver, spec.giver_input, trainable=not spec.giver_frozen
+      )
       if spec.giver_frozen:
         giver_logits, giver_endpoints = jax.lax.stop_gradient((giver_logits, giver_endpoints))
       logits[spec.giver], endpoints[spec.giver] = giver_logits, giver_endpoints
       if spec.connections:
         gates = resnet.connection_gates(giver_endpoints)
     logits[spec.receiver], endpoints[spec.receiver] = run(
-        spec.receiver, spec.receiver_input, gates=gates)
+        spec.receiver, spec.receiver_input, gates=gates
+    )
     return {'logits': logits, 'endpoints': endpoints}
 
 
@@ -112,6 +124,7 @@ class StageNetwork(nn.Module):
     stage: the stage (`stages.for_config`): its `ModelSpec`s and fused streams.
     stream: builds a stream from its name (`resnet.stream_factory`).
   """
+
   stage: stages.Stage
   stream: resnet.StreamFactory
 
@@ -121,21 +134,24 @@ class StageNetwork(nn.Module):
     for part in self.parts:
       nn.share_scope(self, part)
 
-  def __call__(self, inputs: Mapping[str, Array], *, train: bool,
-               batch_stats_streams: Sequence[str] = (),
-               clip_mask: Array | None = None) -> dict[str, Any]:
+  def __call__(
+      self,
+      inputs: Mapping[str, Array],
+      *,
+      train: bool,
+      batch_stats_streams: Sequence[str] = (),
+      clip_mask: Array | None = None,
+  ) -> dict[str, Any]:
     """`MultiStream`'s outputs of every part, merged, plus `fused`: the stage's prediction.
 
     The arguments are `MultiStream`'s.
     """
     outputs = {'logits': {}, 'endpoints': {}}
     for part in self.parts:
-      out = part(inputs, train=train, batch_stats_streams=batch_stats_streams,
-                 clip_mask=clip_mask)
+      out = part(inputs, train=train, batch_stats_streams=batch_stats_streams, clip_mask=clip_mask)
       outputs['logits'].update(out['logits'])
       outputs['endpoints'].update(out['endpoints'])
-    outputs['fused'] = jnp.mean(
-        jnp.stack([outputs['logits'][s] for s in self.stage.fused]), axis=0)
+    outputs['fused'] = jnp.mean(jnp.stack([outputs['logits'][s] for s in self.stage.fused]), axis=0)
     return outputs
 
   def _init_part(self, inputs: Mapping[str, Array], *, index: int) -> dict[str, Any]:
@@ -149,8 +165,7 @@ class StageNetwork(nn.Module):
     """
     variables = {'params': {}, 'batch_stats': {}}
     for index, key in enumerate(jax.random.split(rng, len(self.stage.models))):
-      part = self.init(key, inputs, method=functools.partial(StageNetwork._init_part,
-                                                             index=index))
+      part = self.init(key, inputs, method=functools.partial(StageNetwork._init_part, index=index))
       variables['params'].update(part['params'])
       variables['batch_stats'].update(part['batch_stats'])
     return variables

@@ -62,8 +62,11 @@ CONNECTED_UNIT = 1
 def connection_gates(endpoints: Mapping[str, Array]) -> dict[int, Array]:
   """`{block: unit-0 output}` of a giving stream's endpoints: what its connections send."""
   suffix = f'/unit{CONNECTED_UNIT - 1}'
-  return {int(name[len('block'):-len(suffix)]): x for name, x in endpoints.items()
-          if name.startswith('block') and name.endswith(suffix)}
+  return {
+      int(name[len('block') : -len(suffix)]): x
+      for name, x in endpoints.items()
+      if name.startswith('block') and name.endswith(suffix)
+  }
 
 
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
@@ -92,14 +95,18 @@ def temporal_reference_code_init(key, shape, dtype=jnp.float32):
   del key
   taps, _, _, c_in, _ = shape
   if taps != 3 or c_in < 2:
-    raise ValueError('The reference-code init needs a 3-tap kernel and at least 2 channels, '
-                     f'got kernel shape {shape}.')
+    raise ValueError(
+        'The reference-code init needs a 3-tap kernel and at least 2 channels, '
+        f'got kernel shape {shape}.'
+    )
   return jnp.zeros(shape, dtype).at[0, 0, 0, 1, :].set(1)
 
 
 TEMPORAL_FORMS: tuple[str, ...] = ('linear', 'conv_bn_relu')
-TEMPORAL_INITS = {'identity': temporal_identity_init,
-                  'reference_code': temporal_reference_code_init}
+TEMPORAL_INITS = {
+    'identity': temporal_identity_init,
+    'reference_code': temporal_reference_code_init,
+}
 
 
 def block_strides(layout: str, num_blocks: int = 4) -> tuple[int, ...]:
@@ -129,6 +136,7 @@ class Bottleneck(nn.Module):
   given, restricts every BatchNorm's batch statistics to the frames it marks
   (see `Stream`).
   """
+
   width: int
   stride: int
   layout: str
@@ -140,8 +148,13 @@ class Bottleneck(nn.Module):
   temporal_init: str = 'identity'
 
   @nn.compact
-  def __call__(self, x: Array, x_pre: Array | None = None, gate: Array | None = None,
-               bn_mask: Array | None = None) -> tuple[Array, Array]:
+  def __call__(
+      self,
+      x: Array,
+      x_pre: Array | None = None,
+      gate: Array | None = None,
+      bn_mask: Array | None = None,
+  ) -> tuple[Array, Array]:
     out_channels = 4 * self.width
     in_channels = x.shape[-1]
     if gate is not None:
@@ -156,7 +169,7 @@ class Bottleneck(nn.Module):
       shortcut = self.conv(out_channels, (1, 1), strides=self.stride, name='shortcut')(x)
       shortcut = self.norm(name='shortcut_bn')(shortcut, mask=bn_mask)
     elif self.stride > 1:
-      shortcut = x[:, ::self.stride, ::self.stride, :]
+      shortcut = x[:, :: self.stride, :: self.stride, :]
     else:
       shortcut = x
 
@@ -170,8 +183,13 @@ class Bottleneck(nn.Module):
     if self.temporal:
       n, h, w, c = y.shape
       y = y.reshape(n // self.num_frames, self.num_frames, h, w, c)
-      y = self.conv(c, (3, 1, 1), padding='SAME', kernel_init=TEMPORAL_INITS[self.temporal_init],
-                    name='temporal')(y)
+      y = self.conv(
+          c,
+          (3, 1, 1),
+          padding='SAME',
+          kernel_init=TEMPORAL_INITS[self.temporal_init],
+          name='temporal',
+      )(y)
       y = y.reshape(n, h, w, c)
       if self.temporal_form == 'conv_bn_relu':
         y = nn.relu(self.norm(name='temporal_bn')(y, mask=bn_mask))
@@ -203,6 +221,7 @@ class Stream(nn.Module):
       `'conv_bn_relu'` adds a `temporal_bn` BatchNorm to every unit 1.
     temporal_init: `'identity'` | `'reference_code'`.
   """
+
   num_classes: int
   units_per_block: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
@@ -215,9 +234,15 @@ class Stream(nn.Module):
   temporal_init: str = 'identity'
 
   @nn.compact
-  def __call__(self, frames: Array, *, num_frames: int, train: bool,
-               gates: Mapping[int, Array] | None = None,
-               bn_mask: Array | None = None) -> tuple[Array, dict[str, Array]]:
+  def __call__(
+      self,
+      frames: Array,
+      *,
+      num_frames: int,
+      train: bool,
+      gates: Mapping[int, Array] | None = None,
+      bn_mask: Array | None = None,
+  ) -> tuple[Array, dict[str, Array]]:
     """Runs the stream.
 
     Args:
@@ -236,24 +261,34 @@ class Stream(nn.Module):
       ReLU) and `block{b}` (block output) for every block b, and `pooled`.
     """
     if min(self.units_per_block) < CONNECTED_UNIT + 1:
-      raise ValueError(f'Every block needs at least {CONNECTED_UNIT + 1} units, '
-                       f'got {tuple(self.units_per_block)}.')
+      raise ValueError(
+          f'Every block needs at least {CONNECTED_UNIT + 1} units, '
+          f'got {tuple(self.units_per_block)}.'
+      )
     if frames.shape[0] % num_frames:
       raise ValueError(f'Batch of {frames.shape[0]} frames is not whole clips of {num_frames}.')
     if self.temporal_form not in TEMPORAL_FORMS:
-      raise ValueError(f'temporal_form must be one of {TEMPORAL_FORMS}, '
-                       f'got {self.temporal_form!r}.')
+      raise ValueError(
+          f'temporal_form must be one of {TEMPORAL_FORMS}, ' f'got {self.temporal_form!r}.'
+      )
     if self.temporal_init not in TEMPORAL_INITS:
-      raise ValueError(f'temporal_init must be one of {tuple(TEMPORAL_INITS)}, '
-                       f'got {self.temporal_init!r}.')
+      raise ValueError(
+          f'temporal_init must be one of {tuple(TEMPORAL_INITS)}, ' f'got {self.temporal_init!r}.'
+      )
     gates = gates or {}
     if bn_mask is not None:
       bn_mask = bn_mask.reshape(-1, 1, 1, 1)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=he_normal)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=jnp.float32)
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=he_normal
+    )
+    norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+    )
     x = frames.astype(self.dtype)
     x = conv(self.width, (7, 7), strides=2, padding=_symmetric_padding(7), name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x, mask=bn_mask))
@@ -273,9 +308,15 @@ class Stream(nn.Module):
         unit = unit_cls(
             width=self.width * 2 ** (b - 1),
             stride=unit_stride(self.stride_layout, stride, u, num_units),
-            layout=self.stride_layout, temporal=u == CONNECTED_UNIT,
-            num_frames=num_frames, conv=conv, norm=norm, temporal_form=self.temporal_form,
-            temporal_init=self.temporal_init, name=f'block{b}_unit{u}')
+            layout=self.stride_layout,
+            temporal=u == CONNECTED_UNIT,
+            num_frames=num_frames,
+            conv=conv,
+            norm=norm,
+            temporal_form=self.temporal_form,
+            temporal_init=self.temporal_init,
+            name=f'block{b}_unit{u}',
+        )
         gate = gates.get(b) if u == CONNECTED_UNIT else None
         x, x_pre = unit(x, x_pre, gate, bn_mask)
         if u == CONNECTED_UNIT - 1:
@@ -285,8 +326,13 @@ class Stream(nn.Module):
 
     pooled = jnp.mean(x, axis=(1, 2))
     endpoints['pooled'] = pooled
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                      kernel_init=he_normal, name='logits')(pooled)
+    logits = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=he_normal,
+        name='logits',
+    )(pooled)
     return logits.astype(jnp.float32), endpoints
 
 
@@ -307,8 +353,15 @@ def stream_factory(model_config: Any, num_classes: int) -> StreamFactory:
   the network itself is the same for all of them.
   """
   return functools.partial(
-      Stream, num_classes=num_classes, units_per_block=tuple(model_config.units_per_block),
-      width=model_config.width, stride_layout=model_config.stride_layout,
-      dtype=compute_dtype(model_config), remat=model_config.remat,
-      bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon,
-      temporal_form=model_config.temporal_form, temporal_init=model_config.temporal_init)
+      Stream,
+      num_classes=num_classes,
+      units_per_block=tuple(model_config.units_per_block),
+      width=model_config.width,
+      stride_layout=model_config.stride_layout,
+      dtype=compute_dtype(model_config),
+      remat=model_config.remat,
+      bn_momentum=model_config.bn_momentum,
+      bn_epsilon=model_config.bn_epsilon,
+      temporal_form=model_config.temporal_form,
+      temporal_init=model_config.temporal_init,
+  )

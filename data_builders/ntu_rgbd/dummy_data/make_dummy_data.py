@@ -12,19 +12,19 @@ the official text format with the joints' colour/depth pixel pairs.
 
 Samples and the quirks they carry (README section 4 of the datasets notes):
 
-| id                   | layout    | quirk                                            | expected  |
-|----------------------|-----------|--------------------------------------------------|-----------|
-| S001C002P003R002A013 | per-setup | 8 RGB / 6 depth frames; skeleton with a 0-body   | cstest_cvval |
-|                      |           | frame, NaN/zero joints, a false third body       |           |
-| S001C002P005R002A008 | per-setup | in the official missing-skeleton list: no file   | cstrain_cvval |
-| S001C001P001R001A001 | per-setup | 6 RGB / 7 depth frames; subject 1 (validation)   | csval_cvtest |
-| S001C003P002R001A050 | per-setup | one MDepth PNG is empty (0 bytes)                | skipped   |
-| S002C003P008R001A020 | merged    | missing-skeleton id; group without any skeleton  | cstrain_cvval |
-| S002C001P020R001A059 | merged    | group without skeleton (issue-#39 fallback map)  | cstest_cvtest |
-| S002C001P010R001A002 | merged    | no depth folder                                  | skipped   |
-| S002C001P011R001A003 | merged    | RGB file is not a video                          | skipped   |
-| S002C001P012R002A004 | merged    | depth folder without frames                      | skipped   |
-| S002C002P013R001A005 | merged    | depth only, no RGB video                         | skipped   |
+| id | layout | quirk | expected |
+| --- | --- | --- | --- |
+| S001C002P003R002A013 | per-setup | 8 RGB / 6 depth frames; skeleton with a 0-body | cstest_cvval |
+|  |  | frame, NaN/zero joints, a false third body |  |
+| S001C002P005R002A008 | per-setup | in the official missing-skeleton list: no file | cstrain_cvval|
+| S001C001P001R001A001 | per-setup | 6 RGB / 7 depth frames; subject 1 (validation) | csval_cvtest |
+| S001C003P002R001A050 | per-setup | one MDepth PNG is empty (0 bytes) | skipped |
+| S002C003P008R001A020 | merged | missing-skeleton id; group without any skeleton | cstrain_cvval |
+| S002C001P020R001A059 | merged | group without skeleton (issue-#39 fallback map) | cstest_cvtest |
+| S002C001P010R001A002 | merged | no depth folder | skipped |
+| S002C001P011R001A003 | merged | RGB file is not a video | skipped |
+| S002C001P012R002A004 | merged | depth folder without frames | skipped |
+| S002C002P013R001A005 | merged | depth only, no RGB video | skipped |
 """
 
 from __future__ import annotations
@@ -54,14 +54,14 @@ TRUE_AFFINES = {
 
 def silhouette(x: np.ndarray, y: np.ndarray, shift: float) -> np.ndarray:
   """Person mask at depth-frame coordinates (x, y): a head over a torso."""
-  head = (x - 256 - shift) ** 2 + (y - 110) ** 2 < 28 ** 2
+  head = (x - 256 - shift) ** 2 + (y - 110) ** 2 < 28**2
   torso = (np.abs(x - 256 - shift) < 45) & (y > 140) & (y < 340)
   return head | torso
 
 
 def depth_frame(shift: float) -> np.ndarray:
   """512x424 uint16 mm: the person at 3-3.4 m, zeros (masked out) elsewhere."""
-  y, x = np.mgrid[:DEPTH_SIZE[1], :DEPTH_SIZE[0]] + 0.5
+  y, x = np.mgrid[: DEPTH_SIZE[1], : DEPTH_SIZE[0]] + 0.5
   mask = silhouette(x, y, shift)
   return np.where(mask, 3000 + (y - 100), 0).astype(np.uint16)
 
@@ -85,8 +85,10 @@ def joint_lines(affine: np.ndarray, shift: float, rng: np.random.Generator) -> l
   depth_xy = np.stack([256 + shift + rng.uniform(-40, 40, 25), rng.uniform(90, 330, 25)], 1)
   inverse = np.linalg.inv(np.vstack([affine, [0, 0, 1]]))
   color_xy = (np.c_[depth_xy, np.ones(25)] @ inverse.T)[:, :2] + rng.normal(0, 0.2, (25, 2))
-  return [f'0.1 -0.2 3.2 {d[0]:.4f} {d[1]:.4f} {c[0]:.4f} {c[1]:.4f} 0.9 0.1 0.2 0.3 2'
-          for d, c in zip(depth_xy, color_xy)]
+  return [
+      f'0.1 -0.2 3.2 {d[0]:.4f} {d[1]:.4f} {c[0]:.4f} {c[1]:.4f} 0.9 0.1 0.2 0.3 2'
+      for d, c in zip(depth_xy, color_xy)
+  ]
 
 
 def skeleton_text(affine: np.ndarray, frames: int, seed: int) -> str:
@@ -102,9 +104,13 @@ def skeleton_text(affine: np.ndarray, frames: int, seed: int) -> str:
       bodies[0][3] = 'NaN NaN NaN NaN NaN NaN NaN NaN NaN NaN NaN 0'
       bodies[0][4] = '0 0 0 0 0 0 0 0 0 0 0 0'
     if f == 4:  # A false detection (a chair): colour positions unrelated to depth.
-      bodies.append([f'0.5 0.1 2.5 {x:.3f} {y:.3f} {rng.uniform(0, 1900):.3f} '
-                     f'{rng.uniform(0, 1070):.3f} 0 0 0 0 1'
-                     for x, y in rng.uniform([20, 20], [490, 400], (25, 2))])
+      bodies.append(
+          [
+              f'0.5 0.1 2.5 {x:.3f} {y:.3f} {rng.uniform(0, 1900):.3f} '
+              f'{rng.uniform(0, 1070):.3f} 0 0 0 0 1'
+              for x, y in rng.uniform([20, 20], [490, 400], (25, 2))
+          ]
+      )
     lines.append(str(len(bodies)))
     for i, joints in enumerate(bodies):
       lines.append(f'7205759403793235{i} 0 0 0 0 0 0 0.33916 -0.5899565 2')
@@ -125,18 +131,28 @@ def write_avi(path: pathlib.Path, frames: list[np.ndarray]) -> None:
     assert sum(1 for _ in container.decode(video=0)) == len(frames), path
 
 
-def write_sample(root: pathlib.Path, sample_id: str, layout: str, rgb_frames: int | None,
-                 depth_frames: int | None, skeleton: bool) -> None:
+def write_sample(
+    root: pathlib.Path,
+    sample_id: str,
+    layout: str,
+    rgb_frames: int | None,
+    depth_frames: int | None,
+    skeleton: bool,
+) -> None:
   setup, camera = int(sample_id[1:4]), int(sample_id[5:8])
   affine = TRUE_AFFINES[setup, camera]
-  wrap = {'per-setup': lambda kind: root / f'nturgbd_{kind}_s{setup:03d}',
-          'merged': lambda kind: root}[layout]
+  wrap = {
+      'per-setup': lambda kind: root / f'nturgbd_{kind}_s{setup:03d}',
+      'merged': lambda kind: root,
+  }[layout]
   if rgb_frames:
     folder = wrap('rgb') / 'nturgb+d_rgb'
     folder.mkdir(parents=True, exist_ok=True)
     size = (int(RGB_SIZE[0] * FAKE_RGB_SCALE), int(RGB_SIZE[1] * FAKE_RGB_SCALE))
-    write_avi(folder / f'{sample_id}_rgb.avi',
-              [rgb_frame(affine, size, 2.0 * f) for f in range(rgb_frames)])
+    write_avi(
+        folder / f'{sample_id}_rgb.avi',
+        [rgb_frame(affine, size, 2.0 * f) for f in range(rgb_frames)],
+    )
   if depth_frames is not None:
     folder = wrap('depth_masked') / 'nturgb+d_depth_masked' / sample_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,7 +162,8 @@ def write_sample(root: pathlib.Path, sample_id: str, layout: str, rgb_frames: in
     folder = root / 'nturgbd_skeletons_s001_to_s017' / 'nturgb+d_skeletons'
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f'{sample_id}.skeleton').write_text(
-        skeleton_text(affine, rgb_frames, seed=int(sample_id[-3:])))
+        skeleton_text(affine, rgb_frames, seed=int(sample_id[-3:]))
+    )
 
 
 def main() -> None:
@@ -158,14 +175,20 @@ def main() -> None:
   write_sample(root, 'S001C002P005R002A008', 'per-setup', 6, 6, skeleton=False)
   write_sample(root, 'S001C001P001R001A001', 'per-setup', 6, 7, skeleton=True)
   write_sample(root, 'S001C003P002R001A050', 'per-setup', 6, 6, skeleton=False)
-  (root / 'nturgbd_depth_masked_s001' / 'nturgb+d_depth_masked' / 'S001C003P002R001A050' /
-   'MDepth-00000003.png').write_bytes(b'')
+  (
+      root
+      / 'nturgbd_depth_masked_s001'
+      / 'nturgb+d_depth_masked'
+      / 'S001C003P002R001A050'
+      / 'MDepth-00000003.png'
+  ).write_bytes(b'')
   write_sample(root, 'S002C003P008R001A020', 'merged', 6, 6, skeleton=False)
   write_sample(root, 'S002C001P020R001A059', 'merged', 6, 6, skeleton=False)
   write_sample(root, 'S002C001P010R001A002', 'merged', 6, None, skeleton=False)
   write_sample(root, 'S002C001P011R001A003', 'merged', None, 6, skeleton=False)
   (root / 'nturgb+d_rgb' / 'S002C001P011R001A003_rgb.avi').write_bytes(
-      np.random.default_rng(0).integers(0, 256, 2048, np.uint8).tobytes())
+      np.random.default_rng(0).integers(0, 256, 2048, np.uint8).tobytes()
+  )
   write_sample(root, 'S002C001P012R002A004', 'merged', 6, 0, skeleton=False)
   # Git keeps no empty folder: a stray non-frame file stands for "no frames".
   (root / 'nturgb+d_depth_masked' / 'S002C001P012R002A004' / 'desktop.ini').write_text('\n')

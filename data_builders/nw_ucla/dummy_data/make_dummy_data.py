@@ -32,11 +32,12 @@ HERE = pathlib.Path(__file__).resolve().parent
 def person(width: int, height: int, shift: float) -> np.ndarray:
   y, x = (np.mgrid[:height, :width] + 0.5) * (240 / height)
   x = x - shift
-  return ((x - 160) ** 2 + (y - 60) ** 2 < 15 ** 2) | ((np.abs(x - 160) < 25) & (y > 75) & (y < 200))
+  return ((x - 160) ** 2 + (y - 60) ** 2 < 15**2) | ((np.abs(x - 160) < 25) & (y > 75) & (y < 200))
 
 
-def write_sample(root: pathlib.Path, view: int, name: str, rgb_frames, depth_frames,
-                 corrupt: int | None = None) -> None:
+def write_sample(
+    root: pathlib.Path, view: int, name: str, rgb_frames, depth_frames, corrupt: int | None = None
+) -> None:
   folder = root / 'multiview_action' / f'view_{view}' / name
   folder.mkdir(parents=True)
   lines = []
@@ -54,9 +55,11 @@ def write_sample(root: pathlib.Path, view: int, name: str, rgb_frames, depth_fra
       if n == corrupt:
         path.write_bytes(path.read_bytes()[:60])
       Image.fromarray((mask * 200).astype(np.uint8)).save(
-          folder / f'frame_{n}_tc_{tc + 32}_depth_vis.jpg', quality=50)
+          folder / f'frame_{n}_tc_{tc + 32}_depth_vis.jpg', quality=50
+      )
       (folder / f'frame_{n}_tc_{tc + 32}_skeletons.txt').write_text(
-          '1\n' + ''.join(f'{0.1 * j:.3f},{0.05 * j:.3f},2.5,1\n' for j in range(20)))
+          '1\n' + ''.join(f'{0.1 * j:.3f},{0.05 * j:.3f},2.5,1\n' for j in range(20))
+      )
     lines.append(f'{n} {tc} {tc + 32}')
   (folder / 'fileList.txt').write_text('\n'.join(lines) + ('\n' if lines else ''))
 

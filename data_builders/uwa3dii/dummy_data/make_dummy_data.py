@@ -31,11 +31,12 @@ HERE = pathlib.Path(__file__).resolve().parent
 def person(shift: float) -> np.ndarray:
   y, x = np.mgrid[:240, :320] + 0.5
   x = x - shift
-  return ((x - 160) ** 2 + (y - 60) ** 2 < 15 ** 2) | ((np.abs(x - 160) < 25) & (y > 75) & (y < 200))
+  return ((x - 160) ** 2 + (y - 60) ** 2 < 15**2) | ((np.abs(x - 160) < 25) & (y > 75) & (y < 200))
 
 
-def write_sample(sample: str, rgb_frames, depth_frames, bits: int = 16,
-                 empty_rgb: int | None = None) -> None:
+def write_sample(
+    sample: str, rgb_frames, depth_frames, bits: int = 16, empty_rgb: int | None = None
+) -> None:
   if rgb_frames:
     folder = HERE / 'UWA3D-RGB' / f'{sample}_e01'
     folder.mkdir(parents=True)
