@@ -487,6 +487,19 @@ def usable_cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
+def timed_clips_per_s(iterator, seconds: float) -> float:
+  """Clips/s of a batch iterator over `seconds`, after two untimed batches; closes it."""
+  try:
+    for _ in range(2):
+      next(iterator)
+    clips, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      clips += len(next(iterator)['label'])
+    return clips / (time.perf_counter() - start)
+  finally:
+    iterator.close()
+
+
 def measure_clips_per_s(
     records: Sequence[dict],
     *,
@@ -509,15 +522,7 @@ def measure_clips_per_s(
       worker_count=worker_count,
       modalities=modalities,
   )
-  try:
-    for _ in range(2):
-      next(iterator)
-    clips, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-      clips += len(next(iterator)['label'])
-    return clips / (time.perf_counter() - start)
-  finally:
-    iterator.close()
+  return timed_clips_per_s(iterator, seconds)
 
 
 def measure_decode_clips_per_s(

@@ -251,16 +251,7 @@ def measure_old_layout_clips_per_s(
   ds = pipeline._decoded_and_batched(  # pylint: disable=protected-access
       ds, batch_size, worker_count, worker_buffer_size=2, drop_remainder=True
   )
-  iterator = iter(ds)
-  try:
-    for _ in range(2):
-      next(iterator)
-    clips, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-      clips += len(next(iterator)['label'])
-    return clips / (time.perf_counter() - start)
-  finally:
-    iterator.close()
+  return pipeline.timed_clips_per_s(iter(ds), seconds)
 
 
 def measure_old_layout_decode_clips_per_s(
