@@ -70,6 +70,8 @@ CLOSE_POINTS = 5.0
 
 XLA_CACHE_DIR = 'xla_cache'
 HOLDS, CONTRADICTED, INCONCLUSIVE = 'holds', 'contradicted', 'inconclusive'
+# The unconnected step 2's eq. 1 variant: beside the run folder's own ablation folder.
+NO_CONNECTIONS_EQ1 = f'{runs.ABLATION_DIR}_eq1'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +92,11 @@ VARIANTS = (
     Variant(STAGED, ('step1', 'step2', 'step3', 'step4'), ()),
     Variant('step3_eq1', ('step3',), _STEP1 + (('step2', STAGED),), loss='eq1'),
     Variant('step3_eq3', ('step3',), _STEP1 + (('step2', STAGED),), loss='eq3'),
-    Variant('no_connections', ('step2', 'step3'), _STEP1, connections=False),
+    Variant(runs.ABLATION_DIR, ('step2', 'step3'), _STEP1, connections=False),
     Variant(
-        'no_connections_eq1',
+        NO_CONNECTIONS_EQ1,
         ('step3',),
-        _STEP1 + (('step2', 'no_connections'),),
+        _STEP1 + (('step2', runs.ABLATION_DIR),),
         loss='eq1',
         connections=False,
     ),
@@ -136,10 +138,10 @@ ROWS = (
     ClaimsRow('7', 'step 2, RGB stream', 'RGB', 'x-entr', STAGED, 'step2', 'rgb'),
     ClaimsRow('8', 'step 2', 'RGB & Depth', 'x-entr', STAGED, 'step2', 'fused'),
     ClaimsRow(
-        '9', 'step 2 w/o connections', 'RGB & Depth', 'x-entr', 'no_connections', 'step2', 'fused'
+        '9', 'step 2 w/o connections', 'RGB & Depth', 'x-entr', runs.ABLATION_DIR, 'step2', 'fused'
     ),
     ClaimsRow(
-        '10', 'step 3 w/o connections', 'RGB (hall)', 'eq. 1', 'no_connections_eq1', 'step3', 'hall'
+        '10', 'step 3 w/o connections', 'RGB (hall)', 'eq. 1', NO_CONNECTIONS_EQ1, 'step3', 'hall'
     ),
     ClaimsRow(
         '11',
@@ -169,7 +171,7 @@ ROWS = (
         'hall',
     ),
     ClaimsRow(
-        '14', 'step 3 w/o connections', 'RGB (hall)', 'eq. 5', 'no_connections', 'step3', 'hall'
+        '14', 'step 3 w/o connections', 'RGB (hall)', 'eq. 5', runs.ABLATION_DIR, 'step3', 'hall'
     ),
     ClaimsRow('15', 'step 4', 'RGB', 'x-entr', STAGED, 'step4', 'fused'),
     ClaimsRow(

@@ -129,34 +129,38 @@ def probe(
   return accuracy
 
 
-_CONFIG = flags.DEFINE_string('config', 'ntu_like', 'A BUILDER_CONFIG name of synthetic_rgbd.')
-_WORKERS = flags.DEFINE_integer('workers', 1, 'Rendering processes (1: in this process).')
-_SHUFFLE_LABELS = flags.DEFINE_bool(
-    'shuffle_labels', False, 'Train on permuted labels (a control: must give chance).'
-)
+def define_flags() -> None:
+  """The command line's flags, defined only when it runs (tests import this module beside
+  others that define `--config`)."""
+  flags.DEFINE_string('config', 'ntu_like', 'A BUILDER_CONFIG name of synthetic_rgbd.')
+  flags.DEFINE_integer('workers', 1, 'Rendering processes (1: in this process).')
+  flags.DEFINE_bool(
+      'shuffle_labels', False, 'Train on permuted labels (a control: must give chance).'
+  )
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  name, workers, shuffle = flags.FLAGS.config, flags.FLAGS.workers, flags.FLAGS.shuffle_labels
   # The builder module imports TFDS: only the command line needs it, for the config names.
   from data_builders.synthetic_rgbd import Builder  # pylint: disable=g-import-not-at-top
 
   configs = {config.name: config for config in Builder.BUILDER_CONFIGS}
-  if _CONFIG.value not in configs:
+  if name not in configs:
     raise app.UsageError(
-        f'--config={_CONFIG.value!r} is not a synthetic_rgbd config; '
-        f'known: {", ".join(configs)}.'
+        f'--config={name!r} is not a synthetic_rgbd config; ' f'known: {", ".join(configs)}.'
     )
-  spec = configs[_CONFIG.value].spec
-  accuracy = probe(spec, workers=_WORKERS.value, shuffle_labels=_SHUFFLE_LABELS.value)
+  spec = configs[name].spec
+  accuracy = probe(spec, workers=workers, shuffle_labels=shuffle)
   test_clips = sum(clip.split == 'test' for clip in synthetic.all_clips(spec))
-  control = ' (shuffled labels)' if _SHUFFLE_LABELS.value else ''
+  control = ' (shuffled labels)' if shuffle else ''
   print(
-      f'synthetic_rgbd/{_CONFIG.value}: logistic-regression probe, held-out view '
+      f'synthetic_rgbd/{name}: logistic-regression probe, held-out view '
       f'({test_clips} clips): RGB {accuracy["rgb"]:.3f}, depth {accuracy["depth"]:.3f}, '
       f'chance {accuracy["chance"]:.3f}{control}'
   )
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
