@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any
 
@@ -306,13 +305,6 @@ def variant_config(
   return config
 
 
-def share(workdir, stage: str, from_folder: str, folder: str) -> None:
-  """Links a stage another folder of the seed trained into `folder` (the demo's way)."""
-  link = runs.stage_dir(workdir / folder, stage).path
-  if not os.path.lexists(link):
-    os.symlink(os.path.join('..', from_folder, stage), link)
-
-
 def run_seed(
     config: ml_collections.ConfigDict, workdir: str, seed: int, epochs: int, clock: metrics.RunClock
 ) -> dict[str, int]:
@@ -323,7 +315,7 @@ def run_seed(
     vconfig = variant_config(config, variant, seed, epochs)
     (root / variant.folder).mkdir(parents=True, exist_ok=True)
     for stage, from_folder in variant.shares:
-      share(root, stage, from_folder, variant.folder)
+      runs.share_stage(root / variant.folder, stage, root / from_folder)
     for stage in variant.trains:
       print(f'\n=== seed {seed}: {variant.folder}/{stage} ===', flush=True)
       results = trainer.run_stage(vconfig, str(root / variant.folder), stage, clock=clock)
@@ -352,7 +344,7 @@ def run_claims(
     raise ValueError(f'--seeds must be at least 1, got {num_seeds}.')
   if epochs < 1:
     raise ValueError(f'--epochs must be at least 1, got {epochs}.')
-  if '://' in str(workdir):
+  if runs.is_remote(workdir):
     raise ValueError(
         f'--workdir={workdir}: the claims folder must be local (shared stages are '
         'symbolic links).'

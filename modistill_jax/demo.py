@@ -17,7 +17,6 @@ stream of `configs/demo.py`, it runs, in one run folder:
 
 from __future__ import annotations
 
-import os
 import time
 
 from absl import app
@@ -67,9 +66,8 @@ def run_demo(
 
   banner('ablation: steps 2 and 3 without connections')
   ablation = runs.ablation_workdir(workdir)
-  ablation.mkdir()
   # The ablation shares step 1 (it has no connections to ablate).
-  os.symlink(runs.stage_dir(workdir, 'step1').path, runs.stage_dir(ablation, 'step1').path)
+  runs.share_stage(ablation, 'step1', workdir)
   config.model.connections = False
   for stage in ABLATION_STAGES:
     trainer.run_stage(config, ablation, stage, clock=clock)

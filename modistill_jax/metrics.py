@@ -45,11 +45,6 @@ TRAINING_SPLITS = ('train', 'validation')
 DIVERGENCE_WATCH = ('loss', 'grad_norm', 'param_norm', 'batch_stats_norm')
 
 
-def is_remote(path: str | os.PathLike) -> bool:
-  """Whether `path` is a URI (`gs://...`), where files are objects that cannot be appended to."""
-  return '://' in os.fspath(path)
-
-
 def _kept(record: dict[str, Any], start_step: int) -> bool:
   """Whether a record of an earlier session stays when a run continues from `start_step`.
 
@@ -80,7 +75,7 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0  # one writer per run
     self.stage_dir = epath.Path(stage_dir)
     self.path = self.stage_dir / runs.METRICS_FILE
-    self.remote = is_remote(self.stage_dir)
+    self.remote = runs.is_remote(self.stage_dir)
     self._sync_every_s = sync_every_s
     self._tb = None
     self._lines: list[str] = []  # a remote file's whole content

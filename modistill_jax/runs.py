@@ -57,10 +57,14 @@ class StageNotFinishedError(FileNotFoundError):
   """A stage that another stage or command needs has not finished in the run folder."""
 
 
+def is_remote(path: PathLike) -> bool:
+  """Whether `path` is a URI (`gs://...`): objects that cannot be appended to, renamed or linked."""
+  return '://' in os.fspath(path)
+
+
 def as_path(path: PathLike) -> epath.Path:
   """An epath path; a local one is made absolute (Orbax and locks need absolute paths)."""
-  text = os.fspath(path)
-  return epath.Path(text if '://' in text else os.path.abspath(text))
+  return epath.Path(path if is_remote(path) else os.path.abspath(path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +140,39 @@ def ablation_workdir(workdir: PathLike) -> epath.Path:
   return as_path(workdir) / ABLATION_DIR
 
 
+def share_stage(workdir: PathLike, stage: str, from_workdir: PathLike) -> None:
+  """Makes `from_workdir`'s stage folder appear in `workdir` too, as a relative symbolic link.
+
+  Runs that start from the same earlier stage (the demo's no-connection ablation,
+  every variant of a claims seed) train it once and find it through the link where
+  chaining, evaluation and the report look for it. The link is relative, so the
+  folders holding both can be moved or copied whole. Sharing again the same way is
+  a no-op (a resumed run); a different stage already in its place is an error.
+
+  Raises:
+    ValueError: either folder is not local (object stores have no links).
+    FileExistsError: `workdir` already holds that stage, trained there or linked elsewhere.
+  """
+  for path in (workdir, from_workdir):
+    if is_remote(path):
+      raise ValueError(
+          f'{path}: a stage can be shared only between local folders (shared stages are '
+          'symbolic links, which object stores do not have).'
+      )
+  link = os.path.join(os.fspath(workdir), stage)
+  target = os.path.relpath(os.path.join(os.fspath(from_workdir), stage), os.fspath(workdir))
+  if os.path.lexists(link):
+    if os.path.islink(link) and os.readlink(link) == target:
+      return
+    held = f'a link to {os.readlink(link)}' if os.path.islink(link) else 'trained there'
+    raise FileExistsError(
+        f'{link}: cannot share {stage} from {from_workdir}, the folder already holds another '
+        f'{stage} ({held}).'
+    )
+  os.makedirs(os.fspath(workdir), exist_ok=True)
+  os.symlink(target, link)
+
+
 def stages_with_metrics(workdir: PathLike) -> list[str]:
   """Stage folders of a run that have written metrics, sorted."""
   root = as_path(workdir)
@@ -162,7 +199,7 @@ def write_whole(path: PathLike, data: bytes) -> None:
     return
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  if '://' in os.fspath(path):
+  if is_remote(path):
     path.write_bytes(data)
     return
   tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'

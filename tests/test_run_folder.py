@@ -545,3 +545,28 @@ def read_latest_state_at(directory: runs.StageDir, step: int) -> dict:
   ) as mgr:
     restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return jax.device_get(restored['state'])
+
+
+def test_a_shared_stage_is_found_through_a_relative_link_that_survives_a_move(tmp_path):
+  """`runs.share_stage` (demo ablation, claims variants): one training, found from both folders."""
+  run = tmp_path / 'run'
+  stage = runs.stage_dir(run, 'step1')
+  runs.write_json(stage.results_file, {'test': {'accuracy': {'fused': 0.5}}})
+  variant = runs.ablation_workdir(run)
+  runs.share_stage(variant, 'step1', run)
+  runs.share_stage(variant, 'step1', run)  # a resumed run shares again: nothing changes
+  assert runs.stage_dir(variant, 'step1').finished()
+  assert not os.path.isabs(os.readlink(runs.stage_dir(variant, 'step1').path))
+
+  moved = shutil.copytree(run, tmp_path / 'moved', symlinks=True)
+  shutil.rmtree(run)
+  assert runs.read_json(runs.stage_dir(runs.ablation_workdir(moved), 'step1').results_file) == {
+      'test': {'accuracy': {'fused': 0.5}}
+  }
+
+  other = tmp_path / 'other'
+  runs.stage_dir(other, 'step1').path.mkdir(parents=True)
+  with pytest.raises(FileExistsError, match=r'other.*step1.*trained there'):
+    runs.share_stage(other, 'step1', moved)
+  with pytest.raises(ValueError, match='gs://bucket/run: a stage can be shared only between local'):
+    runs.share_stage('gs://bucket/run', 'step1', moved)
