@@ -8,6 +8,9 @@ batches from both.
 """
 
 import os
+import re
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import hashing as tfds_hashing
 
+from conftest import REPO_ROOT
 from modistill_jax import config_lib
 from modistill_jax import steps
 from modistill_jax.data import jet
@@ -240,3 +244,21 @@ def test_old_layout_build_is_refused_with_the_rebuild_command(tmp_path):
       match="no frame record split 'train_frames'.*" 'Rebuild it with `REBUILD`',
   ):
     open_split(builder, 'train')
+
+
+def test_input_benchmark_command_measures_both_stages_in_both_layouts(tmp_path):
+  """`python -m modistill_jax.data.pipeline_speed`, shrunk: every figure it exists to print."""
+  command = [sys.executable, '-m', 'modistill_jax.data.pipeline_speed', '--clips=1', '--size=16']
+  command += ['--seconds=0.2', '--workers=0', '--split_size=20', f'--dir={tmp_path}']
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO_ROOT)
+  out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=True)
+  for stage in pipeline_speed.STAGES:
+    assert re.search(rf'\[{re.escape(stage)}\] bytes read per training clip: current', out.stdout)
+    assert re.search(
+        rf'\[{re.escape(stage)}\] pipeline, 0 workers: current [\d.]+ clips/s', out.stdout
+    )
+    assert re.search(rf'\[{re.escape(stage)}\] decode only, 1 thread', out.stdout)
+  assert not os.listdir(tmp_path)  # the datasets went with their temporary folder
+
+  bad = subprocess.run(command + ['--workers=0,two'], env=env, capture_output=True, text=True)
+  assert bad.returncode != 0 and '--workers=0,two: not a list of integers' in bad.stderr

@@ -1,7 +1,7 @@
 """Measures the input pipeline on NTU-size records written to disk, in both record layouts.
 
     python -m modistill_jax.data.pipeline_speed                  # both stages, 0 workers
-    python -m modistill_jax.data.pipeline_speed --workers 0 2 --seconds 30 --clips 24
+    python -m modistill_jax.data.pipeline_speed --workers=0,2 --seconds=30 --clips=24
 
 Writes `--clips` clips of 70 to 100 frames at 224x224 (NTU RGB+D's length and
 the reference's size) into a temporary folder twice, as TFDS ArrayRecord
@@ -30,7 +30,6 @@ noise. The files were just written, so they are read from the page cache.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import dataclasses
 import os
@@ -39,6 +38,8 @@ import threading
 import time
 from typing import Any
 
+from absl import app
+from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -301,16 +302,36 @@ def bytes_per_clip(
   return sum(c.num_bytes for c in counters) / num_clips, decoded / num_clips
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--clips', type=int, default=16)
-  parser.add_argument('--split-size', type=int, default=40_320)
-  parser.add_argument('--size', type=int, default=224)
-  parser.add_argument('--batch-size', type=int, default=32)
-  parser.add_argument('--workers', type=int, nargs='+', default=[0])
-  parser.add_argument('--seconds', type=float, default=20.0)
-  parser.add_argument('--dir', default=None, help='where to write (default: a temporary folder)')
-  args = parser.parse_args()
+def define_flags() -> None:
+  """The command line's flags, defined only when it runs (tests import this module beside
+  other commands' flags)."""
+  flags.DEFINE_integer('clips', 16, 'Distinct clips written (70 to 100 frames each).')
+  flags.DEFINE_integer(
+      'split_size', 40_320, 'Records the split is indexed as (NTU RGB+D cross-subject train).'
+  )
+  flags.DEFINE_integer('size', 224, 'Frame height and width.')
+  flags.DEFINE_integer('batch_size', 32, 'Clips per batch of the training pipeline.')
+  flags.DEFINE_list('workers', ['0'], 'Grain worker processes to measure, e.g. 0,1,2.')
+  flags.DEFINE_float('seconds', 20.0, 'Seconds each rate is measured over.')
+  flags.DEFINE_string('dir', None, 'Where to write the datasets (default: a temporary folder).')
+
+
+def worker_counts(values: Sequence[str]) -> list[int]:
+  """`--workers` as integers, or a usage error naming the value that is not one."""
+  try:
+    counts = [int(v) for v in values]
+  except ValueError as e:
+    raise app.UsageError(f'--workers={",".join(values)}: not a list of integers ({e}).') from e
+  if not counts or min(counts) < 0:
+    raise app.UsageError(f'--workers={",".join(values)}: give worker counts of 0 or more.')
+  return counts
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  args = flags.FLAGS
+  workers_list = worker_counts(args.workers)
 
   with tempfile.TemporaryDirectory(dir=args.dir) as root:
     start = time.perf_counter()
@@ -366,7 +387,7 @@ def main() -> None:
           f'{old_read / 1024:.0f} KiB for {old_decoded / 1024:.0f} KiB '
           f'({old_read / old_decoded:.1f}x)'
       )
-      for workers in args.workers:
+      for workers in workers_list:
         rate = pipeline.measure_clips_per_s(
             Repeated(current, args.split_size),
             image_size=(args.size, args.size),
@@ -401,4 +422,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main)
