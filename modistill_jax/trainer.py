@@ -207,11 +207,12 @@ class ConfigMismatchError(ValueError):
 
 
 def check_resume_config(directory: runs.StageDir, config: ml_collections.ConfigDict) -> None:
-  """A resumed stage must continue with the config that trained its first steps.
+  """A resumed or rerun stage must have the config that trained its first steps.
 
   Only `config_lib.RESUMABLE_KEYS` (logging and checkpoint cadence, worker
   counts, where the data is) may change; anything else would silently mix two
-  configurations in one run.
+  configurations in one run, or (a finished stage, skipped) report results
+  under settings that did not produce them.
   """
   saved = config_lib.with_defaults(runs.read_json(directory.config_file))
   diff = config_lib.differences(saved, config, ignore=config_lib.RESUMABLE_KEYS)
@@ -219,7 +220,7 @@ def check_resume_config(directory: runs.StageDir, config: ml_collections.ConfigD
     raise ConfigMismatchError(
         f'{directory.path} was trained with other settings than this command gives:\n'
         f'{config_lib.format_differences(diff)}\n'
-        "Either resume with the run's own values (add "
+        "Either rerun with the run's own values (add "
         f'{config_lib.as_flags({k: a for k, (a, _) in diff.items()})}), or train this stage '
         f'afresh in another --workdir (or after removing {directory.path}).'
     )
@@ -237,7 +238,8 @@ def run_stage(
   """Trains and evaluates one stage; returns (and writes) its results.
 
   A finished stage is not run again: its saved results are returned with
-  `skipped: True`. `config_file` and `overrides` (the command line's
+  `skipped: True` (if this config is the one that trained it; otherwise
+  `ConfigMismatchError`, as for resuming). `config_file` and `overrides` (the command line's
   `--config.*` flags) only make the hint for a missing prerequisite a command
   that runs as printed. `clock`: the run's stages so far, for the run's time
   left (one stage if None).
@@ -246,6 +248,7 @@ def run_stage(
   stage = stages.for_config(stage_name, config)
   directory = runs.stage_dir(workdir, stage_name)
   if directory.finished():
+    check_resume_config(directory, config)
     print(f'[{stage_name}] finished earlier ({directory.results_file}); nothing to do.', flush=True)
     if clock is not None:
       clock.planned_stages = max(clock.planned_stages - 1, 1)

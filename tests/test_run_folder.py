@@ -251,6 +251,10 @@ def test_resume_with_other_settings_is_refused(tmp_path, synthetic_data_dir):
       STAGE, synthetic_data_dir, num_train_steps=2, checkpoint_every_steps=5, log_every_steps=2
   )
   assert trainer.run_stage(relaxed, workdir, STAGE)['best_step'] == 2
+  # Finished: the same settings find its results; others are refused, not answered with them.
+  assert trainer.run_stage(relaxed, workdir, STAGE)['skipped']
+  with pytest.raises(trainer.ConfigMismatchError, match='batch_size: run has 4, given 8'):
+    trainer.run_stage(changed, workdir, STAGE)
 
 
 def test_second_job_on_a_stage_folder_is_refused(tmp_path, synthetic_data_dir):
