@@ -69,11 +69,15 @@ demo: $(INSTALLED)
 
 # The paper's claims over seeds on a synthetic configuration: see modistill_jax/claims.py.
 # Rerunning resumes (finished stages are skipped) and prints the report again.
+# EPOCHS: epochs per stage (empty: the command's default, claims.EPOCHS); CLAIMS_DIR: the
+# run folder, by default named after the config (and EPOCHS where given).
 CLAIMS_CONFIG ?= configs/ntu_like.py
 SEEDS ?= 3
+EPOCHS ?=
+CLAIMS_DIR ?= workdirs/claims/$(basename $(notdir $(CLAIMS_CONFIG)))$(if $(EPOCHS),_$(EPOCHS)ep,)
 claims: $(INSTALLED)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.claims --config=$(CLAIMS_CONFIG) \
-	  --seeds=$(SEEDS) --workdir=workdirs/claims/$(basename $(notdir $(CLAIMS_CONFIG))) \
+	  --seeds=$(SEEDS) $(if $(EPOCHS),--epochs=$(EPOCHS),) --workdir=$(CLAIMS_DIR) \
 	  --data_dir=workdirs/tfds
 
 # Re-resolves pyproject.toml's ranges in a scratch venv and writes what it installed (runtime and
