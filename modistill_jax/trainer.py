@@ -203,19 +203,24 @@ def step_end(
 
 
 class ConfigMismatchError(ValueError):
-  """A stopped stage rerun with settings other than those that trained it."""
+  """A stopped or finished stage rerun with settings other than those that trained it."""
 
 
-def check_resume_config(directory: runs.StageDir, config: ml_collections.ConfigDict) -> None:
+def check_resume_config(
+    directory: runs.StageDir, config: ml_collections.ConfigDict, finished: bool = False
+) -> None:
   """A resumed or rerun stage must have the config that trained its first steps.
 
   Only `config_lib.RESUMABLE_KEYS` (logging and checkpoint cadence, worker
   counts, where the data is) may change; anything else would silently mix two
   configurations in one run, or (a finished stage, skipped) report results
-  under settings that did not produce them.
+  under settings that did not produce them. A finished stage also takes other
+  `config_lib.EVALUATION_KEYS`: those are for evaluating it again
+  (`train --reevaluate`, `evaluate`), which reads them from this config.
   """
+  ignore = config_lib.RESUMABLE_KEYS + (config_lib.EVALUATION_KEYS if finished else ())
   saved = config_lib.with_defaults(runs.read_json(directory.config_file))
-  diff = config_lib.differences(saved, config, ignore=config_lib.RESUMABLE_KEYS)
+  diff = config_lib.differences(saved, config, ignore=ignore)
   if diff:
     raise ConfigMismatchError(
         f'{directory.path} was trained with other settings than this command gives:\n'
@@ -248,7 +253,7 @@ def run_stage(
   stage = stages.for_config(stage_name, config)
   directory = runs.stage_dir(workdir, stage_name)
   if directory.finished():
-    check_resume_config(directory, config)
+    check_resume_config(directory, config, finished=True)
     print(f'[{stage_name}] finished earlier ({directory.results_file}); nothing to do.', flush=True)
     if clock is not None:
       clock.planned_stages = max(clock.planned_stages - 1, 1)

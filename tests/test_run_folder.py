@@ -251,8 +251,12 @@ def test_resume_with_other_settings_is_refused(tmp_path, synthetic_data_dir):
       STAGE, synthetic_data_dir, num_train_steps=2, checkpoint_every_steps=5, log_every_steps=2
   )
   assert trainer.run_stage(relaxed, workdir, STAGE)['best_step'] == 2
-  # Finished: the same settings find its results; others are refused, not answered with them.
+  # Finished: the same settings find its results; others are refused, not answered with them,
+  # except evaluation settings, which are for evaluating it again (`train --reevaluate`).
   assert trainer.run_stage(relaxed, workdir, STAGE)['skipped']
+  evaluation = {'eval.split': 'validation', 'eval.depth_noise_std': 0.1, 'eval_batch_size': 3}
+  other_evaluation = demo_config(STAGE, synthetic_data_dir, num_train_steps=2, **evaluation)
+  assert trainer.run_stage(other_evaluation, workdir, STAGE)['skipped']
   with pytest.raises(trainer.ConfigMismatchError, match='batch_size: run has 4, given 8'):
     trainer.run_stage(changed, workdir, STAGE)
 
