@@ -35,7 +35,7 @@ process pool's path and on Beam's; the synthetic builder uses it too.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 import concurrent.futures
 import dataclasses
 import io
@@ -203,6 +203,31 @@ def depth_clip_to_code(depth_mm: np.ndarray, height: int, width: int) -> np.ndar
     weight = resize(mask)
     resized.append(np.where(weight >= 0.5, resize(frame) / np.maximum(weight, 1e-6), 0.0))
   return jet.depth_to_code(np.stack(resized))
+
+
+def paired_frames(
+    rgb_files: Mapping[int, epath.Path],
+    depth_files: Mapping[int, epath.Path],
+    height: int,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`(rgb (T, H, W, 3) uint8, depth codes (T, H, W))` of the frame numbers both modalities have.
+
+  For datasets stored as one image file per frame and modality (NW-UCLA,
+  UWA3DII), where either sensor can miss a frame: those are dropped, in order.
+
+  Raises:
+    SampleError: no frame number has both an RGB and a depth file, or a file is bad.
+  """
+  common = sorted(set(rgb_files) & set(depth_files))
+  if not common:
+    raise SampleError(
+        f'no frame number with both RGB ({len(rgb_files)} frames) and '
+        f'depth ({len(depth_files)} frames)'
+    )
+  rgb = np.stack([resize_rgb(read_image(rgb_files[n]), height, width) for n in common])
+  depth = np.stack([depth_values(read_image(depth_files[n]), depth_files[n].name) for n in common])
+  return rgb, depth_clip_to_code(depth, height, width)
 
 
 # ----------------------------------------------------------------------------------------------

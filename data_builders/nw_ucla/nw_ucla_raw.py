@@ -25,7 +25,6 @@ import dataclasses
 import re
 
 from etils import epath
-import numpy as np
 
 from data_builders import raw_clips
 from modistill_jax.data import protocols
@@ -116,24 +115,10 @@ def convert(sample: UclaSample, height: int, width: int) -> dict:
   rgb_files, depth_files = files['rgb.jpg'], files['depth.png']
   if not rgb_files and not depth_files:
     raise raw_clips.SampleError('sample folder holds no frame')
-  common = sorted(set(rgb_files) & set(depth_files))
-  if not common:
-    raise raw_clips.SampleError(
-        f'no frame number with both RGB ({len(rgb_files)} frames) and '
-        f'depth ({len(depth_files)} frames)'
-    )
-  rgb = np.stack(
-      [raw_clips.resize_rgb(raw_clips.read_image(rgb_files[n]), height, width) for n in common]
-  )
-  depth = np.stack(
-      [
-          raw_clips.depth_values(raw_clips.read_image(depth_files[n]), depth_files[n].name)
-          for n in common
-      ]
-  )
+  rgb, depth_code = raw_clips.paired_frames(rgb_files, depth_files, height, width)
   return records.make_example(
       rgb=rgb,
-      depth_code=raw_clips.depth_clip_to_code(depth, height, width),
+      depth_code=depth_code,
       label=ACTION_TO_LABEL[sample.action],
       sample_id=sample.sample_id,
       rgb_frames_raw=len(rgb_files),

@@ -21,7 +21,6 @@ import re
 
 from absl import logging
 from etils import epath
-import numpy as np
 
 from data_builders import raw_clips
 from modistill_jax.data import protocols
@@ -139,25 +138,11 @@ def convert(sample: UwaSample, height: int, width: int) -> dict:
   """One sample -> one example; raises `SampleError` on bad input."""
   rgb_files = _frames(epath.Path(sample.rgb_dir), RGB_FRAME)
   depth_files = _frames(epath.Path(sample.depth_dir), DEPTH_FRAME)
-  common = sorted(set(rgb_files) & set(depth_files))
-  if not common:
-    raise raw_clips.SampleError(
-        f'no frame number with both RGB ({len(rgb_files)} frames) and '
-        f'depth ({len(depth_files)} frames)'
-    )
-  rgb = np.stack(
-      [raw_clips.resize_rgb(raw_clips.read_image(rgb_files[n]), height, width) for n in common]
-  )
-  depth = np.stack(
-      [
-          raw_clips.depth_values(raw_clips.read_image(depth_files[n]), depth_files[n].name)
-          for n in common
-      ]
-  )
+  rgb, depth_code = raw_clips.paired_frames(rgb_files, depth_files, height, width)
   meta = parse_id(sample.sample_id)
   return records.make_example(
       rgb=rgb,
-      depth_code=raw_clips.depth_clip_to_code(depth, height, width),
+      depth_code=depth_code,
       label=meta['action'] - 1,
       sample_id=sample.sample_id,
       rgb_frames_raw=len(rgb_files),
