@@ -159,8 +159,8 @@ def share_stage(workdir: PathLike, stage: str, from_workdir: PathLike) -> None:
           f'{path}: a stage can be shared only between local folders (shared stages are '
           'symbolic links, which object stores do not have).'
       )
-  link = os.path.join(os.fspath(workdir), stage)
-  target = os.path.relpath(os.path.join(os.fspath(from_workdir), stage), os.fspath(workdir))
+  link = os.fspath(stage_dir(workdir, stage).path)
+  target = os.path.relpath(os.fspath(stage_dir(from_workdir, stage).path), os.path.dirname(link))
   if os.path.lexists(link):
     if os.path.islink(link) and os.readlink(link) == target:
       return
