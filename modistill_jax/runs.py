@@ -359,7 +359,8 @@ class _LocalLockFile:
 
   Created by a hard link from a whole temporary file, which fails where the
   name exists (atomic, NFS included), so no reader ever sees a half-written
-  lock; rewritten whole by rename. A version is the file's bytes (each record
+  lock (where links are not supported, by an exclusive create); rewritten whole
+  by rename. A version is the file's bytes (each record
   carries its writer's token, so two writers never write the same bytes).
   """
 
@@ -374,8 +375,19 @@ class _LocalLockFile:
       os.link(tmp, self.path)
     except FileExistsError:
       return None
+    except OSError:  # no hard links here (some FUSE mounts): an exclusive create, then the bytes
+      return self._create_exclusive(data)
     finally:
       tmp.unlink()
+    return data
+
+  def _create_exclusive(self, data: bytes) -> bytes | None:
+    try:
+      fd = os.open(os.fspath(self.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      return None
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
     return data
 
   def read(self) -> tuple[bytes, bytes] | None:

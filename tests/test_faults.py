@@ -130,7 +130,7 @@ def test_file_size_limit_ends_the_job_with_one_line_and_the_rerun_finishes(
   assert time.monotonic() - start < 120
   (error,) = [line for line in failed.stderr.splitlines() if line.startswith('error: ')]
   assert error.startswith(f'error: Checkpoint save to {directory.path}/checkpoints/'), error
-  assert error.endswith('File too large'), error
+  assert 'File too large' in error, error
   assert committed_steps(directory.latest_dir) == []
   assert not directory.finished()
 
@@ -331,9 +331,8 @@ def test_two_first_runs_at_once_build_the_dataset_once(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert out.strip().endswith('ready')
   assert sum(out.count('Built synthetic_rgbd') for out, _ in outputs) == 1, outputs
-  assert (
-      sum('Waiting for another command building synthetic_rgbd/tiny' in e for _, e in outputs) == 1
-  )
+  waited = 'Waiting for another command building synthetic_rgbd/tiny'
+  assert sum(waited in err for _, err in outputs) == 1, outputs
   config_dir = epath.Path(data_dir) / 'synthetic_rgbd' / 'tiny'
   assert sorted(p.name for p in config_dir.iterdir()) == ['2.0.0']  # no incomplete.*, no lock
   assert (config_dir / '2.0.0' / 'dataset_info.json').exists()
