@@ -360,8 +360,8 @@ class _LocalLockFile:
   Created by a hard link from a whole temporary file, which fails where the
   name exists (atomic, NFS included), so no reader ever sees a half-written
   lock (where links are not supported, by an exclusive create); rewritten whole
-  by rename. A version is the file's bytes (each record
-  carries its writer's token, so two writers never write the same bytes).
+  by rename. A version is the file's bytes (each record carries its writer's
+  token, so two writers never write the same bytes).
   """
 
   def __init__(self, path: epath.Path):
@@ -511,6 +511,9 @@ class JobLock:
         continue
       data, version = current
       holder = _parsed(data)
+      if holder and holder.get('token') == self.token:  # a retried request of ours got it
+        self._version = version
+        break
       if holder is not None and not self._stale(holder):
         raise self.held_error(holder)
       self._version = self._storage.replace(self._record(), version)
@@ -552,6 +555,7 @@ class JobLock:
     while not self._stop.wait(self._beat_seconds):
       try:
         version = self._storage.replace(self._record(), self._version)
+        current = None if version is not None else self._storage.read()
       except Exception as e:  # pylint: disable=broad-except  (a storage hiccup: beat again later)
         logging.warning('Cannot refresh the lock %s: %s', self.file, e)
         continue
@@ -560,13 +564,16 @@ class JobLock:
         continue
       if self._stop.is_set():  # released meanwhile
         return
+      holder = (current and _parsed(current[0])) or {}
+      if holder.get('token') == self.token:  # a retried request of ours had written it
+        self._version = current[1]
+        continue
       self.held = False
-      current = self._storage.read()
-      if current is None:
-        what = 'it was removed'
-      else:
-        holder = _parsed(current[0]) or {}
-        what = f'pid {holder.get("pid")} on {holder.get("host")} took it over'
+      what = (
+          'it was removed'
+          if current is None
+          else f'pid {holder.get("pid")} on {holder.get("host")} took it over'
+      )
       self._on_lost(
           f'Lost the lock {self.file}: {what} while this job (pid {self.pid} on {self.host}) '
           'was running. Stopped at once, so that two jobs never write into one folder.'

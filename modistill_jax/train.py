@@ -17,6 +17,7 @@ Exit status: 0 when every stage asked for is finished, 75
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 
 from absl import app
@@ -98,6 +99,9 @@ def config_overrides(argv: list[str]) -> tuple[str, ...]:
 
 def main(argv):
   del argv
+  # Until a stage's loop takes SIGTERM over (to save at its next step), it stops the job at
+  # once, with the status that says "rerun to resume".
+  signal.signal(signal.SIGTERM, lambda *_: trainer.stop_preempted('SIGTERM'))
   cli.quiet_logging()
   initialize_distributed()
   cli.build_dataset(_CONFIG.value)

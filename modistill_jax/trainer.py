@@ -145,11 +145,11 @@ class _Preemption:
   def _handle(self, signum, frame):
     del signum, frame
     if self.requested:
-      _stop_now('a second SIGTERM')
+      stop_preempted('a second SIGTERM')
     self.requested = True
     self._deadline = threading.Timer(
         self._grace_seconds,
-        _stop_now,
+        stop_preempted,
         (f'SIGTERM {self._grace_seconds:.0f} s ago, and no step reached since',),
     )
     self._deadline.daemon = True
@@ -168,8 +168,12 @@ class _Preemption:
     return bool(np.any(flags))
 
 
-def _stop_now(why: str) -> None:
-  """Ends the process at once as preempted: what is committed stays, what is pending is lost."""
+def stop_preempted(why: str) -> None:
+  """Ends the process at once as preempted: what is committed stays, what is pending is lost.
+
+  Also what SIGTERM does outside a stage's loop (`train`'s handler): building
+  the dataset, loading, evaluating; there is nothing new to save there.
+  """
   print(
       f'{why}: stopped without saving; the last committed checkpoint is kept. Rerun the '
       'same command to resume from it.',
