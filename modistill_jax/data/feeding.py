@@ -62,7 +62,7 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
           print(f'Waiting for another command building {name}: {e}', file=sys.stderr, flush=True)
           waiting = True
         time.sleep(BUILD_WAIT_SECONDS)
-    if builder.is_prepared():
+    if builder.data_path.exists() and builder.is_prepared():  # built by the one waited for
       return None
     logging.info('Building %s in %s', name, builder.data_dir)
     builder.download_and_prepare()
