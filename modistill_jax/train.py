@@ -16,6 +16,7 @@ Exit status: 0 when every stage asked for is finished, 75
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -113,11 +114,17 @@ def main(argv):
         overrides=config_overrides(sys.argv),
         preemption_grace_seconds=_PREEMPTION_GRACE.value,
     )
-  except (checkpointing.CheckpointError, runs.LockHeldError) as e:
-    # The storage or another job, not this program: the message says it all (the path,
-    # the operation, the reason; or who holds the folder).
+  except runs.LockHeldError as e:
+    # Another job, not this program: the message says who holds the folder.
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
+  except checkpointing.CheckpointError as e:
+    # The storage, not this program: the message says it all (path, operation, reason).
+    # Exiting the normal way would wait for Orbax's background writes to the same storage,
+    # each failing and logging its tracebacks at shutdown; what is committed is intact.
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access
   for stage, result in results.items():
     if result.get('skipped') and _REEVALUATE.value:
       result = evaluate.reevaluate(_WORKDIR.value, stage, _CONFIG.value)
