@@ -136,6 +136,42 @@ def depth_values(image: Image.Image, name: str) -> np.ndarray:
   raise SampleError(f'{name}: unexpected depth image mode {image.mode!r}')
 
 
+# Depth image modes by what their values are; one clip's frames must all be of one.
+DEPTH_MODES = {
+    'I;16': '16-bit grey',
+    'I;16B': '16-bit grey',
+    'I;16L': '16-bit grey',
+    'I': '32-bit grey',
+    'L': '8-bit grey',
+    'RGB': '8-bit RGB',
+    'RGBA': '8-bit RGBA',
+    'LA': '8-bit grey with alpha',
+}
+
+
+def depth_clip(images: Sequence[Image.Image], names: Sequence[str]) -> np.ndarray:
+  """`(T, H, W)` depth of a clip's frames (`depth_values` of each), all of one image mode.
+
+  A clip is normalised as a whole (`depth_clip_to_code`), so millimetres of
+  16-bit frames and 0-255 levels of 8-bit ones in one clip would be coloured
+  on one scale as if they were the same unit. Clips of different bit depths in
+  one dataset are fine: each is normalised on its own.
+
+  Raises:
+    SampleError: the frames mix image modes (names the first odd one), or a mode is unknown.
+  """
+  modes = collections.Counter(image.mode for image in images)
+  mode = modes.most_common(1)[0][0]
+  for image, name in zip(images, names):
+    if image.mode != mode:
+      raise SampleError(
+          f'depth frames of mixed bit depths: {name} is '
+          f'{DEPTH_MODES.get(image.mode, image.mode)} ({image.mode}), {modes[mode]} of the '
+          f'{len(images)} frames are {DEPTH_MODES.get(mode, mode)} ({mode})'
+      )
+  return np.stack([depth_values(image, name) for image, name in zip(images, names)])
+
+
 def resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
   """Antialiased resize (PIL's bilinear widens its support when shrinking)."""
   return np.asarray(image.convert('RGB').resize((width, height), Image.BILINEAR))
@@ -226,7 +262,9 @@ def paired_frames(
         f'depth ({len(depth_files)} frames)'
     )
   rgb = np.stack([resize_rgb(read_image(rgb_files[n]), height, width) for n in common])
-  depth = np.stack([depth_values(read_image(depth_files[n]), depth_files[n].name) for n in common])
+  depth = depth_clip(
+      [read_image(depth_files[n]) for n in common], [depth_files[n].name for n in common]
+  )
   return rgb, depth_clip_to_code(depth, height, width)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from absl import logging
 from etils import epath
 import grain
 import jax
@@ -52,6 +51,30 @@ def dict_to_state(d: dict[str, Any]) -> steps.TrainState:
 def best_dict(state: steps.TrainState) -> dict[str, Any]:
   """The part of a train state a best checkpoint keeps."""
   return {k: v for k, v in state_to_dict(state).items() if k in BEST_KEYS}
+
+
+def reason(error: BaseException) -> str:
+  """The OS-level reason of a storage error, whole, on one line.
+
+  Orbax and TensorStore wrap the error of the write that failed (a
+  `PermissionError` inside a background thread's error, a `ValueError` such as
+  'OUT_OF_RANGE: Error writing local file "...": File too large [source
+  locations=...]'); the innermost `OSError` names the file and the errno, and
+  TensorStore's status text is kept up to its source locations.
+  """
+  seen, inner = set(), error
+  while inner is not None and id(inner) not in seen:
+    seen.add(id(inner))
+    if isinstance(inner, OSError):
+      return str(inner)
+    inner = inner.__cause__ or inner.__context__
+  text = ' '.join(str(error).split()) or type(error).__name__
+  return text.split(' [source locations=')[0]
+
+
+def failure(operation: str, path: epath.Path, error: BaseException) -> CheckpointError:
+  """The error of a failed checkpoint operation: what was done to which path, and why."""
+  return CheckpointError(f'Checkpoint {operation} {path} failed: {reason(error)}')
 
 
 def check_writable(directory: epath.Path) -> None:
@@ -135,20 +158,35 @@ class StageCheckpoints:
     )
 
   def _checked(self, save, directory: epath.Path) -> None:
-    """Runs a save after surfacing any error of the previous background save."""
+    """Runs a save after surfacing any error of the previous background save.
+
+    Any error (OS, TensorStore, Orbax's) becomes one `CheckpointError` naming the
+    folder and the reason; the checkpoints committed before stay as they are.
+    """
     self.check_for_errors()
     try:
       save()
-    except OSError as e:
-      raise CheckpointError(f'Checkpoint save to {directory} failed: {e}') from e
+    except Exception as e:  # pylint: disable=broad-except  (whatever the storage layer raises)
+      raise failure('save to', directory, e) from e
 
   def check_for_errors(self) -> None:
-    """Raises the error of a failed background save now, not at the end of the stage."""
-    try:
-      self.latest.check_for_errors()
-      self.best.check_for_errors()
-    except OSError as e:
-      raise CheckpointError(f'Checkpoint save in {self.directory.path} failed: {e}') from e
+    """Raises the error of a failed background save now, not at the next save or the end.
+
+    Orbax's own `check_for_errors` does not see a failed commit: its finalize
+    thread takes the error (logs it and skips the step) and keeps it for
+    `wait_until_finished`. So a manager whose save is over is waited for, which
+    returns at once or raises that error; one still saving is left alone.
+    """
+    for manager, directory in (
+        (self.latest, self.directory.latest_dir),
+        (self.best, self.directory.best_dir),
+    ):
+      try:
+        manager.check_for_errors()
+        if not manager.is_saving_in_progress():
+          manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        raise failure('save to', directory, e) from e
 
   def restore_latest(
       self, abstract_state: steps.TrainState, data_iterator
@@ -171,10 +209,8 @@ class StageCheckpoints:
       except Exception as e:  # pylint: disable=broad-except  (TensorStore, OS and format errors)
         notes.append(
             f'checkpoint {self.directory.latest_dir / str(step)} is unreadable '
-            f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); removed it, '
-            'using an older one'
+            f'({type(e).__name__}: {reason(e)}); removed it, using an older one'
         )
-        logging.warning('%s', notes[-1])
         # The resumed run saves this step again; the unreadable copy would be in its way.
         self.latest.delete(step)
         continue
@@ -213,11 +249,14 @@ class StageCheckpoints:
     return restored['state']
 
   def wait(self) -> None:
-    try:
-      self.latest.wait_until_finished()
-      self.best.wait_until_finished()
-    except OSError as e:
-      raise CheckpointError(f'Checkpoint save in {self.directory.path} failed: {e}') from e
+    for manager, directory in (
+        (self.latest, self.directory.latest_dir),
+        (self.best, self.directory.best_dir),
+    ):
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        raise failure('save to', directory, e) from e
 
   def close(self) -> None:
     self.latest.close()
@@ -226,9 +265,9 @@ class StageCheckpoints:
 
 def corrupted_best(path: epath.Path, error: Exception) -> CheckpointError:
   return CheckpointError(
-      f'The best checkpoint {path} is unreadable ({type(error).__name__}: '
-      f'{str(error).splitlines()[0][:200]}). Remove the stage folder {path.parent.parent.parent} '
-      'and train the stage again (its prerequisites are untouched).'
+      f'The best checkpoint {path} is unreadable ({type(error).__name__}: {reason(error)}). '
+      f'Remove the stage folder {path.parent.parent.parent} and train the stage again (its '
+      'prerequisites are untouched).'
   )
 
 

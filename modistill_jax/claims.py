@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from typing import Any
 
@@ -676,7 +677,8 @@ def main(argv):
   try:
     summary = run_claims(config, _WORKDIR.value, _SEEDS.value, _EPOCHS.value)
   except Stopped as stopped:
-    raise SystemExit(str(stopped)) from None
+    print(stopped, file=sys.stderr, flush=True)
+    sys.exit(trainer.PREEMPTED_EXIT_CODE)  # rerun to resume, as train's (docs/faults.md)
   print('\n' + claims_markdown(summary))
   print('\n' + rows_markdown(summary))
   print(

@@ -8,10 +8,17 @@ On a Cloud TPU pod slice every host runs the same command with `--multihost`
 (`jax.distributed.initialize()` finds the other hosts). For a hand-made cluster,
 e.g. two processes on one machine, pass `--coordinator_address`,
 `--num_processes` and `--process_id`.
+
+Exit status: 0 when every stage asked for is finished, 75
+(`trainer.PREEMPTED_EXIT_CODE`) when SIGTERM stopped one with its progress saved
+(rerun the same command to resume), 1 on an error (docs/faults.md).
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import signal
 import sys
 
 from absl import app
@@ -19,9 +26,11 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from modistill_jax import checkpointing
 from modistill_jax import cli
 from modistill_jax import config_lib
 from modistill_jax import evaluate
+from modistill_jax import runs
 from modistill_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,6 +49,12 @@ _REEVALUATE = flags.DEFINE_bool(
     False,
     'Evaluate finished stages again (they are skipped otherwise) and '
     "rewrite their results, with the run's own network and this command's `eval` settings.",
+)
+_PREEMPTION_GRACE = flags.DEFINE_float(
+    'preemption_grace_s',
+    trainer.PREEMPTION_GRACE_SECONDS,
+    'After SIGTERM, the seconds the job may take to save at its next step; past them it '
+    f'exits anyway (status {trainer.PREEMPTED_EXIT_CODE}, its committed checkpoints intact).',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -66,22 +81,56 @@ def config_file() -> str:
 
 
 def config_overrides(argv: list[str]) -> tuple[str, ...]:
-  """The command line's `--config.x=y` flags, repeated in the commands messages print."""
-  return tuple(a for a in argv if a.startswith('--config.'))
+  """The command line's `--config.x` flags as `--config.x=y`, for the commands messages print.
+
+  A flag may carry its value in the next argument (`--config.batch_size 8`), as
+  absl allows for any flag but a boolean (`--config.input.flip`, `--noconfig.input.flip`).
+  """
+  overrides, args = [], iter(argv)
+  for arg in args:
+    name = arg.removeprefix('--').split('=', 1)[0]
+    if not (arg.startswith('--config.') or arg.startswith('--noconfig.')):
+      continue
+    if '=' in arg or flags.FLAGS[name.removeprefix('no')].boolean:
+      overrides.append(arg)
+    else:
+      overrides.append(f'{arg}={shlex.quote(next(args, ""))}')
+  return tuple(overrides)
 
 
 def main(argv):
   del argv
+  # Until a stage's loop takes SIGTERM over (to save at its next step), it stops the job at
+  # once, with the status that says "rerun to resume".
+  signal.signal(signal.SIGTERM, lambda *_: trainer.stop_preempted('SIGTERM'))
   cli.quiet_logging()
   initialize_distributed()
   cli.build_dataset(_CONFIG.value)
-  results = trainer.train_and_evaluate(
-      _CONFIG.value, _WORKDIR.value, config_file=config_file(), overrides=config_overrides(sys.argv)
-  )
+  try:
+    results = trainer.train_and_evaluate(
+        _CONFIG.value,
+        _WORKDIR.value,
+        config_file=config_file(),
+        overrides=config_overrides(sys.argv),
+        preemption_grace_seconds=_PREEMPTION_GRACE.value,
+    )
+  except runs.LockHeldError as e:
+    # Another job, not this program: the message says who holds the folder.
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+  except checkpointing.CheckpointError as e:
+    # The storage, not this program: the message says it all (path, operation, reason).
+    # Exiting the normal way would wait for Orbax's background writes to the same storage,
+    # each failing and logging its tracebacks at shutdown; what is committed is intact.
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access
   for stage, result in results.items():
     if result.get('skipped') and _REEVALUATE.value:
       result = evaluate.reevaluate(_WORKDIR.value, stage, _CONFIG.value)
     print(f'{stage}: {result}')
+    if 'preempted_at_step' in result:
+      sys.exit(trainer.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == '__main__':

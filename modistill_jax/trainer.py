@@ -22,6 +22,8 @@ import dataclasses
 import functools
 import os
 import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -116,23 +118,42 @@ def improved(value: float, best: float | None, ties: str) -> bool:
 # MARK: the loop's decisions
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps.
+# The exit status of a stage stopped by SIGTERM (preemption) with its progress saved: "stopped,
+# rerun the same command to resume", distinct from 0 (done) and 1 (failed). 75 is EX_TEMPFAIL
+# of sysexits.h ("try again later").
+PREEMPTED_EXIT_CODE = 75
+# How long a job asked to stop (SIGTERM) may take to reach its next step and save there.
+# Past it (a save stuck on an unwritable folder, a long compile or evaluation) the process
+# exits with `PREEMPTED_EXIT_CODE` anyway; the checkpoints committed before stay intact.
+PREEMPTION_GRACE_SECONDS = 60.0
 
-  A second SIGTERM (or one while the job is stuck outside the loop) is not
-  swallowed: the default action ends the process.
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps, with a deadline.
+
+  The loop saves and stops at the next step. Where it does not get there
+  within `grace_seconds` (stuck in a save, compiling, evaluating), a timer
+  ends the process with `PREEMPTED_EXIT_CODE`; a second SIGTERM ends it at once.
   """
 
-  def __init__(self):
+  def __init__(self, grace_seconds: float = PREEMPTION_GRACE_SECONDS):
     self.requested = False
+    self._grace_seconds = grace_seconds
+    self._deadline = None
     self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
-    del frame
+    del signum, frame
     if self.requested:
-      signal.signal(signal.SIGTERM, signal.SIG_DFL)
-      os.kill(os.getpid(), signum)
+      stop_preempted('a second SIGTERM')
     self.requested = True
+    self._deadline = threading.Timer(
+        self._grace_seconds,
+        stop_preempted,
+        (f'SIGTERM {self._grace_seconds:.0f} s ago, and no step reached since',),
+    )
+    self._deadline.daemon = True
+    self._deadline.start()
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
@@ -145,6 +166,21 @@ class _Preemption:
 
     flags = multihost_utils.process_allgather(np.array([self.requested]))
     return bool(np.any(flags))
+
+
+def stop_preempted(why: str) -> None:
+  """Ends the process at once as preempted: what is committed stays, what is pending is lost.
+
+  Also what SIGTERM does outside a stage's loop (`train`'s handler): building
+  the dataset, loading, evaluating; there is nothing new to save there.
+  """
+  print(
+      f'{why}: stopped without saving; the last committed checkpoint is kept. Rerun the '
+      'same command to resume from it.',
+      file=sys.stderr,
+      flush=True,
+  )
+  os._exit(PREEMPTED_EXIT_CODE)  # pylint: disable=protected-access
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +275,7 @@ def run_stage(
     config_file: str | None = None,
     overrides: tuple[str, ...] = (),
     clock: metrics_lib.RunClock | None = None,
+    preemption_grace_seconds: float = PREEMPTION_GRACE_SECONDS,
 ) -> dict[str, Any]:
   """Trains and evaluates one stage; returns (and writes) its results.
 
@@ -247,7 +284,8 @@ def run_stage(
   `ConfigMismatchError`, as for resuming). `config_file` and `overrides` (the command line's
   `--config.*` flags) only make the hint for a missing prerequisite a command
   that runs as printed. `clock`: the run's stages so far, for the run's time
-  left (one stage if None).
+  left (one stage if None). A SIGTERM stops the stage at its next step, saved, and
+  returns `{'preempted_at_step': step}`; `preemption_grace_seconds`: see `_Preemption`.
   """
   config = initialization.effective_config(config, stage_name)
   stage = stages.for_config(stage_name, config)
@@ -299,6 +337,20 @@ def run_stage(
     note = lock.acquire()
     if note:
       progress.message(note)
+    # `train_seconds` counts every run of the stage, each up to its last checkpoint.
+    earlier = (
+        runs.read_json(directory.train_time_file)
+        if resuming and directory.train_time_file.exists()
+        else {'seconds': 0.0, 'runs': 0}
+    )
+
+    def save_latest(step: int, state: steps.TrainState) -> None:
+      ckpt.save_latest(step, state, position)
+      runs.write_json(
+          directory.train_time_file,
+          {'seconds': earlier['seconds'] + time.time() - t_start, 'runs': earlier['runs'] + 1},
+      )
+
     if resuming and directory.config_file.exists():
       check_resume_config(directory, config)
     else:
@@ -383,7 +435,7 @@ def run_stage(
     eval_fn = evaluate.make_eval_fn(model, config, mesh)
     start_step = int(state.step)
     writer = metrics_lib.MetricWriter(directory.path, start_step=start_step)
-    preempt = _Preemption()
+    preempt = _Preemption(preemption_grace_seconds)
 
     # MARK: loop
     batches = feeding.prefetched(train_iter, mesh, config.input.prefetch)
@@ -432,7 +484,6 @@ def run_stage(
           )
           pending, last_log_step, last_log_time = [], step, now
           ckpt.check_for_errors()
-          lock.heartbeat()
         if end.validate:
           result = evaluate.evaluate_split(
               state,
@@ -473,10 +524,13 @@ def run_stage(
                 )
             ckpt.save_best(step, best_of(state), selection)
         if end.save or end.preempted:
-          ckpt.save_latest(step, state, position)
+          save_latest(step, state)
         if end.preempted:
           stopped_early = True
-          progress.message(f'SIGTERM: saved step {step}; rerun the same command to resume.')
+          progress.message(
+              f'SIGTERM: saved step {step}; rerun the same command to resume (exit status '
+              f'{PREEMPTED_EXIT_CODE}).'
+          )
           break
     finally:
       preempt.restore()
@@ -523,7 +577,8 @@ def run_stage(
             else dict(selection['metrics']) or None
         ),
         'total_steps': total_steps,
-        'train_seconds': time.time() - t_start,
+        'train_seconds': earlier['seconds'] + time.time() - t_start,
+        'resumes': earlier['runs'],
     }
     split = config.eval.split
     if sources[split] is not None:
@@ -558,17 +613,25 @@ def train_and_evaluate(
     config_file: str | None = None,
     overrides: tuple[str, ...] = (),
     clock: metrics_lib.RunClock | None = None,
+    preemption_grace_seconds: float = PREEMPTION_GRACE_SECONDS,
 ) -> dict[str, dict[str, Any]]:
   """Runs the config's stage (or, for `all`, steps 1 to 4 in order); finished ones are skipped.
 
-  `clock`: the run these stages belong to (by default, just these stages).
+  `clock`: the run these stages belong to (by default, just these stages). A stage
+  stopped by SIGTERM ends the run there (see `run_stage`).
   """
   results = {}
   names = stages.expand(config.stage)
   clock = clock or metrics_lib.RunClock(len(names))
   for stage_name in names:
     results[stage_name] = run_stage(
-        config, workdir, stage_name, config_file=config_file, overrides=overrides, clock=clock
+        config,
+        workdir,
+        stage_name,
+        config_file=config_file,
+        overrides=overrides,
+        clock=clock,
+        preemption_grace_seconds=preemption_grace_seconds,
     )
     if 'preempted_at_step' in results[stage_name]:
       break

@@ -9,6 +9,9 @@ POINT is one of
                          the latest checkpoint of the same step
   latest_save_started:N  just after the N-th latest-checkpoint save was started
   before_results         after the test evaluation, before `results.json`
+  latest_save_hangs:N    the N-th latest-checkpoint save never returns (storage that
+                         stopped answering); prints 'save hangs' first. Not a
+                         SIGKILL: the test signals the stuck process itself.
 
 A SIGKILL can come at any instant; these are the instants where the run
 folder's bookkeeping could disagree with its checkpoints.
@@ -17,6 +20,7 @@ folder's bookkeeping could disagree with its checkpoints.
 import os
 import signal
 import sys
+import threading
 
 from absl import app
 
@@ -53,6 +57,17 @@ def install(point: str) -> None:
     after_nth('save_best', commit='best')
   elif name == 'latest_save_started':
     after_nth('save_latest')
+  elif name == 'latest_save_hangs':
+    original = checkpointing.StageCheckpoints.save_latest
+
+    def hanging(self, *args, **kwargs):
+      calls['n'] += 1
+      if calls['n'] == int(count):
+        print('save hangs', flush=True)
+        threading.Event().wait()
+      original(self, *args, **kwargs)
+
+    checkpointing.StageCheckpoints.save_latest = hanging
   elif name == 'before_results':
     original = runs.write_json
 

@@ -32,8 +32,9 @@ The emulator (2026.7.19) answers a download without the object's generation
 conditional read of a checkpoint it wrote (`Malformed StorageGeneration`
 reading an OCDBT manifest), so this module runs the server itself (`python
 gcs_emulator.py --port N`) with its download handler adding that header. The
-emulator ignores write preconditions (`ifGenerationMatch`), which matters only
-to several concurrent writers of one object; and it lacks GCS's `moveTo`, so
+emulator also ignores write preconditions (`ifGenerationMatch`), on which the
+run folder's lock relies (`runs.JobLock`: several hosts racing for one object);
+here uploads and deletes honour them as GCS does. It lacks GCS's `moveTo`, so
 gcsfs renames fall back to copy and delete after ~35 s of retries.
 """
 
@@ -49,6 +50,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -169,6 +171,38 @@ def gcs_bucket(gcs_emulator, monkeypatch) -> Iterator[str]:
   _reset_epath_backend_choice()
 
 
+_PRECONDITIONS = threading.Lock()
+
+
+def _honouring_preconditions(handler):
+  """`handler` (an object upload or delete) answering 412 where `ifGenerationMatch` fails.
+
+  GCS compares the object's generation (0: no object) with the request's before
+  it writes; the check and the write are one step here too, under one lock.
+  """
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
+
+  def checked(request, response, storage, *args, **kwargs):
+    wanted = request.query.get('ifGenerationMatch')
+    if not wanted:
+      return handler(request, response, storage, *args, **kwargs)
+    with _PRECONDITIONS:
+      name = request.params.get('object_id') or request.query.get('name', [None])[0]
+      if name is None and isinstance(request.data, dict):
+        name = request.data['meta'].get('name')
+      try:
+        generation = storage.get_file_obj(request.params['bucket_name'], name)['generation']
+      except NotFound:
+        generation = '0'
+      if str(generation) != wanted[0]:
+        response.status = http.HTTPStatus.PRECONDITION_FAILED
+        response.json({'error': {'code': 412, 'message': 'conditionNotMet'}})
+        return None
+      return handler(request, response, storage, *args, **kwargs)
+
+  return checked
+
+
 def serve(port: int) -> None:
   """Runs the emulator in this process until interrupted, in memory, on 127.0.0.1:`port`.
 
@@ -186,6 +220,8 @@ def serve(port: int) -> None:
       response['x-goog-metageneration'] = obj['metageneration']
 
   objects.download = download_with_generation
+  for name in ('insert', 'delete'):
+    setattr(objects, name, _honouring_preconditions(getattr(objects, name)))
   # Imported only now: the server binds its routes to the handlers when imported.
   from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
 

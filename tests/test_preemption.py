@@ -4,10 +4,11 @@ The train CLI runs step1_rgb of the demo config (shrunk by `config_lib.TINY`, as
 on conftest's tiny dataset, whose epoch is 2 steps, for `NUM_STEPS` steps.
 One run is sent SIGTERM once `metrics.jsonl` shows a training record past step
 `SIGNAL_AFTER_STEP`; the trainer saves `checkpoints/latest` (with the data
-iterator's position) at the step it is on and exits 0, and the same command
-resumes it. Periodic checkpoints are off (`checkpoint_every_steps` > steps),
-so the resume can only come from the SIGTERM save. Another run in another
-workdir goes through without interruption.
+iterator's position) at the step it is on and exits 75 (stopped, rerun to
+resume), and the same command resumes it. Periodic checkpoints are off
+(`checkpoint_every_steps` > steps), so the resume can only come from the SIGTERM
+save. Another run in another workdir goes through without interruption. The
+resumed stage's `train_seconds` sums both runs, and counts one resume.
 
 Same compiled steps, same batches and the saved state restored exactly make
 the final params bit-identical; a wrong data position (batches repeated,
@@ -29,6 +30,7 @@ import pytest
 
 from conftest import REPO_ROOT, cli_env, override_flags, read_latest_state
 from modistill_jax import metrics as metrics_lib
+from modistill_jax import trainer
 
 NUM_STEPS = 12
 SIGNAL_AFTER_STEP = 3
@@ -78,13 +80,13 @@ def wait_for_train_step(proc: subprocess.Popen, stage_dir: str, step: int) -> No
   pytest.fail(f'no training record after step {step} within {TIMEOUT_S}s')
 
 
-def finish(proc: subprocess.Popen, what: str) -> str:
+def finish(proc: subprocess.Popen, what: str, status: int = 0) -> str:
   try:
     output = proc.communicate(timeout=TIMEOUT_S)[0]
   except subprocess.TimeoutExpired:
     proc.kill()
     pytest.fail(f'{what} timed out:\n{proc.communicate()[0][-5000:]}')
-  assert proc.returncode == 0, f'{what} failed ({proc.returncode}):\n{output[-5000:]}'
+  assert proc.returncode == status, f'{what} ended with {proc.returncode}:\n{output[-5000:]}'
   return output
 
 
@@ -105,7 +107,7 @@ def test_sigterm_and_resume_match_uninterrupted_run(
   proc = subprocess.Popen(train_command(resumed, synthetic_data_dir), **popen)
   wait_for_train_step(proc, stage_dir, SIGNAL_AFTER_STEP)
   proc.send_signal(signal.SIGTERM)
-  output = finish(proc, 'the run sent SIGTERM')
+  output = finish(proc, 'the run sent SIGTERM', status=trainer.PREEMPTED_EXIT_CODE)
 
   match = re.search(r"'preempted_at_step': (\d+)", output)
   if match is None:
@@ -117,6 +119,8 @@ def test_sigterm_and_resume_match_uninterrupted_run(
   assert SIGNAL_AFTER_STEP < stopped < NUM_STEPS
   assert not os.path.exists(os.path.join(stage_dir, 'results.json'))
   assert int(read_latest_state(stage_dir)['step']) == stopped
+  first_run = json.load(open(os.path.join(stage_dir, 'train_time.json')))
+  assert first_run['runs'] == 1 and first_run['seconds'] > 0
 
   output = finish(
       subprocess.Popen(train_command(resumed, synthetic_data_dir), **popen), 'the resumed run'
@@ -145,3 +149,8 @@ def test_sigterm_and_resume_match_uninterrupted_run(
   )
   assert results['best_step'] == expected_results['best_step']
   assert results['test'] == expected_results['test']
+  # The time of both runs, each up to its last checkpoint, and one resume.
+  assert (results['resumes'], expected_results['resumes']) == (1, 0)
+  second_run = json.load(open(os.path.join(stage_dir, 'train_time.json')))
+  assert second_run['runs'] == 2
+  assert first_run['seconds'] < second_run['seconds'] <= results['train_seconds']

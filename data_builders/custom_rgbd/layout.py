@@ -82,13 +82,31 @@ class Layout:
   samples: tuple[CustomSample, ...]
 
 
+def read_text(path: epath.Path) -> str:
+  """A table or list file as text; raises `LayoutError` naming the line of a byte that is not UTF-8.
+
+  Spreadsheets on some systems export Latin-1 or Windows-1252 (an accented
+  name as the single byte 0xe9), which is not UTF-8.
+  """
+  data = path.read_bytes()
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = data[: e.start].count(b'\n') + 1
+    column = e.start - (data.rfind(b'\n', 0, e.start) + 1) + 1
+    raise LayoutError(
+        f'{path}:{line}: byte 0x{data[e.start]:02x} (byte {column} of the line) is not UTF-8 '
+        'text; save the file as UTF-8 (in a spreadsheet: "CSV UTF-8").'
+    ) from None
+
+
 def read_class_names(root: epath.Path, labels: list[str]) -> tuple[str, ...]:
   """classes.txt's names in its order, else the sorted set of the labels used."""
   path = root / CLASSES_FILE
   if not path.exists():
     return tuple(sorted(set(labels)))
   names, first_line = [], {}
-  for number, line in enumerate(path.read_text().splitlines(), 1):
+  for number, line in enumerate(read_text(path).splitlines(), 1):
     name = line.strip()
     if not name:
       continue
@@ -111,7 +129,7 @@ def read_affine(root: epath.Path) -> Affine | None:
   if not path.exists():
     return None
   try:
-    matrix = json.loads(path.read_text())
+    matrix = json.loads(read_text(path))
   except json.JSONDecodeError as e:
     raise LayoutError(f'{path}:{e.lineno}: not JSON ({e.msg}).') from e
   if (
@@ -156,7 +174,7 @@ def read_layout(root: epath.PathLike) -> Layout:
         f'data_builders/custom_rgbd/README.md.'
     )
   # A spreadsheet's UTF-8 export may start with a byte-order mark.
-  reader = csv.reader(io.StringIO(path.read_text().removeprefix('\ufeff')))
+  reader = csv.reader(io.StringIO(read_text(path).removeprefix('\ufeff')))
   header = next((row for row in reader if any(c.strip() for c in row)), None)
   if header is None:
     raise LayoutError(
@@ -327,9 +345,7 @@ def _convert(sample: CustomSample, height: int, width: int) -> dict:
     num_rgb, decoded = raw_clips.decode_video(source, range(1, len(depth_files) + 1), to_output)
     rgb = [decoded[k] for k in sorted(decoded)]
   kept = min(num_rgb, len(depth_files))
-  depth = np.stack(
-      [raw_clips.depth_values(im, p.name) for im, p in zip(depth_images[:kept], depth_files)]
-  )
+  depth = raw_clips.depth_clip(depth_images[:kept], [_rel(p, sample) for p in depth_files[:kept]])
   return records.make_example(
       rgb=np.stack(rgb[:kept]),
       depth_code=raw_clips.depth_clip_to_code(depth, height, width),

@@ -451,7 +451,9 @@ def convert(sample: NtuSample, height: int, width: int) -> dict:
   common = sorted(rgb)
   if not common:
     raise raw_clips.SampleError(f'no depth frame number within the {num_rgb} RGB frames')
-  depth = np.stack([raw_clips.depth_values(depth_images[f], depth_files[f].name) for f in common])
+  depth = raw_clips.depth_clip(
+      [depth_images[f] for f in common], [depth_files[f].name for f in common]
+  )
   meta = parse_id(sample.sample_id)
   return records.make_example(
       rgb=np.stack([rgb[f] for f in common]),

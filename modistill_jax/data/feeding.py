@@ -11,19 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import json
+import sys
+import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 
+from modistill_jax import runs
 from modistill_jax import sharding
 from modistill_jax.data import pipeline
 
+# How often a command waiting for another one's build of the same dataset looks again.
+BUILD_WAIT_SECONDS = 2.0
+
 
 def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
-  """Builds a download-free dataset (the synthetic one) on first use; returns where, if it did."""
+  """Builds a download-free dataset (the synthetic one) on first use; returns where, if it did.
+
+  The build holds a lock beside the version folder (`runs.JobLock`), so commands
+  started together on one machine or on hosts sharing the data dir build it once:
+  the others wait and then read what was built.
+  """
   if not config.build_if_missing:
     return None
   import data_builders  # noqa: F401  (registers the builders with TFDS)
@@ -37,8 +49,23 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
     return None
   if jax.process_count() > 1:
     raise RuntimeError(f'Build {name} once before a multi-host run (tfds build).')
-  logging.info('Building %s in %s', name, builder.data_dir)
-  builder.download_and_prepare()
+  version_dir = epath.Path(builder.data_dir)
+  with runs.JobLock(version_dir.parent / f'.{version_dir.name}.build-lock.json') as lock:
+    waiting = False
+    while True:
+      try:
+        lock.acquire()
+        break
+      except runs.LockHeldError as e:
+        if not waiting:
+          # stderr: `cli.build_dataset` hides TFDS's stdout while building.
+          print(f'Waiting for another command building {name}: {e}', file=sys.stderr, flush=True)
+          waiting = True
+        time.sleep(BUILD_WAIT_SECONDS)
+    if builder.data_path.exists() and builder.is_prepared():  # built by the one waited for
+      return None
+    logging.info('Building %s in %s', name, builder.data_dir)
+    builder.download_and_prepare()
   return str(builder.data_dir)
 
 
