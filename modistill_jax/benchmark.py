@@ -527,6 +527,7 @@ def measure_pipeline(
       worker_count=config.input.worker_count,
       seconds=seconds,
       modalities=modalities,
+      reduced_decoding=config.input.reduced_decoding,
   )
 
 

@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.flip = True  # one horizontal flip decision per clip, shared by both modalities
   c.input.worker_count = 8  # grain decoding processes per host (0 = in the main process)
   c.input.prefetch = 2  # batches placed on devices ahead of the step
+  # True: RGB JPEGs stored at >= 2x or 4x image_size (a res224 build read at 112) are decoded
+  # at 1/2 or 1/4 size by libjpeg's DCT scaling, then resized: several times cheaper, and other
+  # pixels than the full decode resized (docs/performance.md), so off by default.
+  c.input.reduced_decoding = False
   c.input.rgb_mean = VGG_MEAN
   c.input.rgb_std = UNIT_STD
   c.input.depth_mean = VGG_MEAN

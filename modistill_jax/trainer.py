@@ -337,6 +337,7 @@ def run_stage(
         flip=config.input.flip,
         worker_count=config.input.worker_count,
         modalities=stage.inputs,
+        reduced_decoding=config.input.reduced_decoding,
     )
     position = feeding.IteratorPosition(train_iter)
     ckpt = checkpointing.StageCheckpoints(directory, keep=config.keep_checkpoints)
