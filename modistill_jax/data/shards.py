@@ -23,7 +23,7 @@ as `ClipRecords`: clips by index whose frames are read one by one when used.
 The records are read through `RecordFiles`, ArrayRecord readers with a small
 read buffer, rather than the ones TFDS opens: those fetch 32 KiB per read,
 which for a random read of one small record (a clip-table row, a 64x64 frame,
-a 13 KiB 224x224 JPEG) is mostly bytes of its neighbours, each time.
+a 13 KiB 224x224 JPEG) is largely bytes of its neighbours, each time.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from modistill_jax.data import records as records_lib
 # wait on storage (a network round trip on gs://), not on the CPU.
 CHECK_THREADS = 16
 # The ArrayRecord reader's file buffer (TFDS and Grain open readers with 32 KiB). A record
-# larger than it is read straight into place, in one read as well; a smaller buffer would only
-# split the read of a record's chunk header. Bytes read per training clip against this and
-# 32 KiB: docs/performance.md.
+# larger than it is read straight into place, so a record costs one read system call with any
+# buffer size measured (0, 1 KiB, 4 KiB, 16 KiB, 32 KiB); the bytes read grow with the buffer
+# (docs/performance.md, "Bytes from storage").
 READ_BUFFER_BYTES = 1024
 # No read-ahead: training reads records at random (what TFDS and Grain set too).
 READER_OPTIONS = 'readahead_buffer_size:0'
