@@ -87,11 +87,17 @@ With several stages (`--all_stages`, `--stages`, or a config whose stage is
 single-stream step 1 of the test-time modality, `step1_rgb` by default) and
 `multi_stream_efficiency` = frames/s / (step-1 frames/s / flop_ratio): 1.0
 when a stage with k times the FLOPs runs exactly k times slower than one stream.
+
+`--lower_for=tpu,cuda` times nothing: it lowers each stage's train and eval
+step for those platforms from this host (`lowering.py`: fails on host
+callbacks, unstable custom calls and types the platform lacks) and prints
+each program's StableHLO size and lowered FLOPs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import dataclasses
 import functools
 import json
 import os
@@ -114,6 +120,7 @@ from modistill_jax import reference_resnet
 from modistill_jax import runs
 from modistill_jax import sharding
 from modistill_jax import initialization
+from modistill_jax import lowering
 from modistill_jax import stages
 from modistill_jax import trainer
 from modistill_jax.data import feeding
@@ -181,6 +188,12 @@ _END_TO_END_STEPS = flags.DEFINE_integer(
     200,
     'Training steps of the end-to-end run (its first log interval, '
     'which holds the compiles, is not timed).',
+)
+_LOWER_FOR = flags.DEFINE_list(
+    'lower_for',
+    [],
+    "Lower the stages' train and eval steps for these platforms (tpu, cuda) on this host "
+    'and print their sizes and FLOPs, instead of timing them.',
 )
 
 # Peak dense (no sparsity) bf16 FLOP/s per chip, from the vendors' pages:
@@ -514,6 +527,7 @@ def measure_pipeline(
       worker_count=config.input.worker_count,
       seconds=seconds,
       modalities=modalities,
+      reduced_decoding=config.input.reduced_decoding,
   )
 
 
@@ -1033,6 +1047,24 @@ def main(argv):
   warmup = max(_WARMUP.value, 1)
   if _REPEATS.value < 1:
     raise app.UsageError(f'--repeats must be at least 1, got {_REPEATS.value}.')
+  if _LOWER_FOR.value:
+    if _SUITE.value or _END_TO_END.value or _DATA_DIR.value:
+      raise app.UsageError('--lower_for only lowers; drop --suite, --end_to_end and --data_dir.')
+    try:
+      platforms = lowering.check_platforms(_LOWER_FOR.value)
+    except ValueError as e:
+      raise app.UsageError(f'--lower_for: {e}') from e
+    found = lowering.lower_stages(
+        config,
+        stage_names(config, _ALL_STAGES.value, _STAGES.value),
+        num_classes=_NUM_CLASSES.value,
+        platforms=platforms,
+    )
+    print(lowering.table(found))
+    if _JSON.value:
+      with open(_JSON.value, 'w') as f:
+        json.dump([dataclasses.asdict(x) for x in found], f, indent=2)
+    return
   if _SUITE.value:
     if _STAGES.value or _ALL_STAGES.value or _END_TO_END.value:
       raise app.UsageError(

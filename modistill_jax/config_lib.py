@@ -18,6 +18,7 @@ from typing import Any
 import ml_collections
 
 from modistill_jax import losses
+from modistill_jax import profiling
 from modistill_jax import stages
 from modistill_jax.data import preprocess
 from modistill_jax.models import resnet
@@ -56,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the first.
   c.selection_ties = 'later'
   c.max_eval_batches = -1  # > 0 truncates evaluation (smoke runs only; results say so)
+  # FIRST,LAST: a jax.profiler trace of those training steps into the stage folder, for
+  # TensorBoard's profile tab (modistill_jax/profiling.py); () traces nothing.
+  c.profile_steps = ()
 
   c.input = ml_collections.ConfigDict()
   c.input.num_frames = 5
@@ -64,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.flip = True  # one horizontal flip decision per clip, shared by both modalities
   c.input.worker_count = 8  # grain decoding processes per host (0 = in the main process)
   c.input.prefetch = 2  # batches placed on devices ahead of the step
+  # True: RGB JPEGs stored at >= 2x or 4x image_size (a res224 build read at 112) are decoded
+  # at 1/2 or 1/4 size by libjpeg's DCT scaling, then resized: several times cheaper, and other
+  # pixels than the full decode resized (docs/performance.md), so off by default.
+  c.input.reduced_decoding = False
   c.input.rgb_mean = VGG_MEAN
   c.input.rgb_std = UNIT_STD
   c.input.depth_mean = VGG_MEAN
@@ -295,6 +303,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   for stage in config.model.unconnected_stages:
     _check_choice('model.unconnected_stages entry', stage, stages.CONNECTABLE_STAGES)
   _check_choice('input.depth_encoding', config.input.depth_encoding, preprocess.DEPTH_ENCODINGS)
+  profiling.check_steps(config.profile_steps)
 
 
 # MARK: comparing a run's saved config with another
@@ -311,6 +320,7 @@ RESUMABLE_KEYS = (
     'build_if_missing',
     'input.worker_count',
     'input.prefetch',
+    'profile_steps',
 )
 # Keys an evaluation may set: what is evaluated, and how it is read.
 EVALUATION_KEYS = (
@@ -334,6 +344,7 @@ TRAINING_ONLY_KEYS = (
     'checkpoint_every_steps',
     'keep_checkpoints',
     'selection_ties',
+    'profile_steps',
     'input.uniform_prob',
     'input.flip',
     'loss',

@@ -86,6 +86,7 @@ def evaluate_split(
       image_size=(config.input.image_size,) * 2,
       worker_count=config.input.worker_count,
       modalities=modalities,
+      reduced_decoding=config.input.reduced_decoding,
   )
   key = jax.random.key(config.eval.noise_seed)
   outputs = []

@@ -38,6 +38,7 @@ from modistill_jax import evaluate
 from modistill_jax import initialization
 from modistill_jax import metrics as metrics_lib
 from modistill_jax import optim
+from modistill_jax import profiling
 from modistill_jax import runs
 from modistill_jax import sharding
 from modistill_jax import stages
@@ -388,6 +389,7 @@ def run_stage(
         flip=config.input.flip,
         worker_count=config.input.worker_count,
         modalities=stage.inputs,
+        reduced_decoding=config.input.reduced_decoding,
     )
     position = feeding.IteratorPosition(train_iter)
     ckpt = checkpointing.StageCheckpoints(directory, keep=config.keep_checkpoints)
@@ -436,6 +438,7 @@ def run_stage(
     start_step = int(state.step)
     writer = metrics_lib.MetricWriter(directory.path, start_step=start_step)
     preempt = _Preemption(preemption_grace_seconds)
+    profiler = profiling.StepProfiler(config.profile_steps, directory.path)
 
     # MARK: loop
     batches = feeding.prefetched(train_iter, mesh, config.input.prefetch)
@@ -444,8 +447,10 @@ def run_stage(
     stopped_early = False
     try:
       for step in range(start_step + 1, total_steps + 1):
+        profiler.begin(step)
         batch, position.state = next(batches)
         state, step_metrics = train_fn(state, batch)
+        profiler.end(step, state)
         pending.append(step_metrics)
         end = step_end(
             step,
@@ -533,6 +538,7 @@ def run_stage(
           )
           break
     finally:
+      profiler.close()
       preempt.restore()
       ckpt.wait()  # an error stops the stage with its good checkpoints committed
 

@@ -6,6 +6,7 @@ in the codes of its left half and 0 in its right half (depth), so a batch tells
 which frames were sampled and whether they were mirrored.
 """
 
+import cv2
 from etils import epath
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from modistill_jax.data import pipeline
 from modistill_jax.data import records
+from modistill_jax.data import shards
 
 SIZE = 16
 STEP = 12  # intensity step per frame number: survives JPEG at quality 90
@@ -431,3 +433,90 @@ def test_load_source_reads_built_array_records(tmp_path):
   test = pipeline.load_source('synthetic_rgbd', 'cross_view', 'test', data_dir=str(tmp_path))
   batches = evaluate(test.records, 2)
   assert sum(int(b['mask'].sum()) for b in batches) == batches.num_examples == 3
+
+
+def storage_bytes_read() -> int:
+  """This process's bytes read through read system calls so far (`/proc/self/io` rchar)."""
+  with open('/proc/self/io') as f:
+    return next(int(line.split()[1]) for line in f if line.startswith('rchar:'))
+
+
+def test_a_frame_read_reads_about_its_record_from_storage(tmp_path):
+  """`shards.RecordFiles` reads a record's bytes and little more; TFDS's readers 32 KiB a read."""
+  _TinyClips(data_dir=str(tmp_path), file_format=records.FILE_FORMAT).download_and_prepare()
+  clips = pipeline.load_source(
+      'synthetic_rgbd', 'cross_view', 'train', data_dir=str(tmp_path)
+  ).records
+  ours = clips.frames.data_source.data_source
+  assert isinstance(ours, shards.RecordFiles)
+  frame_split = clips.frames.split
+  builder = tfds.builder_from_directory(frame_split.version_dir)
+  theirs = builder.as_data_source(split=frame_split.tfds_split).data_source
+  positions = np.random.default_rng(0).permutation(len(ours))[:40]
+  read = {}
+  for name, reader in (('ours', ours), ('tfds', theirs)):
+    assert reader[0] == ours[0]  # opens the shard (index, footer) before counting
+    before = storage_bytes_read()
+    record_bytes = sum(len(reader[int(p)]) for p in positions)
+    read[name] = storage_bytes_read() - before
+  # Each read: the record's chunk (its bytes, a chunk and a block header), at least one buffer.
+  per_read_limit = max(record_bytes / len(positions), shards.READ_BUFFER_BYTES) + 128
+  assert record_bytes <= read['ours'] <= per_read_limit * len(positions)
+  assert read['tfds'] > 3 * read['ours']
+
+
+def test_reduction_factor_keeps_the_decoded_frame_at_least_the_training_size():
+  assert pipeline.reduction_factor((224, 224), (112, 112)) == 2
+  assert pipeline.reduction_factor((224, 224), (56, 56)) == 4
+  assert pipeline.reduction_factor((224, 224), (113, 112)) == 1
+  assert pipeline.reduction_factor((226, 226), (57, 57)) == 4  # libjpeg rounds up: 57x57
+  assert pipeline.reduction_factor((224, 224), (224, 224)) == 1
+
+
+def test_reduced_decoding_is_opt_in_and_close_to_the_full_decode():
+  y, x = np.mgrid[:64, :64]
+  smooth = np.stack([60 + 2 * x, 60 + 2 * y, 120 + 60 * np.sin(x / 9 + y / 13)], -1)
+  smooth = np.stack([smooth, smooth[::-1]]).astype(np.uint8)  # 2 frames of 64x64
+  big = [
+      records.make_example(
+          rgb=smooth,
+          depth_code=np.tile(np.arange(64, dtype=np.uint8)[None, None] % 200, (2, 64, 1)),
+          label=0,
+          sample_id='big',
+          rgb_frames_raw=2,
+          depth_frames_raw=2,
+      )
+  ]
+  batches = {}
+  for reduced in (False, True):
+    iterator = train(
+        big,
+        global_batch_size=1,
+        num_frames=2,
+        image_size=(16, 16),
+        flip=False,
+        reduced_decoding=reduced,
+    )
+    batches[reduced] = next(iterator)
+    iterator.close()
+  full, reduced = batches[False], batches[True]
+  assert reduced['rgb'].shape == full['rgb'].shape == (1, 2, 16, 16, 3)
+  difference = np.abs(reduced['rgb'].astype(int) - full['rgb'].astype(int))
+  assert 0 < difference.mean() < 4  # other pixels, the same image
+  np.testing.assert_array_equal(reduced['depth'], full['depth'])  # depth PNGs: never reduced
+  for key in ('label', 'index', 'mask'):
+    np.testing.assert_array_equal(reduced[key], full[key])
+
+
+def test_reduced_decoding_of_a_jpeg_is_libjpegs_dct_scaling():
+  frame = np.random.default_rng(1).integers(0, 256, (40, 24, 3), dtype=np.uint8)
+  data = records.encode_jpeg(frame)
+  for factor, shape in ((2, (20, 12, 3)), (4, (10, 6, 3))):
+    reduced = records.decode_image_reduced(data, factor)
+    assert reduced.shape == shape
+    bgr = cv2.imdecode(
+        np.frombuffer(data, np.uint8),
+        {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}[factor],
+    )
+    np.testing.assert_array_equal(reduced, bgr[..., ::-1])
+  assert pipeline._jpeg_size(data) == (40, 24)  # pylint: disable=protected-access

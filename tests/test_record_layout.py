@@ -258,6 +258,19 @@ def test_input_benchmark_command_measures_both_stages_in_both_layouts(tmp_path):
         rf'\[{re.escape(stage)}\] pipeline, 0 workers: current [\d.]+ clips/s', out.stdout
     )
     assert re.search(rf'\[{re.escape(stage)}\] decode only, 1 thread', out.stdout)
+    assert re.search(
+        rf'\[{re.escape(stage)}\] bytes from storage per training clip \(rchar\): [\d.]+ KiB '
+        r"\([\d.]+x the frames decoded\); through TFDS's readers [\d.]+ KiB",
+        out.stdout,
+    )
+    assert re.search(
+        rf'\[{re.escape(stage)}\] CPU per training clip, 1 thread: [\d.]+ ms at 16', out.stdout
+    )
+  assert re.search(
+      r'\[rgb\] CPU per training clip.*; at 8: [\d.]+ ms decoding in full, [\d.]+ ms with '
+      r'reduced_decoding',
+      out.stdout,
+  )
   assert not os.listdir(tmp_path)  # the datasets went with their temporary folder
 
   bad = subprocess.run(command + ['--workers=0,two'], env=env, capture_output=True, text=True)

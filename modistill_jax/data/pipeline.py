@@ -204,11 +204,51 @@ def resize_frame(image: Image.Image, image_size: tuple[int, int]) -> Image.Image
   return image
 
 
+def reduction_factor(stored_size: tuple[int, int], image_size: tuple[int, int]) -> int:
+  """The largest of 4, 2 that a stored JPEG can be decoded down by and still cover `image_size`."""
+  for factor in (4, 2):
+    if all(-(-s // factor) >= i for s, i in zip(stored_size, image_size)):
+      return factor
+  return 1
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+  """`(H, W)` from a baseline or progressive JPEG's SOF marker, or None if not found."""
+  i = 2
+  while i + 9 < len(data) and data[i] == 0xFF:
+    marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], 'big')
+    if marker in (0xC0, 0xC1, 0xC2):
+      return int.from_bytes(data[i + 5 : i + 7], 'big'), int.from_bytes(data[i + 7 : i + 9], 'big')
+    i += 2 + length
+  return None
+
+
+def _decode_rgb_reduced(data: bytes, image_size: tuple[int, int]) -> np.ndarray:
+  """An RGB frame decoded at the smallest DCT-scaled size still covering `image_size`."""
+  stored = _jpeg_size(data) if data[:2] == b'\xff\xd8' else None
+  factor = reduction_factor(stored, image_size) if stored else 1
+  if factor == 1:
+    return records_lib.decode_image(data)
+  return records_lib.decode_image_reduced(data, factor)
+
+
 def _decode_frame(
-    modality: str, data: bytes, image_size: tuple[int, int], flip: bool
+    modality: str,
+    data: bytes,
+    image_size: tuple[int, int],
+    flip: bool,
+    reduced_decoding: bool = False,
 ) -> np.ndarray:
-  """A stored frame -> `(H, W, 3)` RGB or `(H, W, 1)` depth codes at `image_size`, maybe flipped."""
-  frame = records_lib.decode_frame(modality, data)
+  """A stored frame -> `(H, W, 3)` RGB or `(H, W, 1)` depth codes at `image_size`, maybe flipped.
+
+  With `reduced_decoding`, an RGB JPEG stored at 2x or 4x `image_size` or more
+  is decoded at half or a quarter size (`records.decode_image_reduced`) before
+  the resize: other pixels than a full decode's, so it is opt-in.
+  """
+  if reduced_decoding and modality == 'rgb':
+    frame = _decode_rgb_reduced(data, image_size)
+  else:
+    frame = records_lib.decode_frame(modality, data)
   height, width = image_size
   if frame.shape[:2] != (height, width):
     if modality == 'rgb':
@@ -230,10 +270,13 @@ def _decode_clip(
     image_size: tuple[int, int],
     flip: bool,
     modalities: tuple[str, ...],
+    reduced_decoding: bool = False,
 ) -> dict[str, np.ndarray]:
   """The frames `indices` of each modality, flipped alike when `flip`."""
   return {
-      m: np.stack([_decode_frame(m, record[m][i], image_size, flip) for i in indices])
+      m: np.stack(
+          [_decode_frame(m, record[m][i], image_size, flip, reduced_decoding) for i in indices]
+      )
       for m in modalities
   }
 
@@ -286,6 +329,7 @@ class _TrainClip:
   uniform_prob: float
   flip: bool
   modalities: tuple[str, ...]
+  reduced_decoding: bool = False
 
   def __call__(self, epoch_and_index: tuple[int, int]) -> Batch:
     epoch, index = epoch_and_index
@@ -293,7 +337,9 @@ class _TrainClip:
     record = self.records[index]
     indices = sampling.train_indices(_num_frames(record), self.num_frames, rng, self.uniform_prob)
     flip = self.flip and rng.random() < 0.5
-    clips = _decode_clip(record, indices, self.image_size, flip, self.modalities)
+    clips = _decode_clip(
+        record, indices, self.image_size, flip, self.modalities, self.reduced_decoding
+    )
     return _example(clips, record['label'], True, index)
 
 
@@ -305,6 +351,7 @@ class _EvalClip:
   num_frames: int
   image_size: tuple[int, int]
   modalities: tuple[str, ...]
+  reduced_decoding: bool = False
 
   def __call__(self, index: int) -> Batch:
     if index < 0:
@@ -319,7 +366,9 @@ class _EvalClip:
       )
     record = self.records[index]
     indices = sampling.uniform_indices(_num_frames(record), self.num_frames)
-    clips = _decode_clip(record, indices, self.image_size, False, self.modalities)
+    clips = _decode_clip(
+        record, indices, self.image_size, False, self.modalities, self.reduced_decoding
+    )
     return _example(clips, record['label'], True, index)
 
 
@@ -380,6 +429,7 @@ def train_iterator(
     worker_count: int = 0,
     worker_buffer_size: int = 2,
     modalities: Sequence[str] = MODALITIES,
+    reduced_decoding: bool = False,
 ) -> grain.DatasetIterator:
   """Endless, per-epoch reshuffled batches: this host's rows of each global batch.
 
@@ -398,6 +448,9 @@ def train_iterator(
     worker_buffer_size: decoded clips each worker keeps ready.
     modalities: the clips to read, decode and return (a stage's `inputs`);
       the others' frames are never read.
+    reduced_decoding: decode RGB JPEGs stored at 2x or 4x `image_size` or
+      more at half or a quarter size with libjpeg's DCT scaling, then resize
+      (`input.reduced_decoding`; other pixels than the default full decode).
 
   Returns:
     A Grain iterator of batch dicts (see the module docstring) with
@@ -422,6 +475,7 @@ def train_iterator(
           uniform_prob,
           flip,
           _checked_modalities(modalities),
+          reduced_decoding,
       )
   )
   ds = _decoded_and_batched(
@@ -462,6 +516,7 @@ def eval_iterator(
     process_count: int | None = None,
     worker_count: int = 0,
     modalities: Sequence[str] = MODALITIES,
+    reduced_decoding: bool = False,
 ) -> EvalBatches:
   """Every record exactly once over all hosts, uniformly sampled, padded with mask=False.
 
@@ -475,7 +530,15 @@ def eval_iterator(
   own = np.arange(process_index, len(records), process_count)
   indices[: len(own)] = own
   ds = grain.MapDataset.source(indices.tolist())
-  ds = ds.map(_EvalClip(records, num_frames, tuple(image_size), _checked_modalities(modalities)))
+  ds = ds.map(
+      _EvalClip(
+          records,
+          num_frames,
+          tuple(image_size),
+          _checked_modalities(modalities),
+          reduced_decoding,
+      )
+  )
   ds = _decoded_and_batched(
       ds, local_batch_size, worker_count, worker_buffer_size=2, drop_remainder=False
   )
@@ -509,6 +572,7 @@ def measure_clips_per_s(
     worker_count: int = 0,
     seconds: float = 10.0,
     modalities: Sequence[str] = MODALITIES,
+    reduced_decoding: bool = False,
 ) -> float:
   """Training-pipeline throughput alone (clips/s), after two warm-up batches."""
   iterator = train_iterator(
@@ -521,6 +585,7 @@ def measure_clips_per_s(
       process_count=1,
       worker_count=worker_count,
       modalities=modalities,
+      reduced_decoding=reduced_decoding,
   )
   return timed_clips_per_s(iterator, seconds)
 

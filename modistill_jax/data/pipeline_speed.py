@@ -17,7 +17,14 @@ and 4) and an RGB+depth stage (steps 2 and 3), reading from those files:
   cores (the most any pipeline can deliver);
 * bytes read per training clip (counted under the TFDS data source, the raw
   ArrayRecord records) against the bytes of the encoded frames the clip
-  decodes.
+  decodes, and the bytes the process read from storage for them (the read
+  system calls' bytes, `/proc/self/io` rchar, where Linux has it), through
+  the pipeline's readers (`shards.RecordFiles`) and through TFDS's own;
+* CPU time per training clip in one thread (reading, decoding, resizing,
+  flipping: `pipeline`'s per-clip work, process CPU time, so other load on the
+  machine does not inflate it), at `--size` and, for RGB, at half of it
+  decoded in full or at reduced size (`input.reduced_decoding`): what sizes a
+  host's cores per accelerator.
 
 The clips are indexed as a split of `--split-size` records (NTU RGB+D's
 cross-subject training split by default; index `i` reads clip `i % clips`),
@@ -193,6 +200,18 @@ def count_reads(tfds_source) -> CountingReads:
   return counter
 
 
+def tfds_read(clips: shards.ClipRecords, version_dir: str) -> shards.ClipRecords:
+  """`clips` of the same files, read through the ArrayRecord readers TFDS opens (32 KiB reads)."""
+  builder = tfds.builder_from_directory(version_dir)
+  sharded = [
+      shards.ShardedRecords(
+          builder.as_data_source(split=x.split.tfds_split), x.split, records.parse_row
+      )
+      for x in (clips.clip_table, clips.frames)
+  ]
+  return shards.ClipRecords(sharded[0], sharded[1], [len(sharded[0])], [len(sharded[1])])
+
+
 @dataclasses.dataclass(frozen=True)
 class Repeated(Sequence):
   """`clips[i % len(clips)]` for `i < size`: a few clips indexed as a split of `size` records."""
@@ -273,6 +292,15 @@ def measure_old_layout_decode_clips_per_s(
   return clips / (time.perf_counter() - start)
 
 
+def storage_bytes_read() -> int | None:
+  """This process's bytes read by read system calls so far (`/proc/self/io` rchar), or None."""
+  try:
+    with open('/proc/self/io') as f:
+      return next(int(line.split()[1]) for line in f if line.startswith('rchar:'))
+  except OSError:
+    return None
+
+
 def bytes_per_clip(
     read: Sequence[dict],
     counters: Sequence[CountingReads],
@@ -281,17 +309,19 @@ def bytes_per_clip(
     num_frames: int = 5,
     num_clips: int = 64,
     frame_bytes=None,
-) -> tuple[float, float]:
-  """`(bytes read, encoded bytes of the frames decoded)` per training clip, mean of `num_clips`.
+) -> tuple[float, float, float | None]:
+  """`(record bytes, bytes from storage, encoded bytes of the frames decoded)` per training clip.
 
-  Reads as `pipeline._TrainClip` does: the clip's record(s), then its sampled
-  frames of `modalities`. `frame_bytes(clip, modality, t)` gives a frame's
-  encoded size without counting a read.
+  Means over `num_clips` clips read as `pipeline._TrainClip` does: the clip's
+  record(s), then its sampled frames of `modalities`. Bytes from storage is
+  rchar's increase (None without `/proc/self/io`). `frame_bytes(clip,
+  modality, t)` gives a frame's encoded size without counting a read.
   """
   for counter in counters:
     counter.reset()
   decoded = 0
   rng = np.random.default_rng(0)
+  before = storage_bytes_read()
   for k in range(num_clips):
     clip = read[k % len(read)]
     indices = sampling.train_indices(len(clip['rgb']), num_frames, rng, 0.5)
@@ -299,7 +329,28 @@ def bytes_per_clip(
       for t in indices:
         _ = clip[modality][t]
         decoded += frame_bytes(k % len(read), modality, t)
-  return sum(c.num_bytes for c in counters) / num_clips, decoded / num_clips
+  after = storage_bytes_read()
+  storage = (after - before) / num_clips if before is not None and after is not None else None
+  return sum(c.num_bytes for c in counters) / num_clips, storage, decoded / num_clips
+
+
+def cpu_seconds_per_clip(
+    read: Sequence[dict],
+    *,
+    modalities: Sequence[str],
+    image_size: tuple[int, int],
+    reduced_decoding: bool = False,
+    num_clips: int = 64,
+) -> float:
+  """Process CPU seconds of one training clip's read, decode, resize and flip, in one thread."""
+  clip = pipeline._TrainClip(  # pylint: disable=protected-access  (the pipeline's own work)
+      read, 5, image_size, 0, 0.5, True, tuple(modalities), reduced_decoding
+  )
+  clip((0, 0))  # opens the readers
+  start = time.process_time()
+  for k in range(num_clips):
+    clip((1, k % len(read)))
+  return (time.process_time() - start) / num_clips
 
 
 def define_flags() -> None:
@@ -368,14 +419,21 @@ def main(argv: Sequence[str]) -> None:
     }
     sizes = {'rgb': rgb_bytes, 'depth': depth_bytes}
     old_sizes = {'rgb': rgb_bytes, 'depth': old_depth}
+    tfds_readers = tfds_read(current, os.path.join(root, 'speed_current', '2.0.0'))
     for stage, modalities in STAGES.items():
-      read, decoded = bytes_per_clip(
+      read, storage, decoded = bytes_per_clip(
           current,
           counters['current'],
           modalities=modalities,
           frame_bytes=lambda c, m, t: sizes[m][c][t],
       )
-      old_read, old_decoded = bytes_per_clip(
+      _, tfds_storage, _ = bytes_per_clip(
+          tfds_readers,
+          [],
+          modalities=modalities,
+          frame_bytes=lambda c, m, t: sizes[m][c][t],
+      )
+      old_read, _, old_decoded = bytes_per_clip(
           old,
           counters['old'],
           modalities=modalities,
@@ -387,6 +445,27 @@ def main(argv: Sequence[str]) -> None:
           f'{old_read / 1024:.0f} KiB for {old_decoded / 1024:.0f} KiB '
           f'({old_read / old_decoded:.1f}x)'
       )
+      if storage is not None:
+        print(
+            f'[{stage}] bytes from storage per training clip (rchar): {storage / 1024:.1f} KiB '
+            f"({storage / decoded:.2f}x the frames decoded); through TFDS's readers "
+            f'{tfds_storage / 1024:.1f} KiB ({tfds_storage / decoded:.2f}x)'
+        )
+      size, half = (args.size, args.size), (args.size // 2, args.size // 2)
+      cpu = cpu_seconds_per_clip(current, modalities=modalities, image_size=size)
+      line = f'[{stage}] CPU per training clip, 1 thread: {cpu * 1e3:.2f} ms at {args.size}'
+      if modalities == ('rgb',):
+        full, reduced = (
+            cpu_seconds_per_clip(
+                current, modalities=modalities, image_size=half, reduced_decoding=r
+            )
+            for r in (False, True)
+        )
+        line += (
+            f'; at {half[0]}: {full * 1e3:.2f} ms decoding in full, {reduced * 1e3:.2f} ms with '
+            f'reduced_decoding ({full / reduced:.2f}x)'
+        )
+      print(line)
       for workers in workers_list:
         rate = pipeline.measure_clips_per_s(
             Repeated(current, args.split_size),

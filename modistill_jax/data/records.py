@@ -136,6 +136,29 @@ def decode_image(data: bytes) -> np.ndarray:
   return frame
 
 
+# `decode_image_reduced` factors: libjpeg's DCT scaling, as OpenCV's IMREAD_REDUCED_* flags
+# (without their BGR bit, so that the frame comes out RGB).
+REDUCED_DECODE_FLAGS = {
+    2: (cv2.IMREAD_REDUCED_COLOR_2 & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB,
+    4: (cv2.IMREAD_REDUCED_COLOR_4 & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB,
+}
+
+
+def decode_image_reduced(data: bytes, factor: int) -> np.ndarray:
+  """A JPEG decoded at 1/`factor` of its size (2 or 4): `(ceil(H/f), ceil(W/f), 3)` uint8 RGB.
+
+  libjpeg-turbo computes the smaller image from the DCT coefficients (a 4x4 or
+  2x2 inverse DCT per 8x8 block instead of 8x8, and upsampling and colour
+  conversion at the smaller size), so it costs a fraction of a full decode.
+  Its pixels are not those of a full decode resized (`pipeline.resize_frame`),
+  which is why the pipeline uses it only when asked (`input.reduced_decoding`).
+  """
+  frame = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED_DECODE_FLAGS[factor])
+  if frame is None:
+    raise ValueError(f'Cannot decode a {len(data)}-byte frame as JPEG at 1/{factor} size.')
+  return frame
+
+
 def decode_depth(data: bytes) -> np.ndarray:
   """A stored depth frame (single-channel PNG of `jet.depth_to_code`) -> `(H, W)` uint8."""
   frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

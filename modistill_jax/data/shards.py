@@ -19,15 +19,22 @@ record, and the same command crashes at the same place again. Two defences:
 `open_split` does both for `pipeline.load_source`, on both record sets of a
 split (its clip table and its frame rows, see `records.py`), and returns them
 as `ClipRecords`: clips by index whose frames are read one by one when used.
+
+The records are read through `RecordFiles`, ArrayRecord readers with a small
+read buffer, rather than the ones TFDS opens: those fetch 32 KiB per read,
+which for a random read of one small record (a clip-table row, a 64x64 frame,
+a 13 KiB 224x224 JPEG) is largely bytes of its neighbours, each time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import bisect
 import concurrent.futures
 import dataclasses
 import operator
 import os
+import threading
 from typing import Any
 
 from array_record.python import array_record_module
@@ -40,6 +47,13 @@ from modistill_jax.data import records as records_lib
 # Shard files whose index is read at once when a split is opened: the reads
 # wait on storage (a network round trip on gs://), not on the CPU.
 CHECK_THREADS = 16
+# The ArrayRecord reader's file buffer (TFDS and Grain open readers with 32 KiB). A record
+# larger than it is read straight into place, so a record costs one read system call with any
+# buffer size measured (0, 1 KiB, 4 KiB, 16 KiB, 32 KiB); the bytes read grow with the buffer
+# (docs/performance.md, "Bytes from storage").
+READ_BUFFER_BYTES = 1024
+# No read-ahead: training reads records at random (what TFDS and Grain set too).
+READER_OPTIONS = 'readahead_buffer_size:0'
 
 
 class DatasetShardError(RuntimeError):
@@ -136,6 +150,59 @@ def check_shards(split: BuiltSplit) -> None:
         f'{split.name} (TFDS split {split.tfds_split!r}): {len(found)} of {len(split.shards)} '
         'shard files cannot be read:\n  ' + '\n  '.join(found) + '\n' + split.remedy()
     )
+
+
+class RecordFiles(Sequence):
+  """A split's raw records by index, read from its shard files with `READ_BUFFER_BYTES` reads.
+
+  Stands in for the ArrayRecord data source under a TFDS data source (its
+  `data_source`), which reads the same records through 32 KiB reads. Readers
+  open on a shard's first read, once per process; pickles without them, for
+  Grain's worker processes.
+  """
+
+  def __init__(self, split: BuiltSplit):
+    self._shards = split.shards
+    self._ends = np.cumsum([shard.take for shard in split.shards]).tolist()
+    self._readers = [None] * len(split.shards)
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return self._ends[-1] if self._ends else 0
+
+  def _reader(self, i: int):
+    if self._readers[i] is None:
+      with self._lock:
+        if self._readers[i] is None:
+          self._readers[i] = array_record_module.ArrayRecordReader(
+              self._shards[i].path,
+              options=READER_OPTIONS,
+              file_reader_buffer_size=READ_BUFFER_BYTES,
+          )
+    return self._readers[i]
+
+  def __getitem__(self, index) -> bytes:
+    index = operator.index(index)
+    i = bisect.bisect_right(self._ends, index)
+    position = self._shards[i].skip + index - (self._ends[i - 1] if i else 0)
+    return self._reader(i).read([position])[0]
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    state['_readers'] = [None] * len(self._shards)
+    del state['_lock']
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+
+def record_files_source(builder: tfds.core.DatasetBuilder, split: BuiltSplit):
+  """`builder.as_data_source(split)`, reading its records through `RecordFiles`."""
+  source = builder.as_data_source(split=split.tfds_split)
+  source.data_source = RecordFiles(split)
+  return source
 
 
 class ShardedRecords(Sequence):
@@ -333,12 +400,10 @@ def open_split(
     check_shards(splits[what])
   return ClipRecords(
       clips=ShardedRecords(
-          builder.as_data_source(split=tfds_split), splits['clips'], records_lib.parse_row
+          record_files_source(builder, splits['clips']), splits['clips'], records_lib.parse_row
       ),
       frames=ShardedRecords(
-          builder.as_data_source(split=splits['frames'].tfds_split),
-          splits['frames'],
-          records_lib.parse_row,
+          record_files_source(builder, splits['frames']), splits['frames'], records_lib.parse_row
       ),
       clip_counts=[builder.info.splits[p].num_examples for p in parts],
       frame_counts=[builder.info.splits[p].num_examples for p in frame_parts],
