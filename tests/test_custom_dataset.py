@@ -407,7 +407,7 @@ def test_command_refuses_a_table_mistake_in_one_line_and_answers_help(tmp_path):
 def test_unknown_builder_config_is_refused(tmp_path):
   root = epath.Path(tmp_path)
   (root / 'labels.csv').write_text('sample,label,split\na,wave,train\n')
-  with pytest.raises(ValueError, match=r"--config=res100: not a config of any_name; use one of"):
+  with pytest.raises(ValueError, match=r'--config=res100: not a config of any_name; use one of'):
     build_cli.build('any_name', root, os.fspath(root / 'data'), ['res100'], overwrite=False)
 
 

@@ -1,4 +1,4 @@
-r"""`python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT ...`: a folder -> dataset NAME.
+r"""`python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT`: a folder -> dataset NAME.
 
     python -m data_builders.custom_rgbd build my_gestures --manual_dir=ROOT --data_dir=DATA \
         --config=res112
