@@ -193,6 +193,20 @@ def table1_markdown(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def console_summary(workdir: str, clock: metrics_lib.RunClock) -> str:
+  """How `train` and `make demo` end: Table 1 of the folder, each stage's wall time, the curves.
+
+  The table holds every finished stage of the folder (stages finished earlier
+  too); the wall times, the stages this command trained.
+  """
+  rows = table1(workdir)
+  parts = [table1_markdown(rows)] if rows else []
+  if clock.finished:
+    parts.append('\nStages (folder, wall time):\n' + clock.summary())
+  parts.append(f'Curves of every stage: tensorboard --logdir {workdir}')
+  return '\n'.join(parts)
+
+
 def noise_sweep(workdir: str, stage: str = 'step2') -> list[dict[str, Any]] | None:
   path = runs.stage_dir(workdir, stage).noise_sweep_file
   return runs.read_json(path) if path.exists() else None

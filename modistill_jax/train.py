@@ -8,6 +8,11 @@ On a Cloud TPU pod slice every host runs the same command with `--multihost`
 (`jax.distributed.initialize()` finds the other hosts). For a hand-made cluster,
 e.g. two processes on one machine, pass `--coordinator_address`,
 `--num_processes` and `--process_id`.
+
+It ends as `make demo` does: Table 1 of the run folder's finished stages and
+the wall time of each stage it trained. A config that disagrees with a
+stopped or finished stage, or a missing earlier stage, is one message that
+says what to type instead (exit status 1).
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from ml_collections import config_flags
 from modistill_jax import cli
 from modistill_jax import config_lib
 from modistill_jax import evaluate
+from modistill_jax import metrics
+from modistill_jax import report
+from modistill_jax import runs
+from modistill_jax import stages
 from modistill_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -75,14 +84,35 @@ def main(argv):
   cli.quiet_logging()
   initialize_distributed()
   cli.build_dataset(_CONFIG.value)
+  clock = metrics.RunClock(len(stages.expand(_CONFIG.value.stage)))
   results = trainer.train_and_evaluate(
-      _CONFIG.value, _WORKDIR.value, config_file=config_file(), overrides=config_overrides(sys.argv)
+      _CONFIG.value,
+      _WORKDIR.value,
+      config_file=config_file(),
+      overrides=config_overrides(sys.argv),
+      clock=clock,
   )
   for stage, result in results.items():
     if result.get('skipped') and _REEVALUATE.value:
-      result = evaluate.reevaluate(_WORKDIR.value, stage, _CONFIG.value)
-    print(f'{stage}: {result}')
+      split = _CONFIG.value.eval.split
+      accuracy = evaluate.reevaluate(_WORKDIR.value, stage, _CONFIG.value)[split]['accuracy']
+      if jax.process_index() == 0:
+        print(
+            f'[{stage}] evaluated again, {split} accuracy: '
+            + ', '.join(f'{k} {v:.4f}' for k, v in accuracy.items()),
+            flush=True,
+        )
+  if jax.process_index() == 0:
+    print(report.console_summary(_WORKDIR.value, clock), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(
+      cli.with_refusals(
+          main,
+          trainer.ConfigMismatchError,
+          evaluate.ConflictingConfigError,
+          runs.StageNotFinishedError,
+          runs.StageLockedError,
+      )
+  )
