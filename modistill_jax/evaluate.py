@@ -15,8 +15,9 @@ The command line may change only what the evaluation is about
 data_dir, truncation). A `--config` that disagrees with the run on anything
 else is refused, naming each key and both values, as one message and the
 command to use (no traceback). A run from ImageNet weights keeps their input
-normalisation when the `--config` names no ImageNet checkpoint (training-only). `--depth_noise_std` is the
-sigma of the multiplicative noise; the paper's Table 2 indexes sigma^2.
+normalisation when the `--config` names no ImageNet checkpoint (training-only).
+`--depth_noise_std` is the sigma of the multiplicative noise; the paper's
+Table 2 indexes sigma^2.
 
 As a library this module is every evaluation: `evaluate_split` (exact
 accuracy of a state on a whole split) is what the trainer validates and tests
