@@ -274,7 +274,7 @@ def pyplot():
   return plt
 
 
-def plot_training_curves(workdir: str, path: str | None = None):
+def plot_training_curves(workdir: str, path: str | None = None) -> None:
   """Training loss and validation accuracy of every stage in the folder."""
   plt = pyplot()
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -303,12 +303,12 @@ def plot_training_curves(workdir: str, path: str | None = None):
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
   fig.tight_layout()
-  return save_figure(fig, path)
+  save_figure(fig, path)
 
 
 def plot_noise_curve(
     rows: list[dict[str, Any]], hallucination: float | None, path: str | None = None
-):
+) -> None:
   """Table 2 as a curve: step 2 accuracy against depth-noise variance."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -329,10 +329,12 @@ def plot_noise_curve(
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  return save_figure(fig, path)
+  save_figure(fig, path)
 
 
-def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str | None = None):
+def plot_confusion(
+    matrix: np.ndarray, names: list[str], title: str, path: str | None = None
+) -> None:
   plt = pyplot()
   size = max(5, 0.45 * len(names) + 2)
   fig, ax = plt.subplots(figsize=(size, size))
@@ -354,15 +356,19 @@ def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str |
         )
   ax.set(xlabel='predicted', ylabel='true', title=title)
   fig.tight_layout()
-  return save_figure(fig, path)
+  save_figure(fig, path)
 
 
-def save_figure(fig, path: str | None):
+def save_figure(fig, path: str | None) -> None:
+  """Writes `fig` to `path` (a PNG) and closes it; without a path, leaves it to pyplot to show.
+
+  Nothing is returned: a notebook shows the open figures of a cell at its end,
+  and would show a returned figure, the cell's value, a second time.
+  """
   if path is not None:
     with epath.Path(path).open('wb') as f:
       fig.savefig(f, dpi=110, format='png')
     pyplot().close(fig)
-  return fig
 
 
 def write_report(workdir: str, *, title: str = 'Results') -> str:
