@@ -434,21 +434,44 @@ def paper_row(row: str, loss: str) -> str:
   return LOSS_ROWS.get(row, {}).get(loss, row)
 
 
+# The settings every comparison shows, in this order (`dataset` with its builder config).
+HEADLINE_SETTINGS = ('dataset', 'protocol', 'seed', 'privileged')
+
+
 def run_description(workdir: str) -> dict[str, Any]:
-  """Dataset, protocol, seed and privileged modality of a run folder's finished stages."""
+  """A run folder's finished stages and the settings of the first one.
+
+  `settings` is that stage's whole config, flattened (`model.width`, ...),
+  without what does not change results (`config_lib.RESUMABLE_KEYS`: the stage
+  name, cadences, worker counts, where the data is).
+  """
+  from modistill_jax import config_lib  # pylint: disable=g-import-not-at-top (models, losses)
+
   root = runs.as_path(workdir)
   finished = sorted(p.name for p in root.iterdir() if runs.stage_dir(root, p.name).finished())
   if not finished:
-    return {'stages': []}
+    return {'stages': [], 'settings': {}}
   config = stage_config(workdir, finished[0])
   dataset = config['dataset'] + (f"/{config['builder_config']}" if config['builder_config'] else '')
+  settings = {
+      k: v
+      for k, v in config_lib.flatten(config).items()
+      if not config_lib.matches(k, config_lib.RESUMABLE_KEYS + ('dataset', 'builder_config'))
+  }
   return {
       'stages': finished,
       'dataset': dataset,
       'protocol': config['protocol'],
       'seed': config['seed'],
       'privileged': config['privileged'],
+      'settings': settings,
   }
+
+
+def differing_settings(descriptions: list[dict[str, Any]]) -> list[str]:
+  """The settings, besides `HEADLINE_SETTINGS`, on which the runs do not all agree, sorted."""
+  keys = {k for d in descriptions for k in d['settings']} - set(HEADLINE_SETTINGS)
+  return sorted(k for k in keys if len({repr(d['settings'].get(k, '-')) for d in descriptions}) > 1)
 
 
 def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
@@ -504,30 +527,32 @@ def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
             'accuracy': values,
         }
     )
+  descriptions = [run_description(w) for w in workdirs]
   return {
       'workdirs': [str(w) for w in workdirs],
-      'runs': [run_description(w) for w in workdirs],
+      'runs': descriptions,
+      'differing': differing_settings(descriptions),
       'rows': rows,
   }
 
 
 def compare_markdown(comparison: dict[str, Any]) -> str:
-  """`compare`'s table: a column per folder, headed by its path, dataset, protocol, seed."""
+  """`compare`'s table: a column per folder, headed by its path and the settings of its run.
+
+  Dataset, protocol, seed and privileged modality head every column; below
+  them, every other setting on which the folders differ, one row each.
+  """
   names = comparison['workdirs']
   lines = [
       '| # | method | test modality | loss | ' + ' | '.join(names) + ' |',
       '|---' * (4 + len(names)) + '|',
   ]
-  for label, key in (
-      ('dataset', 'dataset'),
-      ('protocol', 'protocol'),
-      ('seed', 'seed'),
-      ('privileged', 'privileged'),
-  ):
+  described = comparison['runs']
+  for key in HEADLINE_SETTINGS:
+    lines.append(f'| | {key} | | | ' + ' | '.join(str(r.get(key, '-')) for r in described) + ' |')
+  for key in comparison['differing']:
     lines.append(
-        f'| | {label} | | | '
-        + ' | '.join(str(run.get(key, '-')) for run in comparison['runs'])
-        + ' |'
+        f'| | {key} | | | ' + ' | '.join(str(r['settings'].get(key, '-')) for r in described) + ' |'
     )
   for r in comparison['rows']:
     lines.append(
