@@ -543,7 +543,7 @@ def claims_markdown(summary: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def plot_rows(summary: dict[str, Any], path: str | None = None):
+def plot_rows(summary: dict[str, Any], path: str | None = None) -> None:
   """Accuracy per row: mean with its 95% interval, each seed, and the paper's number."""
   plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(11, 4.5))
@@ -585,10 +585,10 @@ def plot_rows(summary: dict[str, Any], path: str | None = None):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  return report.save_figure(fig, path)
+  report.save_figure(fig, path)
 
 
-def plot_noise(summary: dict[str, Any], path: str | None = None):
+def plot_noise(summary: dict[str, Any], path: str | None = None) -> None:
   """Table 2 as a curve with its 95% band, against step 4's accuracy with its band."""
   plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -615,7 +615,7 @@ def plot_noise(summary: dict[str, Any], path: str | None = None):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  return report.save_figure(fig, path)
+  report.save_figure(fig, path)
 
 
 def write_report(workdir: str, summary: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -27,6 +29,25 @@ def quiet_logging() -> None:
   """Orbax logs every save at INFO; show warnings unless `--verbosity` is given."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def with_refusals(main: Callable[[list[str]], object], *refusals: type[Exception]):
+  """`main` ending on any of `refusals` as one message on stderr and exit status 1.
+
+  A refusal (a config that disagrees with the run, a stage that is not trained
+  yet, a stage folder another job holds) is the user's to act on, and its message
+  says what to type instead; a traceback would only bury it. Every other error
+  keeps its traceback.
+  """
+
+  @functools.wraps(main)
+  def main_refusing(argv):
+    try:
+      return main(argv)
+    except refusals as e:
+      raise SystemExit(f'error: {e}') from None
+
+  return main_refusing
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> None:

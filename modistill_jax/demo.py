@@ -80,9 +80,7 @@ def run_demo(
 
   path = report.write_report(workdir, title='modistill_jax demo: synthetic RGB+D, tiny stream')
   banner('done')
-  print(report.table1_markdown(report.table1(workdir)))
-  print('\nStages (folder, wall time):\n' + clock.summary())
-  print(f'Curves of every stage: tensorboard --logdir {workdir}')
+  print(report.console_summary(workdir, clock))
   print(f'Report: {path}')
   print(f'Wall time: {metrics.format_duration(time.time() - t0)}')
   return path

@@ -13,8 +13,11 @@ settings than those that trained the weights gives numbers that mean nothing.
 The command line may change only what the evaluation is about
 (`config_lib.EVALUATION_KEYS`: split, batch size, depth noise or void depth,
 data_dir, truncation). A `--config` that disagrees with the run on anything
-else is refused, naming each key and both values. `--depth_noise_std` is the
-sigma of the multiplicative noise; the paper's Table 2 indexes sigma^2.
+else is refused, naming each key and both values, as one message and the
+command to use (no traceback). A run from ImageNet weights keeps their input
+normalisation when the `--config` names no ImageNet checkpoint (training-only).
+`--depth_noise_std` is the sigma of the multiplicative noise; the paper's
+Table 2 indexes sigma^2.
 
 As a library this module is every evaluation: `evaluate_split` (exact
 accuracy of a state on a whole split) is what the trainer validates and tests
@@ -142,6 +145,12 @@ def evaluation_config(
   if given is None:
     return config
   effective = initialization.effective_config(given, run.name)
+  if run.config.init.imagenet and not given.init.imagenet:
+    # The run normalised its inputs as its ImageNet checkpoint says, whatever a config file
+    # says (`initialization.effective_config`); `init` is training-only, so a command line
+    # without it cannot restate that normalisation, and it is not a disagreement.
+    for key in initialization.IMAGENET_NORMALISATION_KEYS:
+      effective.input[key] = run.config.input[key]
   diff = config_lib.differences(
       run.config, effective, ignore=config_lib.EVALUATION_KEYS + config_lib.TRAINING_ONLY_KEYS
   )
@@ -312,4 +321,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(cli.with_refusals(main, ConflictingConfigError, runs.StageNotFinishedError))

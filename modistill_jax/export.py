@@ -51,12 +51,11 @@ from absl import app
 from absl import flags
 from etils import epath
 import jax
-from jax.experimental import jax2tf
 import jax.numpy as jnp
-import tensorflow as tf
 
 from modistill_jax import cli
 from modistill_jax import predict
+from modistill_jax import quiet_tensorflow
 
 FORMATS = ('saved_model', 'stablehlo', 'both')
 SAVED_MODEL_DIR = 'saved_model'
@@ -112,6 +111,9 @@ def metadata(predictor: predict.Predictor, platforms: Sequence[str]) -> dict[str
 
 def export_saved_model(predictor: predict.Predictor, path: str, platforms: Sequence[str]) -> None:
   """Writes a SavedModel whose `serving_default` maps uint8 frames to probabilities."""
+  tf = quiet_tensorflow.import_tensorflow()
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top (imports TensorFlow)
+
   tf_fn = jax2tf.convert(
       predictor.probabilities,
       polymorphic_shapes=[None, f'({BATCH_DIM}, ...)'],
@@ -178,6 +180,7 @@ def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
+  quiet_tensorflow.quiet_native_logging()
   f = flags.FLAGS
   try:
     meta = export(f.workdir, f.stage, f.out, fmt=f.format, platforms=f.platforms)

@@ -31,6 +31,8 @@ from modistill_jax.models import resnet
 from modistill_jax.models import StageNetwork
 
 PyTree = Any
+# The `config.input` keys an ImageNet checkpoint's metadata sets (`effective_config`).
+IMAGENET_NORMALISATION_KEYS = ('rgb_mean', 'rgb_std', 'depth_mean', 'depth_std')
 
 
 def check_imagenet_layout(config: ml_collections.ConfigDict, metadata: Mapping[str, Any]) -> None:
@@ -61,9 +63,8 @@ def effective_config(
   if config.init.imagenet:
     metadata = json.loads((epath.Path(config.init.imagenet) / pretrained.METADATA_FILE).read_text())
     check_imagenet_layout(config, metadata)
-    for m in ('rgb', 'depth'):
-      effective.input[f'{m}_mean'] = tuple(metadata['mean'])
-      effective.input[f'{m}_std'] = tuple(metadata['std'])
+    for key in IMAGENET_NORMALISATION_KEYS:
+      effective.input[key] = tuple(metadata[key.split('_')[1]])
   return effective
 
 

@@ -28,13 +28,15 @@ A conversion writes an Orbax checkpoint of `{'params', 'batch_stats'}` and a
 
     python -m modistill_jax.pretrained --format=slim --src=resnet_v1_50.ckpt --out=DIR
 
+(`--ignore=REGEX`, repeatable, drops source entries by name; `--help` lists
+the flags.)
+
 The metadata records the input normalisation the source expects, in 0..255
 units and RGB order, as `mean` and `std`: frames are fed as `(x - mean) / std`.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
 import functools
@@ -43,11 +45,15 @@ import os
 import re
 from typing import Any
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modistill_jax import cli
 from modistill_jax import param_merge
+from modistill_jax import quiet_tensorflow
 from modistill_jax.models import resnet
 
 FORMATS: tuple[str, ...] = ('slim', 'keras', 'torchvision')
@@ -211,9 +217,7 @@ _LAYOUTS: dict[str, Callable[[], _Layout]] = {
 
 def read_slim(path: str) -> dict[str, np.ndarray]:
   """A TF checkpoint (V1 file or V2 prefix) as {variable name: array}."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  reader = tf.train.load_checkpoint(path)
+  reader = quiet_tensorflow.import_tensorflow().train.load_checkpoint(path)
   return {name: np.asarray(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()}
 
 
@@ -238,6 +242,8 @@ def _read_keras3_weights(path: str, f: Any) -> dict[str, np.ndarray]:
         'convert a file saved with include_top=True.'
     )
   num_classes = f['layers/dense/vars/1'].shape[0]
+  if os.environ.get('KERAS_BACKEND', 'tensorflow') == 'tensorflow':
+    quiet_tensorflow.import_tensorflow()  # Keras' default backend, without its start-up noise
   import keras  # pylint: disable=g-import-not-at-top
 
   model = keras.applications.ResNet50(weights=None, classes=num_classes, classifier_activation=None)
@@ -488,25 +494,26 @@ def imagenet_classifier(directory: str) -> Callable[[Any], jax.Array]:
   return classify
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog='python -m modistill_jax.pretrained',
-      description='Convert an ImageNet ResNet-50 checkpoint into stream variables.',
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (absl flags are process-global)."""
+  flags.DEFINE_enum('format', None, FORMATS, "The checkpoint's kind.", required=True)
+  flags.DEFINE_string('src', None, 'Checkpoint file (slim: the .ckpt path).', required=True)
+  flags.DEFINE_string('out', None, 'Output directory.', required=True)
+  flags.DEFINE_multi_string(
+      'ignore', [], 'REGEX: drop source entries whose name matches (repeatable).'
   )
-  parser.add_argument('--format', required=True, choices=FORMATS)
-  parser.add_argument('--src', required=True, help='checkpoint file (slim: the .ckpt path)')
-  parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument(
-      '--ignore',
-      action='append',
-      default=[],
-      metavar='REGEX',
-      help='drop source entries whose name matches (repeatable)',
-  )
-  args = parser.parse_args(argv)
-  metadata = convert(args.format, args.src, args.out, ignore=args.ignore)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.quiet_logging()
+  quiet_tensorflow.quiet_native_logging()
+  f = flags.FLAGS
+  metadata = convert(f.format, f.src, f.out, ignore=f.ignore)
   print(json.dumps(metadata, indent=2))
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main)

@@ -193,6 +193,20 @@ def table1_markdown(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def console_summary(workdir: str, clock: metrics_lib.RunClock) -> str:
+  """How `train` and `make demo` end: Table 1 of the folder, each stage's wall time, the curves.
+
+  The table holds every finished stage of the folder (stages finished earlier
+  too); the wall times, the stages this command trained.
+  """
+  rows = table1(workdir)
+  parts = [table1_markdown(rows)] if rows else []
+  if clock.finished:
+    parts.append('\nStages (folder, wall time):\n' + clock.summary())
+  parts.append(f'Curves of every stage: tensorboard --logdir {workdir}')
+  return '\n'.join(parts)
+
+
 def noise_sweep(workdir: str, stage: str = 'step2') -> list[dict[str, Any]] | None:
   path = runs.stage_dir(workdir, stage).noise_sweep_file
   return runs.read_json(path) if path.exists() else None
@@ -260,7 +274,7 @@ def pyplot():
   return plt
 
 
-def plot_training_curves(workdir: str, path: str | None = None):
+def plot_training_curves(workdir: str, path: str | None = None) -> None:
   """Training loss and validation accuracy of every stage in the folder."""
   plt = pyplot()
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -289,12 +303,12 @@ def plot_training_curves(workdir: str, path: str | None = None):
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
   fig.tight_layout()
-  return save_figure(fig, path)
+  save_figure(fig, path)
 
 
 def plot_noise_curve(
     rows: list[dict[str, Any]], hallucination: float | None, path: str | None = None
-):
+) -> None:
   """Table 2 as a curve: step 2 accuracy against depth-noise variance."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -315,10 +329,12 @@ def plot_noise_curve(
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  return save_figure(fig, path)
+  save_figure(fig, path)
 
 
-def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str | None = None):
+def plot_confusion(
+    matrix: np.ndarray, names: list[str], title: str, path: str | None = None
+) -> None:
   plt = pyplot()
   size = max(5, 0.45 * len(names) + 2)
   fig, ax = plt.subplots(figsize=(size, size))
@@ -340,15 +356,19 @@ def plot_confusion(matrix: np.ndarray, names: list[str], title: str, path: str |
         )
   ax.set(xlabel='predicted', ylabel='true', title=title)
   fig.tight_layout()
-  return save_figure(fig, path)
+  save_figure(fig, path)
 
 
-def save_figure(fig, path: str | None):
+def save_figure(fig, path: str | None) -> None:
+  """Writes `fig` to `path` (a PNG) and closes it; without a path, leaves it to pyplot to show.
+
+  Nothing is returned: a notebook shows the open figures of a cell at its end,
+  and would show a returned figure, the cell's value, a second time.
+  """
   if path is not None:
     with epath.Path(path).open('wb') as f:
       fig.savefig(f, dpi=110, format='png')
     pyplot().close(fig)
-  return fig
 
 
 def write_report(workdir: str, *, title: str = 'Results') -> str:
@@ -414,21 +434,44 @@ def paper_row(row: str, loss: str) -> str:
   return LOSS_ROWS.get(row, {}).get(loss, row)
 
 
+# The settings every comparison shows, in this order (`dataset` with its builder config).
+HEADLINE_SETTINGS = ('dataset', 'protocol', 'seed', 'privileged')
+
+
 def run_description(workdir: str) -> dict[str, Any]:
-  """Dataset, protocol, seed and privileged modality of a run folder's finished stages."""
+  """A run folder's finished stages and the settings of the first one.
+
+  `settings` is that stage's whole config, flattened (`model.width`, ...),
+  without what does not change results (`config_lib.RESUMABLE_KEYS`: the stage
+  name, cadences, worker counts, where the data is).
+  """
+  from modistill_jax import config_lib  # pylint: disable=g-import-not-at-top (models, losses)
+
   root = runs.as_path(workdir)
   finished = sorted(p.name for p in root.iterdir() if runs.stage_dir(root, p.name).finished())
   if not finished:
-    return {'stages': []}
+    return {'stages': [], 'settings': {}}
   config = stage_config(workdir, finished[0])
   dataset = config['dataset'] + (f"/{config['builder_config']}" if config['builder_config'] else '')
+  settings = {
+      k: v
+      for k, v in config_lib.flatten(config).items()
+      if not config_lib.matches(k, config_lib.RESUMABLE_KEYS + ('dataset', 'builder_config'))
+  }
   return {
       'stages': finished,
       'dataset': dataset,
       'protocol': config['protocol'],
       'seed': config['seed'],
       'privileged': config['privileged'],
+      'settings': settings,
   }
+
+
+def differing_settings(descriptions: list[dict[str, Any]]) -> list[str]:
+  """The settings, besides `HEADLINE_SETTINGS`, on which the runs do not all agree, sorted."""
+  keys = {k for d in descriptions for k in d['settings']} - set(HEADLINE_SETTINGS)
+  return sorted(k for k in keys if len({repr(d['settings'].get(k, '-')) for d in descriptions}) > 1)
 
 
 def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
@@ -484,30 +527,32 @@ def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
             'accuracy': values,
         }
     )
+  descriptions = [run_description(w) for w in workdirs]
   return {
       'workdirs': [str(w) for w in workdirs],
-      'runs': [run_description(w) for w in workdirs],
+      'runs': descriptions,
+      'differing': differing_settings(descriptions),
       'rows': rows,
   }
 
 
 def compare_markdown(comparison: dict[str, Any]) -> str:
-  """`compare`'s table: a column per folder, headed by its path, dataset, protocol, seed."""
+  """`compare`'s table: a column per folder, headed by its path and the settings of its run.
+
+  Dataset, protocol, seed and privileged modality head every column; below
+  them, every other setting on which the folders differ, one row each.
+  """
   names = comparison['workdirs']
   lines = [
       '| # | method | test modality | loss | ' + ' | '.join(names) + ' |',
       '|---' * (4 + len(names)) + '|',
   ]
-  for label, key in (
-      ('dataset', 'dataset'),
-      ('protocol', 'protocol'),
-      ('seed', 'seed'),
-      ('privileged', 'privileged'),
-  ):
+  described = comparison['runs']
+  for key in HEADLINE_SETTINGS:
+    lines.append(f'| | {key} | | | ' + ' | '.join(str(r.get(key, '-')) for r in described) + ' |')
+  for key in comparison['differing']:
     lines.append(
-        f'| | {label} | | | '
-        + ' | '.join(str(run.get(key, '-')) for run in comparison['runs'])
-        + ' |'
+        f'| | {key} | | | ' + ' | '.join(str(r['settings'].get(key, '-')) for r in described) + ' |'
     )
   for r in comparison['rows']:
     lines.append(

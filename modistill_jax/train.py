@@ -12,6 +12,11 @@ e.g. two processes on one machine, pass `--coordinator_address`,
 Exit status: 0 when every stage asked for is finished, 75
 (`trainer.PREEMPTED_EXIT_CODE`) when SIGTERM stopped one with its progress saved
 (rerun the same command to resume), 1 on an error (docs/faults.md).
+
+It ends as `make demo` does: Table 1 of the run folder's finished stages and
+the wall time of each stage it trained. A config that disagrees with a
+stopped or finished stage, a missing earlier stage, or a stage folder another
+job holds is one message that says what to type instead (exit status 1).
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from modistill_jax import checkpointing
 from modistill_jax import cli
 from modistill_jax import config_lib
 from modistill_jax import evaluate
+from modistill_jax import metrics
+from modistill_jax import report
 from modistill_jax import runs
+from modistill_jax import stages
 from modistill_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -106,18 +114,16 @@ def main(argv):
   cli.quiet_logging()
   initialize_distributed()
   cli.build_dataset(_CONFIG.value)
+  clock = metrics.RunClock(len(stages.expand(_CONFIG.value.stage)))
   try:
     results = trainer.train_and_evaluate(
         _CONFIG.value,
         _WORKDIR.value,
         config_file=config_file(),
         overrides=config_overrides(sys.argv),
+        clock=clock,
         preemption_grace_seconds=_PREEMPTION_GRACE.value,
     )
-  except runs.LockHeldError as e:
-    # Another job, not this program: the message says who holds the folder.
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
   except checkpointing.CheckpointError as e:
     # The storage, not this program: the message says it all (path, operation, reason).
     # Exiting the normal way would wait for Orbax's background writes to the same storage,
@@ -125,13 +131,29 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)  # pylint: disable=protected-access
+  if any('preempted_at_step' in result for result in results.values()):
+    sys.exit(trainer.PREEMPTED_EXIT_CODE)
   for stage, result in results.items():
     if result.get('skipped') and _REEVALUATE.value:
-      result = evaluate.reevaluate(_WORKDIR.value, stage, _CONFIG.value)
-    print(f'{stage}: {result}')
-    if 'preempted_at_step' in result:
-      sys.exit(trainer.PREEMPTED_EXIT_CODE)
+      split = _CONFIG.value.eval.split
+      accuracy = evaluate.reevaluate(_WORKDIR.value, stage, _CONFIG.value)[split]['accuracy']
+      if jax.process_index() == 0:
+        print(
+            f'[{stage}] evaluated again, {split} accuracy: '
+            + ', '.join(f'{k} {v:.4f}' for k, v in accuracy.items()),
+            flush=True,
+        )
+  if jax.process_index() == 0:
+    print(report.console_summary(_WORKDIR.value, clock), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(
+      cli.with_refusals(
+          main,
+          trainer.ConfigMismatchError,
+          evaluate.ConflictingConfigError,
+          runs.StageNotFinishedError,
+          runs.LockHeldError,
+      )
+  )

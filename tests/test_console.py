@@ -8,6 +8,7 @@ dataset through the train CLI, as a user would, and reads its console.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,7 +20,11 @@ import pytest
 from configs import demo as demo_config
 from conftest import REPO_ROOT, cli_env, override_flags
 from modistill_jax import cli
+from modistill_jax import evaluate
+from modistill_jax import initialization
 from modistill_jax import metrics
+from modistill_jax import pretrained
+from modistill_jax import runs
 
 START = 1000.0  # a stage's start, as `time.time()` would give it
 
@@ -154,3 +159,110 @@ def test_training_console_has_real_numbers_time_left_and_no_warnings(
   ), output
   assert f'results: {os.path.join(stage_dir, "results.json")}' in output
   assert f'tensorboard --logdir {stage_dir}' in output
+  # The command ends as `make demo` does: Table 1 of the folder and the stages' wall times.
+  with open(os.path.join(stage_dir, 'results.json')) as f:
+    test = json.load(f)['test']  # one evaluation batch of the tiny config: partial
+  assert (
+      f"| 2 | step 1, RGB stream | RGB | x-entr | {100 * test['accuracy']['rgb']:.2f}%"
+      f"{'' if test['complete'] else ' (partial)'} |\n" in done.stdout
+  ), done.stdout
+  assert re.search(
+      rf'^Stages \(folder, wall time\):\n  step1_rgb {re.escape(stage_dir)}  +\d+:\d\d\n'
+      r'  total +\d+:\d\d$',
+      done.stdout,
+      re.MULTILINE,
+  ), done.stdout
+  assert done.stdout.rstrip().endswith(f'Curves of every stage: tensorboard --logdir {workdir}')
+  assert "{'" not in done.stdout  # no raw dict
+
+
+def run_command(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, '-m', module, *args],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=420,
+      check=False,
+  )
+
+
+def test_a_missing_prerequisite_is_one_message_with_the_command_no_traceback(
+    tmp_path, synthetic_data_dir, compilation_cache_dir
+):
+  env = cli_env(compilation_cache_dir)
+  workdir = tmp_path / 'run'
+  done = run_command('modistill_jax.evaluate', f'--workdir={workdir}', '--stage=step2', env=env)
+  assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+  assert done.stderr == (
+      f'error: Stage step2 has not finished in {workdir}/step2. Produce it with:\n'
+      f'  python -m modistill_jax.train --config=<config.py>:step2 --workdir={workdir}\n'
+  )
+  done = run_command(
+      'modistill_jax.train',
+      '--config=configs/demo.py:step2,tiny',
+      f'--workdir={workdir}',
+      f'--config.data_dir={synthetic_data_dir}',
+      env=env,
+  )
+  assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+  assert done.stderr.endswith(
+      f'error: Stage step1 has not finished in {workdir}/step1 or {workdir}/step1_depth. '
+      'Produce it with:\n  python -m modistill_jax.train --config=configs/demo.py:step1,tiny '
+      f'--workdir={workdir} --config.data_dir={synthetic_data_dir}\n'
+  ), done.stderr
+
+
+def imagenet_run(workdir) -> runs.FinishedStage:
+  """A step-4 folder as `configs/demo.py:step4,tiny` with torchvision ImageNet weights leaves it.
+
+  Only what an evaluation reads before any data or weights: its config (the
+  checkpoint's normalisation in it, as `initialization.effective_config` sets it)
+  and results.
+  """
+  config = demo_config.get_config('step4,tiny')
+  config.init.imagenet = '/somewhere/imagenet/torchvision'
+  for key in initialization.IMAGENET_NORMALISATION_KEYS:
+    config.input[key] = tuple(pretrained.NORMALISATION['torchvision'][key.split('_')[1]])
+  directory = runs.stage_dir(workdir, 'step4')
+  directory.path.mkdir(parents=True)
+  runs.write_json(directory.config_file, config.to_dict())
+  runs.write_json(directory.dataset_file, {'class_names': ['a', 'b']})
+  runs.write_json(directory.results_file, {})
+  return runs.load_stage(workdir, 'step4')
+
+
+def test_evaluate_takes_the_normalisation_of_the_runs_imagenet_weights(tmp_path):
+  """The train command's config without `--config.init.imagenet` is no disagreement."""
+  run = imagenet_run(tmp_path)
+  given = demo_config.get_config('step4,tiny')
+  given.eval.split = 'validation'
+  config = evaluate.evaluation_config(run, given)
+  assert config.input.rgb_mean == run.config.input.rgb_mean != given.input.rgb_mean
+  assert config.eval.split == 'validation'
+  given.model.width = 8  # the network is still checked
+  refusal = r'config:\n  model.width: run has 4, given 8\nEvaluate'
+  with pytest.raises(evaluate.ConflictingConfigError, match=refusal):
+    evaluate.evaluation_config(run, given)
+
+
+def test_a_config_refused_by_evaluate_is_one_message_with_the_command(
+    tmp_path, compilation_cache_dir
+):
+  run = imagenet_run(tmp_path)
+  done = run_command(
+      'modistill_jax.evaluate',
+      '--config=configs/demo.py:step4,tiny',
+      f'--workdir={tmp_path}',
+      '--config.model.width=8',
+      env=cli_env(compilation_cache_dir),
+  )
+  assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+  assert done.stderr == (
+      f'error: {run.dir.path} was trained with other settings than the given config:\n'
+      '  model.width: run has 4, given 8\n'
+      'Evaluate the run as trained: drop --config '
+      f'(python -m modistill_jax.evaluate --workdir={tmp_path} --stage=step4), '
+      'or make these values agree.\n'
+  )

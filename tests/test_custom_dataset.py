@@ -4,8 +4,8 @@ A generated folder holds three classes (classes.txt in a non-sorted order), RGB
 as .mp4 and .avi videos and as frame folders with gaps and mixed zero-padding,
 16- and 8-bit depth, an RGB -> depth affine file, one sample with more RGB
 than depth frames, four broken samples among the good ones, and no validation
-rows. It is built through `python -m data_builders.custom_rgbd build`'s own
-entry point, its clips are compared with the frames that made the files, and
+rows. It is built by `python -m data_builders.custom_rgbd build` as a user
+types it (a subprocess), its clips are compared with the frames that made the files, and
 `configs/custom.py:all` trains on it with the tiny stream. Every table mistake
 stops the build naming file and line, and a failed build leaves no dataset.
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 from etils import epath
 import jax
@@ -23,6 +25,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import custom
+from conftest import REPO_ROOT
 from conftest import tiny_config
 from data_builders import builder_test_utils
 from data_builders import raw_clips
@@ -188,18 +191,20 @@ def broken_samples() -> dict:
 
 
 def build(name: str, root: epath.Path, data_dir: epath.Path) -> None:
-  """The documented command, through its own flag parser and entry point."""
-  build_cli.main(
-      build_cli.parse_flags(
-          [
-              'python -m data_builders.custom_rgbd',
-              'build',
-              name,
-              f'--manual_dir={root}',
-              f'--data_dir={data_dir}',
-              '--config=res112',
-          ]
-      )
+  """The command's build of the `res112` config, in-process (the command itself: `built`)."""
+  build_cli.build(name, root, os.fspath(data_dir), ['res112'], overwrite=False)
+
+
+def build_command(*args: str) -> subprocess.CompletedProcess:
+  """`python -m data_builders.custom_rgbd ARGS` as a user types it."""
+  return subprocess.run(
+      [sys.executable, '-m', 'data_builders.custom_rgbd', *args],
+      cwd=REPO_ROOT,
+      env={**os.environ, 'PYTHONPATH': REPO_ROOT},
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
   )
 
 
@@ -217,7 +222,12 @@ def built(tmp_path_factory) -> epath.Path:
   write_folder(root, {**GOOD, **broken_samples()}, ROWS, affine=AFFINE)
   (root / 'rgb' / 'bad_video.mp4').write_bytes(b'not a video at all' * 10)
   data_dir = epath.Path(tmp_path_factory.mktemp('custom_data'))
-  build('my_gestures', root, data_dir)
+  # The documented command, exactly as README.md shows it.
+  done = build_command(
+      'build', 'my_gestures', f'--manual_dir={root}', f'--data_dir={data_dir}', '--config=res112'
+  )
+  assert done.returncode == 0, done.stderr
+  assert f'Built my_gestures in {data_dir}/my_gestures/res112/2.0.0' in done.stdout
   return data_dir
 
 
@@ -372,10 +382,33 @@ def test_table_mistake_stops_the_build_naming_file_and_line(tmp_path, rows, clas
   if classes:
     (root / 'classes.txt').write_text('\n'.join(classes))
   data_dir = epath.Path(tmp_path) / 'data'
-  with pytest.raises(SystemExit) as failure:
+  with pytest.raises(ValueError) as failure:
     build('table_mistake', root, data_dir)
   assert message in str(failure.value)
   assert not (data_dir / 'table_mistake').exists()
+
+
+def test_command_refuses_a_table_mistake_in_one_line_and_answers_help(tmp_path):
+  root = epath.Path(tmp_path) / 'raw'
+  root.mkdir()
+  (root / 'labels.csv').write_text('sample,label,split\na,wave,val\n')
+  done = build_command('build', 'table_mistake', f'--manual_dir={root}', f'--data_dir={tmp_path}')
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1] == (
+      f"error: {root}/labels.csv:2: split must be one of ('train', 'validation', 'test'), "
+      "got 'val'."
+  )
+  assert 'Traceback' not in done.stderr
+  usage = build_command('--help')
+  assert 'Traceback' not in usage.stderr  # absl's --help exits with status 1
+  assert 'build my_gestures --manual_dir=ROOT' in usage.stdout and '--manual_dir' in usage.stdout
+
+
+def test_unknown_builder_config_is_refused(tmp_path):
+  root = epath.Path(tmp_path)
+  (root / 'labels.csv').write_text('sample,label,split\na,wave,train\n')
+  with pytest.raises(ValueError, match=r'--config=res100: not a config of any_name; use one of'):
+    build_cli.build('any_name', root, os.fspath(root / 'data'), ['res100'], overwrite=False)
 
 
 def test_bad_affine_file_stops_the_build(tmp_path):
@@ -383,7 +416,7 @@ def test_bad_affine_file_stops_the_build(tmp_path):
   root.mkdir()
   (root / 'labels.csv').write_text('sample,label,split\na,wave,train\n')
   (root / 'rgb_to_depth.json').write_text('[[0.5, 0, -4], [0, 0.5]]')
-  with pytest.raises(SystemExit, match='rgb_to_depth.json must hold a 2x3 list'):
+  with pytest.raises(ValueError, match='rgb_to_depth.json must hold a 2x3 list'):
     build('bad_affine', root, epath.Path(tmp_path) / 'data')
 
 
@@ -409,9 +442,9 @@ def test_failed_build_leaves_no_dataset(tmp_path):
 def test_name_must_be_new_and_a_folder_name(tmp_path):
   root = epath.Path(tmp_path)
   (root / 'labels.csv').write_text('sample,label,split\na,wave,train\n')
-  with pytest.raises(SystemExit, match="'mnist' is already a TFDS dataset"):
+  with pytest.raises(ValueError, match="'mnist' is already a TFDS dataset"):
     build('mnist', root, root / 'data')
-  with pytest.raises(SystemExit, match='lower-case letters'):
+  with pytest.raises(ValueError, match='lower-case letters'):
     build('My-Data', root, root / 'data')
 
 

@@ -61,7 +61,9 @@ def test_results_notebook_runs_on_a_run_folder(demo_run):
   outputs = [o for cell in notebook.cells if cell.cell_type == 'code' for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == 'error']
   figures = [o for o in outputs if 'image/png' in o.get('data', {})]
-  assert len(figures) >= 4  # curves, noise curve, confusion matrix, test clips
+  # Curves, noise curve, confusion matrix, test clips: each once (a figure that a
+  # cell also returned as its value would show twice).
+  assert len(figures) == 4
 
 
 def test_notebook_and_its_text_twin_agree():

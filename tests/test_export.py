@@ -2,11 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import REPO_ROOT
 from modistill_jax import export
 from modistill_jax import predict
 from modistill_jax.config_lib import TINY
@@ -87,3 +90,32 @@ def test_stages_reading_depth_are_refused(workdir, tmp_path):
   with pytest.raises(predict.StageError, match='reads depth'):
     export.export(workdir, 'step2', str(tmp_path), fmt='stablehlo')
   assert not os.listdir(tmp_path)
+
+
+def test_command_exports_without_tensorflow_start_up_noise(workdir, tmp_path):
+  """Run as a user would (no TF_CPP_MIN_LOG_LEVEL): stderr holds nothing.
+
+  TensorFlow loaded plainly writes six lines there on a machine without CUDA,
+  'E0000 ... failed call to cuInit' among them.
+  """
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  out = tmp_path / 'export'
+  result = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'modistill_jax.export',
+          f'--workdir={workdir}',
+          f'--out={out}',
+          '--format=saved_model',
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+      env={**env, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO_ROOT},
+      cwd=REPO_ROOT,
+      timeout=600,
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ''
+  assert result.stdout.startswith(f'step4 (step 2) for cpu: {out / "saved_model"}, ')

@@ -109,7 +109,7 @@ def test_sigterm_and_resume_match_uninterrupted_run(
   proc.send_signal(signal.SIGTERM)
   output = finish(proc, 'the run sent SIGTERM', status=trainer.PREEMPTED_EXIT_CODE)
 
-  match = re.search(r"'preempted_at_step': (\d+)", output)
+  match = re.search(r'SIGTERM: saved step (\d+); rerun the same command to resume', output)
   if match is None:
     pytest.fail(
         f'the run finished all {NUM_STEPS} steps before SIGTERM reached it (nothing '

@@ -441,3 +441,27 @@ def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
   path.write_bytes(b'')
   with pytest.raises(ImportError, match='needs PyTorch.*safetensors'):
     pretrained.read_torchvision(str(path))
+
+
+def test_cli_converts_slim_without_tensorflow_start_up_noise(slim_case, tmp_path):
+  """Run as a user would (no TF_CPP_MIN_LOG_LEVEL): stderr holds nothing, `--help` its flags."""
+  path, _, _ = slim_case
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  command = [sys.executable, '-m', 'modistill_jax.pretrained']
+  result = subprocess.run(
+      [*command, '--format=slim', f'--src={path}', f'--out={tmp_path / "slim"}'],
+      capture_output=True,
+      text=True,
+      check=False,
+      env={**env, 'JAX_PLATFORMS': 'cpu'},
+      timeout=300,
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ''  # TensorFlow alone writes 6 lines, cuInit's error among them
+  assert json.loads(result.stdout)['source_format'] == 'slim'
+  usage = subprocess.run(
+      [*command, '--help'], capture_output=True, text=True, check=False, env=env, timeout=120
+  )
+  assert 'Traceback' not in usage.stderr
+  for flag in ('--format: <slim|keras|torchvision>', '--src', '--out', '--ignore'):
+    assert flag in usage.stdout, usage.stdout

@@ -33,7 +33,7 @@ def test_loss_dependent_rows_pick_the_paper_row_of_that_loss():
   assert report.paper_number(ROWS['14'], 'eq3', 'ntu_rgbd', 'cross_subject') is None
 
 
-def _finished_stage(workdir, stage, accuracy, *, loss='xent_each', seed=0):
+def _finished_stage(workdir, stage, accuracy, *, loss='xent_each', seed=0, **settings):
   """A stage folder as the trainer leaves it, as far as the report reads it."""
   directory = runs.stage_dir(workdir, stage)
   runs.write_json(
@@ -44,6 +44,8 @@ def _finished_stage(workdir, stage, accuracy, *, loss='xent_each', seed=0):
           'protocol': 'cross_subject',
           'seed': seed,
           'privileged': 'depth',
+          'stage': stage,
+          **settings,
       },
   )
   runs.write_json(
@@ -85,6 +87,38 @@ def test_compare_puts_run_folders_side_by_side(tmp_path):
   assert f'| # | method | test modality | loss | {first} | {second} |' in text
   assert '| 3 | Hoffman et al. w/o connections | RGB | eq1 | 65.00% | - |' in text
   assert '| | dataset | | | ntu_rgbd/res112 | ntu_rgbd/res112 |' in text
+
+
+def test_compare_shows_every_setting_the_runs_differ_on(tmp_path):
+  """Frame size and steps differ (rows, in key order); the data folder and cadence do not count."""
+  first, second = str(tmp_path / 'small'), str(tmp_path / 'large')
+  common = {'model': {'width': 64}, 'optimizer': {'learning_rate': 0.01}}
+  _finished_stage(
+      first,
+      'step1',
+      {'fused': 0.5},
+      input={'image_size': 112, 'num_frames': 5},
+      num_train_steps=100,
+      data_dir='/a',
+      log_every_steps=10,
+      **common,
+  )
+  _finished_stage(
+      second,
+      'step1',
+      {'fused': 0.6},
+      input={'image_size': 224, 'num_frames': 5},
+      num_train_steps=2000,
+      data_dir='/b',
+      log_every_steps=50,
+      **common,
+  )
+  comparison = report.compare([first, second])
+  assert comparison['differing'] == ['input.image_size', 'num_train_steps']
+  text = report.compare_markdown(comparison)
+  assert '| | privileged | | | depth | depth |\n| | input.image_size | | | 112 | 224 |\n' in text
+  assert '| | num_train_steps | | | 100 | 2000 |' in text.splitlines()
+  assert 'data_dir' not in text and 'log_every_steps' not in text and 'width' not in text
 
 
 def test_compare_names_a_missing_folder(tmp_path):

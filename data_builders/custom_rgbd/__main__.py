@@ -1,78 +1,91 @@
-"""`python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT ...`: a folder -> dataset NAME.
+r"""`python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT`: a folder -> dataset NAME.
 
     python -m data_builders.custom_rgbd build my_gestures --manual_dir=ROOT --data_dir=DATA \
         --config=res112
 
 builds `DATA/my_gestures/res112/2.0.0/` from the folder ROOT (layout:
-data_builders/custom_rgbd/README.md). It takes exactly the flags of `tfds build`
-(`tfds build`), with the dataset given by the name you
-choose instead of a builder's path: TFDS cannot name a builder after the data
-it is given, so this command makes the builder for ROOT under that name
-(`builder.make_builder_class`) and then runs TFDS's build on it. Without
-`--config` TFDS builds every config (`res224` and `res112`).
+data_builders/custom_rgbd/README.md). TFDS cannot name a builder after the data
+it is given, so this command makes the builder for ROOT under the name you
+choose (`builder.make_builder_class`) and prepares it, config by config: without
+`--config` it builds both (`res224`, the reference's frame size, and `res112`).
+`--overwrite` rebuilds a config that is already built; otherwise a built one is
+left as it is. An absl command like every other of the project (`--help` lists
+its flags); its flags are named as `tfds build`'s.
 """
 
-import dataclasses
+from __future__ import annotations
+
+import contextlib
+import io
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging
+from etils import epath
 import tensorflow_datasets as tfds
-from tensorflow_datasets.scripts.cli import build
-from tensorflow_datasets.scripts.cli import cli_utils
 
 from data_builders.custom_rgbd import builder
 
+USAGE = 'python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT [--data_dir=DATA]'
 
-def parse_flags(argv: list[str]) -> build.Args:
-  """`tfds build`'s flags, and only those.
+_MANUAL_DIR = flags.DEFINE_string(
+    'manual_dir', None, 'Your folder: labels.csv, rgb/, depth/ (README.md here).'
+)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'Where the dataset is written (default: TFDS default, ~/tensorflow_datasets).'
+)
+_CONFIG = flags.DEFINE_list(
+    'config', [], 'Builder configs to build, e.g. res112 (default: every one: res224 and res112).'
+)
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete and rebuild a config already built.')
 
-  TFDS's own parser also accepts every absl flag defined in the process; this
-  one does not, so the command means the same whatever else was imported (an
-  absl `--data_dir` defined elsewhere would clash with TFDS's).
+
+def build(name: str, root: epath.PathLike, data_dir: str | None, configs, overwrite: bool):
+  """Builds dataset `name` from the folder `root`, each of `configs` (all when empty).
+
+  Returns the folders built. Raises ValueError (layout.LayoutError included) on
+  a mistake in the folder's tables or the name, before anything is written.
   """
-  if len(argv) < 2 or argv[1] != 'build':
-    sys.exit(
-        f'usage: python -m data_builders.custom_rgbd build NAME --manual_dir=ROOT '
-        f'[tfds build flags]\n\n{__doc__}'
+  builder_class = builder.make_builder_class(name, root)
+  known = [c.name for c in builder_class.BUILDER_CONFIGS]
+  unknown = [c for c in configs if c not in known]
+  if unknown:
+    raise ValueError(f'--config={",".join(unknown)}: not a config of {name}; use one of {known}.')
+  download_config = tfds.download.DownloadConfig(manual_dir=str(root))
+  folders = []
+  for config in configs or known:
+    dataset = builder_class(config=config, data_dir=data_dir)
+    if overwrite and dataset.is_prepared():
+      dataset.data_path.rmtree()
+      dataset = builder_class(config=config, data_dir=data_dir)
+    # TFDS announces a build with `print`, for a download-free builder as 'Downloading and
+    # preparing dataset Unknown size ...'; the caller says what was built instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+      dataset.download_and_prepare(download_config=download_config)
+    folders.append(dataset.data_path)
+  return folders
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 3 or argv[1] != 'build':
+    raise app.UsageError(f'Usage: {USAGE}\n(got: {" ".join(argv[1:]) or "no arguments"})')
+  if _MANUAL_DIR.value is None:
+    raise app.UsageError(
+        '--manual_dir=ROOT is required: the folder holding labels.csv, rgb/ and depth/.'
     )
-  parser = cli_utils.ArgumentParser(
-      description=__doc__, allow_abbrev=False, inherited_absl_flags=None
-  )
-  parser.add_arguments(build.Args, dest='args')
-  return parser.parse_args(argv[2:]).args
-
-
-def main(args: build.Args) -> None:
-  names = args.positional_datasets + args.datasets
-  if len(names) != 1:
-    sys.exit(f'Give exactly one dataset name to build, got {names}.')
-  if args.paths.manual_dir is None:
-    sys.exit('--manual_dir=ROOT is required: the folder holding labels.csv, rgb/ and depth/.')
-  root = args.paths.manual_dir
-  if args.paths.add_name_to_manual_dir:
-    root = root / names[0]
+  # The builder's progress and skip reports are logged at INFO.
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.INFO)
+  if not sys.stderr.isatty():  # In a log file, progress bars are carriage-return noise.
+    tfds.disable_progress_bar()
   try:
-    builder.make_builder_class(names[0], root)
+    folders = build(argv[2], _MANUAL_DIR.value, _DATA_DIR.value, _CONFIG.value, _OVERWRITE.value)
   except ValueError as e:  # Includes layout.LayoutError: a table's mistake, file and line.
-    sys.exit(f'error: {e}')
-  # With `imports` set, TFDS looks the name up among registered builders only,
-  # never as a path (a folder named like the dataset in the current directory).
-  args = dataclasses.replace(
-      args, generation=dataclasses.replace(args.generation, imports=builder.__name__)
-  )
-  # What the `tfds` command does before running `build`: every dataset visible,
-  # Python logging at INFO (progress and the builder's reports show).
-  tfds.core.visibility.set_availables(
-      [
-          tfds.core.visibility.DatasetType.TFDS_PUBLIC,
-          tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC,
-      ]
-  )
-  logging.use_python_logging(quiet=True)
-  logging.set_verbosity(logging.INFO)
-  args.execute()
+    raise SystemExit(f'error: {e}') from None
+  for folder in folders:
+    print(f'Built {argv[2]} in {folder}', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main)
