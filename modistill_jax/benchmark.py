@@ -1029,6 +1029,7 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
 def main(argv):
   del argv
   cli.quiet_logging()
+  cli.use_compilation_cache()
   config = _CONFIG.value
   warmup = max(_WARMUP.value, 1)
   if _REPEATS.value < 1:

@@ -179,6 +179,7 @@ def main(argv: Sequence[str]) -> int:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
   f = flags.FLAGS
+  cli.use_compilation_cache(f.workdir)
   try:
     meta = export(f.workdir, f.stage, f.out, fmt=f.format, platforms=f.platforms)
   except (ValueError, KeyError) as e:

@@ -73,6 +73,7 @@ def config_overrides(argv: list[str]) -> tuple[str, ...]:
 def main(argv):
   del argv
   cli.quiet_logging()
+  cli.use_compilation_cache(_WORKDIR.value)
   initialize_distributed()
   cli.build_dataset(_CONFIG.value)
   results = trainer.train_and_evaluate(
