@@ -127,8 +127,9 @@ def test_a_second_identical_train_compiles_nothing(tmp_path, synthetic_data_dir)
     env.pop(name)
   env['XDG_CACHE_HOME'] = str(tmp_path / 'xdg')
   first = train(tmp_path / 'first', env, synthetic_data_dir)
-  assert BUILT.findall(first.stderr), 'JAX logged no compile: the count below would mean nothing'
-  assert not CACHE_HIT.findall(first.stderr)
+  # The first run compiles; a program it builds twice (the same evaluation step
+  # for validation and for the test split) it reads back the second time.
+  assert len(BUILT.findall(first.stderr)) > len(CACHE_HIT.findall(first.stderr))
   assert os.listdir(tmp_path / 'xdg' / 'modistill_jax' / 'jax_cache')
 
   second = train(tmp_path / 'second', env, synthetic_data_dir)
