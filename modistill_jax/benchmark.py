@@ -60,7 +60,10 @@ What each reported number is:
   `peak_memory_in_bytes` for comparison (the CPU backend leaves temporaries
   out of it).
 * `compile_s`: tracing, lowering and compiling the step (ahead of time; the
-  jitted function reuses that executable on its first call).
+  jitted function reuses that executable on its first call). Like every
+  command, the benchmark keeps its programs in JAX's persistent compilation
+  cache (`--compilation_cache`); `compile_cached` says the step was read from it,
+  so `compile_s` is then the time to trace, lower and read it, not to compile.
 * `recompiles`: XLA compilations (`jax.monitoring` backend-compile events)
   during every step after the first; anything but 0 means the step's input
   avals or shardings change between steps (null with `--steps=0`).
@@ -223,6 +226,7 @@ _GPU_PEAK_BF16_FLOPS = (
 )
 
 BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 
 
 def peak_flops(device_kind: str) -> float | None:
@@ -253,6 +257,25 @@ class CompileCounter:
 
   def __exit__(self, *exc) -> None:
     jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+
+class CacheHitCounter:
+  """Counts programs read from the persistent compilation cache in this process while installed."""
+
+  def __init__(self):
+    self.count = 0
+
+  def _on_event(self, event: str, **kwargs) -> None:
+    del kwargs
+    if event == CACHE_HIT_EVENT:
+      self.count += 1
+
+  def __enter__(self) -> CacheHitCounter:
+    jax.monitoring.register_event_listener(self._on_event)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    jax.monitoring.unregister_event_listener(self._on_event)
 
 
 def _flops(stage: jax.stages.Compiled | jax.stages.Lowered) -> float:
@@ -435,8 +458,9 @@ def time_step(
   `num_steps=0`.
   """
   start = time.perf_counter()
-  lowered = train_fn.lower(abstract_state, abstract_batch)
-  compiled = lowered.compile()
+  with CacheHitCounter() as cache_hits:
+    lowered = train_fn.lower(abstract_state, abstract_batch)
+    compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   # The lowered analysis counts the whole program (every device's share); the
   # compiled one of an SPMD executable, one device's.
@@ -455,6 +479,7 @@ def time_step(
       'peak_memory_bytes': memory,
       'xla_peak_memory_in_bytes': xla_peak,
       'compile_s': compile_s,
+      'compile_cached': cache_hits.count > 0,
       'steps': num_steps,
       'repeats': repeats,
       'clips_per_s': None,
@@ -1043,6 +1068,7 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
 def main(argv):
   del argv
   cli.quiet_logging()
+  cli.use_compilation_cache()
   config = _CONFIG.value
   warmup = max(_WARMUP.value, 1)
   if _REPEATS.value < 1:

@@ -39,7 +39,6 @@ from typing import Any
 
 from absl import app
 from absl import flags
-import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -68,7 +67,6 @@ CONFIDENCE = 0.95
 # few points could never be met by a 3-seed interval even for identical methods.
 CLOSE_POINTS = 5.0
 
-XLA_CACHE_DIR = 'xla_cache'
 HOLDS, CONTRADICTED, INCONCLUSIVE = 'holds', 'contradicted', 'inconclusive'
 # The unconnected step 2's eq. 1 variant: beside the run folder's own ablation folder.
 NO_CONNECTIONS_EQ1 = f'{runs.ABLATION_DIR}_eq1'
@@ -669,9 +667,8 @@ def main(argv):
   del argv
   cli.quiet_logging()
   # Every seed compiles the same programs as the first (the seed is data, not code):
-  # a persistent XLA cache in the claims folder turns those compiles into reads.
-  jax.config.update('jax_compilation_cache_dir', str(runs.as_path(_WORKDIR.value) / XLA_CACHE_DIR))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  # the persistent compilation cache turns those compiles into reads.
+  cli.use_compilation_cache(_WORKDIR.value)
   config = _CONFIG.value
   config.data_dir = _DATA_DIR.value
   try:

@@ -89,6 +89,7 @@ def run_demo(
 def main(argv):
   del argv
   cli.quiet_logging()
+  cli.use_compilation_cache(flags.FLAGS.workdir)
   run_demo(flags.FLAGS.workdir, flags.FLAGS.data_dir)
 
 

@@ -24,14 +24,15 @@ accuracy of a state on a whole split) is what the trainer validates and tests
 with, and what this command runs on a finished stage's best state.
 
 `--sweep` writes Table 2's row (no noise, each variance in
-`config.eval.noise_variances`, void) to the stage's `noise_sweep.json`. Depth
+`config.eval.noise_variances`, void) to the stage's `noise_sweep.json`, from
+one compiled evaluation program (the level is its input, `steps.DepthCondition`). Depth
 noise only changes stages that read depth (steps 1-3, hoffman's teacher); a
 step-4 model reads RGB only, which is the point of the method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import functools
 import io
 import json
@@ -77,11 +78,14 @@ def evaluate_split(
     mesh,
     config: ml_collections.ConfigDict,
     modalities: Sequence[str],
+    depth_condition: steps.DepthCondition | None = None,
 ) -> dict[str, Any]:
   """Exact accuracy of every stream and of the fused model on a whole split.
 
   `modalities`: the clips the stage reads (`Stage.inputs`), the only ones decoded.
+  `depth_condition`: the depth corruption, as `eval_fn`'s input (else `config.eval`'s).
   """
+  condition = () if depth_condition is None else (depth_condition,)
   batches = pipeline.eval_iterator(
       source.records,
       global_batch_size=config.eval_batch_size,
@@ -99,7 +103,9 @@ def evaluate_split(
       truncated = True
       break
     outputs.append(
-        sharding.fetch(eval_fn(state, sharding.to_global(batch, mesh), jax.random.fold_in(key, i)))
+        sharding.fetch(
+            eval_fn(state, sharding.to_global(batch, mesh), jax.random.fold_in(key, i), *condition)
+        )
     )
   stacked = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
   mask = stacked.pop('mask').astype(bool)
@@ -187,14 +193,17 @@ def best_train_state(run: runs.FinishedStage) -> steps.TrainState:
   )
 
 
-def evaluate_stage(
+def stage_evaluator(
     run: runs.FinishedStage,
     config: ml_collections.ConfigDict,
     state: steps.TrainState | None = None,
-) -> dict[str, Any]:
-  """Accuracy of every stream and the fused model under `config.eval` (exact).
+) -> Callable[[steps.DepthCondition | None], dict[str, Any]]:
+  """Evaluation of a finished stage on `config.eval.split`, set up once for several conditions.
 
-  Returns the results and, under 'predictions', the per-clip predictions.
+  The mesh, the split's source, the network, the state on the devices and the
+  jitted step are made here; the returned function evaluates with `config.eval`'s
+  depth (given None) or with a `steps.DepthCondition` (every condition runs the
+  same compiled program).
   """
   config_lib.check(config)
   stage = stages.for_config(run.name, config)
@@ -210,29 +219,53 @@ def evaluate_stage(
     )
   model = stage_network(stage, config.model, len(run.class_names))
   state = jax.device_put(state or best_train_state(run), sharding.replicated(mesh))
-  result = evaluate_split(
-      state,
-      source,
-      eval_fn=make_eval_fn(model, config, mesh),
-      mesh=mesh,
-      config=config,
-      modalities=stage.inputs,
-  )
-  return {k: result[k] for k in ('accuracy', 'num_examples', 'complete', 'predictions')}
+  eval_fn = make_eval_fn(model, config, mesh)
+
+  def evaluate(depth_condition: steps.DepthCondition | None) -> dict[str, Any]:
+    result = evaluate_split(
+        state,
+        source,
+        eval_fn=eval_fn,
+        mesh=mesh,
+        config=config,
+        modalities=stage.inputs,
+        depth_condition=depth_condition,
+    )
+    return {k: result[k] for k in ('accuracy', 'num_examples', 'complete', 'predictions')}
+
+  return evaluate
 
 
-def noise_sweep(run: runs.FinishedStage, config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """Table 2: accuracy with clean depth, each noise variance, and void depth."""
-  config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays clean
-  state = best_train_state(run)
+def evaluate_stage(
+    run: runs.FinishedStage,
+    config: ml_collections.ConfigDict,
+    state: steps.TrainState | None = None,
+) -> dict[str, Any]:
+  """Accuracy of every stream and the fused model under `config.eval` (exact).
+
+  Returns the results and, under 'predictions', the per-clip predictions.
+  """
+  return stage_evaluator(run, config, state)(None)
+
+
+def sweep_settings(config: ml_collections.ConfigDict) -> list[tuple[str, float, bool]]:
+  """Table 2's columns: (label, sigma, void) for clean depth, each noise variance, void depth."""
   settings = [('no noise', 0.0, False)]
   settings += [(f'{v:g}', math.sqrt(v), False) for v in config.eval.noise_variances]
   settings.append(('void', 0.0, True))
+  return settings
+
+
+def noise_sweep(run: runs.FinishedStage, config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Table 2: accuracy with clean depth, each noise variance, and void depth.
+
+  One evaluation program serves every column (the condition is its input), so
+  the sweep compiles once, and reads the split's source and builds the network once.
+  """
+  evaluate = stage_evaluator(run, config)
   rows = []
-  for label, sigma, void in settings:
-    config.eval.depth_noise_std = sigma
-    config.eval.void_depth = void
-    result = evaluate_stage(run, config, state)
+  for label, sigma, void in sweep_settings(config):
+    result = evaluate(steps.DepthCondition.of(sigma, void))
     result.pop('predictions')
     rows.append({'sigma2': label, 'sigma': sigma, 'void': void, **result})
   return rows
@@ -299,6 +332,7 @@ def main(argv):
   del argv
   cli.quiet_logging()
   f = flags.FLAGS
+  cli.use_compilation_cache(f.workdir)
   given = f.config
   names = f.stage or (list(stages.expand(given.stage)) if given else [])
   if not names:

@@ -182,6 +182,7 @@ def main(argv: Sequence[str]) -> int:
   cli.quiet_logging()
   quiet_tensorflow.quiet_native_logging()
   f = flags.FLAGS
+  cli.use_compilation_cache(f.workdir)
   try:
     meta = export(f.workdir, f.stage, f.out, fmt=f.format, platforms=f.platforms)
   except (ValueError, KeyError) as e:

@@ -326,6 +326,7 @@ def main(argv: Sequence[str]) -> int:
   if not videos:
     raise app.UsageError('Name at least one video file.')
   f = flags.FLAGS
+  cli.use_compilation_cache(f.workdir)
   try:
     predictor = Predictor(f.workdir, f.stage)
   except (ValueError, KeyError) as e:

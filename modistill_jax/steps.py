@@ -243,6 +243,22 @@ def train_step(
   return new_state, metrics
 
 
+@flax.struct.dataclass
+class DepthCondition:
+  """A test-time depth condition as arrays: Table 2's levels are inputs of one program.
+
+  `noise_std`: sigma of the multiplicative noise (0: clean depth, exactly: the
+  noise factor is then 1); `void`: depth replaced by zeros (noise is then moot).
+  """
+
+  noise_std: Array  # float32 scalar
+  void: Array  # bool scalar
+
+  @classmethod
+  def of(cls, noise_std: float, void: bool) -> DepthCondition:
+    return cls(noise_std=jnp.float32(noise_std), void=jnp.bool_(void))
+
+
 def depth_transform_fn(eval_config: ml_collections.ConfigDict, key: Array):
   """Test-time depth corruption (paper section 4.3), or None for clean depth."""
   if eval_config.void_depth:
@@ -252,22 +268,37 @@ def depth_transform_fn(eval_config: ml_collections.ConfigDict, key: Array):
   return None
 
 
+def depth_condition_fn(condition: DepthCondition, key: Array):
+  """`depth_transform_fn` for a traced condition: noise, then zeros where void."""
+
+  def transform(depth):
+    noisy = preprocess.depth_noise(key, depth, sigma=condition.noise_std)
+    return jnp.where(condition.void, preprocess.void_depth(noisy), noisy)
+
+  return transform
+
+
 def eval_step(
     state: TrainState,
     batch: Mapping[str, Array],
     noise_key: Array,
+    depth_condition: DepthCondition | None = None,
     *,
     model: StageNetwork,
     config: ml_collections.ConfigDict,
 ) -> dict[str, Array]:
-  """Per-example predictions of every stream and of the fused model."""
+  """Per-example predictions of every stream and of the fused model.
+
+  The depth the network reads is corrupted as `config.eval` says (fixed in the
+  program), or, given `depth_condition`, as it says (one program for all levels).
+  """
   stage = model.stage
+  if depth_condition is None:
+    depth_transform = depth_transform_fn(config.eval, noise_key)
+  else:
+    depth_transform = depth_condition_fn(depth_condition, noise_key)
   inputs = model_inputs(
-      batch,
-      config.input,
-      stage.inputs,
-      resnet.compute_dtype(config.model),
-      depth_transform_fn(config.eval, noise_key),
+      batch, config.input, stage.inputs, resnet.compute_dtype(config.model), depth_transform
   )
   outputs, _ = forward(
       model,

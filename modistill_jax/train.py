@@ -112,6 +112,7 @@ def main(argv):
   # once, with the status that says "rerun to resume".
   signal.signal(signal.SIGTERM, lambda *_: trainer.stop_preempted('SIGTERM'))
   cli.quiet_logging()
+  cli.use_compilation_cache(_WORKDIR.value)
   initialize_distributed()
   cli.build_dataset(_CONFIG.value)
   clock = metrics.RunClock(len(stages.expand(_CONFIG.value.stage)))

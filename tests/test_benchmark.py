@@ -42,6 +42,7 @@ STAGE_KEYS = {
     'mfu': type(None),
     'peak_memory_bytes': int,
     'compile_s': float,
+    'compile_cached': bool,
     'recompiles': int,
     'pipeline_clips_per_s': float,
     'flop_ratio': float,
@@ -50,7 +51,7 @@ STAGE_KEYS = {
 
 
 @pytest.fixture(scope='module')
-def report(tmp_path_factory, synthetic_data_dir) -> dict:
+def report(tmp_path_factory, synthetic_data_dir, compilation_cache_dir) -> dict:
   """The JSON of one benchmark run of step1_rgb and step3 (tiny stream, 2 timed steps)."""
   out = tmp_path_factory.mktemp('benchmark') / 'result.json'
   env = {
@@ -58,6 +59,8 @@ def report(tmp_path_factory, synthetic_data_dir) -> dict:
       'JAX_PLATFORMS': 'cpu',
       'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true',
       'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=4'),
+      # The session's cache, not the user's cache folder (the command's default).
+      'JAX_COMPILATION_CACHE_DIR': compilation_cache_dir,
   }
   command = [
       sys.executable,
@@ -141,6 +144,7 @@ SUITE_KEYS = {
     'measured_peak_memory_at_most_bytes': type(None),
     'peak_memory_bytes': int,
     'compile_s': float,
+    'compile_cached': bool,
     'recompiles': int,
     'pipeline_clips_per_s': float,
     'forward_flops_per_frame': float,

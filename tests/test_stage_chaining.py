@@ -20,11 +20,13 @@ import pytest
 
 from conftest import REPO_ROOT, cli_env, override_flags
 import tiny_run
+from modistill_jax import benchmark
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
 from modistill_jax import initialization
 from modistill_jax import runs
 from modistill_jax import stages
+from modistill_jax import steps
 from modistill_jax import trainer
 from modistill_jax.models import stage_network
 
@@ -165,6 +167,47 @@ def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_c
     assert r['num_examples'] == 4  # one evaluation batch (max_eval_batches=1)
   assert '| sigma^2 | ' + ' | '.join(SWEEP_COLUMNS) + ' |' in proc.stdout
   assert evaluate.sweep_table(rows) in proc.stdout
+
+
+def test_sweep_is_one_program_with_each_level_as_its_own_evaluation(workdir, config):
+  """The sweep's columns are, clip by clip, `evaluate_stage` with each level fixed in its program.
+
+  That per-level evaluation is how the sweep ran before the level became an
+  input; now the sweep compiles one evaluation program for all its columns.
+  """
+  config = config.copy_and_resolve_references()
+  config.eval.noise_variances = NOISE_VARIANCES
+  step2 = runs.load_stage(workdir, 'step2')
+  evaluation = evaluate.evaluation_config(step2, config)
+  compiled = []
+
+  def on_compile(event, duration, fun_name='', **kwargs):
+    del duration, kwargs
+    if event == benchmark.BACKEND_COMPILE_EVENT:
+      compiled.append(fun_name)
+
+  jax.monitoring.register_event_duration_secs_listener(on_compile)
+  try:
+    rows = evaluate.noise_sweep(step2, evaluation)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_compile)
+  assert [name for name in compiled if 'eval_step' in name] == ['jit(eval_step)']
+
+  evaluate_level = evaluate.stage_evaluator(step2, evaluation)
+  noisy_differs = False
+  for row, (label, sigma, void) in zip(rows, evaluate.sweep_settings(evaluation), strict=True):
+    fixed = evaluation.copy_and_resolve_references()
+    fixed.eval.depth_noise_std = sigma
+    fixed.eval.void_depth = void
+    expected = evaluate.evaluate_stage(step2, fixed)
+    actual = evaluate_level(steps.DepthCondition.of(sigma, void))
+    assert row['sigma2'] == label
+    assert row['accuracy'] == expected['accuracy'], label
+    assert expected['predictions'].keys() == actual['predictions'].keys()
+    for key, value in expected['predictions'].items():
+      np.testing.assert_array_equal(actual['predictions'][key], value, err_msg=f'{label} {key}')
+    noisy_differs |= row['accuracy'] != rows[0]['accuracy']
+  assert noisy_differs, 'no column differs from clean depth: the comparison shows nothing'
 
 
 def test_noise_cannot_reach_step4(workdir, config):
