@@ -35,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import tomllib
 
 import numpy as np
@@ -108,7 +109,7 @@ def sh_blocks(path: str):
       if block is None and stripped == '```sh':
         block, start = [], number + 1
       elif block is not None and stripped.startswith('```'):
-        yield start, block
+        yield start, textwrap.dedent('\n'.join(block)).split('\n')  # blocks inside list items
         block = None
       elif block is not None:
         block.append(line.rstrip('\n'))
