@@ -15,7 +15,7 @@ EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-beam lint format demo claims install lock clean
+.PHONY: test test-beam lint format demo claims install lock lock-extras clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
@@ -38,7 +38,7 @@ $(VENV)/.installed-test: $(INSTALLED)
 install: $(INSTALLED)
 
 # The code the formatter and the linter check (their settings: pyproject.toml).
-SOURCES := modistill_jax data_builders configs tests notebooks/results.py
+SOURCES := modistill_jax data_builders configs tests tools notebooks/results.py
 
 lint: $(VENV)/.installed-test
 	$(PY) -m pyink --check --diff --quiet $(SOURCES)
@@ -81,8 +81,8 @@ claims: $(INSTALLED)
 	  --data_dir=workdirs/tfds
 
 # Re-resolves pyproject.toml's ranges in a scratch venv and writes what it installed (runtime and
-# test extras) to constraints.txt, keeping the file's leading comment. Commit the result together
-# with the README numbers measured with it.
+# test extras, which hold `build` and `tensorboard`) to constraints.txt, keeping the file's leading
+# comment; then `lock-extras`. Commit the result together with the README numbers measured with it.
 LOCK_VENV := .lock-venv
 lock:
 	rm -rf $(LOCK_VENV)
@@ -91,6 +91,22 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[test]"
 	{ grep '^#' constraints.txt || true; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	$(MAKE) lock-extras
+
+# Pins the extras that are not installed here (GPU and TPU wheels, Beam's Google Cloud packages,
+# JupyterLab): pip resolves them together with the test extras without installing anything
+# (`--dry-run --report`: package metadata only), keeping every pin constraints.txt already has;
+# tools/pin_report.py adds the new ones. After `make lock`, every extra is pinned in one consistent
+# set; alone, it pins a new extra without moving any existing pin.
+LOCK_EXTRAS := test,cuda,tpu,dataflow,notebook
+lock-extras:
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet --dry-run --ignore-installed -c constraints.txt \
+	  --report $(LOCK_VENV)/report.json -e ".[$(LOCK_EXTRAS)]"
+	$(LOCK_VENV)/bin/python tools/pin_report.py $(LOCK_VENV)/report.json constraints.txt \
+	  > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf $(LOCK_VENV)
 
