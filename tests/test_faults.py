@@ -367,18 +367,7 @@ def test_depth_frames_of_mixed_bit_depths_leave_their_sample_out(tmp_path, monke
       'sample,label,split\na16,x,train\nb8,y,train\nmixed,x,train\nc16,y,test\n'
   )
   data_dir = epath.Path(tmp_path) / 'data'
-  build_cli.main(
-      build_cli.parse_flags(
-          [
-              'python -m data_builders.custom_rgbd',
-              'build',
-              'sensors',
-              f'--manual_dir={root}',
-              f'--data_dir={data_dir}',
-              '--config=res112',
-          ]
-      )
-  )
+  build_cli.build('sensors', root, os.fspath(data_dir), ['res112'], overwrite=False)
   (version,) = (data_dir / 'sensors' / 'res112').iterdir()
   (skip,) = raw_clips.read_skip_report(version / raw_clips.SKIP_REPORT)
   assert (skip.sample_id, skip.split) == ('mixed', 'train')
