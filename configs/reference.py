@@ -7,8 +7,8 @@ published code disagree set to the code (`config_lib.reference_code_switches`):
 eq. (1) summed over the batch, temporal convs as conv + BN + ReLU with the
 code's initialiser, steps 3 and 4 without connections, step 2's depth stream
 evaluated with batch statistics, gray depth with no mean subtracted. For
-another protocol, add the same overrides to its command line (README, "Where
-we differ from the authors' code").
+another protocol, add the same overrides to its command line
+(docs/reference-differences.md).
 """
 
 from modistill_jax import config_lib

@@ -251,7 +251,7 @@ def reference_code_switches(config: ml_collections.ConfigDict) -> ml_collections
   eq. (1) summed over the batch, conv + BN + ReLU temporal convs with the
   code's initialiser, steps 3 and 4 unconnected, step 2 evaluated with the depth
   stream's batch statistics, gray depth without a mean. What stays ours (global
-  BatchNorm statistics, full batches only, ...) is in the README's table.
+  BatchNorm statistics, full batches only, ...) is in docs/reference-differences.md.
   """
   config.loss.hall_reduction = 'sum'
   config.model.temporal_form = 'conv_bn_relu'
