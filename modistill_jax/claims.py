@@ -55,8 +55,7 @@ from modistill_jax import trainer
 # must fit 3 seeds x 15 trainings in 60 minutes on a 2-core CPU machine, 80 s a
 # stage. At the demo's 3 epochs the 45 trainings took 64 minutes on the default
 # data (docs/claims.md), ~45 s of a stage being compilation and evaluation; 1 epoch
-# keeps that overhead and a third of
-# the training: 47 minutes on ntu_like.
+# keeps that overhead and a third of the training: 47 minutes on ntu_like.
 EPOCHS = 1
 CONFIDENCE = 0.95
 # "Close" for Table 4 (RGB distillation vs depth distillation, step 4): the 95%
