@@ -298,3 +298,32 @@ def tiny_trained_workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
   import tiny_run  # pylint: disable=g-import-not-at-top
 
   return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)
+
+
+# Module-scoped fixtures that cost little to make again on another worker, or that are made
+# once per pytest run whichever worker asks (`tiny_trained_workdir`: a file lock).
+SHAREABLE_FIXTURES = frozenset({'fast_compile', 'tiny_trained_workdir'})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Keeps a module whose tests share an expensive fixture on one xdist worker.
+
+  `make test` runs `--dist loadgroup`: a test marked `xdist_group` runs on the
+  worker of its group, any other test on whichever worker is free, so a file of
+  many independent tests (the config trainings, say) spreads over both workers.
+  A module- or class-scoped fixture (a `tfds` test case's `setUpClass` is one)
+  outside `SHAREABLE_FIXTURES` would be made once per worker that runs one of
+  its tests, so such a module's tests form one group, named after the module.
+  """
+  for item in items:
+    fixture_info = getattr(item, '_fixtureinfo', None)
+    if fixture_info is None:
+      continue
+    shared = [
+        name
+        for name, defs in fixture_info.name2fixturedefs.items()
+        if name not in SHAREABLE_FIXTURES and defs and defs[-1].scope in ('module', 'class')
+    ]
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
