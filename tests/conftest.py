@@ -303,11 +303,20 @@ def tiny_trained_workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
 # Module-scoped fixtures that cost little to make again on another worker, or that are made
 # once per pytest run whichever worker asks (`tiny_trained_workdir`: a file lock).
 SHAREABLE_FIXTURES = frozenset({'fast_compile', 'tiny_trained_workdir'})
+# The tests that use these are `slow` (`make test-fast` skips them): the shared tiny run trains
+# every stage, and the local GCS server is a subprocess.
+SLOW_FIXTURES = frozenset({'tiny_trained_workdir', 'gcs_emulator'})
+
+
+def builds_a_dataset(item) -> bool:
+  """A test of a `tfds.testing.DatasetBuilderTestCase`, which builds its dataset first."""
+  cls = getattr(item, 'cls', None)
+  return cls is not None and any(c.__name__ == 'DatasetBuilderTestCase' for c in cls.__mro__)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-  """Keeps a module whose tests share an expensive fixture on one xdist worker.
+  """Groups tests for xdist and marks the `slow` ones that a fixture or a base class makes slow.
 
   `make test` runs `--dist loadgroup`: a test marked `xdist_group` runs on the
   worker of its group, any other test on whichever worker is free, so a file of
@@ -315,6 +324,10 @@ def pytest_collection_modifyitems(items):
   A module- or class-scoped fixture (a `tfds` test case's `setUpClass` is one)
   outside `SHAREABLE_FIXTURES` would be made once per worker that runs one of
   its tests, so such a module's tests form one group, named after the module.
+
+  Tests that start a subprocess or train several stages themselves carry
+  `@pytest.mark.slow` in their files; here the tests that get it from
+  `SLOW_FIXTURES` or from building a dataset (`builds_a_dataset`).
   """
   for item in items:
     fixture_info = getattr(item, '_fixtureinfo', None)
@@ -327,3 +340,5 @@ def pytest_collection_modifyitems(items):
     ]
     if shared:
       item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    if SLOW_FIXTURES.intersection(item.fixturenames) or builds_a_dataset(item):
+      item.add_marker(pytest.mark.slow)

@@ -198,6 +198,7 @@ def test_base_config_holds_the_reference_settings():
   assert {key: flat[key] for key in expected} == expected
 
 
+@pytest.mark.slow
 def test_misspelled_override_fails_on_the_cli(tmp_path, compilation_cache_dir):
   """`python -m modistill_jax.train ... --config.batch_sise=4` exits with an error.
 
@@ -273,7 +274,13 @@ def test_the_trained_stages_cover_every_stage_and_config():
   assert sorted(trained[False]) == sorted(stages.STAGE_NAMES)
 
 
-@pytest.mark.parametrize('name', TRAINED_CONFIGS)
+@pytest.mark.parametrize(
+    'name',
+    [
+        pytest.param(n, marks=pytest.mark.slow) if stages.ALL in TRAINED_STAGES[n] else n
+        for n in TRAINED_CONFIGS
+    ],
+)
 def test_every_stage_trains_one_step(name, tmp_path, request, synthetic_data_dir):
   """The config's `TRAINED_STAGES` run on the trainer path and write their outputs.
 

@@ -244,6 +244,7 @@ def expected_rgb(frames: list[np.ndarray], seed: int, warped: bool) -> np.ndarra
   return np.stack([np.clip(smooth_rgb(x, y, t, seed), 0, 255) for t in range(len(frames))])
 
 
+@pytest.mark.slow
 def test_builds_every_good_sample_and_reports_the_rest(built):
   examples, ds = read_examples(built, 'my_gestures')
   assert sorted(examples) == sorted(GOOD)
@@ -262,6 +263,7 @@ def test_builds_every_good_sample_and_reports_the_rest(built):
   assert trimmed[1:] == ['jump_01\ttrain\t5\t4']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sample_id', sorted(SKIPS))
 def test_broken_sample_is_skipped_with_its_file_and_line(built, sample_id):
   folder = pipeline.built_dataset_dir(
@@ -277,6 +279,7 @@ def test_broken_sample_is_skipped_with_its_file_and_line(built, sample_id):
   assert reasons[sample_id].endswith(f'(labels.csv line {csv_line})')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sample_id', sorted(GOOD))
 def test_clips_match_their_source_frames(built, sample_id):
   """RGB through the affine within JPEG/video tolerance; depth exactly as its codes."""
@@ -415,6 +418,7 @@ def test_name_must_be_new_and_a_folder_name(tmp_path):
     build('My-Data', root, root / 'data')
 
 
+@pytest.mark.slow
 def test_custom_config_trains_all_steps(built, fast_compile):
   """`configs/custom.py:all --config.dataset=my_gestures` with the tiny stream, end to end."""
   del fast_compile
@@ -441,6 +445,7 @@ def test_custom_config_trains_all_steps(built, fast_compile):
     assert (result['best_step'], result['validation_accuracy']) == (2, None), stage
 
 
+@pytest.mark.slow
 def test_custom_config_without_dataset_name_says_which_flag(built):
   config = custom.get_config('step1')
   config.data_dir = os.fspath(built)
