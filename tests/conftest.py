@@ -13,6 +13,14 @@
   (`config_lib.TINY`: tiny stream, 16x16 frames, one step) on these datasets.
 * `fast_compile`: XLA without most optimisations while a test module runs
   (compiling dominates these tests; numbers stay float32-correct).
+* `tiny_trained_workdir`: the tiny demo run, every stage trained once per
+  pytest run whichever worker asks first (`tiny_run`); `compilation_cache_dir`
+  and `cli_env`: the XLA cache and the environment of command-line subprocesses.
+
+`pytest_collection_modifyitems` keeps each module with an expensive shared
+fixture on one xdist worker and marks the tests of the shared run, the GCS
+server and the TFDS builder test cases `slow`; docs/testing.md says what each
+`make` target runs and how to mark a new test.
 """
 
 from __future__ import annotations
