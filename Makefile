@@ -52,11 +52,11 @@ format: $(VENV)/.installed-test
 	$(VENV)/bin/jupytext --quiet --sync notebooks/results.py
 
 # The tests run on fake CPU devices (so the data-parallel ones need no accelerator), on two
-# workers: `--dist loadgroup` sends each test to whichever worker is free, except that a module
-# whose tests share an expensive fixture stays on one (tests/conftest.py). docs/testing.md says
-# which target to run when.
+# workers, one test file on one worker (`--dist loadfile`: tests/conftest.py's xdist groups for
+# `--dist loadgroup` did not keep a group on one worker in a trial, see docs/testing.md).
+# docs/testing.md says which target to run when.
 PYTEST := XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
-  $(PY) -m pytest -n 2 --dist loadgroup -q
+  $(PY) -m pytest -n 2 --dist loadfile -q
 
 # Lint first, then every test but the Beam conversion tests (marked `beam`: `make test-beam`,
 # which CI runs after this).
