@@ -15,7 +15,7 @@ EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-beam lint format demo claims install lock lock-extras clean
+.PHONY: test test-fast test-all test-beam coverage lint format demo claims install lock lock-extras clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
@@ -51,15 +51,37 @@ format: $(VENV)/.installed-test
 	$(PY) -m pyink --quiet $(SOURCES)
 	$(VENV)/bin/jupytext --quiet --sync notebooks/results.py
 
-# Lint first, then the tests. Fake CPU devices let the data-parallel tests run without an
-# accelerator. The whole suite, the Beam conversion tests (marked `beam`) included; `make
-# test-beam` runs those alone.
+# The tests run on fake CPU devices (so the data-parallel ones need no accelerator), on two
+# workers, one test file on one worker (`--dist loadfile`: tests/conftest.py's xdist groups for
+# `--dist loadgroup` did not keep a group on one worker in a trial, see docs/testing.md).
+# docs/testing.md says which target to run when.
+PYTEST := XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
+  $(PY) -m pytest -n 2 --dist loadfile -q
+
+# Lint first, then every test but the Beam conversion tests (marked `beam`: `make test-beam`,
+# which CI runs after this).
 test: lint
-	XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
-	  $(PY) -m pytest -n 2 --dist loadfile -q
+	$(PYTEST) -m 'not beam'
+
+# While editing: the in-process tests of the model, losses, stages, configs, data and run
+# folders; no command-line subprocess, multi-stage training, dataset build or Beam (the tests
+# marked `slow` or `beam`). No lint.
+test-fast: $(VENV)/.installed-test
+	$(PYTEST) -m 'not slow and not beam'
+
+# Everything: lint, `make test`'s tests and the Beam conversion tests, in one session.
+test-all: lint
+	$(PYTEST)
 
 test-beam: $(VENV)/.installed-test
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m beam data_builders
+
+# Line coverage of `modistill_jax/` and `data_builders/` over `make test`'s tests, their
+# command-line subprocesses included (settings: pyproject.toml's [tool.coverage.run]); prints the
+# per-file report. Tracing slows the tests down: time them with `make test`.
+coverage: $(VENV)/.installed-test
+	rm -f .coverage .coverage.*
+	$(PYTEST) -m 'not beam' --cov --cov-report=term
 
 # The whole method on the synthetic dataset: see modistill_jax/demo.py. On CPU unless a
 # JAX_EXTRA build is installed, which then runs it on its accelerator.
@@ -111,4 +133,4 @@ lock-extras:
 	rm -rf $(LOCK_VENV)
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache workdirs
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache workdirs .coverage .coverage.*

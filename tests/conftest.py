@@ -13,6 +13,14 @@
   (`config_lib.TINY`: tiny stream, 16x16 frames, one step) on these datasets.
 * `fast_compile`: XLA without most optimisations while a test module runs
   (compiling dominates these tests; numbers stay float32-correct).
+* `tiny_trained_workdir`: the tiny demo run, every stage trained once per
+  pytest run whichever worker asks first (`tiny_run`); `compilation_cache_dir`
+  and `cli_env`: the XLA cache and the environment of command-line subprocesses.
+
+`pytest_collection_modifyitems` keeps each module with an expensive shared
+fixture on one xdist worker and marks the tests of the shared run, the GCS
+server and the TFDS builder test cases `slow`; docs/testing.md says what each
+`make` target runs and how to mark a new test.
 """
 
 from __future__ import annotations
@@ -298,3 +306,47 @@ def tiny_trained_workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
   import tiny_run  # pylint: disable=g-import-not-at-top
 
   return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)
+
+
+# Module-scoped fixtures that cost little to make again on another worker, or that are made
+# once per pytest run whichever worker asks (`tiny_trained_workdir`: a file lock).
+SHAREABLE_FIXTURES = frozenset({'fast_compile', 'tiny_trained_workdir'})
+# The tests that use these are `slow` (`make test-fast` skips them): the shared tiny run trains
+# every stage, and the local GCS server is a subprocess.
+SLOW_FIXTURES = frozenset({'tiny_trained_workdir', 'gcs_emulator'})
+
+
+def builds_a_dataset(item) -> bool:
+  """A test of a `tfds.testing.DatasetBuilderTestCase`, which builds its dataset first."""
+  cls = getattr(item, 'cls', None)
+  return cls is not None and any(c.__name__ == 'DatasetBuilderTestCase' for c in cls.__mro__)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Groups tests for xdist and marks the `slow` ones that a fixture or a base class makes slow.
+
+  `make test` runs `--dist loadgroup`: a test marked `xdist_group` runs on the
+  worker of its group, any other test on whichever worker is free, so a file of
+  many independent tests (the config trainings, say) spreads over both workers.
+  A module- or class-scoped fixture (a `tfds` test case's `setUpClass` is one)
+  outside `SHAREABLE_FIXTURES` would be made once per worker that runs one of
+  its tests, so such a module's tests form one group, named after the module.
+
+  Tests that start a subprocess or train several stages themselves carry
+  `@pytest.mark.slow` in their files; here the tests that get it from
+  `SLOW_FIXTURES` or from building a dataset (`builds_a_dataset`).
+  """
+  for item in items:
+    fixture_info = getattr(item, '_fixtureinfo', None)
+    if fixture_info is None:
+      continue
+    shared = [
+        name
+        for name, defs in fixture_info.name2fixturedefs.items()
+        if name not in SHAREABLE_FIXTURES and defs and defs[-1].scope in ('module', 'class')
+    ]
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    if SLOW_FIXTURES.intersection(item.fixturenames) or builds_a_dataset(item):
+      item.add_marker(pytest.mark.slow)

@@ -83,6 +83,7 @@ def report(tmp_path_factory, synthetic_data_dir, compilation_cache_dir) -> dict:
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_json_has_every_key_with_its_type(report):
   assert [r['stage'] for r in report['stages']] == ['step1_rgb', 'step3']
   for result in report['stages']:
@@ -94,16 +95,19 @@ def test_json_has_every_key_with_its_type(report):
     assert result['peak_memory_bytes'] > 0
 
 
+@pytest.mark.slow
 def test_pipeline_is_timed_on_the_modalities_each_stage_reads(report):
   step1, step3 = report['stages']
   assert step1['inputs'] == ['rgb'] and sorted(step3['inputs']) == ['depth', 'rgb']
   assert step1['pipeline_clips_per_s'] > 0 and step3['pipeline_clips_per_s'] > 0
 
 
+@pytest.mark.slow
 def test_no_step_after_the_first_recompiles(report):
   assert [r['recompiles'] for r in report['stages']] == [0, 0]
 
 
+@pytest.mark.slow
 def test_flops_count_the_frozen_teacher_as_a_forward_only(report):
   step1, step3 = report['stages']
   assert step1['forward_flops_per_frame'] > 0
@@ -201,6 +205,7 @@ def suite(tmp_path_factory, synthetic_data_dir, compilation_cache_dir) -> dict:
   }
 
 
+@pytest.mark.slow
 def test_suite_reports_every_field_for_every_stage_and_the_reference(suite):
   report = suite['json']
   assert [r['stage'] for r in report['stages']] == SUITE_STAGES
@@ -226,6 +231,7 @@ def test_suite_reports_every_field_for_every_stage_and_the_reference(suite):
   )
 
 
+@pytest.mark.slow
 def test_suite_headline_is_step1_over_the_reference(suite):
   report = suite['json']
   headline = report['headline']
@@ -240,6 +246,7 @@ def test_suite_headline_is_step1_over_the_reference(suite):
   assert f"{headline['over_reference']:.2f}x" in text
 
 
+@pytest.mark.slow
 def test_suite_end_to_end_times_the_trainer_loop_between_its_compiles(suite):
   end_to_end = suite['json']['end_to_end']
   # Records at steps 1-6, validation after 2, 4, 6: (0, 1] holds the compile,

@@ -1,15 +1,19 @@
-"""The claims command: its verdict rule on known numbers, and a tiny 2-seed run of every row.
+"""The claims command: its verdict rule on known numbers, and a tiny run of every row.
 
-The run trains the whole claims plan on conftest's tiny dataset (16x16 clips,
-width-4 stream, 2 steps per stage) with the RBG PRNG, whose initialisers compile
-faster (the weights' values do not matter here), and counts the trainings to
-show that stages are shared: 15 per seed, not the 27 of training every row from
-scratch.
+The run trains the whole claims plan of one seed on conftest's tiny dataset
+(16x16 clips, width-4 stream, 2 steps per stage) with the RBG PRNG, whose
+initialisers compile faster (the weights' values do not matter here), and
+counts the trainings to show that stages are shared: 15 per seed, not the 27 of
+training every row from scratch. The report over two seeds reads that seed's
+run folder and a copy of it as the second seed: training a second seed would
+double the test's time, and what differs between seeds (the intervals, the
+paired differences, the verdicts) is checked on known numbers above.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -75,7 +79,12 @@ def test_noise_claim_reports_the_first_level_where_the_hallucination_model_wins(
 
 @pytest.fixture(scope='module')
 def claims_run(tmp_path_factory, synthetic_data_dir, fast_compile):
-  """The claims plan, 2 seeds, run twice: the second run must train nothing."""
+  """The claims plan, 1 seed, run twice (the second run must train nothing); then 2 seeds' report.
+
+  Returns the workdir, the first run's summary and `run_stage` calls, the
+  second run's, and the report over seeds 0 and 1 (seed 1: seed 0's folder
+  copied), written as `run_claims` writes it.
+  """
   del fast_compile
   config = tiny_run.run_config(synthetic_data_dir)
   config.eval.noise_variances = (0.1, 10.0)
@@ -90,22 +99,28 @@ def claims_run(tmp_path_factory, synthetic_data_dir, fast_compile):
 
   with pytest.MonkeyPatch.context() as patch, jax.default_prng_impl('unsafe_rbg'):
     patch.setattr(trainer, 'run_stage', counting_run_stage)
-    first = claims.run_claims(config, workdir, num_seeds=2, epochs=1)
+    first = claims.run_claims(config, workdir, num_seeds=1, epochs=1)
     first_calls = list(calls)
     calls.clear()
-    second = claims.run_claims(config, workdir, num_seeds=2, epochs=1)
-  return workdir, first, first_calls, second, list(calls)
+    second = claims.run_claims(config, workdir, num_seeds=1, epochs=1)
+  # Stages share through relative links, which the copy keeps.
+  shutil.copytree(claims.seed_dir(workdir, 0), claims.seed_dir(workdir, 1), symlinks=True)
+  two_seeds = {**second, **claims.summarize(workdir, [0, 1])}
+  claims.write_report(workdir, two_seeds)
+  return workdir, first, first_calls, second, list(calls), two_seeds
 
 
+@pytest.mark.slow
 def test_every_row_and_claim_over_two_seeds(claims_run):
-  workdir, summary, _, _, _ = claims_run
+  workdir, *_, summary = claims_run
   assert summary['seeds'] == [0, 1]
   assert [r['row'] for r in summary['rows']] == [str(n) for n in range(1, 16)] + ['13a', '15a']
   for row in summary['rows']:
+    assert len(row['per_seed']) == 2, row['row']
     assert all(v is not None for v in row['per_seed']), row['row']
     assert row['low'] <= row['mean'] <= row['high'], row['row']
   assert [r['sigma2'] for r in summary['table2']] == ['no noise', '0.1', '10', 'void']
-  assert all(None not in r['per_seed'] for r in summary['table2'])
+  assert all(len(r['per_seed']) == 2 and None not in r['per_seed'] for r in summary['table2'])
   assert len(summary['claims']) == len(claims.CLAIMS) + 1
   for claim in summary['claims']:
     assert claim['verdict'] in (HOLDS, CONTRADICTED, INCONCLUSIVE), claim['claim']
@@ -116,12 +131,14 @@ def test_every_row_and_claim_over_two_seeds(claims_run):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000, png
 
 
+@pytest.mark.slow
 def test_stages_are_shared(claims_run):
-  """One step 1 per seed for every row; each step-3 variant from the same step 2."""
-  workdir, summary, calls, _, _ = claims_run
+  """One step 1 for every row; each step-3 variant from the same step 2."""
+  workdir, summary, calls, *_ = claims_run
   assert claims.TRAININGS_PER_SEED == 15
-  assert summary['stages'] == {'trained': 30, 'skipped': 0}
-  assert sum(1 for _, _, skipped in calls if not skipped) == 30
+  assert summary['seeds'] == [0]
+  assert summary['stages'] == {'trained': 15, 'skipped': 0}
+  assert sum(1 for _, _, skipped in calls if not skipped) == 15
   seed0 = claims.seed_dir(workdir, 0)
   trained = sorted(
       str(p.relative_to(seed0))
@@ -141,9 +158,25 @@ def test_stages_are_shared(claims_run):
   assert inverted['privileged'] == 'rgb'
 
 
+@pytest.mark.slow
 def test_a_finished_run_trains_nothing_and_reports_the_same(claims_run):
-  _, first, _, second, calls = claims_run
-  assert second['stages'] == {'trained': 0, 'skipped': 30}
+  _, first, _, second, calls, _ = claims_run
+  assert second['stages'] == {'trained': 0, 'skipped': 15}
   assert calls and all(skipped for _, _, skipped in calls)
   assert second['rows'] == first['rows']
   assert second['claims'] == first['claims']
+
+
+def test_each_seed_trains_with_its_own_seed():
+  """`run_claims` gives seed s's stages `config.seed = s` (and the variant's switches)."""
+  config = tiny_run.run_config('')
+  for seed in (3, 4):
+    for variant in claims.VARIANTS:
+      vconfig = claims.variant_config(config, variant, seed, epochs=2)
+      assert (vconfig.seed, vconfig.num_epochs) == (seed, 2)
+      assert (vconfig.loss.kind, vconfig.model.connections, vconfig.privileged) == (
+          variant.loss,
+          variant.connections,
+          variant.privileged,
+      )
+  assert config.seed == tiny_run.run_config('').seed  # the caller's config is unchanged

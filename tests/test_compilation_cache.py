@@ -117,6 +117,7 @@ def train(workdir, env, data_dir) -> subprocess.CompletedProcess:
   return proc
 
 
+@pytest.mark.slow
 def test_a_second_identical_train_compiles_nothing(tmp_path, synthetic_data_dir):
   """With the defaults (no JAX cache settings), the second run reads every program from the cache.
 

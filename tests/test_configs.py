@@ -7,6 +7,12 @@ patched `pipeline.load_source`; the demo config reads a tiny built
 chaining, checkpoints, evaluation) is the trainer's own code path, shrunk by
 the configs' own `:<stage>,tiny` switch (`config_lib.TINY`). The demo config's
 `all` and `hoffman` are checked on the shared tiny demo run (`tiny_run`).
+
+The protocol configs differ from one another only in dataset, protocol and
+builder config (`config_lib.finalize` sets the stage the same way for all), so
+each stage trains on one of them rather than on all four (`TRAINED_STAGES`):
+every stage on a dataset with a validation split (ntu_cs, ntu_cv, the demo) and
+on one without (nwucla, uwa3dii: each stage keeps its final state).
 """
 
 import ast
@@ -29,6 +35,7 @@ from modistill_jax import metrics as metrics_lib
 from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import trainer
+from modistill_jax.data import protocols
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -37,9 +44,17 @@ CONFIGS = ('ntu_cs', 'ntu_cv', 'nwucla', 'uwa3dii', 'demo', 'reference')
 # one by one; training all its stages here would add minutes to the suite.
 TRAINED_CONFIGS = tuple(c for c in CONFIGS if c != 'reference')
 STAGES = stages.STAGE_NAMES + (stages.ALL,)
-# `all` first, then the stages it does not include, in the same workdir: every
-# stage of every config trains one step, and the later ones find step 1.
-RUN_ORDER = (stages.ALL, 'step1_rgb', 'step1_depth', 'hoffman')
+# The stage arguments each config trains, in order, in one workdir (`all` runs
+# steps 1-4, each loading the previous ones; `hoffman` then finds step 1).
+# Together: every stage on a validated and on an unvalidated dataset, every
+# config at least once (`test_the_trained_stages_cover_every_stage_and_config`).
+TRAINED_STAGES = {
+    'ntu_cs': (stages.ALL, 'hoffman'),
+    'ntu_cv': ('step1_rgb',),
+    'nwucla': (stages.ALL, 'step1_depth', 'hoffman'),
+    'uwa3dii': ('step1_rgb',),
+    'demo': ('step1_rgb', 'step1_depth'),
+}
 # The demo config's `all` and `hoffman` are the shared tiny run's (`tiny_run`):
 # trained once per pytest run, not once more here.
 DEMO_RUN_STAGES = stages.ALL_STAGES + ('hoffman',)
@@ -183,6 +198,7 @@ def test_base_config_holds_the_reference_settings():
   assert {key: flat[key] for key in expected} == expected
 
 
+@pytest.mark.slow
 def test_misspelled_override_fails_on_the_cli(tmp_path, compilation_cache_dir):
   """`python -m modistill_jax.train ... --config.batch_sise=4` exits with an error.
 
@@ -243,29 +259,42 @@ def check_stage_outputs(workdir: str, stage_name: str, config, num_classes: int)
     assert np.all(np.isfinite(kernel))
 
 
-@pytest.mark.parametrize('name', TRAINED_CONFIGS)
-def test_every_stage_trains_one_step(name, tmp_path, request, synthetic_data_dir):
-  """Each stage of each real config runs on the trainer path and writes its outputs.
+def test_the_trained_stages_cover_every_stage_and_config():
+  """Every config trains; every stage trains with a validation split and without one."""
+  assert sorted(TRAINED_STAGES) == sorted(TRAINED_CONFIGS)
+  trained = {True: set(), False: set()}
+  for name, stage_args in TRAINED_STAGES.items():
+    config = get_config(name, 'all')
+    validated = bool(
+        protocols.get_protocol(config.dataset, config.protocol).atomic_splits('validation')
+    )
+    for stage_arg in stage_args + (DEMO_RUN_STAGES if name == 'demo' else ()):
+      trained[validated].update(stages.expand(stage_arg))
+  assert sorted(trained[True]) == sorted(stages.STAGE_NAMES)
+  assert sorted(trained[False]) == sorted(stages.STAGE_NAMES)
 
-  `all` runs steps 1-4 in order (each loading the previous ones), then
-  step1_rgb, step1_depth and hoffman in the same workdir. The demo config reads
-  the built tiny dataset with the real `load_source`.
+
+@pytest.mark.parametrize(
+    'name',
+    [
+        pytest.param(n, marks=pytest.mark.slow) if stages.ALL in TRAINED_STAGES[n] else n
+        for n in TRAINED_CONFIGS
+    ],
+)
+def test_every_stage_trains_one_step(name, tmp_path, request, synthetic_data_dir):
+  """The config's `TRAINED_STAGES` run on the trainer path and write their outputs.
+
+  The demo config reads the built tiny dataset with the real `load_source`.
   """
   if name != 'demo':
     request.getfixturevalue('fake_sources')
   workdir = str(tmp_path)
-  ran = []
-  for stage_arg in RUN_ORDER:
-    if name == 'demo' and stage_arg in (stages.ALL, 'hoffman'):
-      continue  # test_demo_config_stages_of_the_shared_run
+  for stage_arg in TRAINED_STAGES[name]:
     config = tiny_config(name, stage_arg, data_dir=synthetic_data_dir if name == 'demo' else '')
     results = trainer.train_and_evaluate(config, workdir, config_file=f'configs/{name}.py')
     assert tuple(results) == stages.expand(stage_arg)
     for stage_name in results:
       check_stage_outputs(workdir, stage_name, config, NUM_CLASSES[config.dataset])
-    ran += list(results)
-  skipped = DEMO_RUN_STAGES if name == 'demo' else ()
-  assert sorted(ran + list(skipped)) == sorted(stages.STAGE_NAMES)
 
 
 def test_demo_config_stages_of_the_shared_run(tiny_trained_workdir, synthetic_data_dir):

@@ -124,6 +124,7 @@ def test_a_dataset_build_says_what_it_built_instead_of_tfds_download_notice(
   assert capsys.readouterr().out == ''
 
 
+@pytest.mark.slow
 def test_training_console_has_real_numbers_time_left_and_no_warnings(
     tmp_path, synthetic_data_dir, compilation_cache_dir
 ):

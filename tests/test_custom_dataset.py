@@ -29,7 +29,6 @@ from conftest import REPO_ROOT
 from conftest import tiny_config
 from data_builders import builder_test_utils
 from data_builders import raw_clips
-from data_builders.custom_rgbd import __main__ as build_cli
 from data_builders.custom_rgbd import builder as custom_builder
 from data_builders.custom_rgbd import layout
 from modistill_jax import trainer
@@ -192,7 +191,7 @@ def broken_samples() -> dict:
 
 def build(name: str, root: epath.Path, data_dir: epath.Path) -> None:
   """The command's build of the `res112` config, in-process (the command itself: `built`)."""
-  build_cli.build(name, root, os.fspath(data_dir), ['res112'], overwrite=False)
+  custom_builder.build(name, root, os.fspath(data_dir), ['res112'], overwrite=False)
 
 
 def build_command(*args: str) -> subprocess.CompletedProcess:
@@ -254,6 +253,7 @@ def expected_rgb(frames: list[np.ndarray], seed: int, warped: bool) -> np.ndarra
   return np.stack([np.clip(smooth_rgb(x, y, t, seed), 0, 255) for t in range(len(frames))])
 
 
+@pytest.mark.slow
 def test_builds_every_good_sample_and_reports_the_rest(built):
   examples, ds = read_examples(built, 'my_gestures')
   assert sorted(examples) == sorted(GOOD)
@@ -272,6 +272,7 @@ def test_builds_every_good_sample_and_reports_the_rest(built):
   assert trimmed[1:] == ['jump_01\ttrain\t5\t4']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sample_id', sorted(SKIPS))
 def test_broken_sample_is_skipped_with_its_file_and_line(built, sample_id):
   folder = pipeline.built_dataset_dir(
@@ -287,6 +288,7 @@ def test_broken_sample_is_skipped_with_its_file_and_line(built, sample_id):
   assert reasons[sample_id].endswith(f'(labels.csv line {csv_line})')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sample_id', sorted(GOOD))
 def test_clips_match_their_source_frames(built, sample_id):
   """RGB through the affine within JPEG/video tolerance; depth exactly as its codes."""
@@ -408,7 +410,7 @@ def test_unknown_builder_config_is_refused(tmp_path):
   root = epath.Path(tmp_path)
   (root / 'labels.csv').write_text('sample,label,split\na,wave,train\n')
   with pytest.raises(ValueError, match=r'--config=res100: not a config of any_name; use one of'):
-    build_cli.build('any_name', root, os.fspath(root / 'data'), ['res100'], overwrite=False)
+    custom_builder.build('any_name', root, os.fspath(root / 'data'), ['res100'], overwrite=False)
 
 
 def test_bad_affine_file_stops_the_build(tmp_path):
@@ -448,6 +450,7 @@ def test_name_must_be_new_and_a_folder_name(tmp_path):
     build('My-Data', root, root / 'data')
 
 
+@pytest.mark.slow
 def test_custom_config_trains_all_steps(built, fast_compile):
   """`configs/custom.py:all --config.dataset=my_gestures` with the tiny stream, end to end."""
   del fast_compile
@@ -474,6 +477,7 @@ def test_custom_config_trains_all_steps(built, fast_compile):
     assert (result['best_step'], result['validation_accuracy']) == (2, None), stage
 
 
+@pytest.mark.slow
 def test_custom_config_without_dataset_name_says_which_flag(built):
   config = custom.get_config('step1')
   config.data_dir = os.fspath(built)

@@ -253,6 +253,7 @@ def run_in_reader_folder(reader_folder, compilation_cache_dir):
 
 
 @pytest.mark.parametrize('command', documented_commands(), ids=lambda c: c.id)
+@pytest.mark.slow
 def test_documented_command_runs_as_written(command, run_in_reader_folder):
   reason = reason_not_run(command)
   if reason is not None:
@@ -316,6 +317,7 @@ def test_documented_versions_are_the_codes():
   assert checked >= 5, 'the version paths were not found'
 
 
+@pytest.mark.slow
 def test_custom_build_writes_the_folder_the_readme_names(reader_folder, run_in_reader_folder):
   """After the README's own-data commands (run above), its build folder exists."""
   with open(os.path.join(REPO_ROOT, 'README.md')) as f:
@@ -374,6 +376,7 @@ def test_the_main_modules_are_found():
 
 
 @pytest.mark.parametrize('module', main_modules())
+@pytest.mark.slow
 def test_module_answers_help_with_its_usage(module, help_outputs):
   done = help_outputs[module]
   output = done.stdout + done.stderr

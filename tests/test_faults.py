@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 
 from conftest import REPO_ROOT, cli_env, override_flags, read_latest_state
 from data_builders import raw_clips
-from data_builders.custom_rgbd import __main__ as build_cli
+from data_builders.custom_rgbd import builder as custom_builder
 from data_builders.custom_rgbd import layout
 from modistill_jax import checkpointing
 from modistill_jax import runs
@@ -116,6 +116,7 @@ def _limit_file_size(max_bytes: int):
   return preexec
 
 
+@pytest.mark.slow
 def test_file_size_limit_ends_the_job_with_one_line_and_the_rerun_finishes(
     tmp_path, synthetic_data_dir, env
 ):
@@ -140,6 +141,7 @@ def test_file_size_limit_ends_the_job_with_one_line_and_the_rerun_finishes(
   assert directory.finished()
 
 
+@pytest.mark.slow
 def test_sigterm_while_a_save_hangs_exits_as_preempted_within_the_grace(
     tmp_path, synthetic_data_dir, env
 ):
@@ -235,6 +237,7 @@ def race(lock_file: epath.Path, env, go: str, racers: int = 3) -> list[str]:
 
 
 @pytest.mark.parametrize('stale', [False, True], ids=['free', 'stale'])
+@pytest.mark.slow
 def test_of_processes_racing_for_a_lock_one_holds_it(lock_place, stale, tmp_path):
   folder, env = lock_place
   lock_file = folder / 'step1' / runs.LOCK_FILE
@@ -278,6 +281,7 @@ def test_heartbeat_beats_while_busy_and_a_lock_taken_over_stops_its_holder(lock_
   assert json.loads(lock_file.read_text())['host'] == 'other-host'
 
 
+@pytest.mark.slow
 def test_a_job_whose_lock_was_taken_over_exits_at_once(tmp_path):
   lock_file = tmp_path / runs.LOCK_FILE
   holder = textwrap.dedent(f"""
@@ -305,6 +309,7 @@ def test_a_job_whose_lock_was_taken_over_exits_at_once(tmp_path):
 # MARK: first runs on a fresh machine
 
 
+@pytest.mark.slow
 def test_two_first_runs_at_once_build_the_dataset_once(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   first_run = textwrap.dedent(f"""
@@ -367,7 +372,7 @@ def test_depth_frames_of_mixed_bit_depths_leave_their_sample_out(tmp_path, monke
       'sample,label,split\na16,x,train\nb8,y,train\nmixed,x,train\nc16,y,test\n'
   )
   data_dir = epath.Path(tmp_path) / 'data'
-  build_cli.build('sensors', root, os.fspath(data_dir), ['res112'], overwrite=False)
+  custom_builder.build('sensors', root, os.fspath(data_dir), ['res112'], overwrite=False)
   (version,) = (data_dir / 'sensors' / 'res112').iterdir()
   (skip,) = raw_clips.read_skip_report(version / raw_clips.SKIP_REPORT)
   assert (skip.sample_id, skip.split) == ('mixed', 'train')
@@ -392,6 +397,7 @@ def test_table_that_is_not_utf8_names_the_file_and_line(tmp_path):
 # MARK: messages
 
 
+@pytest.mark.slow
 def test_missing_stage_hint_keeps_values_in_both_flag_forms(tmp_path, synthetic_data_dir, env):
   workdir = str(tmp_path / 'run')
   flags = override_flags({'data_dir': synthetic_data_dir})

@@ -48,6 +48,7 @@ def test_every_stage_lowers_for_tpu_and_cuda():
   assert table.count('\n') == len(found) and 'step3        train  cuda' in table
 
 
+@pytest.mark.slow
 def test_step3_lowers_at_full_ntu_size():
   config = ntu_cs.get_config('step3')
   config_lib.override(config, {'model.dtype': 'bfloat16', 'batch_size': 64, 'eval_batch_size': 64})
@@ -135,6 +136,7 @@ def test_unknown_platforms_are_refused():
     lowering.check_platforms(['rocm'])
 
 
+@pytest.mark.slow
 def test_the_command_prints_each_platform(compilation_cache_dir):
   command = [
       sys.executable,

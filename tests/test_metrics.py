@@ -16,7 +16,8 @@ from tensorboardX.proto import event_pb2
 from modistill_jax import metrics as metrics_lib
 
 
-@pytest.fixture(params=['local', 'gs'])
+# On the local GCS server: `slow`, as every test of it (tests/conftest.py).
+@pytest.fixture(params=['local', pytest.param('gs', marks=pytest.mark.slow)])
 def stage_dir(request, tmp_path) -> str:
   if request.param == 'local':
     return str(tmp_path / 'run' / 'step1')

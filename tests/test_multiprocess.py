@@ -89,6 +89,7 @@ def wait_all(procs: dict[str, subprocess.Popen]) -> dict[str, str]:
   return outputs
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, synthetic_data_dir, compilation_cache_dir):
   """Params, BatchNorm statistics and losses of a 2-process job match 1 process to 1e-5."""
   single, multi = str(tmp_path / 'single'), str(tmp_path / 'multi')

@@ -20,6 +20,7 @@ import sys
 import tomllib
 
 from packaging.requirements import Requirement
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -33,6 +34,7 @@ build_meta.build_editable(dist)
 """
 
 
+@pytest.mark.slow
 def test_wheel_and_editable_wheel_build_without_warnings(tmp_path):
   with open(os.path.join(REPO_ROOT, 'pyproject.toml'), 'rb') as f:
     requires = [Requirement(r) for r in tomllib.load(f)['build-system']['requires']]

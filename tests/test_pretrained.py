@@ -114,6 +114,7 @@ def slim_case(tmp_path_factory, images):
   return path, expected, values
 
 
+@pytest.mark.slow
 def test_slim_conversion_matches_tf_slim(slim_case, images, tmp_path):
   path, expected, _ = slim_case
   metadata = pretrained.convert('slim', path, str(tmp_path))
@@ -127,6 +128,7 @@ def test_slim_conversion_matches_tf_slim(slim_case, images, tmp_path):
   assert diff <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_slim_background_class_is_kept(slim_case, tmp_path):
   """A 1001-way slim classifier (index 0: background) stays 1001-way; a V2
   checkpoint with a `global_step` converts too."""
@@ -198,6 +200,7 @@ def keras_case(tmp_path_factory, images):
   return paths, expected
 
 
+@pytest.mark.slow
 def test_keras_conversion_matches_keras(keras_case, images, tmp_path):
   paths, expected = keras_case
   metadata = pretrained.convert('keras', paths['keras2'], str(tmp_path))
@@ -210,6 +213,7 @@ def test_keras_conversion_matches_keras(keras_case, images, tmp_path):
   assert diff <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_keras_file_layouts_convert_alike(keras_case):
   paths, _ = keras_case
   converted = {
@@ -405,6 +409,7 @@ def test_converted_checkpoint_starts_a_60_class_stream(torchvision_case, tmp_pat
     param_merge.merge(init, loaded, fresh=[r'.*temporal/.*'])
 
 
+@pytest.mark.slow
 def test_cli_converts_a_file(torchvision_case, tmp_path):
   path, state = torchvision_case
   out = tmp_path / 'imagenet'

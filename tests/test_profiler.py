@@ -27,6 +27,7 @@ def profile_runs(logdir: str) -> list[str]:
   return profile_plugin.ProfilePlugin(context).runs_imp()
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace_tensorboard_lists(tmp_path, synthetic_data_dir):
   config = tiny_config('demo', 'step1_rgb', num_train_steps=3, profile_steps=(2, 3))
   config.data_dir = synthetic_data_dir

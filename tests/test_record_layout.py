@@ -88,6 +88,7 @@ def assert_same_batches(a, b):
       np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_built_clips_are_the_version1_clips_in_the_version1_order(built):
   for split in SPLITS:
     clips = open_split(built, split)
@@ -101,6 +102,7 @@ def test_built_clips_are_the_version1_clips_in_the_version1_order(built):
         assert list(clip[modality]) == whole[modality], modality
 
 
+@pytest.mark.slow
 def test_fast_row_parsing_is_tfds_decoding(built):
   for split in ('test', records.frames_split('test')):
     source = built.as_data_source(split=split)
@@ -115,6 +117,7 @@ def test_fast_row_parsing_is_tfds_decoding(built):
           np.testing.assert_array_equal(value, slow[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_pipeline_gives_the_version1_batches(built):
   clips, whole = open_split(built, 'train'), version1_order('train')
   kwargs = dict(
@@ -140,6 +143,7 @@ def test_pipeline_gives_the_version1_batches(built):
   )
 
 
+@pytest.mark.slow
 def test_a_union_of_splits_reads_each_clip_its_own_frames(built):
   union = shards.open_split(built, 'test+train', name='union', rebuild_command='REBUILD')
   expected = version1_order('test') + version1_order('train')
@@ -149,6 +153,7 @@ def test_a_union_of_splits_reads_each_clip_its_own_frames(built):
       assert list(clip[modality]) == whole[modality]
 
 
+@pytest.mark.slow
 def test_a_misplaced_frame_row_is_refused(built):
   clips = open_split(built, 'train')
   row = clips.clip_table[0]
@@ -157,6 +162,7 @@ def test_a_misplaced_frame_row_is_refused(built):
     wrong[0]  # pylint: disable=pointless-statement
 
 
+@pytest.mark.slow
 def test_an_rgb_only_stage_opens_no_depth_bytes(built):
   clips = open_split(built, 'train')
   frame_reads = pipeline_speed.count_reads(clips.frames.data_source)
@@ -246,6 +252,7 @@ def test_old_layout_build_is_refused_with_the_rebuild_command(tmp_path):
     open_split(builder, 'train')
 
 
+@pytest.mark.slow
 def test_input_benchmark_command_measures_both_stages_in_both_layouts(tmp_path):
   """`python -m modistill_jax.data.pipeline_speed`, shrunk: every figure it exists to print."""
   command = [sys.executable, '-m', 'modistill_jax.data.pipeline_speed', '--clips=1', '--size=16']

@@ -126,6 +126,7 @@ def test_compare_names_a_missing_folder(tmp_path):
     report.compare([str(tmp_path / 'nope')])
 
 
+@pytest.mark.slow
 def test_compare_command_prints_and_writes_the_table(tmp_path):
   workdir = str(tmp_path / 'run')
   _finished_stage(workdir, 'step1', {'depth': 0.5, 'rgb': 0.25, 'fused': 0.5})

@@ -111,6 +111,7 @@ def uninterrupted(tmp_path_factory, synthetic_data_dir, env):
   return workdir, outcome(workdir)
 
 
+@pytest.mark.slow
 def test_uninterrupted_run_records_each_step_once(uninterrupted):
   _, expected = uninterrupted
   assert [s for s, _, _ in expected['records']['train']] == list(range(1, NUM_STEPS + 1))
@@ -118,6 +119,7 @@ def test_uninterrupted_run_records_each_step_once(uninterrupted):
   assert len(expected['records']['test']) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'point',
     ['best_save_started:2', 'best_save_committed:2', 'latest_save_started:2', 'before_results'],
@@ -147,6 +149,7 @@ def test_sigkill_then_same_command_gives_uninterrupted_results(
   assert_same_outcome(outcome(workdir), expected)
 
 
+@pytest.mark.slow
 def test_external_kill_just_after_a_new_best_validation(
     tmp_path, uninterrupted, synthetic_data_dir, env
 ):
@@ -400,6 +403,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(
   )
 
 
+@pytest.mark.slow
 def test_corrupted_best_checkpoint_names_the_file_and_the_way_out(tmp_path, uninterrupted):
   source, _ = uninterrupted
   workdir = str(tmp_path / 'copy')
@@ -427,6 +431,7 @@ def test_predict_needs_no_optimizer_state_nor_latest_checkpoints(tmp_path, tiny_
   assert set(saved) == set(checkpointing.BEST_KEYS)
 
 
+@pytest.mark.slow
 def test_missing_prerequisite_hint_runs_as_printed(tmp_path, synthetic_data_dir, env):
   workdir = str(tmp_path)
   args = train_args(workdir, synthetic_data_dir, num_train_steps=1)

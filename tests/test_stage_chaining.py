@@ -130,6 +130,7 @@ def test_step2_from_separate_step1_stages(tmp_path, config):
   )
 
 
+@pytest.mark.slow
 def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_cache_dir, tmp_path):
   """`evaluate --sweep` prints Table 2's row and writes it to `step2/noise_sweep.json`.
 

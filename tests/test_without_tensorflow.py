@@ -25,6 +25,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT, cli_env, override_flags
 from modistill_jax.config_lib import TINY
 
@@ -74,6 +76,7 @@ def run_without_tensorflow(
   return proc.stdout
 
 
+@pytest.mark.slow
 def test_blocked_tensorflow_fails_to_import():
   """The hiding works: the same script around a bare `import tensorflow` fails."""
   proc = subprocess.run(
@@ -88,6 +91,7 @@ def test_blocked_tensorflow_fails_to_import():
   assert "ModuleNotFoundError: No module named 'tensorflow'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_without_tensorflow(tmp_path, synthetic_data_dir, compilation_cache_dir):
   env = cli_env(compilation_cache_dir)
   workdir = str(tmp_path / 'run')

@@ -15,14 +15,11 @@ its flags); its flags are named as `tfds build`'s.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-from etils import epath
 import tensorflow_datasets as tfds
 
 from data_builders.custom_rgbd import builder
@@ -41,32 +38,6 @@ _CONFIG = flags.DEFINE_list(
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete and rebuild a config already built.')
 
 
-def build(name: str, root: epath.PathLike, data_dir: str | None, configs, overwrite: bool):
-  """Builds dataset `name` from the folder `root`, each of `configs` (all when empty).
-
-  Returns the folders built. Raises ValueError (layout.LayoutError included) on
-  a mistake in the folder's tables or the name, before anything is written.
-  """
-  builder_class = builder.make_builder_class(name, root)
-  known = [c.name for c in builder_class.BUILDER_CONFIGS]
-  unknown = [c for c in configs if c not in known]
-  if unknown:
-    raise ValueError(f'--config={",".join(unknown)}: not a config of {name}; use one of {known}.')
-  download_config = tfds.download.DownloadConfig(manual_dir=str(root))
-  folders = []
-  for config in configs or known:
-    dataset = builder_class(config=config, data_dir=data_dir)
-    if overwrite and dataset.is_prepared():
-      dataset.data_path.rmtree()
-      dataset = builder_class(config=config, data_dir=data_dir)
-    # TFDS announces a build with `print`, for a download-free builder as 'Downloading and
-    # preparing dataset Unknown size ...'; the caller says what was built instead.
-    with contextlib.redirect_stdout(io.StringIO()):
-      dataset.download_and_prepare(download_config=download_config)
-    folders.append(dataset.data_path)
-  return folders
-
-
 def main(argv: list[str]) -> None:
   if len(argv) != 3 or argv[1] != 'build':
     raise app.UsageError(f'Usage: {USAGE}\n(got: {" ".join(argv[1:]) or "no arguments"})')
@@ -80,7 +51,9 @@ def main(argv: list[str]) -> None:
   if not sys.stderr.isatty():  # In a log file, progress bars are carriage-return noise.
     tfds.disable_progress_bar()
   try:
-    folders = build(argv[2], _MANUAL_DIR.value, _DATA_DIR.value, _CONFIG.value, _OVERWRITE.value)
+    folders = builder.build(
+        argv[2], _MANUAL_DIR.value, _DATA_DIR.value, _CONFIG.value, _OVERWRITE.value
+    )
   except ValueError as e:  # Includes layout.LayoutError: a table's mistake, file and line.
     raise SystemExit(f'error: {e}') from None
   for folder in folders:

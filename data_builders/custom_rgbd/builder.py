@@ -11,6 +11,8 @@ name like the others, and trained with the protocol `csv_splits`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 
 from absl import logging
@@ -113,3 +115,29 @@ def make_builder_class(name: str, root: epath.PathLike) -> type[CustomRgbdBuilde
       (CustomRgbdBuilder,),
       {'name': name, 'CLASS_NAMES': class_names, '__module__': __name__},
   )
+
+
+def build(name: str, root: epath.PathLike, data_dir: str | None, configs, overwrite: bool):
+  """Builds dataset `name` from the folder `root`, each of `configs` (all when empty).
+
+  Returns the folders built. Raises ValueError (layout.LayoutError included) on
+  a mistake in the folder's tables or the name, before anything is written.
+  """
+  builder_class = make_builder_class(name, root)
+  known = [c.name for c in builder_class.BUILDER_CONFIGS]
+  unknown = [c for c in configs if c not in known]
+  if unknown:
+    raise ValueError(f'--config={",".join(unknown)}: not a config of {name}; use one of {known}.')
+  download_config = tfds.download.DownloadConfig(manual_dir=str(root))
+  folders = []
+  for config in configs or known:
+    dataset = builder_class(config=config, data_dir=data_dir)
+    if overwrite and dataset.is_prepared():
+      dataset.data_path.rmtree()
+      dataset = builder_class(config=config, data_dir=data_dir)
+    # TFDS announces a build with `print`, for a download-free builder as 'Downloading and
+    # preparing dataset Unknown size ...'; the caller says what was built instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+      dataset.download_and_prepare(download_config=download_config)
+    folders.append(dataset.data_path)
+  return folders

@@ -37,6 +37,7 @@ def python_built(tmp_path_factory):
   return builder
 
 
+@pytest.mark.slow
 def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
   info = python_built.info
   assert info.file_format.value == records.FILE_FORMAT
@@ -78,6 +79,7 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
   )
 
 
+@pytest.mark.slow
 def test_worker_processes_write_what_rendering_here_gives(python_built):
   """The pool's examples are byte for byte the examples rendered and encoded in this process."""
   built = _read(python_built)
@@ -88,6 +90,7 @@ def test_worker_processes_write_what_rendering_here_gives(python_built):
       assert list(example[key]) == expected[key], (sample_id, key)
 
 
+@pytest.mark.slow
 def test_cli_build_writes_the_same_examples(python_built, tmp_path):
   folder = os.path.dirname(os.path.abspath(__file__))
   subprocess.run(

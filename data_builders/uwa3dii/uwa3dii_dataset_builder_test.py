@@ -9,6 +9,7 @@ import tempfile
 from unittest import mock
 
 from absl.testing import absltest
+import pytest
 import tensorflow_datasets as tfds
 
 from data_builders import builder_test_utils
@@ -67,6 +68,7 @@ class FindSamplesTest(absltest.TestCase):
       uwa3dii_raw.find_samples(tfds.core.Path(self.enter_context(tempfile.TemporaryDirectory())))
 
 
+@pytest.mark.slow
 class CommandLineTest(absltest.TestCase):
 
   def test_tfds_build_with_two_workers(self):
