@@ -50,7 +50,7 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
   if jax.process_count() > 1:
     raise RuntimeError(f'Build {name} once before a multi-host run (tfds build).')
   version_dir = epath.Path(builder.data_dir)
-  with runs.JobLock(version_dir.parent / f'.{version_dir.name}.build-lock.json') as lock:
+  with runs.JobLock(version_dir.parent / f'.{version_dir.name}.building.json') as lock:
     waiting = False
     while True:
       try:
