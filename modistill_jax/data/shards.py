@@ -42,6 +42,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from modistill_jax.data import ranged_records
 from modistill_jax.data import records as records_lib
 
 # Shard files whose index is read at once when a split is opened: the reads
@@ -152,6 +153,20 @@ def check_shards(split: BuiltSplit) -> None:
     )
 
 
+def open_shard(path: str):
+  """A reader of one shard file's records: `read(positions)`, the records at those indices.
+
+  On `gs://`, `ranged_records.gcs_reader`: one bounded range request per record
+  (ArrayRecord's own GCS reader asks for the rest of the file each time). Elsewhere
+  ArrayRecord's reader with `READ_BUFFER_BYTES` reads.
+  """
+  if path.startswith('gs://'):
+    return ranged_records.gcs_reader(path)
+  return array_record_module.ArrayRecordReader(
+      path, options=READER_OPTIONS, file_reader_buffer_size=READ_BUFFER_BYTES
+  )
+
+
 class RecordFiles(Sequence):
   """A split's raw records by index, read from its shard files with `READ_BUFFER_BYTES` reads.
 
@@ -174,11 +189,7 @@ class RecordFiles(Sequence):
     if self._readers[i] is None:
       with self._lock:
         if self._readers[i] is None:
-          self._readers[i] = array_record_module.ArrayRecordReader(
-              self._shards[i].path,
-              options=READER_OPTIONS,
-              file_reader_buffer_size=READ_BUFFER_BYTES,
-          )
+          self._readers[i] = open_shard(self._shards[i].path)
     return self._readers[i]
 
   def __getitem__(self, index) -> bytes:
