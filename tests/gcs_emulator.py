@@ -206,7 +206,7 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
     pytest.fail(str(e), pytrace=False)
 
 
-def _reset_epath_backend_choice() -> None:
+def reset_epath_backend_choice() -> None:
   # epath decides once per process whether `gs://` goes through TensorFlow,
   # reading EPATH_USE_TF then (a cached private function of etils 1.x).
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
@@ -217,10 +217,10 @@ def gcs_bucket(gcs_emulator, monkeypatch) -> Iterator[str]:
   """`gs://<a new empty bucket>`, with this process's clients pointed at the emulator."""
   for name, value in gcs_emulator.env.items():
     monkeypatch.setenv(name, value)
-  _reset_epath_backend_choice()
+  reset_epath_backend_choice()
   yield gcs_emulator.create_bucket(f'test-{uuid.uuid4().hex[:16]}')
   monkeypatch.undo()
-  _reset_epath_backend_choice()
+  reset_epath_backend_choice()
 
 
 _PRECONDITIONS = threading.Lock()
