@@ -13,6 +13,7 @@ from array_record.python import array_record_module
 from etils import epath
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from gcs_emulator import Downloads  # pylint: disable=unused-import
 from modistill_jax.data import ranged_records
@@ -98,7 +99,9 @@ def test_a_clip_from_gs_is_the_local_clip_and_serves_at_most_1_5x_its_frames(
     ntu_size_records, gcs_emulator, gcs_bucket
 ):
   root, local = ntu_size_records
-  remote, _, opening = pipeline_speed.open_on_gcs(root, gcs_bucket, gcs_emulator.downloads)
+  remote, version_dir, opening = pipeline_speed.open_on_gcs(
+      root, gcs_bucket, gcs_emulator.downloads
+  )
   assert opening.requests > 0
   for record_set in ('clip_table', 'frames'):
     shard_path = getattr(remote, record_set).split.shards[0].path
@@ -121,3 +124,15 @@ def test_a_clip_from_gs_is_the_local_clip_and_serves_at_most_1_5x_its_frames(
     # One request for the clip-table row, one per frame read; each no larger than its record.
     assert requests == 1 + 5 * len(modalities)
     assert decoded < served <= 1.5 * decoded, modalities
+  # A shard file cut short (at a block boundary: the last block is then frame data, not the
+  # postscript) or missing on gs:// is named when the split is opened.
+  shard = epath.Path(remote.frames.split.shards[0].path)
+  shard.write_bytes(shard.read_bytes()[: 3 * BLOCK])
+  open_again = lambda: shards.open_split(
+      tfds.builder_from_directory(version_dir), 'train', name='x', rebuild_command='-'
+  )
+  with pytest.raises(shards.DatasetShardError, match=f'{shard} cannot be opened as ArrayRecord'):
+    open_again()
+  shard.unlink()
+  with pytest.raises(shards.DatasetShardError, match=f'{shard} is missing'):
+    open_again()
