@@ -57,7 +57,7 @@ def test_emulator_answers_suffix_ranges_and_counts_what_it_serves(gcs_emulator, 
   assert get(None) == ((200, None, data), Downloads(1, size))
 
 
-def test_ranged_reader_reads_every_record_as_array_record_does(ntu_size_records):
+def test_ranged_reader_reads_every_record_as_array_record_does(ntu_size_records, monkeypatch):
   """On local files (a read function over the file), across 64 KiB block boundaries."""
   crossed = 0  # records whose chunk a block header interrupts
   paths = sorted(epath.Path(ntu_size_records[0], pipeline_speed.CURRENT).glob('*.array_record-*'))
@@ -84,6 +84,12 @@ def test_ranged_reader_reads_every_record_as_array_record_does(ntu_size_records)
     with pytest.raises(IndexError, match=f'record {len(expected)} of a file of {len(expected)} '):
       reader.read([len(expected)])
   assert crossed > 10
+  # A postscript chunk longer than the first read of the last block is read whole.
+  monkeypatch.setattr(ranged_records, 'POSTSCRIPT_READ', ranged_records.BLOCK_HEADER_SIZE + 48)
+  data = path.read_bytes()
+  whole = ranged_records.read_index(lambda start, end: data[start:end], len(data))
+  np.testing.assert_array_equal(whole.chunk_starts, index.chunk_starts)
+  np.testing.assert_array_equal(whole.first_records, index.first_records)
 
 
 def test_records_that_are_not_array_record_are_refused_by_name():

@@ -10,8 +10,8 @@ of the reader bounds the range. `RangedShardReader` reads a shard instead with
 requests whose both ends are known, through gcsfs (the client every `gs://`
 path of the project goes through):
 
-* when the shard is first read, its postscript (the last 64 KiB block) and
-  then its footer: the offset of every chunk of records;
+* when the shard is first read, its postscript (the start of its last 64 KiB
+  block) and then its footer: the offset of every chunk of records;
 * for each record, the bytes of its chunk, `[offset, next chunk's offset)`,
   which it decodes here.
 
@@ -38,6 +38,8 @@ import zstandard
 BLOCK_SIZE = 1 << 16
 BLOCK_HEADER_SIZE = 24
 CHUNK_HEADER_SIZE = 40
+# Bytes of the last block read for the postscript chunk (three ~15-byte records).
+POSTSCRIPT_READ = 4096
 # Chunk types (Riegeli's records file format).
 SIMPLE_CHUNK = ord('r')
 TRANSPOSED_CHUNK = ord('t')
@@ -158,15 +160,22 @@ class ShardIndex:
 
 
 def read_index(read_range: Callable[[int, int], bytes], size: int) -> ShardIndex:
-  """The index of an ArrayRecord file of `size` bytes, from two reads: postscript, footer."""
+  """The index of an ArrayRecord file of `size` bytes, from two reads: postscript, footer.
+
+  The postscript chunk begins the file's last block (ArrayRecord's layout), the
+  footer chunk runs from the offset the postscript gives to that block.
+  """
   if size < BLOCK_SIZE or size % BLOCK_SIZE:
     raise RecordFormatError(
         f'{size} bytes is not a whole number of 64 KiB blocks, as an ArrayRecord file is'
     )
-  postscript_start = size - BLOCK_SIZE  # the postscript chunk fills the last block
-  postscript = chunk_records(
-      without_block_headers(read_range(postscript_start, size), postscript_start)
-  )
+  postscript_start = size - BLOCK_SIZE  # the postscript chunk starts the last block
+  # The postscript's records are small: its chunk fits the block's first POSTSCRIPT_READ bytes.
+  head = read_range(postscript_start, postscript_start + POSTSCRIPT_READ)
+  (data_size,) = struct.unpack_from('<Q', head, BLOCK_HEADER_SIZE + 8)
+  if BLOCK_HEADER_SIZE + CHUNK_HEADER_SIZE + data_size > len(head):
+    head = read_range(postscript_start, size)
+  postscript = chunk_records(without_block_headers(head, postscript_start))
   footer_start = _proto_integers(postscript[0]).get(1)
   if not isinstance(footer_start, int) or not 0 < footer_start < postscript_start:
     raise RecordFormatError(f'the postscript gives footer offset {footer_start!r}')
