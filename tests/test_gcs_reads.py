@@ -7,6 +7,7 @@ of real JPEG and PNG frames.
 """
 
 import os
+import pickle
 import urllib.request
 
 from array_record.python import array_record_module
@@ -117,6 +118,9 @@ def test_a_clip_from_gs_is_the_local_clip_and_serves_at_most_1_5x_its_frames(
     on_disk = getattr(local, record_set).data_source.data_source
     assert len(on_gcs) == len(on_disk) > 0
     assert [on_gcs[i] for i in range(len(on_gcs))] == [on_disk[i] for i in range(len(on_disk))]
+  # Grain's worker processes get the clips pickled: their readers open again there.
+  unpickled = pickle.loads(pickle.dumps(remote))
+  assert unpickled[1]['depth'][7] == local[1]['depth'][7]
   sizes = {m: [[len(f) for f in local[c][m]] for c in range(len(local))] for m in ('rgb', 'depth')}
   assert np.mean(np.concatenate(sizes['rgb'])) > 8 * 1024  # JPEG frames of camera-like size
   for modalities in pipeline_speed.STAGES.values():
