@@ -124,7 +124,7 @@ def test_a_clip_from_gs_is_the_local_clip_and_serves_at_most_1_5x_its_frames(
   sizes = {m: [[len(f) for f in local[c][m]] for c in range(len(local))] for m in ('rgb', 'depth')}
   assert np.mean(np.concatenate(sizes['rgb'])) > 8 * 1024  # JPEG frames of camera-like size
   for modalities in pipeline_speed.STAGES.values():
-    requests, served, decoded = pipeline_speed.served_per_clip(
+    requests, served, decoded, cpu = pipeline_speed.served_per_clip(
         remote,
         gcs_emulator.downloads,
         modalities=modalities,
@@ -134,6 +134,7 @@ def test_a_clip_from_gs_is_the_local_clip_and_serves_at_most_1_5x_its_frames(
     # One request for the clip-table row, one per frame read; each no larger than its record.
     assert requests == 1 + 5 * len(modalities)
     assert decoded < served <= 1.5 * decoded, modalities
+    assert cpu > 0
   # A shard file cut short (at a block boundary: the last block is then frame data, not the
   # postscript) or missing on gs:// is named when the split is opened.
   shard = epath.Path(remote.frames.split.shards[0].path)

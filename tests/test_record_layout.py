@@ -270,8 +270,8 @@ def test_input_benchmark_command_measures_both_stages_in_both_layouts(tmp_path):
   for stage, modalities in pipeline_speed.STAGES.items():
     assert re.search(
         rf'\[{re.escape(stage)}\] gs:// per training clip: {1 + 5 * len(modalities)}\.0 requests, '
-        r"[\d.]+ KiB served \([\d.]+x the frames decoded\); through TFDS's readers "
-        r'[\d.]+ requests, [\d.]+ KiB',
+        r"[\d.]+ KiB served \([\d.]+x the frames decoded\), [\d.]+ ms of CPU; through TFDS's "
+        r'readers [\d.]+ requests, [\d.]+ KiB \([\d.]+x\), [\d.]+ ms of CPU',
         out.stdout,
     )
     assert re.search(rf'\[{re.escape(stage)}\] bytes read per training clip: current', out.stdout)

@@ -25,9 +25,9 @@ and 4) and an RGB+depth stage (steps 2 and 3), reading from those files:
 * with `--gcs_emulator`, the same clips read from `gs://`: the current-layout
   dataset is copied into a bucket of the test GCS emulator
   (`tests/gcs_emulator.py`, which needs the `test` extra), and the bytes its
-  downloads serve and the requests per training clip are counted, through
-  the pipeline's readers (`ranged_records`, bounded ranges) and through
-  TFDS's (ArrayRecord's GCS reader);
+  downloads serve, the requests and this process's CPU time per training
+  clip are measured, through the pipeline's readers (`ranged_records`,
+  bounded ranges) and through TFDS's (ArrayRecord's GCS reader);
 * CPU time per training clip in one thread (reading, decoding, resizing,
   flipping: `pipeline`'s per-clip work, process CPU time, so other load on the
   machine does not inflate it), at `--size` and, for RGB, at half of it
@@ -386,15 +386,17 @@ def served_per_clip(
     num_frames: int = 5,
     num_clips: int = 32,
     frame_bytes=None,
-) -> tuple[float, float, float]:
-  """`(requests, bytes served, encoded bytes of the frames decoded)` per training clip on gs://.
+) -> tuple[float, float, float, float]:
+  """`(requests, bytes served, frames' encoded bytes, CPU seconds)` per training clip on gs://.
 
   `read`'s clips come from a GCS emulator whose `downloads()` counts the
   download requests it answered and their bytes (`tests/gcs_emulator.py`);
   open its readers first (`open_readers`), so that no shard's index is read
-  while counting.
+  while counting. CPU seconds are this process's (the client's requests and
+  decoding of the chunks, not the emulator's work), reading in one thread.
   """
   before = downloads()
+  start = time.process_time()
   decoded = read_clips(
       read,
       modalities=modalities,
@@ -402,8 +404,14 @@ def served_per_clip(
       num_clips=num_clips,
       frame_bytes=frame_bytes,
   )
+  cpu = time.process_time() - start
   served = downloads() - before
-  return served.requests / num_clips, served.bytes / num_clips, decoded / num_clips
+  return (
+      served.requests / num_clips,
+      served.bytes / num_clips,
+      decoded / num_clips,
+      cpu / num_clips,
+  )
 
 
 def open_on_gcs(root: str, bucket: str, downloads) -> tuple[shards.ClipRecords, str, Any]:
@@ -577,7 +585,7 @@ def main(argv: Sequence[str]) -> None:
             f'{tfds_storage / 1024:.1f} KiB ({tfds_storage / decoded:.2f}x)'
         )
       if args.gcs_emulator:
-        (requests, served, decoded), (tfds_requests, tfds_served, _) = (
+        (requests, served, decoded, gcs_cpu), (tfds_requests, tfds_served, _, tfds_cpu) = (
             served_per_clip(
                 read,
                 emulator.downloads,
@@ -589,9 +597,10 @@ def main(argv: Sequence[str]) -> None:
         )
         print(
             f'[{stage}] gs:// per training clip: {requests:.1f} requests, {served / 1024:.1f} KiB '
-            f"served ({served / decoded:.2f}x the frames decoded); through TFDS's readers "
-            f'{tfds_requests:.1f} requests, {tfds_served / 1024:.1f} KiB '
-            f'({tfds_served / decoded:.1f}x)'
+            f'served ({served / decoded:.2f}x the frames decoded), {gcs_cpu * 1e3:.2f} ms of '
+            f"CPU; through TFDS's readers {tfds_requests:.1f} requests, "
+            f'{tfds_served / 1024:.1f} KiB ({tfds_served / decoded:.1f}x), '
+            f'{tfds_cpu * 1e3:.2f} ms of CPU'
         )
       size, half = (args.size, args.size), (args.size // 2, args.size // 2)
       cpu = cpu_seconds_per_clip(current, modalities=modalities, image_size=size)
