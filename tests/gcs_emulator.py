@@ -2,9 +2,10 @@
 
 `gcs_emulator` (session) starts `gcp-storage-emulator` (PyPI, the `test`
 extra) as a real server process on 127.0.0.1 on a free port, and stops it
-after the session; `gcs_bucket` (per test) creates an empty bucket on it and
-points this process's clients at the emulator for the test. A test module uses
-them by importing both names:
+after the session (`running_emulator` does the same outside pytest, for
+`tools/pipeline_speed.py`); `gcs_bucket` (per test) creates an empty bucket on
+it and points this process's clients at the emulator for the test. A test
+module uses them by importing both names:
 
     from gcs_emulator import gcs_bucket, gcs_emulator  # pylint: disable=unused-import
 
@@ -36,16 +37,29 @@ emulator also ignores write preconditions (`ifGenerationMatch`), on which the
 run folder's lock relies (`runs.JobLock`: several hosts racing for one object);
 here uploads and deletes honour them as GCS does. It lacks GCS's `moveTo`, so
 gcsfs renames fall back to copy and delete after ~35 s of retries.
+
+Two more changes serve the measurement of bytes read from `gs://`
+(docs/performance.md, "Bytes from storage per training clip"):
+
+* A suffix range, `Range: bytes=-N` (the last N bytes, which ArrayRecord's GCS
+  reader asks for to read a shard's footer), is answered with those bytes, as
+  GCS does; the emulator otherwise served the whole object, and a shard file
+  over 1 MiB then did not open.
+* The server counts the download requests it answers and the body bytes it
+  sends, read with `GcsEmulator.downloads()` (an internal route, `GET
+  /_downloads`, as the emulator's own `/wipe` is).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+import contextlib
 import dataclasses
 import http
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,6 +74,26 @@ from etils.epath import gpath
 import pytest
 
 START_TIMEOUT_S = 60
+
+
+# The internal route that reports `Downloads` (not part of GCS's API).
+DOWNLOADS_ROUTE = '/_downloads'
+
+
+@dataclasses.dataclass(frozen=True)
+class Downloads:
+  """Object downloads a server answered: how many, and the bytes of their bodies.
+
+  Attributes:
+    requests: download requests answered with the object's bytes (200 or 206).
+    bytes: the bytes of those responses' bodies.
+  """
+
+  requests: int
+  bytes: int
+
+  def __sub__(self, earlier: Downloads) -> Downloads:
+    return Downloads(self.requests - earlier.requests, self.bytes - earlier.bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +120,11 @@ class GcsEmulator:
       if response.status != 200:
         raise RuntimeError(f'Creating bucket {name} on {self.url}: HTTP {response.status}.')
     return f'gs://{name}'
+
+  def downloads(self) -> Downloads:
+    """The downloads the server has answered since it started (differences measure a span)."""
+    with urllib.request.urlopen(f'{self.url}{DOWNLOADS_ROUTE}', timeout=10) as response:
+      return Downloads(**json.load(response))
 
 
 def client_env(url: str) -> dict[str, str]:
@@ -125,9 +164,13 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-@pytest.fixture(scope='session')
-def gcs_emulator() -> Iterator[GcsEmulator]:
-  """A GCS emulator server process on 127.0.0.1, for the whole test session."""
+class EmulatorDidNotStart(RuntimeError):
+  """The emulator server exited or did not answer in time; the message has its output."""
+
+
+@contextlib.contextmanager
+def running_emulator() -> Iterator[GcsEmulator]:
+  """A GCS emulator server process on 127.0.0.1 on a free port, stopped on leaving."""
   port = _free_port()
   url = f'http://127.0.0.1:{port}'
   command = [sys.executable, os.path.abspath(__file__), '--port', str(port)]
@@ -143,10 +186,9 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
               if process.poll() is not None
               else f'did not answer on {url} within {START_TIMEOUT_S} s'
           )
-          pytest.fail(
+          raise EmulatorDidNotStart(
               f'The GCS emulator `{" ".join(command)}` {state}; its output:\n'
-              f'{log.read()}\n(it comes with the test extra: pip install -e ".[test]")',
-              pytrace=False,
+              f'{log.read()}\n(it comes with the test extra: pip install -e ".[test]")'
           )
         time.sleep(0.2)
       yield GcsEmulator(url=url, env=client_env(url))
@@ -154,7 +196,17 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
       _stop(process)
 
 
-def _reset_epath_backend_choice() -> None:
+@pytest.fixture(scope='session')
+def gcs_emulator() -> Iterator[GcsEmulator]:
+  """A GCS emulator server process on 127.0.0.1, for the whole test session."""
+  try:
+    with running_emulator() as emulator:
+      yield emulator
+  except EmulatorDidNotStart as e:
+    pytest.fail(str(e), pytrace=False)
+
+
+def reset_epath_backend_choice() -> None:
   # epath decides once per process whether `gs://` goes through TensorFlow,
   # reading EPATH_USE_TF then (a cached private function of etils 1.x).
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
@@ -165,10 +217,10 @@ def gcs_bucket(gcs_emulator, monkeypatch) -> Iterator[str]:
   """`gs://<a new empty bucket>`, with this process's clients pointed at the emulator."""
   for name, value in gcs_emulator.env.items():
     monkeypatch.setenv(name, value)
-  _reset_epath_backend_choice()
+  reset_epath_backend_choice()
   yield gcs_emulator.create_bucket(f'test-{uuid.uuid4().hex[:16]}')
   monkeypatch.undo()
-  _reset_epath_backend_choice()
+  reset_epath_backend_choice()
 
 
 _PRECONDITIONS = threading.Lock()
@@ -203,28 +255,57 @@ def _honouring_preconditions(handler):
   return checked
 
 
+def _bounded_suffix_range(request, storage) -> None:
+  """Rewrites a suffix range `bytes=-N` into `bytes=START-`, the last N bytes of the object.
+
+  The emulator's own download matches only `bytes=START-[END]`; GCS answers a
+  suffix range with the last N bytes (all of them when N exceeds the size).
+  """
+  headers = request._request_handler.headers  # pylint: disable=protected-access
+  match = re.fullmatch(r'\s*bytes=-(\d+)\s*', headers.get('range', ''))
+  if match:
+    size = len(storage.get_file(request.params['bucket_name'], request.params['object_id']))
+    del headers['range']
+    headers['range'] = f'bytes={max(0, size - int(match.group(1)))}-'
+
+
 def serve(port: int) -> None:
   """Runs the emulator in this process until interrupted, in memory, on 127.0.0.1:`port`.
 
-  Its downloads carry the object's generation, as GCS's do (module docstring).
+  Its downloads carry the object's generation and answer suffix ranges, as
+  GCS's do, and are counted (module docstring).
   """
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
   from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
 
   download = objects.download
+  # The server answers one request at a time (http.server.HTTPServer), so no lock.
+  served = {'requests': 0, 'bytes': 0}
 
-  def download_with_generation(request, response, storage, *args, **kwargs):
+  def download_as_gcs_does(request, response, storage, *args, **kwargs):
+    try:
+      _bounded_suffix_range(request, storage)
+    except NotFound:
+      pass  # the download answers 404
     download(request, response, storage, *args, **kwargs)
     if response.status in (http.HTTPStatus.OK, http.HTTPStatus.PARTIAL_CONTENT):
       obj = storage.get_file_obj(request.params['bucket_name'], request.params['object_id'])
       response['x-goog-generation'] = obj['generation']
       response['x-goog-metageneration'] = obj['metageneration']
+      served['requests'] += 1
+      served['bytes'] += len(response._content)  # pylint: disable=protected-access
 
-  objects.download = download_with_generation
+  def report_downloads(request, response, storage, *args, **kwargs):
+    del request, storage, args, kwargs
+    response.json(served)
+
+  objects.download = download_as_gcs_does
   for name in ('insert', 'delete'):
     setattr(objects, name, _honouring_preconditions(getattr(objects, name)))
   # Imported only now: the server binds its routes to the handlers when imported.
   from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
 
+  server.HANDLERS = ((rf'^{DOWNLOADS_ROUTE}$', {'GET': report_downloads}), *server.HANDLERS)
   server.create_server('127.0.0.1', port, in_memory=True).run()
 
 

@@ -23,10 +23,10 @@ from modistill_jax import config_lib
 from modistill_jax import steps
 from modistill_jax.data import jet
 from modistill_jax.data import pipeline
-from modistill_jax.data import pipeline_speed
 from modistill_jax.data import preprocess
 from modistill_jax.data import records
 from modistill_jax.data import shards
+from tools import pipeline_speed
 
 SIZE = 16
 SPLITS = {'train': 7, 'test': 5}
@@ -254,12 +254,26 @@ def test_old_layout_build_is_refused_with_the_rebuild_command(tmp_path):
 
 @pytest.mark.slow
 def test_input_benchmark_command_measures_both_stages_in_both_layouts(tmp_path):
-  """`python -m modistill_jax.data.pipeline_speed`, shrunk: every figure it exists to print."""
-  command = [sys.executable, '-m', 'modistill_jax.data.pipeline_speed', '--clips=1', '--size=16']
+  """`python -m tools.pipeline_speed`, shrunk: every figure it exists to print."""
+  command = [sys.executable, '-m', 'tools.pipeline_speed', '--clips=1', '--size=16']
   command += ['--seconds=0.2', '--workers=0', '--split_size=20', f'--dir={tmp_path}']
+  command += ['--gcs_emulator', '--gcs_clips=2']
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO_ROOT)
-  out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=True)
-  for stage in pipeline_speed.STAGES:
+  out = subprocess.run(
+      command, env=env, capture_output=True, text=True, timeout=300, check=True, cwd=REPO_ROOT
+  )
+  assert re.search(
+      r'gs:// \(GCS emulator\): opening the split and its 2 shard files through the pipeline\'s '
+      r'readers: \d+ downloads, [\d.]+ KiB',
+      out.stdout,
+  )
+  for stage, modalities in pipeline_speed.STAGES.items():
+    assert re.search(
+        rf'\[{re.escape(stage)}\] gs:// per training clip: {1 + 5 * len(modalities)}\.0 requests, '
+        r"[\d.]+ KiB served \([\d.]+x the frames decoded\), [\d.]+ ms of CPU; through TFDS's "
+        r'readers [\d.]+ requests, [\d.]+ KiB \([\d.]+x\), [\d.]+ ms of CPU',
+        out.stdout,
+    )
     assert re.search(rf'\[{re.escape(stage)}\] bytes read per training clip: current', out.stdout)
     assert re.search(
         rf'\[{re.escape(stage)}\] pipeline, 0 workers: current [\d.]+ clips/s', out.stdout

@@ -56,7 +56,7 @@ so host-to-device transfers stay uint8 and depth a third of its jet size.
 
 Throughput, and how `worker_count` and the thread counts below were chosen:
 `docs/performance.md` (input pipeline), measured with
-`python -m modistill_jax.data.pipeline_speed`.
+`python -m tools.pipeline_speed`.
 """
 
 from __future__ import annotations

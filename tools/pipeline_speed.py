@@ -1,14 +1,16 @@
 """Measures the input pipeline on NTU-size records written to disk, in both record layouts.
 
-    python -m modistill_jax.data.pipeline_speed                  # both stages, 0 workers
-    python -m modistill_jax.data.pipeline_speed --workers=0,2 --seconds=30 --clips=24
+    python -m tools.pipeline_speed                  # both stages, 0 workers
+    python -m tools.pipeline_speed --workers=0,2 --seconds=30 --clips=24
+    python -m tools.pipeline_speed --gcs_emulator   # bytes read from gs:// too
 
-Writes `--clips` clips of 70 to 100 frames at 224x224 (NTU RGB+D's length and
-the reference's size) into a temporary folder twice, as TFDS ArrayRecord
-datasets: once in the current layout (`records.py`: clip table, one record per
-frame and modality, depth as 8-bit codes) and once in the version-1 layout it
-replaced (one record per clip holding every frame, depth as jet-coloured PNG),
-kept here only to compare against. Then, for an RGB-only stage (steps 1-RGB
+Run from the repository's root folder. Writes `--clips` clips of 70 to 100
+frames at 224x224 (NTU RGB+D's length and the reference's size) into a
+temporary folder twice, as TFDS ArrayRecord datasets: once in the current
+layout (`records.py`: clip table, one record per frame and modality, depth as
+8-bit codes) and once in the version-1 layout it replaced (one record per clip
+holding every frame, depth as jet-coloured PNG), kept here, out of the
+library, only to compare against. Then, for an RGB-only stage (steps 1-RGB
 and 4) and an RGB+depth stage (steps 2 and 3), reading from those files:
 
 * the training pipeline's clips/s (`pipeline.train_iterator`, local batch 32),
@@ -20,6 +22,12 @@ and 4) and an RGB+depth stage (steps 2 and 3), reading from those files:
   decodes, and the bytes the process read from storage for them (the read
   system calls' bytes, `/proc/self/io` rchar, where Linux has it), through
   the pipeline's readers (`shards.RecordFiles`) and through TFDS's own;
+* with `--gcs_emulator`, the same clips read from `gs://`: the current-layout
+  dataset is copied into a bucket of the test GCS emulator
+  (`tests/gcs_emulator.py`, which needs the `test` extra), and the bytes its
+  downloads serve, the requests and this process's CPU time per training
+  clip are measured, through the pipeline's readers (`ranged_records`,
+  bounded ranges) and through TFDS's (ArrayRecord's GCS reader);
 * CPU time per training clip in one thread (reading, decoding, resizing,
   flipping: `pipeline`'s per-clip work, process CPU time, so other load on the
   machine does not inflate it), at `--size` and, for RGB, at half of it
@@ -38,15 +46,18 @@ noise. The files were just written, so they are read from the page cache.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import contextlib
 import dataclasses
 import os
 import tempfile
 import threading
 import time
 from typing import Any
+import uuid
 
 from absl import app
 from absl import flags
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -57,6 +68,8 @@ from modistill_jax.data import sampling
 from modistill_jax.data import shards
 
 SPLIT = 'train'
+# The current-layout dataset's version folder under the folder the datasets are written to.
+CURRENT = os.path.join('speed_current', '2.0.0')
 STAGES = {'rgb': ('rgb',), 'rgb+depth': ('rgb', 'depth')}
 
 
@@ -110,9 +123,12 @@ def old_layout_features(class_names: Sequence[str]) -> tfds.features.FeaturesDic
 
 
 def write_datasets(
-    root: str, num_clips: int, size: int, seed: int = 0
-) -> tuple[shards.ClipRecords, Sequence[dict]]:
-  """Writes the clips in both layouts under `root`; returns `(current, version 1)` readers."""
+    root: str, num_clips: int, size: int, seed: int = 0, version_1: bool = True
+) -> tuple[shards.ClipRecords, Sequence[dict] | None]:
+  """Writes the clips in both layouts under `root`; returns `(current, version 1)` readers.
+
+  Without `version_1`, writes the current layout only (version 1 is None).
+  """
   rng = np.random.default_rng(seed)
   examples, old_rows = [], []
   for i in range(num_clips):
@@ -127,18 +143,19 @@ def write_datasets(
         depth_frames_raw=num_frames,
     )
     examples.append(example)
-    old_rows.append(
-        (
-            example['sample_id'],
-            {
-                'rgb': example['rgb'],
-                'label': i % 10,
-                'sample_id': example['sample_id'],
-                'num_frames': num_frames,
-                'depth': [records.encode_png(f) for f in jet.depth_to_jet(depth_mm)],
-            },
-        )
-    )
+    if version_1:
+      old_rows.append(
+          (
+              example['sample_id'],
+              {
+                  'rgb': example['rgb'],
+                  'label': i % 10,
+                  'sample_id': example['sample_id'],
+                  'num_frames': num_frames,
+                  'depth': [records.encode_png(f) for f in jet.depth_to_jet(depth_mm)],
+              },
+          )
+      )
   class_names = [f'class{i}' for i in range(10)]
   tfds.dataset_builders.store_as_tfds_dataset(
       name='speed_current',
@@ -148,6 +165,10 @@ def write_datasets(
       data_dir=root,
       file_format=records.FILE_FORMAT,
   )
+  current = tfds.builder_from_directory(os.path.join(root, 'speed_current', '2.0.0'))
+  current = shards.open_split(current, SPLIT, name='speed_current', rebuild_command='-')
+  if not version_1:
+    return current, None
   tfds.dataset_builders.store_as_tfds_dataset(
       name='speed_old',
       version='1.0.0',
@@ -156,12 +177,8 @@ def write_datasets(
       data_dir=root,
       file_format=records.FILE_FORMAT,
   )
-  current = tfds.builder_from_directory(os.path.join(root, 'speed_current', '2.0.0'))
   old = tfds.builder_from_directory(os.path.join(root, 'speed_old', '1.0.0'))
-  return (
-      shards.open_split(current, SPLIT, name='speed_current', rebuild_command='-'),
-      old.as_data_source(split=SPLIT),
-  )
+  return current, old.as_data_source(split=SPLIT)
 
 
 class CountingReads:
@@ -301,6 +318,27 @@ def storage_bytes_read() -> int | None:
     return None
 
 
+def read_clips(
+    read: Sequence[dict], *, modalities: Sequence[str], num_frames: int, num_clips: int, frame_bytes
+) -> int:
+  """Reads `num_clips` clips as `pipeline._TrainClip` does; returns the frames' encoded bytes.
+
+  A clip's record(s), then its sampled frames of `modalities`.
+  `frame_bytes(clip, modality, t)` gives a frame's encoded size without
+  counting a read.
+  """
+  decoded = 0
+  rng = np.random.default_rng(0)
+  for k in range(num_clips):
+    clip = read[k % len(read)]
+    indices = sampling.train_indices(len(clip['rgb']), num_frames, rng, 0.5)
+    for modality in modalities:
+      for t in indices:
+        _ = clip[modality][t]
+        decoded += frame_bytes(k % len(read), modality, t)
+  return decoded
+
+
 def bytes_per_clip(
     read: Sequence[dict],
     counters: Sequence[CountingReads],
@@ -312,26 +350,99 @@ def bytes_per_clip(
 ) -> tuple[float, float, float | None]:
   """`(record bytes, bytes from storage, encoded bytes of the frames decoded)` per training clip.
 
-  Means over `num_clips` clips read as `pipeline._TrainClip` does: the clip's
-  record(s), then its sampled frames of `modalities`. Bytes from storage is
-  rchar's increase (None without `/proc/self/io`). `frame_bytes(clip,
-  modality, t)` gives a frame's encoded size without counting a read.
+  Means over `num_clips` clips read by `read_clips`. Bytes from storage is
+  rchar's increase (None without `/proc/self/io`).
   """
   for counter in counters:
     counter.reset()
-  decoded = 0
-  rng = np.random.default_rng(0)
   before = storage_bytes_read()
-  for k in range(num_clips):
-    clip = read[k % len(read)]
-    indices = sampling.train_indices(len(clip['rgb']), num_frames, rng, 0.5)
-    for modality in modalities:
-      for t in indices:
-        _ = clip[modality][t]
-        decoded += frame_bytes(k % len(read), modality, t)
+  decoded = read_clips(
+      read,
+      modalities=modalities,
+      num_frames=num_frames,
+      num_clips=num_clips,
+      frame_bytes=frame_bytes,
+  )
   after = storage_bytes_read()
   storage = (after - before) / num_clips if before is not None and after is not None else None
   return sum(c.num_bytes for c in counters) / num_clips, storage, decoded / num_clips
+
+
+def upload_tree(local: str, remote: epath.Path) -> None:
+  """Copies the folder `local` to `remote` (e.g. a `gs://` folder), file by file."""
+  for root, _, files in os.walk(local):
+    for name in files:
+      path = os.path.join(root, name)
+      target = remote / os.path.relpath(path, local)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(epath.Path(path).read_bytes())
+
+
+def served_per_clip(
+    read: Sequence[dict],
+    downloads,
+    *,
+    modalities: Sequence[str],
+    num_frames: int = 5,
+    num_clips: int = 32,
+    frame_bytes=None,
+) -> tuple[float, float, float, float]:
+  """`(requests, bytes served, frames' encoded bytes, CPU seconds)` per training clip on gs://.
+
+  `read`'s clips come from a GCS emulator whose `downloads()` counts the
+  download requests it answered and their bytes (`tests/gcs_emulator.py`);
+  open its readers first (`open_readers`), so that no shard's index is read
+  while counting. CPU seconds are this process's (the client's requests and
+  decoding of the chunks, not the emulator's work), reading in one thread.
+  """
+  before = downloads()
+  start = time.process_time()
+  decoded = read_clips(
+      read,
+      modalities=modalities,
+      num_frames=num_frames,
+      num_clips=num_clips,
+      frame_bytes=frame_bytes,
+  )
+  cpu = time.process_time() - start
+  served = downloads() - before
+  return (
+      served.requests / num_clips,
+      served.bytes / num_clips,
+      decoded / num_clips,
+      cpu / num_clips,
+  )
+
+
+def open_on_gcs(root: str, bucket: str, downloads) -> tuple[shards.ClipRecords, str, Any]:
+  """The current-layout dataset under `root`, copied into `bucket` (`gs://...`), opened.
+
+  Returns `(its clips, its version folder on gs://, what opening them served)`:
+  the `downloads()` of opening the split, checking its shard files and reading
+  one record of each, so each file's index. This process's `gs://` clients
+  must already point at the emulator whose `downloads` counts what it serves
+  (`tests/gcs_emulator.py`).
+  """
+  version_dir = f'{bucket}/{CURRENT}'
+  upload_tree(os.path.join(root, CURRENT), epath.Path(version_dir))
+  before = downloads()
+  builder = tfds.builder_from_directory(version_dir)
+  clips = shards.open_split(builder, SPLIT, name='speed_current on gs://', rebuild_command='-')
+  open_readers(clips)
+  return clips, version_dir, downloads() - before
+
+
+def open_readers(clips: shards.ClipRecords) -> None:
+  """Opens the reader of every shard file `clips` reads, by reading each file's first record.
+
+  A reader reads its file's index when it opens (`ranged_records` on gs://, at
+  its first read).
+  """
+  for records_read in (clips.clip_table, clips.frames):
+    first = 0
+    for shard in records_read.split.shards:
+      _ = records_read.data_source.data_source[first]
+      first += shard.take
 
 
 def cpu_seconds_per_clip(
@@ -365,6 +476,13 @@ def define_flags() -> None:
   flags.DEFINE_list('workers', ['0'], 'Grain worker processes to measure, e.g. 0,1,2.')
   flags.DEFINE_float('seconds', 20.0, 'Seconds each rate is measured over.')
   flags.DEFINE_string('dir', None, 'Where to write the datasets (default: a temporary folder).')
+  flags.DEFINE_bool(
+      'gcs_emulator',
+      False,
+      'Also read the clips from gs:// on the test GCS emulator (tests/gcs_emulator.py, the '
+      '`test` extra) and count the bytes and requests it serves per training clip.',
+  )
+  flags.DEFINE_integer('gcs_clips', 16, 'Training clips read from gs:// per reader and stage.')
 
 
 def worker_counts(values: Sequence[str]) -> list[int]:
@@ -384,7 +502,7 @@ def main(argv: Sequence[str]) -> None:
   args = flags.FLAGS
   workers_list = worker_counts(args.workers)
 
-  with tempfile.TemporaryDirectory(dir=args.dir) as root:
+  with tempfile.TemporaryDirectory(dir=args.dir) as root, contextlib.ExitStack() as stack:
     start = time.perf_counter()
     current, old = write_datasets(root, args.clips, args.size)
     written = time.perf_counter() - start
@@ -419,7 +537,22 @@ def main(argv: Sequence[str]) -> None:
     }
     sizes = {'rgb': rgb_bytes, 'depth': depth_bytes}
     old_sizes = {'rgb': rgb_bytes, 'depth': old_depth}
-    tfds_readers = tfds_read(current, os.path.join(root, 'speed_current', '2.0.0'))
+    tfds_readers = tfds_read(current, os.path.join(root, CURRENT))
+    if args.gcs_emulator:
+      from tests import gcs_emulator  # pylint: disable=g-import-not-at-top  (the test extra)
+
+      emulator = stack.enter_context(gcs_emulator.running_emulator())
+      os.environ.update(emulator.env)
+      gcs_emulator.reset_epath_backend_choice()
+      bucket = emulator.create_bucket(f'speed-{uuid.uuid4().hex[:12]}')
+      gcs_ranged, version_dir, opening = open_on_gcs(root, bucket, emulator.downloads)
+      gcs_tfds = tfds_read(gcs_ranged, version_dir)
+      open_readers(gcs_tfds)
+      num_shards = len(current.clip_table.split.shards) + len(current.frames.split.shards)
+      print(
+          f'gs:// (GCS emulator): opening the split and its {num_shards} shard files through '
+          f"the pipeline's readers: {opening.requests} downloads, {opening.bytes / 1024:.1f} KiB"
+      )
     for stage, modalities in STAGES.items():
       read, storage, decoded = bytes_per_clip(
           current,
@@ -450,6 +583,24 @@ def main(argv: Sequence[str]) -> None:
             f'[{stage}] bytes from storage per training clip (rchar): {storage / 1024:.1f} KiB '
             f"({storage / decoded:.2f}x the frames decoded); through TFDS's readers "
             f'{tfds_storage / 1024:.1f} KiB ({tfds_storage / decoded:.2f}x)'
+        )
+      if args.gcs_emulator:
+        (requests, served, decoded, gcs_cpu), (tfds_requests, tfds_served, _, tfds_cpu) = (
+            served_per_clip(
+                read,
+                emulator.downloads,
+                modalities=modalities,
+                num_clips=args.gcs_clips,
+                frame_bytes=lambda c, m, t: sizes[m][c][t],
+            )
+            for read in (gcs_ranged, gcs_tfds)
+        )
+        print(
+            f'[{stage}] gs:// per training clip: {requests:.1f} requests, {served / 1024:.1f} KiB '
+            f'served ({served / decoded:.2f}x the frames decoded), {gcs_cpu * 1e3:.2f} ms of '
+            f"CPU; through TFDS's readers {tfds_requests:.1f} requests, "
+            f'{tfds_served / 1024:.1f} KiB ({tfds_served / decoded:.1f}x), '
+            f'{tfds_cpu * 1e3:.2f} ms of CPU'
         )
       size, half = (args.size, args.size), (args.size // 2, args.size // 2)
       cpu = cpu_seconds_per_clip(current, modalities=modalities, image_size=size)
