@@ -76,7 +76,7 @@ def test_each_modality_round_trips_through_its_records():
   clip = clip_of_all()
   rows = records.split_rows([clip], 'train', shuffled=False)
   frames = [row for _, row in rows[records.frames_split('train')]]
-  (_, table_row) = rows['train'][0]
+  _, table_row = rows['train'][0]
   assert len(frames) == 4 * T
   assert records.stored_modalities(table_row) == modalities.NAMES
   assert table_row['skeleton_frames_raw'] == T + 2 and table_row['depth_frames_raw'] == T + 1
