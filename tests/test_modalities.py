@@ -1,4 +1,4 @@
-"""The modality descriptions: records round trips, the pipeline's batches, heat-maps on the device."""
+"""Modality descriptions: records round trips, the pipeline's batches, heat-maps on the device."""
 
 from __future__ import annotations
 
