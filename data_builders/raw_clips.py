@@ -76,10 +76,15 @@ ConvertFn = Callable[[Any, int, int], dict]
 
 @dataclasses.dataclass
 class ClipConfig(tfds.core.BuilderConfig):
-  """Output frame size: RGB and depth are both resized (not cropped) to it."""
+  """Output frame size (every image modality is resized, not cropped, to it) and modalities.
+
+  `modalities` are what the build stores (`modistill_jax.modalities.NAMES`):
+  RGB and depth unless a dataset's config asks for more (NTU's `*_ir_skeleton`).
+  """
 
   height: int = 224
   width: int = 224
+  modalities: tuple[str, ...] = records.MODALITIES
 
 
 CONFIGS = (
@@ -585,7 +590,7 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=records.clip_features(self.CLASS_NAMES),
+        features=records.clip_features(self.CLASS_NAMES, self.builder_config.modalities),
         supervised_keys=None,
         homepage=self.HOMEPAGE,
     )
