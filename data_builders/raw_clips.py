@@ -569,6 +569,10 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the raw-data builders; subclasses set the class attributes below."""
 
   BUILDER_CONFIGS = list(CONFIGS)
+  # Configs built only when named (`--config=NAME`): `tfds build` without `--config` builds
+  # every one of `BUILDER_CONFIGS`, so a config needing raw files an RGB-D download lacks
+  # (NTU's infrared) would fail the plain build. TFDS takes them as custom configs.
+  ON_REQUEST_CONFIGS: Sequence[ClipConfig] = ()
   DEFAULT_BUILDER_CONFIG_NAME = 'res224'
   CLASS_NAMES: Sequence[str] = ()
   ATOMIC_SPLITS: Sequence[str] = ()
@@ -579,6 +583,13 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._converter = Converter(self.name, 1)
     self._use_beam = False
     self._writer = SplitWriter()
+
+  def _create_builder_config(self, builder_config, version):
+    """An `ON_REQUEST_CONFIGS` name becomes its config; TFDS resolves the rest."""
+    on_request = {c.name: c for c in self.ON_REQUEST_CONFIGS}
+    if isinstance(builder_config, str) and builder_config in on_request:
+      builder_config = on_request[builder_config]
+    return super()._create_builder_config(builder_config, version)
 
   def find_samples(self, manual_dir: epath.Path) -> tuple[list[RawSample], list[Skip]]:
     """Samples found (with their atomic split) and those rejected on sight."""

@@ -43,18 +43,15 @@ class Builder(raw_clips.RawClipBuilder):
   and, for the `*_ir_skeleton` configs, `nturgbd_ir_s0XX.zip`:
     nturgb+d_ir/<ID>_ir.avi
   """
-  BUILDER_CONFIGS = [
-      *raw_clips.CONFIGS,
-      *(
-          dataclasses.replace(
-              config,
-              name=f'{config.name}_ir_skeleton',
-              modalities=('rgb', 'depth', 'ir', 'skeleton'),
-              description=config.description + ' With infrared frames and skeleton joints.',
-          )
-          for config in raw_clips.CONFIGS
-      ),
-  ]
+  ON_REQUEST_CONFIGS = tuple(
+      dataclasses.replace(
+          config,
+          name=f'{config.name}_ir_skeleton',
+          modalities=('rgb', 'depth', 'ir', 'skeleton'),
+          description=config.description + ' With infrared frames and skeleton joints.',
+      )
+      for config in raw_clips.CONFIGS
+  )
   CLASS_NAMES = ntu_raw.CLASS_NAMES
   ATOMIC_SPLITS = protocols.NTU_ATOMIC_SPLITS
   HOMEPAGE = 'https://rose1.ntu.edu.sg/dataset/actionRecognition/'
