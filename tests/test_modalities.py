@@ -227,3 +227,27 @@ def test_network_inputs_are_three_channel_images():
   np.testing.assert_array_equal(ir, np.repeat(batch['ir'], 3, axis=-1))
   depth = modalities.DEPTH.network_input(jnp.asarray(batch['depth']), size, 'jet')
   np.testing.assert_array_equal(depth, preprocess.depth_image(jnp.asarray(batch['depth']), 'jet'))
+
+
+def test_reading_a_modality_the_dataset_lacks_names_it():
+  rgbd = [
+      records.make_example(
+          rgb=np.zeros((T, H, W, 3), np.uint8),
+          depth_code=np.zeros((T, H, W), np.uint8),
+          label=0,
+          sample_id='rgbd',
+          rgb_frames_raw=T,
+          depth_frames_raw=T,
+      )
+  ]
+  batches = pipeline.eval_iterator(
+      rgbd,
+      global_batch_size=1,
+      num_frames=2,
+      image_size=(H, W),
+      process_index=0,
+      process_count=1,
+      modalities=('rgb', 'ir'),
+  )
+  with pytest.raises(ValueError, match=r"'rgbd': the dataset holds no infrared frames"):
+    next(iter(batches))
