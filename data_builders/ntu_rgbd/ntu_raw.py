@@ -7,7 +7,10 @@ Facts used (see `shared/datasets/README.md`, section 1):
   `nturgb+d_depth_masked/<ID>/MDepth-%08d.png` (512x424, uint16 mm), skeletons
   `nturgb+d_skeletons/<ID>.skeleton`; each folder either directly under the raw
   root or inside per-setup folders (`nturgbd_rgb_s001/nturgb+d_rgb/...`).
-* RGB frame f <-> `MDepth` f (1-based), as in the official MATLAB code.
+* RGB frame f <-> `MDepth` f (1-based), as in the official MATLAB code; so
+  are infrared frame f (`nturgb+d_ir/<ID>_ir.avi`, the depth camera's
+  512x424 frame) and skeleton frame f, which the `*_ir_skeleton` configs store
+  (`read_ir`, `skeleton_joints`).
 
 Alignment. RGB and depth come from different cameras, with no released
 calibration, but the cameras were fixed within a setup. So one affine map
