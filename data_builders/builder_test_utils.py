@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import hashlib
 import itertools
 import os
 import sys
 
+from array_record.python import array_record_module
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
 
 from data_builders import raw_clips
 from modistill_jax.data import records
@@ -22,7 +26,7 @@ class ReadsArrayRecord:
   implement for ArrayRecord; this makes the same checks (split sizes, no
   example in two splits) through `as_data_source`, the way the pipeline reads.
   `SPLITS` counts clips: the clip-table splits; each has its frame rows'
-  split beside it (`records.frames_split`), one row per frame and modality.
+  split beside it (`records.frames_split`), one row per frame and stored modality.
   """
 
   def _assertAsDataset(self, builder):  # pylint: disable=invalid-name
@@ -32,7 +36,10 @@ class ReadsArrayRecord:
       self.assertLen(source, expected)
       ids[split] = {example['sample_id'] for example in source}
       frames = builder.as_data_source(split=records.frames_split(split))
-      self.assertLen(frames, 2 * sum(example['num_frames'] for example in source))
+      self.assertLen(
+          frames,
+          sum(len(records.stored_modalities(e)) * e['num_frames'] for e in source),
+      )
     for (a, ids_a), (b, ids_b) in itertools.combinations(ids.items(), 2):
       self.assertFalse(ids_a & ids_b, f'splits {a} and {b} share examples')
 
@@ -121,3 +128,30 @@ def check_built(
   for skip in report:
     test.assertIn(skips[skip.sample_id], skip.reason, skip.sample_id)
   return built
+
+
+def record_digests(builder: tfds.core.DatasetBuilder) -> dict[str, str]:
+  """sha256 of each record file's content, and of `features.json` and `skipped.tsv`.
+
+  A record's bytes follow the order of a Python set of its feature names in
+  TFDS's serializer, which changes with the process's string hashing: so each
+  record is re-serialized deterministically (fields sorted) before hashing,
+  which keeps every byte of its content and the records' order. Used to show
+  that an RGB-D build writes what the code before the modality descriptions
+  wrote (the digests the builder tests hold were computed from that code).
+  """
+  digests = {}
+  for path in sorted(epath.Path(builder.data_path).iterdir()):
+    if '.array_record' in path.name:
+      reader = array_record_module.ArrayRecordReader(os.fspath(path))
+      digest = hashlib.sha256()
+      try:
+        for record in reader.read_all():
+          example = tf_example_pb2.Example.FromString(record)
+          digest.update(example.SerializeToString(deterministic=True))
+      finally:
+        reader.close()
+      digests[path.name.split('.array_record')[0]] = digest.hexdigest()
+    elif path.name in ('features.json', raw_clips.SKIP_REPORT):
+      digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return digests

@@ -76,10 +76,15 @@ ConvertFn = Callable[[Any, int, int], dict]
 
 @dataclasses.dataclass
 class ClipConfig(tfds.core.BuilderConfig):
-  """Output frame size: RGB and depth are both resized (not cropped) to it."""
+  """Output frame size (every image modality is resized, not cropped, to it) and modalities.
+
+  `modalities` are what the build stores (`modistill_jax.modalities.NAMES`):
+  RGB and depth unless a dataset's config asks for more (NTU's `*_ir_skeleton`).
+  """
 
   height: int = 224
   width: int = 224
+  modalities: tuple[str, ...] = records.MODALITIES
 
 
 CONFIGS = (
@@ -564,6 +569,10 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the raw-data builders; subclasses set the class attributes below."""
 
   BUILDER_CONFIGS = list(CONFIGS)
+  # Configs built only when named (`--config=NAME`): `tfds build` without `--config` builds
+  # every one of `BUILDER_CONFIGS`, so a config needing raw files an RGB-D download lacks
+  # (NTU's infrared) would fail the plain build. TFDS takes them as custom configs.
+  ON_REQUEST_CONFIGS: Sequence[ClipConfig] = ()
   DEFAULT_BUILDER_CONFIG_NAME = 'res224'
   CLASS_NAMES: Sequence[str] = ()
   ATOMIC_SPLITS: Sequence[str] = ()
@@ -575,6 +584,13 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._use_beam = False
     self._writer = SplitWriter()
 
+  def _create_builder_config(self, builder_config, version):
+    """An `ON_REQUEST_CONFIGS` name becomes its config; TFDS resolves the rest."""
+    on_request = {c.name: c for c in self.ON_REQUEST_CONFIGS}
+    if isinstance(builder_config, str) and builder_config in on_request:
+      builder_config = on_request[builder_config]
+    return super()._create_builder_config(builder_config, version)
+
   def find_samples(self, manual_dir: epath.Path) -> tuple[list[RawSample], list[Skip]]:
     """Samples found (with their atomic split) and those rejected on sight."""
     raise NotImplementedError
@@ -585,7 +601,7 @@ class RawClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=records.clip_features(self.CLASS_NAMES),
+        features=records.clip_features(self.CLASS_NAMES, self.builder_config.modalities),
         supervised_keys=None,
         homepage=self.HOMEPAGE,
     )

@@ -499,3 +499,76 @@ def test_frames_order_by_number_and_a_repeated_number_is_an_error(tmp_path):
       match='two frames numbered 9: depth/s/(f9|g0009).png, depth/s/(f9|g0009).png',
   ):
     layout.numbered_frames(folder, layout.DEPTH_FRAME_SUFFIXES, sample)
+
+
+def write_ir_and_skeleton(root: epath.Path, name: str, ir: list[np.ndarray], skeleton) -> None:
+  """`ir/<name>/<k>.png` frames, and `skeleton/<name>.csv` (text) or `.npy` (an array)."""
+  if ir is not None:
+    write_frames(root / 'ir' / name, ir, numbered('{}.png', range(1, len(ir) + 1)))
+  (root / 'skeleton').mkdir(exist_ok=True)
+  if isinstance(skeleton, str):
+    (root / 'skeleton' / f'{name}.csv').write_text(skeleton)
+  elif skeleton is not None:
+    np.save(os.fspath(root / 'skeleton' / f'{name}.npy'), skeleton)
+
+
+def joint_pixels(count: int) -> np.ndarray:
+  """`(count, 25, 2)` joints in depth pixels, moving right; joint 5 untracked in frame 1."""
+  x = np.linspace(2.0, 28.0, 25)[None] + 0.5 * np.arange(count)[:, None]
+  joints = np.stack([x, np.full_like(x, 12.0)], axis=-1)
+  joints[1, 5] = np.nan
+  return joints
+
+
+def joints_csv(joints: np.ndarray) -> str:
+  rows = ['frame,body,joint,x,y']
+  for t, frame in enumerate(joints):
+    rows += [f'{t},0,{j},{x},{y}' for j, (x, y) in enumerate(frame) if np.isfinite(x)]
+  return '\n'.join(rows) + '\n'
+
+
+def test_infrared_and_skeletons_are_built_and_bad_files_named(tmp_path):
+  root = epath.Path(tmp_path) / 'with_ir'
+  names = numbered('{}.png', (1, 2, 3))
+  samples = {
+      s: make_sample(seed, numbered('{}.png', (1, 2, 3)), 16, names)
+      for seed, s in enumerate(('csv_ok', 'npy_ok', 'bad_csv', 'odd_ir', 'no_ir', 'outside'))
+  }
+  write_folder(root, samples, ['sample,label,split', *(f'{s},wave,train' for s in samples)])
+  rng = np.random.default_rng(0)
+  ir8 = [rng.integers(0, 256, (DEPTH_H, DEPTH_W), np.uint8) for _ in range(3)]
+  ir16 = [rng.integers(0, 4000, (DEPTH_H, DEPTH_W), np.uint16) for _ in range(4)]
+  write_ir_and_skeleton(root, 'csv_ok', ir8, joints_csv(joint_pixels(3)))
+  write_ir_and_skeleton(root, 'npy_ok', ir16, joint_pixels(5).astype(np.float32))
+  write_ir_and_skeleton(root, 'bad_csv', ir8, 'frame,body,joint,x,y\n0,0,0,1,2\n1,0,zero,1,2\n')
+  write_ir_and_skeleton(root, 'odd_ir', [f[:, :30] for f in ir8], joints_csv(joint_pixels(3)))
+  write_ir_and_skeleton(root, 'no_ir', None, joints_csv(joint_pixels(3)))
+  write_ir_and_skeleton(root, 'outside', ir8, joint_pixels(3) + 40)
+  data_dir = epath.Path(tmp_path) / 'data'
+  build('with_ir', root, data_dir)
+  examples, ds = read_examples(data_dir, 'with_ir')
+  assert sorted(examples) == ['csv_ok', 'npy_ok']
+  report = {s.sample_id: s.reason for s in raw_clips.read_skip_report(ds.data_path / 'skipped.tsv')}
+  assert report == {
+      'bad_csv': "skeleton/bad_csv.csv:3: invalid literal for int() with base 10: 'zero' "
+      '(labels.csv line 4)',
+      'odd_ir': 'infrared of another size than depth: ir/odd_ir/1.png is 30x24, the depth '
+      'frames 32x24 (labels.csv line 5)',
+      'no_ir': 'no infrared: no folder ir/no_ir/ (labels.csv line 6)',
+      'outside': 'skeleton/outside.npy: joints outside the 32x24 depth frame; x and y must be '
+      'its pixels (labels.csv line 7)',
+  }
+  for sample_id, ir, frames_raw in (('csv_ok', ir8, 3), ('npy_ok', ir16, 4)):
+    example = examples[sample_id][1]
+    assert example['num_frames'] == 3 and example['ir_frames_raw'] == frames_raw
+    stored_ir = decoded(example, 'ir')
+    scale = 1 if sample_id == 'csv_ok' else 255 / max(f.max() for f in ir16)
+    source = [np.round(f.astype(np.float64) * scale).astype(np.uint8) for f in ir[:3]]
+    expected = [np.asarray(Image.fromarray(f).resize((RES, RES), Image.BILINEAR)) for f in source]
+    np.testing.assert_array_equal(stored_ir, np.stack(expected))
+    joints = decoded(example, 'skeleton')
+    assert joints.shape == (3, 2, 25, 2) and np.isnan(joints[:, 1]).all()
+    np.testing.assert_allclose(
+        joints[:, 0], (joint_pixels(3) + 0.5) / (DEPTH_W, DEPTH_H), rtol=1e-6
+    )
+  assert examples['npy_ok'][1]['skeleton_frames_raw'] == 5

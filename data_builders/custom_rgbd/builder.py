@@ -12,6 +12,7 @@ name like the others, and trained with the protocol `csv_splits`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import re
 
@@ -108,12 +109,18 @@ def make_builder_class(name: str, root: epath.PathLike) -> type[CustomRgbdBuilde
   before anything is written (`layout.LayoutError`, naming the file and line).
   """
   check_name(name)
-  class_names = layout.read_layout(root).class_names
+  found = layout.read_layout(root)
   class_name = ''.join(part.title() for part in name.split('_')) + 'Builder'
+  configs = [dataclasses.replace(c, modalities=found.modalities) for c in raw_clips.CONFIGS]
   return type(
       class_name,
       (CustomRgbdBuilder,),
-      {'name': name, 'CLASS_NAMES': class_names, '__module__': __name__},
+      {
+          'name': name,
+          'CLASS_NAMES': found.class_names,
+          'BUILDER_CONFIGS': configs,
+          '__module__': __name__,
+      },
   )
 
 

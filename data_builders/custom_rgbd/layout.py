@@ -6,6 +6,11 @@
     ROOT/rgb/<sample>.mp4    (or .avi, .mkv, .mov), or ROOT/rgb/<sample>/ of numbered
                              .jpg/.jpeg/.png frames
     ROOT/depth/<sample>/     numbered .png frames, 16-bit (millimetres) or 8-bit
+    ROOT/ir/<sample>/        optional: numbered .png frames of the depth camera's infrared
+    ROOT/skeleton/<sample>.csv (or .npy) optional: joints in depth-frame pixels
+
+A folder with `ir/` or `skeleton/` builds those modalities too, for every
+sample (a sample without them is skipped).
 
 Mistakes in the tables (labels.csv, classes.txt, rgb_to_depth.json) stop the
 build at once with `LayoutError`, naming the file and line: they concern every
@@ -19,6 +24,16 @@ Frames are ordered by the last number in their file name, so gaps
 RGB and depth are paired by rank: the k-th RGB frame with the k-th depth
 frame. When the counts differ, the first min(RGB, depth) of each are kept and
 the raw counts stay in the example (`rgb_frames_raw`, `depth_frames_raw`).
+Infrared frames and skeleton frames pair with the depth frames the same way,
+by rank, and the shortest modality sets the clip's length.
+
+Skeletons: `skeleton/<sample>.npy` holds a float array `(frames, joints, 2)` or
+`(frames, bodies, joints, 2)` (at most 2 bodies) of each joint's (x, y) in the
+depth frames' pixels (pixel centres at whole numbers), NaN where untracked;
+`skeleton/<sample>.csv` has the header `frame,body,joint,x,y` and one row per
+tracked joint (`frame` 0-based among the sample's depth frames, `body` 0 or 1).
+The joint count must be a known layout (`skeletons.LAYOUTS`: 25 Kinect v2
+joints, 20 Kinect v1 joints, in their SDK orders).
 """
 
 from __future__ import annotations
@@ -38,11 +53,15 @@ from PIL import Image
 from data_builders import raw_clips
 from modistill_jax.data import protocols
 from modistill_jax.data import records
+from modistill_jax.data import skeletons
 
 LABELS_FILE = 'labels.csv'
 CLASSES_FILE = 'classes.txt'
 AFFINE_FILE = 'rgb_to_depth.json'
-RGB_DIR, DEPTH_DIR = 'rgb', 'depth'
+RGB_DIR, DEPTH_DIR, IR_DIR, SKELETON_DIR = 'rgb', 'depth', 'ir', 'skeleton'
+IR_FRAME_SUFFIXES = ('.png',)
+SKELETON_SUFFIXES = ('.csv', '.npy')
+SKELETON_COLUMNS = ('frame', 'body', 'joint', 'x', 'y')
 REQUIRED_COLUMNS = ('sample', 'label', 'split')
 OPTIONAL_COLUMNS = records.METADATA_KEYS
 SPLITS = protocols.SPLITS
@@ -72,14 +91,26 @@ class CustomSample:
   view: int = -1
   setup: int = -1
   replication: int = -1
+  modalities: tuple[str, ...] = records.MODALITIES
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """What the tables of a folder say: class names in label order, one sample per row."""
+  """What the tables of a folder say: class names in label order, one sample per row.
+
+  `modalities`: what the folder holds, RGB and depth plus infrared (an `ir/`
+  folder) and skeletons (a `skeleton/` folder).
+  """
 
   class_names: tuple[str, ...]
   samples: tuple[CustomSample, ...]
+  modalities: tuple[str, ...] = records.MODALITIES
+
+
+def folder_modalities(root: epath.Path) -> tuple[str, ...]:
+  """The modalities a folder holds: RGB and depth, and `ir/`, `skeleton/` where present."""
+  extra = {'ir': IR_DIR, 'skeleton': SKELETON_DIR}
+  return records.MODALITIES + tuple(m for m, d in extra.items() if (root / d).is_dir())
 
 
 def read_text(path: epath.Path) -> str:
@@ -221,6 +252,7 @@ def read_layout(root: epath.PathLike) -> Layout:
   class_names = read_class_names(root, [row['label'] for _, row in rows])
   label_index = {n: i for i, n in enumerate(class_names)}
   affine = read_affine(root)
+  modalities = folder_modalities(root)
   samples = []
   for line, row in rows:
     if row['label'] not in label_index:
@@ -228,10 +260,17 @@ def read_layout(root: epath.PathLike) -> Layout:
     meta = {k: _metadata(path, line, k, row[k]) for k in OPTIONAL_COLUMNS if k in row}
     samples.append(
         CustomSample(
-            row['sample'], row['split'], label_index[row['label']], line, str(root), affine, **meta
+            row['sample'],
+            row['split'],
+            label_index[row['label']],
+            line,
+            str(root),
+            affine,
+            **meta,
+            modalities=modalities,
         )
     )
-  return Layout(class_names, tuple(samples))
+  return Layout(class_names, tuple(samples), modalities)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,6 +329,123 @@ def depth_folder(sample: CustomSample) -> epath.Path:
   return folder
 
 
+def ir_folder(sample: CustomSample) -> epath.Path:
+  """The infrared frame folder of `sample`: ir/<sample>/."""
+  folder = epath.Path(sample.root) / IR_DIR / sample.sample_id
+  if not folder.is_dir():
+    raise raw_clips.SampleError(f'no infrared: no folder {IR_DIR}/{sample.sample_id}/')
+  return folder
+
+
+def skeleton_file(sample: CustomSample) -> epath.Path:
+  """The one skeleton file of `sample`: skeleton/<sample>.csv or .npy."""
+  folder = epath.Path(sample.root) / SKELETON_DIR
+  found = [folder / (sample.sample_id + s) for s in SKELETON_SUFFIXES]
+  found = [p for p in found if p.is_file()]
+  if len(found) != 1:
+    raise raw_clips.SampleError(
+        f'{"no skeleton: none of" if not found else "several skeleton files:"} '
+        f'{SKELETON_DIR}/{sample.sample_id}{{{",".join(SKELETON_SUFFIXES)}}}'
+    )
+  return found[0]
+
+
+def read_skeleton_csv(path: epath.Path, where: str) -> np.ndarray:
+  """A `frame,body,joint,x,y` table -> `(frames, bodies, joints, 2)` pixels, NaN where absent."""
+  try:
+    text = path.read_text().removeprefix('\ufeff')
+  except (OSError, UnicodeDecodeError) as e:
+    raise raw_clips.SampleError(f'{where}: unreadable: {e}') from e
+  reader = csv.reader(io.StringIO(text))
+  header = [c.strip().lower() for c in next(reader, [])]
+  if header != list(SKELETON_COLUMNS):
+    raise raw_clips.SampleError(
+        f'{where}:1: header must be {",".join(SKELETON_COLUMNS)}, got {",".join(header)}'
+    )
+  rows = []
+  for row in reader:
+    if not any(c.strip() for c in row):
+      continue
+    try:
+      if len(row) != len(SKELETON_COLUMNS):
+        raise ValueError(f'{len(row)} fields, not {len(SKELETON_COLUMNS)}')
+      frame, body, joint = (int(c) for c in row[:3])
+      x, y = float(row[3]), float(row[4])
+      if frame < 0 or body not in range(skeletons.MAX_BODIES) or joint < 0:
+        raise ValueError(
+            f'frame and joint must be >= 0 and body 0 to {skeletons.MAX_BODIES - 1}, '
+            f'got {frame}, {body}, {joint}'
+        )
+    except ValueError as e:
+      raise raw_clips.SampleError(f'{where}:{reader.line_num}: {e}') from e
+    rows.append((frame, body, joint, x, y))
+  if not rows:
+    raise raw_clips.SampleError(f'{where}: no joint row')
+  index = np.asarray([r[:3] for r in rows])
+  joints = np.full((*(index.max(axis=0) + 1), 2), np.nan, np.float64)
+  joints[index[:, 0], index[:, 1], index[:, 2]] = [r[3:] for r in rows]
+  return joints
+
+
+def read_skeleton(path: epath.Path, depth_size: tuple[int, int], sample: CustomSample):
+  """A skeleton file -> `(frames, MAX_BODIES, joints, 2)` fractions of the depth frame."""
+  where = _rel(path, sample)
+  if path.suffix == '.csv':
+    pixels = read_skeleton_csv(path, where)
+  else:
+    try:
+      pixels = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise raw_clips.SampleError(f'{where}: not a .npy array: {e}') from e
+    if pixels.ndim == 3:
+      pixels = pixels[:, None]
+    if pixels.dtype.kind not in 'fiu':
+      raise raw_clips.SampleError(f'{where}: joints must be numbers, got {pixels.dtype}')
+  pixels = np.asarray(pixels, np.float64)
+  width, height = depth_size
+  inside = (
+      (pixels[..., 0] >= -0.5)
+      & (pixels[..., 0] <= width - 0.5)
+      & (pixels[..., 1] >= -0.5)
+      & (pixels[..., 1] <= height - 0.5)
+  )
+  if (np.isfinite(pixels).all(axis=-1) & ~inside).any():
+    raise raw_clips.SampleError(
+        f'{where}: joints outside the {width}x{height} depth frame; x and y must be its pixels'
+    )
+  try:
+    return skeletons.check_joints((pixels + 0.5) / (width, height), where)
+  except ValueError as e:
+    raise raw_clips.SampleError(str(e)) from e
+
+
+def ir_clip(
+    files: list[epath.Path], depth_size: tuple[int, int], sample: CustomSample
+) -> np.ndarray:
+  """`(T, H0, W0)` uint8 infrared of a sample's frames, which must be the depth frames' size.
+
+  8-bit frames are kept as they are; 16-bit ones are scaled per clip, so that
+  the clip's largest value becomes 255.
+  """
+  images = [raw_clips.read_image(p) for p in files]
+  size = same_size(images, files, sample)
+  if size != depth_size:
+    raise raw_clips.SampleError(
+        f'infrared of another size than depth: {_rel(files[0], sample)} is '
+        f'{size[0]}x{size[1]}, the depth frames {depth_size[0]}x{depth_size[1]}'
+    )
+  modes = {im.mode for im in images}
+  if modes == {'L'}:
+    return np.stack([np.asarray(im, np.uint8) for im in images])
+  if modes <= {'I;16', 'I;16B', 'I;16L', 'I'}:
+    values = np.stack([np.asarray(im, np.float64) for im in images])
+    return np.round(values * (255 / max(values.max(), 1))).astype(np.uint8)
+  raise raw_clips.SampleError(
+      f'infrared frames must be 8- or 16-bit gray PNG, {_rel(files[0], sample)} and its '
+      f'siblings are {sorted(modes)}'
+  )
+
+
 def same_size(
     images: list[Image.Image], files: list[epath.Path], sample: CustomSample
 ) -> tuple[int, int]:
@@ -344,15 +500,33 @@ def _convert(sample: CustomSample, height: int, width: int) -> dict:
   else:
     num_rgb, decoded = raw_clips.decode_video(source, range(1, len(depth_files) + 1), to_output)
     rgb = [decoded[k] for k in sorted(decoded)]
-  kept = min(num_rgb, len(depth_files))
+  frames_raw = {'rgb': num_rgb, 'depth': len(depth_files)}
+  if 'ir' in sample.modalities:
+    ir_files = numbered_frames(ir_folder(sample), IR_FRAME_SUFFIXES, sample)
+    if not ir_files:
+      raise raw_clips.SampleError(f'no .png frame in {IR_DIR}/{sample.sample_id}/')
+    ir = ir_clip(ir_files, depth_size, sample)
+    frames_raw['ir'] = len(ir_files)
+  if 'skeleton' in sample.modalities:
+    joints = read_skeleton(skeleton_file(sample), depth_size, sample)
+    frames_raw['skeleton'] = len(joints)
+  kept = min(frames_raw.values())
   depth = raw_clips.depth_clip(depth_images[:kept], [_rel(p, sample) for p in depth_files[:kept]])
-  return records.make_example(
-      rgb=np.stack(rgb[:kept]),
-      depth_code=raw_clips.depth_clip_to_code(depth, height, width),
+  frames = {
+      'rgb': np.stack(rgb[:kept]),
+      'depth': raw_clips.depth_clip_to_code(depth, height, width),
+  }
+  if 'ir' in sample.modalities:
+    frames['ir'] = np.stack(
+        [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in ir[:kept]]
+    )
+  if 'skeleton' in sample.modalities:
+    frames['skeleton'] = joints[:kept]
+  return records.make_clip(
+      frames=frames,
+      frames_raw=frames_raw,
       label=sample.label,
       sample_id=sample.sample_id,
-      rgb_frames_raw=num_rgb,
-      depth_frames_raw=len(depth_files),
       subject=sample.subject,
       view=sample.view,
       setup=sample.setup,
@@ -378,6 +552,10 @@ def find_samples(
     try:
       rgb_source(sample)
       depth_folder(sample)
+      if 'ir' in sample.modalities:
+        ir_folder(sample)
+      if 'skeleton' in sample.modalities:
+        skeleton_file(sample)
     except raw_clips.SampleError as e:
       skipped.append(raw_clips.Skip(sample.sample_id, sample.split, str(on_line(e, sample))))
     else:

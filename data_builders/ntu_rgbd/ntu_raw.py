@@ -7,7 +7,10 @@ Facts used (see `shared/datasets/README.md`, section 1):
   `nturgb+d_depth_masked/<ID>/MDepth-%08d.png` (512x424, uint16 mm), skeletons
   `nturgb+d_skeletons/<ID>.skeleton`; each folder either directly under the raw
   root or inside per-setup folders (`nturgbd_rgb_s001/nturgb+d_rgb/...`).
-* RGB frame f <-> `MDepth` f (1-based), as in the official MATLAB code.
+* RGB frame f <-> `MDepth` f (1-based), as in the official MATLAB code; so
+  are infrared frame f (`nturgb+d_ir/<ID>_ir.avi`, the depth camera's
+  512x424 frame) and skeleton frame f, which the `*_ir_skeleton` configs store
+  (`read_ir`, `skeleton_joints`).
 
 Alignment. RGB and depth come from different cameras, with no released
 calibration, but the cameras were fixed within a setup. So one affine map
@@ -48,6 +51,7 @@ from PIL import Image
 from data_builders import raw_clips
 from modistill_jax.data import protocols
 from modistill_jax.data import records
+from modistill_jax.data import skeletons
 
 CLASS_NAMES = (
     'drink water',
@@ -114,6 +118,7 @@ CLASS_NAMES = (
 
 ID_PATTERN = re.compile(r'S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})')
 RGB_DIR, DEPTH_DIR, SKELETON_DIR = 'nturgb+d_rgb', 'nturgb+d_depth_masked', 'nturgb+d_skeletons'
+IR_DIR = 'nturgb+d_ir'
 DEPTH_FRAME = re.compile(r'MDepth-(\d+)\.png')
 RGB_SIZE = (1920, 1080)  # Nominal (width, height) of the frames the skeleton coordinates use.
 DEPTH_SIZE = (512, 424)
@@ -193,26 +198,84 @@ class SkeletonError(ValueError):
   """A skeleton file that does not follow the documented format."""
 
 
+def read_skeleton_frames(text: str) -> list[list[tuple[str, np.ndarray]]]:
+  """Per frame, `(body id, (joints, 4) float64 depthX, depthY, colorX, colorY)` of each body.
+
+  Frames with 0 bodies are empty lists; NaN, zero and out-of-frame joints are
+  kept here (`valid_pairs`, `skeleton_joints` drop them).
+  """
+  lines = iter(text.split('\n'))
+  frames = []
+  try:
+    for _ in range(int(next(lines))):
+      bodies = []
+      for _ in range(int(next(lines))):  # Bodies in this frame (can be 0).
+        info = next(lines).split()  # Body info: 10 fields, the body id first.
+        joints = []
+        for _ in range(int(next(lines))):  # Joints (25).
+          fields = next(lines).split()
+          if len(fields) != 12:
+            raise SkeletonError(f'joint line has {len(fields)} fields, not 12')
+          joints.append([float(fields[3]), float(fields[4]), float(fields[5]), float(fields[6])])
+        bodies.append((info[0] if info else '', np.asarray(joints, np.float64).reshape(-1, 4)))
+      frames.append(bodies)
+  except (StopIteration, ValueError) as e:
+    raise SkeletonError(f'malformed skeleton file: {e or "ends early"}') from e
+  return frames
+
+
 def read_skeleton_pairs(text: str) -> np.ndarray:
   """`(N, 4)` float64 `colorX, colorY, depthX, depthY` of every joint of every body.
 
   Frames with 0 bodies contribute nothing; NaN, zero and out-of-frame joints
   are kept here and dropped by `valid_pairs`.
   """
-  lines = iter(text.split('\n'))
-  rows = []
-  try:
-    for _ in range(int(next(lines))):
-      for _ in range(int(next(lines))):  # Bodies in this frame (can be 0).
-        next(lines)  # Body info: 10 fields.
-        for _ in range(int(next(lines))):  # Joints (25).
-          fields = next(lines).split()
-          if len(fields) != 12:
-            raise SkeletonError(f'joint line has {len(fields)} fields, not 12')
-          rows.append([float(fields[5]), float(fields[6]), float(fields[3]), float(fields[4])])
-  except (StopIteration, ValueError) as e:
-    raise SkeletonError(f'malformed skeleton file: {e or "ends early"}') from e
-  return np.asarray(rows, np.float64).reshape(-1, 4)
+  rows = [joints[:, [2, 3, 0, 1]] for bodies in read_skeleton_frames(text) for _, joints in bodies]
+  return np.concatenate(rows) if rows else np.zeros((0, 4))
+
+
+def skeleton_joints(frames: Sequence[Sequence[tuple[str, np.ndarray]]]) -> np.ndarray:
+  """`(T, MAX_BODIES, 25, 2)` float32 joints registered to the stored frames (`skeletons.py`).
+
+  The stored frames are the whole depth frame resized, so a joint's (depthX,
+  depthY), pixel centres at integers of the nominal 512x424 frame, becomes the
+  fractions `((depthX + 0.5) / 512, (depthY + 0.5) / 424)`. Joints that are
+  not finite, zero, or outside the frame are NaN. Of the bodies a file tracks
+  (false detections on furniture included), the `MAX_BODIES` tracked in the
+  most frames are kept, each in one slot throughout (ties: first seen first).
+
+  Raises:
+    raw_clips.SampleError: no frame has a valid joint.
+  """
+
+  def valid(joints: np.ndarray) -> np.ndarray:
+    xy = joints[:, :2]
+    ok = np.isfinite(xy).all(axis=1) & (np.abs(xy) > 0).any(axis=1)
+    return (
+        ok
+        & (xy[:, 0] >= 0)
+        & (xy[:, 0] < DEPTH_SIZE[0])
+        & (xy[:, 1] >= 0)
+        & (xy[:, 1] < DEPTH_SIZE[1])
+    )
+
+  seen = collections.Counter()
+  first = {}
+  for f, bodies in enumerate(frames):
+    for body_id, joints in bodies:
+      first.setdefault(body_id, f)
+      seen[body_id] += bool(valid(joints).any())
+  kept = sorted((b for b in seen if seen[b]), key=lambda b: (-seen[b], first[b]))
+  slots = {b: i for i, b in enumerate(kept[: skeletons.MAX_BODIES])}
+  if not slots:
+    raise raw_clips.SampleError('no tracked joint in the skeleton file')
+  out = np.full((len(frames), skeletons.MAX_BODIES, 25, 2), np.nan, np.float32)
+  for f, bodies in enumerate(frames):
+    for body_id, joints in bodies:
+      if body_id in slots and len(joints) == 25:
+        ok = valid(joints)
+        out[f, slots[body_id], ok] = (joints[ok, :2] + 0.5) / DEPTH_SIZE
+  return out
 
 
 def valid_pairs(pairs: np.ndarray) -> np.ndarray:
@@ -341,11 +404,15 @@ def warp_to_depth(
 
 @dataclasses.dataclass(frozen=True)
 class NtuSample:
+  """One sample's files; `ir_path`/`skeleton_path` only where the build stores them."""
+
   sample_id: str
   split: str
   rgb_path: str
   depth_dir: str
   rgb_to_depth: Affine
+  ir_path: str = ''
+  skeleton_path: str = ''
 
 
 def _is_sample_dir(name: str) -> bool:
@@ -370,16 +437,24 @@ def _index(
   return found
 
 
-def find_samples(root: epath.Path) -> tuple[list[NtuSample], list[raw_clips.Skip]]:
-  """Finds the samples under `root` and fits the alignment of every group."""
-  names = (RGB_DIR, DEPTH_DIR, SKELETON_DIR)
+def find_samples(
+    root: epath.Path, modalities: Sequence[str] = records.MODALITIES
+) -> tuple[list[NtuSample], list[raw_clips.Skip]]:
+  """Finds the samples under `root` and fits the alignment of every group.
+
+  With 'ir' or 'skeleton' among `modalities`, a sample without its infrared
+  video or skeleton file is skipped (the 302 samples of the official
+  missing-skeleton list among them).
+  """
+  names = (RGB_DIR, DEPTH_DIR, SKELETON_DIR, *((IR_DIR,) if 'ir' in modalities else ()))
   folders = collections.defaultdict(list)
   for folder in raw_clips.find_dirs(root, lambda n: n in names, _is_sample_dir):
     folders[folder.name].append(folder)
   ids = r'(S\d{3}C\d{3}P\d{3}R\d{3}A\d{3})'
   rgb = _index(folders[RGB_DIR], re.compile(ids + r'_rgb\.avi'), want_dirs=False)
   depth = _index(folders[DEPTH_DIR], re.compile(ids), want_dirs=True)
-  skeletons = _index(folders[SKELETON_DIR], re.compile(ids + r'\.skeleton'), want_dirs=False)
+  skeleton_files = _index(folders[SKELETON_DIR], re.compile(ids + r'\.skeleton'), want_dirs=False)
+  ir = _index(folders[IR_DIR], re.compile(ids + r'_ir\.avi'), want_dirs=False)
   if not rgb and not depth:
     raise FileNotFoundError(
         f'No NTU RGB+D sample under {root}: expected folders named {RGB_DIR}/ (holding '
@@ -392,15 +467,15 @@ def find_samples(root: epath.Path) -> tuple[list[NtuSample], list[raw_clips.Skip
       '[ntu_rgbd] %d RGB videos, %d depth folders, %d skeleton files in %s',
       len(rgb),
       len(depth),
-      len(skeletons),
+      len(skeleton_files),
       root,
   )
   splits = atomic_splits(set(rgb) | set(depth))
 
   skeletons_by_group = collections.defaultdict(list)
-  for sample_id in sorted(skeletons):
+  for sample_id in sorted(skeleton_files):
     meta = parse_id(sample_id)
-    skeletons_by_group[meta['setup'], meta['camera']].append(skeletons[sample_id])
+    skeletons_by_group[meta['setup'], meta['camera']].append(skeleton_files[sample_id])
   groups = sorted({(m['setup'], m['camera']) for m in map(parse_id, splits)})
   mappings = {g: group_mapping(g, skeletons_by_group[g]) for g in groups}
 
@@ -410,6 +485,10 @@ def find_samples(root: epath.Path) -> tuple[list[NtuSample], list[raw_clips.Skip
       skipped.append(raw_clips.Skip(sample_id, split, f'no RGB video {sample_id}_rgb.avi'))
     elif sample_id not in depth:
       skipped.append(raw_clips.Skip(sample_id, split, f'no depth folder {DEPTH_DIR}/{sample_id}'))
+    elif 'ir' in modalities and sample_id not in ir:
+      skipped.append(raw_clips.Skip(sample_id, split, f'no infrared video {sample_id}_ir.avi'))
+    elif 'skeleton' in modalities and sample_id not in skeleton_files:
+      skipped.append(raw_clips.Skip(sample_id, split, f'no skeleton file {sample_id}.skeleton'))
     else:
       meta = parse_id(sample_id)
       samples.append(
@@ -419,6 +498,8 @@ def find_samples(root: epath.Path) -> tuple[list[NtuSample], list[raw_clips.Skip
               str(rgb[sample_id]),
               str(depth[sample_id]),
               mappings[meta['setup'], meta['camera']],
+              ir_path=str(ir[sample_id]) if 'ir' in modalities else '',
+              skeleton_path=(str(skeleton_files[sample_id]) if 'skeleton' in modalities else ''),
           )
       )
   return samples, skipped
@@ -448,22 +529,66 @@ def convert(sample: NtuSample, height: int, width: int) -> dict:
     return raw_clips.resize_rgb(aligned, height, width)
 
   num_rgb, rgb = raw_clips.decode_video(epath.Path(sample.rgb_path), depth_images, warp)
-  common = sorted(rgb)
+  common = set(rgb)
+  frames_raw = {'rgb': num_rgb, 'depth': len(depth_files)}
+  if sample.ir_path:
+    frames_raw['ir'], ir = read_ir(epath.Path(sample.ir_path), depth_images, height, width)
+    common &= set(ir)
+  if sample.skeleton_path:
+    path = epath.Path(sample.skeleton_path)
+    try:
+      joints = skeleton_joints(read_skeleton_frames(path.read_text()))
+    except (OSError, UnicodeDecodeError, SkeletonError) as e:
+      raise raw_clips.SampleError(f'bad skeleton file {path.name}: {e}') from e
+    frames_raw['skeleton'] = len(joints)
+    common &= set(range(1, len(joints) + 1))  # Skeleton frame f <-> depth frame f, 1-based.
+  common = sorted(common)
   if not common:
-    raise raw_clips.SampleError(f'no depth frame number within the {num_rgb} RGB frames')
+    raise raw_clips.SampleError(
+        f'no depth frame number within the {num_rgb} RGB frames'
+        + ''.join(f', {frames_raw[m]} {m} frames' for m in ('ir', 'skeleton') if m in frames_raw)
+    )
   depth = raw_clips.depth_clip(
       [depth_images[f] for f in common], [depth_files[f].name for f in common]
   )
+  frames = {
+      'rgb': np.stack([rgb[f] for f in common]),
+      'depth': raw_clips.depth_clip_to_code(depth, height, width),
+  }
+  if sample.ir_path:
+    frames['ir'] = np.stack([ir[f] for f in common])
+  if sample.skeleton_path:
+    frames['skeleton'] = joints[np.asarray(common) - 1]
   meta = parse_id(sample.sample_id)
-  return records.make_example(
-      rgb=np.stack([rgb[f] for f in common]),
-      depth_code=raw_clips.depth_clip_to_code(depth, height, width),
+  return records.make_clip(
+      frames=frames,
+      frames_raw=frames_raw,
       label=meta['action'] - 1,
       sample_id=sample.sample_id,
-      rgb_frames_raw=num_rgb,
-      depth_frames_raw=len(depth_files),
       subject=meta['subject'],
       view=meta['camera'],
       setup=meta['setup'],
       replication=meta['replication'],
   )
+
+
+def read_ir(
+    path: epath.Path, depth_images: Mapping[int, Image.Image], height: int, width: int
+) -> tuple[int, dict[int, np.ndarray]]:
+  """`(frames in the video, {frame: (height, width) uint8})` of an infrared video.
+
+  Infrared comes from the depth camera, so its frame f is depth frame f's
+  view, in the same pixels: each decoded frame must be the depth frames' size
+  (else the sample is skipped), and is resized as RGB is (bilinear).
+  """
+  depth_size = next(iter(depth_images.values())).size
+
+  def gray(image: Image.Image) -> np.ndarray:
+    if image.size != depth_size:
+      raise raw_clips.SampleError(
+          f'infrared frames of {path.name} are {image.width}x{image.height}, the depth frames '
+          f"{depth_size[0]}x{depth_size[1]}: not the depth camera's frame"
+      )
+    return np.asarray(image.convert('L').resize((width, height), Image.BILINEAR))
+
+  return raw_clips.decode_video(path, depth_images, gray)

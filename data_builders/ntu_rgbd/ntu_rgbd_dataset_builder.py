@@ -4,11 +4,15 @@ Build (see README.md for what `RAW` holds, the splits and their sizes):
 
     tfds build data_builders/ntu_rgbd --manual_dir=RAW --data_dir=OUT [--config=res112]
 
+The `*_ir_skeleton` configs store the infrared videos and skeleton joints too.
+
 The raw-data logic (ids, splits, skeleton-based alignment) is in `ntu_raw.py`;
 parallel conversion and the skip report in `data_builders/raw_clips.py`.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import tensorflow_datasets as tfds
 
@@ -36,13 +40,24 @@ class Builder(raw_clips.RawClipBuilder):
     nturgb+d_rgb/<ID>_rgb.avi
     nturgb+d_depth_masked/<ID>/MDepth-%08d.png
     nturgb+d_skeletons/<ID>.skeleton   (used to align RGB to depth)
+  and, for the `*_ir_skeleton` configs, `nturgbd_ir_s0XX.zip`:
+    nturgb+d_ir/<ID>_ir.avi
   """
+  ON_REQUEST_CONFIGS = tuple(
+      dataclasses.replace(
+          config,
+          name=f'{config.name}_ir_skeleton',
+          modalities=('rgb', 'depth', 'ir', 'skeleton'),
+          description=config.description + ' With infrared frames and skeleton joints.',
+      )
+      for config in raw_clips.CONFIGS
+  )
   CLASS_NAMES = ntu_raw.CLASS_NAMES
   ATOMIC_SPLITS = protocols.NTU_ATOMIC_SPLITS
   HOMEPAGE = 'https://rose1.ntu.edu.sg/dataset/actionRecognition/'
 
   def find_samples(self, manual_dir):
-    return ntu_raw.find_samples(manual_dir)
+    return ntu_raw.find_samples(manual_dir, self.builder_config.modalities)
 
   def convert_function(self):
     return ntu_raw.convert

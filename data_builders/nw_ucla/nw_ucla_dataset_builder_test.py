@@ -35,6 +35,20 @@ SKIPS = {
 }
 
 
+# The res112 build's `builder_test_utils.record_digests`, computed with the code before the
+# modality descriptions (94ea2f3): an RGB-D build must write exactly what it wrote.
+RGBD_DIGESTS = {
+    'features.json': '65173527c395d0d56f9e5b9087a40e13c99d3c8cb169ba763926e0f222c5e600',
+    'nw_ucla-view1': '8bc3305429c95717f905da7c15434ba7deff899a06362491cfd5b8a3b637bff1',
+    'nw_ucla-view1_frames': 'e18dfe1dd9d7f5372b89b46c488e9b0a5384383a2d668e0661bccb03bf083cac',
+    'nw_ucla-view2': '741b6a2fb48d7a5701e172f45ace7e1c67296ba8741f79c1df7fb8a5e128deeb',
+    'nw_ucla-view2_frames': 'dbcab5b78bb7efab51f602a20a33b47ab6d8e01aecdde4344fc1719ac50b0a70',
+    'nw_ucla-view3': 'd1594e112da50dbd1a2ad0a924317f92a165cd2c507febbf9f4eaaddf996b6e3',
+    'nw_ucla-view3_frames': 'd6ba266721735ecef007566f0bbad6f02a23e73a3886b981d004c9e19310494b',
+    'skipped.tsv': '5842245b1f2d529789fdf8e0f85651cf5bf8d5ce5d97ac3855e8cfa5e0868170',
+}
+
+
 class NwUclaTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = nw_ucla_dataset_builder.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ['res112']
@@ -53,6 +67,7 @@ class NwUclaTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuilde
         'res112',
     )
     built = builder_test_utils.check_built(self, builder, LABELS, FRAMES, SKIPS)
+    self.assertEqual(builder_test_utils.record_digests(builder), RGBD_DIGESTS)
     example = built['a08_s01_e00_v01'][1]
     self.assertEqual((example['view'], example['subject'], example['replication']), (1, 1, 0))
 

@@ -39,6 +39,22 @@ SKIPS = {
 }
 
 
+# The res112 build's `builder_test_utils.record_digests`, computed with the code before the
+# modality descriptions (94ea2f3): an RGB-D build must write exactly what it wrote.
+RGBD_DIGESTS = {
+    'features.json': '1a36a7fa093722c3e0e7fda013dd7af0676160252ec62a254724b2f9d2e27821',
+    'skipped.tsv': '17dfb0399969e0f874da6fd652166deb87b3915e08923e65b49a792b64ad5cfc',
+    'uwa3dii-view1': 'a750d49256cd5aebbcb9482483a024a563eedd80ad66f962be7898ef6c050be0',
+    'uwa3dii-view1_frames': '90f3384dba991751f3fa95bb6006d042d540bc6acec1f31cf754efc449cd4e61',
+    'uwa3dii-view2': '055a1d56b2cef34739f6a64e34c33e44d3485efdfe1d6e5d860df8b40c8b5d22',
+    'uwa3dii-view2_frames': 'e75b274df9559a5d18ad95798d6709cd3d2ecff3f69cef6a91a97dfb743845e3',
+    'uwa3dii-view3': 'be0bffe8eaf255a70db4311424129ce0463a94b2fad66cf11a748f930364c560',
+    'uwa3dii-view3_frames': 'c490e565f1938f8082ed7a756eed37d1e5325ef26f7c3a8d8fa204f11ef06b27',
+    'uwa3dii-view4': '9aca17bd9a5873df2d9b04996534dc3102cf49efd5ab8a7e122b6bd36866927a',
+    'uwa3dii-view4_frames': '6280a376fb123dfe2919e1397ce62fd9547bfe7729b8fa6a874980d52947152e',
+}
+
+
 class Uwa3diiTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = uwa3dii_dataset_builder.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ['res112']
@@ -57,6 +73,7 @@ class Uwa3diiTest(builder_test_utils.ReadsArrayRecord, tfds.testing.DatasetBuild
         'res112',
     )
     built = builder_test_utils.check_built(self, builder, LABELS, FRAMES, SKIPS)
+    self.assertEqual(builder_test_utils.record_digests(builder), RGBD_DIGESTS)
     self.assertEqual(built['a12_s03_v03'][1]['view'], 3)
     self.assertEqual(built['a12_s03_v03'][1]['subject'], 3)
 

@@ -50,9 +50,14 @@ every record counts exactly once (big_vision's `make_for_inference` scheme).
 Batches are dicts of numpy arrays: `rgb` uint8 `(B, T, H, W, 3)`, `depth` uint8
 `(B, T, H, W, 1)` depth codes (`jet.depth_to_code`; only the `modalities`
 asked for: a stage reads and decodes just what it uses), `label` int32 `(B,)`,
-`mask` bool `(B,)`, `index` int32 `(B,)` (record index in the split). The jet
-colouring, normalisation and depth noise run on the device (`preprocess.py`),
-so host-to-device transfers stay uint8 and depth a third of its jet size.
+`mask` bool `(B,)`, `index` int32 `(B,)` (record index in the split); a dataset
+built with them also has `ir` uint8 `(B, T, H, W, 1)` intensities and
+`skeleton` float32 `(B, T, 2, 49, 2, 2)` joint and limb segments in output
+pixels (`skeletons.segments`). Each modality's frames are decoded, resized and
+flipped as its description says (`modistill_jax.modalities`). The jet
+colouring, heat-map rendering, normalisation and noise run on the device
+(`preprocess.py`, `skeletons.heat_maps`), so host-to-device transfers stay
+uint8 (or a few hundred bytes of joints) and depth a third of its jet size.
 
 Throughput, and how `worker_count` and the thread counts below were chosen:
 `docs/performance.md` (input pipeline), measured with
@@ -76,10 +81,12 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from modistill_jax import modalities as modalities_lib
 from modistill_jax.data import protocols
 from modistill_jax.data import records as records_lib
 from modistill_jax.data import sampling
 from modistill_jax.data import shards
+from modistill_jax.data import skeletons
 
 Batch = dict[str, np.ndarray]
 
@@ -90,7 +97,7 @@ Batch = dict[str, np.ndarray]
 # (each worker runs READ_THREADS threads), and neither changes what a run
 # computes; `docs/performance.md` has the measurements they come from.
 READ_THREADS = 4
-# The clips a record holds, in the order batches list them.
+# The modalities read unless a stage asks for others: an RGB-D build's.
 MODALITIES = records_lib.MODALITIES
 # Batches prefetched after batching, so the trainer never waits on stacking.
 BATCH_PREFETCH = 2
@@ -232,6 +239,14 @@ def _decode_rgb_reduced(data: bytes, image_size: tuple[int, int]) -> np.ndarray:
   return records_lib.decode_image_reduced(data, factor)
 
 
+def _resize_image(frame: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+  """Pillow bilinear, as serving does (`predict` calls `resize_frame` too): the same pixels."""
+  if frame.ndim == 3:
+    return np.asarray(resize_frame(Image.fromarray(frame), image_size))
+  height, width = image_size
+  return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
+
+
 def _decode_frame(
     modality: str,
     data: bytes,
@@ -239,29 +254,35 @@ def _decode_frame(
     flip: bool,
     reduced_decoding: bool = False,
 ) -> np.ndarray:
-  """A stored frame -> `(H, W, 3)` RGB or `(H, W, 1)` depth codes at `image_size`, maybe flipped.
+  """A stored frame -> its batch form at `image_size`, maybe flipped (`Modality.batch_shape`).
 
-  With `reduced_decoding`, an RGB JPEG stored at 2x or 4x `image_size` or more
-  is decoded at half or a quarter size (`records.decode_image_reduced`) before
-  the resize: other pixels than a full decode's, so it is opt-in.
+  How a frame is brought to `image_size` is its description's `resample`:
+  RGB and infrared bilinearly (Pillow, as serving does), depth codes nearest
+  (blending codes would invent depths), skeleton joints by scaling their
+  coordinates into segments (`skeletons.segments`). With `reduced_decoding`,
+  an RGB JPEG stored at 2x or 4x `image_size` or more is decoded at half or a
+  quarter size (`records.decode_image_reduced`) before the resize: other
+  pixels than a full decode's, so it is opt-in.
   """
-  if reduced_decoding and modality == 'rgb':
+  description = modalities_lib.get(modality)
+  if description.resample == 'joints':
+    return skeletons.segments(records_lib.decode_frame(modality, data), image_size, flip)
+  if reduced_decoding and description.resample == 'image':
     frame = _decode_rgb_reduced(data, image_size)
   else:
     frame = records_lib.decode_frame(modality, data)
   height, width = image_size
   if frame.shape[:2] != (height, width):
-    if modality == 'rgb':
-      # Stored at another size (e.g. a res112 build for a 224 model): resize as
-      # serving does (`predict` calls `resize_frame` too), so both see the same pixels.
-      frame = np.asarray(resize_frame(Image.fromarray(frame), image_size))
-    else:
+    if description.resample == 'nearest':
       frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_NEAREST)
+    else:
+      # Stored at another size (e.g. a res112 build for a 224 model).
+      frame = _resize_image(frame, image_size)
   # OpenCV mirrors in C without the GIL; a reversed numpy view would cost a
   # strided copy in `np.stack`.
   if flip:
     frame = cv2.flip(frame, 1)
-  return frame if modality == 'rgb' else frame[..., None]
+  return frame if frame.ndim == 3 else frame[..., None]
 
 
 def _decode_clip(
@@ -273,6 +294,13 @@ def _decode_clip(
     reduced_decoding: bool = False,
 ) -> dict[str, np.ndarray]:
   """The frames `indices` of each modality, flipped alike when `flip`."""
+  for m in modalities:
+    if m not in record:
+      raise ValueError(
+          f"{record['sample_id']!r}: the dataset holds no {modalities_lib.get(m).title} frames "
+          f'(it holds {records_lib.stored_modalities(record)}); build it with a config '
+          'that stores them (see its data_builders README).'
+      )
   return {
       m: np.stack(
           [_decode_frame(m, record[m][i], image_size, flip, reduced_decoding) for i in indices]
@@ -281,19 +309,19 @@ def _decode_clip(
   }
 
 
-def frame_shape(modality: str, image_size: tuple[int, int]) -> tuple[int, int, int]:
+def frame_shape(modality: str, image_size: tuple[int, int]) -> tuple[int, ...]:
   """The shape of one frame of `modality` in a batch."""
-  return (*image_size, 3 if modality == 'rgb' else 1)
+  return modalities_lib.get(modality).batch_shape(image_size)
 
 
 def _num_frames(record: dict) -> int:
-  num_rgb, num_depth = len(record['rgb']), len(record['depth'])
-  if num_rgb != num_depth:
+  counts = {m: len(record[m]) for m in records_lib.stored_modalities(record)}
+  if len(set(counts.values())) != 1:
     raise ValueError(
-        f"{record['sample_id']!r}: {num_rgb} RGB frames but {num_depth} depth "
-        'frames; the record format requires aligned modalities.'
+        f"{record['sample_id']!r}: frames per modality {counts}; the record format requires "
+        'aligned modalities.'
     )
-  return num_rgb
+  return next(iter(counts.values()))
 
 
 def _example(clips: dict[str, np.ndarray], label: int, mask: bool, index: int) -> Batch:
@@ -303,8 +331,10 @@ def _example(clips: dict[str, np.ndarray], label: int, mask: bool, index: int) -
 def _checked_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
   modalities = tuple(modalities)
   distinct = len(set(modalities)) == len(modalities)
-  if not modalities or not distinct or not set(modalities) <= set(MODALITIES):
-    raise ValueError(f'modalities must be distinct names among {MODALITIES}, got {modalities}.')
+  if not modalities or not distinct or not set(modalities) <= set(modalities_lib.NAMES):
+    raise ValueError(
+        f'modalities must be distinct names among {modalities_lib.NAMES}, got {modalities}.'
+    )
   return modalities
 
 
@@ -357,7 +387,10 @@ class _EvalClip:
     if index < 0:
       return _example(
           {
-              m: np.zeros((self.num_frames, *frame_shape(m, self.image_size)), np.uint8)
+              m: np.zeros(
+                  (self.num_frames, *frame_shape(m, self.image_size)),
+                  modalities_lib.get(m).batch_dtype,
+              )
               for m in self.modalities
           },
           0,

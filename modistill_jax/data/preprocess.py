@@ -23,6 +23,12 @@ fused element-wise ops.
   to [0, 255]. The paper's table is indexed by the variance `sigma^2` (1e-3
   ... 1e1): pass `sigma = sqrt(variance)`.
 * `void_depth` is the table's "void" column: depth replaced by zeros.
+* `ir_image` turns stored infrared frames (one 8-bit intensity channel) into
+  the image an infrared stream reads: the intensity on 3 channels (`'gray'`)
+  or through the jet map (`'jet'`, bright red, dark blue).
+
+Every modality's noise and void are these two functions applied to the image
+its stream reads (`modistill_jax.modalities`).
 """
 
 from __future__ import annotations
@@ -127,3 +133,22 @@ def depth_image(depth: jax.Array, encoding: str) -> jax.Array:
   else:
     table = jnp.asarray(np.repeat(jet.GRAY_OF_CODE[:, None], 3, axis=1))
   return jnp.take(table, depth[..., 0].astype(jnp.int32), axis=0)
+
+
+IR_ENCODINGS = ('gray', 'jet')
+
+
+def ir_image(ir: jax.Array, encoding: str) -> jax.Array:
+  """Infrared as the network reads it: `(..., 1)` uint8 intensity -> `(..., 3)` uint8.
+
+  Args:
+    ir: `(..., 1)` uint8 intensities, as the pipeline yields them.
+    encoding: one of `IR_ENCODINGS`: the intensity on 3 channels, or its jet colour.
+  """
+  if encoding not in IR_ENCODINGS:
+    raise ValueError(f'infrared encoding must be one of {IR_ENCODINGS}, got {encoding!r}.')
+  if ir.shape[-1] != 1:
+    raise ValueError(f'infrared must be (..., 1) intensities, got {ir.shape}.')
+  if encoding == 'gray':
+    return jnp.repeat(ir.astype(jnp.uint8), 3, axis=-1)
+  return jnp.take(jnp.asarray(jet.jet_table()), ir[..., 0].astype(jnp.int32), axis=0)

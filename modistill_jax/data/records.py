@@ -17,60 +17,79 @@ set (TFDS has one per dataset):
   writes (`frame_positions`).
 
 ArrayRecord (TFDS writes `group_size:1`) reads a record without its
-neighbours, so an RGB-only stage opens no depth byte. Keeping the two
+neighbours, so an RGB-only stage opens no depth byte. Keeping the
 modalities in one frame split, rather than a split each, lets a build convert
 each clip once: TFDS writes splits one after another, so a second frame split
 would need every clip converted again or held on disk until then.
 
+A build stores the modalities it was asked for (`clip_features`): RGB and
+depth by default, and infrared or skeleton joints where a builder config adds
+them. For each stored modality `m` (`modalities.NAMES`, in that order):
+
 | key              | type                       | clip row                 | frame row      |
 |------------------|----------------------------|--------------------------|----------------|
-| rgb, depth       | sequence of encoded frames | empty                    | the one frame  |
-| rgb_records, depth_records | sequence of int64 | frame rows in `S_frames` | empty          |
+| m (rgb, depth, ...) | sequence of encoded frames | empty                 | the one frame  |
+| m_records        | sequence of int64          | frame rows in `S_frames` | empty          |
 | frame            | int32                      | -1                       | index in clip  |
 | label            | ClassLabel (real names)    | action class, 0-based    | its clip's     |
 | sample_id        | text                       | the dataset's own id     | its clip's     |
 | subject, view, setup, replication | int32     | metadata, -1 if unknown  | its clip's     |
-| num_frames       | int32                      | frames kept (both alike) | its clip's     |
-| rgb_frames_raw, depth_frames_raw | int32      | frame counts in raw data | its clip's     |
+| num_frames       | int32                      | frames kept (all alike)  | its clip's     |
+| m_frames_raw     | int32                      | frame counts in raw data | its clip's     |
 
+How a modality's frame is encoded is its description's (`modistill_jax.modalities`):
 RGB frames are JPEG; depth frames are single-channel 8-bit PNG (lossless) of
 the per-clip depth codes of `jet.depth_to_code`, which the consumer colours on
 the device (`preprocess.depth_image`): a third of a jet PNG's bytes and
-decoding time, and the same jet pixels. Frames are encoded bytes rather than
-TFDS `Video`/`Image` features because those decode on read whatever the
-caller needs.
+decoding time, and the same jet pixels; infrared frames are 8-bit gray PNG;
+a skeleton frame is its joints' coordinates (`skeletons.py`), a few hundred
+bytes. Frames are encoded bytes rather than TFDS `Video`/`Image` features
+because those decode on read whatever the caller needs. An RGB-D build's
+records are byte for byte those this format always wrote.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 import dataclasses
-import io
 from typing import Any
 
-import cv2
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import hashing as tfds_hashing
 from tensorflow_datasets.proto import tf_example_pb2
 
-from modistill_jax.data import jet
+from modistill_jax import modalities as modalities_lib
+from modistill_jax.data.frame_codecs import decode_depth as decode_depth
+from modistill_jax.data.frame_codecs import decode_image as decode_image
+from modistill_jax.data.frame_codecs import decode_image_reduced as decode_image_reduced
+from modistill_jax.data.frame_codecs import encode_jpeg as encode_jpeg
+from modistill_jax.data.frame_codecs import encode_png as encode_png
 
 FILE_FORMAT = 'array_record'
 METADATA_KEYS = ('subject', 'view', 'setup', 'replication')
-JPEG_QUALITY = 90
+# The modalities of an RGB-D build, every dataset's default.
 MODALITIES = ('rgb', 'depth')
 FRAMES_SUFFIX = '_frames'
-# The per-clip fields a frame row repeats, so that a read can be checked.
-CLIP_FIELDS = (
-    'label',
-    'sample_id',
-    *METADATA_KEYS,
-    'num_frames',
-    'rgb_frames_raw',
-    'depth_frames_raw',
-)
+
+
+def clip_fields(modalities: Sequence[str] = MODALITIES) -> tuple[str, ...]:
+  """The per-clip fields a frame row repeats, so that a read can be checked."""
+  return (
+      'label',
+      'sample_id',
+      *METADATA_KEYS,
+      'num_frames',
+      *(f'{m}_frames_raw' for m in modalities),
+  )
+
+
+CLIP_FIELDS = clip_fields()
+
+
+def stored_modalities(row: Mapping[str, Any]) -> tuple[str, ...]:
+  """The modalities a clip, clip row or frame row holds (those with a raw frame count)."""
+  return tuple(m for m in modalities_lib.NAMES if f'{m}_frames_raw' in row)
 
 
 def frames_split(split: str) -> str:
@@ -82,17 +101,24 @@ def is_frames_split(split: str) -> bool:
   return split.endswith(FRAMES_SUFFIX)
 
 
-def clip_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
-  """The TFDS features of every row, clip-table and frame rows alike (see the module docstring)."""
+def clip_features(
+    class_names: Sequence[str], modalities: Sequence[str] = MODALITIES
+) -> tfds.features.FeaturesDict:
+  """The TFDS features of every row, clip-table and frame rows alike (see the module docstring).
+
+  Args:
+    class_names: the label's class names.
+    modalities: the modalities the build stores (`modalities.NAMES`); an
+      RGB-D build's features are those it always had.
+  """
+  modalities = modalities_lib.ordered(modalities)
   frames = tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_))
   positions = tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.int64))
   scalar = lambda doc: tfds.features.Scalar(dtype=np.int32, doc=doc)
   return tfds.features.FeaturesDict(
       {
-          'rgb': frames,
-          'depth': frames,
-          'rgb_records': positions,
-          'depth_records': positions,
+          **{m: frames for m in modalities},
+          **{f'{m}_records': positions for m in modalities},
           'frame': scalar("index of a frame row's frame in its clip; -1 in a clip row"),
           'label': tfds.features.ClassLabel(names=list(class_names)),
           'sample_id': tfds.features.Text(),
@@ -100,79 +126,78 @@ def clip_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
           'view': scalar('camera or view, -1 if unknown'),
           'setup': scalar('recording setup, -1 if unknown'),
           'replication': scalar('replication / repetition, -1 if unknown'),
-          'num_frames': scalar('frames kept in both modalities'),
-          'rgb_frames_raw': scalar('RGB frames found in the raw data'),
-          'depth_frames_raw': scalar('depth frames found in the raw data'),
+          'num_frames': scalar(
+              'frames kept in both modalities'
+              if len(modalities) == 2
+              else f'frames kept in all {len(modalities)} modalities'
+          ),
+          **{
+              f'{m}_frames_raw': scalar(
+                  f'{modalities_lib.get(m).title} frames found in the raw data'
+              )
+              for m in modalities
+          },
       }
   )
 
 
-def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(frame, np.uint8)).save(buffer, format='JPEG', quality=quality)
-  return buffer.getvalue()
-
-
-def encode_png(frame: np.ndarray) -> bytes:
-  """Lossless PNG of `(H, W, 3)` RGB or `(H, W)` 8-bit single-channel frames."""
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(frame, np.uint8)).save(buffer, format='PNG', compress_level=6)
-  return buffer.getvalue()
-
-
-def decode_image(data: bytes) -> np.ndarray:
-  """Encoded JPEG/PNG bytes -> `(H, W, 3)` uint8 RGB.
-
-  OpenCV rather than Pillow because `cv2.imdecode` is one C call that releases
-  the GIL throughout and writes straight into a numpy array: the input
-  pipeline's decoding threads then use every core, where Pillow's Python-level
-  header parsing and `tobytes` copy serialise a large part of each frame. Both
-  use libjpeg-turbo and libpng, and give the same pixels for this format
-  (`tests/test_records.py`).
-  """
-  frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
-  if frame is None:
-    raise ValueError(f'Cannot decode a {len(data)}-byte frame as JPEG or PNG.')
-  return frame
-
-
-# `decode_image_reduced` factors: libjpeg's DCT scaling, as OpenCV's IMREAD_REDUCED_* flags
-# (without their BGR bit, so that the frame comes out RGB).
-REDUCED_DECODE_FLAGS = {
-    2: (cv2.IMREAD_REDUCED_COLOR_2 & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB,
-    4: (cv2.IMREAD_REDUCED_COLOR_4 & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB,
-}
-
-
-def decode_image_reduced(data: bytes, factor: int) -> np.ndarray:
-  """A JPEG decoded at 1/`factor` of its size (2 or 4): `(ceil(H/f), ceil(W/f), 3)` uint8 RGB.
-
-  libjpeg-turbo computes the smaller image from the DCT coefficients (a 4x4 or
-  2x2 inverse DCT per 8x8 block instead of 8x8, and upsampling and colour
-  conversion at the smaller size), so it costs a fraction of a full decode.
-  Its pixels are not those of a full decode resized (`pipeline.resize_frame`),
-  which is why the pipeline uses it only when asked (`input.reduced_decoding`).
-  """
-  frame = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED_DECODE_FLAGS[factor])
-  if frame is None:
-    raise ValueError(f'Cannot decode a {len(data)}-byte frame as JPEG at 1/{factor} size.')
-  return frame
-
-
-def decode_depth(data: bytes) -> np.ndarray:
-  """A stored depth frame (single-channel PNG of `jet.depth_to_code`) -> `(H, W)` uint8."""
-  frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-  if frame is None or frame.ndim != 2 or frame.dtype != np.uint8:
-    raise ValueError(
-        f'Cannot decode a {len(data)}-byte frame as an 8-bit single-channel '
-        'depth PNG' + ('' if frame is None else f' (got {frame.dtype} {frame.shape})') + '.'
-    )
-  return frame
-
-
 def decode_frame(modality: str, data: bytes) -> np.ndarray:
-  """`decode_image` of an RGB frame, `decode_depth` of a depth one."""
-  return decode_image(data) if modality == 'rgb' else decode_depth(data)
+  """A stored frame of `modality`, decoded on the host by its description (`modalities`)."""
+  return modalities_lib.get(modality).decode(data)
+
+
+def make_clip(
+    *,
+    frames: Mapping[str, np.ndarray],
+    frames_raw: Mapping[str, int],
+    label: int,
+    sample_id: str,
+    subject: int = -1,
+    view: int = -1,
+    setup: int = -1,
+    replication: int = -1,
+) -> dict:
+  """A whole clip of any modalities, encoded: what a builder's conversion returns.
+
+  Args:
+    frames: modality -> its aligned, equally long clip, as its description's
+      `check_clip` takes it (e.g. `(T, H, W, 3)` RGB, `(T, H, W)` depth codes
+      or infrared, `(T, bodies, joints, 2)` skeleton joints).
+    frames_raw: modality -> the frames of it found in the raw data.
+    label, sample_id, subject, view, setup, replication: the clip's fields.
+
+  Returns:
+    The clip, whose `frame_rows` and `clip_rows` are the records written.
+  """
+  names = modalities_lib.ordered(frames)
+  if set(frames_raw) != set(names):
+    raise ValueError(
+        f'{sample_id}: raw frame counts of {sorted(frames_raw)} for frames of {list(names)}.'
+    )
+  checked = {m: modalities_lib.get(m).check_clip(frames[m], sample_id) for m in names}
+  lengths = {m: len(clip) for m, clip in checked.items()}
+  if len(set(lengths.values())) != 1:
+    raise ValueError(f'{sample_id}: modalities of different lengths {lengths}.')
+  image_sizes = {
+      m: c.shape[1:3] for m, c in checked.items() if modalities_lib.get(m).resample != 'joints'
+  }
+  if len(set(image_sizes.values())) > 1:
+    raise ValueError(f'{sample_id}: frames of different sizes {image_sizes}.')
+  num_frames = lengths[names[0]]
+  if num_frames == 0:
+    raise ValueError(f'{sample_id}: no frame to store.')
+  encoded = {m: [modalities_lib.get(m).encode(f) for f in clip] for m, clip in checked.items()}
+  return {
+      **encoded,
+      'label': int(label),
+      'sample_id': sample_id,
+      'subject': subject,
+      'view': view,
+      'setup': setup,
+      'replication': replication,
+      'num_frames': num_frames,
+      **{f'{m}_frames_raw': int(frames_raw[m]) for m in names},
+  }
 
 
 def make_example(
@@ -188,40 +213,17 @@ def make_example(
     setup: int = -1,
     replication: int = -1,
 ) -> dict:
-  """A whole clip, encoded: aligned, equally long `(T, H, W, 3)` RGB and `(T, H, W)` depth codes.
-
-  What a builder's conversion returns; `frame_rows` and `clip_rows` split it
-  into the records written.
-  """
-  rgb, depth_code = np.asarray(rgb), np.asarray(depth_code)
-  if rgb.ndim != 4 or rgb.shape[-1] != 3 or depth_code.shape != rgb.shape[:-1]:
-    raise ValueError(
-        f'{sample_id}: RGB {rgb.shape} and depth {depth_code.shape} must be '
-        '(T, H, W, 3) and (T, H, W).'
-    )
-  if depth_code.dtype != np.uint8 or depth_code.max(initial=0) > jet.MAX_CODE:
-    raise ValueError(
-        f'{sample_id}: depth must be uint8 codes of jet.depth_to_code (0 to '
-        f'{jet.MAX_CODE}), got {depth_code.dtype} up to {depth_code.max()}.'
-    )
-  if rgb.shape[0] == 0:
-    raise ValueError(f'{sample_id}: no frame to store.')
-  return {
-      'rgb': [encode_jpeg(f) for f in rgb],
-      'depth': [encode_png(f) for f in depth_code],
-      'label': int(label),
-      'sample_id': sample_id,
-      'subject': subject,
-      'view': view,
-      'setup': setup,
-      'replication': replication,
-      'num_frames': rgb.shape[0],
-      'rgb_frames_raw': rgb_frames_raw,
-      'depth_frames_raw': depth_frames_raw,
-  }
-
-
-_INT_FIELDS = ('label', *METADATA_KEYS, 'num_frames', 'rgb_frames_raw', 'depth_frames_raw', 'frame')
+  """`make_clip` of an RGB-D clip: `(T, H, W, 3)` RGB and `(T, H, W)` depth codes."""
+  return make_clip(
+      frames={'rgb': rgb, 'depth': depth_code},
+      frames_raw={'rgb': rgb_frames_raw, 'depth': depth_frames_raw},
+      label=label,
+      sample_id=sample_id,
+      subject=subject,
+      view=view,
+      setup=setup,
+      replication=replication,
+  )
 
 
 def parse_row(serialized: bytes) -> dict[str, Any]:
@@ -235,9 +237,11 @@ def parse_row(serialized: bytes) -> dict[str, Any]:
   against TFDS's decoding.
   """
   feature = tf_example_pb2.Example.FromString(serialized).features.feature
-  row: dict[str, Any] = {key: feature[key].int64_list.value[0] for key in _INT_FIELDS}
+  stored = tuple(m for m in modalities_lib.NAMES if m in feature)
+  ints = ('label', *METADATA_KEYS, 'num_frames', *(f'{m}_frames_raw' for m in stored), 'frame')
+  row: dict[str, Any] = {key: feature[key].int64_list.value[0] for key in ints}
   row['sample_id'] = feature['sample_id'].bytes_list.value[0]
-  for modality in MODALITIES:
+  for modality in stored:
     row[modality] = list(feature[modality].bytes_list.value)
     row[f'{modality}_records'] = np.asarray(
         feature[f'{modality}_records'].int64_list.value, np.int64
@@ -251,11 +255,13 @@ def frame_key(sample_id: str, modality: str, frame: int) -> str:
 
 
 def frame_rows(example: dict) -> Iterator[tuple[str, dict]]:
-  """`(key, row)` of every frame of a `make_example` clip, RGB then depth."""
-  clip = {k: example[k] for k in CLIP_FIELDS}
-  for modality in MODALITIES:
+  """`(key, row)` of every frame of a `make_clip` clip, modality after modality."""
+  stored = stored_modalities(example)
+  clip = {k: example[k] for k in clip_fields(stored)}
+  empty = {**{m: [] for m in stored}, **{f'{m}_records': [] for m in stored}}
+  for modality in stored:
     for frame, data in enumerate(example[modality]):
-      row = {**clip, 'rgb': [], 'depth': [], 'rgb_records': [], 'depth_records': [], 'frame': frame}
+      row = {**clip, **empty, 'frame': frame}
       row[modality] = [data]
       yield frame_key(example['sample_id'], modality, frame), row
 
@@ -268,13 +274,14 @@ class ClipEntry:
 
   @classmethod
   def of(cls, example: dict) -> ClipEntry:
-    if len(example['rgb']) != len(example['depth']):
+    stored = stored_modalities(example)
+    lengths = {m: len(example[m]) for m in stored}
+    if len(set(lengths.values())) != 1:
       raise ValueError(
-          f"{example['sample_id']!r}: {len(example['rgb'])} RGB frames but "
-          f"{len(example['depth'])} depth frames; the format requires aligned "
-          'modalities.'
+          f"{example['sample_id']!r}: frames per modality {lengths}; the format requires "
+          'aligned modalities.'
       )
-    return cls({k: example[k] for k in CLIP_FIELDS})
+    return cls({k: example[k] for k in clip_fields(stored)})
 
 
 def frame_positions(
@@ -290,10 +297,11 @@ def frame_positions(
       dataset keeps across TFDS versions, under Beam too); False for a builder
       with `disable_shuffling`, which writes rows as generated.
   """
+  stored = [stored_modalities(c.fields) for c in clips]
   keys = [
       frame_key(c.fields['sample_id'], m, t)
-      for c in clips
-      for m in MODALITIES
+      for c, names in zip(clips, stored)
+      for m in names
       for t in range(c.fields['num_frames'])
   ]
   if shuffled:
@@ -304,12 +312,10 @@ def frame_positions(
   else:
     position = np.arange(len(keys))
   found, start = [], 0
-  for clip in clips:
+  for clip, names in zip(clips, stored):
     n = clip.fields['num_frames']
-    found.append(
-        {m: position[start + i * n : start + (i + 1) * n] for i, m in enumerate(MODALITIES)}
-    )
-    start += len(MODALITIES) * n
+    found.append({m: position[start + i * n : start + (i + 1) * n] for i, m in enumerate(names)})
+    start += len(names) * n
   return found
 
 
@@ -320,18 +326,16 @@ def clip_rows(
   for clip, positions in zip(clips, frame_positions(split, clips, shuffled)):
     yield clip.fields['sample_id'], {
         **clip.fields,
-        'rgb': [],
-        'depth': [],
+        **{m: [] for m in positions},
         'frame': -1,
-        'rgb_records': positions['rgb'],
-        'depth_records': positions['depth'],
+        **{f'{m}_records': p for m, p in positions.items()},
     }
 
 
 def split_rows(
     examples: Iterable[dict], split: str, shuffled: bool = True
 ) -> dict[str, list[tuple[str, dict]]]:
-  """`{split: clip rows, frames_split(split): frame rows}` of `make_example` clips."""
+  """`{split: clip rows, frames_split(split): frame rows}` of `make_clip` clips."""
   frames, clips = [], []
   for example in examples:
     frames.extend(frame_rows(example))

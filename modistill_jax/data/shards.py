@@ -355,7 +355,7 @@ class ClipRecords(Sequence):
     row = dict(self.clip_table[index])
     index = operator.index(index) % len(self)
     offset = self._frame_starts[np.searchsorted(self._clip_ends, index, side='right')]
-    for modality in records_lib.MODALITIES:
+    for modality in records_lib.stored_modalities(row):
       row[modality] = FrameSequence(
           self.frames, row.pop(f'{modality}_records') + offset, row['sample_id'], modality
       )

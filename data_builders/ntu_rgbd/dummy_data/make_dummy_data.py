@@ -25,6 +25,14 @@ Samples and the quirks they carry (README section 4 of the datasets notes):
 | S002C001P011R001A003 | merged | RGB file is not a video | skipped |
 | S002C001P012R002A004 | merged | depth folder without frames | skipped |
 | S002C002P013R001A005 | merged | depth only, no RGB video | skipped |
+
+Infrared videos (`nturgb+d_ir/<ID>_ir.avi`, 512x424 like the depth frames: the
+silhouette bright on a dark room), for the `*_ir_skeleton` configs, which also
+need a skeleton file: S001C002P003R002A013 (8 frames; built, 6 kept),
+S001C001P001R001A001 (5 frames; built, 5 kept), S001C002P005R002A008 (no
+skeleton: skipped) and S002C001P020R001A059 (merged layout; no skeleton:
+skipped); S002C003P008R001A020 has none (skipped). An RGB-D build reads no
+infrared file, so these change nothing it builds.
 """
 
 from __future__ import annotations
@@ -119,6 +127,20 @@ def skeleton_text(affine: np.ndarray, frames: int, seed: int) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def ir_frame(shift: float) -> np.ndarray:
+  """512x424 RGB (gray) infrared frame: the silhouette bright, the room dark."""
+  y, x = np.mgrid[: DEPTH_SIZE[1], : DEPTH_SIZE[0]] + 0.5
+  level = np.where(silhouette(x, y, shift), 220 - (y - 100) // 4, 30).astype(np.uint8)
+  return np.repeat(level[..., None], 3, axis=-1)
+
+
+def write_ir(root: pathlib.Path, sample_id: str, layout: str, frames: int) -> None:
+  setup = int(sample_id[1:4])
+  folder = (root / f'nturgbd_ir_s{setup:03d}' if layout == 'per-setup' else root) / 'nturgb+d_ir'
+  folder.mkdir(parents=True, exist_ok=True)
+  write_avi(folder / f'{sample_id}_ir.avi', [ir_frame(2.0 * f) for f in range(frames)])
+
+
 def write_avi(path: pathlib.Path, frames: list[np.ndarray]) -> None:
   with av.open(str(path), 'w', format='avi') as container:
     stream = container.add_stream('mpeg4', rate=30)
@@ -193,6 +215,15 @@ def main() -> None:
   # Git keeps no empty folder: a stray non-frame file stands for "no frames".
   (root / 'nturgb+d_depth_masked' / 'S002C001P012R002A004' / 'desktop.ini').write_text('\n')
   write_sample(root, 'S002C002P013R001A005', 'merged', None, 6, skeleton=False)
+  write_infrared(root)
+
+
+def write_infrared(root: pathlib.Path) -> None:
+  """The infrared videos (see the module docstring)."""
+  write_ir(root, 'S001C002P003R002A013', 'per-setup', 8)
+  write_ir(root, 'S001C001P001R001A001', 'per-setup', 5)
+  write_ir(root, 'S001C002P005R002A008', 'per-setup', 6)
+  write_ir(root, 'S002C001P020R001A059', 'merged', 6)
 
 
 if __name__ == '__main__':
