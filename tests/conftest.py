@@ -14,8 +14,9 @@
 * `fast_compile`: XLA without most optimisations while a test module runs
   (compiling dominates these tests; numbers stay float32-correct).
 * `tiny_trained_workdir`: the tiny demo run, every stage trained once per
-  pytest run whichever worker asks first (`tiny_run`); `compilation_cache_dir`
-  and `cli_env`: the XLA cache and the environment of command-line subprocesses.
+  pytest run whichever worker asks first (`tiny_run`, `once_per_run`);
+  `compilation_cache_dir` and `cli_env`: the XLA cache and the environment of
+  command-line subprocesses.
 
 `pytest_collection_modifyitems` keeps the tests that share an expensive
 module fixture on one xdist worker, marks the tests of the shared run, the GCS
@@ -411,8 +412,10 @@ def pytest_collection_modifyitems(config, items):
   Tests that start a subprocess or train several stages themselves carry
   `@pytest.mark.slow` in their files; here the tests that get it from
   `SLOW_FIXTURES` or from building a dataset (`builds_a_dataset`). The slow
-  tests and groups go first, so that the two workers' queues end close
-  together rather than with one long group started last.
+  tests and groups go first: xdist hands out the groups largest first, then
+  the single tests in this order, so the run ends on short tests and the two
+  workers finish close together rather than one waiting on a long test
+  started last.
 
   This hook wraps every other one, xdist's too: xdist marks a test's group by
   appending `@<group>` to its node id through an attribute that pytest 9.2's
