@@ -65,6 +65,8 @@ from modistill_jax.data import protocols  # pylint: disable=g-import-not-at-top,
 from modistill_jax.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.models import resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import xdist_groups  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 # The local GCS server's fixtures, for every test module that asks for them by name.
 from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402, F401
 
@@ -352,51 +354,6 @@ def builds_a_dataset(item) -> bool:
   return cls is not None and any(c.__name__ == 'DatasetBuilderTestCase' for c in cls.__mro__)
 
 
-def expensive_fixtures(item) -> list[str]:
-  """The module- and class-scoped fixtures of `item` outside `SHAREABLE_FIXTURES`."""
-  fixture_info = getattr(item, '_fixtureinfo', None)
-  if fixture_info is None:
-    return []
-  return sorted(
-      name
-      for name, defs in fixture_info.name2fixturedefs.items()
-      if name not in SHAREABLE_FIXTURES and defs and defs[-1].scope in ('module', 'class')
-  )
-
-
-def group_names(items) -> dict[int, str]:
-  """An xdist group for each test that shares an expensive fixture: `{index in items: name}`.
-
-  Tests that share one (directly or through a chain of tests that share
-  others) form one group, named after the module and the first fixture; a test
-  with an `xdist_group` mark of its own keeps it.
-  """
-  parent = {}
-
-  def root(key):
-    while parent.setdefault(key, key) != key:
-      key = parent[key]
-    return key
-
-  keys = {}
-  for index, item in enumerate(items):
-    if any(item.iter_markers('xdist_group')):
-      continue
-    names = expensive_fixtures(item)
-    if names:
-      keys[index] = [(item.module.__name__, name) for name in names]
-      for key in keys[index][1:]:
-        parent[root(key)] = root(keys[index][0])
-  return {index: '{}:{}'.format(*root(node_keys[0])) for index, node_keys in keys.items()}
-
-
-def xdist_group_of(item) -> str | None:
-  """The group xdist's `--dist loadgroup` gives `item`: its `xdist_group` names, joined."""
-  marks = item.iter_markers('xdist_group')
-  names = {str(m.args[0] if m.args else m.kwargs.get('name', 'default')) for m in marks}
-  return '_'.join(sorted(names)) or None
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
   """Marks the `slow` tests and the xdist groups, and puts the slow ones first.
@@ -407,7 +364,7 @@ def pytest_collection_modifyitems(config, items):
   both workers. A module- or class-scoped fixture (a `tfds` test case's
   `setUpClass` is one) outside `SHAREABLE_FIXTURES` would be made once per
   worker that runs one of its tests, so the tests that share one form a group
-  (`group_names`).
+  (`xdist_groups.mark_groups`).
 
   Tests that start a subprocess or train several stages themselves carry
   `@pytest.mark.slow` in their files; here the tests that get it from
@@ -417,26 +374,14 @@ def pytest_collection_modifyitems(config, items):
   workers finish close together rather than one waiting on a long test
   started last.
 
-  This hook wraps every other one, xdist's too: xdist marks a test's group by
-  appending `@<group>` to its node id through an attribute that pytest 9.2's
-  structured node ids no longer read (pytest-xdist issue 1386), so after it
-  ran, a test whose node id still lacks its group gets it here.
+  This hook wraps every other one, xdist's too, so that it can mend xdist's
+  group suffixes after it (`xdist_groups.add_missing_suffixes`).
   """
-  for index, name in group_names(items).items():
-    items[index].add_marker(pytest.mark.xdist_group(name))
+  xdist_groups.mark_groups(items, SHAREABLE_FIXTURES)
   for item in items:
     if SLOW_FIXTURES.intersection(item.fixturenames) or builds_a_dataset(item):
       item.add_marker(pytest.mark.slow)
-  slow_groups = {xdist_group_of(item) for item in items if item.get_closest_marker('slow')} - {None}
-
-  def slow(item) -> bool:
-    return item.get_closest_marker('slow') is not None or xdist_group_of(item) in slow_groups
-
-  items[:] = sorted(items, key=lambda item: not slow(item))
+  xdist_groups.put_first(items, lambda item: item.get_closest_marker('slow') is not None)
   result = yield
-  if getattr(config.option, 'loadgroup', False):
-    for item in items:
-      group = xdist_group_of(item)
-      if group and not item.nodeid.endswith(f'@{group}'):
-        item._id = type(item._id).parse(f'{item.nodeid}@{group}')  # pylint: disable=protected-access
+  xdist_groups.add_missing_suffixes(config, items)
   return result
