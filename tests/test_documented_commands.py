@@ -12,7 +12,7 @@ order, in one folder laid out as the guide's reader has it (`reader_folder`):
 * `runs/ntu_cs` and `workdirs/demo`: copies of the session's tiny run
   (tests/tiny_run.py), standing in for the runs that commands not run here
   would make (training on NTU needs the ImageNet download; `make demo` takes
-  15 minutes); only in the folders of chains that name them.
+  15 minutes); copied in before the first command of a chain that names one.
 
 A command is changed only through its own command line: a `--config=FILE:STAGE`
 argument gets `,tiny` (a tiny stream, 16x16 frames, one step per stage;
@@ -230,9 +230,9 @@ def write_recordings(root: pathlib.Path) -> None:
   (root / 'labels.csv').write_text('\n'.join(rows) + '\n')
 
 
-def make_reader_folder(folder: pathlib.Path, stand_in_run: str | None) -> pathlib.Path:
-  """The folder the documented commands run in (see the module docstring), with copies of
-  `stand_in_run` where not None."""
+def make_reader_folder(folder: pathlib.Path) -> pathlib.Path:
+  """The folder the documented commands run in (see the module docstring), but the stand-in
+  runs."""
   for name in ('configs', 'data_builders'):
     (folder / name).symlink_to(os.path.join(REPO_ROOT, name))
   (folder / 'DATA').mkdir()
@@ -246,27 +246,30 @@ def make_reader_folder(folder: pathlib.Path, stand_in_run: str | None) -> pathli
   for name in VIDEOS:
     codec = 'mpeg4' if name.endswith('.avi') else 'libx264'
     tiny_run.write_video(str(folder / name), frames, codec)
-  if stand_in_run is not None:
-    for run in STAND_IN_RUNS:
-      shutil.copytree(stand_in_run, folder / run)
   return folder
 
 
-@pytest.fixture(scope='module')
-def reader_folders(tmp_path_factory, request) -> Callable[[str], pathlib.Path]:
-  """The reader's folder of a chain, made when first asked for.
+def names_a_stand_in_run(text: str) -> bool:
+  return any(run in text for run in STAND_IN_RUNS)
 
-  Only a chain with a command that names a stand-in run waits for the
-  session's tiny run (`tiny_trained_workdir`).
+
+@pytest.fixture(scope='module')
+def reader_folders(tmp_path_factory, request) -> Callable[..., pathlib.Path]:
+  """The reader's folder of a chain, made when first asked for; `with_stand_in_runs`: with the
+  copies of the session's tiny run in it.
+
+  The stand-in runs are copied in before the first command that names one, so
+  a chain waits for the tiny run (`tiny_trained_workdir`) only from there.
   """
   folders = {}
 
-  def folder(chain: str) -> pathlib.Path:
+  def folder(chain: str, *, with_stand_in_runs: bool = False) -> pathlib.Path:
     if chain not in folders:
-      texts = [c.text for c in documented_commands() if chain_of(c.text) == chain]
-      needs_runs = any(run in text for text in texts for run in STAND_IN_RUNS)
-      stand_in = request.getfixturevalue('tiny_trained_workdir') if needs_runs else None
-      folders[chain] = make_reader_folder(tmp_path_factory.mktemp(f'reader_{chain}'), stand_in)
+      folders[chain] = make_reader_folder(tmp_path_factory.mktemp(f'reader_{chain}'))
+    if with_stand_in_runs and not (folders[chain] / STAND_IN_RUNS[0]).exists():
+      tiny_trained_workdir = request.getfixturevalue('tiny_trained_workdir')
+      for run in STAND_IN_RUNS:
+        shutil.copytree(tiny_trained_workdir, folders[chain] / run)
     return folders[chain]
 
   return folder
@@ -286,7 +289,7 @@ def run_in_reader_folder(reader_folders, compilation_cache_dir):
     if text not in done:
       done[text] = subprocess.run(
           ['bash', '-c', text],
-          cwd=reader_folders(chain_of(text)),
+          cwd=reader_folders(chain_of(text), with_stand_in_runs=names_a_stand_in_run(text)),
           env=env,
           capture_output=True,
           text=True,
