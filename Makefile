@@ -52,11 +52,11 @@ format: $(VENV)/.installed-test
 	$(VENV)/bin/jupytext --quiet --sync notebooks/results.py
 
 # The tests run on fake CPU devices (so the data-parallel ones need no accelerator), on two
-# workers, one test file on one worker (`--dist loadfile`: tests/conftest.py's xdist groups for
-# `--dist loadgroup` did not keep a group on one worker in a trial, see docs/testing.md).
+# workers: each test on whichever worker is free, except that the tests sharing an expensive
+# fixture run on one (`--dist loadgroup` with tests/conftest.py's xdist groups).
 # docs/testing.md says which target to run when.
 PYTEST := XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
-  $(PY) -m pytest -n 2 --dist loadfile -q
+  $(PY) -m pytest -n 2 --dist loadgroup -q
 
 # Lint first, then every test but the Beam conversion tests (marked `beam`: `make test-beam`,
 # which CI runs after this).

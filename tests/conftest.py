@@ -14,17 +14,20 @@
 * `fast_compile`: XLA without most optimisations while a test module runs
   (compiling dominates these tests; numbers stay float32-correct).
 * `tiny_trained_workdir`: the tiny demo run, every stage trained once per
-  pytest run whichever worker asks first (`tiny_run`); `compilation_cache_dir`
-  and `cli_env`: the XLA cache and the environment of command-line subprocesses.
+  pytest run whichever worker asks first (`tiny_run`, `once_per_run`);
+  `compilation_cache_dir` and `cli_env`: the XLA cache and the environment of
+  command-line subprocesses.
 
-`pytest_collection_modifyitems` keeps each module with an expensive shared
-fixture on one xdist worker and marks the tests of the shared run, the GCS
-server and the TFDS builder test cases `slow`; docs/testing.md says what each
-`make` target runs and how to mark a new test.
+`pytest_collection_modifyitems` keeps the tests that share an expensive
+module fixture on one xdist worker, marks the tests of the shared run, the GCS
+server and the TFDS builder test cases `slow`, and runs the slow tests first;
+docs/testing.md says what each `make` target runs and how to mark a new test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+import fcntl
 import functools
 import importlib
 import os
@@ -61,6 +64,8 @@ from modistill_jax.data import pipeline  # pylint: disable=g-import-not-at-top,w
 from modistill_jax.data import protocols  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
 from modistill_jax.models import resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import xdist_groups  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The local GCS server's fixtures, for every test module that asks for them by name.
 from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402, F401
@@ -299,6 +304,33 @@ def fill_variables(shapes, seed, temporal_noise=0.0):
   return flax.traverse_util.unflatten_dict(filled, sep='/')
 
 
+def run_folder(tmp_path_factory) -> epath.Path:
+  """A folder all xdist workers of this pytest run see (the session's own one without xdist)."""
+  base = tmp_path_factory.getbasetemp()
+  return epath.Path(base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base)
+
+
+def once_per_run(tmp_path_factory, name: str, make: Callable[[str], None]) -> str:
+  """`run_folder(...)/name/made`, written by `make(path)` once per pytest run.
+
+  The first worker to ask makes it while the others wait on a file lock, then
+  all read the same folder, so the tests that read it need not share a worker.
+  `make` must leave the folder finished when it returns; where it raised, the
+  next worker to ask starts again from an empty folder.
+  """
+  root = run_folder(tmp_path_factory) / name
+  root.mkdir(exist_ok=True)
+  with open(root / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / 'done').exists():
+      made = root / 'made'
+      if made.exists():  # left by a `make` that failed
+        made.rmtree()
+      make(str(made))
+      (root / 'done').touch()
+  return str(root / 'made')
+
+
 @pytest.fixture(scope='module')
 def tiny_trained_workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
   """The tiny demo run on the tiny dataset, made once per pytest run (see `tiny_run`)."""
@@ -308,9 +340,9 @@ def tiny_trained_workdir(tmp_path_factory, synthetic_data_dir, fast_compile):
   return tiny_run.trained_workdir(tmp_path_factory, synthetic_data_dir)
 
 
-# Module-scoped fixtures that cost little to make again on another worker, or that are made
-# once per pytest run whichever worker asks (`tiny_trained_workdir`: a file lock).
-SHAREABLE_FIXTURES = frozenset({'fast_compile', 'tiny_trained_workdir'})
+# Module-scoped fixtures that cost little to make again on another worker (a setting), or that
+# are made once per pytest run whichever worker asks (`once_per_run`).
+SHAREABLE_FIXTURES = frozenset({'fast_compile', 'tiny_trained_workdir', 'one_build_worker'})
 # The tests that use these are `slow` (`make test-fast` skips them): the shared tiny run trains
 # every stage, and the local GCS server is a subprocess.
 SLOW_FIXTURES = frozenset({'tiny_trained_workdir', 'gcs_emulator'})
@@ -322,31 +354,34 @@ def builds_a_dataset(item) -> bool:
   return cls is not None and any(c.__name__ == 'DatasetBuilderTestCase' for c in cls.__mro__)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-  """Groups tests for xdist and marks the `slow` ones that a fixture or a base class makes slow.
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+  """Marks the `slow` tests and the xdist groups, and puts the slow ones first.
 
-  `make test` runs `--dist loadgroup`: a test marked `xdist_group` runs on the
-  worker of its group, any other test on whichever worker is free, so a file of
-  many independent tests (the config trainings, say) spreads over both workers.
-  A module- or class-scoped fixture (a `tfds` test case's `setUpClass` is one)
-  outside `SHAREABLE_FIXTURES` would be made once per worker that runs one of
-  its tests, so such a module's tests form one group, named after the module.
+  `make test` runs `--dist loadgroup`: the tests of one `xdist_group` run on
+  one worker, one after the other; any other test on whichever worker is free,
+  so a file of many independent tests (the config trainings, say) spreads over
+  both workers. A module- or class-scoped fixture (a `tfds` test case's
+  `setUpClass` is one) outside `SHAREABLE_FIXTURES` would be made once per
+  worker that runs one of its tests, so the tests that share one form a group
+  (`xdist_groups.mark_groups`).
 
   Tests that start a subprocess or train several stages themselves carry
   `@pytest.mark.slow` in their files; here the tests that get it from
-  `SLOW_FIXTURES` or from building a dataset (`builds_a_dataset`).
+  `SLOW_FIXTURES` or from building a dataset (`builds_a_dataset`). The slow
+  tests and groups go first: xdist hands out the groups largest first, then
+  the single tests in this order, so the run ends on short tests and the two
+  workers finish close together rather than one waiting on a long test
+  started last.
+
+  This hook wraps every other one, xdist's too, so that it can mend xdist's
+  group suffixes after it (`xdist_groups.add_missing_suffixes`).
   """
+  xdist_groups.mark_groups(items, SHAREABLE_FIXTURES)
   for item in items:
-    fixture_info = getattr(item, '_fixtureinfo', None)
-    if fixture_info is None:
-      continue
-    shared = [
-        name
-        for name, defs in fixture_info.name2fixturedefs.items()
-        if name not in SHAREABLE_FIXTURES and defs and defs[-1].scope in ('module', 'class')
-    ]
-    if shared:
-      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     if SLOW_FIXTURES.intersection(item.fixturenames) or builds_a_dataset(item):
       item.add_marker(pytest.mark.slow)
+  xdist_groups.put_first(items, lambda item: item.get_closest_marker('slow') is not None)
+  result = yield
+  xdist_groups.add_missing_suffixes(config, items)
+  return result

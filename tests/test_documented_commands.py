@@ -12,20 +12,26 @@ order, in one folder laid out as the guide's reader has it (`reader_folder`):
 * `runs/ntu_cs` and `workdirs/demo`: copies of the session's tiny run
   (tests/tiny_run.py), standing in for the runs that commands not run here
   would make (training on NTU needs the ImageNet download; `make demo` takes
-  15 minutes).
+  15 minutes); copied in before the first command of a chain that names one.
 
 A command is changed only through its own command line: a `--config=FILE:STAGE`
 argument gets `,tiny` (a tiny stream, 16x16 frames, one step per stage;
 `config_lib.TINY`), and `SMALLER` lists the flags that fit a command to the
 fake data (a smaller batch). The commands run on one CPU device, as on a
 laptop. A command that cannot run here is listed in
-`NOT_RUN` with the reason; one that is neither run nor listed fails. The
-commands depend on the ones before them, as a reader's do: run the whole file.
+`NOT_RUN` with the reason; one that is neither run nor listed fails.
+
+The commands depend on the ones before them, as a reader's do, but only on
+those about the same data or runs: `CHAINS` sorts them into independent
+chains, each run in order in a reader's folder of its own and as one xdist
+group, so that the chains run on both workers side by side. Run a whole chain
+(or the whole file), not one command of it alone.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 import concurrent.futures
 import dataclasses
 import functools
@@ -87,6 +93,15 @@ VIDEOS = ('video.mp4', 'a.mp4', 'b.avi', 'long_video.mp4', 'new_recording.mp4')
 STAND_IN_RUNS = ('runs/ntu_cs', 'workdirs/demo')
 RAW_TREES = {'ntu': 'ntu_rgbd', 'nwucla': 'nw_ucla', 'uwa3dii': 'uwa3dii'}
 TIMEOUT_S = 600
+# Chain -> the pattern of its commands (the first chain whose pattern a command's text matches;
+# `other` when none does). A chain's commands run in document order in its own folder, so a
+# command that reads what another writes (a built dataset, a run, `exported/`) must be in its
+# chain; equal texts (a builder README repeating the main README) fall in one chain and run once.
+CHAINS = {
+    'own_data': r'my_gestures|custom_rgbd',
+    'public_data': r'ntu_rgbd|nw_ucla|uwa3dii|nwucla|RAW/',
+    'stand_in_runs': '|'.join(map(re.escape, STAND_IN_RUNS)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +163,17 @@ def documented_commands() -> tuple[Command, ...]:
   )
 
 
+def chain_of(text: str) -> str:
+  """The chain (a key of `CHAINS`, or `other`) of a command's text."""
+  return next((chain for chain, pattern in CHAINS.items() if re.search(pattern, text)), 'other')
+
+
+def in_its_chain(command: Command):
+  """`command` as a test parameter in its chain's xdist group (see the module docstring)."""
+  group = pytest.mark.xdist_group(f'documented_commands:{chain_of(command.text)}')
+  return pytest.param(command, id=command.id, marks=group)
+
+
 def reason_not_run(command: Command) -> str | None:
   for (document, pattern), reason in NOT_RUN.items():
     if pathlib.PurePath(command.document).match(document) and re.search(pattern, command.text):
@@ -204,10 +230,9 @@ def write_recordings(root: pathlib.Path) -> None:
   (root / 'labels.csv').write_text('\n'.join(rows) + '\n')
 
 
-@pytest.fixture(scope='module')
-def reader_folder(tmp_path_factory, tiny_trained_workdir) -> pathlib.Path:
-  """The folder the documented commands run in (see the module docstring)."""
-  folder = tmp_path_factory.mktemp('reader')
+def make_reader_folder(folder: pathlib.Path) -> pathlib.Path:
+  """The folder the documented commands run in (see the module docstring), but the stand-in
+  runs."""
   for name in ('configs', 'data_builders'):
     (folder / name).symlink_to(os.path.join(REPO_ROOT, name))
   (folder / 'DATA').mkdir()
@@ -221,14 +246,38 @@ def reader_folder(tmp_path_factory, tiny_trained_workdir) -> pathlib.Path:
   for name in VIDEOS:
     codec = 'mpeg4' if name.endswith('.avi') else 'libx264'
     tiny_run.write_video(str(folder / name), frames, codec)
-  for run in STAND_IN_RUNS:
-    shutil.copytree(tiny_trained_workdir, folder / run)
+  return folder
+
+
+def names_a_stand_in_run(text: str) -> bool:
+  return any(run in text for run in STAND_IN_RUNS)
+
+
+@pytest.fixture(scope='module')
+def reader_folders(tmp_path_factory, request) -> Callable[..., pathlib.Path]:
+  """The reader's folder of a chain, made when first asked for; `with_stand_in_runs`: with the
+  copies of the session's tiny run in it.
+
+  The stand-in runs are copied in before the first command that names one, so
+  a chain waits for the tiny run (`tiny_trained_workdir`) only from there.
+  """
+  folders = {}
+
+  def folder(chain: str, *, with_stand_in_runs: bool = False) -> pathlib.Path:
+    if chain not in folders:
+      folders[chain] = make_reader_folder(tmp_path_factory.mktemp(f'reader_{chain}'))
+    if with_stand_in_runs and not (folders[chain] / STAND_IN_RUNS[0]).exists():
+      tiny_trained_workdir = request.getfixturevalue('tiny_trained_workdir')
+      for run in STAND_IN_RUNS:
+        shutil.copytree(tiny_trained_workdir, folders[chain] / run)
+    return folders[chain]
+
   return folder
 
 
 @pytest.fixture(scope='module')
-def run_in_reader_folder(reader_folder, compilation_cache_dir):
-  """Runs a command's text with bash in the reader's folder, once per distinct text."""
+def run_in_reader_folder(reader_folders, compilation_cache_dir):
+  """Runs a command's text with bash in its chain's folder, once per distinct text."""
   # One CPU device, as on a laptop (a batch of 2 divides over it).
   env = cli_env(compilation_cache_dir, device_count=1)
   env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env['PATH']
@@ -240,7 +289,7 @@ def run_in_reader_folder(reader_folder, compilation_cache_dir):
     if text not in done:
       done[text] = subprocess.run(
           ['bash', '-c', text],
-          cwd=reader_folder,
+          cwd=reader_folders(chain_of(text), with_stand_in_runs=names_a_stand_in_run(text)),
           env=env,
           capture_output=True,
           text=True,
@@ -252,7 +301,7 @@ def run_in_reader_folder(reader_folder, compilation_cache_dir):
   return run
 
 
-@pytest.mark.parametrize('command', documented_commands(), ids=lambda c: c.id)
+@pytest.mark.parametrize('command', [in_its_chain(c) for c in documented_commands()])
 @pytest.mark.slow
 def test_documented_command_runs_as_written(command, run_in_reader_folder):
   reason = reason_not_run(command)
@@ -318,12 +367,15 @@ def test_documented_versions_are_the_codes():
 
 
 @pytest.mark.slow
-def test_custom_build_writes_the_folder_the_readme_names(reader_folder, run_in_reader_folder):
-  """After the README's own-data commands (run above), its build folder exists."""
+@pytest.mark.xdist_group('documented_commands:own_data')
+def test_custom_build_writes_the_folder_the_readme_names(reader_folders, run_in_reader_folder):
+  """After the README's own-data commands (run above, in their chain), its build folder exists."""
   with open(os.path.join(REPO_ROOT, 'README.md')) as f:
     (path,) = set(re.findall(r'`(DATA/my_gestures/res112/[\d.]+)/skipped\.tsv`', f.read()))
   build = next(c for c in documented_commands() if 'custom_rgbd build' in c.text)
+  assert chain_of(build.text) == 'own_data'
   assert run_in_reader_folder(shrunk(build.text)).returncode == 0
+  reader_folder = reader_folders('own_data')
   assert (reader_folder / path / 'dataset_info.json').exists(), sorted(
       str(p.relative_to(reader_folder)) for p in (reader_folder / 'DATA').rglob('*')
   )[:20]

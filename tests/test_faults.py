@@ -53,7 +53,7 @@ TIMEOUT_S = 300
 FILE_SIZE_LIMIT = 24 * 1024
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def env(compilation_cache_dir):
   return cli_env(compilation_cache_dir)
 

@@ -24,7 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO_ROOT, assert_trees_close, cli_env, override_flags, tiny_config
+from conftest import REPO_ROOT, assert_trees_close, cli_env, once_per_run, override_flags
+from conftest import tiny_config
 import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
@@ -99,15 +100,20 @@ def assert_same_outcome(actual: dict, expected: dict) -> None:
   assert actual['records'] == expected['records']
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def env(compilation_cache_dir):
   return cli_env(compilation_cache_dir)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def uninterrupted(tmp_path_factory, synthetic_data_dir, env):
-  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  run_cli(train_args(workdir, synthetic_data_dir), env)
+  """The uninterrupted command's run and outcome, made once per pytest run (`once_per_run`), so
+  the crash tests that compare with it spread over the xdist workers."""
+  workdir = once_per_run(
+      tmp_path_factory,
+      'run_folder_uninterrupted',
+      lambda workdir: run_cli(train_args(workdir, synthetic_data_dir), env),
+  )
   return workdir, outcome(workdir)
 
 

@@ -43,12 +43,12 @@ CHAIN = {
 }
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture
 def workdir(tiny_trained_workdir):
   return tiny_trained_workdir
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def config(synthetic_data_dir):
   return tiny_run.run_config(synthetic_data_dir)
 

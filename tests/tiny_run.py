@@ -6,8 +6,8 @@ epoch) per stage and whole evaluations. The demo, notebook, predict, export,
 stage-chaining, run-folder and config tests all read this one run.
 
 Training every stage is what makes these tests slow, so the run is made once
-per pytest run (under xdist the workers share one folder: the first one trains
-while the others wait on a file lock), under conftest's `fast_compile` and with
+per pytest run (`conftest.once_per_run`: under xdist the first worker to ask
+trains while the others wait on a file lock), under conftest's `fast_compile` and with
 the RBG PRNG, whose initialisers compile several times faster than threefry's
 (the weights' values do not matter here).
 """
@@ -15,15 +15,11 @@ the RBG PRNG, whose initialisers compile several times faster than threefry's
 from __future__ import annotations
 
 from collections.abc import Sequence
-import fcntl
-import os
-
 import av
-from etils import epath
 import jax
 import numpy as np
 
-from conftest import TINY_DATA, tiny_config
+from conftest import TINY_DATA, once_per_run, tiny_config
 from modistill_jax import demo
 from modistill_jax.config_lib import VGG_MEAN
 
@@ -36,24 +32,14 @@ def run_config(data_dir: str):
   return tiny_config('demo', 'all', data_dir=data_dir, **RUN_OVERRIDES)
 
 
-def shared_root(tmp_path_factory) -> epath.Path:
-  """A folder all xdist workers of this run see (the session's own one without xdist)."""
-  base = tmp_path_factory.getbasetemp()
-  return epath.Path(base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base)
-
-
 def trained_workdir(tmp_path_factory, data_dir: str) -> str:
   """The demo run on the built dataset in `data_dir`, made once per pytest run."""
-  root = shared_root(tmp_path_factory) / 'tiny_run'
-  root.mkdir(exist_ok=True)
-  workdir = root / 'workdir'
-  with open(root / 'lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (root / 'done').exists():
-      with jax.default_prng_impl('unsafe_rbg'):
-        demo.run_demo(str(workdir), data_dir, 'all,tiny', RUN_OVERRIDES)
-      (root / 'done').touch()
-  return str(workdir)
+
+  def make(workdir: str) -> None:
+    with jax.default_prng_impl('unsafe_rbg'):
+      demo.run_demo(workdir, data_dir, 'all,tiny', RUN_OVERRIDES)
+
+  return once_per_run(tmp_path_factory, 'tiny_run', make)
 
 
 def synthetic_frames(
