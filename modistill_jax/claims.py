@@ -46,6 +46,7 @@ from scipy import stats
 
 from modistill_jax import cli
 from modistill_jax import evaluate
+from modistill_jax import finished_stage
 from modistill_jax import metrics
 from modistill_jax import report
 from modistill_jax import runs
@@ -328,7 +329,7 @@ def run_seed(
       step2 = runs.stage_dir(root / STAGED, 'step2')
       if not step2.noise_sweep_file.exists():
         print(f'\n=== seed {seed}: Table 2 noise sweep of step 2 ===', flush=True)
-        finished = runs.load_stage(root / STAGED, 'step2')
+        finished = finished_stage.load(root / STAGED, 'step2')
         rows = evaluate.noise_sweep(finished, evaluate.evaluation_config(finished, vconfig))
         runs.write_json(step2.noise_sweep_file, rows)
   return counts
