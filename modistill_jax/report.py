@@ -460,7 +460,8 @@ def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
     order[table4_row.number] = len(order)
   keys = sorted(
       {(r['row'], r['method'], r['test_modality'], r['loss']) for t in tables for r in t},
-      key=lambda k: (order[k[0]], k[3]),
+      # Then by modality: a Table 4 folder's rows share a number and loss with Table 1's.
+      key=lambda k: (order[k[0]], k[3], k[2]),
   )
   rows = []
   for row, method, modality, loss in keys:
