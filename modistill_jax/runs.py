@@ -104,10 +104,6 @@ class StageDir:
     return self.path / METRICS_FILE
 
   @property
-  def events_dir(self) -> epath.Path:
-    return self.path / EVENTS_DIR
-
-  @property
   def latest_dir(self) -> epath.Path:
     return self.path / CHECKPOINTS_DIR / LATEST_DIR
 
