@@ -20,7 +20,6 @@ import pytest
 
 from conftest import REPO_ROOT, cli_env, override_flags
 import tiny_run
-from modistill_jax import benchmark
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
 from modistill_jax import finished_stage
@@ -29,6 +28,7 @@ from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
+from modistill_jax.benchmark import step as benchmark_step
 from modistill_jax.models import stage_network
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -185,7 +185,7 @@ def test_sweep_is_one_program_with_each_level_as_its_own_evaluation(workdir, con
 
   def on_compile(event, duration, fun_name='', **kwargs):
     del duration, kwargs
-    if event == benchmark.BACKEND_COMPILE_EVENT:
+    if event == benchmark_step.BACKEND_COMPILE_EVENT:
       compiled.append(fun_name)
 
   jax.monitoring.register_event_duration_secs_listener(on_compile)
