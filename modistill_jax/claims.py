@@ -111,12 +111,9 @@ TRAININGS_PER_SEED = sum(len(v.trains) for v in VARIANTS)
 def row_folder(row: paper_tables.Row) -> str:
   """The folder of a seed that trains the row's stage as the row was set up.
 
-  A step-1 row is the staged folder's (every variant shares its step 1); a
-  step-2 or step-4 row matches on connections and privileged modality, a step-3
-  or Hoffman et al. row on its loss too.
+  The variant that trains the stage with the row's connections and privileged
+  modality, and for a distillation row (step 3, Hoffman et al.) its loss.
   """
-  if row.stage == 'step1':
-    return STAGED
   matches = [
       v.folder
       for v in VARIANTS
