@@ -20,6 +20,7 @@ def get_config(stage: str = 'step1'):
   # `:<stage>,tiny` reads the 32x32 'tiny' build (192 clips) instead.
   config.builder_config = 'tiny' if config_lib.is_tiny(stage) else 'default'
   config.build_if_missing = True
+  config.builder_module = 'data_builders.synthetic_rgbd'
   config.batch_size = 16
   config.eval_batch_size = 64
   config.num_epochs = 3

@@ -46,7 +46,9 @@ from scipy import stats
 
 from modistill_jax import cli
 from modistill_jax import evaluate
+from modistill_jax import finished_stage
 from modistill_jax import metrics
+from modistill_jax import paper_tables
 from modistill_jax import report
 from modistill_jax import runs
 from modistill_jax import trainer
@@ -106,89 +108,22 @@ VARIANTS = (
 TRAININGS_PER_SEED = sum(len(v.trains) for v in VARIANTS)
 
 
-@dataclasses.dataclass(frozen=True)
-class ClaimsRow:
-  """A row of Table 1 or 4: the folder, stage and stream whose test accuracy it is."""
+def row_folder(row: paper_tables.Row) -> str:
+  """The folder of a seed that trains the row's stage as the row was set up.
 
-  number: str
-  method: str
-  test_modality: str
-  loss: str
-  folder: str
-  stage: str
-  stream: str
-
-
-ROWS = (
-    ClaimsRow('1', 'step 1, depth stream', 'Depth', 'x-entr', STAGED, 'step1', 'depth'),
-    ClaimsRow('2', 'step 1, RGB stream', 'RGB', 'x-entr', STAGED, 'step1', 'rgb'),
-    ClaimsRow(
-        '3', 'Hoffman et al. w/o connections', 'RGB', 'eq. 1', 'hoffman_eq1', 'hoffman', 'fused'
-    ),
-    ClaimsRow(
-        '4', 'Hoffman et al. w/o connections', 'RGB', 'eq. 3', 'hoffman_eq3', 'hoffman', 'fused'
-    ),
-    ClaimsRow(
-        '5', 'Hoffman et al. w/o connections', 'RGB', 'eq. 5', 'hoffman_eq5', 'hoffman', 'fused'
-    ),
-    ClaimsRow('6', 'step 2, depth stream', 'Depth', 'x-entr', STAGED, 'step2', 'depth'),
-    ClaimsRow('7', 'step 2, RGB stream', 'RGB', 'x-entr', STAGED, 'step2', 'rgb'),
-    ClaimsRow('8', 'step 2', 'RGB & Depth', 'x-entr', STAGED, 'step2', 'fused'),
-    ClaimsRow(
-        '9', 'step 2 w/o connections', 'RGB & Depth', 'x-entr', runs.ABLATION_DIR, 'step2', 'fused'
-    ),
-    ClaimsRow(
-        '10', 'step 3 w/o connections', 'RGB (hall)', 'eq. 1', NO_CONNECTIONS_EQ1, 'step3', 'hall'
-    ),
-    ClaimsRow(
-        '11',
-        'step 3 w/ connections',
-        'RGB (hall) + depth via connections',
-        'eq. 1',
-        'step3_eq1',
-        'step3',
-        'hall',
-    ),
-    ClaimsRow(
-        '12',
-        'step 3 w/ connections',
-        'RGB (hall) + depth via connections',
-        'eq. 3',
-        'step3_eq3',
-        'step3',
-        'hall',
-    ),
-    ClaimsRow(
-        '13',
-        'step 3 w/ connections',
-        'RGB (hall) + depth via connections',
-        'eq. 5',
-        STAGED,
-        'step3',
-        'hall',
-    ),
-    ClaimsRow(
-        '14', 'step 3 w/o connections', 'RGB (hall)', 'eq. 5', runs.ABLATION_DIR, 'step3', 'hall'
-    ),
-    ClaimsRow('15', 'step 4', 'RGB', 'x-entr', STAGED, 'step4', 'fused'),
-    ClaimsRow(
-        '13a',
-        'step 3, RGB privileged',
-        'Depth (hall) + RGB via connections',
-        'eq. 5',
-        'inverted',
-        'step3',
-        'hall',
-    ),
-    ClaimsRow('15a', 'step 4, RGB privileged', 'Depth', 'x-entr', 'inverted', 'step4', 'fused'),
-)
-
-
-def paper_numbers(number: str) -> tuple[float | None, float | None]:
-  """The paper's (cross-subject, cross-view) NTU accuracy of a Table 1 or Table 4 row."""
-  if number in report.PAPER_TABLE4:
-    return None, report.PAPER_TABLE4[number]
-  return report.PAPER_TABLE1[number]
+  The variant that trains the stage with the row's connections and privileged
+  modality, and for a distillation row (step 3, Hoffman et al.) its loss.
+  """
+  matches = [
+      v.folder
+      for v in VARIANTS
+      if row.stage in v.trains
+      and (v.connections, v.privileged) == (row.connections, row.privileged)
+      and (row.loss == paper_tables.CROSS_ENTROPY or v.loss == row.loss)
+  ]
+  if len(matches) != 1:
+    raise ValueError(f'Row {row.number} is trained by {len(matches)} variants: {matches}.')
+  return matches[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,7 +263,7 @@ def run_seed(
       step2 = runs.stage_dir(root / STAGED, 'step2')
       if not step2.noise_sweep_file.exists():
         print(f'\n=== seed {seed}: Table 2 noise sweep of step 2 ===', flush=True)
-        finished = runs.load_stage(root / STAGED, 'step2')
+        finished = finished_stage.load(root / STAGED, 'step2')
         rows = evaluate.noise_sweep(finished, evaluate.evaluation_config(finished, vconfig))
         runs.write_json(step2.noise_sweep_file, rows)
   return counts
@@ -374,11 +309,11 @@ def run_claims(
 # MARK: the report
 
 
-def row_accuracies(workdir: str, seeds: list[int], row: ClaimsRow) -> list[float | None]:
+def row_accuracies(workdir: str, seeds: list[int], row: paper_tables.Row) -> list[float | None]:
   """The row's test accuracy (%) per seed; None where its stage has not finished."""
   values = []
   for seed in seeds:
-    results = report.stage_results(seed_dir(workdir, seed) / row.folder, row.stage) or {}
+    results = report.stage_results(seed_dir(workdir, seed) / row_folder(row), row.stage) or {}
     accuracy = results['test']['accuracy'].get(row.stream) if 'test' in results else None
     values.append(None if accuracy is None else 100 * accuracy)
   return values
@@ -436,16 +371,16 @@ def summarize(workdir: str, seeds: list[int]) -> dict[str, Any]:
   """Rows, Table 2 and the claims' verdicts from the run folders (nothing trains)."""
   rows = []
   per_seed = {}
-  for row in ROWS:
+  for row in paper_tables.ROWS:
     values = row_accuracies(workdir, seeds, row)
     per_seed[row.number] = values
-    cs, cv = paper_numbers(row.number)
+    cs, cv = row.paper
     rows.append(
         {
             'row': row.number,
             'method': row.method,
             'test_modality': row.test_modality,
-            'loss': row.loss,
+            'loss': row.loss_name,
             'per_seed': values,
             **_interval_record(values),
             'paper_cross_subject': cs,
@@ -458,7 +393,7 @@ def summarize(workdir: str, seeds: list[int]) -> dict[str, Any]:
           'sigma2': label,
           'per_seed': values,
           **_interval_record(values),
-          'paper': report.PAPER_TABLE2.get(label),
+          'paper': paper_tables.PAPER_TABLE2.get(label),
       }
       for label, values in noise.items()
   ]

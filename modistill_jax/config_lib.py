@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.protocol = 'cross_subject'  # modistill_jax/data/protocols.py
   c.data_dir = ''  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
   c.build_if_missing = False  # build the dataset on first use (only for download-free builders)
+  # The module whose import registers `dataset` with TFDS, imported by name before a build on
+  # first use, so the library never imports the builders: e.g. 'data_builders.synthetic_rgbd'.
+  c.builder_module = ''
 
   # Schedule. batch_size is the GLOBAL number of clips per step, over all hosts and devices.
   c.batch_size = 5
@@ -318,6 +321,7 @@ RESUMABLE_KEYS = (
     'keep_checkpoints',
     'data_dir',
     'build_if_missing',
+    'builder_module',
     'input.worker_count',
     'input.prefetch',
     'profile_steps',
@@ -329,6 +333,7 @@ EVALUATION_KEYS = (
     'max_eval_batches',
     'data_dir',
     'build_if_missing',
+    'builder_module',
     'input.worker_count',
     'input.prefetch',
 )

@@ -26,6 +26,7 @@ from configs import demo as demo_config
 from modistill_jax import cli
 from modistill_jax import config_lib
 from modistill_jax import evaluate
+from modistill_jax import finished_stage
 from modistill_jax import metrics
 from modistill_jax import report
 from modistill_jax import runs
@@ -74,7 +75,7 @@ def run_demo(
   config.model.connections = True
 
   banner('Table 2: step 2 with noisy depth')
-  step2 = runs.load_stage(workdir, 'step2')
+  step2 = finished_stage.load(workdir, 'step2')
   rows = evaluate.noise_sweep(step2, evaluate.evaluation_config(step2, config))
   runs.write_json(step2.dir.noise_sweep_file, rows)
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from modistill_jax import cli
 from modistill_jax import config_lib
+from modistill_jax import finished_stage
 from modistill_jax import initialization
 from modistill_jax import runs
 from modistill_jax import sharding
@@ -139,7 +140,7 @@ class ConflictingConfigError(ValueError):
 
 
 def evaluation_config(
-    run: runs.FinishedStage, given: ml_collections.ConfigDict | None
+    run: finished_stage.FinishedStage, given: ml_collections.ConfigDict | None
 ) -> ml_collections.ConfigDict:
   """The run's own config, with the evaluation keys of `given` (a command line's config).
 
@@ -181,7 +182,7 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
   config[leaf] = value
 
 
-def best_train_state(run: runs.FinishedStage) -> steps.TrainState:
+def best_train_state(run: finished_stage.FinishedStage) -> steps.TrainState:
   """The stage's best state, enough for evaluation (no optimizer state is read)."""
   saved = run.best_state()
   return steps.TrainState(
@@ -194,7 +195,7 @@ def best_train_state(run: runs.FinishedStage) -> steps.TrainState:
 
 
 def stage_evaluator(
-    run: runs.FinishedStage,
+    run: finished_stage.FinishedStage,
     config: ml_collections.ConfigDict,
     state: steps.TrainState | None = None,
 ) -> Callable[[steps.DepthCondition | None], dict[str, Any]]:
@@ -237,7 +238,7 @@ def stage_evaluator(
 
 
 def evaluate_stage(
-    run: runs.FinishedStage,
+    run: finished_stage.FinishedStage,
     config: ml_collections.ConfigDict,
     state: steps.TrainState | None = None,
 ) -> dict[str, Any]:
@@ -256,7 +257,9 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[tuple[str, float, 
   return settings
 
 
-def noise_sweep(run: runs.FinishedStage, config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+def noise_sweep(
+    run: finished_stage.FinishedStage, config: ml_collections.ConfigDict
+) -> list[dict[str, Any]]:
   """Table 2: accuracy with clean depth, each noise variance, and void depth.
 
   One evaluation program serves every column (the condition is its input), so
@@ -275,7 +278,7 @@ def reevaluate(
     workdir: str, stage_name: str, given: ml_collections.ConfigDict | None = None
 ) -> dict[str, Any]:
   """Evaluates a finished stage again and rewrites its results and predictions."""
-  run = runs.load_stage(workdir, stage_name)
+  run = finished_stage.load(workdir, stage_name)
   config = evaluation_config(run, given)
   result = evaluate_stage(run, config)
   split = config.eval.split
@@ -338,7 +341,7 @@ def main(argv):
   if not names:
     raise app.UsageError('Name the stage: --stage=step2 (or give --config=FILE:STAGE).')
   for stage_name in names:
-    run = runs.load_stage(f.workdir, stage_name)
+    run = finished_stage.load(f.workdir, stage_name)
     config = evaluation_config(run, given)
     for flag, key in _EVAL_FLAGS.items():
       if f[flag].value is not None:

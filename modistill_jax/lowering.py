@@ -163,10 +163,6 @@ def lower_step(
   return found
 
 
-def _abstract(tree, sharding_of):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_of), tree)
-
-
 def abstract_batch(
     config: ml_collections.ConfigDict, batch_size: int, modalities: Sequence[str], mesh
 ) -> dict[str, jax.ShapeDtypeStruct]:
@@ -197,7 +193,7 @@ def lower_stage(
   model = stage_network(stage, config.model, num_classes)
   tx, schedule = optim.make_optimizer(config.optimizer, max(config.num_train_steps, 1))
   make_state = trainer.make_state_fn(stage, tx, mesh)
-  state = _abstract(
+  state = sharding.abstract(
       jax.eval_shape(lambda: make_state(initialization.init_model_variables(model, config))),
       sharding.replicated(mesh),
   )
@@ -211,7 +207,7 @@ def lower_stage(
           (
               state,
               abstract_batch(config, config.eval_batch_size, stage.inputs, mesh),
-              _abstract(jax.eval_shape(functools.partial(jax.random.key, 0)), None),
+              sharding.abstract(jax.eval_shape(functools.partial(jax.random.key, 0)), None),
           ),
       ),
   }

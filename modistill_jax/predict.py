@@ -63,6 +63,7 @@ import numpy as np
 
 from modistill_jax import checkpointing
 from modistill_jax import cli
+from modistill_jax import finished_stage
 from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import steps
@@ -104,7 +105,7 @@ class Predictor:
 
   def __init__(self, workdir: str, stage_name: str = 'step4'):
     try:
-      run = runs.load_stage(workdir, stage_name)
+      run = finished_stage.load(workdir, stage_name)
     except runs.StageNotFinishedError as e:
       raise StageError(str(e)) from None
     config = run.config

@@ -24,79 +24,48 @@ from etils import epath
 import numpy as np
 
 from modistill_jax import metrics as metrics_lib
+from modistill_jax import paper_tables
 from modistill_jax import runs
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """One Table 1 row: which stage folder and stream produce it."""
+  """One row of a run folder's Table 1: which stage folder and stream produce it."""
 
-  number: str  # the paper's row number
+  number: str  # the paper's row number, or its rows' shared label ('3-5')
   method: str
   test_modality: str
-  loss: str
+  loss: str  # '{loss}': the run's distillation loss
   stage: str
   stream: str  # key of results['test']['accuracy']
   ablation: bool = False  # read from WORKDIR/no_connections/
 
 
-TABLE1_ROWS = (
-    Row('1', 'step 1, depth stream', 'Depth', 'x-entr', 'step1', 'depth'),
-    Row('2', 'step 1, RGB stream', 'RGB', 'x-entr', 'step1', 'rgb'),
-    Row('3-5', 'Hoffman et al. w/o connections', 'RGB', '{loss}', 'hoffman', 'fused'),
-    Row('6', 'step 2, depth stream', 'Depth', 'x-entr', 'step2', 'depth'),
-    Row('7', 'step 2, RGB stream', 'RGB', 'x-entr', 'step2', 'rgb'),
-    Row('8', 'step 2', 'RGB & Depth', 'x-entr', 'step2', 'fused'),
-    Row('9', 'step 2 w/o connections', 'RGB & Depth', 'x-entr', 'step2', 'fused', True),
-    Row(
-        '13',
-        'step 3 w/ connections',
-        'RGB (hall) + depth via connections',
-        '{loss}',
-        'step3',
-        'hall',
-    ),
-    Row('14', 'step 3 w/o connections', 'RGB (hall)', '{loss}', 'step3', 'hall', True),
-    Row('15', 'step 4', 'RGB', 'x-entr', 'step4', 'fused'),
-)
+def _folder_rows() -> tuple[Row, ...]:
+  """Table 1 as one run folder holds it: the paper's rows that differ only in loss are one row.
 
-# The paper's Table 1 (NTU RGB+D, %), by row number: (cross-subject, cross-view).
-PAPER_TABLE1 = {
-    '1': (70.44, 75.16),
-    '2': (66.52, 71.39),
-    '3': (64.64, None),
-    '4': (68.60, None),
-    '5': (70.70, None),
-    '6': (71.09, 77.30),
-    '7': (66.68, 56.26),
-    '8': (79.73, 81.43),
-    '9': (78.27, 82.11),
-    '10': (69.93, 70.64),
-    '11': (70.47, None),
-    '12': (71.52, None),
-    '13': (71.93, 74.10),
-    '14': (71.10, None),
-    '15': (73.42, 77.21),
-}
-# Table 2 (NTU cross-view, step 2 with noisy depth), by sigma^2 label.
-PAPER_TABLE2 = {
-    'no noise': 81.43,
-    '0.001': 81.34,
-    '0.01': 81.12,
-    '0.1': 76.85,
-    '1': 62.47,
-    '10': 51.43,
-    'void': 14.24,
-}
-PAPER_HALLUCINATION_CV = 77.21
-# Table 4 (NTU cross-view, RGB privileged: depth at test time), by row number.
-PAPER_TABLE4 = {'13a': 76.12, '15a': 76.41}
-# Rows whose paper number depends on the loss the run used.
-LOSS_ROWS = {
-    '3-5': {'eq1': '3', 'eq3': '4', 'eq5': '5'},
-    '13': {'eq1': '11', 'eq3': '12', 'eq5': '13'},
-    '14': {'eq1': '10', 'eq5': '14'},
-}
+  A folder trains each stage with one loss, so rows 3-5 (and 11-13, 10 and 14)
+  are one row each, shown with the run's loss and the paper's row of that loss
+  (`paper_tables.row_of_loss`), where the last of them stands in the paper.
+  """
+  table1 = [r for r in paper_tables.ROWS if r.privileged == 'depth']
+  last = {r.label: r for r in table1}
+  return tuple(
+      Row(
+          r.label,
+          r.method,
+          r.test_modality,
+          '{loss}' if sum(x.label == r.label for x in table1) > 1 else r.loss,
+          r.stage,
+          r.stream,
+          ablation=not r.connections,
+      )
+      for r in table1
+      if last[r.label] is r
+  )
+
+
+TABLE1_ROWS = _folder_rows()
 
 
 def stage_results(workdir: str, stage: str) -> dict[str, Any] | None:
@@ -114,19 +83,18 @@ def _step1_stage(workdir: str, stream: str) -> str:
 
 def paper_number(row: Row, loss: str, dataset: str | None, protocol: str | None) -> float | None:
   """The paper's NTU figure for a row, or None (other datasets, rows it lacks)."""
-  column = {'cross_subject': 0, 'cross_view': 1}.get(protocol or '')
-  if dataset != 'ntu_rgbd' or column is None:
+  if dataset != 'ntu_rgbd' or protocol not in paper_tables.PROTOCOLS:
     return None
-  if row.number in PAPER_TABLE4:
-    return PAPER_TABLE4[row.number] if protocol == 'cross_view' else None
-  number = LOSS_ROWS[row.number].get(loss) if row.number in LOSS_ROWS else row.number
-  return PAPER_TABLE1.get(number, (None, None))[column] if number else None
+  paper_row = paper_tables.row_of_loss(row.number, loss)
+  return paper_row.paper[paper_tables.PROTOCOLS.index(protocol)] if paper_row else None
 
 
 # Rows 8 and 13 of a run trained without connections are rows 9 and 14.
 _UNCONNECTED = {
-    '8': next(r for r in TABLE1_ROWS if r.number == '9'),
-    '13': next(r for r in TABLE1_ROWS if r.number == '14'),
+    r.number: u
+    for r in TABLE1_ROWS
+    for u in TABLE1_ROWS
+    if u.ablation and not r.ablation and (u.stage, u.stream) == (r.stage, r.stream)
 }
 _SWAPPED_MODALITIES = {'RGB': 'Depth', 'Depth': 'RGB', 'depth': 'RGB'}
 
@@ -431,7 +399,8 @@ def write_report(workdir: str, *, title: str = 'Results') -> str:
 
 def paper_row(row: str, loss: str) -> str:
   """The paper's row number for a Table 1 row (`3-5` with eq1 is row 3)."""
-  return LOSS_ROWS.get(row, {}).get(loss, row)
+  paper_row = paper_tables.row_of_loss(row, loss)
+  return paper_row.number if paper_row else row
 
 
 # The settings every comparison shows, in this order (`dataset` with its builder config).
@@ -487,10 +456,12 @@ def compare(workdirs: list[str], split: str = 'test') -> dict[str, Any]:
       raise FileNotFoundError(f'No run folder {workdir}.')
   tables = [table1(w, split) for w in workdirs]
   order = {r.number: i for i, r in enumerate(TABLE1_ROWS)}
-  order.update({'13a': len(order), '15a': len(order) + 1})
+  for table4_row in (r for r in paper_tables.ROWS if r.privileged != 'depth'):
+    order[table4_row.number] = len(order)
   keys = sorted(
       {(r['row'], r['method'], r['test_modality'], r['loss']) for t in tables for r in t},
-      key=lambda k: (order[k[0]], k[3]),
+      # Then by modality: a Table 4 folder's rows share a number and loss with Table 1's.
+      key=lambda k: (order[k[0]], k[3], k[2]),
   )
   rows = []
   for row, method, modality, loss in keys:

@@ -1,4 +1,4 @@
-"""The run folder: every name in it, what "finished" means, and a finished stage loaded whole.
+"""The run folder: every name in it and what "finished" means (`finished_stage` loads one whole).
 
 A run folder (`--workdir`) holds one subfolder per stage, laid out as below.
 This is the only module that knows these names; every other module asks it
@@ -40,7 +40,6 @@ import uuid
 from absl import logging
 from etils import epath
 import jax
-import ml_collections
 
 CONFIG_FILE = 'config.json'
 DATASET_FILE = 'dataset.json'
@@ -103,10 +102,6 @@ class StageDir:
   @property
   def metrics_file(self) -> epath.Path:
     return self.path / METRICS_FILE
-
-  @property
-  def events_dir(self) -> epath.Path:
-    return self.path / EVENTS_DIR
 
   @property
   def latest_dir(self) -> epath.Path:
@@ -224,30 +219,6 @@ def write_json(path: PathLike, obj: Any) -> None:
 # MARK: a finished stage
 
 
-@dataclasses.dataclass
-class FinishedStage:
-  """A finished stage as it was trained: config, dataset, results and best state."""
-
-  dir: StageDir
-  config: ml_collections.ConfigDict
-  dataset: dict[str, Any]
-  results: dict[str, Any]
-
-  @property
-  def name(self) -> str:
-    return self.dir.name
-
-  @property
-  def class_names(self) -> tuple[str, ...]:
-    return tuple(self.dataset['class_names'])
-
-  def best_state(self) -> dict[str, Any]:
-    """The best checkpoint's `{step, params, batch_stats, frozen}` (no optimizer state)."""
-    from modistill_jax import checkpointing  # pylint: disable=g-import-not-at-top (Orbax is heavy)
-
-    return checkpointing.read_best_state(self.dir.best_dir)
-
-
 def train_command(
     config_file: str | None, stage: str, workdir: PathLike, overrides: tuple[str, ...] = ()
 ) -> str:
@@ -302,23 +273,6 @@ def find_finished(
     if directory.finished():
       return directory
   raise not_finished_error(workdir, candidates, config_file, overrides)
-
-
-def load_stage(workdir: PathLike, stage: str) -> FinishedStage:
-  """A finished stage: its saved config, dataset info and results; its best state on demand.
-
-  Raises:
-    StageNotFinishedError: the stage has no results in `workdir`.
-  """
-  from modistill_jax import config_lib  # pylint: disable=g-import-not-at-top (models, losses)
-
-  directory = find_finished(workdir, (stage,))
-  return FinishedStage(
-      dir=directory,
-      config=config_lib.with_defaults(read_json(directory.config_file)),
-      dataset=read_json(directory.dataset_file),
-      results=read_json(directory.results_file),
-  )
 
 
 # MARK: one job per folder

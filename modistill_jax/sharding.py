@@ -39,6 +39,11 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def abstract(tree: Any, placement: jax.sharding.Sharding | None) -> Any:
+  """`tree`'s arrays as shapes and dtypes placed by `placement`: what `jitted.lower` takes."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement), tree)
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = 'batch_size') -> None:
   """Fails with the numbers when a global batch cannot be split evenly."""
   devices, hosts = mesh.devices.size, jax.process_count()

@@ -25,7 +25,8 @@ import pytest
 
 from configs import demo
 from conftest import TINY_DATA, cli_env
-from modistill_jax import benchmark
+from modistill_jax.benchmark import costs
+from modistill_jax.benchmark import end_to_end
 from modistill_jax import reference_resnet
 from modistill_jax import sharding
 from modistill_jax.config_lib import TINY
@@ -120,11 +121,11 @@ def test_flops_count_the_frozen_teacher_as_a_forward_only(report):
 
 
 def test_peak_flops_table_knows_the_accelerators_and_not_the_cpu():
-  assert benchmark.peak_flops('TPU v5 lite') == 197e12
-  assert benchmark.peak_flops('NVIDIA H100 80GB HBM3') == 989e12
-  assert benchmark.peak_flops('NVIDIA H100 PCIe') == 756e12
-  assert benchmark.peak_flops('NVIDIA A100-SXM4-40GB') == 312e12
-  assert benchmark.peak_flops('cpu') is None
+  assert costs.peak_flops('TPU v5 lite') == 197e12
+  assert costs.peak_flops('NVIDIA H100 80GB HBM3') == 989e12
+  assert costs.peak_flops('NVIDIA H100 PCIe') == 756e12
+  assert costs.peak_flops('NVIDIA A100-SXM4-40GB') == 312e12
+  assert costs.peak_flops('cpu') is None
 
 
 # MARK: the accelerator suite (`--suite`), its accounting, and the reference ResNet
@@ -264,13 +265,13 @@ def test_suite_end_to_end_times_the_trainer_loop_between_its_compiles(suite):
 
 
 def test_flop_disagreement_is_relative_to_the_larger_count():
-  assert benchmark.flop_disagreement(100.0, 100.0) == 0.0
-  assert benchmark.flop_disagreement(100.0, 125.0) == pytest.approx(0.2)
-  assert benchmark.flop_disagreement(125.0, 100.0) == pytest.approx(0.2)
-  assert benchmark.flop_disagreement(0.0, 0.0) == 0.0
-  assert not benchmark.flops_disagree(100.0, 111.0)  # 9.9% apart
-  assert benchmark.flops_disagree(100.0, 112.0)  # 10.7% apart
-  assert benchmark.flops_disagree(3.0e12, 1.0e12)  # a compiled count a third of the lowered
+  assert costs.flop_disagreement(100.0, 100.0) == 0.0
+  assert costs.flop_disagreement(100.0, 125.0) == pytest.approx(0.2)
+  assert costs.flop_disagreement(125.0, 100.0) == pytest.approx(0.2)
+  assert costs.flop_disagreement(0.0, 0.0) == 0.0
+  assert not costs.flops_disagree(100.0, 111.0)  # 9.9% apart
+  assert costs.flops_disagree(100.0, 112.0)  # 10.7% apart
+  assert costs.flops_disagree(3.0e12, 1.0e12)  # a compiled count a third of the lowered
 
 
 def test_loop_throughput_skips_the_compiles_and_separates_validation():
@@ -289,7 +290,7 @@ def test_loop_throughput_skips_the_compiles_and_separates_validation():
       train(10, 10.0),
       train(12, 40.0),
   ]
-  timing = benchmark.loop_throughput(records, clips_per_step=10)
+  timing = end_to_end.loop_throughput(records, clips_per_step=10)
   # Loop alone: (2, 4] 1 s, (6, 8] 0.5 s, (10, 12] 0.5 s -> 60 clips in 2 s.
   assert timing['clips_per_s'] == pytest.approx(30.0)
   assert timing['steps_timed'] == 6
@@ -297,13 +298,13 @@ def test_loop_throughput_skips_the_compiles_and_separates_validation():
   assert timing['with_validation_clips_per_s'] == pytest.approx(20.0)
   assert timing['validation_passes_timed'] == 1
   with pytest.raises(ValueError, match='end_to_end_steps'):
-    benchmark.loop_throughput(records[:1], clips_per_step=10)
+    end_to_end.loop_throughput(records[:1], clips_per_step=10)
 
 
 def test_own_peak_only_when_the_measurement_raised_the_mark():
-  assert benchmark.own_peak(100, 250) == 250
-  assert benchmark.own_peak(250, 250) is None
-  assert benchmark.own_peak(None, None) is None
+  assert costs.own_peak(100, 250) == 250
+  assert costs.own_peak(250, 250) is None
+  assert costs.own_peak(None, None) is None
 
 
 def test_reference_is_resnet50_by_its_parameter_count():
@@ -349,4 +350,4 @@ def test_reference_step_trains_on_a_fixed_batch(fast_compile):
 def test_end_to_end_refuses_a_stage_that_needs_earlier_stages():
   config = ml_collections.ConfigDict(demo.get_config('step3').to_dict())
   with pytest.raises(ValueError, match="'step3' alone, but it starts from step2"):
-    benchmark.measure_end_to_end(config, 'step3', data_dir='unused', num_steps=10)
+    end_to_end.measure_end_to_end(config, 'step3', data_dir='unused', num_steps=10)

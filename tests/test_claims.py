@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from modistill_jax import claims
+from modistill_jax import paper_tables
 from modistill_jax import runs
 from modistill_jax import trainer
 import tiny_run
@@ -180,3 +181,21 @@ def test_each_seed_trains_with_its_own_seed():
           variant.privileged,
       )
   assert config.seed == tiny_run.run_config('').seed  # the caller's config is unchanged
+
+
+def test_each_row_is_read_from_the_folder_that_trains_it_as_set_up():
+  """The table in claims.py's docstring: Table 1 and 4 rows by the variant folder of a seed."""
+  folders = {row.number: claims.row_folder(row) for row in paper_tables.ROWS}
+  assert folders == {
+      **dict.fromkeys(('1', '2', '6', '7', '8', '13', '15'), claims.STAGED),
+      '3': 'hoffman_eq1',
+      '4': 'hoffman_eq3',
+      '5': 'hoffman_eq5',
+      '9': runs.ABLATION_DIR,
+      '14': runs.ABLATION_DIR,
+      '10': claims.NO_CONNECTIONS_EQ1,
+      '11': 'step3_eq1',
+      '12': 'step3_eq3',
+      '13a': 'inverted',
+      '15a': 'inverted',
+  }

@@ -21,6 +21,7 @@ from configs import demo as demo_config
 from conftest import REPO_ROOT, cli_env, override_flags
 from modistill_jax import cli
 from modistill_jax import evaluate
+from modistill_jax import finished_stage
 from modistill_jax import initialization
 from modistill_jax import metrics
 from modistill_jax import pretrained
@@ -215,7 +216,7 @@ def test_a_missing_prerequisite_is_one_message_with_the_command_no_traceback(
   ), done.stderr
 
 
-def imagenet_run(workdir) -> runs.FinishedStage:
+def imagenet_run(workdir) -> finished_stage.FinishedStage:
   """A step-4 folder as `configs/demo.py:step4,tiny` with torchvision ImageNet weights leaves it.
 
   Only what an evaluation reads before any data or weights: its config (the
@@ -231,7 +232,7 @@ def imagenet_run(workdir) -> runs.FinishedStage:
   runs.write_json(directory.config_file, config.to_dict())
   runs.write_json(directory.dataset_file, {'class_names': ['a', 'b']})
   runs.write_json(directory.results_file, {})
-  return runs.load_stage(workdir, 'step4')
+  return finished_stage.load(workdir, 'step4')
 
 
 def test_evaluate_takes_the_normalisation_of_the_runs_imagenet_weights(tmp_path):

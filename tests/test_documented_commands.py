@@ -8,7 +8,7 @@ order, in one folder laid out as the guide's reader has it (`reader_folder`):
 * `DATA/` (empty: the documented builds fill it), `RAW/ntu`, `RAW/nwucla`,
   `RAW/uwa3dii` (the builders' fake raw trees, `dummy_data/`), `ROOT/` (a
   tiny recording folder in custom_rgbd's layout), the video files the
-  commands name, and `configs/` and `data_builders/` (links to the repository's);
+  commands name, and `configs/`, `data_builders/` and `tools/` (links to the repository's);
 * `runs/ntu_cs` and `workdirs/demo`: copies of the session's tiny run
   (tests/tiny_run.py), standing in for the runs that commands not run here
   would make (training on NTU needs the ImageNet download; `make demo` takes
@@ -233,7 +233,7 @@ def write_recordings(root: pathlib.Path) -> None:
 def make_reader_folder(folder: pathlib.Path) -> pathlib.Path:
   """The folder the documented commands run in (see the module docstring), but the stand-in
   runs."""
-  for name in ('configs', 'data_builders'):
+  for name in ('configs', 'data_builders', 'tools'):
     (folder / name).symlink_to(os.path.join(REPO_ROOT, name))
   (folder / 'DATA').mkdir()
   for raw, builder in RAW_TREES.items():

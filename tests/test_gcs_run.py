@@ -16,6 +16,7 @@ import numpy as np
 
 from conftest import REPO_ROOT, cli_env, override_flags
 import tiny_run
+from modistill_jax import finished_stage
 from modistill_jax import runs
 from modistill_jax import stages
 
@@ -74,7 +75,7 @@ def test_all_stages_evaluate_and_predict_on_gs(
 
   # Read back through the library as a notebook would (gcs_bucket pointed this
   # process at the emulator), and through the commands.
-  step2 = runs.load_stage(workdir, 'step2')
+  step2 = finished_stage.load(workdir, 'step2')
   proc = run(['modistill_jax.evaluate', f'--workdir={workdir}', '--stage=step2'], env, cwd)
   for stream, accuracy in step2.results['test']['accuracy'].items():
     assert f'"{stream}": {accuracy}' in proc.stdout
@@ -93,7 +94,7 @@ def test_all_stages_evaluate_and_predict_on_gs(
   )
   lines = runs.as_path(output).read_text().splitlines()
   assert len(lines) == 1 and json.loads(lines[0])['video'] == video
-  step4 = runs.load_stage(workdir, 'step4')
+  step4 = finished_stage.load(workdir, 'step4')
   with step4.dir.predictions_file('test').open('rb') as f:
     assert {'label', 'pred/fused'} <= set(np.load(f))
   assert os.listdir(cwd) == []

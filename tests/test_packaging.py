@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 
 from packaging.requirements import Requirement
 import pytest
@@ -65,3 +66,8 @@ def test_wheel_and_editable_wheel_build_without_warnings(tmp_path):
   editable, wheel = sorted(os.listdir(tmp_path / 'dist'))
   assert re.fullmatch(r'modistill_jax-[\d.]+-0\.editable-py3-none-any\.whl', editable), editable
   assert re.fullmatch(r'modistill_jax-[\d.]+-py3-none-any\.whl', wheel), wheel
+  # Subpackages ship too: `python -m modistill_jax.benchmark` runs the package's __main__.
+  with zipfile.ZipFile(tmp_path / 'dist' / wheel) as built:
+    names = set(built.namelist())
+  for module in ('benchmark/__main__.py', 'benchmark/step.py', 'data/feeding.py'):
+    assert f'modistill_jax/{module}' in names, sorted(names)

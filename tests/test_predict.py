@@ -13,8 +13,8 @@ from PIL import Image
 import pytest
 
 import tiny_run
+from modistill_jax import finished_stage
 from modistill_jax import predict
-from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax.data import pipeline
@@ -74,7 +74,7 @@ def library_evaluation(workdir):
   `pipeline.eval_iterator`; the best step-4 state comes straight from its
   checkpoint.
   """
-  run = runs.load_stage(workdir, 'step4')
+  run = finished_stage.load(workdir, 'step4')
   config, num_classes = run.config, len(run.class_names)
   stage = stages.for_config('step4', config)
   saved = run.best_state()

@@ -89,6 +89,22 @@ def test_compare_puts_run_folders_side_by_side(tmp_path):
   assert '| | dataset | | | ntu_rgbd/res112 | ntu_rgbd/res112 |' in text
 
 
+def test_compare_orders_rows_of_one_number_and_loss_by_modality(tmp_path):
+  """A Table 4 folder (RGB privileged) beside a Table 1 one: row 14 twice, in a fixed order."""
+  folders = [str(tmp_path / 'rgb'), str(tmp_path / 'depth')]
+  for workdir, privileged in zip(folders, ('rgb', 'depth')):
+    ablation = runs.ablation_workdir(workdir)
+    _finished_stage(ablation, 'step3', {'hall': 0.5}, loss='eq5', privileged=privileged)
+    results = runs.read_json(runs.stage_dir(ablation, 'step3').results_file)
+    results.update(connections=False, privileged=privileged)
+    runs.write_json(runs.stage_dir(ablation, 'step3').results_file, results)
+  rows = report.compare(folders)['rows']
+  assert [(r['row'], r['test_modality']) for r in rows] == [
+      ('14', 'Depth (hall)'),
+      ('14', 'RGB (hall)'),
+  ]
+
+
 def test_compare_shows_every_setting_the_runs_differ_on(tmp_path):
   """Frame size and steps differ (rows, in key order); the data folder and cadence do not count."""
   first, second = str(tmp_path / 'small'), str(tmp_path / 'large')

@@ -29,6 +29,7 @@ from conftest import tiny_config
 import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
+from modistill_jax import finished_stage
 from modistill_jax import metrics as metrics_lib
 from modistill_jax import predict
 from modistill_jax import runs
@@ -200,7 +201,7 @@ def test_all_rerun_after_completion_does_nothing_and_says_so(
 
 def test_evaluate_takes_the_network_from_the_run(tiny_trained_workdir, synthetic_data_dir, env):
   """A command line whose network differs from the run's is refused; no config uses the run's."""
-  run = runs.load_stage(tiny_trained_workdir, 'step2')
+  run = finished_stage.load(tiny_trained_workdir, 'step2')
   given = tiny_run.run_config(synthetic_data_dir)
   given.model.connections = False
   with pytest.raises(
@@ -422,7 +423,7 @@ def test_corrupted_best_checkpoint_names_the_file_and_the_way_out(tmp_path, unin
       match=rf'best checkpoint {directory.best_dir / step} is unreadable.*'
       rf'Remove the stage folder {directory.path}',
   ):
-    runs.load_stage(workdir, STAGE).best_state()
+    finished_stage.load(workdir, STAGE).best_state()
 
 
 def test_predict_needs_no_optimizer_state_nor_latest_checkpoints(tmp_path, tiny_trained_workdir):
@@ -433,7 +434,7 @@ def test_predict_needs_no_optimizer_state_nor_latest_checkpoints(tmp_path, tiny_
   assert (
       predictor.step == runs.read_json(runs.stage_dir(workdir, 'step4').results_file)['best_step']
   )
-  saved = runs.load_stage(workdir, 'step4').best_state()
+  saved = finished_stage.load(workdir, 'step4').best_state()
   assert set(saved) == set(checkpointing.BEST_KEYS)
 
 

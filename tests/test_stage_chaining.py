@@ -20,14 +20,15 @@ import pytest
 
 from conftest import REPO_ROOT, cli_env, override_flags
 import tiny_run
-from modistill_jax import benchmark
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
+from modistill_jax import finished_stage
 from modistill_jax import initialization
 from modistill_jax import runs
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
+from modistill_jax.benchmark import step as benchmark_step
 from modistill_jax.models import stage_network
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -178,13 +179,13 @@ def test_sweep_is_one_program_with_each_level_as_its_own_evaluation(workdir, con
   """
   config = config.copy_and_resolve_references()
   config.eval.noise_variances = NOISE_VARIANCES
-  step2 = runs.load_stage(workdir, 'step2')
+  step2 = finished_stage.load(workdir, 'step2')
   evaluation = evaluate.evaluation_config(step2, config)
   compiled = []
 
   def on_compile(event, duration, fun_name='', **kwargs):
     del duration, kwargs
-    if event == benchmark.BACKEND_COMPILE_EVENT:
+    if event == benchmark_step.BACKEND_COMPILE_EVENT:
       compiled.append(fun_name)
 
   jax.monitoring.register_event_duration_secs_listener(on_compile)
@@ -216,7 +217,7 @@ def test_noise_cannot_reach_step4(workdir, config):
   config = config.copy_and_resolve_references()
   config.eval.noise_variances = NOISE_VARIANCES
   with jax.default_prng_impl('unsafe_rbg'):
-    step4 = runs.load_stage(workdir, 'step4')
+    step4 = finished_stage.load(workdir, 'step4')
     rows = evaluate.noise_sweep(step4, evaluate.evaluation_config(step4, config))
   assert [r['sigma2'] for r in rows] == SWEEP_COLUMNS
   assert set(rows[0]['accuracy']) == {'hall', 'rgb', 'fused'}

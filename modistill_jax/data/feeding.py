@@ -10,6 +10,7 @@ reached, not the prefetching iterator's.
 from __future__ import annotations
 
 from collections.abc import Iterator
+import importlib
 import json
 import sys
 import time
@@ -32,18 +33,31 @@ BUILD_WAIT_SECONDS = 2.0
 def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
   """Builds a download-free dataset (the synthetic one) on first use; returns where, if it did.
 
+  The builder is found through `config.builder_module`, the module (named in
+  the config, imported here by name) that registers it with TFDS: the builders
+  sit above the library and import it, so the library never imports them.
   The build holds a lock beside the version folder (`runs.JobLock`), so commands
   started together on one machine or on hosts sharing the data dir build it once:
   the others wait and then read what was built.
+
+  Raises:
+    ValueError: `builder_module` is unset or cannot be imported, or it does not
+      register `config.dataset`.
   """
   if not config.build_if_missing:
     return None
-  import data_builders  # noqa: F401  (registers the builders with TFDS)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from modistill_jax.data import records  # pylint: disable=g-import-not-at-top
 
   name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
-  builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=records.FILE_FORMAT)
+  _import_builder(config)
+  try:
+    builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=records.FILE_FORMAT)
+  except tfds.core.DatasetNotFoundError as e:
+    raise ValueError(
+        f'config.builder_module={config.builder_module!r} does not register the dataset '
+        f'{name!r} (config.dataset, config.builder_config) with TFDS: {e}'
+    ) from None
   # TFDS logs a warning when asked about a dataset folder that does not exist yet.
   if builder.data_path.exists() and builder.is_prepared():
     return None
@@ -67,6 +81,23 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
     logging.info('Building %s in %s', name, builder.data_dir)
     builder.download_and_prepare()
   return str(builder.data_dir)
+
+
+def _import_builder(config: ml_collections.ConfigDict) -> None:
+  """Imports `config.builder_module`, which registers `config.dataset` with TFDS."""
+  if not config.builder_module:
+    raise ValueError(
+        f'config.build_if_missing is set but config.builder_module is empty: name the module '
+        f'that registers the dataset {config.dataset!r} with TFDS (e.g. '
+        "'data_builders.synthetic_rgbd')."
+    )
+  try:
+    importlib.import_module(config.builder_module)
+  except ImportError as e:
+    raise ValueError(
+        f'config.builder_module={config.builder_module!r} cannot be imported ({e}); it names '
+        f'the module that registers the dataset {config.dataset!r} with TFDS.'
+    ) from e
 
 
 def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source | None]:

@@ -44,14 +44,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import functools
-from typing import Any, Literal
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-StrideLayout = Literal['slim', 'keras', 'torchvision']
 STRIDE_LAYOUTS: tuple[str, ...] = ('slim', 'keras', 'torchvision')
 
 # The unit (within every block) that holds the temporal conv and receives the
