@@ -94,7 +94,7 @@ demo: $(INSTALLED)
 # EPOCHS: epochs per stage (empty: the command's default, claims.EPOCHS); CLAIMS_DIR: the
 # run folder, by default named after the config (and EPOCHS where given).
 CLAIMS_CONFIG ?= configs/ntu_like.py
-SEEDS ?= 3
+SEEDS ?= 5
 EPOCHS ?=
 CLAIMS_DIR ?= workdirs/claims/$(basename $(notdir $(CLAIMS_CONFIG)))$(if $(EPOCHS),_$(EPOCHS)ep,)
 claims: $(INSTALLED)
