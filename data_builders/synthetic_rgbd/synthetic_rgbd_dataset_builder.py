@@ -68,6 +68,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           ),
           spec=renderer.GeneratorSpec(scenario='ntu_like', rgb_distractors=False),
       ),
+      SyntheticRgbdConfig(
+          name='pretext',
+          description=(
+              "No actions: the pretraining that plays ImageNet's role (modistill_jax/pretext.py). "
+              'Label: the hue of the shirt of an actor drawn for its clip alone, in a room of its '
+              'own (seed 1), 64x64, 8 frames, 2,304 clips.'
+          ),
+          spec=renderer.GeneratorSpec(scenario='pretext', seed=1, num_frames=8),
+      ),
+      SyntheticRgbdConfig(
+          name='pretext_tiny',
+          description='`pretext` at the size of `tiny` (32x32, 8 frames, 192 clips): for tests.',
+          spec=renderer.GeneratorSpec(
+              scenario='pretext',
+              seed=1,
+              resolution=32,
+              num_frames=8,
+              clips_per_class=24,
+              num_subjects=4,
+          ),
+      ),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
