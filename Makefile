@@ -15,7 +15,7 @@ EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-fast test-all test-beam coverage lint format demo claims install lock lock-extras clean
+.PHONY: test test-fast test-all test-beam coverage lint format demo pretext claims install lock lock-extras clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
@@ -89,12 +89,19 @@ demo: $(INSTALLED)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.demo --workdir=workdirs/demo \
 	  --data_dir=workdirs/tfds
 
+# The pretraining that plays ImageNet's role for the synthetic miniature (modistill_jax/pretext.py):
+# builds synthetic_rgbd/pretext, trains, writes a converted-ImageNet-style checkpoint to
+# workdirs/pretext for `--config.init.imagenet=workdirs/pretext`; does nothing when it is there.
+pretext: $(INSTALLED)
+	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.pretext \
+	  --config=configs/pretext.py:step1_rgb --out=workdirs/pretext --config.data_dir=workdirs/tfds
+
 # The paper's claims over seeds on a synthetic configuration: see modistill_jax/claims.py.
 # Rerunning resumes (finished stages are skipped) and prints the report again.
 # EPOCHS: epochs per stage (empty: the command's default, claims.EPOCHS); CLAIMS_DIR: the
 # run folder, by default named after the config (and EPOCHS where given).
 CLAIMS_CONFIG ?= configs/ntu_like.py
-SEEDS ?= 3
+SEEDS ?= 5
 EPOCHS ?=
 CLAIMS_DIR ?= workdirs/claims/$(basename $(notdir $(CLAIMS_CONFIG)))$(if $(EPOCHS),_$(EPOCHS)ep,)
 claims: $(INSTALLED)

@@ -426,6 +426,17 @@ def convert(fmt: str, src: str, out: str, *, ignore: Sequence[str] = ()) -> dict
       'mean': list(NORMALISATION[fmt]['mean']),
       'std': list(NORMALISATION[fmt]['std']),
   }
+  save(out, variables, metadata)
+  return metadata
+
+
+def save(out: str, variables: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+  """Writes `out/variables` (Orbax) and then `out/metadata.json`, the form `load` reads.
+
+  `metadata` needs at least `stride_layout` and the input normalisation `mean` and
+  `std` (0..255 units, RGB order). The metadata is written last, so a directory
+  that has it holds a complete checkpoint.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   out = os.path.abspath(out)
@@ -434,7 +445,6 @@ def convert(fmt: str, src: str, out: str, *, ignore: Sequence[str] = ()) -> dict
     checkpointer.save(os.path.join(out, VARIABLES_DIR), variables, force=True)
   with open(os.path.join(out, METADATA_FILE), 'w') as f:
     json.dump(metadata, f, indent=2)
-  return metadata
 
 
 # ----------------------------------------------------------------------------

@@ -38,6 +38,44 @@ def test_interval_is_the_t_interval_of_the_mean():
   assert claims.interval([]) == (None, None, None)
 
 
+def test_half_width_is_the_smallest_detectable_difference():
+  """[1, 2, 3]: half-width 4.3027 / sqrt(3) = 2.484 points; a mean difference of 2 is below it
+  (inconclusive), [3, 4, 5] (mean 4, the same spread) is above it (holds). Five seeds of the
+  same spread halve it: t(0.975, 4 df) = 2.7764, sd 1.5811, / sqrt(5): 1.963."""
+  assert claims.half_width(*claims.interval([1.0, 2.0, 3.0])[1:]) == pytest.approx(2.48414, 1e-5)
+  assert claims.verdict([1.0, 2.0, 3.0]) == INCONCLUSIVE
+  assert claims.verdict([3.0, 4.0, 5.0]) == HOLDS
+  five = [1.0, 2.0, 3.0, 4.0, 5.0]
+  assert claims.half_width(*claims.interval(five)[1:]) == pytest.approx(1.96324, 1e-5)
+  assert claims.half_width(*claims.interval([4.0])[1:]) is None
+
+
+def test_claims_table_prints_the_half_width_beside_each_claim():
+  summary = {
+      'claims': [
+          {
+              'claim': 'A beats B',
+              'mean': 2.0,
+              **dict(zip(('low', 'high'), claims.interval([1.0, 2.0, 3.0])[1:])),
+              'half_width': claims.half_width(*claims.interval([1.0, 2.0, 3.0])[1:]),
+              'verdict': INCONCLUSIVE,
+          },
+          {
+              'claim': 'C beats D',
+              'mean': 5.0,
+              'low': None,
+              'high': None,
+              'half_width': None,
+              'verdict': INCONCLUSIVE,
+          },
+      ]
+  }
+  lines = claims.claims_markdown(summary).splitlines()
+  assert 'smallest detectable difference (+-points)' in lines[0]
+  assert lines[2] == '| A beats B | 2.00 | [-0.48, 4.48] | 2.48 | **inconclusive** |'
+  assert lines[3] == '| C beats D | 5.00 | - | - | **inconclusive** |'
+
+
 @pytest.mark.parametrize(
     'differences, margin, expected',
     [

@@ -21,7 +21,7 @@ from data_builders.synthetic_rgbd import synthetic_rgbd_dataset_builder
 from modistill_jax import stages
 from modistill_jax.data import jet
 from modistill_jax.data import records
-from modistill_jax.data import synthetic
+from data_builders.synthetic_rgbd import renderer
 
 CONFIGS = {config.name: config for config in Builder.BUILDER_CONFIGS}
 NTU_LIKE = CONFIGS['ntu_like'].spec
@@ -37,18 +37,18 @@ DEFAULT_CLIPS_SHA256 = '721c24316a8077346c9bf0305e1e101390fe60395970584db97a4819
 NTU_LIKE_CLIPS_SHA256 = '882d1dddbe5c02652763429762fdbbfe9ef87071d2130413b001a5e538735e88'
 
 
-def clips_sha256(spec: synthetic.GeneratorSpec) -> str:
+def clips_sha256(spec: renderer.GeneratorSpec) -> str:
   digest = hashlib.sha256()
   for label in range(len(spec.class_names)):
-    clip = synthetic.render_clip(spec, label, 37 * label + 5)
+    clip = renderer.render_clip(spec, label, 37 * label + 5)
     for key in ('rgb', 'depth_mm', 'depth_jet'):
       digest.update(clip[key].tobytes())
   return digest.hexdigest()
 
 
 def test_default_clips_are_the_pixels_they_were_before_ntu_like():
-  assert CONFIGS['default'].spec == synthetic.GeneratorSpec()
-  assert clips_sha256(synthetic.GeneratorSpec()) == DEFAULT_CLIPS_SHA256
+  assert CONFIGS['default'].spec == renderer.GeneratorSpec()
+  assert clips_sha256(renderer.GeneratorSpec()) == DEFAULT_CLIPS_SHA256
 
 
 def test_ntu_like_clips_are_the_frozen_ones():
@@ -60,17 +60,17 @@ def test_ntu_like_is_default_sized_with_its_own_classes():
   """Same clips, frames, resolution, views and subjects as `default` (an epoch costs the same)."""
   default = CONFIGS['default'].spec
   assert dataclasses.replace(NTU_LIKE, scenario='default', rgb_distractors=True) == default
-  assert NTU_LIKE.class_names == synthetic.NTU_LIKE_CLASS_NAMES
+  assert NTU_LIKE.class_names == renderer.NTU_LIKE_CLASS_NAMES
   assert len(NTU_LIKE.class_names) == len(default.class_names)
-  assert [(c.sample_id, c.split) for c in synthetic.all_clips(NTU_LIKE)] == [
-      (c.sample_id, c.split) for c in synthetic.all_clips(default)
+  assert [(c.sample_id, c.split) for c in renderer.all_clips(NTU_LIKE)] == [
+      (c.sample_id, c.split) for c in renderer.all_clips(default)
   ]
 
 
 def test_ntu_like_clips_render_and_differ_from_default():
   for label, index in ((0, 0), (3, 17), (5, 100), (6, 100)):
-    ntu_like = synthetic.render_clip(NTU_LIKE, label, index)
-    default = synthetic.render_clip(synthetic.GeneratorSpec(), label, index)
+    ntu_like = renderer.render_clip(NTU_LIKE, label, index)
+    default = renderer.render_clip(renderer.GeneratorSpec(), label, index)
     assert ntu_like['rgb'].shape == (16, 64, 64, 3) and ntu_like['rgb'].dtype == np.uint8
     assert ntu_like['depth_mm'].shape == (16, 64, 64) and ntu_like['depth_mm'].any()
     for key in ('rgb', 'depth_mm'):
@@ -85,7 +85,7 @@ def test_jacket_turns_the_changing_pixels_yellow_or_back():
   expected_sign = {'put on jacket': 1, 'take off jacket': -1, 'bow': 0}
   for name, sign in expected_sign.items():
     for index in (3, 7, 50, 120, 200):
-      rgb = synthetic.render_clip(NTU_LIKE, NTU_LIKE.class_names.index(name), index)['rgb']
+      rgb = renderer.render_clip(NTU_LIKE, NTU_LIKE.class_names.index(name), index)['rgb']
       rgb = rgb.astype(np.float32)
       changed = np.abs(rgb[0] - rgb[-1]).sum(-1) > 60
       yellowness = (rgb[..., :2].mean(-1) - rgb[..., 2])[:, changed].mean(-1)
@@ -98,7 +98,7 @@ def test_jacket_turns_the_changing_pixels_yellow_or_back():
 
 def test_unknown_scenario_is_rejected():
   with pytest.raises(ValueError, match="Unknown synthetic scenario 'ntu'.*ntu_like"):
-    synthetic.GeneratorSpec(scenario='ntu')
+    renderer.GeneratorSpec(scenario='ntu')
 
 
 def test_tiny_ntu_like_builds_with_its_class_names(tmp_path, monkeypatch):
@@ -108,7 +108,7 @@ def test_tiny_ntu_like_builds_with_its_class_names(tmp_path, monkeypatch):
   )
   builder = Builder(config=config, data_dir=tmp_path)
   builder.download_and_prepare()
-  assert builder.info.features['label'].names == list(synthetic.NTU_LIKE_CLASS_NAMES)
+  assert builder.info.features['label'].names == list(renderer.NTU_LIKE_CLASS_NAMES)
   clips = {'train': 96, 'validation': 32, 'test': 64}
   assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
       **clips,
@@ -118,7 +118,7 @@ def test_tiny_ntu_like_builds_with_its_class_names(tmp_path, monkeypatch):
   assert (split, example['label']) == ('test', 5)
   depth = np.stack([records.decode_depth(frame) for frame in example['depth']])
   np.testing.assert_array_equal(
-      jet.JET_OF_CODE[depth], synthetic.render_clip(TINY_NTU_LIKE, 5, 3)['depth_jet']
+      jet.JET_OF_CODE[depth], renderer.render_clip(TINY_NTU_LIKE, 5, 3)['depth_jet']
   )
 
 

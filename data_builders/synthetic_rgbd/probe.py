@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from modistill_jax.data import synthetic
+from data_builders.synthetic_rgbd import renderer
 
 # Probe modality -> the renderer's output it reads (depth as the jet colours the model sees).
 MODALITIES = {'rgb': 'rgb', 'depth': 'depth_jet'}
@@ -83,15 +83,15 @@ def logistic_regression_accuracy(
   return float(((test_x @ weights + bias).argmax(1) == test_y).mean())
 
 
-def _features_of(task: tuple[synthetic.GeneratorSpec, synthetic.ClipInfo]) -> dict[str, np.ndarray]:
+def _features_of(task: tuple[renderer.GeneratorSpec, renderer.ClipInfo]) -> dict[str, np.ndarray]:
   """Renders one clip and returns its features per probe modality (a pool's unit of work)."""
   spec, clip = task
-  rendered = synthetic.render_clip(spec, clip.label, clip.index)
+  rendered = renderer.render_clip(spec, clip.label, clip.index)
   return {modality: clip_features(rendered[key]) for modality, key in MODALITIES.items()}
 
 
 def probe(
-    spec: synthetic.GeneratorSpec, workers: int = 1, shuffle_labels: bool = False
+    spec: renderer.GeneratorSpec, workers: int = 1, shuffle_labels: bool = False
 ) -> dict[str, float]:
   """Probe accuracy on the held-out view per modality, and chance.
 
@@ -104,7 +104,7 @@ def probe(
   Returns:
     `{'rgb': ..., 'depth': ..., 'chance': ...}`, accuracies in [0, 1].
   """
-  clips = [clip for clip in synthetic.all_clips(spec) if clip.split in ('train', 'test')]
+  clips = [clip for clip in renderer.all_clips(spec) if clip.split in ('train', 'test')]
   tasks = [(spec, clip) for clip in clips]
   if workers == 1:
     features = list(map(_features_of, tasks))
@@ -152,7 +152,7 @@ def main(argv: Sequence[str]) -> None:
     )
   spec = configs[name].spec
   accuracy = probe(spec, workers=workers, shuffle_labels=shuffle)
-  test_clips = sum(clip.split == 'test' for clip in synthetic.all_clips(spec))
+  test_clips = sum(clip.split == 'test' for clip in renderer.all_clips(spec))
   control = ' (shuffled labels)' if shuffle else ''
   print(
       f'synthetic_rgbd/{name}: logistic-regression probe, held-out view '

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from modistill_jax.data import jet
 from modistill_jax.data import records
-from modistill_jax.data import synthetic
+from data_builders.synthetic_rgbd import renderer
 
 
-def example(spec: synthetic.GeneratorSpec, clip: synthetic.ClipInfo) -> tuple[str, dict]:
+def example(spec: renderer.GeneratorSpec, clip: renderer.ClipInfo) -> tuple[str, dict]:
   """`(sample_id, record)` of a clip: rendered, then encoded as every dataset's records are."""
-  frames = synthetic.render_clip(spec, clip.label, clip.index)
+  frames = renderer.render_clip(spec, clip.label, clip.index)
   return clip.sample_id, records.make_example(
       rgb=frames['rgb'],
       depth_code=jet.depth_to_code(frames['depth_mm']),
@@ -29,6 +29,6 @@ def example(spec: synthetic.GeneratorSpec, clip: synthetic.ClipInfo) -> tuple[st
   )
 
 
-def example_of_task(task: tuple[synthetic.GeneratorSpec, synthetic.ClipInfo]) -> tuple[str, dict]:
+def example_of_task(task: tuple[renderer.GeneratorSpec, renderer.ClipInfo]) -> tuple[str, dict]:
   """`example` of a `(spec, clip)` pair, the form a pool's `map` hands out."""
   return example(*task)

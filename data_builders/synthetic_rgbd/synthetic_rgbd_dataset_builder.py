@@ -1,6 +1,6 @@
 """TFDS builder `synthetic_rgbd`: procedural RGB+D action clips, no download.
 
-The clips are rendered by `modistill_jax.data.synthetic` (see its docstring
+The clips are rendered by `data_builders.synthetic_rgbd.renderer` (see its docstring
 and this folder's README for the classes and why depth is privileged) and
 stored in the shared record format (`modistill_jax.data.records`: a clip
 table and frame rows per split, written by `raw_clips.SplitWriter`), so the
@@ -28,14 +28,14 @@ from data_builders import raw_clips
 from data_builders.synthetic_rgbd import synthetic_records
 from modistill_jax.data import protocols
 from modistill_jax.data import records
-from modistill_jax.data import synthetic
+from data_builders.synthetic_rgbd import renderer
 
 
 @dataclasses.dataclass(kw_only=True)
 class SyntheticRgbdConfig(tfds.core.BuilderConfig):
-  """A named `synthetic.GeneratorSpec`: size, frames, clips, seed, views, subjects."""
+  """A named `renderer.GeneratorSpec`: size, frames, clips, seed, views, subjects."""
 
-  spec: synthetic.GeneratorSpec = synthetic.GeneratorSpec()
+  spec: renderer.GeneratorSpec = renderer.GeneratorSpec()
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -51,12 +51,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       SyntheticRgbdConfig(
           name='default',
           description='64x64, 16 frames, 288 clips per class (2,304 clips), 8 subjects.',
-          spec=synthetic.GeneratorSpec(),
+          spec=renderer.GeneratorSpec(),
       ),
       SyntheticRgbdConfig(
           name='tiny',
           description='32x32, 8 frames, 24 clips per class (192 clips), 4 subjects: for tests.',
-          spec=synthetic.GeneratorSpec(
+          spec=renderer.GeneratorSpec(
               resolution=32, num_frames=8, clips_per_class=24, num_subjects=4
           ),
       ),
@@ -66,7 +66,28 @@ class Builder(tfds.core.GeneratorBasedBuilder):
               'The size of `default`, NTU-like classes: some told apart only in RGB, '
               'some only in depth, most in both (see the README).'
           ),
-          spec=synthetic.GeneratorSpec(scenario='ntu_like', rgb_distractors=False),
+          spec=renderer.GeneratorSpec(scenario='ntu_like', rgb_distractors=False),
+      ),
+      SyntheticRgbdConfig(
+          name='pretext',
+          description=(
+              "No actions: the pretraining that plays ImageNet's role (modistill_jax/pretext.py). "
+              'Label: the hue of the shirt of an actor drawn for its clip alone, in a room of its '
+              'own (seed 1), 64x64, 8 frames, 2,304 clips.'
+          ),
+          spec=renderer.GeneratorSpec(scenario='pretext', seed=1, num_frames=8),
+      ),
+      SyntheticRgbdConfig(
+          name='pretext_tiny',
+          description='`pretext` at the size of `tiny` (32x32, 8 frames, 192 clips): for tests.',
+          spec=renderer.GeneratorSpec(
+              scenario='pretext',
+              seed=1,
+              resolution=32,
+              num_frames=8,
+              clips_per_class=24,
+              num_subjects=4,
+          ),
       ),
   ]
   DEFAULT_CONFIG_NAME = 'default'
@@ -98,7 +119,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
-    clips = synthetic.all_clips(self.builder_config.spec)
+    clips = renderer.all_clips(self.builder_config.spec)
     generators = {}
     for split in protocols.SPLITS:
       generators.update(
@@ -108,7 +129,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       )
     return generators
 
-  def _generate_examples(self, clips: Sequence[synthetic.ClipInfo]) -> Iterator[tuple[str, dict]]:
+  def _generate_examples(self, clips: Sequence[renderer.ClipInfo]) -> Iterator[tuple[str, dict]]:
     spec = self.builder_config.spec
     tasks = [(spec, clip) for clip in clips]
     if self._pool is None:

@@ -16,7 +16,7 @@ from data_builders.synthetic_rgbd import probe
 from data_builders.synthetic_rgbd import synthetic_records
 from modistill_jax.data import jet
 from modistill_jax.data import records
-from modistill_jax.data import synthetic
+from data_builders.synthetic_rgbd import renderer
 
 TINY = next(c for c in Builder.BUILDER_CONFIGS if c.name == 'tiny').spec
 TINY_SPLIT_SIZES = {'train': 96, 'validation': 32, 'test': 64}
@@ -45,8 +45,8 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
       **TINY_SPLIT_SIZES,
       **{records.frames_split(s): 2 * 8 * n for s, n in TINY_SPLIT_SIZES.items()},
   }
-  assert info.features['label'].names == list(synthetic.CLASS_NAMES)
-  expected = {clip.sample_id: clip for clip in synthetic.all_clips(TINY)}
+  assert info.features['label'].names == list(renderer.CLASS_NAMES)
+  expected = {clip.sample_id: clip for clip in renderer.all_clips(TINY)}
   built = _read(python_built)
   assert sorted(built) == sorted(expected)
   for sample_id, (split, example) in built.items():
@@ -67,15 +67,15 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
     examples = [e for s, e in built.values() if s == split]
     assert {int(e['view']) for e in examples} == views
     assert {int(e['subject']) for e in examples} == subjects
-    counts = np.bincount([e['label'] for e in examples], minlength=len(synthetic.CLASS_NAMES))
-    assert (counts == len(examples) // len(synthetic.CLASS_NAMES)).all(), (split, counts)
+    counts = np.bincount([e['label'] for e in examples], minlength=len(renderer.CLASS_NAMES))
+    assert (counts == len(examples) // len(renderer.CLASS_NAMES)).all(), (split, counts)
   _, example = built['S02V03A05R001']
   rgb = np.stack([records.decode_image(f) for f in example['rgb']])
   depth = np.stack([records.decode_depth(f) for f in example['depth']])
   assert rgb.shape == (8, 32, 32, 3) and depth.shape == (8, 32, 32)
   # Depth is stored losslessly: its codes colour to the renderer's jet frames.
   np.testing.assert_array_equal(
-      jet.JET_OF_CODE[depth], synthetic.render_clip(TINY, 5, 5)['depth_jet']
+      jet.JET_OF_CODE[depth], renderer.render_clip(TINY, 5, 5)['depth_jet']
   )
 
 
@@ -83,7 +83,7 @@ def test_python_build_has_the_expected_splits_labels_and_frames(python_built):
 def test_worker_processes_write_what_rendering_here_gives(python_built):
   """The pool's examples are byte for byte the examples rendered and encoded in this process."""
   built = _read(python_built)
-  for clip in synthetic.all_clips(TINY):
+  for clip in renderer.all_clips(TINY):
     sample_id, expected = synthetic_records.example(TINY, clip)
     _, example = built[sample_id]
     for key in ('rgb', 'depth'):
@@ -110,9 +110,9 @@ def test_cli_build_writes_the_same_examples(python_built, tmp_path):
 
 
 def test_clips_are_a_function_of_the_seed():
-  first, again = (synthetic.render_clip(TINY, 3, 5) for _ in range(2))
-  other_seed = synthetic.render_clip(
-      synthetic.GeneratorSpec(
+  first, again = (renderer.render_clip(TINY, 3, 5) for _ in range(2))
+  other_seed = renderer.render_clip(
+      renderer.GeneratorSpec(
           resolution=32, num_frames=8, clips_per_class=24, num_subjects=4, seed=1
       ),
       3,
@@ -121,7 +121,7 @@ def test_clips_are_a_function_of_the_seed():
   for key in ('rgb', 'depth_mm', 'depth_jet'):
     np.testing.assert_array_equal(first[key], again[key])
     assert not np.array_equal(first[key], other_seed[key]), key
-  assert not np.array_equal(first['rgb'], synthetic.render_clip(TINY, 3, 6)['rgb'])
+  assert not np.array_equal(first['rgb'], renderer.render_clip(TINY, 3, 6)['rgb'])
 
 
 def test_depth_is_privileged_information():
@@ -133,7 +133,7 @@ def test_depth_is_privileged_information():
   asserted (0.2 between the modalities, 0.1 over chance) are over 4 standard
   errors of a difference and 3 of an accuracy.
   """
-  accuracy = probe.probe(synthetic.GeneratorSpec(resolution=32, num_frames=8, clips_per_class=96))
+  accuracy = probe.probe(renderer.GeneratorSpec(resolution=32, num_frames=8, clips_per_class=96))
   print(
       f'logistic regression, held-out view: depth {accuracy["depth"]:.3f}, '
       f'RGB {accuracy["rgb"]:.3f}, chance {accuracy["chance"]:.3f}'

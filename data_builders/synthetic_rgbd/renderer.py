@@ -53,6 +53,15 @@ towards', 'walk away', 'walk across' and 'turn around' show in both. Its
 builder config also turns `rgb_distractors` off. The dataset's README has the
 design and the probe that calibrated it.
 
+The `pretext` scenario is no action dataset: it is the data of the pretraining
+that plays ImageNet's role for the miniature (`modistill_jax/pretext.py`). Each
+clip has an actor of its own, drawn for that clip alone (never one of the action
+datasets' subjects), performing a motion drawn at random from every motion the
+renderer knows, in a room of its own; the label is the hue of the actor's shirt
+(8 bins of 45 degrees), never the motion. Telling it needs what the action
+classes need in RGB and a network from scratch lacks: finding the actor in a
+cluttered room and reading the colour of its torso.
+
 Views are camera azimuths around the middle of the room (view 1 faces the
 actor; the other views stand to its sides), with a few centimetres of
 placement jitter per clip. Subjects are fixed appearance/body draws shared by
@@ -63,6 +72,7 @@ of the other views are the validation set; the rest is the training set.
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 
 import numpy as np
@@ -93,7 +103,23 @@ NTU_LIKE_CLASS_NAMES = (
 # Scenario -> its class names. `default`: every class is a motion in depth, which RGB sees
 # only through perspective (depth strongly privileged); `ntu_like`: some classes differ
 # only in RGB, some (mostly) only in depth, most in both.
-SCENARIOS = {'default': CLASS_NAMES, 'ntu_like': NTU_LIKE_CLASS_NAMES}
+# The `pretext` scenario's classes: the hue of the actor's shirt, in 8 bins of 45 degrees
+# from red (0), each named by the colour at its middle.
+PRETEXT_CLASS_NAMES = (
+    'orange shirt',
+    'yellow shirt',
+    'lime shirt',
+    'spring green shirt',
+    'azure shirt',
+    'blue shirt',
+    'violet shirt',
+    'rose shirt',
+)
+SCENARIOS = {
+    'default': CLASS_NAMES,
+    'ntu_like': NTU_LIKE_CLASS_NAMES,
+    'pretext': PRETEXT_CLASS_NAMES,
+}
 # The motion (in `_actor`'s vocabulary) an `ntu_like` class performs. The two jacket
 # classes perform the same one: what tells them apart is only what RGB sees.
 _NTU_LIKE_MOTIONS = {
@@ -106,6 +132,8 @@ _NTU_LIKE_MOTIONS = {
     'take off jacket': 'dress',
     'turn around': 'turn around',
 }
+# Every motion `_actor` performs; a `pretext` clip performs one drawn from them at random.
+_MOTIONS = tuple(dict.fromkeys(CLASS_NAMES + tuple(_NTU_LIKE_MOTIONS.values())))
 TEST_VIEW = 1
 
 # Room and camera geometry, in metres. The wall is a vertical cylinder around
@@ -261,6 +289,26 @@ def _subject(spec: GeneratorSpec, subject: int) -> _Subject:
       colours=np.clip(
           np.stack([skin, rng.uniform(0.1, 0.95, 3), rng.uniform(0.1, 0.9, 3)]), 0.05, 1.0
       ),
+      stripe_period=rng.uniform(0.06, 0.2),
+      stripe_contrast=rng.uniform(0.0, 0.45),
+      stripe_phase=rng.uniform(0, 2 * np.pi),
+  )
+
+
+def _pretext_subject(label: int, rng: np.random.Generator) -> _Subject:
+  """An actor of one `pretext` clip, whose shirt has a hue in bin `label` (8 bins from red).
+
+  The hue keeps a tenth of a bin away from the bin's edges, so every label is
+  told apart by the shirt alone; saturation and value vary, as do the skin,
+  trousers, stripes and body, drawn as `_subject` draws them.
+  """
+  hue = (label + rng.uniform(0.1, 0.9)) / len(PRETEXT_CLASS_NAMES)
+  shirt = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.5, 1.0))
+  skin = np.array([0.85, 0.65, 0.5]) * rng.uniform(0.45, 1.1)
+  return _Subject(
+      scale=rng.uniform(0.8, 1.2),
+      build=rng.uniform(0.85, 1.2),
+      colours=np.clip(np.stack([skin, shirt, rng.uniform(0.1, 0.9, 3)]), 0.05, 1.0),
       stripe_period=rng.uniform(0.06, 0.2),
       stripe_contrast=rng.uniform(0.0, 0.45),
       stripe_phase=rng.uniform(0, 2 * np.pi),
@@ -521,12 +569,19 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   """
   info = clip_info(spec, label, index)
   rng = np.random.default_rng([spec.seed, 1, label, index])
-  subject = _subject(spec, info.subject)
   size, frames = spec.resolution, spec.num_frames
   origin, rotation = _camera(spec, info.view, rng)
   rays, forwardness = _rays(size, rotation)
   name = spec.class_names[label]
-  motion = _NTU_LIKE_MOTIONS[name] if spec.scenario == 'ntu_like' else name
+  if spec.scenario == 'pretext':
+    # The actor and its motion from a generator of their own: `rng` draws the rest of the
+    # clip as in the action scenarios.
+    actor_rng = np.random.default_rng([spec.seed, 2, label, index])
+    subject = _pretext_subject(label, actor_rng)
+    motion = _MOTIONS[actor_rng.integers(len(_MOTIONS))]
+  else:
+    subject = _subject(spec, info.subject)
+    motion = _NTU_LIKE_MOTIONS[name] if spec.scenario == 'ntu_like' else name
   centres, radii, parts, progress = _actor(motion, subject, frames, rng)
   # Albedo of each body part per frame, and whether the shirt is covered by a jacket (plain,
   # hi-vis yellow to orange) that the actor puts on or takes off halfway through the gesture.
