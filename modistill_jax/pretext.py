@@ -33,6 +33,7 @@ from ml_collections import config_flags
 from modistill_jax import checkpointing
 from modistill_jax import cli
 from modistill_jax import metrics
+from modistill_jax import finished_stage
 from modistill_jax import pretrained
 from modistill_jax import runs
 from modistill_jax import trainer
@@ -47,7 +48,7 @@ class NotPretextStageError(ValueError):
   """The config trains another stage than the pretext network's."""
 
 
-def metadata_of(stage: runs.FinishedStage) -> dict[str, Any]:
+def metadata_of(stage: finished_stage.FinishedStage) -> dict[str, Any]:
   """The checkpoint's metadata: `pretrained`'s keys, and what the network was trained on."""
   config = stage.config
   return {
@@ -88,7 +89,7 @@ def pretrain(config: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
   cli.build_dataset(config)
   workdir = os.path.join(out, RUN_DIR)
   trainer.run_stage(config, workdir, STAGE)
-  stage = runs.load_stage(workdir, STAGE)
+  stage = finished_stage.load(workdir, STAGE)
   variables = checkpointing.stream_variables(stage.best_state(), STREAM)
   metadata = metadata_of(stage)
   pretrained.save(out, variables, metadata)

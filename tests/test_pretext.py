@@ -17,10 +17,10 @@ from conftest import tiny_config
 from data_builders.synthetic_rgbd import Builder
 from data_builders.synthetic_rgbd import renderer
 from modistill_jax import checkpointing
+from modistill_jax import finished_stage
 from modistill_jax import param_merge
 from modistill_jax import pretext
 from modistill_jax import pretrained
-from modistill_jax import runs
 from modistill_jax import trainer
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -42,7 +42,7 @@ def test_pretext_is_saved_as_a_converted_imagenet_checkpoint(pretext_dir):
   config, out, metadata = pretext_dir
   variables, loaded_metadata = pretrained.load(out)
   assert loaded_metadata == metadata
-  stage = runs.load_stage(os.path.join(out, pretext.RUN_DIR), pretext.STAGE)
+  stage = finished_stage.load(os.path.join(out, pretext.RUN_DIR), pretext.STAGE)
   best = checkpointing.stream_variables(stage.best_state(), 'rgb')
   flat, flat_best = param_merge.flatten(variables), param_merge.flatten(best)
   assert sorted(flat) == sorted(flat_best)
@@ -85,7 +85,7 @@ def test_both_step1_streams_start_from_the_pretext_network(pretext_dir, tmp_path
   )
   workdir = str(tmp_path)
   trainer.run_stage(step1, workdir, 'step1')
-  stage = runs.load_stage(workdir, 'step1')
+  stage = finished_stage.load(workdir, 'step1')
   assert list(stage.config.input.depth_mean) == metadata['mean']
   source = param_merge.flatten(pretrained.load(out)[0]['params'])
   params = stage.best_state()['params']
