@@ -325,6 +325,47 @@ def stage_data(config: ml_collections.ConfigDict):
   return mesh, sources, steps_per_epoch, total_steps
 
 
+class TrainTime:
+  """`train_seconds` counts every run of the stage, each up to its last checkpoint."""
+
+  def __init__(self, directory: runs.StageDir, resuming: bool, started: float):
+    self.file, self.started = directory.train_time_file, started
+    self.earlier = (
+        runs.read_json(self.file)
+        if resuming and self.file.exists()
+        else {'seconds': 0.0, 'runs': 0}
+    )
+
+  def seconds(self) -> float:
+    return self.earlier['seconds'] + time.time() - self.started
+
+  def save(self) -> None:
+    """With each latest checkpoint: the time up to it, and this run counted."""
+    runs.write_json(self.file, {'seconds': self.seconds(), 'runs': self.earlier['runs'] + 1})
+
+  def record(self) -> dict[str, Any]:
+    """results.json's `train_seconds` and `resumes`."""
+    return {'train_seconds': self.seconds(), 'resumes': self.earlier['runs']}
+
+
+class TrainLog:
+  """The train metrics at the logging cadence: averaged since the last log, with clips/s."""
+
+  def __init__(self, writer: metrics_lib.MetricWriter, progress, batch_size: int, step: int):
+    self.writer, self.progress, self.batch_size = writer, progress, batch_size
+    self.last_step, self.last_time = step, time.time()
+
+  def write(self, step: int, history, best_validation: float | None) -> None:
+    now = time.time()
+    scalars = metrics_lib.mean_metrics(history)
+    scalars['clips_per_s'] = (
+        (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+    )
+    self.writer.write(step, 'train', scalars)
+    self.progress.update(step, scalars, best_validation)
+    self.last_step, self.last_time = step, now
+
+
 def check_finite(history, step: int, stage_name: str, ckpt: checkpointing.StageCheckpoints):
   """Stops a diverged stage, naming the metric, its step and the last good checkpoint."""
   bad = metrics_lib.first_non_finite(history, step - len(history) + 1)
@@ -388,12 +429,7 @@ def run_stage(
   with runs.StageLock(directory) as lock:
     if note := lock.acquire():
       progress.message(note)
-    # `train_seconds` counts every run of the stage, each up to its last checkpoint.
-    earlier = (
-        runs.read_json(directory.train_time_file)
-        if start.resuming and directory.train_time_file.exists()
-        else {'seconds': 0.0, 'runs': 0}
-    )
+    train_time = TrainTime(directory, start.resuming, t_start)
     if start.resuming and directory.config_file.exists():
       check_resume_config(directory, config)
     else:
@@ -440,7 +476,7 @@ def run_stage(
     profiler = profiling.StepProfiler(config.profile_steps, directory.path)
     batches = feeding.prefetched(train_iter, mesh, config.input.prefetch)
     pending: list[dict[str, jax.Array]] = []
-    last_log_step, last_log_time, stopped_at = start_step, time.time(), None
+    train_log, stopped_at = TrainLog(writer, progress, config.batch_size, start_step), None
     try:
       for step in range(start_step + 1, total_steps + 1):
         profiler.begin(step)
@@ -454,22 +490,13 @@ def run_stage(
         if end.check_metrics:
           history = jax.device_get(pending)
           check_finite(history, step, stage_name, ckpt)
-          now = time.time()
-          scalars = metrics_lib.mean_metrics(history)
-          scalars['clips_per_s'] = (
-              (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
-          )
-          writer.write(step, 'train', scalars)
-          progress.update(step, scalars, validation.best_accuracy)
-          pending, last_log_step, last_log_time = [], step, now
+          train_log.write(step, history, validation.best_accuracy)
+          pending = []
           ckpt.check_for_errors()
         validation.maybe_evaluate(step, state)
         if end.save or end.preempted:
           ckpt.save_latest(step, state, position)
-          runs.write_json(
-              directory.train_time_file,
-              {'seconds': earlier['seconds'] + time.time() - t_start, 'runs': earlier['runs'] + 1},
-          )
+          train_time.save()
         if end.preempted:
           progress.message(
               f'SIGTERM: saved step {step}; rerun the same command to resume (exit status '
@@ -492,8 +519,7 @@ def run_stage(
         **stage_record(stage_name, config, stage),
         **validation.record(),
         'total_steps': total_steps,
-        'train_seconds': earlier['seconds'] + time.time() - t_start,
-        'resumes': earlier['runs'],
+        **train_time.record(),
     }
     results.update(test.evaluate(best_state, results['best_step']))
     # Written last: from here on the stage counts as finished (`runs.StageDir.finished`).
