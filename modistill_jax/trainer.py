@@ -128,7 +128,7 @@ def parameter_overview(state: steps.TrainState) -> str:
       count = sum(x.size for x in jax.tree.leaves(variables))
       rows.append((stream, collection, f'{count:,}', trained))
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
-  return '\n'.join('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+  return '\n'.join('  ' + '  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
 # MARK: the loop's decisions
