@@ -110,9 +110,9 @@ def abstract_state(model: StageNetwork, config: ml_collections.ConfigDict, make_
 def guarded_step(train_fn, state: steps.TrainState, batch: Mapping[str, jax.Array]):
   """`train_fn(state, batch)` with implicit host-device transfers disallowed.
 
-  State and batch are on the devices already (the batch by an explicit
-  `device_put` in `data.feeding`); an array that would be copied silently in
-  or out of the step (a NumPy batch, a Python scalar read back) raises instead.
+  State and batch are on the devices already (the batch put there explicitly,
+  `sharding.to_global` in `data.feeding`'s prefetch); an array that would be
+  copied silently into or out of the step (a NumPy batch, say) raises instead.
   """
   with jax.transfer_guard('disallow'):
     return train_fn(state, batch)
