@@ -19,9 +19,9 @@ normalisation when the `--config` names no ImageNet checkpoint (training-only).
 `--depth_noise_std` is the sigma of the multiplicative noise; the paper's
 Table 2 indexes sigma^2.
 
-As a library this module is every evaluation: `evaluate_split` (exact
-accuracy of a state on a whole split) is what the trainer validates and tests
-with, and what this command runs on a finished stage's best state.
+As a library this module evaluates a finished stage with the trainer's own
+evaluators (`evaluators.EvalProgram`, `evaluators.NoiseSweep`): the same
+program, the same exact accuracy of a state on a whole split.
 
 `--sweep` writes Table 2's row (no noise, each variance in
 `config.eval.noise_variances`, void) to the stage's `noise_sweep.json`, from
@@ -32,24 +32,19 @@ step-4 model reads RGB only, which is the point of the method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-import functools
-import io
 import json
-import math
 from typing import Any
 
 from absl import app
 from absl import flags
-from etils import epath
 import jax
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
 from modistill_jax import cli
 from modistill_jax import config_lib
 from modistill_jax import finished_stage
+from modistill_jax import evaluators
 from modistill_jax import initialization
 from modistill_jax import runs
 from modistill_jax import sharding
@@ -58,79 +53,6 @@ from modistill_jax import steps
 from modistill_jax.data import feeding
 from modistill_jax.data import pipeline
 from modistill_jax.models import stage_network
-from modistill_jax.models import StageNetwork
-
-# MARK: evaluating a state (the trainer's validation and test, and this command)
-
-
-def make_eval_fn(model: StageNetwork, config: ml_collections.ConfigDict, mesh):
-  """The jitted `steps.eval_step`; its predictions come back replicated."""
-  return jax.jit(
-      functools.partial(steps.eval_step, model=model, config=config),
-      out_shardings=sharding.replicated(mesh),
-  )
-
-
-def evaluate_split(
-    state: steps.TrainState,
-    source: pipeline.Source,
-    *,
-    eval_fn,
-    mesh,
-    config: ml_collections.ConfigDict,
-    modalities: Sequence[str],
-    depth_condition: steps.DepthCondition | None = None,
-) -> dict[str, Any]:
-  """Exact accuracy of every stream and of the fused model on a whole split.
-
-  `modalities`: the clips the stage reads (`Stage.inputs`), the only ones decoded.
-  `depth_condition`: the depth corruption, as `eval_fn`'s input (else `config.eval`'s).
-  """
-  condition = () if depth_condition is None else (depth_condition,)
-  batches = pipeline.eval_iterator(
-      source.records,
-      global_batch_size=config.eval_batch_size,
-      num_frames=config.input.num_frames,
-      image_size=(config.input.image_size,) * 2,
-      worker_count=config.input.worker_count,
-      modalities=modalities,
-      reduced_decoding=config.input.reduced_decoding,
-  )
-  key = jax.random.key(config.eval.noise_seed)
-  outputs = []
-  truncated = False
-  for i, batch in enumerate(batches):
-    if 0 < config.max_eval_batches <= i:
-      truncated = True
-      break
-    outputs.append(
-        sharding.fetch(
-            eval_fn(state, sharding.to_global(batch, mesh), jax.random.fold_in(key, i), *condition)
-        )
-    )
-  stacked = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-  mask = stacked.pop('mask').astype(bool)
-  kept = {k: v[mask] for k, v in stacked.items()}
-  labels = kept['label']
-  accuracy = {
-      k.split('/', 1)[1]: float(np.mean(v == labels))
-      for k, v in kept.items()
-      if k.startswith('pred/')
-  }
-  return {
-      'accuracy': accuracy,
-      'num_examples': int(mask.sum()),
-      'complete': not truncated and int(mask.sum()) == batches.num_examples,
-      'predictions': kept,
-  }
-
-
-def save_predictions(path: epath.Path, predictions: Mapping[str, np.ndarray]) -> None:
-  """Writes the per-clip predictions (`np.savez`) whole or not at all."""
-  buffer = io.BytesIO()
-  np.savez(buffer, **predictions)
-  runs.write_whole(path, buffer.getvalue())
-
 
 # MARK: evaluating a finished stage
 
@@ -182,29 +104,16 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
   config[leaf] = value
 
 
-def best_train_state(run: finished_stage.FinishedStage) -> steps.TrainState:
-  """The stage's best state, enough for evaluation (no optimizer state is read)."""
-  saved = run.best_state()
-  return steps.TrainState(
-      step=saved['step'],
-      params=saved['params'],
-      batch_stats=saved['batch_stats'],
-      opt_state=None,
-      frozen=saved.get('frozen') or {},
-  )
-
-
-def stage_evaluator(
+def stage_evaluation(
     run: finished_stage.FinishedStage,
     config: ml_collections.ConfigDict,
     state: steps.TrainState | None = None,
-) -> Callable[[steps.DepthCondition | None], dict[str, Any]]:
-  """Evaluation of a finished stage on `config.eval.split`, set up once for several conditions.
+) -> tuple[evaluators.EvalProgram, pipeline.Source, steps.TrainState]:
+  """A finished stage's evaluation on `config.eval.split`, set up once for several conditions.
 
-  The mesh, the split's source, the network, the state on the devices and the
-  jitted step are made here; the returned function evaluates with `config.eval`'s
-  depth (given None) or with a `steps.DepthCondition` (every condition runs the
-  same compiled program).
+  Returns the stage's evaluation program (its network, the mesh, the jitted
+  step), the split's source, and the state (the stage's best, unless given) on
+  the devices.
   """
   config_lib.check(config)
   stage = stages.for_config(run.name, config)
@@ -219,22 +128,9 @@ def stage_evaluator(
         f'classes than {run.dir.dataset_file}: not the dataset the run trained on.'
     )
   model = stage_network(stage, config.model, len(run.class_names))
-  state = jax.device_put(state or best_train_state(run), sharding.replicated(mesh))
-  eval_fn = make_eval_fn(model, config, mesh)
-
-  def evaluate(depth_condition: steps.DepthCondition | None) -> dict[str, Any]:
-    result = evaluate_split(
-        state,
-        source,
-        eval_fn=eval_fn,
-        mesh=mesh,
-        config=config,
-        modalities=stage.inputs,
-        depth_condition=depth_condition,
-    )
-    return {k: result[k] for k in ('accuracy', 'num_examples', 'complete', 'predictions')}
-
-  return evaluate
+  state = state or evaluators.best_train_state(run.best_state())
+  program = evaluators.EvalProgram(model, config, mesh)
+  return program, source, jax.device_put(state, sharding.replicated(mesh))
 
 
 def evaluate_stage(
@@ -246,32 +142,16 @@ def evaluate_stage(
 
   Returns the results and, under 'predictions', the per-clip predictions.
   """
-  return stage_evaluator(run, config, state)(None)
-
-
-def sweep_settings(config: ml_collections.ConfigDict) -> list[tuple[str, float, bool]]:
-  """Table 2's columns: (label, sigma, void) for clean depth, each noise variance, void depth."""
-  settings = [('no noise', 0.0, False)]
-  settings += [(f'{v:g}', math.sqrt(v), False) for v in config.eval.noise_variances]
-  settings.append(('void', 0.0, True))
-  return settings
+  program, source, state = stage_evaluation(run, config, state)
+  return program.evaluate(state, source)
 
 
 def noise_sweep(
     run: finished_stage.FinishedStage, config: ml_collections.ConfigDict
 ) -> list[dict[str, Any]]:
-  """Table 2: accuracy with clean depth, each noise variance, and void depth.
-
-  One evaluation program serves every column (the condition is its input), so
-  the sweep compiles once, and reads the split's source and builds the network once.
-  """
-  evaluate = stage_evaluator(run, config)
-  rows = []
-  for label, sigma, void in sweep_settings(config):
-    result = evaluate(steps.DepthCondition.of(sigma, void))
-    result.pop('predictions')
-    rows.append({'sigma2': label, 'sigma': sigma, 'void': void, **result})
-  return rows
+  """Table 2's row of a finished stage (`evaluators.NoiseSweep`), set up and compiled once."""
+  program, source, state = stage_evaluation(run, config)
+  return evaluators.NoiseSweep(program, source).rows(state)
 
 
 def reevaluate(
@@ -282,7 +162,7 @@ def reevaluate(
   config = evaluation_config(run, given)
   result = evaluate_stage(run, config)
   split = config.eval.split
-  save_predictions(run.dir.predictions_file(split), result.pop('predictions'))
+  evaluators.save_predictions(run.dir.predictions_file(split), result.pop('predictions'))
   results = {**run.results, split: result}
   runs.write_json(run.dir.results_file, results)
   return results

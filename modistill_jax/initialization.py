@@ -1,4 +1,10 @@
-"""A stage's initial weights and the config it runs with.
+"""A stage's start: the config it runs with, what it starts from, its initial weights.
+
+The trainer enters this module once, through `prepare`, which returns a
+`StageStart`: the effective config, the stage, its folder, whether it is
+finished or resuming, and the finished stages it starts from (located before
+anything is read or made); the start's `initial_variables` then makes the
+weights for the stage's network.
 
 Precedence, highest first: the stage's own latest checkpoint (a resume, which
 `trainer.run_stage` handles with the data position) > the finished earlier
@@ -11,6 +17,7 @@ names every key that does not fit.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import dataclasses
 import json
 from typing import Any
 
@@ -27,7 +34,6 @@ from modistill_jax import param_merge
 from modistill_jax import pretrained
 from modistill_jax import runs
 from modistill_jax import stages
-from modistill_jax.models import resnet
 from modistill_jax.models import StageNetwork
 
 PyTree = Any
@@ -149,7 +155,7 @@ def init_model_variables(
   """
   size = config.input.image_size
   dummy = {
-      m: jnp.zeros((1, config.input.num_frames, size, size, 3), resnet.compute_dtype(config.model))
+      m: jnp.zeros((1, config.input.num_frames, size, size, 3), model.input_dtype)
       for m in model.stage.inputs
   }
   return jax.jit(model.init_variables)(jax.random.key(config.seed), dummy)
@@ -173,3 +179,60 @@ def initial_variables(
     for c in ('params', 'batch_stats'):
       variables[c][stream] = merged[c]
   return variables, what
+
+
+@dataclasses.dataclass(frozen=True)
+class StageStart:
+  """What a stage starts from, known before anything is read or made (`prepare`).
+
+  Attributes:
+    config: the effective config (`effective_config`): the stage's `config.json`.
+    stage: the stage as this config defines it.
+    directory: the stage's folder.
+    finished: the stage has its results already (nothing to run).
+    resuming: the stage has a latest checkpoint to go on from.
+    prerequisites: the finished stages (or `init.from_workdir`'s step 1) its
+      weights come from; empty where finished or resuming.
+  """
+
+  config: ml_collections.ConfigDict
+  stage: stages.Stage
+  directory: runs.StageDir
+  finished: bool
+  resuming: bool
+  prerequisites: Mapping[stages.InitSource, runs.StageDir]
+
+  def initial_variables(self, model: StageNetwork) -> tuple[dict[str, PyTree], str]:
+    """The stage's starting variables (fresh init overwritten by loaded streams), and whence."""
+    fresh = init_model_variables(model, self.config)
+    return initial_variables(self.config, self.stage, fresh, self.prerequisites)
+
+
+def prepare(
+    config: ml_collections.ConfigDict,
+    stage_name: str,
+    workdir: str,
+    *,
+    config_file: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> StageStart:
+  """The stage's start; fails before anything is created if the config or a prerequisite does.
+
+  `config_file` and `overrides` make the hint for a missing prerequisite a
+  command that runs as printed (`prerequisites`).
+  """
+  config = effective_config(config, stage_name)
+  stage = stages.for_config(stage_name, config)
+  directory = runs.stage_dir(workdir, stage_name)
+  finished = directory.finished()
+  resuming = (
+      not finished
+      and directory.latest_dir.exists()
+      and any(p.name.isdigit() for p in directory.latest_dir.iterdir())
+  )
+  found = (
+      {}
+      if finished or resuming
+      else prerequisites(stage, config, workdir, config_file=config_file, overrides=overrides)
+  )
+  return StageStart(config, stage, directory, finished, resuming, found)

@@ -18,13 +18,17 @@ paper is silent, the reductions follow the authors' implementation
   each cross-entropy averaged over clips, no T^2 factor.
 * eq. (5), `total_loss`: `(1 - alpha) * L_GD + alpha * L_hall`.
 
+`HALLUCINATION_LOSSES` names the step-3 / hoffman losses a config chooses
+(`config.loss.kind`): a new one is one entry there (and its test).
+
 Nothing here stops gradients: the trainer differentiates only the student's
 parameters, and the model stops gradients at a frozen giver.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -113,3 +117,68 @@ def generalized_distillation_loss(
 def total_loss(gd_loss: Array, hall_loss: Array, *, alpha: float = 0.5) -> Array:
   """Eq. (5): `L = (1 - alpha) * L_GD + alpha * L_hall`."""
   return (1.0 - alpha) * gd_loss + alpha * hall_loss
+
+
+# MARK: the hallucination losses by name (`config.loss.kind`)
+
+# (loss_config, student logits, teacher logits, student features, teacher features, labels)
+# -> (loss, {term name: unweighted term}); the terms are logged separately.
+HallucinationLoss = Callable[..., tuple[Array, dict[str, Array]]]
+
+
+def _hall(loss_config: Any, student_features: Array, teacher_features: Array, labels: Array):
+  return hallucination_loss(
+      teacher_features,
+      student_features,
+      reduction=loss_config.hall_reduction,
+      weight=loss_config.hall_weight,
+      num_clips=labels.shape[0],
+      reference_clips=loss_config.hall_reference_clips,
+  )
+
+
+def _gd(loss_config: Any, student_logits: Array, teacher_logits: Array, labels: Array):
+  return generalized_distillation_loss(
+      student_logits,
+      teacher_logits,
+      labels,
+      temperature=loss_config.temperature,
+      lam=loss_config.lam,
+  )
+
+
+def xent(loss_config, student_logits, teacher_logits, student_f, teacher_f, labels):
+  """`'xent'`: the student learns from the labels alone (no teacher)."""
+  del loss_config, teacher_logits, student_f, teacher_f
+  hard = cross_entropy(student_logits, labels)
+  return hard, {'hard': hard}
+
+
+def eq1(loss_config, student_logits, teacher_logits, student_f, teacher_f, labels):
+  """`'eq1'`: the hallucination loss alone."""
+  del student_logits, teacher_logits
+  hall = _hall(loss_config, student_f, teacher_f, labels)
+  return hall, {'hall': hall}
+
+
+def eq3(loss_config, student_logits, teacher_logits, student_f, teacher_f, labels):
+  """`'eq3'`: generalized distillation alone."""
+  del student_f, teacher_f
+  gd = _gd(loss_config, student_logits, teacher_logits, labels)
+  return gd['loss'], {'hard': gd['hard'], 'soft': gd['soft']}
+
+
+def eq5(loss_config, student_logits, teacher_logits, student_f, teacher_f, labels):
+  """`'eq5'`: the paper's loss, generalized distillation plus hallucination."""
+  hall = _hall(loss_config, student_f, teacher_f, labels)
+  gd = _gd(loss_config, student_logits, teacher_logits, labels)
+  loss = total_loss(gd['loss'], hall, alpha=loss_config.alpha)
+  return loss, {'hard': gd['hard'], 'soft': gd['soft'], 'hall': hall}
+
+
+HALLUCINATION_LOSSES: dict[str, HallucinationLoss] = {
+    'xent': xent,
+    'eq1': eq1,
+    'eq3': eq3,
+    'eq5': eq5,
+}

@@ -24,7 +24,7 @@ The lowering is done at the mesh of this host's devices (several fake CPU
 devices stand in for chips with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N`), with the trainer's own
 step functions and shardings (`trainer.make_train_fn`,
-`evaluate.make_eval_fn`), at the config's batch sizes and frame shapes. For each
+`evaluators.make_eval_fn`), at the config's batch sizes and frame shapes. For each
 stage, step and platform it reports the serialised StableHLO size and XLA's
 cost analysis of the lowered (unoptimised, whole-program) module.
 """
@@ -41,7 +41,7 @@ from jax import export
 import ml_collections
 import numpy as np
 
-from modistill_jax import evaluate
+from modistill_jax import evaluators
 from modistill_jax import initialization
 from modistill_jax import optim
 from modistill_jax import sharding
@@ -193,17 +193,14 @@ def lower_stage(
   model = stage_network(stage, config.model, num_classes)
   tx, schedule = optim.make_optimizer(config.optimizer, max(config.num_train_steps, 1))
   make_state = trainer.make_state_fn(stage, tx, mesh)
-  state = sharding.abstract(
-      jax.eval_shape(lambda: make_state(initialization.init_model_variables(model, config))),
-      sharding.replicated(mesh),
-  )
+  state = trainer.abstract_state(model, config, make_state, mesh)
   jitted = {
       'train': (
           trainer.make_train_fn(model, config, tx, schedule, mesh),
           (state, abstract_batch(config, config.batch_size, stage.inputs, mesh)),
       ),
       'eval': (
-          evaluate.make_eval_fn(model, config, mesh),
+          evaluators.make_eval_fn(model, config, mesh),
           (
               state,
               abstract_batch(config, config.eval_batch_size, stage.inputs, mesh),

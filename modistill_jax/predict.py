@@ -69,7 +69,6 @@ from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax.data import pipeline
 from modistill_jax.data import sampling
-from modistill_jax.models import resnet
 from modistill_jax.models import stage_network
 
 PyTree = Any
@@ -122,7 +121,7 @@ class Predictor:
     self.variables = {c: {s: v[c] for s, v in streams.items()} for c in ('params', 'batch_stats')}
     self.class_names = run.class_names
     self.model = stage_network(self.stage, config.model, len(self.class_names))
-    self.dtype = resnet.compute_dtype(config.model)
+    self.dtype = self.model.input_dtype
     self.input_config = config.input
     self.num_frames = config.input.num_frames
     self.image_size = (config.input.image_size,) * 2

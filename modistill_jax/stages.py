@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from modistill_jax import losses
+
 STAGE_NAMES = ('step1', 'step1_rgb', 'step1_depth', 'step2', 'step3', 'step4', 'hoffman')
 ALL = 'all'
 ALL_STAGES = ('step1', 'step2', 'step3', 'step4')
-LOSS_KINDS = ('xent', 'eq1', 'eq3', 'eq5')
+# `config.loss.kind`: the hallucination losses of step 3 and hoffman, by name.
+LOSS_KINDS = tuple(losses.HALLUCINATION_LOSSES)
 CONNECTABLE_STAGES = ('step2', 'step3', 'step4')
 HALL = 'hall'
 
@@ -79,7 +82,7 @@ class Stage:
 
   name: str
   models: tuple[ModelSpec, ...]
-  loss: str  # 'xent_fused' | 'xent_each' | 'distill' | 'hoffman'
+  loss: str  # a key of `steps.STAGE_LOSSES`: 'xent_fused' | 'xent_each' | 'distill' | 'hoffman'
   fused: tuple[str, ...]  # streams averaged into the reported/test prediction
   frozen: tuple[str, ...] = ()
   teacher: str | None = None
@@ -93,6 +96,15 @@ class Stage:
   @property
   def trainable(self) -> tuple[str, ...]:
     return tuple(s for s in self.streams if s not in self.frozen)
+
+  @property
+  def selects_each_stream(self) -> bool:
+    """Independent streams (the joint step 1), each selected on its own accuracy."""
+    return self.loss == 'xent_each' and len(self.trainable) > 1
+
+  def loss_name(self, loss_kind: str) -> str:
+    """The loss a stage trains with as results name it: `loss_kind` where a student learns."""
+    return loss_kind if self.student else self.loss
 
   @property
   def inputs(self) -> tuple[str, ...]:

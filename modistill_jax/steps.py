@@ -28,7 +28,6 @@ import optax
 from modistill_jax import losses
 from modistill_jax import stages
 from modistill_jax.data import preprocess
-from modistill_jax.models import resnet
 from modistill_jax.models import StageNetwork
 
 Array = jax.Array
@@ -124,40 +123,57 @@ def eval_batch_stats_streams(
   return ()
 
 
-def _distillation(
-    loss_config: ml_collections.ConfigDict,
-    student_logits: Array,
-    teacher_logits: Array,
-    student_features: Array,
-    teacher_features: Array,
-    labels: Array,
-) -> tuple[Array, dict[str, Array]]:
-  """The step-3 / hoffman hallucination loss chosen by `loss.kind`."""
-  kind = loss_config.kind
-  if kind == 'xent':
-    hard = losses.cross_entropy(student_logits, labels)
-    return hard, {'hard': hard}
-  hall = losses.hallucination_loss(
-      teacher_features,
-      student_features,
-      reduction=loss_config.hall_reduction,
-      weight=loss_config.hall_weight,
-      num_clips=labels.shape[0],
-      reference_clips=loss_config.hall_reference_clips,
-  )
-  if kind == 'eq1':
-    return hall, {'hall': hall}
-  gd = losses.generalized_distillation_loss(
-      student_logits,
-      teacher_logits,
+def _xent_fused(stage, loss_config, outputs, labels):
+  """Cross-entropy of the fused prediction (steps 2 and 4)."""
+  del stage, loss_config
+  loss = losses.cross_entropy(outputs['fused'], labels)
+  return loss, {'xent': loss}
+
+
+def _own_labels(stage: stages.Stage, outputs: Mapping[str, Any], labels: Array):
+  """`{xent_<stream>: its cross-entropy}` of every trainable stream but the student."""
+  return {
+      f'xent_{s}': losses.cross_entropy(outputs['logits'][s], labels)
+      for s in stage.trainable
+      if s != stage.student
+  }
+
+
+def _xent_each(stage, loss_config, outputs, labels):
+  """Each stream's own cross-entropy, summed (step 1: independent streams)."""
+  del loss_config
+  xents = _own_labels(stage, outputs, labels)
+  return sum(xents.values()), xents
+
+
+def _distill(stage, loss_config, outputs, labels):
+  """The hallucination loss `loss.kind` names (`losses.HALLUCINATION_LOSSES`), teacher fixed."""
+  teacher, student, endpoint = stage.teacher, stage.student, loss_config.hall_endpoint
+  return losses.HALLUCINATION_LOSSES[loss_config.kind](
+      loss_config,
+      outputs['logits'][student],
+      jax.lax.stop_gradient(outputs['logits'][teacher]),
+      outputs['endpoints'][student][endpoint],
+      jax.lax.stop_gradient(outputs['endpoints'][teacher][endpoint]),
       labels,
-      temperature=loss_config.temperature,
-      lam=loss_config.lam,
   )
-  terms = {'hard': gd['hard'], 'soft': gd['soft']}
-  if kind == 'eq3':
-    return gd['loss'], terms
-  return losses.total_loss(gd['loss'], hall, alpha=loss_config.alpha), {**terms, 'hall': hall}
+
+
+def _hoffman(stage, loss_config, outputs, labels):
+  """Every stream learns jointly; the teacher only from its own labels."""
+  xents = _own_labels(stage, outputs, labels)
+  distill, terms = _distill(stage, loss_config, outputs, labels)
+  return distill + sum(xents.values()), {**terms, **xents}
+
+
+# `Stage.loss` -> (stage, config.loss, outputs, labels) -> (loss, {term: value}). A stage with
+# a new loss is one entry here (and its test).
+STAGE_LOSSES = {
+    'xent_fused': _xent_fused,
+    'xent_each': _xent_each,
+    'distill': _distill,
+    'hoffman': _hoffman,
+}
 
 
 def stage_loss(
@@ -167,29 +183,7 @@ def stage_loss(
     labels: Array,
 ) -> tuple[Array, dict[str, Array]]:
   """The stage's training loss and its separately logged terms."""
-  logits = outputs['logits']
-  if stage.loss == 'xent_fused':
-    loss = losses.cross_entropy(outputs['fused'], labels)
-    return loss, {'xent': loss}
-  teacher, student = stage.teacher, stage.student
-  xents = {
-      f'xent_{s}': losses.cross_entropy(logits[s], labels) for s in stage.trainable if s != student
-  }
-  if stage.loss == 'xent_each':
-    return sum(xents.values()), xents
-  endpoint = loss_config.hall_endpoint
-  distill, terms = _distillation(
-      loss_config,
-      logits[student],
-      jax.lax.stop_gradient(logits[teacher]),
-      outputs['endpoints'][student][endpoint],
-      jax.lax.stop_gradient(outputs['endpoints'][teacher][endpoint]),
-      labels,
-  )
-  if stage.loss == 'distill':
-    return distill, terms
-  # hoffman: every stream learns jointly; the teacher only from its own labels.
-  return distill + sum(xents.values()), {**terms, **xents}
+  return STAGE_LOSSES[stage.loss](stage, loss_config, outputs, labels)
 
 
 def accuracies(stage: stages.Stage, outputs: Mapping[str, Any], labels: Array) -> dict[str, Array]:
@@ -213,7 +207,7 @@ def train_step(
 ) -> tuple[TrainState, dict[str, Array]]:
   """One optimisation step on a global batch; differentiates `state.params` only."""
   stage = model.stage
-  inputs = model_inputs(batch, config.input, stage.inputs, resnet.compute_dtype(config.model))
+  inputs = model_inputs(batch, config.input, stage.inputs, model.input_dtype)
   labels = batch['label']
 
   def loss_fn(params):
@@ -297,9 +291,7 @@ def eval_step(
     depth_transform = depth_transform_fn(config.eval, noise_key)
   else:
     depth_transform = depth_condition_fn(depth_condition, noise_key)
-  inputs = model_inputs(
-      batch, config.input, stage.inputs, resnet.compute_dtype(config.model), depth_transform
-  )
+  inputs = model_inputs(batch, config.input, stage.inputs, model.input_dtype, depth_transform)
   outputs, _ = forward(
       model,
       state.variables(),

@@ -1,19 +1,19 @@
 """The staged trainer: one linear `run_stage`, and `train_and_evaluate` over stages.
 
-`run_stage` reads top to bottom: the effective config -> finished already? ->
-prerequisites -> mesh -> data -> the stage folder (lock, config saved or
-compared) -> network -> initial weights (resume > previous stages >
-from_workdir > ImageNet > scratch) -> jitted steps -> loop (log, validate every
-epoch, keep the best, checkpoint, stop on SIGTERM or divergence; what happens
-after a step is `step_end`'s to decide) -> test evaluation of the best state ->
-results.
+`run_stage` reads top to bottom: the stage's start (`initialization.prepare`:
+effective config, finished already?, prerequisites) -> mesh -> data -> the
+stage folder (lock, config saved or compared) -> network -> the state
+(resumed, or initial weights) -> the evaluators -> loop (step; log; ask the
+validation; save; stop on SIGTERM or divergence; what happens after a step is
+`step_end`'s to decide) -> the test of the best state -> results.
 
 This module holds the loop and its own helpers. What it builds on lives in
-its own module: initial weights and the effective config (`initialization`),
-evaluation (`evaluate`), the splits and device prefetch (`data.feeding`), the
-network (`models`), the step functions (`steps`), the folder
-(`runs.StageDir`: what a stage writes, and where; the last file written is the
-results, which makes the stage finished)."""
+its own module: the stage's start and initial weights (`initialization`),
+validation with best-state selection and the test pass (`evaluators`), the
+splits and device prefetch (`data.feeding`, `iterators`), the network
+(`models`), the step functions (`steps`), the folder (`runs.StageDir`: what a
+stage writes, and where; the last file written is the results, which makes the
+stage finished)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ import numpy as np
 
 from modistill_jax import checkpointing
 from modistill_jax import config_lib
-from modistill_jax import evaluate
+from modistill_jax import evaluators
 from modistill_jax import initialization
+from modistill_jax import iterators
 from modistill_jax import metrics as metrics_lib
 from modistill_jax import optim
 from modistill_jax import profiling
@@ -44,7 +45,6 @@ from modistill_jax import sharding
 from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax.data import feeding
-from modistill_jax.data import pipeline
 from modistill_jax.models import stage_network
 from modistill_jax.models import StageNetwork
 
@@ -95,25 +95,39 @@ def make_train_fn(model: StageNetwork, config: ml_collections.ConfigDict, tx, sc
   )
 
 
-# MARK: best-state selection
+def abstract_state(model: StageNetwork, config: ml_collections.ConfigDict, make_state, mesh):
+  """The shapes, dtypes and (replicated) shardings of the stage's `TrainState`; nothing computed.
 
-
-def selection_groups(stage: stages.Stage) -> dict[str, tuple[str, ...]]:
-  """`{accuracy name: streams selected on it}`: which validation accuracy picks which streams.
-
-  A stage is selected on the prediction it reports (fused, or its one stream).
-  The joint step 1 trains independent streams, and each is selected on its own
-  accuracy, as the reference does, so step 2 starts from each stream's best.
+  What a checkpoint is restored into, and what a step is lowered or timed with.
   """
-  if stage.loss == 'xent_each' and len(stage.trainable) > 1:
-    return {s: (s,) for s in stage.trainable}
-  name = 'fused' if len(stage.fused) > 1 else stage.fused[0]
-  return {name: stage.trainable}
+  return sharding.abstract(
+      jax.eval_shape(lambda: make_state(initialization.init_model_variables(model, config))),
+      sharding.replicated(mesh),
+  )
 
 
-def improved(value: float, best: float | None, ties: str) -> bool:
-  """Whether a validation accuracy replaces the best one (`ties`: 'later' or 'earlier')."""
-  return best is None or value > best or (ties == 'later' and value == best)
+def guarded_step(train_fn, state: steps.TrainState, batch: Mapping[str, jax.Array]):
+  """`train_fn(state, batch)` with implicit host-device transfers disallowed.
+
+  State and batch are on the devices already (the batch put there explicitly,
+  `sharding.to_global` in `data.feeding`'s prefetch); an array that would be
+  copied silently into or out of the step (a NumPy batch, say) raises instead.
+  """
+  with jax.transfer_guard('disallow'):
+    return train_fn(state, batch)
+
+
+def parameter_overview(state: steps.TrainState) -> str:
+  """A short table of the state's variables: count per stream and collection, trainable or not."""
+  rows = [('stream', 'collection', 'variables', 'trained')]
+  parts = [(state.params, 'params', 'yes'), (state.batch_stats, 'batch_stats', 'no (running)')]
+  parts += [(state.frozen.get(c, {}), c, 'no (frozen)') for c in ('params', 'batch_stats')]
+  for tree, collection, trained in parts:
+    for stream, variables in tree.items():
+      count = sum(x.size for x in jax.tree.leaves(variables))
+      rows.append((stream, collection, f'{count:,}', trained))
+  widths = [max(len(r[i]) for r in rows) for i in range(4)]
+  return '\n'.join('  ' + '  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
 # MARK: the loop's decisions
@@ -213,27 +227,20 @@ def step_end(
     step: int,
     *,
     config: ml_collections.ConfigDict,
-    steps_per_epoch: int,
     total_steps: int,
-    has_validation: bool,
+    validation: evaluators.Validation,
     preemption: _Preemption,
 ) -> StepEnd:
   """The decisions after `step` (1-based): log, validate, save, stop.
 
-  Validation runs every `eval_every_epochs` epochs and after the last step, so
-  a run shorter than an epoch (`num_train_steps`) still has a
-  best-on-validation state for the test evaluation and later stages. Hosts
-  agree on a SIGTERM only where it costs no extra synchronisation (log or save
-  steps), except on one host, which looks every step.
+  Validation is due on its own cadence (`Validation.is_due`). Hosts agree on a
+  SIGTERM only where it costs no extra synchronisation (log or save steps),
+  except on one host, which looks every step.
   """
   log = step % config.log_every_steps == 0
-  epoch_end = (
-      step % steps_per_epoch == 0 and (step // steps_per_epoch) % config.eval_every_epochs == 0
-  )
   save = step % config.checkpoint_every_steps == 0 or step == total_steps
-  validate = (epoch_end or step == total_steps) and has_validation
   preempted = preemption.agreed() if log or save or jax.process_count() == 1 else False
-  return StepEnd(log=log, validate=validate, save=save, preempted=preempted)
+  return StepEnd(log=log, validate=validation.is_due(step), save=save, preempted=preempted)
 
 
 # MARK: the stage
@@ -268,6 +275,115 @@ def check_resume_config(
     )
 
 
+def stage_record(stage_name: str, config: ml_collections.ConfigDict, stage: stages.Stage):
+  """What results.json says the stage was: dataset, modalities, loss, connections, streams."""
+  return {
+      'stage': stage_name,
+      'dataset': config.dataset,
+      'protocol': config.protocol,
+      'privileged': config.privileged,
+      'loss': stage.loss_name(config.loss.kind),
+      'connections': bool(config.model.connections and any(m.connections for m in stage.models)),
+      'train_inputs': list(stage.inputs),
+      'fused_streams': list(stage.fused),
+  }
+
+
+def write_stage_files(directory: runs.StageDir, config: ml_collections.ConfigDict, sources) -> None:
+  """The stage's config.json and dataset.json (classes, split sizes), written at its start."""
+  runs.write_json(directory.config_file, config.to_dict())
+  runs.write_json(
+      directory.dataset_file,
+      {
+          'dataset': config.dataset,
+          'protocol': config.protocol,
+          'builder_config': config.builder_config,
+          'class_names': list(sources['train'].class_names),
+          'split_sizes': {k: (len(v.records) if v else 0) for k, v in sources.items()},
+      },
+  )
+
+
+def stage_data(config: ml_collections.ConfigDict):
+  """`(mesh, splits, steps per epoch, total steps)`; a batch that does not fit fails here."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  sources = feeding.load_sources(config)
+  train = sources['train']
+  if train is None:
+    raise ValueError(f'{config.dataset}/{config.protocol} has no training split.')
+  steps_per_epoch = len(train.records) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f'{len(train.records)} training clips cannot fill one batch of {config.batch_size}.'
+    )
+  total_steps = (
+      config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+  )
+  return mesh, sources, steps_per_epoch, total_steps
+
+
+class TrainTime:
+  """`train_seconds` counts every run of the stage, each up to its last checkpoint."""
+
+  def __init__(self, directory: runs.StageDir, resuming: bool, started: float):
+    self.file, self.started = directory.train_time_file, started
+    self.earlier = (
+        runs.read_json(self.file)
+        if resuming and self.file.exists()
+        else {'seconds': 0.0, 'runs': 0}
+    )
+
+  def seconds(self) -> float:
+    return self.earlier['seconds'] + time.time() - self.started
+
+  def save(self) -> None:
+    """With each latest checkpoint: the time up to it, and this run counted."""
+    runs.write_json(self.file, {'seconds': self.seconds(), 'runs': self.earlier['runs'] + 1})
+
+  def record(self) -> dict[str, Any]:
+    """results.json's `train_seconds` and `resumes`."""
+    return {'train_seconds': self.seconds(), 'resumes': self.earlier['runs']}
+
+
+class TrainLog:
+  """The train metrics at the logging cadence: averaged since the last log, with clips/s."""
+
+  def __init__(self, writer: metrics_lib.MetricWriter, progress, batch_size: int, step: int):
+    self.writer, self.progress, self.batch_size = writer, progress, batch_size
+    self.last_step, self.last_time = step, time.time()
+
+  def write(self, step: int, history, best_validation: float | None) -> None:
+    now = time.time()
+    scalars = metrics_lib.mean_metrics(history)
+    scalars['clips_per_s'] = (
+        (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+    )
+    self.writer.write(step, 'train', scalars)
+    self.progress.update(step, scalars, best_validation)
+    self.last_step, self.last_time = step, now
+
+
+def check_finite(history, step: int, stage_name: str, ckpt: checkpointing.StageCheckpoints):
+  """Stops a diverged stage, naming the metric, its step and the last good checkpoint."""
+  bad = metrics_lib.first_non_finite(history, step - len(history) + 1)
+  if bad is None:
+    return
+  bad_step, name, value = bad
+  last_good = ckpt.latest.latest_step()
+  kept = (
+      f'Last good checkpoint: step {last_good} in {ckpt.directory.latest_dir}'
+      if last_good is not None
+      else 'No checkpoint was saved before it'
+  )
+  raise FloatingPointError(
+      f'{stage_name} diverged: {name} = {value} at step {bad_step}; stopped, and '
+      f'nothing from that step on was saved. {kept}. Lower optimizer.learning_rate '
+      'or set optimizer.grad_clip_norm, then train the stage afresh.'
+  )
+
+
 def run_stage(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -288,45 +404,20 @@ def run_stage(
   left (one stage if None). A SIGTERM stops the stage at its next step, saved, and
   returns `{'preempted_at_step': step}`; `preemption_grace_seconds`: see `_Preemption`.
   """
-  config = initialization.effective_config(config, stage_name)
-  stage = stages.for_config(stage_name, config)
-  directory = runs.stage_dir(workdir, stage_name)
-  if directory.finished():
+  # Nothing is created for a stage that cannot start.
+  start = initialization.prepare(
+      config, stage_name, workdir, config_file=config_file, overrides=overrides
+  )
+  config, stage, directory = start.config, start.stage, start.directory
+  if start.finished:
     check_resume_config(directory, config, finished=True)
     print(f'[{stage_name}] finished earlier ({directory.results_file}); nothing to do.', flush=True)
     if clock is not None:
       clock.planned_stages = max(clock.planned_stages - 1, 1)
     return {**runs.read_json(directory.results_file), 'skipped': True}
-  resuming = directory.latest_dir.exists() and any(
-      p.name.isdigit() for p in directory.latest_dir.iterdir()
-  )
-  # Nothing is created for a stage that cannot start.
-  sources_of_init = (
-      {}
-      if resuming
-      else initialization.prerequisites(
-          stage, config, workdir, config_file=config_file, overrides=overrides
-      )
-  )
   t_start = time.time()
 
-  # MARK: mesh and data
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  sources = feeding.load_sources(config)
-  train_src = sources['train']
-  if train_src is None:
-    raise ValueError(f'{config.dataset}/{config.protocol} has no training split.')
-  num_classes = len(train_src.class_names)
-  steps_per_epoch = len(train_src.records) // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(
-        f'{len(train_src.records)} training clips cannot fill one batch of ' f'{config.batch_size}.'
-    )
-  total_steps = (
-      config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-  )
+  mesh, sources, steps_per_epoch, total_steps = stage_data(config)
   progress = metrics_lib.Progress(
       total_steps, stage_name, clips_per_step=config.batch_size, clock=clock, started=t_start
   )
@@ -335,275 +426,101 @@ def run_stage(
   if jax.process_index() == 0:
     directory.path.mkdir(parents=True, exist_ok=True)
   with runs.StageLock(directory) as lock:
-    note = lock.acquire()
-    if note:
+    if note := lock.acquire():
       progress.message(note)
-    # `train_seconds` counts every run of the stage, each up to its last checkpoint.
-    earlier = (
-        runs.read_json(directory.train_time_file)
-        if resuming and directory.train_time_file.exists()
-        else {'seconds': 0.0, 'runs': 0}
-    )
-
-    def save_latest(step: int, state: steps.TrainState) -> None:
-      ckpt.save_latest(step, state, position)
-      runs.write_json(
-          directory.train_time_file,
-          {'seconds': earlier['seconds'] + time.time() - t_start, 'runs': earlier['runs'] + 1},
-      )
-
-    if resuming and directory.config_file.exists():
+    train_time = TrainTime(directory, start.resuming, t_start)
+    if start.resuming and directory.config_file.exists():
       check_resume_config(directory, config)
     else:
-      runs.write_json(directory.config_file, config.to_dict())
-      runs.write_json(
-          directory.dataset_file,
-          {
-              'dataset': config.dataset,
-              'protocol': config.protocol,
-              'builder_config': config.builder_config,
-              'class_names': list(train_src.class_names),
-              'split_sizes': {k: (len(v.records) if v else 0) for k, v in sources.items()},
-          },
-      )
+      write_stage_files(directory, config, sources)
 
-    # MARK: network, optimizer, initial weights
-    model = stage_network(stage, config.model, num_classes)
+    # MARK: network and state: this stage's latest checkpoint, else its initial weights
+    model = stage_network(stage, config.model, len(sources['train'].class_names))
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-    init_vars = initialization.init_model_variables(model, config)
-    replicated = sharding.replicated(mesh)
     make_state = make_state_fn(stage, tx, mesh)
-    abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(make_state, init_vars),
-    )
-    abstract_best = checkpointing.best_dict(abstract_state)
-
-    train_iter = pipeline.train_iterator(
-        sources['train'].records,
-        global_batch_size=config.batch_size,
-        num_frames=config.input.num_frames,
-        image_size=(config.input.image_size,) * 2,
-        seed=config.seed,
-        uniform_prob=config.input.uniform_prob,
-        flip=config.input.flip,
-        worker_count=config.input.worker_count,
-        modalities=stage.inputs,
-        reduced_decoding=config.input.reduced_decoding,
-    )
+    abstract = abstract_state(model, config, make_state, mesh)
+    train_iter = iterators.train_iterator(config, sources['train'].records, stage.inputs)
     position = feeding.IteratorPosition(train_iter)
     ckpt = checkpointing.StageCheckpoints(directory, keep=config.keep_checkpoints)
-
-    # Resume precedence: this stage's own latest checkpoint > previous stages /
-    # from_workdir / ImageNet > scratch. Loading transforms never run on resume.
-    groups = selection_groups(stage)
-    restored = ckpt.restore_latest(abstract_state, position)
+    restored = ckpt.restore_latest(abstract, position)
     if restored is not None:
       state, notes = restored
-      for n in notes:
+      for n in [*notes, f'resumed at step {int(state.step)}']:
         progress.message(n)
-      progress.message(f'resumed at step {int(state.step)}')
     else:
-      variables, origin = initialization.initial_variables(
-          config, stage, init_vars, sources_of_init
-      )
+      variables, origin = start.initial_variables(model)
       state = make_state(variables)
+      del variables
       progress.message(f'initialised from {origin}')
       # A stage that starts afresh selects afresh: a best kept by an attempt that
       # died before its first latest checkpoint is not this run's.
       ckpt.clear_best()
-    del init_vars
-    # The selection record lives in the best checkpoint itself (see checkpointing).
-    selection = ckpt.best_selection() or {'metrics': {}, 'steps': {}}
-    # With several groups (the joint step 1) each group's best streams are kept
-    # on the devices, as copies that survive the step's buffer donation.
-    best_streams = {}
-    if len(groups) > 1 and selection['steps']:
-      saved = ckpt.restore_best(abstract_best)
-      best_streams = {
-          s: {c: saved[c][s] for c in ('params', 'batch_stats')} for s in stage.trainable
-      }
+    progress.message('variables:\n' + parameter_overview(state))
 
-    def best_of(state) -> dict[str, Any]:
-      if len(groups) == 1:
-        return checkpointing.best_dict(state)
-      best = checkpointing.best_dict(state)
-      for c in ('params', 'batch_stats'):
-        best[c] = {s: best_streams[s][c] for s in stage.trainable}
-      return best
-
-    # MARK: steps
-    train_fn = make_train_fn(model, config, tx, schedule, mesh)
-    eval_fn = evaluate.make_eval_fn(model, config, mesh)
+    # MARK: the evaluators and the loop
     start_step = int(state.step)
     writer = metrics_lib.MetricWriter(directory.path, start_step=start_step)
+    program = evaluators.EvalProgram(model, config, mesh)
+    validation = evaluators.Validation(
+        program, sources['validation'], stage, config, checkpoints=ckpt,
+        abstract_best=checkpointing.best_dict(abstract), steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, writer=writer, progress=progress,
+    )  # fmt: skip
+    test = evaluators.Test(
+        program, sources[config.eval.split], config.eval.split, directory=directory,
+        writer=writer, progress=progress,
+    )  # fmt: skip
+    train_fn = make_train_fn(model, config, tx, schedule, mesh)
     preempt = _Preemption(preemption_grace_seconds)
     profiler = profiling.StepProfiler(config.profile_steps, directory.path)
-
-    # MARK: loop
     batches = feeding.prefetched(train_iter, mesh, config.input.prefetch)
     pending: list[dict[str, jax.Array]] = []
-    last_log_step, last_log_time = start_step, time.time()
-    stopped_early = False
+    train_log, stopped_at = TrainLog(writer, progress, config.batch_size, start_step), None
     try:
       for step in range(start_step + 1, total_steps + 1):
         profiler.begin(step)
         batch, position.state = next(batches)
-        state, step_metrics = train_fn(state, batch)
+        state, step_metrics = guarded_step(train_fn, state, batch)
         profiler.end(step, state)
         pending.append(step_metrics)
         end = step_end(
-            step,
-            config=config,
-            steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps,
-            has_validation=sources['validation'] is not None,
-            preemption=preempt,
+            step, config=config, total_steps=total_steps, validation=validation, preemption=preempt
         )
         if end.check_metrics:
           history = jax.device_get(pending)
-          bad = metrics_lib.first_non_finite(history, step - len(history) + 1)
-          if bad is not None:
-            bad_step, name, value = bad
-            last_good = ckpt.latest.latest_step()
-            kept = (
-                f'Last good checkpoint: step {last_good} in {directory.latest_dir}'
-                if last_good is not None
-                else 'No checkpoint was saved before it'
-            )
-            raise FloatingPointError(
-                f'{stage_name} diverged: {name} = {value} at step {bad_step}; stopped, and '
-                f'nothing from that step on was saved. {kept}. Lower optimizer.learning_rate '
-                'or set optimizer.grad_clip_norm, then train the stage afresh.'
-            )
-          now = time.time()
-          scalars = metrics_lib.mean_metrics(history)
-          scalars['clips_per_s'] = (
-              (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
-          )
-          writer.write(step, 'train', scalars)
-          progress.update(
-              step,
-              scalars,
-              (selection['metrics'].get(next(iter(groups))) if len(groups) == 1 else None),
-          )
-          pending, last_log_step, last_log_time = [], step, now
+          check_finite(history, step, stage_name, ckpt)
+          train_log.write(step, history, validation.best_accuracy)
+          pending = []
           ckpt.check_for_errors()
-        if end.validate:
-          result = evaluate.evaluate_split(
-              state,
-              sources['validation'],
-              eval_fn=eval_fn,
-              mesh=mesh,
-              config=config,
-              modalities=stage.inputs,
-          )
-          writer.write(
-              step, 'validation', {f'accuracy/{k}': v for k, v in result['accuracy'].items()}
-          )
-          better = [
-              g
-              for g in groups
-              if improved(result['accuracy'][g], selection['metrics'].get(g), config.selection_ties)
-          ]
-          progress.message(
-              f'epoch {step // steps_per_epoch}: validation accuracy '
-              + ', '.join(
-                  f'{g} {result["accuracy"][g]:.4f}' + (' (best)' if g in better else '')
-                  for g in groups
-              )
-          )
-          if better:
-            for g in better:
-              selection['metrics'][g] = result['accuracy'][g]
-              selection['steps'][g] = step
-              if len(groups) > 1:
-                best_streams.update(
-                    {
-                        s: {
-                            c: jax.tree.map(jnp.copy, getattr(state, c)[s])
-                            for c in ('params', 'batch_stats')
-                        }
-                        for s in groups[g]
-                    }
-                )
-            ckpt.save_best(step, best_of(state), selection)
+        validation.maybe_evaluate(step, state)
         if end.save or end.preempted:
-          save_latest(step, state)
+          ckpt.save_latest(step, state, position)
+          train_time.save()
         if end.preempted:
-          stopped_early = True
           progress.message(
               f'SIGTERM: saved step {step}; rerun the same command to resume (exit status '
               f'{PREEMPTED_EXIT_CODE}).'
           )
+          stopped_at = step
           break
     finally:
       profiler.close()
       preempt.restore()
       ckpt.wait()  # an error stops the stage with its good checkpoints committed
-
-    if stopped_early:
+    if stopped_at is not None:
       ckpt.close()
       writer.close()
-      return {'stage': stage_name, 'preempted_at_step': int(state.step)}
+      return {'stage': stage_name, 'preempted_at_step': stopped_at}
 
     # MARK: test with the best-on-validation state (the final state without validation)
-    if sources['validation'] is None and selection['steps'].get(next(iter(groups))) != int(
-        state.step
-    ):
-      selection = {'metrics': {}, 'steps': {g: int(state.step) for g in groups}}
-      ckpt.save_best(int(state.step), checkpointing.best_dict(state), selection)
-      ckpt.wait()
-    best = ckpt.restore_best(abstract_best)
-    best_state = steps.TrainState(
-        step=best['step'],
-        params=best['params'],
-        batch_stats=best['batch_stats'],
-        opt_state=None,
-        frozen=best['frozen'],
-    )
-    single = len(groups) == 1
+    best_state = validation.best_state(state)
     results = {
-        'stage': stage_name,
-        'dataset': config.dataset,
-        'protocol': config.protocol,
-        'privileged': config.privileged,
-        'loss': config.loss.kind if stage.student else stage.loss,
-        'connections': bool(config.model.connections and any(m.connections for m in stage.models)),
-        'train_inputs': list(stage.inputs),
-        'fused_streams': list(stage.fused),
-        'best_step': max(selection['steps'].values()),
-        'selected_on': {
-            g: {'step': selection['steps'][g], 'validation_accuracy': selection['metrics'].get(g)}
-            for g in groups
-        },
-        'validation_accuracy': (
-            selection['metrics'].get(next(iter(groups)))
-            if single
-            else dict(selection['metrics']) or None
-        ),
+        **stage_record(stage_name, config, stage),
+        **validation.record(),
         'total_steps': total_steps,
-        'train_seconds': earlier['seconds'] + time.time() - t_start,
-        'resumes': earlier['runs'],
+        **train_time.record(),
     }
-    split = config.eval.split
-    if sources[split] is not None:
-      result = evaluate.evaluate_split(
-          best_state,
-          sources[split],
-          eval_fn=eval_fn,
-          mesh=mesh,
-          config=config,
-          modalities=stage.inputs,
-      )
-      results[split] = {k: result[k] for k in ('accuracy', 'num_examples', 'complete')}
-      writer.write(
-          results['best_step'], split, {f'accuracy/{k}': v for k, v in result['accuracy'].items()}
-      )
-      evaluate.save_predictions(directory.predictions_file(split), result['predictions'])
-      progress.message(
-          f'{split} accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in result['accuracy'].items())
-      )
+    results.update(test.evaluate(best_state, results['best_step']))
     # Written last: from here on the stage counts as finished (`runs.StageDir.finished`).
     runs.write_json(directory.results_file, results)
     ckpt.close()

@@ -29,6 +29,7 @@ from conftest import tiny_config
 import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
+from modistill_jax import evaluators
 from modistill_jax import finished_stage
 from modistill_jax import metrics as metrics_lib
 from modistill_jax import predict
@@ -530,7 +531,7 @@ def test_joint_step1_selects_each_stream_on_its_own_accuracy(
       4: {'depth': 0.7, 'rgb': 0.4},
       6: {'depth': 0.6, 'rgb': 0.8},
   }
-  real_evaluate = evaluate.evaluate_split
+  real_evaluate = evaluators.evaluate_split
 
   def crafted_evaluate(state, source, **kwargs):
     result = real_evaluate(state, source, **kwargs)
@@ -538,7 +539,7 @@ def test_joint_step1_selects_each_stream_on_its_own_accuracy(
       result['accuracy'].update(crafted[int(state.step)])
     return result
 
-  monkeypatch.setattr(evaluate, 'evaluate_split', crafted_evaluate)
+  monkeypatch.setattr(evaluators, 'evaluate_split', crafted_evaluate)
   workdir = str(tmp_path)
   config = demo_config(
       'step1', synthetic_data_dir, num_train_steps=6, checkpoint_every_steps=2, keep_checkpoints=3

@@ -22,6 +22,7 @@ from conftest import REPO_ROOT, cli_env, override_flags
 import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import evaluate
+from modistill_jax import evaluators
 from modistill_jax import finished_stage
 from modistill_jax import initialization
 from modistill_jax import runs
@@ -195,14 +196,14 @@ def test_sweep_is_one_program_with_each_level_as_its_own_evaluation(workdir, con
     jax.monitoring.unregister_event_duration_listener(on_compile)
   assert [name for name in compiled if 'eval_step' in name] == ['jit(eval_step)']
 
-  evaluate_level = evaluate.stage_evaluator(step2, evaluation)
+  program, source, state = evaluate.stage_evaluation(step2, evaluation)
   noisy_differs = False
-  for row, (label, sigma, void) in zip(rows, evaluate.sweep_settings(evaluation), strict=True):
+  for row, (label, sigma, void) in zip(rows, evaluators.sweep_settings(evaluation), strict=True):
     fixed = evaluation.copy_and_resolve_references()
     fixed.eval.depth_noise_std = sigma
     fixed.eval.void_depth = void
     expected = evaluate.evaluate_stage(step2, fixed)
-    actual = evaluate_level(steps.DepthCondition.of(sigma, void))
+    actual = program.evaluate(state, source, steps.DepthCondition.of(sigma, void))
     assert row['sigma2'] == label
     assert row['accuracy'] == expected['accuracy'], label
     assert expected['predictions'].keys() == actual['predictions'].keys()

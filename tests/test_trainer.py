@@ -11,11 +11,17 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import read_latest_state, tiny_config
+from conftest import make_split, read_latest_state, tiny_config
+from modistill_jax import initialization
+from modistill_jax import iterators
+from modistill_jax import optim
 from modistill_jax import runs
+from modistill_jax import sharding
+from modistill_jax import stages
 from modistill_jax import trainer
 from modistill_jax.config_lib import TINY
 from modistill_jax.data import pipeline
+from modistill_jax.models import stage_network
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -115,3 +121,50 @@ def test_a_stage_decodes_only_the_modalities_it_reads(tmp_path, synthetic_data_d
   assert results['test']['num_examples'] == TINY['eval_batch_size']  # one batch (tiny)
   with pytest.raises(ValueError, match='Cannot decode a 12-byte frame'):
     trainer.run_stage(demo_config('step1_depth', synthetic_data_dir), str(tmp_path), 'step1_depth')
+
+
+def tiny_stage(stage_name: str):
+  """The tiny demo config's stage, network, mesh, optimizer and state maker, as the trainer's."""
+  config = tiny_config('demo', stage_name)
+  stage = stages.get_stage(stage_name)
+  model = stage_network(stage, config.model, num_classes=3)
+  mesh = sharding.make_mesh()
+  tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  return config, stage, model, mesh, tx, schedule, trainer.make_state_fn(stage, tx, mesh)
+
+
+def test_a_train_step_makes_no_implicit_transfer():
+  """The loop's step (`guarded_step`) runs with state and batch on the devices, copying nothing.
+
+  The same step given the batch as host arrays is refused: the guard is on, so
+  the passing step above it did no implicit host-device transfer.
+  """
+  config, stage, model, mesh, tx, schedule, make_state = tiny_stage('step1_rgb')
+  state = make_state(initialization.init_model_variables(model, config))
+  iterator = iterators.train_iterator(config, make_split('train', 3), stage.inputs)
+  host_batch = next(iterator)
+  iterator.close()
+  train_fn = trainer.make_train_fn(model, config, tx, schedule, mesh)
+  state, metrics = trainer.guarded_step(train_fn, state, sharding.to_global(host_batch, mesh))
+  assert int(state.step) == 1 and np.isfinite(float(metrics['loss']))
+  with pytest.raises(Exception, match='Disallowed host-to-device transfer'):
+    trainer.guarded_step(train_fn, state, host_batch)
+
+
+def test_parameter_overview_counts_each_stream_trained_or_frozen():
+  """Step 3's table: the student's params trained, the teacher's frozen, each count exact."""
+  config, _, model, mesh, _, _, make_state = tiny_stage('step3')
+  state = trainer.abstract_state(model, config, make_state, mesh)
+  rows = [line.split('  ') for line in trainer.parameter_overview(state).splitlines()]
+  rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+  assert rows[0] == ['stream', 'collection', 'variables', 'trained']
+
+  def count(tree) -> str:
+    return f'{sum(x.size for x in jax.tree.leaves(tree)):,}'
+
+  assert rows[1:] == [
+      ['hall', 'params', count(state.params['hall']), 'yes'],
+      ['hall', 'batch_stats', count(state.batch_stats['hall']), 'no (running)'],
+      ['depth', 'params', count(state.frozen['params']['depth']), 'no (frozen)'],
+      ['depth', 'batch_stats', count(state.frozen['batch_stats']['depth']), 'no (frozen)'],
+  ]

@@ -1,7 +1,7 @@
 """Data parallelism does not change the mathematics of a training step.
 
 The trainer's own jitted functions (`trainer.make_state_fn`,
-`trainer.make_train_fn`, `evaluate.make_eval_fn`) run over a one-axis mesh with a
+`trainer.make_train_fn`, `evaluators.make_eval_fn`) run over a one-axis mesh with a
 replicated state and a batch sharded along its first axis. On 4 fake CPU
 devices (one clip each) a step must give the 1-device result for the same
 global batch: the loss is a mean over the global batch and, under jit,
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_trees_close, make_split, tiny_config
-from modistill_jax import evaluate
+from modistill_jax import evaluators
 from modistill_jax import initialization
 from modistill_jax import optim
 from modistill_jax import sharding
@@ -58,7 +58,7 @@ def run_steps(mesh: Mesh, variables, batches, eval_batch, *, stage, model, confi
     state, metrics = train_fn(state, sharding.to_global(batch, mesh))
     losses.append(float(metrics['loss']))
     grad_norms.append(float(metrics['grad_norm']))
-  eval_fn = evaluate.make_eval_fn(model, config, mesh)
+  eval_fn = evaluators.make_eval_fn(model, config, mesh)
   predictions = sharding.fetch(
       eval_fn(state, sharding.to_global(eval_batch, mesh), jax.random.key(0))
   )

@@ -118,10 +118,7 @@ def benchmark_stage(
   tx, schedule = optim.make_optimizer(config.optimizer, warmup + num_steps * repeats)
   make_state = trainer.make_state_fn(stage, tx, mesh)
   train_fn = trainer.make_train_fn(model, config, tx, schedule, mesh)
-  abstract_state = sharding.abstract(
-      jax.eval_shape(lambda: make_state(initialization.init_model_variables(model, config))),
-      sharding.replicated(mesh),
-  )
+  abstract_state = trainer.abstract_state(model, config, make_state, mesh)
   batches = [synthetic_batch(config, stage.inputs, num_classes, mesh, seed) for seed in range(2)]
   abstract_batch = sharding.abstract(batches[0], sharding.data_sharded(mesh))
 

@@ -128,6 +128,11 @@ class StageNetwork(nn.Module):
   stage: stages.Stage
   stream: resnet.StreamFactory
 
+  @property
+  def input_dtype(self):
+    """The dtype the streams compute in and their inputs arrive in (`resnet.compute_dtype`)."""
+    return self.stream.keywords['dtype']
+
   def setup(self):
     self.parts = [MultiStream(spec, self.stream) for spec in self.stage.models]
     # The parts add no level to the variable trees: their streams sit at the top.
