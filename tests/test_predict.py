@@ -90,7 +90,15 @@ def library_evaluation(workdir):
 
   def evaluate(path):
     frames = [png(frame.to_image()) for frame in predict.iter_frames(path)]
-    record = {'rgb': frames, 'depth': frames, 'label': 0, 'sample_id': path}
+    record = {
+        'rgb': frames,
+        'depth': frames,
+        # A record names the modalities it stores by their raw frame counts.
+        'rgb_frames_raw': len(frames),
+        'depth_frames_raw': len(frames),
+        'label': 0,
+        'sample_id': path,
+    }
     batch = next(
         iter(
             pipeline.eval_iterator(
