@@ -137,7 +137,8 @@ def record_digests(builder: tfds.core.DatasetBuilder) -> dict[str, str]:
   """sha256 of each record file's content, and of `features.json` and `skipped.tsv`.
 
   The checkout's path in `skipped.tsv` (a reason may quote a raw file) is
-  written `<repo>`, so the digest does not depend on where the tests run. A record's bytes follow the order of a Python set of its feature names in
+  written `<repo>`, so the digest does not depend on where the tests run. A
+  record's bytes follow the order of a Python set of its feature names in
   TFDS's serializer, which changes with the process's string hashing: so each
   record is re-serialized deterministically (fields sorted) before hashing,
   which keeps every byte of its content and the records' order. Used to show
