@@ -66,6 +66,9 @@ def evaluate_split(
   `depth_condition`: the depth corruption, as `eval_fn`'s input (else `config.eval`'s).
   """
   condition = () if depth_condition is None else (depth_condition,)
+  # Evaluation never reads the optimizer state; without it, the training state
+  # (validation) and a best state (which has none) are one program, not two.
+  state = state.replace(opt_state=None)
   batches = iterators.eval_iterator(config, source.records, modalities)
   key = jax.random.key(config.eval.noise_seed)
   outputs = []
