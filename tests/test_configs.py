@@ -286,7 +286,13 @@ def test_the_trained_stages_cover_every_stage_and_config():
   assert all('step1' in source.from_stages for source in stages.get_stage('hoffman').init)
 
 
-@pytest.mark.parametrize('name', sorted(TRAINED_STAGES))
+@pytest.mark.parametrize(
+    'name',
+    [  # several stages in a row are `slow` (docs/testing.md)
+        pytest.param(n, marks=pytest.mark.slow) if len(TRAINED_STAGES[n]) > 1 else n
+        for n in sorted(TRAINED_STAGES)
+    ],
+)
 def test_every_stage_trains_one_step(name, tmp_path, fake_sources):
   """The config's `TRAINED_STAGES` run on the trainer path and write their outputs."""
   del fake_sources
