@@ -1,13 +1,18 @@
 """The claims command: its verdict rule on known numbers, and a tiny run of every row.
 
-The run trains the whole claims plan of one seed on conftest's tiny dataset
-(16x16 clips, width-4 stream, 2 steps per stage) with the RBG PRNG, whose
-initialisers compile faster (the weights' values do not matter here), and
-counts the trainings to show that stages are shared: 15 per seed, not the 27 of
-training every row from scratch. The report over two seeds reads that seed's
-run folder and a copy of it as the second seed: training a second seed would
-double the test's time, and what differs between seeds (the intervals, the
-paired differences, the verdicts) is checked on known numbers above.
+The run is the whole claims plan of one seed on conftest's tiny dataset (16x16
+clips, width-4 stream, 2 steps per stage) with the RBG PRNG, whose initialisers
+compile faster (the weights' values do not matter here). Seven of its 15 stages
+(steps 1-4, the unconnected steps 2 and 3, Hoffman et al. with eq. 5) have the
+settings of the shared tiny demo run (`tiny_run`), so they are copied from it
+and found finished (`trainer.run_stage` refuses a finished stage trained with
+other settings, so finding them checks that the plan asks for those settings);
+the other 8 train. Counting the trainings and the folders shows that stages are
+shared: 15 per seed, not the 27 of training every row from scratch. The report
+over two seeds reads that seed's run folder and a copy of it as the second
+seed: training a second seed would double the test's time, and what differs
+between seeds (the intervals, the paired differences, the verdicts) is checked
+on known numbers above.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import numpy as np
 import pytest
 
 from modistill_jax import claims
+from modistill_jax import demo
 from modistill_jax import paper_tables
 from modistill_jax import runs
+from modistill_jax import stages
 from modistill_jax import trainer
 import tiny_run
 
@@ -116,18 +123,40 @@ def test_noise_claim_reports_the_first_level_where_the_hallucination_model_wins(
   assert claims.noise_claim(step4, strong_teacher)['verdict'] == CONTRADICTED
 
 
+# The plan's stages that the shared tiny demo run trains with the same settings: {claims
+# folder: (demo run folder, stages)}. The demo run's ablation links its step 1, which the
+# claims plan links itself, so only the stage folders are copied.
+FROM_DEMO_RUN = {
+    claims.STAGED: ('', stages.ALL_STAGES),
+    runs.ABLATION_DIR: (runs.ABLATION_DIR, demo.ABLATION_STAGES),
+    'hoffman_eq5': ('', ('hoffman',)),
+}
+
+
+def copy_demo_run_stages(demo_workdir: str, seed_folder) -> None:
+  """The `FROM_DEMO_RUN` stages into a claims seed's folder; step 2 without its noise sweep.
+
+  The demo's sweep has the tiny config's one noise level; the claims run sweeps its own.
+  """
+  for folder, (demo_folder, stage_names) in FROM_DEMO_RUN.items():
+    for stage in stage_names:
+      shutil.copytree(os.path.join(demo_workdir, demo_folder, stage), seed_folder / folder / stage)
+  runs.stage_dir(seed_folder / claims.STAGED, 'step2').noise_sweep_file.unlink()
+
+
 @pytest.fixture(scope='module')
-def claims_run(tmp_path_factory, synthetic_data_dir, fast_compile):
+def claims_run(tmp_path_factory, synthetic_data_dir, tiny_trained_workdir, fast_compile):
   """The claims plan, 1 seed, run twice (the second run must train nothing); then 2 seeds' report.
 
-  Returns the workdir, the first run's summary and `run_stage` calls, the
-  second run's, and the report over seeds 0 and 1 (seed 1: seed 0's folder
-  copied), written as `run_claims` writes it.
+  The first run starts with the demo run's stages copied in (`FROM_DEMO_RUN`). Returns the
+  workdir, the first run's summary and `run_stage` calls, the second run's, and the report over
+  seeds 0 and 1 (seed 1: seed 0's folder copied), written as `run_claims` writes it.
   """
   del fast_compile
   config = tiny_run.run_config(synthetic_data_dir)
   config.eval.noise_variances = (0.1, 10.0)
   workdir = str(tmp_path_factory.mktemp('claims') / 'run')
+  copy_demo_run_stages(tiny_trained_workdir, claims.seed_dir(workdir, 0))
   calls = []
   real_run_stage = trainer.run_stage
 
@@ -136,12 +165,15 @@ def claims_run(tmp_path_factory, synthetic_data_dir, fast_compile):
     calls.append((str(workdir), stage, bool(results.get('skipped'))))
     return results
 
+  # The demo run's epochs (its 2 steps make the stage's length either way), so that its
+  # stages are this plan's.
+  epochs = config.num_epochs
   with pytest.MonkeyPatch.context() as patch, jax.default_prng_impl('unsafe_rbg'):
     patch.setattr(trainer, 'run_stage', counting_run_stage)
-    first = claims.run_claims(config, workdir, num_seeds=1, epochs=1)
+    first = claims.run_claims(config, workdir, num_seeds=1, epochs=epochs)
     first_calls = list(calls)
     calls.clear()
-    second = claims.run_claims(config, workdir, num_seeds=1, epochs=1)
+    second = claims.run_claims(config, workdir, num_seeds=1, epochs=epochs)
   # Stages share through relative links, which the copy keeps.
   shutil.copytree(claims.seed_dir(workdir, 0), claims.seed_dir(workdir, 1), symlinks=True)
   two_seeds = {**second, **claims.summarize(workdir, [0, 1])}
@@ -176,8 +208,15 @@ def test_stages_are_shared(claims_run):
   workdir, summary, calls, *_ = claims_run
   assert claims.TRAININGS_PER_SEED == 15
   assert summary['seeds'] == [0]
-  assert summary['stages'] == {'trained': 15, 'skipped': 0}
-  assert sum(1 for _, _, skipped in calls if not skipped) == 15
+  # The demo run's stages are found finished, every other stage trains: 15 run_stage calls.
+  from_demo = sorted(
+      (folder, stage) for folder, (_, names) in FROM_DEMO_RUN.items() for stage in names
+  )
+  assert len(from_demo) == 7
+  assert summary['stages'] == {'trained': 8, 'skipped': 7}
+  assert len(calls) == 15
+  found = sorted((os.path.basename(w), stage) for w, stage, skipped in calls if skipped)
+  assert found == from_demo
   seed0 = claims.seed_dir(workdir, 0)
   trained = sorted(
       str(p.relative_to(seed0))

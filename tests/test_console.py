@@ -190,6 +190,7 @@ def run_command(module: str, *args: str, env: dict[str, str]) -> subprocess.Comp
   )
 
 
+@pytest.mark.slow
 def test_a_missing_prerequisite_is_one_message_with_the_command_no_traceback(
     tmp_path, synthetic_data_dir, compilation_cache_dir
 ):
@@ -249,6 +250,7 @@ def test_evaluate_takes_the_normalisation_of_the_runs_imagenet_weights(tmp_path)
     evaluate.evaluation_config(run, given)
 
 
+@pytest.mark.slow
 def test_a_config_refused_by_evaluate_is_one_message_with_the_command(
     tmp_path, compilation_cache_dir
 ):

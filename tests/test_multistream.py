@@ -19,6 +19,9 @@ from modistill_jax import stages
 from modistill_jax.models import multistream
 from modistill_jax.models import resnet
 
+# Compiling dominates (jitted forward and gradient programs of the tiny stream).
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
 NUM_CLASSES = 5
 CLIPS, FRAMES, SIDE = 2, 3, 32
 BLOCKS = (1, 2, 3, 4)

@@ -448,6 +448,7 @@ def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
     pretrained.read_torchvision(str(path))
 
 
+@pytest.mark.slow
 def test_cli_converts_slim_without_tensorflow_start_up_noise(slim_case, tmp_path):
   """Run as a user would (no TF_CPP_MIN_LOG_LEVEL): stderr holds nothing, `--help` its flags."""
   path, _, _ = slim_case

@@ -14,6 +14,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import TINY_STREAM
 from modistill_jax import config_lib
@@ -21,6 +22,9 @@ from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax.models import resnet
 from modistill_jax.models import stage_network
+
+# Compiling dominates (jitted forward and gradient programs of the tiny stream).
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 NUM_CLASSES = 5
 CLIPS, FRAMES, SIDE = 2, 3, 32

@@ -17,6 +17,9 @@ import pytest
 from conftest import TINY_STREAM, apply_tapped, fill_variables
 from modistill_jax.models import resnet
 
+# Compiling dominates (jitted forward and gradient programs of the tiny stream).
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
 # ResNet-50's convolutional trunk (torchvision `resnet50` without its fc layer):
 # conv kernels plus BatchNorm scale and bias, no conv biases.
 RESNET50_TRUNK_PARAMS = 23_508_032
