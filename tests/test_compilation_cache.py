@@ -127,7 +127,7 @@ def test_a_second_identical_train_compiles_nothing(tmp_path, synthetic_data_dir)
 
   The first run fills the user's cache folder (`XDG_CACHE_HOME` here).
   """
-  env = cli_env('')
+  env = cli_env('', device_count=1)  # what the cache keeps does not depend on the devices
   for name in ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'):
     env.pop(name)
   env['XDG_CACHE_HOME'] = str(tmp_path / 'xdg')
