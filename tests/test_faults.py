@@ -55,7 +55,14 @@ FILE_SIZE_LIMIT = 24 * 1024
 
 @pytest.fixture(scope='session')
 def env(compilation_cache_dir):
-  return cli_env(compilation_cache_dir)
+  """The training subprocesses' environment, on one CPU device.
+
+  The faults here (a refused write, a hanging save, a missing stage) meet the
+  run folder the same way on any number of devices, and a stage on one device
+  costs a fraction of one on four (as in tests/test_run_folder.py, whose `env`
+  says why); tests/test_preemption.py stops and resumes on four.
+  """
+  return cli_env(compilation_cache_dir, device_count=1)
 
 
 def train_args(workdir, data_dir, **overrides) -> list[str]:

@@ -7,7 +7,13 @@ checkpoints, missing prerequisites, reruns of finished stages), and checks the
 run folder's answer: the uninterrupted run's numbers, or a clear refusal.
 
 The subprocess runs train step1_rgb of the demo config on conftest's tiny
-dataset (2 steps per epoch) for `NUM_STEPS` steps, validating every epoch.
+dataset (2 steps per epoch) for `NUM_STEPS` steps, validating every epoch, on
+one CPU device (`env`): what these tests check is the run folder's
+bookkeeping, which is the same on any number of devices, and a stage on one
+device costs a fraction of one on four (Orbax saves each array from every
+device's replica; see `env`). Stopping and resuming on several devices is
+checked bit for bit by tests/test_preemption.py (SIGTERM, four devices) and
+tests/test_multiprocess.py (two processes).
 """
 
 import ast
@@ -104,7 +110,12 @@ def assert_same_outcome(actual: dict, expected: dict) -> None:
 
 @pytest.fixture(scope='session')
 def env(compilation_cache_dir):
-  return cli_env(compilation_cache_dir)
+  """The training subprocesses' environment: one CPU device (see the module docstring).
+
+  A 6-step stage with its checkpoints took 10 s of CPU on one device and 13-17 s
+  on four (warm compilation cache, the shared 2-core machine under load).
+  """
+  return cli_env(compilation_cache_dir, device_count=1)
 
 
 @pytest.fixture(scope='session')
@@ -200,7 +211,9 @@ def test_all_rerun_after_completion_does_nothing_and_says_so(
   assert after == before
 
 
-def test_evaluate_takes_the_network_from_the_run(tiny_trained_workdir, synthetic_data_dir, env):
+def test_evaluate_takes_the_network_from_the_run(
+    tiny_trained_workdir, synthetic_data_dir, compilation_cache_dir
+):
   """A command line whose network differs from the run's is refused; no config uses the run's."""
   run = finished_stage.load(tiny_trained_workdir, 'step2')
   given = tiny_run.run_config(synthetic_data_dir)
@@ -224,7 +237,7 @@ def test_evaluate_takes_the_network_from_the_run(tiny_trained_workdir, synthetic
           '--stage=step2',
       ],
       cwd=REPO_ROOT,
-      env=env,
+      env=cli_env(compilation_cache_dir),  # the devices of the run it evaluates
       capture_output=True,
       text=True,
       timeout=TIMEOUT_S,
