@@ -64,7 +64,11 @@ cluttered room and reading the colour of its torso.
 
 `GeneratorSpec` also sets the camera's height, the walks' length and whether
 heads have a face (hair on their back and top): `ntu_like_faces` uses them to
-show motion in depth more in RGB.
+show motion in depth more in RGB. With `ir_and_joints`, `render_clip` also
+returns what a Kinect's other streams record: an infrared image (the grey
+reflectance of everything under the depth camera's own emitter, falling off
+with the distance squared) and the actor's joints (its spheres' centres in
+Kinect v2's 25-joint layout, projected into the frame).
 
 Views are camera azimuths around the middle of the room (view 1 faces the
 actor; the other views stand to its sides), with a few centimetres of
@@ -148,6 +152,10 @@ _CAMERA_TARGET = np.array([0.0, 0.85, 0.3])
 _HORIZONTAL_FOV_DEG = 60.0
 _SENSOR_NOISE_MM = 1.5  # depth noise standard deviation at 1 m; grows with distance squared
 _MAX_RANGE_M = 4.5  # a Kinect v2's rated range: farther pixels read 0 (invalid)
+# Infrared: the depth camera's emitter lights what it sees, falling off with distance squared;
+# a white surface facing it at this distance reads 255. Noise in grey levels.
+_IR_FULL_SCALE_M = 1.5
+_IR_NOISE = 2.0
 
 # The actor's spheres in body coordinates (x right, y up, z forward), before the
 # subject's scale: (x, y, z, radius, part). Parts: 0 skin, 1 shirt, 2 trousers.
@@ -170,6 +178,19 @@ _SHOULDER = np.array([0.25, 1.36, 0.0])
 _HAND_REST = np.array([0.30, 0.86, 0.03])
 _HIP_PIVOT_Y = 0.80  # the upper body (belly and up) bows about this height
 _HEAD = 9  # the head's index among the actor's spheres (the last of `_BODY`)
+# The actor's skeleton in Kinect v2's 25-joint layout (NTU RGB+D's order,
+# `modistill_jax.data.skeletons.KINECT_V2_LIMBS`): the sphere whose centre stands for each
+# joint. Spheres 0-9 are `_BODY`'s, 10-12 the left arm's (body -x) from the shoulder to the
+# hand, 13-15 the right arm's. The actor has no neck, wrists, fingers or ankles: the chest,
+# the hands and the feet stand for them.
+KINECT_V2_SPHERES = (
+    6, 7, 8, 9,  # spine base (hips), spine middle (belly), neck (chest), head
+    10, 11, 12, 12,  # left shoulder, elbow, wrist, hand
+    13, 14, 15, 15,  # right shoulder, elbow, wrist, hand
+    4, 2, 0, 0,  # left hip (thigh), knee, ankle, foot
+    5, 3, 1, 1,  # right hip, knee, ankle, foot
+    8, 12, 12, 15, 15,  # spine at the shoulders (chest), left hand tip, thumb, right ones
+)  # fmt: skip
 # With `GeneratorSpec.faces`, the head's front below this height (the cosine between the
 # surface normal and the head's up axis) is face (skin); the rest, back and top, is hair.
 _HAIRLINE = 0.45
@@ -596,13 +617,57 @@ def _room_albedo(
   return albedo
 
 
-def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.ndarray]:
+def _infrared(
+    reflectance: np.ndarray, cosine: np.ndarray, distance: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+  """`(T, N)` uint8 infrared of surfaces lit only by the depth camera's emitter.
+
+  Args:
+    reflectance: `(T, N)` grey reflectance of the surface each ray hits, 0..1.
+    cosine: `(T, N)` cosine between its normal and the direction back to the camera.
+    distance: `(T, N)` metres along the ray (the emitter sits at the camera).
+    rng: draws the sensor noise.
+  """
+  lit = reflectance * np.maximum(cosine, 0.0) * (_IR_FULL_SCALE_M / distance) ** 2
+  ir = 255 * lit + _IR_NOISE * rng.standard_normal(lit.shape)
+  return np.clip(np.round(ir), 0, 255).astype(np.uint8)
+
+
+def _joints(centres: np.ndarray, origin: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+  """`(T, 1, 25, 2)` float32 Kinect v2 joints as fractions of the frame, NaN outside it.
+
+  Each joint is its `KINECT_V2_SPHERES` sphere's centre projected by the camera
+  (`(u, v)`: fractions of the width and height, as `modistill_jax.data.skeletons`
+  stores joints): the single body of an NTU skeleton frame, registered to the
+  frames as NTU's builder registers its joints.
+  """
+  camera = (centres[:, KINECT_V2_SPHERES] - origin) @ rotation.T  # right, up, forward
+  width_at_unit_depth = 2 * np.tan(np.deg2rad(_HORIZONTAL_FOV_DEG) / 2)  # metres, square frame
+  u = 0.5 + camera[..., 0] / camera[..., 2] / width_at_unit_depth
+  v = 0.5 - camera[..., 1] / camera[..., 2] / width_at_unit_depth
+  joints = np.stack([u, v], -1)
+  inside = ((joints >= 0) & (joints <= 1)).all(-1) & (camera[..., 2] > 0)
+  return np.where(inside[..., None], joints, np.nan).astype(np.float32)[:, None]
+
+
+def render_clip(
+    spec: GeneratorSpec, label: int, index: int, ir_and_joints: bool = False
+) -> dict[str, np.ndarray]:
   """Renders clip `index` of class `label`.
+
+  Args:
+    spec: what to render.
+    label, index: which clip.
+    ir_and_joints: also render the infrared image and the joints (a generator of
+      their own draws the infrared noise, so the other outputs are the same either way).
 
   Returns:
     'rgb': `(T, H, W, 3)` uint8; 'depth_mm': `(T, H, W)` uint16 planar depth in
     millimetres, 0 beyond the sensor's range (most of the wall); 'depth_jet': the depth
-    coloured by `jet.depth_to_jet`, `(T, H, W, 3)` uint8.
+    coloured by `jet.depth_to_jet`, `(T, H, W, 3)` uint8. With `ir_and_joints`, 'ir':
+    `(T, H, W)` uint8, the grey reflectance of the room and actor under the depth
+    camera's own illumination (no colour, no room light), falling off with the
+    distance squared; 'joints': `(T, 1, 25, 2)` float32, `_joints`.
   """
   info = clip_info(spec, label, index)
   rng = np.random.default_rng([spec.seed, 1, label, index])
@@ -644,7 +709,11 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   colour = _room_albedo(
       room_points, floor, np.arctan2(look[0], look[2]), frames, rng, spec.rgb_distractors
   )
-  colour *= shading(np.where(floor[:, None], [0.0, 1.0, 0.0], wall_normal))[:, None]
+  room_normal = np.where(floor[:, None], [0.0, 1.0, 0.0], wall_normal)
+  if ir_and_joints:
+    reflectance = colour.mean(-1)
+    cosine = np.broadcast_to(-(room_normal * rays).sum(-1), reflectance.shape).copy()
+  colour *= shading(room_normal)[:, None]
   frame, pixel = np.nonzero(actor)
   sphere = nearest[frame, pixel]
   points = origin + t_actor[frame, pixel, None] * rays[pixel]
@@ -665,6 +734,9 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
     face = ((normal * forward).sum(-1) > 0) & ((normal * up).sum(-1) < _HAIRLINE)
     albedo[(sphere == _HEAD) & ~face] = subject.hair
   colour[frame, pixel] = albedo * shading(normal)[:, None]
+  if ir_and_joints:
+    reflectance[frame, pixel] = albedo.mean(-1)
+    cosine[frame, pixel] = -(normal * rays[pixel]).sum(-1)
 
   # Camera exposure: a light level drifting during the clip (a distractor), a colour cast, noise.
   level = np.ones(frames)
@@ -682,4 +754,10 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   depth_mm = np.clip(np.round(1000 * depth + noise * depth**2), 1, 65535)
   depth_mm[depth > _MAX_RANGE_M] = 0
   depth_mm = depth_mm.astype(np.uint16).reshape(frames, size, size)
-  return {'rgb': rgb, 'depth_mm': depth_mm, 'depth_jet': jet.depth_to_jet(depth_mm)}
+  out = {'rgb': rgb, 'depth_mm': depth_mm, 'depth_jet': jet.depth_to_jet(depth_mm)}
+  if ir_and_joints:
+    ir_rng = np.random.default_rng([spec.seed, 4, label, index])
+    ir = _infrared(reflectance, cosine, distance, ir_rng)
+    out['ir'] = ir.reshape(frames, size, size)
+    out['joints'] = _joints(centres, origin, rotation)
+  return out

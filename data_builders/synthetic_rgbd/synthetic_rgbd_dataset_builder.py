@@ -43,9 +43,11 @@ NTU_LIKE_FACES = renderer.GeneratorSpec(
 
 @dataclasses.dataclass(kw_only=True)
 class SyntheticRgbdConfig(tfds.core.BuilderConfig):
-  """A named `renderer.GeneratorSpec`: size, frames, clips, seed, views, subjects."""
+  """A named `renderer.GeneratorSpec` (size, frames, clips, seed, views, subjects) and the
+  modalities its records store (`synthetic_records.STORABLE`)."""
 
   spec: renderer.GeneratorSpec = renderer.GeneratorSpec()
+  modalities: tuple[str, ...] = records.MODALITIES
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -109,6 +111,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           ),
       ),
   ]
+  # Each action config again, its records with the renderer's infrared and joints beside RGB
+  # and depth, as NTU's `*_ir_skeleton` builds store them; an RGB-D build stays as it is.
+  BUILDER_CONFIGS += [
+      dataclasses.replace(
+          config,
+          name=f'{config.name}_ir_skeleton',
+          modalities=('rgb', 'depth', 'ir', 'skeleton'),
+          description=config.description + ' With infrared frames and skeleton joints.',
+      )
+      for config in BUILDER_CONFIGS
+      if config.spec.scenario != 'pretext'
+  ]
   DEFAULT_CONFIG_NAME = 'default'
 
   def __init__(self, *, file_format=None, **kwargs):
@@ -119,7 +133,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=records.clip_features(self.builder_config.spec.class_names)
+        features=records.clip_features(
+            self.builder_config.spec.class_names, self.builder_config.modalities
+        )
     )
 
   def _download_and_prepare(self, dl_manager, download_config):
@@ -149,8 +165,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return generators
 
   def _generate_examples(self, clips: Sequence[renderer.ClipInfo]) -> Iterator[tuple[str, dict]]:
-    spec = self.builder_config.spec
-    tasks = [(spec, clip) for clip in clips]
+    spec, modalities = self.builder_config.spec, self.builder_config.modalities
+    tasks = [(spec, clip, modalities) for clip in clips]
     if self._pool is None:
       yield from map(synthetic_records.example_of_task, tasks)
     else:
