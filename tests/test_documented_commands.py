@@ -85,9 +85,10 @@ NOT_RUN = {
         'renders and probes the full ntu_like dataset (3 minutes); '
         'tests/test_synthetic_ntu_like.py pins the pixels it measured'
     ),
-    ('data_builders/synthetic_rgbd/README.md', r'configs/ntu_like\.py'): (
-        'builds the full ntu_like dataset first (2,304 clips, minutes; `,tiny` shrinks the stream, '
-        'not that data); tests/test_pretext.py trains ntu_like step 1 in-process on tiny data'
+    ('data_builders/synthetic_rgbd/README.md', r'configs/ntu_like(_faces)?\.py'): (
+        'builds the full ntu_like(_faces) dataset first (2,304 clips, minutes; `,tiny` shrinks '
+        'the stream, not that data); tests/test_pretext.py trains ntu_like step 1 in-process on '
+        'tiny data'
     ),
 }
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO_ROOT
 import configs.demo
 import configs.ntu_like
+import configs.ntu_like_faces
 from data_builders import builder_test_utils
 from data_builders import raw_clips
 from data_builders.synthetic_rgbd import Builder
@@ -25,6 +26,7 @@ from data_builders.synthetic_rgbd import renderer
 
 CONFIGS = {config.name: config for config in Builder.BUILDER_CONFIGS}
 NTU_LIKE = CONFIGS['ntu_like'].spec
+NTU_LIKE_FACES = CONFIGS['ntu_like_faces'].spec
 # The `tiny` size with `ntu_like`'s content: 32x32, 8 frames, 24 clips per class, 4 subjects.
 TINY_NTU_LIKE = dataclasses.replace(
     CONFIGS['tiny'].spec, scenario='ntu_like', rgb_distractors=False
@@ -35,6 +37,8 @@ TINY_NTU_LIKE = dataclasses.replace(
 # existed; `ntu_like`'s when it was frozen, after the probe numbers in the README.
 DEFAULT_CLIPS_SHA256 = '721c24316a8077346c9bf0305e1e101390fe60395970584db97a481904a73030'
 NTU_LIKE_CLIPS_SHA256 = '882d1dddbe5c02652763429762fdbbfe9ef87071d2130413b001a5e538735e88'
+# `ntu_like_faces`'s, computed before any stream was trained on it (README, calibration record).
+NTU_LIKE_FACES_CLIPS_SHA256 = 'fb817f307605c6983e6eac1491947ebd9158b9da23f8efe5982dcb17f7acdd76'
 
 
 def clips_sha256(spec: renderer.GeneratorSpec) -> str:
@@ -154,3 +158,86 @@ def test_ntu_like_config_loads_from_the_command_line():
   flag_values(['prog', f'--config={REPO_ROOT}/configs/ntu_like.py:all'])
   assert flag_values.config.builder_config == 'ntu_like'
   assert flag_values.config.stage == stages.ALL
+
+
+def test_ntu_like_faces_clips_are_the_calibrated_ones():
+  """The calibration record's step-1 numbers on `ntu_like_faces` were measured on these pixels."""
+  assert clips_sha256(NTU_LIKE_FACES) == NTU_LIKE_FACES_CLIPS_SHA256
+
+
+def test_ntu_like_faces_is_ntu_like_with_faces_a_higher_camera_and_longer_walks():
+  """Only what the calibration record says changed: size, classes and splits are `ntu_like`'s."""
+  assert (
+      dataclasses.replace(
+          NTU_LIKE, camera_height=1.8, walk_distance_m=(1.9, 2.3), walk_far_z=1.6, faces=True
+      )
+      == NTU_LIKE_FACES
+  )
+  assert [(c.sample_id, c.split) for c in renderer.all_clips(NTU_LIKE_FACES)] == [
+      (c.sample_id, c.split) for c in renderer.all_clips(NTU_LIKE)
+  ]
+
+
+@pytest.mark.parametrize(
+    'spec, far_z, distances', ((NTU_LIKE, 1.0, (1.3, 1.7)), (NTU_LIKE_FACES, 1.6, (1.9, 2.3)))
+)
+def test_walks_start_and_end_where_the_spec_says(spec, far_z, distances):
+  """'walk towards' starts at `walk_far_z` and comes `walk_distance_m` nearer; 'walk away' is
+  its reverse (the hips' depth in the room, first and last frame)."""
+  subject = renderer._subject(spec, 1)  # pylint: disable=protected-access
+  for seed in range(5):
+    for motion, sign in (('approach', 1), ('recede', -1)):
+      rng = np.random.default_rng(seed)
+      centres = renderer._actor(motion, subject, spec, rng)[0]  # pylint: disable=protected-access
+      hips = centres[:, 6, 2]
+      far, near = (hips[0], hips[-1]) if sign > 0 else (hips[-1], hips[0])
+      assert far == pytest.approx(far_z), (motion, seed)
+      assert distances[0] <= far - near <= distances[1], (motion, seed)
+
+
+def _hair_pixels(spec: renderer.GeneratorSpec, label: int, index: int) -> np.ndarray:
+  """Per frame, the RGB pixels that hair changes: the clip with faces against the same clip
+  with a plain head (the same draws, so the same geometry and light)."""
+  faces = renderer.render_clip(spec, label, index)['rgb'].astype(int)
+  plain = renderer.render_clip(dataclasses.replace(spec, faces=False), label, index)['rgb']
+  return (np.abs(faces - plain).sum(-1) > 30).sum((1, 2))
+
+
+def test_turning_around_shows_the_back_of_the_head():
+  """From the test view (in front), the actor starts facing the camera (hair on top only) and
+  ends with its back to it (all hair), so hair covers more of the head at the end."""
+  turn = NTU_LIKE_FACES.class_names.index('turn around')
+  for index in (0, 3, 30, 60, 90):  # clips of view 1
+    assert renderer.clip_info(NTU_LIKE_FACES, turn, index).view == renderer.TEST_VIEW
+    hair = _hair_pixels(NTU_LIKE_FACES, turn, index)
+    assert hair[-1] >= 2 * hair[0] + 3, (index, hair)
+
+
+def test_a_bow_shows_more_hair_than_leaning_back():
+  """Bowing turns the face to the floor and the top of the head to the camera (which looks
+  down from 1.8 m); leaning back turns the face up to it. Most hair seen during the clip."""
+  bow, lean_back = (NTU_LIKE_FACES.class_names.index(n) for n in ('bow', 'lean back'))
+  for index in (0, 3, 30, 60, 90):
+    most_bowing = _hair_pixels(NTU_LIKE_FACES, bow, index).max()
+    most_leaning_back = _hair_pixels(NTU_LIKE_FACES, lean_back, index).max()
+    assert most_bowing > most_leaning_back, (index, most_bowing, most_leaning_back)
+
+
+def test_faces_leave_everything_but_the_head_as_it_was():
+  """Hair only recolours head pixels: depth is the same, and few RGB pixels change."""
+  spec = NTU_LIKE_FACES
+  for label, index in ((0, 4), (5, 10), (7, 33)):
+    faces = renderer.render_clip(spec, label, index)
+    plain = renderer.render_clip(dataclasses.replace(spec, faces=False), label, index)
+    np.testing.assert_array_equal(faces['depth_mm'], plain['depth_mm'])
+    changed = (faces['rgb'] != plain['rgb']).any(-1).sum((1, 2))
+    assert changed.max() <= 40, (label, index, changed)
+
+
+@pytest.mark.parametrize('stage', stages.STAGE_NAMES + (stages.ALL,))
+def test_ntu_like_faces_config_is_ntu_like_on_its_data(stage):
+  ntu_like, faces = configs.ntu_like.get_config(stage).to_dict(), configs.ntu_like_faces.get_config(
+      stage
+  )
+  assert faces.builder_config == 'ntu_like_faces'
+  assert {**faces.to_dict(), 'builder_config': ntu_like['builder_config']} == ntu_like

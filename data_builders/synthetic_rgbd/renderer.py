@@ -62,6 +62,14 @@ renderer knows, in a room of its own; the label is the hue of the actor's shirt
 classes need in RGB and a network from scratch lacks: finding the actor in a
 cluttered room and reading the colour of its torso.
 
+`GeneratorSpec` also sets the camera's height, the walks' length and whether
+heads have a face (hair on their back and top): `ntu_like_faces` uses them to
+show motion in depth more in RGB. With `ir_and_joints`, `render_clip` also
+returns what a Kinect's other streams record: an infrared image (the grey
+reflectance of everything under the depth camera's own emitter, falling off
+with the distance squared) and the actor's joints (its spheres' centres in
+Kinect v2's 25-joint layout, projected into the frame).
+
 Views are camera azimuths around the middle of the room (view 1 faces the
 actor; the other views stand to its sides), with a few centimetres of
 placement jitter per clip. Subjects are fixed appearance/body draws shared by
@@ -140,11 +148,14 @@ TEST_VIEW = 1
 # the room's middle, so every view sees a background at a similar distance.
 _WALL_RADIUS = 3.4
 _CAMERA_DISTANCE = 2.6
-_CAMERA_HEIGHT = 1.3
 _CAMERA_TARGET = np.array([0.0, 0.85, 0.3])
 _HORIZONTAL_FOV_DEG = 60.0
 _SENSOR_NOISE_MM = 1.5  # depth noise standard deviation at 1 m; grows with distance squared
 _MAX_RANGE_M = 4.5  # a Kinect v2's rated range: farther pixels read 0 (invalid)
+# Infrared: the depth camera's emitter lights what it sees, falling off with distance squared;
+# a white surface facing it at this distance reads 255. Noise in grey levels.
+_IR_FULL_SCALE_M = 1.5
+_IR_NOISE = 2.0
 
 # The actor's spheres in body coordinates (x right, y up, z forward), before the
 # subject's scale: (x, y, z, radius, part). Parts: 0 skin, 1 shirt, 2 trousers.
@@ -166,6 +177,23 @@ _ARM_PARTS = (1, 1, 0)
 _SHOULDER = np.array([0.25, 1.36, 0.0])
 _HAND_REST = np.array([0.30, 0.86, 0.03])
 _HIP_PIVOT_Y = 0.80  # the upper body (belly and up) bows about this height
+_HEAD = 9  # the head's index among the actor's spheres (the last of `_BODY`)
+# The actor's skeleton in Kinect v2's 25-joint layout (NTU RGB+D's order,
+# `modistill_jax.data.skeletons.KINECT_V2_LIMBS`): the sphere whose centre stands for each
+# joint. Spheres 0-9 are `_BODY`'s, 10-12 the left arm's (body -x) from the shoulder to the
+# hand, 13-15 the right arm's. The actor has no neck, wrists, fingers or ankles: the chest,
+# the hands and the feet stand for them.
+KINECT_V2_SPHERES = (
+    6, 7, 8, 9,  # spine base (hips), spine middle (belly), neck (chest), head
+    10, 11, 12, 12,  # left shoulder, elbow, wrist, hand
+    13, 14, 15, 15,  # right shoulder, elbow, wrist, hand
+    4, 2, 0, 0,  # left hip (thigh), knee, ankle, foot
+    5, 3, 1, 1,  # right hip, knee, ankle, foot
+    8, 12, 12, 15, 15,  # spine at the shoulders (chest), left hand tip, thumb, right ones
+)  # fmt: skip
+# With `GeneratorSpec.faces`, the head's front below this height (the cosine between the
+# surface normal and the head's up axis) is face (skin); the rest, back and top, is hair.
+_HAIRLINE = 0.45
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +217,19 @@ class GeneratorSpec:
       motion: a screen on the wall playing a disc that grows or shrinks (like
       something approaching or receding; depth sees a flat wall), and a light
       level that drifts during the clip (every pixel changes; depth does not).
+    camera_height: metres above the floor of every view's camera (before its
+      few centimetres of jitter). A higher camera looks down more steeply: the
+      feet of an actor walking towards it move further down the image, and a
+      bow shows the top of the head.
+    walk_distance_m: the range a 'walk towards' / 'walk away' (`approach`,
+      `recede`) covers, drawn per clip.
+    walk_far_z: the room depth (z, metres; view 1's camera stands at -2.6)
+      where such a walk starts (towards) or ends (away); the near end is this
+      minus the walk's distance.
+    faces: whether the head has a front: a face (skin) below a hairline, hair
+      of the subject's colour on its back and top. Without it the head is a
+      plain skin-coloured sphere, the same from every side, so RGB sees a
+      'turn around' or which way a bow goes only through the arms and torso.
   """
 
   resolution: int = 64
@@ -200,6 +241,10 @@ class GeneratorSpec:
   num_validation_subjects: int = 1
   scenario: str = 'default'
   rgb_distractors: bool = True
+  camera_height: float = 1.3
+  walk_distance_m: tuple[float, float] = (1.3, 1.7)
+  walk_far_z: float = 1.0
+  faces: bool = False
 
   def __post_init__(self):
     if self.scenario not in SCENARIOS:
@@ -278,10 +323,13 @@ class _Subject:
   stripe_period: float  # metres, along the body's height
   stripe_contrast: float
   stripe_phase: float
+  hair: np.ndarray | None = None  # RGB albedo of the hair, drawn by `_subject` only
 
 
 def _subject(spec: GeneratorSpec, subject: int) -> _Subject:
   rng = np.random.default_rng([spec.seed, 0, subject])
+  # The hair from a generator of its own, so every other draw is what it was before hair existed.
+  hair_rng = np.random.default_rng([spec.seed, 3, subject])
   skin = np.array([0.85, 0.65, 0.5]) * rng.uniform(0.45, 1.1)
   return _Subject(
       scale=rng.uniform(0.8, 1.2),
@@ -292,6 +340,8 @@ def _subject(spec: GeneratorSpec, subject: int) -> _Subject:
       stripe_period=rng.uniform(0.06, 0.2),
       stripe_contrast=rng.uniform(0.0, 0.45),
       stripe_phase=rng.uniform(0, 2 * np.pi),
+      # Black to mid brown: darker than the darkest skin, so the face stands out from the hair.
+      hair=np.array([1.0, 0.75, 0.55]) * hair_rng.uniform(0.05, 0.3),
   )
 
 
@@ -333,7 +383,7 @@ def _rotation_x(angle: np.ndarray) -> np.ndarray:
   )
 
 
-def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generator):
+def _actor(name: str, subject: _Subject, spec: GeneratorSpec, rng: np.random.Generator):
   """The actor's spheres over time, performing motion `name`.
 
   `name` is a `default` class or one of the motions only `ntu_like` uses:
@@ -343,9 +393,12 @@ def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generat
   jacket on or taking it off).
 
   Returns:
-    centres `(T, P, 3)` in room coordinates, radii `(P,)`, parts `(P,)`, and
-    the action's progress `(T,)`, 0 before it starts to 1 once it is done.
+    centres `(T, P, 3)` in room coordinates, radii `(P,)`, parts `(P,)`, the
+    action's progress `(T,)`, 0 before it starts to 1 once it is done, and the
+    head's forward and up axes `(T, 2, 3)` in the room (unit vectors: where
+    its face looks, and the top of its head).
   """
+  num_frames = spec.num_frames
   # Each clip performs the action over a random sub-interval of the clip.
   start = rng.uniform(0.0, 0.2)
   duration = rng.uniform(0.7, 1.0 - start)
@@ -395,6 +448,9 @@ def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generat
   points[..., 0] *= widen
   radii = radii * np.where(np.arange(len(radii)) < 6, 1.0, np.sqrt(subject.build))
 
+  # The head's forward and up axes (body +z and +y), turned with it below.
+  head_axes = np.broadcast_to(np.eye(3)[[2, 1]], (num_frames, 2, 3))
+
   # Bowing: the upper body rotates forward (or back) about the hips.
   if name in ('lean forward', 'lean back'):
     bow = np.deg2rad(rng.uniform(30.0, 50.0)) * out_and_back
@@ -403,6 +459,7 @@ def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generat
     pivot = np.array([0.0, _HIP_PIVOT_Y, 0.0])
     bent = np.einsum('tij,tpj->tpi', _rotation_x(-bow), points - pivot) + pivot
     points = np.where(upper[None, :, None], bent, points)
+    head_axes = np.einsum('tij,tpj->tpi', _rotation_x(-bow), head_axes)
 
   # Body frame -> room: the actor faces view 1's camera (body +z = room -z),
   # give or take, and turns about its vertical axis when the class says so.
@@ -410,14 +467,15 @@ def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generat
   if name == 'turn around':
     yaw = yaw + side * np.pi * ease
   points = np.einsum('tij,tpj->tpi', _rotation_y(yaw), points * subject.scale)
+  head_axes = np.einsum('tij,tpj->tpi', _rotation_y(yaw), head_axes)
 
   x0, z0 = rng.uniform(-0.35, 0.35), rng.uniform(-0.2, 0.5)
-  distance = rng.uniform(1.3, 1.7)
+  distance = rng.uniform(*spec.walk_distance_m)
   path = np.zeros((num_frames, 3))
   if name == 'approach':
-    path[:, 2] = 1.0 - distance * ease
+    path[:, 2] = spec.walk_far_z - distance * ease
   elif name == 'recede':
-    path[:, 2] = 1.0 - distance * (1.0 - ease)
+    path[:, 2] = spec.walk_far_z - distance * (1.0 - ease)
   elif name in ('cross near', 'cross far', 'cross'):
     path[:, 0] = side * rng.uniform(0.65, 0.85) * (2 * ease - 1)
     if name == 'cross':
@@ -430,14 +488,14 @@ def _actor(name: str, subject: _Subject, num_frames: int, rng: np.random.Generat
     path[:, 0] = x0
   sway = 0.03 * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * tau + rng.uniform(0, 2 * np.pi))
   path[:, 0] += sway
-  return points + path[:, None], radii * subject.scale, parts, tau
+  return points + path[:, None], radii * subject.scale, parts, tau, head_axes
 
 
 def _camera(spec: GeneratorSpec, view: int, rng: np.random.Generator):
   """Camera position and `(3, 3)` rotation whose rows are its right/up/forward axes."""
   azimuth = np.deg2rad(spec.view_azimuths_deg[view - 1])
   position = np.array(
-      [_CAMERA_DISTANCE * np.sin(azimuth), _CAMERA_HEIGHT, -_CAMERA_DISTANCE * np.cos(azimuth)]
+      [_CAMERA_DISTANCE * np.sin(azimuth), spec.camera_height, -_CAMERA_DISTANCE * np.cos(azimuth)]
   ) + rng.normal(0.0, 0.05, 3)
   forward = _CAMERA_TARGET + rng.normal(0.0, 0.05, 3) - position
   forward /= np.linalg.norm(forward)
@@ -559,13 +617,57 @@ def _room_albedo(
   return albedo
 
 
-def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.ndarray]:
+def _infrared(
+    reflectance: np.ndarray, cosine: np.ndarray, distance: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+  """`(T, N)` uint8 infrared of surfaces lit only by the depth camera's emitter.
+
+  Args:
+    reflectance: `(T, N)` grey reflectance of the surface each ray hits, 0..1.
+    cosine: `(T, N)` cosine between its normal and the direction back to the camera.
+    distance: `(T, N)` metres along the ray (the emitter sits at the camera).
+    rng: draws the sensor noise.
+  """
+  lit = reflectance * np.maximum(cosine, 0.0) * (_IR_FULL_SCALE_M / distance) ** 2
+  ir = 255 * lit + _IR_NOISE * rng.standard_normal(lit.shape)
+  return np.clip(np.round(ir), 0, 255).astype(np.uint8)
+
+
+def _joints(centres: np.ndarray, origin: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+  """`(T, 1, 25, 2)` float32 Kinect v2 joints as fractions of the frame, NaN outside it.
+
+  Each joint is its `KINECT_V2_SPHERES` sphere's centre projected by the camera
+  (`(u, v)`: fractions of the width and height, as `modistill_jax.data.skeletons`
+  stores joints): the single body of an NTU skeleton frame, registered to the
+  frames as NTU's builder registers its joints.
+  """
+  camera = (centres[:, KINECT_V2_SPHERES] - origin) @ rotation.T  # right, up, forward
+  width_at_unit_depth = 2 * np.tan(np.deg2rad(_HORIZONTAL_FOV_DEG) / 2)  # metres, square frame
+  u = 0.5 + camera[..., 0] / camera[..., 2] / width_at_unit_depth
+  v = 0.5 - camera[..., 1] / camera[..., 2] / width_at_unit_depth
+  joints = np.stack([u, v], -1)
+  inside = ((joints >= 0) & (joints <= 1)).all(-1) & (camera[..., 2] > 0)
+  return np.where(inside[..., None], joints, np.nan).astype(np.float32)[:, None]
+
+
+def render_clip(
+    spec: GeneratorSpec, label: int, index: int, ir_and_joints: bool = False
+) -> dict[str, np.ndarray]:
   """Renders clip `index` of class `label`.
+
+  Args:
+    spec: what to render.
+    label, index: which clip.
+    ir_and_joints: also render the infrared image and the joints (a generator of
+      their own draws the infrared noise, so the other outputs are the same either way).
 
   Returns:
     'rgb': `(T, H, W, 3)` uint8; 'depth_mm': `(T, H, W)` uint16 planar depth in
     millimetres, 0 beyond the sensor's range (most of the wall); 'depth_jet': the depth
-    coloured by `jet.depth_to_jet`, `(T, H, W, 3)` uint8.
+    coloured by `jet.depth_to_jet`, `(T, H, W, 3)` uint8. With `ir_and_joints`, 'ir':
+    `(T, H, W)` uint8, the grey reflectance of the room and actor under the depth
+    camera's own illumination (no colour, no room light), falling off with the
+    distance squared; 'joints': `(T, 1, 25, 2)` float32, `_joints`.
   """
   info = clip_info(spec, label, index)
   rng = np.random.default_rng([spec.seed, 1, label, index])
@@ -582,7 +684,7 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   else:
     subject = _subject(spec, info.subject)
     motion = _NTU_LIKE_MOTIONS[name] if spec.scenario == 'ntu_like' else name
-  centres, radii, parts, progress = _actor(motion, subject, frames, rng)
+  centres, radii, parts, progress, head_axes = _actor(motion, subject, spec, rng)
   # Albedo of each body part per frame, and whether the shirt is covered by a jacket (plain,
   # hi-vis yellow to orange) that the actor puts on or takes off halfway through the gesture.
   colours = np.broadcast_to(subject.colours, (frames,) + subject.colours.shape).copy()
@@ -607,7 +709,11 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   colour = _room_albedo(
       room_points, floor, np.arctan2(look[0], look[2]), frames, rng, spec.rgb_distractors
   )
-  colour *= shading(np.where(floor[:, None], [0.0, 1.0, 0.0], wall_normal))[:, None]
+  room_normal = np.where(floor[:, None], [0.0, 1.0, 0.0], wall_normal)
+  if ir_and_joints:
+    reflectance = colour.mean(-1)
+    cosine = np.broadcast_to(-(room_normal * rays).sum(-1), reflectance.shape).copy()
+  colour *= shading(room_normal)[:, None]
   frame, pixel = np.nonzero(actor)
   sphere = nearest[frame, pixel]
   points = origin + t_actor[frame, pixel, None] * rays[pixel]
@@ -623,7 +729,14 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
       colours[frame, parts[sphere]]
       * np.where(striped & stripes, 1.0 - subject.stripe_contrast, 1.0)[:, None]
   )
+  if spec.faces:
+    forward, up = head_axes[frame, 0], head_axes[frame, 1]
+    face = ((normal * forward).sum(-1) > 0) & ((normal * up).sum(-1) < _HAIRLINE)
+    albedo[(sphere == _HEAD) & ~face] = subject.hair
   colour[frame, pixel] = albedo * shading(normal)[:, None]
+  if ir_and_joints:
+    reflectance[frame, pixel] = albedo.mean(-1)
+    cosine[frame, pixel] = -(normal * rays[pixel]).sum(-1)
 
   # Camera exposure: a light level drifting during the clip (a distractor), a colour cast, noise.
   level = np.ones(frames)
@@ -641,4 +754,10 @@ def render_clip(spec: GeneratorSpec, label: int, index: int) -> dict[str, np.nda
   depth_mm = np.clip(np.round(1000 * depth + noise * depth**2), 1, 65535)
   depth_mm[depth > _MAX_RANGE_M] = 0
   depth_mm = depth_mm.astype(np.uint16).reshape(frames, size, size)
-  return {'rgb': rgb, 'depth_mm': depth_mm, 'depth_jet': jet.depth_to_jet(depth_mm)}
+  out = {'rgb': rgb, 'depth_mm': depth_mm, 'depth_jet': jet.depth_to_jet(depth_mm)}
+  if ir_and_joints:
+    ir_rng = np.random.default_rng([spec.seed, 4, label, index])
+    ir = _infrared(reflectance, cosine, distance, ir_rng)
+    out['ir'] = ir.reshape(frames, size, size)
+    out['joints'] = _joints(centres, origin, rotation)
+  return out
