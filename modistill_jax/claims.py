@@ -85,7 +85,7 @@ class Variant:
   shares: tuple[tuple[str, str], ...]  # (stage, folder that trained it)
   loss: str = 'eq5'
   connections: bool = True
-  privileged: tuple[str, ...] = ('depth',)  # `config.privileged`
+  privileged: str = 'depth'
 
 
 STAGED = 'staged'
@@ -106,7 +106,7 @@ VARIANTS = (
     Variant('hoffman_eq3', ('hoffman',), _STEP1, loss='eq3'),
     Variant('hoffman_eq5', ('hoffman',), _STEP1, loss='eq5'),
     # Table 4: step 1 trains both streams the same way whichever is privileged.
-    Variant('inverted', ('step2', 'step3', 'step4'), _STEP1, privileged=('rgb',)),
+    Variant('inverted', ('step2', 'step3', 'step4'), _STEP1, privileged='rgb'),
 )
 TRAININGS_PER_SEED = sum(len(v.trains) for v in VARIANTS)
 
@@ -121,7 +121,7 @@ def row_folder(row: paper_tables.Row) -> str:
       v.folder
       for v in VARIANTS
       if row.stage in v.trains
-      and (v.connections, v.privileged) == (row.connections, (row.privileged,))
+      and (v.connections, v.privileged) == (row.connections, row.privileged)
       and (row.loss == paper_tables.CROSS_ENTROPY or v.loss == row.loss)
   ]
   if len(matches) != 1:

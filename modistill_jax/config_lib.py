@@ -37,12 +37,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage = 'step1'  # see modistill_jax/stages.py: STAGES
   # The modalities the dataset provides to training (its builder config stores them): the
   # deployed and privileged ones must be among them, and the data must hold them all.
-  c.modalities = ('rgb', 'depth')
+  c.modalities = 'rgb,depth'  # comma-separated
   # What the final model sees. '' = rgb, or depth where rgb is privileged (Table 4's inversion,
   # which `--config.privileged=rgb` alone asks for, as it always did).
   c.deployed = ''
-  # The training-only modalities, one or several (docs/modalities.md: the command-line forms).
-  c.privileged = ('depth',)
+  # The training-only modalities: one ('depth'), or several comma-separated ('depth,ir').
+  c.privileged = 'depth'
+
   c.seed = 0
 
   # Data.
@@ -250,10 +251,7 @@ def with_defaults(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
   fidelity switches, for one) take the base config's defaults, which are the
   behaviour such a run had, so its checkpoints rebuild the same model.
   """
-  saved = dict(saved)
-  if isinstance(saved.get('privileged'), str):  # one modality, before several were possible
-    saved['privileged'] = (saved['privileged'],)
-  config = ml_collections.ConfigDict(saved)
+  config = ml_collections.ConfigDict(dict(saved))
   _fill_missing(config, base_config())
   return config
 
@@ -292,22 +290,22 @@ def _check_choice(name: str, value, choices) -> None:
 def check_modalities(config: ml_collections.ConfigDict) -> None:
   """`config.modalities` known and distinct; the deployed and privileged ones (`stages.roles`)
   among them, and the stage's streams too (`step1_ir` needs infrared)."""
-  for name in config.modalities:
+  provided = stages.names_tuple(config.modalities)
+  for name in provided:
     _check_choice('modalities entry', name, modalities.NAMES)
-  if len(set(config.modalities)) != len(config.modalities):
-    raise ValueError(f'config.modalities names a modality twice: {tuple(config.modalities)}.')
+  if len(set(provided)) != len(provided):
+    raise ValueError(f'config.modalities names a modality twice: {config.modalities!r}.')
   deployed, privileged = stages.roles(config.privileged, config.deployed)
   used = {deployed, *privileged}
   if config.stage in stages.STEP1_SINGLE:
     used.add(config.stage.removeprefix('step1_'))
-  missing = [m for m in modalities.NAMES if m in used and m not in config.modalities]
+  missing = [m for m in modalities.NAMES if m in used and m not in provided]
   if missing:
     raise ValueError(
-        f'config.modalities {tuple(config.modalities)} lacks {tuple(missing)}, which the '
+        f'config.modalities {config.modalities!r} lacks {tuple(missing)}, which the '
         f'stage {config.stage!r} with config.deployed={deployed!r} and '
         f'config.privileged={privileged} reads: use a dataset (config.builder_config) that '
-        f'stores them and add them: '
-        + ' '.join(f'--config.modalities={m}' for m in (*config.modalities, *missing))
+        f"stores them and add them: --config.modalities={','.join((*provided, *missing))}"
     )
 
 

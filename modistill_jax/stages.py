@@ -66,9 +66,11 @@ def expand(stage: str) -> tuple[str, ...]:
 
 
 def names_tuple(names: str | Sequence[str]) -> tuple[str, ...]:
-  """One name or several as a tuple: `config.privileged` of a run saved before several were
-  possible holds a name, and a `ModelSpec` names one giver or several."""
-  return (names,) if isinstance(names, str) else tuple(names)
+  """One name, several comma-separated (`config.privileged='depth,ir'`), or a sequence of names
+  (a `ModelSpec`'s givers) as a tuple."""
+  if isinstance(names, str):
+    return tuple(n for n in names.split(',') if n)
+  return tuple(names)
 
 
 def roles(privileged: str | Sequence[str], deployed: str = '') -> tuple[str, tuple[str, ...]]:
@@ -80,17 +82,11 @@ def roles(privileged: str | Sequence[str], deployed: str = '') -> tuple[str, tup
   """
   privileged = names_tuple(privileged)
   if not privileged:
-    raise ValueError('config.privileged must name at least one modality, got ().')
+    raise ValueError("config.privileged must name at least one modality, e.g. 'depth'.")
   for name in privileged:
     if name not in modalities.ALL:
-      hint = (
-          '; for several, repeat the flag: --config.privileged=depth --config.privileged=ir'
-          if ',' in name
-          else ''
-      )
       raise ValueError(
-          f'config.privileged: unknown modality {name!r}; the modalities are '
-          f'{modalities.NAMES}{hint}.'
+          f'config.privileged: unknown modality {name!r}; the modalities are {modalities.NAMES}.'
       )
   if len(set(privileged)) != len(privileged):
     raise ValueError(f'config.privileged names a modality twice: {privileged}.')

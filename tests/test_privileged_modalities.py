@@ -1,6 +1,6 @@
 """Any deployed modality, any set of privileged ones (issue 27): stages, config, loss, training.
 
-The paper's method is the case deployed='rgb', privileged=('depth',); its value
+The paper's method is the case deployed='rgb', privileged='depth'; its value
 tests (test_fidelity, test_stage_loss, ...) pin that case. Here: the stage
 table for infrared, skeleton, depth + infrared and Table 4's inversion; the
 config's checks; the generalised eq. (5), equal to the paper's for one
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures('fast_compile')
 HALL = stages.HALL
 # The NTU build that stores every modality (`data_builders/ntu_rgbd`).
 IR_SKELETON_BUILD = 'res112_ir_skeleton'
-EVERY_MODALITY = ('rgb', 'depth', 'ir', 'skeleton')
+EVERY_MODALITY = 'rgb,depth,ir,skeleton'
 
 
 # MARK: the stage table
@@ -118,14 +118,14 @@ def _config(**values) -> ml_collections.ConfigDict:
 @pytest.mark.parametrize(
     'values, message',
     [
-        ({'privileged': ('infrared',)}, "config.privileged: unknown modality 'infrared'"),
-        ({'privileged': ('depth,ir',)}, '--config.privileged=depth --config.privileged=ir'),
-        ({'privileged': ('rgb',), 'deployed': 'rgb'}, "contains the deployed modality 'rgb'"),
-        ({'privileged': ()}, 'config.privileged must name at least one modality'),
-        ({'privileged': ('depth', 'depth')}, 'names a modality twice'),
+        ({'privileged': 'infrared'}, "config.privileged: unknown modality 'infrared'"),
+        ({'privileged': 'depth;ir'}, "config.privileged: unknown modality 'depth;ir'"),
+        ({'privileged': 'rgb', 'deployed': 'rgb'}, "contains the deployed modality 'rgb'"),
+        ({'privileged': ''}, 'config.privileged must name at least one modality'),
+        ({'privileged': 'depth,depth'}, 'names a modality twice'),
         ({'deployed': 'video'}, "config.deployed: unknown modality 'video'"),
-        ({'modalities': ('rgb', 'sound')}, 'config.modalities entry must be one of'),
-        ({'privileged': ('ir',)}, "lacks ('ir',)"),
+        ({'modalities': 'rgb,sound'}, 'config.modalities entry must be one of'),
+        ({'privileged': 'ir'}, "lacks ('ir',)"),
         ({'stage': 'step1_skeleton'}, "lacks ('skeleton',)"),
         ({'input.ir_encoding': 'hot'}, 'config.input.ir_encoding must be one of'),
     ],
@@ -146,48 +146,45 @@ def test_modalities_the_dataset_does_not_store_are_refused():
   feeding.check_stored_modalities(_config(), {'train': source})  # RGB-D asks for RGB-D only
 
 
-def test_a_run_saved_with_one_privileged_name_reads_as_before():
-  """A config.json written when `privileged` was a name resumes and compares as a tuple."""
+def test_a_run_saved_before_these_fields_reads_as_before():
+  """A config.json without `deployed` and `modalities` resumes with their defaults."""
   saved = _config().to_dict()
-  saved['privileged'] = 'depth'
   del saved['deployed'], saved['modalities']
   assert config_lib.differences(config_lib.with_defaults(saved), _config()) == {}
 
 
 def test_command_line_forms_of_privileged(tmp_path):
-  """One modality, several (the flag repeated, or a Python tuple), as `train`'s flag parses them."""
+  """One modality or several, comma-separated, as `train`'s flag parses them."""
   script = tmp_path / 'parse.py'
   script.write_text(
-      'import sys\n'
-      'from absl import flags\n'
+      'from absl import app\n'
       'from ml_collections import config_flags\n'
-      'for argv in sys.argv[1:]:\n'
-      '  values = flags.FlagValues()\n'
-      "  config_flags.DEFINE_config_file('config', None, '', flag_values=values, "
-      'lock_config=True)\n'
-      "  values(['prog', '--config=configs/ntu_cs.py:all', *argv.split(' ')])\n"
-      '  print(repr(tuple(values.config.privileged)), repr(values.config.deployed))\n'
+      "CONFIG = config_flags.DEFINE_config_file('config', None, '', lock_config=True)\n"
+      'app.run(lambda argv: print(repr(CONFIG.value.privileged), repr(CONFIG.value.deployed)))\n'
   )
   forms = [
       '--config.privileged=rgb',
       '--config.privileged=ir',
-      '--config.privileged=depth --config.privileged=ir',
-      "--config.privileged=('depth','skeleton')",
+      '--config.privileged=depth,ir',
+      '--config.privileged=depth,skeleton --config.deployed=ir',
   ]
-  proc = subprocess.run(
-      [sys.executable, str(script), *forms],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      timeout=120,
-      check=False,
-  )
-  assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.splitlines() == [
-      "('rgb',) ''",
-      "('ir',) ''",
-      "('depth', 'ir') ''",
-      "('depth', 'skeleton') ''",
+  printed = []
+  for form in forms:
+    proc = subprocess.run(
+        [sys.executable, str(script), '--config=configs/ntu_cs.py:all', *form.split(' ')],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed.append(proc.stdout.strip())
+  assert printed == [
+      "'rgb' ''",
+      "'ir' ''",
+      "'depth,ir' ''",
+      "'depth,skeleton' 'ir'",
   ]
 
 
@@ -361,7 +358,7 @@ def test_ntu_config_trains_all_steps_with_infrared_or_skeleton(
 ):
   config = config_lib.override(
       configs.ntu_cs.get_config('all,tiny'),
-      {**NTU_OVERRIDES, 'data_dir': ntu_ir_skeleton_data, 'privileged': privileged},
+      {**NTU_OVERRIDES, 'data_dir': ntu_ir_skeleton_data, 'privileged': ','.join(privileged)},
   )
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(config, workdir, config_file='configs/ntu_cs.py')
@@ -372,7 +369,7 @@ def test_ntu_config_trains_all_steps_with_infrared_or_skeleton(
 def test_ntu_command_line_trains_all_steps_with_depth_and_infrared(
     ntu_ir_skeleton_data, tmp_path, compilation_cache_dir
 ):
-  """Two privileged modalities from the command line: the flag repeated."""
+  """Two privileged modalities from the command line, comma-separated."""
   workdir = str(tmp_path / 'run')
   proc = subprocess.run(
       [
@@ -383,9 +380,8 @@ def test_ntu_command_line_trains_all_steps_with_depth_and_infrared(
           f'--workdir={workdir}',
           f'--config.data_dir={ntu_ir_skeleton_data}',
           f'--config.builder_config={IR_SKELETON_BUILD}',
-          *[f'--config.modalities={m}' for m in EVERY_MODALITY],
-          '--config.privileged=depth',
-          '--config.privileged=ir',
+          f'--config.modalities={EVERY_MODALITY}',
+          '--config.privileged=depth,ir',
       ],
       cwd=REPO_ROOT,
       env=cli_env(compilation_cache_dir),
@@ -397,4 +393,4 @@ def test_ntu_command_line_trains_all_steps_with_depth_and_infrared(
   assert proc.returncode == 0, proc.stderr[-3000:]
   _check_run(workdir, ('depth', 'ir'))
   config = json.loads(runs.stage_dir(workdir, 'step3').config_file.read_text())
-  assert config['privileged'] == ['depth', 'ir']
+  assert config['privileged'] == 'depth,ir'

@@ -24,6 +24,7 @@ import numpy as np
 
 from modistill_jax import runs
 from modistill_jax import sharding
+from modistill_jax import stages
 from modistill_jax.data import pipeline
 from modistill_jax.data import records
 
@@ -129,11 +130,11 @@ def check_stored_modalities(
     if source is None or not len(source.records):
       continue
     stored = records.stored_modalities(source.records[0])
-    missing = [m for m in config.modalities if m not in stored]
+    missing = [m for m in stages.names_tuple(config.modalities) if m not in stored]
     if missing:
       name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
       raise ValueError(
-          f'config.modalities {tuple(config.modalities)}: {source.name} ({name}) stores no '
+          f'config.modalities {config.modalities!r}: {source.name} ({name}) stores no '
           f'{", ".join(missing)} frames, only {stored}; build a config that stores them '
           '(docs/modalities.md#what-each-dataset-can-store) and set --config.builder_config.'
       )
