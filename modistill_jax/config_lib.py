@@ -18,6 +18,7 @@ from typing import Any
 import ml_collections
 
 from modistill_jax import losses
+from modistill_jax import modalities
 from modistill_jax import profiling
 from modistill_jax import stages
 from modistill_jax.data import preprocess
@@ -34,7 +35,15 @@ def base_config() -> ml_collections.ConfigDict:
   """All fields with their defaults (the NTU cross-subject reference setting)."""
   c = ml_collections.ConfigDict()
   c.stage = 'step1'  # see modistill_jax/stages.py: STAGES
-  c.privileged = 'depth'  # the training-only modality; 'rgb' = Table 4 inverted setting
+  # The modalities the dataset provides to training (its builder config stores them): the
+  # deployed and privileged ones must be among them, and the data must hold them all.
+  c.modalities = 'rgb,depth'  # comma-separated
+  # What the final model sees. '' = rgb, or depth where rgb is privileged (Table 4's inversion,
+  # which `--config.privileged=rgb` alone asks for, as it always did).
+  c.deployed = ''
+  # The training-only modalities: one ('depth'), or several comma-separated ('depth,ir').
+  c.privileged = 'depth'
+
   c.seed = 0
 
   # Data.
@@ -86,6 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
   # False: depth keeps depth_std but no mean is subtracted (the UWA3DII writer's
   # way). Not the same as depth_mean=(0, 0, 0), which ImageNet init overwrites.
   c.input.depth_subtract_mean = True
+  c.input.ir_mean = VGG_MEAN
+  c.input.ir_std = UNIT_STD
+  # Infrared as the network reads it: 'gray' (the intensity on 3 channels) | 'jet'.
+  c.input.ir_encoding = 'gray'
+  c.input.skeleton_mean = VGG_MEAN  # the joint and limb heat-maps (docs/modalities.md)
+  c.input.skeleton_std = UNIT_STD
 
   c.model = ml_collections.ConfigDict()
   c.model.units_per_block = (3, 4, 6, 3)
@@ -144,8 +159,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'test'
-  c.eval.depth_noise_std = 0.0  # sigma of n ~ N(1, sigma) multiplying depth (paper 4.3)
-  c.eval.void_depth = False  # depth replaced by zeros
+  # sigma of n ~ N(1, sigma) multiplying the privileged modalities' images (paper 4.3: depth).
+  c.eval.depth_noise_std = 0.0
+  c.eval.void_depth = False  # the privileged modalities' images replaced by zeros
   c.eval.noise_variances = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # Table 2 columns (sigma^2)
   c.eval.noise_seed = 0
   # Evaluate step 2's privileged (depth) stream with BatchNorm batch statistics
@@ -271,11 +287,32 @@ def _check_choice(name: str, value, choices) -> None:
     raise ValueError(f'config.{name} must be one of {tuple(choices)}, got {value!r}.')
 
 
+def check_modalities(config: ml_collections.ConfigDict) -> None:
+  """`config.modalities` known and distinct; the deployed and privileged ones (`stages.roles`)
+  among them, and the stage's streams too (`step1_ir` needs infrared)."""
+  provided = stages.names_tuple(config.modalities)
+  for name in provided:
+    _check_choice('modalities entry', name, modalities.NAMES)
+  if len(set(provided)) != len(provided):
+    raise ValueError(f'config.modalities names a modality twice: {config.modalities!r}.')
+  deployed, privileged = stages.roles(config.privileged, config.deployed)
+  used = {deployed, *privileged}
+  if config.stage in stages.STEP1_SINGLE:
+    used.add(config.stage.removeprefix('step1_'))
+  missing = [m for m in modalities.NAMES if m in used and m not in provided]
+  if missing:
+    raise ValueError(
+        f'config.modalities {config.modalities!r} lacks {tuple(missing)}, which the '
+        f'stage {config.stage!r} with config.deployed={deployed!r} and '
+        f'config.privileged={privileged} reads: use a dataset (config.builder_config) that '
+        f"stores them and add them: --config.modalities={','.join((*provided, *missing))}"
+    )
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the fix, on values the trainer could not use."""
   stages.check_stage_name(config.stage)
-  if config.privileged not in ('depth', 'rgb'):
-    raise ValueError(f"config.privileged must be 'depth' or 'rgb', got {config.privileged!r}.")
+  check_modalities(config)
   if config.loss.kind not in stages.LOSS_KINDS:
     raise ValueError(
         f'config.loss.kind must be one of {stages.LOSS_KINDS}, got {config.loss.kind!r}.'
@@ -306,6 +343,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   for stage in config.model.unconnected_stages:
     _check_choice('model.unconnected_stages entry', stage, stages.CONNECTABLE_STAGES)
   _check_choice('input.depth_encoding', config.input.depth_encoding, preprocess.DEPTH_ENCODINGS)
+  _check_choice('input.ir_encoding', config.input.ir_encoding, preprocess.IR_ENCODINGS)
   profiling.check_steps(config.profile_steps)
 
 

@@ -25,9 +25,11 @@ program, the same exact accuracy of a state on a whole split.
 
 `--sweep` writes Table 2's row (no noise, each variance in
 `config.eval.noise_variances`, void) to the stage's `noise_sweep.json`, from
-one compiled evaluation program (the level is its input, `steps.DepthCondition`). Depth
-noise only changes stages that read depth (steps 1-3, hoffman's teacher); a
-step-4 model reads RGB only, which is the point of the method.
+one compiled evaluation program (the level is its input, `steps.DepthCondition`). The
+noise and void act on the privileged modalities (`config.privileged`: depth in the
+paper, whose flags name it), so they only change stages that read them (steps 1-3,
+hoffman's teachers); a step-4 model reads the deployed modality only, which is the
+point of the method.
 """
 
 from __future__ import annotations
@@ -191,13 +193,15 @@ def define_flags() -> None:
   )
   flags.DEFINE_string('workdir', None, 'Run folder the stage was trained in.', required=True)
   flags.DEFINE_list('stage', [], "Stages to evaluate (default: the --config's stage).")
-  flags.DEFINE_bool('sweep', False, "Evaluate Table 2's depth-noise row.")
+  flags.DEFINE_bool('sweep', False, "Evaluate Table 2's row: noise on the privileged modalities.")
   flags.DEFINE_string('split', None, "Split to evaluate (default: the run's eval.split).")
   flags.DEFINE_string('data_dir', None, "Where the dataset is (default: the run's).")
   flags.DEFINE_integer('eval_batch_size', None, 'Clips per evaluation batch.')
   flags.DEFINE_integer('max_eval_batches', None, '> 0: truncate (smoke runs; results say so).')
-  flags.DEFINE_float('depth_noise_std', None, 'sigma of the multiplicative depth noise.')
-  flags.DEFINE_bool('void_depth', None, 'Replace depth by zeros.')
+  flags.DEFINE_float(
+      'depth_noise_std', None, 'sigma of the multiplicative noise of the privileged modalities.'
+  )
+  flags.DEFINE_bool('void_depth', None, 'Replace the privileged modalities by zeros.')
 
 
 # Flags of this command and the config key each sets.

@@ -31,6 +31,7 @@ import numpy as np
 
 from modistill_jax import checkpointing
 from modistill_jax import config_lib
+from modistill_jax import modalities
 from modistill_jax import param_merge
 from modistill_jax import pretrained
 from modistill_jax import runs
@@ -39,7 +40,9 @@ from modistill_jax.models import StageNetwork
 
 PyTree = Any
 # The `config.input` keys an ImageNet checkpoint's metadata sets (`effective_config`).
-IMAGENET_NORMALISATION_KEYS = ('rgb_mean', 'rgb_std', 'depth_mean', 'depth_std')
+IMAGENET_NORMALISATION_KEYS = tuple(
+    f'{m}_{statistic}' for m in modalities.NAMES for statistic in ('mean', 'std')
+)
 
 
 def check_imagenet_layout(config: ml_collections.ConfigDict, metadata: Mapping[str, Any]) -> None:
@@ -57,7 +60,7 @@ def effective_config(
 ) -> ml_collections.ConfigDict:
   """A checked copy of `config` as the stage runs it (the caller's config is never changed).
 
-  The stage name is set, and with ImageNet weights both modalities get the
+  The stage name is set, and with ImageNet weights every modality gets the
   input normalisation recorded with the converted checkpoint: every stage of a
   run descends from the step-1 weights, so every stage and its evaluation use
   it. This copy is the stage's `config.json`. A config that fails
@@ -71,7 +74,7 @@ def effective_config(
     metadata = json.loads((epath.Path(config.init.imagenet) / pretrained.METADATA_FILE).read_text())
     check_imagenet_layout(config, metadata)
     for key in IMAGENET_NORMALISATION_KEYS:
-      effective.input[key] = tuple(metadata[key.split('_')[1]])
+      effective.input[key] = tuple(metadata[key.rsplit('_', 1)[1]])
   return effective
 
 

@@ -16,7 +16,10 @@ paper is silent, the reductions follow the authors' implementation
 * eq. (3)/(4), `generalized_distillation_loss`:
   `(1 - lambda) * CE(y, softmax(z_s)) + lambda * CE(softmax(z_t / T), softmax(z_s / T))`,
   each cross-entropy averaged over clips, no T^2 factor.
-* eq. (5), `total_loss`: `(1 - alpha) * L_GD + alpha * L_hall`.
+* eq. (5), `total_loss`: `(1 - alpha) * L_GD + alpha * L_hall`. With several
+  privileged streams (teachers), L_GD distils their fused logits (the mean of
+  theirs) and L_hall is the mean of eq. (1) towards each teacher's feature map;
+  with one teacher both are exactly the paper's.
 
 `HALLUCINATION_LOSSES` names the step-3 / hoffman losses a config chooses
 (`config.loss.kind`): a new one is one entry there (and its test).
@@ -27,7 +30,8 @@ parameters, and the model stops gradients at a frozen giver.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+import functools
 from typing import Any, Literal
 
 import jax
@@ -122,19 +126,33 @@ def total_loss(gd_loss: Array, hall_loss: Array, *, alpha: float = 0.5) -> Array
 # MARK: the hallucination losses by name (`config.loss.kind`)
 
 # (loss_config, student logits, teacher logits, student features, teacher features, labels)
-# -> (loss, {term name: unweighted term}); the terms are logged separately.
+# -> (loss, {term name: unweighted term}); the terms are logged separately. The teacher
+# logits are the teachers' fused logits (`fused_teacher_logits`), the teacher features one
+# feature map per teacher.
 HallucinationLoss = Callable[..., tuple[Array, dict[str, Array]]]
 
 
-def _hall(loss_config: Any, student_features: Array, teacher_features: Array, labels: Array):
-  return hallucination_loss(
-      teacher_features,
-      student_features,
-      reduction=loss_config.hall_reduction,
-      weight=loss_config.hall_weight,
-      num_clips=labels.shape[0],
-      reference_clips=loss_config.hall_reference_clips,
-  )
+def fused_teacher_logits(teacher_logits: Sequence[Array]) -> Array:
+  """The teachers' fused logits, the mean of theirs: one teacher's, exactly, alone."""
+  return functools.reduce(jnp.add, teacher_logits) / len(teacher_logits)
+
+
+def _hall(
+    loss_config: Any, student_features: Array, teacher_features: Sequence[Array], labels: Array
+):
+  """Eq. (1) towards each teacher's feature map, averaged: one teacher's eq. (1), exactly."""
+  terms = [
+      hallucination_loss(
+          features,
+          student_features,
+          reduction=loss_config.hall_reduction,
+          weight=loss_config.hall_weight,
+          num_clips=labels.shape[0],
+          reference_clips=loss_config.hall_reference_clips,
+      )
+      for features in teacher_features
+  ]
+  return functools.reduce(jnp.add, terms) / len(terms)
 
 
 def _gd(loss_config: Any, student_logits: Array, teacher_logits: Array, labels: Array):

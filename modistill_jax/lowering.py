@@ -43,6 +43,7 @@ import numpy as np
 
 from modistill_jax import evaluators
 from modistill_jax import initialization
+from modistill_jax import modalities as modalities_lib
 from modistill_jax import optim
 from modistill_jax import sharding
 from modistill_jax import stages
@@ -167,7 +168,10 @@ def abstract_batch(
     config: ml_collections.ConfigDict, batch_size: int, modalities: Sequence[str], mesh
 ) -> dict[str, jax.ShapeDtypeStruct]:
   """The pipeline's batch of `batch_size` clips, as shapes sharded over the mesh's data axis."""
-  shapes = {m: (feeding.input_shape(config, batch_size, m), np.uint8) for m in modalities}
+  shapes = {
+      m: (feeding.input_shape(config, batch_size, m), modalities_lib.get(m).batch_dtype)
+      for m in modalities
+  }
   shapes.update(
       label=((batch_size,), np.int32),
       mask=((batch_size,), np.bool_),

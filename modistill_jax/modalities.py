@@ -19,8 +19,8 @@ description here plus a builder's reader that produces its frames.
 Noise (the paper's section 4.3, Table 2) is one model for every modality: the
 3-channel image the stream reads, before normalisation, multiplied element
 by element by `n ~ N(1, sigma)` and clipped to 0..255
-(`preprocess.depth_noise`, which `steps.py` applies to depth); "void" replaces
-that image by zeros (`preprocess.void_depth`).
+(`preprocess.depth_noise`, which `steps.py` applies to the privileged
+modalities); "void" replaces that image by zeros (`preprocess.void_depth`).
 """
 
 from __future__ import annotations

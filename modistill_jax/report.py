@@ -414,7 +414,9 @@ def run_description(workdir: str) -> dict[str, Any]:
   without what does not change results (`config_lib.RESUMABLE_KEYS`: the stage
   name, cadences, worker counts, where the data is).
   """
-  from modistill_jax import config_lib  # pylint: disable=g-import-not-at-top (models, losses)
+  # pylint: disable=g-import-not-at-top (models, losses)
+  from modistill_jax import config_lib
+  from modistill_jax import stages
 
   root = runs.as_path(workdir)
   finished = sorted(p.name for p in root.iterdir() if runs.stage_dir(root, p.name).finished())
@@ -432,7 +434,8 @@ def run_description(workdir: str) -> dict[str, Any]:
       'dataset': dataset,
       'protocol': config['protocol'],
       'seed': config['seed'],
-      'privileged': config['privileged'],
+      # One modality ('depth'), or several joined as results.json joins them ('depth+ir').
+      'privileged': '+'.join(stages.names_tuple(config['privileged'])),
       'settings': settings,
   }
 

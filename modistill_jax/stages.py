@@ -1,48 +1,62 @@
 """The training stages of the method, in one visible table.
 
 A stage says which streams exist, what each reads, who gives to whom, which
-stream is a frozen teacher, what the loss is, which streams make the fused
+streams are frozen teachers, what the loss is, which streams make the fused
 prediction, and where every stream's initial weights come from. With the
-privileged modality P (depth by default) and the test-time modality O (RGB):
+deployed modality O (what the final model sees: RGB by default) and the
+privileged ones P = (P1, ...) (training only: depth by default):
 
-| stage | models (giver -> receiver) | loss | init |
+| stage | models (givers -> receiver) | loss | init |
 | --- | --- | --- | --- |
-| step1_rgb | rgb | CE(rgb) | ImageNet or scratch |
-| step1_depth | depth | CE(depth) | ImageNet or scratch |
-| step1 | depth, rgb (no connections) | CE(depth) + CE(rgb) | ImageNet or scratch |
+| step1_<m> | m, for any modality m | CE(m) | ImageNet or scratch |
+| step1 | P and O, independent (no connections) | sum of each one's CE | ImageNet or scratch |
 | step2 | P -> O | CE(fused) | step 1 |
-| step3 | P (frozen) -> hall(O input) | loss.kind, teacher = P | hall and P from step 2's P |
+| step3 | P (frozen) -> hall(O input) | loss.kind, teachers = P | hall: step 2's P1; P: step 2 |
 | step4 | hall(O input) -> O | CE(fused) | hall: step 3; O: step 2 |
-| hoffman | P, O, hall(O input); no connections | CE(P) + CE(O) + loss.kind(hall, P) | step 1 |
+| hoffman | P, O, hall(O input), unconnected | CE(P) + CE(O) + loss.kind(hall, P) | step 1 |
 
 `all` runs step1, step2, step3, step4 in order. Stream names are the
-modality names ('rgb', 'depth') plus 'hall', so in the inverted setting
-(`privileged='rgb'`, paper Table 4) the hallucination stream reads depth and
-imitates the RGB stream. The hoffman baseline (Hoffman et al., Table 1 rows 3-5)
-is one joint step with no staging, every stream from step 1 (hall from P's); its
-teacher logits and features enter the hallucination loss through `stop_gradient`,
-so the depth stream learns only from its own labels. Its test-time prediction is
+modality names plus 'hall', so in the inverted setting (`privileged=('rgb',)`,
+deployed depth, paper Table 4) the hallucination stream reads depth and
+imitates the RGB stream. With one privileged modality (the paper) every row is
+the paper's two-stream method; with several, each privileged stream gives to
+the receiver (docs/method.md: how the connections and eq. (5) generalise). The
+hoffman baseline (Hoffman et al., Table 1 rows 3-5) is one joint step with no
+staging, every stream from step 1 (hall from P1's); its teacher logits and
+features enter the hallucination loss through `stop_gradient`, so the
+privileged streams learn only from their own labels. Its test-time prediction is
 O + hall, as in step 4.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 
 from modistill_jax import losses
+from modistill_jax import modalities
 
+# The paper's stages, on RGB-D data. `step1_<m>` exists for every modality (`STEP1_SINGLE`).
 STAGE_NAMES = ('step1', 'step1_rgb', 'step1_depth', 'step2', 'step3', 'step4', 'hoffman')
+# One stream of one modality, alone: `step1_ir`, `step1_skeleton`, ...
+STEP1_SINGLE = tuple(f'step1_{m}' for m in modalities.NAMES)
 ALL = 'all'
 ALL_STAGES = ('step1', 'step2', 'step3', 'step4')
 # `config.loss.kind`: the hallucination losses of step 3 and hoffman, by name.
 LOSS_KINDS = tuple(losses.HALLUCINATION_LOSSES)
 CONNECTABLE_STAGES = ('step2', 'step3', 'step4')
 HALL = 'hall'
+# The deployed modality where `config.deployed` is '': RGB, or depth where RGB is privileged
+# (Table 4's inversion, which `--config.privileged=rgb` alone asks for).
+DEFAULT_DEPLOYED = 'rgb'
+INVERTED_DEPLOYED = 'depth'
+# Every stage name a config may give: the paper's, each modality's step 1, and `all`.
+KNOWN_STAGE_NAMES = STAGE_NAMES + tuple(s for s in STEP1_SINGLE if s not in STAGE_NAMES) + (ALL,)
 
 
 def check_stage_name(stage: str) -> None:
-  if stage not in STAGE_NAMES + (ALL,):
-    raise ValueError(f'Unknown stage {stage!r}; stages are {STAGE_NAMES + (ALL,)}.')
+  if stage not in KNOWN_STAGE_NAMES:
+    raise ValueError(f'Unknown stage {stage!r}; stages are {KNOWN_STAGE_NAMES}.')
 
 
 def expand(stage: str) -> tuple[str, ...]:
@@ -51,20 +65,74 @@ def expand(stage: str) -> tuple[str, ...]:
   return ALL_STAGES if stage == ALL else (stage,)
 
 
+def names_tuple(names: str | Sequence[str]) -> tuple[str, ...]:
+  """One name, several comma-separated (`config.privileged='depth,ir'`), or a sequence of names
+  (a `ModelSpec`'s givers) as a tuple."""
+  if isinstance(names, str):
+    return tuple(n for n in names.split(',') if n)
+  return tuple(names)
+
+
+def roles(privileged: str | Sequence[str], deployed: str = '') -> tuple[str, tuple[str, ...]]:
+  """`(deployed, privileged)` checked, the privileged ones in the canonical modality order.
+
+  `deployed` '' is RGB, or depth where RGB is privileged (`DEFAULT_DEPLOYED`).
+  Raises ValueError naming the config key and value on an unknown, repeated or
+  missing modality, or a deployed modality that is also privileged.
+  """
+  privileged = names_tuple(privileged)
+  if not privileged:
+    raise ValueError("config.privileged must name at least one modality, e.g. 'depth'.")
+  for name in privileged:
+    if name not in modalities.ALL:
+      raise ValueError(
+          f'config.privileged: unknown modality {name!r}; the modalities are {modalities.NAMES}.'
+      )
+  if len(set(privileged)) != len(privileged):
+    raise ValueError(f'config.privileged names a modality twice: {privileged}.')
+  if not deployed:
+    deployed = INVERTED_DEPLOYED if DEFAULT_DEPLOYED in privileged else DEFAULT_DEPLOYED
+  if deployed not in modalities.ALL:
+    raise ValueError(
+        f'config.deployed: unknown modality {deployed!r}; the modalities are {modalities.NAMES}.'
+    )
+  if deployed in privileged:
+    raise ValueError(
+        f'config.privileged {privileged} contains the deployed modality {deployed!r} '
+        '(config.deployed): the final model cannot be taught by what it sees itself.'
+    )
+  return deployed, modalities.ordered(privileged)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """One `MultiStream`: receiver, optional giver, their inputs, connections."""
+  """One `MultiStream`: a receiver, its givers, their inputs, connections.
+
+  `giver` and `giver_input` are one stream and its modality, or a tuple of
+  several (each giver reads the input at the same place): the step-2 and step-3
+  networks of several privileged modalities have one giver each.
+  """
 
   receiver: str
   receiver_input: str
-  giver: str | None = None
-  giver_input: str | None = None
+  giver: str | tuple[str, ...] | None = None
+  giver_input: str | tuple[str, ...] | None = None
   connections: bool = False
   giver_frozen: bool = False
 
   @property
+  def givers(self) -> tuple[tuple[str, str], ...]:
+    """`((giver stream, its input), ...)`, in the order they run; () when none."""
+    if self.giver is None:
+      return ()
+    names, inputs = names_tuple(self.giver), names_tuple(self.giver_input)
+    if len(names) != len(inputs):
+      raise ValueError(f'givers {names} and their inputs {inputs} must pair up.')
+    return tuple(zip(names, inputs))
+
+  @property
   def streams(self) -> tuple[str, ...]:
-    return (self.giver, self.receiver) if self.giver else (self.receiver,)
+    return tuple(g for g, _ in self.givers) + (self.receiver,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +153,7 @@ class Stage:
   loss: str  # a key of `steps.STAGE_LOSSES`: 'xent_fused' | 'xent_each' | 'distill' | 'hoffman'
   fused: tuple[str, ...]  # streams averaged into the reported/test prediction
   frozen: tuple[str, ...] = ()
-  teacher: str | None = None
+  teachers: tuple[str, ...] = ()  # the privileged streams the student learns from
   student: str | None = None
   init: tuple[InitSource, ...] = ()  # empty: ImageNet / from_workdir / scratch
 
@@ -110,7 +178,7 @@ class Stage:
   def inputs(self) -> tuple[str, ...]:
     """Modalities the stage reads (so evaluation knows whether depth is used)."""
     used = {m.receiver_input for m in self.models}
-    used |= {m.giver_input for m in self.models if m.giver_input}
+    used |= {i for m in self.models for _, i in m.givers}
     return tuple(sorted(used))
 
 
@@ -119,7 +187,8 @@ def step1_sources(stream: str) -> InitSource:
 
 
 def for_config(name: str, config) -> Stage:
-  """The stage `name` as a run's config defines it (privileged modality, connections).
+  """The stage `name` as a run's config defines it (deployed and privileged modalities,
+  connections).
 
   Every caller that has a config builds its stage here, so a config field that
   changes the stage graph is read in one place. A stage is connected when
@@ -127,44 +196,54 @@ def for_config(name: str, config) -> Stage:
   reference's runnable step 4, for one, is unconnected).
   """
   connections = config.model.connections and name not in tuple(config.model.unconnected_stages)
-  return get_stage(name, privileged=config.privileged, connections=connections)
+  return get_stage(
+      name,
+      privileged=config.privileged,
+      deployed=config.deployed,
+      connections=connections,
+  )
 
 
-def get_stage(name: str, *, privileged: str = 'depth', connections: bool = True) -> Stage:
-  """The stage `name` for privileged modality `privileged` ('depth' or 'rgb')."""
+def get_stage(
+    name: str,
+    *,
+    privileged: str | Sequence[str] = 'depth',
+    deployed: str = '',
+    connections: bool = True,
+) -> Stage:
+  """The stage `name` for the privileged modalities and the deployed one (`roles`)."""
   check_stage_name(name)
   if name == ALL:
     raise ValueError("'all' is a sequence of stages; use expand('all').")
-  p = privileged
-  o = 'rgb' if p == 'depth' else 'depth'
-  if name in ('step1_rgb', 'step1_depth'):
-    m = name.split('_')[1]
+  o, ps = roles(privileged, deployed)
+  if name in STEP1_SINGLE:
+    m = name.removeprefix('step1_')
     return Stage(name, (ModelSpec(m, m),), loss='xent_each', fused=(m,))
   if name == 'step1':
-    return Stage(
-        name,
-        (ModelSpec('rgb', 'rgb', 'depth', 'depth', connections=False),),
-        loss='xent_each',
-        fused=('depth', 'rgb'),
-    )
+    # The receiver is the first modality in the canonical order, the others give (but,
+    # unconnected, give nothing): RGB-D is depth, rgb whichever is privileged, as it always was.
+    first, *rest = modalities.ordered((o, *ps))
+    spec = ModelSpec(first, first, tuple(rest), tuple(rest))
+    return Stage(name, (spec,), loss='xent_each', fused=spec.streams)
+  p1 = ps[0]
   if name == 'step2':
     return Stage(
         name,
-        (ModelSpec(o, o, p, p, connections=connections),),
+        (ModelSpec(o, o, ps, ps, connections=connections),),
         loss='xent_fused',
-        fused=(p, o),
-        init=(step1_sources(p), step1_sources(o)),
+        fused=(*ps, o),
+        init=(*(step1_sources(p) for p in ps), step1_sources(o)),
     )
   if name == 'step3':
     return Stage(
         name,
-        (ModelSpec(HALL, o, p, p, connections=connections, giver_frozen=True),),
+        (ModelSpec(HALL, o, ps, ps, connections=connections, giver_frozen=True),),
         loss='distill',
         fused=(HALL,),
-        frozen=(p,),
-        teacher=p,
+        frozen=ps,
+        teachers=ps,
         student=HALL,
-        init=(InitSource(HALL, ('step2',), p), InitSource(p, ('step2',), p)),
+        init=(InitSource(HALL, ('step2',), p1), *(InitSource(p, ('step2',), p) for p in ps)),
     )
   if name == 'step4':
     return Stage(
@@ -177,10 +256,14 @@ def get_stage(name: str, *, privileged: str = 'depth', connections: bool = True)
   # hoffman: one joint step from the step-1 streams, no connections.
   return Stage(
       name,
-      (ModelSpec(p, p), ModelSpec(o, o), ModelSpec(HALL, o)),
+      (*(ModelSpec(p, p) for p in ps), ModelSpec(o, o), ModelSpec(HALL, o)),
       loss='hoffman',
       fused=(o, HALL),
-      teacher=p,
+      teachers=ps,
       student=HALL,
-      init=(step1_sources(p), step1_sources(o), InitSource(HALL, ('step1', f'step1_{p}'), p)),
+      init=(
+          *(step1_sources(p) for p in ps),
+          step1_sources(o),
+          InitSource(HALL, ('step1', f'step1_{p1}'), p1),
+      ),
   )

@@ -8,9 +8,10 @@ trainer jits it once over a device mesh and tests and notebooks can import it.
   of the loss, never differentiated (the gradient is taken with respect to
   `params` only), never updated, has no optimizer state, and its BatchNorm runs
   in inference mode (`ModelSpec.giver_frozen`).
-* Inputs arrive as uint8 clips and are normalised on the device (4x less
-  host-to-device traffic than float32); test-time depth noise is applied there
-  too.
+* Inputs arrive as the pipeline's clips (uint8 images and depth codes, 4x less
+  host-to-device traffic than float32; float32 joint segments) and become the
+  images the streams read, normalised, on the device (`Modality.network_input`);
+  Table 2's test-time noise of the privileged modalities is applied there too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import ml_collections
 import optax
 
 from modistill_jax import losses
+from modistill_jax import modalities as modalities_lib
 from modistill_jax import stages
 from modistill_jax.data import preprocess
 from modistill_jax.models import StageNetwork
@@ -80,46 +82,53 @@ def forward(
   return outputs, (updates['batch_stats'] if train else {})
 
 
+def encoding(input_config: ml_collections.ConfigDict, modality: str) -> str:
+  """The image the device makes of `modality`: `input.<modality>_encoding` where the config
+  has one (depth, infrared), else the modality's only one (RGB, skeleton)."""
+  key = f'{modality}_encoding'
+  return input_config[key] if key in input_config else modalities_lib.get(modality).encodings[0]
+
+
 def model_inputs(
     batch: Mapping[str, Array],
     input_config: ml_collections.ConfigDict,
     modalities: tuple[str, ...],
     dtype,
-    depth_transform=None,
+    transform=None,
 ) -> dict[str, Array]:
-  """uint8 clips -> normalised clips of the modalities a stage reads.
+  """The pipeline's clips -> normalised images of the modalities a stage reads.
 
-  Depth is coloured first (`input.depth_encoding`: its codes through the jet
-  or gray table), then corrupted
-  (`depth_transform`, the Table 2 noise acts on the image the network reads),
-  then normalised; `input.depth_subtract_mean=False` keeps its std but no mean.
+  Each modality's clips first become the 3-channel image its stream reads
+  (`Modality.network_input`: depth codes through the jet or gray table of
+  `input.depth_encoding`, infrared on 3 channels, joints as heat maps), then
+  `transform` corrupts it (Table 2's noise acts on the image the network
+  reads), then it is normalised by `input.<modality>_mean` and `_std`;
+  `input.depth_subtract_mean=False` keeps depth's std but no mean.
   """
+  image_size = (input_config.image_size, input_config.image_size)
   inputs = {}
   for m in modalities:
     mean = tuple(input_config[f'{m}_mean'])
-    if m == 'depth':
-      clips = preprocess.depth_image(batch[m], input_config.depth_encoding)
-      clips = clips.astype(jnp.float32)
-      if depth_transform is not None:
-        clips = depth_transform(clips)
-      if not input_config.depth_subtract_mean:
-        mean = (0.0,) * len(mean)
-    else:
-      clips = batch[m].astype(jnp.float32)
+    image = modalities_lib.get(m).network_input(batch[m], image_size, encoding(input_config, m))
+    clips = image.astype(jnp.float32)
+    if transform is not None:
+      clips = transform(clips)
+    if not input_config.get(f'{m}_subtract_mean', True):
+      mean = (0.0,) * len(mean)
     inputs[m] = preprocess.normalize(clips, mean, tuple(input_config[f'{m}_std'])).astype(dtype)
   return inputs
 
 
 def eval_batch_stats_streams(
-    stage: stages.Stage, privileged: str, eval_config: ml_collections.ConfigDict
+    stage: stages.Stage, privileged: str | tuple[str, ...], eval_config: ml_collections.ConfigDict
 ) -> tuple[str, ...]:
-  """Streams evaluated with batch statistics: step 2's privileged one, if asked.
+  """Streams evaluated with batch statistics: step 2's privileged ones, if asked.
 
   The reference builds its step-2 graph with the depth stream's BatchNorm in
   training mode and evaluates it that way (`eval.step2_privileged_batch_stats`).
   """
   if eval_config.step2_privileged_batch_stats and stage.name == 'step2':
-    return (privileged,)
+    return stages.names_tuple(privileged)
   return ()
 
 
@@ -147,14 +156,20 @@ def _xent_each(stage, loss_config, outputs, labels):
 
 
 def _distill(stage, loss_config, outputs, labels):
-  """The hallucination loss `loss.kind` names (`losses.HALLUCINATION_LOSSES`), teacher fixed."""
-  teacher, student, endpoint = stage.teacher, stage.student, loss_config.hall_endpoint
+  """The hallucination loss `loss.kind` names (`losses.HALLUCINATION_LOSSES`), teachers fixed.
+
+  The student learns from its teachers' fused logits and towards each one's
+  feature map (`losses.py`); one teacher is the paper's eq. (5).
+  """
+  endpoint, student = loss_config.hall_endpoint, stage.student
+  teacher_logits = losses.fused_teacher_logits([outputs['logits'][t] for t in stage.teachers])
+  teacher_features = [outputs['endpoints'][t][endpoint] for t in stage.teachers]
   return losses.HALLUCINATION_LOSSES[loss_config.kind](
       loss_config,
       outputs['logits'][student],
-      jax.lax.stop_gradient(outputs['logits'][teacher]),
+      jax.lax.stop_gradient(teacher_logits),
       outputs['endpoints'][student][endpoint],
-      jax.lax.stop_gradient(outputs['endpoints'][teacher][endpoint]),
+      jax.lax.stop_gradient(teacher_features),
       labels,
   )
 
@@ -239,10 +254,12 @@ def train_step(
 
 @flax.struct.dataclass
 class DepthCondition:
-  """A test-time depth condition as arrays: Table 2's levels are inputs of one program.
+  """A test-time condition of the privileged modalities (the paper's depth) as arrays: Table 2's
+  levels are inputs of one program.
 
-  `noise_std`: sigma of the multiplicative noise (0: clean depth, exactly: the
-  noise factor is then 1); `void`: depth replaced by zeros (noise is then moot).
+  `noise_std`: sigma of the multiplicative noise (0: the clean image, exactly:
+  the noise factor is then 1); `void`: the image replaced by zeros (noise is
+  then moot).
   """
 
   noise_std: Array  # float32 scalar
@@ -253,21 +270,34 @@ class DepthCondition:
     return cls(noise_std=jnp.float32(noise_std), void=jnp.bool_(void))
 
 
-def depth_transform_fn(eval_config: ml_collections.ConfigDict, key: Array):
-  """Test-time depth corruption (paper section 4.3), or None for clean depth."""
+def _noise_key(key: Array, index: int) -> Array:
+  """The noise key of the `index`-th privileged modality: the first draws from `key` itself
+  (as the paper's depth always did), the others from their own fold of it."""
+  return key if index == 0 else jax.random.fold_in(key, index)
+
+
+def corruption_fn(eval_config: ml_collections.ConfigDict, key: Array, modality: str, index: int):
+  """Test-time corruption (paper section 4.3) of `modality`'s image, or None for clean.
+
+  `index`: the modality's place among the privileged ones (its noise key).
+  """
+  description = modalities_lib.get(modality)
   if eval_config.void_depth:
-    return preprocess.void_depth
+    return description.void
   if eval_config.depth_noise_std > 0:
-    return functools.partial(preprocess.depth_noise, key, sigma=eval_config.depth_noise_std)
+    return functools.partial(
+        description.noise, _noise_key(key, index), sigma=eval_config.depth_noise_std
+    )
   return None
 
 
-def depth_condition_fn(condition: DepthCondition, key: Array):
-  """`depth_transform_fn` for a traced condition: noise, then zeros where void."""
+def condition_fn(condition: DepthCondition, key: Array, modality: str, index: int):
+  """`corruption_fn` for a traced condition: noise, then zeros where void."""
+  description = modalities_lib.get(modality)
 
-  def transform(depth):
-    noisy = preprocess.depth_noise(key, depth, sigma=condition.noise_std)
-    return jnp.where(condition.void, preprocess.void_depth(noisy), noisy)
+  def transform(image):
+    noisy = description.noise(_noise_key(key, index), image, sigma=condition.noise_std)
+    return jnp.where(condition.void, description.void(noisy), noisy)
 
   return transform
 
@@ -283,15 +313,26 @@ def eval_step(
 ) -> dict[str, Array]:
   """Per-example predictions of every stream and of the fused model.
 
-  The depth the network reads is corrupted as `config.eval` says (fixed in the
-  program), or, given `depth_condition`, as it says (one program for all levels).
+  The privileged modalities' images (the paper's depth) are corrupted as
+  `config.eval` says (fixed in the program), or, given `depth_condition`, as it
+  says (one program for all levels).
   """
   stage = model.stage
-  if depth_condition is None:
-    depth_transform = depth_transform_fn(config.eval, noise_key)
-  else:
-    depth_transform = depth_condition_fn(depth_condition, noise_key)
-  inputs = model_inputs(batch, config.input, stage.inputs, model.input_dtype, depth_transform)
+  _, privileged = stages.roles(config.privileged, config.deployed)
+  inputs = model_inputs(
+      batch,
+      config.input,
+      tuple(m for m in stage.inputs if m not in privileged),
+      model.input_dtype,
+  )
+  for index, m in enumerate(privileged):
+    if m not in stage.inputs:
+      continue
+    if depth_condition is None:
+      transform = corruption_fn(config.eval, noise_key, m, index)
+    else:
+      transform = condition_fn(depth_condition, noise_key, m, index)
+    inputs |= model_inputs(batch, config.input, (m,), model.input_dtype, transform)
   outputs, _ = forward(
       model,
       state.variables(),

@@ -281,7 +281,8 @@ def stage_record(stage_name: str, config: ml_collections.ConfigDict, stage: stag
       'stage': stage_name,
       'dataset': config.dataset,
       'protocol': config.protocol,
-      'privileged': config.privileged,
+      # One name ('depth', as always) or several joined ('depth+ir').
+      'privileged': '+'.join(stages.roles(config.privileged, config.deployed)[1]),
       'loss': stage.loss_name(config.loss.kind),
       'connections': bool(config.model.connections and any(m.connections for m in stage.models)),
       'train_inputs': list(stage.inputs),

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from modistill_jax import initialization
+from modistill_jax import modalities as modalities_lib
 from modistill_jax import optim
 from modistill_jax import sharding
 from modistill_jax import stages
@@ -89,13 +90,17 @@ def timed_repeats(
 def synthetic_batch(
     config: ml_collections.ConfigDict, modalities: Sequence[str], num_classes: int, mesh, seed: int
 ) -> dict[str, jax.Array]:
-  """A global batch shaped like the pipeline's (the stage's modalities, uint8), on the devices."""
+  """A global batch shaped like the pipeline's (the stage's modalities, their dtypes), on the
+  devices: uint8 images and codes, and float32 joint segments within the frame."""
   rng = np.random.default_rng(seed)
   batch_size = config.batch_size
-  batch = {
-      m: rng.integers(0, 256, feeding.input_shape(config, batch_size, m), dtype=np.uint8)
-      for m in modalities
-  }
+  batch = {}
+  for m in modalities:
+    shape = feeding.input_shape(config, batch_size, m)
+    if modalities_lib.get(m).batch_dtype == np.uint8:
+      batch[m] = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+      batch[m] = rng.uniform(0, config.input.image_size, shape).astype(np.float32)
   batch['label'] = rng.integers(0, num_classes, batch_size, dtype=np.int32)
   batch['mask'] = np.ones(batch_size, np.bool_)
   batch['index'] = np.arange(batch_size, dtype=np.int32)

@@ -28,7 +28,7 @@ SUITE_CLIPS_PER_DEVICE = 64
 
 def single_stream_stage(config: ml_collections.ConfigDict) -> str:
   """The step-1 stage of the test-time modality: the reference for FLOP ratios."""
-  return 'step1_rgb' if config.privileged == 'depth' else 'step1_depth'
+  return f'step1_{stages.roles(config.privileged, config.deployed)[0]}'
 
 
 def stage_names(

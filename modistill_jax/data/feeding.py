@@ -24,7 +24,9 @@ import numpy as np
 
 from modistill_jax import runs
 from modistill_jax import sharding
+from modistill_jax import stages
 from modistill_jax.data import pipeline
+from modistill_jax.data import records
 
 # How often a command waiting for another one's build of the same dataset looks again.
 BUILD_WAIT_SECONDS = 2.0
@@ -47,7 +49,6 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> str | None:
   if not config.build_if_missing:
     return None
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from modistill_jax.data import records  # pylint: disable=g-import-not-at-top
 
   name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
   _import_builder(config)
@@ -101,9 +102,13 @@ def _import_builder(config: ml_collections.ConfigDict) -> None:
 
 
 def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source | None]:
-  """The config's train, validation and test splits (None where the protocol has none)."""
+  """The config's train, validation and test splits (None where the protocol has none).
+
+  Raises:
+    ValueError: the dataset does not store one of `config.modalities`.
+  """
   ensure_dataset(config)
-  return {
+  sources = {
       split: pipeline.load_source(
           config.dataset,
           config.protocol,
@@ -113,6 +118,26 @@ def load_sources(config: ml_collections.ConfigDict) -> dict[str, pipeline.Source
       )
       for split in ('train', 'validation', 'test')
   }
+  check_stored_modalities(config, sources)
+  return sources
+
+
+def check_stored_modalities(
+    config: ml_collections.ConfigDict, sources: dict[str, pipeline.Source | None]
+) -> None:
+  """Every one of `config.modalities` is in the dataset's clips (the first clip of a split)."""
+  for source in sources.values():
+    if source is None or not len(source.records):
+      continue
+    stored = records.stored_modalities(source.records[0])
+    missing = [m for m in stages.names_tuple(config.modalities) if m not in stored]
+    if missing:
+      name = config.dataset + (f'/{config.builder_config}' if config.builder_config else '')
+      raise ValueError(
+          f'config.modalities {config.modalities!r}: {source.name} ({name}) stores no '
+          f'{", ".join(missing)} frames, only {stored}; build a config that stores them '
+          '(docs/modalities.md#what-each-dataset-can-store) and set --config.builder_config.'
+      )
 
 
 def input_shape(config: ml_collections.ConfigDict, batch: int, modality: str) -> tuple[int, ...]:

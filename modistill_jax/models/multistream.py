@@ -1,25 +1,31 @@
-"""The multi-stream network: up to two streams joined by multiplicative connections.
+"""The multi-stream network: a receiver and its givers, joined by multiplicative connections.
 
 One class expresses every stage of the method. A `MultiStream` runs one
-`stages.ModelSpec`: a *receiving* stream and optionally a *giving* stream, each
-a named stream reading one input modality. With `connections=True`, the giving
-stream's unit-0 output (after ReLU) of each of the 4 blocks gates the receiving
-stream's unit-1 residual input (`x + x_pre * m`, see `resnet.py`); the giver
-itself receives nothing, so it runs first and the receiver after it.
+`stages.ModelSpec`: a *receiving* stream and optionally *giving* streams (one
+in the paper, one per privileged modality in general), each a named stream
+reading one input modality. With `connections=True`, the giving stream's
+unit-0 output (after ReLU) of each of the 4 blocks gates the receiving stream's
+unit-1 residual input (`x + x_pre * m`, see `resnet.py`); with several givers
+their gates add up (`x + x_pre * (m_1 + m_2 + ...)`: each giver's connection
+adds its own `x_pre * m_g`), so one giver is exactly the paper's connection.
+The givers receive nothing, so they run first and the receiver after them.
 
-| stage                  | giver (input)      | receiver (input) | connections |
-|------------------------|--------------------|------------------|-------------|
-| step 1, one stream     | -                  | rgb or depth     | -           |
-| step 1, both in a job  | depth (depth)      | rgb (rgb)        | off         |
-| step 2                 | depth (depth)      | rgb (rgb)        | on          |
-| step 3                 | depth (depth), frozen | hall (rgb)    | on          |
-| step 4                 | hall (rgb)         | rgb (rgb)        | on          |
-| Table 4, inverted      | swap 'rgb' and 'depth' in the rows above            |
+| stage                  | givers (input)        | receiver (input) | connections |
+|------------------------|-----------------------|------------------|-------------|
+| step 1, one stream     | -                     | rgb or depth     | -           |
+| step 1, both in a job  | depth (depth)         | rgb (rgb)        | off         |
+| step 2                 | depth (depth)         | rgb (rgb)        | on          |
+| step 3                 | depth (depth), frozen | hall (rgb)       | on          |
+| step 4                 | hall (rgb)            | rgb (rgb)        | on          |
+| Table 4, inverted      | swap 'rgb' and 'depth' in the rows above                |
+
+Other modalities take the places of rgb (the deployed one) and depth (the
+privileged ones) the same way (`stages.py`).
 
 `StageNetwork` is a whole stage: its `MultiStream`s (one, or the hoffman
-baseline's three) and the fused prediction. Stream names are the top keys of
-the variable trees (`params['depth']`, ...) whatever the stage, which is how
-the trainer carries a stream from one stage's checkpoint to the next.
+baseline's three or more) and the fused prediction. Stream names are the top
+keys of the variable trees (`params['depth']`, ...) whatever the stage, which
+is how the trainer carries a stream from one stage's checkpoint to the next.
 
 Clip logits are the mean of the per-frame logits; the fused logits are the mean
 of the clip logits of the stage's fused streams.
@@ -43,7 +49,7 @@ PyTree = Any
 
 
 class MultiStream(nn.Module):
-  """Receiving stream plus an optional giving stream, as `spec` says.
+  """Receiving stream plus its giving streams (none, one or several), as `spec` says.
 
   Attributes:
     spec: the streams, their inputs, connections and whether the giver is a
@@ -83,8 +89,8 @@ class MultiStream(nn.Module):
       `(clips * frames, ...)`).
     """
     spec = self.spec
-    if spec.giver is not None and spec.giver == spec.receiver:
-      raise ValueError(f'giver and receiver must differ, both are {spec.giver!r}.')
+    if spec.receiver in (g for g, _ in spec.givers):
+      raise ValueError(f'giver and receiver must differ, both are {spec.receiver!r}.')
 
     def run(name: str, modality: str, gates=None, trainable=True):
       clips = inputs[modality]
@@ -101,20 +107,26 @@ class MultiStream(nn.Module):
       return frame_logits.reshape(n, t, -1).mean(axis=1), endpoints
 
     logits, endpoints = {}, {}
-    gates = None
-    if spec.giver is not None:
-      giver_logits, giver_endpoints = run(
-          spec.giver, spec.giver_input, trainable=not spec.giver_frozen
-      )
+    giver_gates = []
+    for giver, giver_input in spec.givers:
+      giver_logits, giver_endpoints = run(giver, giver_input, trainable=not spec.giver_frozen)
       if spec.giver_frozen:
         giver_logits, giver_endpoints = jax.lax.stop_gradient((giver_logits, giver_endpoints))
-      logits[spec.giver], endpoints[spec.giver] = giver_logits, giver_endpoints
+      logits[giver], endpoints[giver] = giver_logits, giver_endpoints
       if spec.connections:
-        gates = resnet.connection_gates(giver_endpoints)
+        giver_gates.append(resnet.connection_gates(giver_endpoints))
     logits[spec.receiver], endpoints[spec.receiver] = run(
-        spec.receiver, spec.receiver_input, gates=gates
+        spec.receiver, spec.receiver_input, gates=combined_gates(giver_gates)
     )
     return {'logits': logits, 'endpoints': endpoints}
+
+
+def combined_gates(gates: Sequence[Mapping[int, Array]]) -> dict[int, Array] | None:
+  """The givers' gates added block by block: `m_1 + m_2 + ...`; one giver's unchanged; None
+  without any (no connections)."""
+  if not gates:
+    return None
+  return {block: functools.reduce(jnp.add, [g[block] for g in gates]) for block in gates[0]}
 
 
 class StageNetwork(nn.Module):
