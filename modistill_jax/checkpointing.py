@@ -16,9 +16,11 @@ stage reads the streams it needs without knowing the optimizer that wrote it.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
+from absl import logging
 from etils import epath
 import grain
 import jax
@@ -92,6 +94,7 @@ def check_writable(directory: epath.Path) -> None:
     raise CheckpointError(f'Cannot write checkpoints to {directory}: {e}') from e
 
 
+@functools.cache
 def use_replica_parallel_saves_across_hosts_only() -> None:
   """Saves a replicated array from one replica unless the job spans several processes.
 
@@ -103,12 +106,19 @@ def use_replica_parallel_saves_across_hosts_only() -> None:
   process the slices are written by the same host, so nothing is gained; across
   hosts (a pod) each host writes its part, which is what the slicing is for.
   The files are the same either way, so any checkpoint restores under either.
+  Done once per process; Orbax's warning that a handler is replaced (every
+  run would print it) is held back while it is.
   """
-  ocp.type_handlers.register_type_handler(
-      jax.Array,
-      ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1),
-      override=True,
-  )
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1),
+        override=True,
+    )
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 class StageCheckpoints:
