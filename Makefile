@@ -15,7 +15,7 @@ EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-fast test-all test-beam coverage lint format demo pretext claims install lock lock-extras clean
+.PHONY: test test-fast test-all test-beam test-faults coverage lint format demo pretext claims install lock lock-extras clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
@@ -58,26 +58,33 @@ format: $(VENV)/.installed-test
 PYTEST := XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
   $(PY) -m pytest -n 2 --dist loadgroup -q
 
-# Lint first, then every test but the Beam conversion tests (marked `beam`: `make test-beam`,
-# which CI runs after this).
+# Lint first, then every test but the Beam conversions (marked `beam`: `make test-beam`) and the
+# injected faults (marked `faults`: `make test-faults`), which CI runs after this.
 test: lint
-	$(PYTEST) -m 'not beam'
+	$(PYTEST) -m 'not beam and not faults'
 
 # While editing: the in-process tests of the model, losses, stages, configs, data and run
-# folders; no command-line subprocess, multi-stage training, dataset build or Beam (the tests
-# marked `slow` or `beam`). No lint.
+# folders; no command-line subprocess, multi-stage training, dataset build, injected fault or
+# Beam (the tests marked `slow`, `faults` or `beam`). No lint.
 test-fast: $(VENV)/.installed-test
-	$(PYTEST) -m 'not slow and not beam'
+	$(PYTEST) -m 'not slow and not beam and not faults'
 
-# Everything: lint, `make test`'s tests and the Beam conversion tests, in one session.
+# Everything: lint, `make test`'s tests, the injected faults and the Beam conversions, in one
+# session.
 test-all: lint
 	$(PYTEST)
+
+# The crash matrix and the other injected faults (marked `faults`): SIGKILL at every moment the
+# run folder could disagree with its checkpoints, SIGTERM (with a hanging save), storage that
+# refuses writes or returns garbage, processes racing for a lock or a dataset build.
+test-faults: $(VENV)/.installed-test
+	$(PYTEST) -m faults
 
 test-beam: $(VENV)/.installed-test
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m beam data_builders
 
-# Line coverage of `modistill_jax/` and `data_builders/` over `make test`'s tests, their
-# command-line subprocesses included (settings: pyproject.toml's [tool.coverage.run]); prints the
+# Line coverage of `modistill_jax/` and `data_builders/` over `make test`'s and `make test-faults`'
+# tests (all but Beam), their command-line subprocesses included (settings: pyproject.toml's [tool.coverage.run]); prints the
 # per-file report. Tracing slows the tests down: time them with `make test`.
 coverage: $(VENV)/.installed-test
 	rm -f .coverage .coverage.*

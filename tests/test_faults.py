@@ -123,6 +123,7 @@ def _limit_file_size(max_bytes: int):
   return preexec
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_file_size_limit_ends_the_job_with_one_line_and_the_rerun_finishes(
     tmp_path, synthetic_data_dir, env
@@ -148,6 +149,7 @@ def test_file_size_limit_ends_the_job_with_one_line_and_the_rerun_finishes(
   assert directory.finished()
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_sigterm_while_a_save_hangs_exits_as_preempted_within_the_grace(
     tmp_path, synthetic_data_dir, env
@@ -243,6 +245,7 @@ def race(lock_file: epath.Path, env, go: str, racers: int = 3) -> list[str]:
   return outputs
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize('stale', [False, True], ids=['free', 'stale'])
 @pytest.mark.slow
 def test_of_processes_racing_for_a_lock_one_holds_it(lock_place, stale, tmp_path):
@@ -288,6 +291,7 @@ def test_heartbeat_beats_while_busy_and_a_lock_taken_over_stops_its_holder(lock_
   assert json.loads(lock_file.read_text())['host'] == 'other-host'
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_a_job_whose_lock_was_taken_over_exits_at_once(tmp_path):
   lock_file = tmp_path / runs.LOCK_FILE
@@ -316,6 +320,7 @@ def test_a_job_whose_lock_was_taken_over_exits_at_once(tmp_path):
 # MARK: first runs on a fresh machine
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_two_first_runs_at_once_build_the_dataset_once(tmp_path):
   data_dir = str(tmp_path / 'tfds')

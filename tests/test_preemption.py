@@ -90,6 +90,7 @@ def finish(proc: subprocess.Popen, what: str, status: int = 0) -> str:
   return output
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_sigterm_and_resume_match_uninterrupted_run(
     tmp_path, synthetic_data_dir, compilation_cache_dir

@@ -143,6 +143,7 @@ def test_uninterrupted_run_records_each_step_once(uninterrupted):
     'point',
     ['best_save_started:2', 'best_save_committed:2', 'latest_save_started:2', 'before_results'],
 )
+@pytest.mark.faults
 def test_sigkill_then_same_command_gives_uninterrupted_results(
     point, tmp_path, uninterrupted, synthetic_data_dir, env
 ):
@@ -168,6 +169,7 @@ def test_sigkill_then_same_command_gives_uninterrupted_results(
   assert_same_outcome(outcome(workdir), expected)
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_external_kill_just_after_a_new_best_validation(
     tmp_path, uninterrupted, synthetic_data_dir, env
@@ -345,6 +347,7 @@ def test_unwritable_checkpoint_folder_fails_at_once(tmp_path, synthetic_data_dir
     subprocess.run(['chattr', '-i', str(latest)], check=True)
 
 
+@pytest.mark.faults
 def test_checkpoint_folder_turning_unwritable_mid_run_ends_the_job(
     tmp_path, synthetic_data_dir, env
 ):
@@ -392,6 +395,7 @@ def _corrupt(checkpoint_dir) -> None:
         f.write(b'\x07' * max(size, 16))
 
 
+@pytest.mark.faults
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous(
     tmp_path, uninterrupted, synthetic_data_dir, env
 ):
