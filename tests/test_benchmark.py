@@ -319,6 +319,7 @@ def test_reference_is_resnet50_by_its_parameter_count():
   assert len([n for n in shapes['params'] if n.startswith('Bottleneck')]) == 3 + 4 + 6 + 3
 
 
+@pytest.mark.slow
 def test_reference_step_trains_on_a_fixed_batch(fast_compile):
   del fast_compile
   model = reference_resnet.ResNet(num_classes=3, units_per_block=(1, 1, 1, 1), width=4)

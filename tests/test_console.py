@@ -106,6 +106,7 @@ def test_finish_says_what_was_made_where_and_the_run_sums_it_up(capsys):
   ]
 
 
+@pytest.mark.slow
 def test_a_dataset_build_says_what_it_built_instead_of_tfds_download_notice(
     tmp_path, capsys, caplog
 ):

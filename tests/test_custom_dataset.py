@@ -390,6 +390,7 @@ def test_table_mistake_stops_the_build_naming_file_and_line(tmp_path, rows, clas
   assert not (data_dir / 'table_mistake').exists()
 
 
+@pytest.mark.slow
 def test_command_refuses_a_table_mistake_in_one_line_and_answers_help(tmp_path):
   root = epath.Path(tmp_path) / 'raw'
   root.mkdir()

@@ -106,6 +106,7 @@ def test_layout_mismatch_names_the_fix(converted, tmp_path, synthetic_data_dir):
   assert not os.path.exists(os.path.join(tmp_path, STAGE))
 
 
+@pytest.mark.slow
 def test_step1_starts_from_imagenet_weights(converted, tmp_path, synthetic_data_dir):
   """After one step at learning rate 0 the rgb stream's parameters are the
   converted ones, bit for bit (and those are the source's tensors, transposed to

@@ -32,6 +32,7 @@ STAGES = ('step1_rgb', 'step2', 'step3', 'step4')
 FORWARD_FLOPS_PER_FRAME = 7.04e9
 
 
+@pytest.mark.slow
 def test_every_stage_lowers_for_tpu_and_cuda():
   found = lowering.lower_stages(tiny_config('ntu_cs', 'all'), STAGES, num_classes=60)
   assert [(x.stage, x.step, x.platform) for x in found] == [

@@ -36,6 +36,7 @@ def pretext_dir(tmp_path_factory, synthetic_data_dir):
   return config, out, pretext.pretrain(config, out)
 
 
+@pytest.mark.slow
 def test_pretext_is_saved_as_a_converted_imagenet_checkpoint(pretext_dir):
   """`pretrained.load` reads the best state of the pretext run's RGB stream, with metadata
   that says how the network ran and what it reached."""
@@ -73,6 +74,7 @@ def test_pretext_refuses_another_stage(tmp_path, synthetic_data_dir):
   assert not os.path.exists(tmp_path / 'out')
 
 
+@pytest.mark.slow
 def test_both_step1_streams_start_from_the_pretext_network(pretext_dir, tmp_path):
   """`config.init.imagenet` loads it into the RGB and the depth stream, as on NTU both start
   from one ImageNet ResNet-50; the stage runs with the normalisation in its metadata."""

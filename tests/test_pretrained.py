@@ -326,6 +326,7 @@ def torchvision_case(tmp_path_factory):
   return path, state
 
 
+@pytest.mark.slow
 def test_torchvision_conversion_matches_reference(torchvision_case, images, tmp_path):
   path, state = torchvision_case
   metadata = pretrained.convert('torchvision', path, str(tmp_path))

@@ -58,6 +58,7 @@ def test_bad_profile_steps_are_refused_before_anything_runs(steps):
     config_lib.check(config)
 
 
+@pytest.mark.slow
 def test_a_stage_that_stops_inside_the_window_still_closes_the_trace(tmp_path):
   """The trace stops on `close` when the loop ends before the last step, and can start again."""
   profiler = profiling.StepProfiler((1, 10), tmp_path)

@@ -120,6 +120,7 @@ def test_stage_starts_from_previous_checkpoints(stage_name, workdir, config):
   assert_starts_from(config, workdir, stage_name, CHAIN[stage_name])
 
 
+@pytest.mark.slow
 def test_step2_from_separate_step1_stages(tmp_path, config):
   """Step 2 finds its streams in `step1_rgb` and `step1_depth` when there is no joint step 1."""
   workdir = str(tmp_path)
