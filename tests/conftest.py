@@ -30,7 +30,10 @@ from collections.abc import Callable
 import fcntl
 import functools
 import importlib
+import json
 import os
+import resource
+import time
 
 # Four fake CPU devices unless the caller chose otherwise (the Makefile does);
 # this must happen before JAX initialises its backends.
@@ -384,4 +387,51 @@ def pytest_collection_modifyitems(config, items):
   xdist_groups.put_first(items, lambda item: item.get_closest_marker('slow') is not None)
   result = yield
   xdist_groups.add_missing_suffixes(config, items)
+  return result
+
+
+# MARK: CPU seconds per test
+
+
+def pytest_addoption(parser):
+  parser.addoption(
+      '--cpu-times',
+      metavar='PATH',
+      help=(
+          "Append one JSON line per test to PATH: its node id, its worker's CPU seconds "
+          '(all threads) and those of the subprocesses it waited for, and its wall seconds '
+          '(set-up, call and tear-down together).'
+      ),
+  )
+
+
+def _cpu_seconds() -> tuple[float, float]:
+  """`(this process, its waited-for children)` CPU seconds, user and system."""
+  own, children = (resource.getrusage(r) for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+  return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  """With `--cpu-times`: what a test costs the machine, whatever ran beside it.
+
+  On the 2-core machine, `--durations` reads wall time, which doubles when the
+  other worker computes too and counts waits on a shared fixture's lock; CPU
+  seconds add up to what the suite needs, whichever worker spent them.
+  """
+  del nextitem
+  path = item.config.getoption('--cpu-times')
+  if not path:
+    return (yield)
+  own, children, start = *_cpu_seconds(), time.monotonic()
+  result = yield
+  own_after, children_after = _cpu_seconds()
+  record = {
+      'id': item.nodeid,
+      'cpu_s': round(own_after - own, 3),
+      'subprocess_cpu_s': round(children_after - children, 3),
+      'wall_s': round(time.monotonic() - start, 3),
+  }
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
   return result
