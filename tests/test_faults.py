@@ -7,7 +7,8 @@ the message, the exit status and that nothing committed was lost:
   as a TensorStore `ValueError`): one `error:` line naming the path and the
   reason, status 1; the rerun without the fault finishes;
 * SIGTERM while a checkpoint save hangs: the job exits within its grace period
-  with the preemption status (75), the checkpoint committed before intact;
+  with the preemption status (75), the checkpoint committed before intact; the
+  grace starts even where the main thread runs no signal handler;
 * the stage lock: processes racing for a free or a stale lock (locally and on
   the GCS emulator, which honours generation preconditions here), a heartbeat
   that beats while the main thread is busy, a holder whose lock was taken over
@@ -31,6 +32,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from etils import epath
@@ -183,6 +185,38 @@ def test_sigterm_while_a_save_hangs_exits_as_preempted_within_the_grace(
   assert committed_steps(directory.latest_dir) == [1]
   assert int(read_latest_state(str(directory.path))['step']) == 1
   assert not directory.finished()
+
+
+def test_sigterm_is_acted_on_while_the_main_thread_runs_no_signal_handler(monkeypatch):
+  """The grace starts at SIGTERM even where the main thread cannot run Python's handler.
+
+  Here the main thread blocks SIGTERM (so another thread takes it) and waits on
+  a lock. So is a main thread in native code (an XLA wait, a storage call that
+  stopped answering), or one that SIGTERM reached just before its wait began:
+  it runs no handler until the wait ends, and here the wait ends only if the
+  stage is stopped.
+  """
+  stopped = threading.Event()
+  reasons = []
+
+  def stop_preempted(why):
+    reasons.append(why)
+    stopped.set()
+
+  monkeypatch.setattr(trainer, 'stop_preempted', stop_preempted)
+  preemption = trainer._Preemption(grace_seconds=0.2)  # pylint: disable=protected-access
+  try:
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+    try:
+      # Sent once the main thread waits (sent now, it would run the handler before its wait).
+      threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+      assert stopped.wait(timeout=30), 'the grace never ran out'
+    finally:
+      signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+  finally:
+    preemption.restore()
+  assert preemption.requested
+  assert reasons == ['SIGTERM 0 s ago, and no step reached since']
 
 
 # MARK: the lock on a folder many hosts share
