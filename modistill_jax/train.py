@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import sys
 
 from absl import app
@@ -109,8 +108,8 @@ def config_overrides(argv: list[str]) -> tuple[str, ...]:
 def main(argv):
   del argv
   # Until a stage's loop takes SIGTERM over (to save at its next step), it stops the job at
-  # once, with the status that says "rerun to resume".
-  signal.signal(signal.SIGTERM, lambda *_: trainer.stop_preempted('SIGTERM'))
+  # once, with the status that says "rerun to resume", even in a long compile or read.
+  trainer.SigtermWatch(lambda: trainer.stop_preempted('SIGTERM'))
   cli.quiet_logging()
   cli.use_compilation_cache(_WORKDIR.value)
   initialize_distributed()

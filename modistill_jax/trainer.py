@@ -17,6 +17,7 @@ stage finished)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping
 import dataclasses
 import functools
@@ -143,22 +144,101 @@ PREEMPTED_EXIT_CODE = 75
 PREEMPTION_GRACE_SECONDS = 60.0
 
 
+class SigtermWatch:
+  """Calls `on_sigterm()` for each SIGTERM on a thread of its own, whatever the main thread does.
+
+  Python runs a signal's handler on the main thread only, between bytecodes: a
+  main thread blocked in native code (an XLA compile or wait, a storage call
+  that stopped answering) runs none until that returns, and one that a SIGTERM
+  reaches just before it blocks on a lock (a `threading.Event().wait()`) never
+  runs it at all: the signal is taken and the lock's wait is not interrupted.
+  Python's C handler, though, writes the signal's number to the wakeup fd
+  (`signal.set_wakeup_fd`) at once, on whichever thread the kernel picked; the
+  watch thread reads it there. The bytes of other signals go on to the wakeup
+  fd installed before, if any. Installed and closed on the main thread.
+  """
+
+  def __init__(self, on_sigterm: Callable[[], None]):
+    self._on_sigterm = on_sigterm
+    read_fd, self._write_fd = os.pipe()
+    os.set_blocking(self._write_fd, False)  # as `set_wakeup_fd` requires
+    self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+    # The handler only makes Python's C handler take SIGTERM (and write its byte).
+    self._previous_handler = signal.signal(signal.SIGTERM, _taken_by_the_watch)
+    _WATCH_FDS.add(self._write_fd)
+    self._thread = threading.Thread(
+        target=self._watch, args=(read_fd,), name='SIGTERM watch', daemon=True
+    )
+    self._thread.start()
+
+  def _watch(self, read_fd: int) -> None:
+    try:
+      while data := os.read(read_fd, 512):  # b'' once `close` closed the write end
+        if others := bytes(b for b in data if b != signal.SIGTERM):
+          _forward(self._previous_fd, others)
+        for _ in range(len(data) - len(others)):
+          self._on_sigterm()
+    finally:
+      os.close(read_fd)
+
+  def close(self) -> None:
+    """Hands SIGTERM back to the handler and wakeup fd installed before; a SIGTERM
+    already read is still acted on."""
+    signal.signal(signal.SIGTERM, self._previous_handler)
+    signal.set_wakeup_fd(self._previous_fd)
+    _WATCH_FDS.discard(self._write_fd)
+    os.close(self._write_fd)
+
+
+# The write ends of the installed watches' pipes.
+_WATCH_FDS: set[int] = set()
+
+
+def _taken_by_the_watch(signum, frame) -> None:
+  del signum, frame
+
+
+def _forward(fd: int, data: bytes) -> None:
+  if fd != -1:
+    try:
+      os.write(fd, data)
+    except OSError:  # full or closed, as Python's C handler would find it
+      pass
+
+
+def _forget_watches_after_fork() -> None:
+  """A process forked while a watch is installed takes SIGTERM the default way.
+
+  Its copy of the wakeup fd would write to the parent's pipe (a SIGTERM sent
+  to the child would stop the parent), and it has no watch thread of its own.
+  """
+  if not _WATCH_FDS:
+    return
+  _WATCH_FDS.clear()
+  signal.set_wakeup_fd(-1)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_forget_watches_after_fork)
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks between steps, with a deadline.
 
   The loop saves and stops at the next step. Where it does not get there
   within `grace_seconds` (stuck in a save, compiling, evaluating), a timer
   ends the process with `PREEMPTED_EXIT_CODE`; a second SIGTERM ends it at once.
+  Both hold whatever the main thread is doing (`SigtermWatch`).
   """
 
   def __init__(self, grace_seconds: float = PREEMPTION_GRACE_SECONDS):
     self.requested = False
     self._grace_seconds = grace_seconds
     self._deadline = None
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._watch = SigtermWatch(self._handle)
 
-  def _handle(self, signum, frame):
-    del signum, frame
+  def _handle(self):
+    """On the watch's thread, one SIGTERM at a time."""
     if self.requested:
       stop_preempted('a second SIGTERM')
     self.requested = True
@@ -171,7 +251,7 @@ class _Preemption:
     self._deadline.start()
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    self._watch.close()
 
   def agreed(self) -> bool:
     """All hosts stop at the same step if any of them was asked to."""
@@ -186,7 +266,7 @@ class _Preemption:
 def stop_preempted(why: str) -> None:
   """Ends the process at once as preempted: what is committed stays, what is pending is lost.
 
-  Also what SIGTERM does outside a stage's loop (`train`'s handler): building
+  Also what SIGTERM does outside a stage's loop (`train`'s `SigtermWatch`): building
   the dataset, loading, evaluating; there is nothing new to save there.
   """
   print(

@@ -10,8 +10,9 @@ POINT is one of
   latest_save_started:N  just after the N-th latest-checkpoint save was started
   before_results         after the test evaluation, before `results.json`
   latest_save_hangs:N    the N-th latest-checkpoint save never returns (storage that
-                         stopped answering); prints 'save hangs' first. Not a
-                         SIGKILL: the test signals the stuck process itself.
+                         stopped answering) once the save before it is committed;
+                         prints 'save hangs' first. Not a SIGKILL: the test signals
+                         the stuck process itself.
 
 A SIGKILL can come at any instant; these are the instants where the run
 folder's bookkeeping could disagree with its checkpoints.
@@ -63,6 +64,8 @@ def install(point: str) -> None:
     def hanging(self, *args, **kwargs):
       calls['n'] += 1
       if calls['n'] == int(count):
+        # What a real save does first (Orbax's `CheckpointManager.save`): the save before commits.
+        self.latest.wait_until_finished()
         print('save hangs', flush=True)
         threading.Event().wait()
       original(self, *args, **kwargs)
