@@ -5,7 +5,8 @@ tests (test_fidelity, test_stage_loss, ...) pin that case. Here: the stage
 table for infrared, skeleton, depth + infrared and Table 4's inversion; the
 config's checks; the generalised eq. (5), equal to the paper's for one
 teacher; and `configs/ntu_cs.py:all,tiny` trained on the dummy NTU tree built
-with infrared and skeletons, in-process and from the command line.
+with infrared and skeletons: the skeleton privileged in-process, depth and
+infrared from the command line.
 """
 
 from __future__ import annotations
@@ -352,24 +353,36 @@ def _check_run(workdir: str, privileged: tuple[str, ...]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('privileged', [('ir',), ('skeleton',)])
-def test_ntu_config_trains_all_steps_with_infrared_or_skeleton(
-    privileged, ntu_ir_skeleton_data, tmp_path
-):
+def test_ntu_config_trains_all_steps_with_skeleton(ntu_ir_skeleton_data, tmp_path):
+  """The skeleton privileged: its joint heat-maps through steps 1 to 4, in-process.
+
+  Infrared alone (`privileged='ir'`) trained here too until issue 26; nothing of it is lost.
+  Its stages are the paper's with depth renamed (`test_one_privileged_modality_takes_depths_place`),
+  and the code it ran is run by the trainings kept (line and branch coverage of `modistill_jax/`
+  and `data_builders/`: no line or branch that only it reached). Its checks: infrared decoded,
+  preprocessed and trained as a privileged stream, with `results.json`'s inputs, streams,
+  accuracies and `privileged`, in `test_ntu_command_line_trains_all_steps_with_depth_and_infrared`;
+  one teacher through steps 1-4 (one giver in step 2, one frozen teacher and the hallucination
+  stream initialised from it in step 3) here and in the shared tiny demo run (`tiny_run`, depth).
+  """
   config = config_lib.override(
       configs.ntu_cs.get_config('all,tiny'),
-      {**NTU_OVERRIDES, 'data_dir': ntu_ir_skeleton_data, 'privileged': ','.join(privileged)},
+      {**NTU_OVERRIDES, 'data_dir': ntu_ir_skeleton_data, 'privileged': 'skeleton'},
   )
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(config, workdir, config_file='configs/ntu_cs.py')
-  _check_run(workdir, privileged)
+  _check_run(workdir, ('skeleton',))
 
 
 @pytest.mark.slow
 def test_ntu_command_line_trains_all_steps_with_depth_and_infrared(
     ntu_ir_skeleton_data, tmp_path, compilation_cache_dir
 ):
-  """Two privileged modalities from the command line, comma-separated."""
+  """Two privileged modalities from the command line, comma-separated.
+
+  On 4 devices, as the in-process training: step 4 (hall and RGB) is then the same program in
+  both, compiled once (on one device the command is no cheaper, and compiles its own step 4).
+  """
   workdir = str(tmp_path / 'run')
   proc = subprocess.run(
       [
