@@ -27,9 +27,11 @@ from configs import demo
 from conftest import TINY_DATA, cli_env
 from modistill_jax.benchmark import costs
 from modistill_jax.benchmark import end_to_end
+from modistill_jax.benchmark import step as benchmark_step
 from modistill_jax import reference_resnet
 from modistill_jax import sharding
 from modistill_jax.config_lib import TINY
+from modistill_jax.data import feeding
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -352,3 +354,17 @@ def test_end_to_end_refuses_a_stage_that_needs_earlier_stages():
   config = ml_collections.ConfigDict(demo.get_config('step3').to_dict())
   with pytest.raises(ValueError, match="'step3' alone, but it starts from step2"):
     end_to_end.measure_end_to_end(config, 'step3', data_dir='unused', num_steps=10)
+
+
+def test_synthetic_batch_has_each_modality_as_the_pipeline_yields_it():
+  """uint8 frames and depth codes, float32 joint coordinates within the frame, on the devices."""
+  config = demo.get_config('step3,tiny')
+  batch = benchmark_step.synthetic_batch(
+      config, ('rgb', 'depth', 'skeleton'), 3, sharding.make_mesh(), seed=0
+  )
+  for m, dtype in (('rgb', np.uint8), ('depth', np.uint8), ('skeleton', np.float32)):
+    assert batch[m].shape == feeding.input_shape(config, config.batch_size, m), m
+    assert batch[m].dtype == dtype, m
+  joints = np.asarray(batch['skeleton'])
+  assert 0 <= joints.min() and joints.max() <= config.input.image_size
+  assert np.asarray(batch['label']).max() < 3 and np.asarray(batch['mask']).all()

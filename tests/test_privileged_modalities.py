@@ -264,6 +264,14 @@ TINY_FACTORY = resnet.stream_factory(
 )
 
 
+def test_givers_and_their_inputs_must_pair_up():
+  spec = stages.ModelSpec('rgb', 'rgb', giver=('depth', 'ir'), giver_input=('depth',))
+  with pytest.raises(
+      ValueError, match=r"givers \('depth', 'ir'\) and their inputs \('depth',\) must pair up"
+  ):
+    _ = spec.givers
+
+
 def test_gates_of_several_givers_add_up_and_one_givers_pass_unchanged():
   """`combined_gates`: one giver's gates are the receiver's, as they are (the paper's); two add."""
   rng = np.random.default_rng(0)
