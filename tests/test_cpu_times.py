@@ -35,7 +35,8 @@ def test_tables_add_up_per_file_and_rank_the_tests(tmp_path):
 
 @pytest.mark.slow
 def test_option_writes_one_record_per_test_with_its_subprocesses(tmp_path):
-  """A session of two tests, one of which spins a subprocess for about half a CPU second."""
+  """A session of two tests, one of which spins a subprocess for about half a CPU second; then
+  `python -m tools.cpu_times` on what it wrote."""
   (tmp_path / 'test_inner.py').write_text(
       'import subprocess, sys\n'
       'def test_spins():\n'
@@ -71,3 +72,15 @@ def test_option_writes_one_record_per_test_with_its_subprocesses(tmp_path):
   assert 0.45 <= records['test_spins']['subprocess_cpu_s'] < 5
   assert records['test_idle']['subprocess_cpu_s'] == 0
   assert records['test_spins']['wall_s'] >= 0.45
+  # The tables' command, as docs/testing.md shows it.
+  tables = subprocess.run(
+      [sys.executable, '-m', 'tools.cpu_times', str(path)],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=False,
+  )
+  assert tables.returncode == 0, tables.stderr[-3000:]
+  assert tables.stdout.startswith('2 tests, '), tables.stdout
+  assert tables.stdout.rstrip().splitlines()[-2].endswith('::test_spins` |'), tables.stdout

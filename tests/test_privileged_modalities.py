@@ -364,9 +364,10 @@ def _check_run(workdir: str, privileged: tuple[str, ...]) -> None:
 def test_ntu_config_trains_all_steps_with_skeleton(ntu_ir_skeleton_data, tmp_path):
   """The skeleton privileged: its joint heat-maps through steps 1 to 4, in-process.
 
-  Infrared alone (`privileged='ir'`) trained here too until issue 26; nothing of it is lost.
-  Its stages are the paper's with depth renamed (`test_one_privileged_modality_takes_depths_place`),
-  and the code it ran is run by the trainings kept (line and branch coverage of `modistill_jax/`
+  Infrared alone (`privileged='ir'`) is not trained on its own: nothing of it would be checked
+  that is not checked already. Its stages are the paper's with depth renamed
+  (`test_one_privileged_modality_takes_depths_place`), and the code a run of it would reach
+  is reached by the trainings kept (line and branch coverage of `modistill_jax/`
   and `data_builders/`: no line or branch that only it reached). Its checks: infrared decoded,
   preprocessed and trained as a privileged stream, with `results.json`'s inputs, streams,
   accuracies and `privileged`, in `test_ntu_command_line_trains_all_steps_with_depth_and_infrared`;
