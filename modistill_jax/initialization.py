@@ -10,13 +10,15 @@ Precedence, highest first: the stage's own latest checkpoint (a resume, which
 `trainer.run_stage` handles with the data position) > the finished earlier
 stages the stage table names (`Stage.init`) > another run's step 1
 (`init.from_workdir`) > ImageNet weights (`init.imagenet`) > scratch. Loaded
-streams overwrite a fresh initialisation through `param_merge.merge`, which
-names every key that does not fit.
+streams go through `param_merge.merge`, which names every key that does not
+fit; only the streams not loaded whole are initialised (stream by stream,
+`StageNetwork.init_variables`), so a stage that starts from earlier stages
+compiles no initialiser.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
 import json
@@ -151,9 +153,9 @@ def step1_variables(
 
 
 def init_model_variables(
-    model: StageNetwork, config: ml_collections.ConfigDict
+    model: StageNetwork, config: ml_collections.ConfigDict, streams: Sequence[str] | None = None
 ) -> dict[str, PyTree]:
-  """Freshly initialised variables of every stream of the stage (shapes need one clip).
+  """Freshly initialised variables of the stage's streams, all or `streams` (shapes need one clip).
 
   The streams read 3-channel images whatever the modality (depth after its colour table).
   """
@@ -162,38 +164,54 @@ def init_model_variables(
       m: jnp.zeros((1, config.input.num_frames, size, size, 3), model.input_dtype)
       for m in model.stage.inputs
   }
-  return fresh_variables(model, jax.random.key(config.seed), dummy)
+  return model.init_variables(jax.random.key(config.seed), dummy, streams)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def fresh_variables(
-    model: StageNetwork, rng: jax.Array, inputs: Mapping[str, jax.Array]
-) -> dict[str, PyTree]:
-  """`model.init_variables`, jitted once per network (an equal network shares the program).
-
-  The trainer traces it twice per stage, once for the state's shapes (restoring
-  a checkpoint needs them) and once to make the variables; one jitted function
-  with the network as a static argument lets the second reuse the first's
-  trace, where a fresh `jax.jit(model.init_variables)` traced the whole
-  network again (seconds for the tiny stream, more for ResNet-50).
-  """
-  return model.init_variables(rng, inputs)
+def streams_to_initialise(
+    stage: stages.Stage,
+    loaded: Mapping[str, Mapping[str, PyTree]],
+    fresh: Sequence[str],
+    shapes: Mapping[str, PyTree],
+) -> tuple[str, ...]:
+  """The stage's streams whose initial values are needed: those not loaded, and those with a
+  variable the `fresh` patterns keep from the initialisation (a new classifier, say)."""
+  needed = []
+  for stream in dict.fromkeys(stage.streams):
+    keys = param_merge.flatten({c: shapes[c][stream] for c in ('params', 'batch_stats')})
+    if stream not in loaded or any(param_merge.matches(k, fresh) for k in keys):
+      needed.append(stream)
+  return tuple(needed)
 
 
 def initial_variables(
     config: ml_collections.ConfigDict,
     stage: stages.Stage,
-    init_variables: Mapping[str, PyTree],
+    model: StageNetwork,
     sources: Mapping[stages.InitSource, runs.StageDir],
 ) -> tuple[dict[str, PyTree], str]:
-  """The stage's starting variables: fresh init overwritten by loaded streams."""
+  """The stage's starting variables: loaded streams, fresh init where nothing is loaded.
+
+  A stream that is loaded whole is not initialised at all (its shapes come from
+  tracing the initialisation, `jax.eval_shape`), so a stage that starts from
+  earlier stages compiles no initialisation.
+  """
   if stage.init:
     loaded, fresh, what = previous_stage_variables(stage, sources), (), 'previous stages'
   else:
     loaded, fresh, what = step1_variables(stage, config, sources)
-  variables = jax.tree.map(np.asarray, dict(init_variables))
+  shapes = jax.eval_shape(functools.partial(init_model_variables, model, config))
+  made = init_model_variables(model, config, streams_to_initialise(stage, loaded, fresh, shapes))
+  variables = jax.tree.map(np.asarray, made)
   for stream, source in loaded.items():
-    target = {c: variables[c][stream] for c in ('params', 'batch_stats')}
+    # A stream loaded whole is filled into zero-stride stand-ins of its shapes (no memory).
+    target = {
+        c: made[c][stream]
+        if stream in made[c]
+        else jax.tree.map(
+            lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes[c][stream]
+        )
+        for c in ('params', 'batch_stats')
+    }
     merged = param_merge.merge(target, source, fresh=fresh, what=f'{what} ({stream})')
     for c in ('params', 'batch_stats'):
       variables[c][stream] = merged[c]
@@ -222,9 +240,8 @@ class StageStart:
   prerequisites: Mapping[stages.InitSource, runs.StageDir]
 
   def initial_variables(self, model: StageNetwork) -> tuple[dict[str, PyTree], str]:
-    """The stage's starting variables (fresh init overwritten by loaded streams), and whence."""
-    fresh = init_model_variables(model, self.config)
-    return initial_variables(self.config, self.stage, fresh, self.prerequisites)
+    """The stage's starting variables (`initial_variables`), and whence."""
+    return initial_variables(self.config, self.stage, model, self.prerequisites)
 
 
 def prepare(

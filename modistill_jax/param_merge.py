@@ -30,7 +30,8 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return flax.traverse_util.unflatten_dict(dict(flat), sep='/')
 
 
-def _matches(key: str, patterns: Iterable[str]) -> bool:
+def matches(key: str, patterns: Iterable[str]) -> bool:
+  """Whether a '/'-joined key matches one of the patterns as a whole."""
   return any(re.fullmatch(p, key) for p in patterns)
 
 
@@ -61,15 +62,15 @@ def merge(
   """
   fresh, ignore = tuple(fresh), tuple(ignore)
   flat_target, flat_source = flatten(target), flatten(source)
-  missing = sorted(k for k in flat_target if k not in flat_source and not _matches(k, fresh))
+  missing = sorted(k for k in flat_target if k not in flat_source and not matches(k, fresh))
   unexpected = sorted(
-      k for k in flat_source if k not in flat_target and not _matches(k, ignore + fresh)
+      k for k in flat_source if k not in flat_target and not matches(k, ignore + fresh)
   )
   misshaped = sorted(
       f'{k}: {what} {np.shape(flat_source[k])} vs model {np.shape(flat_target[k])}'
       for k in flat_target
       if k in flat_source
-      and not _matches(k, fresh)
+      and not matches(k, fresh)
       and np.shape(flat_source[k]) != np.shape(flat_target[k])
   )
   if missing or unexpected or misshaped:
@@ -86,7 +87,7 @@ def merge(
   merged = {
       k: (
           v
-          if _matches(k, fresh) or k not in flat_source
+          if matches(k, fresh) or k not in flat_source
           else np.asarray(flat_source[k], dtype=np.asarray(v).dtype)
       )
       for k, v in flat_target.items()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_STREAM, apply_tapped, fill_variables
+from modistill_jax import config_lib
 from modistill_jax import losses
 from modistill_jax import stages
 from modistill_jax.models import multistream
@@ -339,3 +340,41 @@ def test_frozen_giver_gets_exactly_zero_gradient():
     else:
       assert giver_norms['logits/kernel'] > 0
       assert giver_norms['block1_unit0/conv1/kernel'] > 0
+
+
+@pytest.mark.parametrize(
+    'stage_name, privileged',
+    [pytest.param('hoffman', 'rgb', marks=pytest.mark.slow), ('step2', 'depth,ir')],
+)
+def test_init_stream_by_stream_is_flax_init_of_the_whole_network(stage_name, privileged):
+  """Each stream from its part's key alone gives, bit for bit, what Flax's `init` of the part
+  (all its streams and connections) gives: several parts of the inversion (hoffman with RGB
+  privileged), two givers (step 2 with depth and infrared). The RBG generator compiles faster;
+  the keys are derived the same way whatever the generator."""
+  config = config_lib.base_config()
+  config.privileged = privileged
+  config.modalities = 'rgb,depth,ir'
+  stage = stages.for_config(stage_name, config)
+  factory = resnet.StreamFactory(resnet.Stream, num_classes=NUM_CLASSES, **TINY_STREAM)
+  model = multistream.StageNetwork(stage, factory)
+  clips = _clips(0)
+  inputs = {m: clips['depth' if m == 'ir' else m][:1] for m in stage.inputs}
+  rng = jax.random.key(7, impl='unsafe_rbg')
+  whole = {'params': {}, 'batch_stats': {}}
+  for spec, key in zip(stage.models, jax.random.split(rng, len(stage.models))):
+    part = jax.jit(functools.partial(multistream.MultiStream(spec, factory).init, train=False))
+    for collection, trees in part(key, inputs).items():
+      whole[collection].update(trees)
+  _assert_trees_equal(model.init_variables(rng, inputs), whole)
+  first, *_ = stage.streams
+  assert set(model.init_variables(rng, inputs, streams=(first,))['params']) == {first}
+
+
+def test_equal_stream_settings_make_equal_factories():
+  """So a stream's jitted initialisation is traced once for every stage that builds it."""
+  config = config_lib.base_config()
+  assert resnet.stream_factory(config.model, 60) == resnet.stream_factory(config.model, 60)
+  assert hash(resnet.stream_factory(config.model, 60)) == hash(
+      resnet.stream_factory(config.model, 60)
+  )
+  assert resnet.stream_factory(config.model, 60) != resnet.stream_factory(config.model, 10)

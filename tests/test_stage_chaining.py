@@ -3,12 +3,11 @@
 The trained run is `tiny_run`'s (`configs/demo.py:all,tiny` on conftest's tiny
 dataset, one epoch per stage), shared with the predict, export and demo tests.
 Each stage's starting variables are recomputed with `initialization.initial_variables`,
-from an all-zero init so that a stream that was not loaded cannot pass by
-coincidence, and compared bit for bit with the streams of the previous stages'
+which must initialise no stream (each is loaded whole, so none can pass by
+coincidence), and compared bit for bit with the streams of the previous stages'
 best checkpoints. The noise sweep of `evaluate` runs on a copy of the same run.
 """
 
-import functools
 import math
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from modistill_jax import stages
 from modistill_jax import steps
 from modistill_jax import trainer
 from modistill_jax.benchmark import step as benchmark_step
+from modistill_jax.models import multistream
 from modistill_jax.models import stage_network
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -55,14 +55,6 @@ def config(synthetic_data_dir):
   return tiny_run.run_config(synthetic_data_dir)
 
 
-def zero_variables(stage_name: str, config) -> dict:
-  """The stage's variable tree (shapes of `init_model_variables`), all zeros."""
-  stage = stages.get_stage(stage_name)
-  model = stage_network(stage, config.model, num_classes=3)
-  shapes = jax.eval_shape(functools.partial(initialization.init_model_variables, model, config))
-  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-
-
 def assert_bit_identical(actual, expected, what: str):
   paths_a = jax.tree_util.tree_flatten_with_path(actual)[0]
   paths_e = jax.tree_util.tree_flatten_with_path(expected)[0]
@@ -73,15 +65,25 @@ def assert_bit_identical(actual, expected, what: str):
 
 
 def assert_starts_from(config, workdir: str, stage_name: str, sources: dict[str, tuple[str, str]]):
-  """`initial_variables` of `stage_name` equals, stream by stream, the named checkpoint slices."""
+  """`initial_variables` of `stage_name` equals, stream by stream, the named checkpoint slices,
+  and initialises no stream (every one is loaded whole)."""
   stage = stages.get_stage(stage_name)
-  variables, origin = initialization.initial_variables(
-      config,
-      stage,
-      zero_variables(stage_name, config),
-      initialization.prerequisites(stage, config, workdir),
-  )
+  model = stage_network(stage, config.model, num_classes=3)
+  initialised = []
+  real_init_stream = multistream.init_stream
+
+  def counting_init_stream(stream, name, rng, clips):
+    if not isinstance(rng, jax.core.Tracer):  # made, not only traced for its shapes
+      initialised.append(name)
+    return real_init_stream(stream, name, rng, clips)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(multistream, 'init_stream', counting_init_stream)
+    variables, origin = initialization.initial_variables(
+        config, stage, model, initialization.prerequisites(stage, config, workdir)
+    )
   assert origin == 'previous stages'
+  assert initialised == []
   assert set(variables['params']) == set(sources)
   for stream, (source_stage, source_stream) in sources.items():
     saved = checkpointing.read_best_state(runs.stage_dir(workdir, source_stage).best_dir)

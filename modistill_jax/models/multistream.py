@@ -171,21 +171,74 @@ class StageNetwork(nn.Module):
     outputs['fused'] = jnp.mean(jnp.stack([outputs['logits'][s] for s in self.stage.fused]), axis=0)
     return outputs
 
-  def _init_part(self, inputs: Mapping[str, Array], *, index: int) -> dict[str, Any]:
-    return self.parts[index](inputs, train=False)
+  def stream_keys(self, rng: Array) -> dict[str, tuple[Array, str]]:
+    """Each stream's initialisation key and input modality.
 
-  def init_variables(self, rng: Array, inputs: Mapping[str, Array]) -> dict[str, PyTree]:
-    """Fresh `{'params', 'batch_stats'}` of every stream of the stage.
+    A stream's key is its part's split of `rng` (the key Flax's `init` of that
+    part would take); a stream named in a later part replaces the earlier one,
+    as the later part's variables would.
+    """
+    keys = {}
+    for spec, key in zip(self.stage.models, jax.random.split(rng, len(self.stage.models))):
+      for name, modality in (*spec.givers, (spec.receiver, spec.receiver_input)):
+        keys[name] = (key, modality)
+    return keys
 
-    Each part is initialised from its own split of `rng`, so a seed gives the
-    same initial weights as it always has (and so the same results).
+  def init_variables(
+      self, rng: Array, inputs: Mapping[str, Array], streams: Sequence[str] | None = None
+  ) -> dict[str, PyTree]:
+    """Fresh `{'params', 'batch_stats'}` of the stage's streams (all, or those in `streams`).
+
+    Stream by stream (`init_stream`): the values are those Flax's `init` of the
+    whole network gives, and a stream's program is shared by every stage that
+    has the stream, so step 2 compiles nothing step 1 compiled.
     """
     variables = {'params': {}, 'batch_stats': {}}
-    for index, key in enumerate(jax.random.split(rng, len(self.stage.models))):
-      part = self.init(key, inputs, method=functools.partial(StageNetwork._init_part, index=index))
-      variables['params'].update(part['params'])
-      variables['batch_stats'].update(part['batch_stats'])
+    for name, (key, modality) in self.stream_keys(rng).items():
+      if streams is None or name in streams:
+        made = init_stream(self.stream, name, key, inputs[modality])
+        for collection, trees in variables.items():
+          trees[name] = made[collection][name]
     return variables
+
+
+class StreamAlone(nn.Module):
+  """One stream on its own, at the top of the variable tree under its name in the stage.
+
+  Flax derives a variable's random key from the key `init` takes and the
+  variable's path alone, and the connections have no variables, so from the key
+  of the stream's part (`StageNetwork.stream_keys`) this makes exactly the
+  variables the stage's network makes for the stream.
+
+  Attributes:
+    stream: builds the stream (`resnet.stream_factory`).
+    stream_name: its name in the stage (`rgb`, `depth`, `hall`, ...).
+  """
+
+  stream: resnet.StreamFactory
+  stream_name: str
+
+  @nn.compact
+  def __call__(self, clips: Array) -> tuple[Array, dict[str, Array]]:
+    n, t = clips.shape[:2]
+    return self.stream(name=self.stream_name)(
+        clips.reshape((n * t,) + clips.shape[2:]), num_frames=t, train=False
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def init_stream(
+    stream: resnet.StreamFactory, name: str, rng: Array, clips: Array
+) -> dict[str, PyTree]:
+  """`StreamAlone(stream, name).init(rng, clips)`, jitted once per stream and clip shape.
+
+  With the key an argument, the program depends only on the stream's settings,
+  name and input shape: the rgb stream of steps 1, 2 and 4, of the Hoffman
+  baseline and of the ablation is one program, compiled (or read from the
+  persistent cache) once.
+  """
+  # parent=None: a top-level module even when called from a `StageNetwork` method.
+  return StreamAlone(stream, name, parent=None).init(rng, clips)
 
 
 def stage_network(stage: stages.Stage, model_config: Any, num_classes: int) -> StageNetwork:

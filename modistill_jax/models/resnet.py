@@ -42,7 +42,7 @@ weight importer, so no layout has conv biases here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 import functools
 from typing import Any
 
@@ -335,8 +335,23 @@ class Stream(nn.Module):
     return logits.astype(jnp.float32), endpoints
 
 
-# A stream with every setting but its name: `factory(name='rgb')` is one stream.
-StreamFactory = Callable[..., Stream]
+class StreamFactory(functools.partial):
+  """A stream with every setting but its name: `factory(name='rgb')` is one stream.
+
+  Equal settings make equal factories (a plain `functools.partial` is equal
+  only to itself), so that a program jitted with the factory as a static
+  argument (a stream's initialisation, `multistream.init_stream`) is traced
+  once per process for all the stages and networks that build the same stream.
+  """
+
+  def _settings(self) -> tuple[Any, ...]:
+    return (self.func, self.args, tuple(sorted(self.keywords.items())))
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, StreamFactory) and self._settings() == other._settings()
+
+  def __hash__(self) -> int:
+    return hash(self._settings())
 
 
 def compute_dtype(model_config: Any) -> jnp.dtype:
@@ -351,7 +366,7 @@ def stream_factory(model_config: Any, num_classes: int) -> StreamFactory:
   stage has and who connects to whom is the stage's to say (`stages.ModelSpec`);
   the network itself is the same for all of them.
   """
-  return functools.partial(
+  return StreamFactory(
       Stream,
       num_classes=num_classes,
       units_per_block=tuple(model_config.units_per_block),
