@@ -51,12 +51,14 @@ for _flag in FAST_COMPILE_XLA_FLAGS:
   if _flag.split('=')[0] not in os.environ['XLA_FLAGS']:
     os.environ['XLA_FLAGS'] += ' ' + _flag
 
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.traverse_util  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -176,6 +178,21 @@ def cli_env(compilation_cache_dir: str, *, device_count: int = 4) -> dict[str, s
   )
   env.pop('PYTEST_XDIST_WORKER', None)
   return env
+
+
+def parse_config_flag(arg: str, *overrides: str) -> ml_collections.ConfigDict:
+  """The config that `--config=<arg>` and `overrides` (`--config.x=y` flags) give, in-process.
+
+  Parsed by a `--config` flag defined as the commands define theirs (`lock_config`),
+  reading its `--config.` overrides from this command line rather than `sys.argv`.
+  """
+  argv = ['prog', f'--config={arg}', *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+      'config', None, '', flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
+  flag_values(argv)
+  return flag_values.config
 
 
 def override_flags(overrides: dict[str, object]) -> list[str]:

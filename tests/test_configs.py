@@ -28,11 +28,10 @@ import subprocess
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from conftest import NUM_CLASSES, REPO_ROOT, SPLIT_SIZES, cli_env, tiny_config
+from conftest import NUM_CLASSES, REPO_ROOT, SPLIT_SIZES, cli_env, parse_config_flag, tiny_config
 import tiny_run
 from modistill_jax import checkpointing
 from modistill_jax import config_lib
@@ -117,14 +116,6 @@ def test_unknown_stage_is_rejected(name):
   """`configs/<name>.py:step9` fails at config time with the list of stages."""
   with pytest.raises(ValueError, match=r"Unknown stage 'step9'.*step1_rgb"):
     get_config(name, 'step9')
-
-
-def parse_config_flag(arg: str):
-  """The config `--config=<arg>` gives, parsed as the CLI parses it."""
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values, lock_config=True)
-  flag_values(['prog', f'--config={arg}'])
-  return flag_values.config
 
 
 def test_unknown_stage_from_the_command_line():

@@ -65,6 +65,9 @@ def run_steps(mesh: Mesh, variables, batches, eval_batch, *, stage, model, confi
   return jax.device_get(state), losses, grad_norms, predictions
 
 
+# `slow`: two compiles of step 2 and a 64x64 step, half a minute of `make test-fast`'s three for a
+# check of the data-parallel sharding rather than of the model or its losses.
+@pytest.mark.slow
 def test_four_devices_match_one_device():
   """Loss, gradient norm, BatchNorm statistics, params and Adam moments agree to 1e-5.
 
