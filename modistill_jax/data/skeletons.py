@@ -24,6 +24,7 @@ their maximum (channel 2, the whole figure), each 0..255.
 from __future__ import annotations
 
 import io
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -95,10 +96,19 @@ def encode(joints: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
+# `np.load` parses a `.npy` header with `ast.literal_eval`. CPython 3.11 keeps the AST
+# constructor's recursion depth in interpreter state that every thread shares, so two threads
+# parsing at once can fail with "SystemError: AST constructor recursion depth mismatch" (see
+# python/cpython#106905); the input pipeline decodes frames in threads, and a full-size run
+# on the miniature stopped on it. One load at a time (a header of a few dozen bytes).
+_NPY_LOAD_LOCK = threading.Lock()
+
+
 def decode(data: bytes) -> np.ndarray:
   """A stored skeleton frame -> `(MAX_BODIES, J, 2)` float32 fractions, NaN where untracked."""
   try:
-    joints = np.load(io.BytesIO(data), allow_pickle=False)
+    with _NPY_LOAD_LOCK:
+      joints = np.load(io.BytesIO(data), allow_pickle=False)
   except ValueError as e:
     raise ValueError(f'Cannot decode a {len(data)}-byte frame as skeleton joints: {e}') from e
   if joints.dtype != np.float32 or joints.shape[:1] != (MAX_BODIES,) or joints.ndim != 3:
