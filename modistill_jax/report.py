@@ -24,8 +24,10 @@ from etils import epath
 import numpy as np
 
 from modistill_jax import metrics as metrics_lib
+from modistill_jax import modalities
 from modistill_jax import paper_tables
 from modistill_jax import runs
+from modistill_jax import stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +76,14 @@ def stage_results(workdir: str, stage: str) -> dict[str, Any] | None:
   return runs.read_json(directory.results_file) if directory.finished() else None
 
 
-def _step1_stage(workdir: str, stream: str) -> str:
-  """step1 (both streams in one job) or the separate step1_<stream> job."""
-  if stage_results(workdir, 'step1') is None and stage_results(workdir, f'step1_{stream}'):
-    return f'step1_{stream}'
-  return 'step1'
+def _results_of(workdir: str, stage: str) -> list[dict[str, Any]]:
+  """The finished results a row of `stage` is read from: step 1's, where both streams trained
+  in one job, or else each separate `step1_<modality>` job's."""
+  if stage == 'step1' and stage_results(workdir, 'step1') is None:
+    separate = (stage_results(workdir, f'step1_{m}') for m in modalities.NAMES)
+    return [results for results in separate if results is not None]
+  results = stage_results(workdir, stage)
+  return [] if results is None else [results]
 
 
 def paper_number(row: Row, loss: str, dataset: str | None, protocol: str | None) -> float | None:
@@ -116,32 +121,99 @@ def row_of_run(row: Row, results: dict[str, Any]) -> Row:
   return row
 
 
+def run_modalities(results: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+  """`(deployed, privileged)` of the run a stage's results come from.
+
+  Results written before `deployed` was recorded have the default of their
+  privileged modalities (`stages.roles`: RGB, or depth where RGB is privileged).
+  """
+  privileged = results.get('privileged', 'depth').split('+')
+  return stages.roles(privileged, results.get('deployed', ''))
+
+
+def is_papers_setting(results: dict[str, Any]) -> bool:
+  """Whether the run has the paper's modalities: Table 1's (RGB deployed, depth privileged)
+  or Table 4's (the two swapped), the settings its published numbers are for."""
+  return run_modalities(results) in (('rgb', ('depth',)), ('depth', ('rgb',)))
+
+
+def _titled(name: str, capital: bool) -> str:
+  title = modalities.get(name).title
+  return title[0].upper() + title[1:] if capital else title
+
+
+def rows_of_run(row: Row, results: dict[str, Any]) -> list[Row]:
+  """`row` as the run that produced it was set up (`row_of_run`), for any modalities.
+
+  In the paper's settings, that one row. With other modalities (infrared or
+  skeletons privileged, or another one deployed) each row names the run's: a
+  row of the depth stream (1, 6) becomes one row per privileged stream, a row of
+  the RGB stream (2, 7) the deployed stream's, and the other rows' words for RGB
+  and depth become the deployed and the privileged modalities'. The rows keep
+  the paper's numbers as the rows they stand for; the paper has no figure for
+  them (`table1` leaves its column empty).
+  """
+  row = row_of_run(row, results)
+  if is_papers_setting(results):
+    return [row]
+  deployed, privileged = run_modalities(results)
+  if row.stream == 'depth':
+    return [
+        dataclasses.replace(
+            row,
+            method=row.method.replace('depth', _titled(p, capital=False)),
+            test_modality=_titled(p, capital=True),
+            stream=p,
+        )
+        for p in privileged
+    ]
+
+  def words(text: str, capital: bool) -> str:
+    names = {
+        'RGB': _titled(deployed, capital),
+        'Depth': ' & '.join(_titled(p, capital) for p in privileged),
+        'depth': ' & '.join(_titled(p, False) for p in privileged),
+    }
+    return ' '.join(names.get(w, w) for w in text.split(' '))
+
+  stream = deployed if row.stream == 'rgb' else row.stream
+  return [
+      dataclasses.replace(
+          row,
+          method=words(row.method, capital=False),
+          test_modality=words(row.test_modality, capital=True),
+          stream=stream,
+      )
+  ]
+
+
 def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
-  """Table 1 (and Table 4) rows with our accuracy (and the paper's, for NTU protocols)."""
+  """Table 1 (and Table 4) rows with our accuracy (and the paper's, for NTU protocols and the
+  paper's modalities)."""
   rows = []
-  for row in TABLE1_ROWS:
-    base = runs.ablation_workdir(workdir) if row.ablation else workdir
-    stage = _step1_stage(base, row.stream) if row.stage == 'step1' else row.stage
-    results = stage_results(base, stage)
-    if results is None or split not in results:
-      continue
-    accuracy = results[split]['accuracy'].get(row.stream)
-    if accuracy is None:
-      continue
-    loss = results.get('loss', '')
-    row = row_of_run(row, results)
-    rows.append(
-        {
-            'row': row.number,
-            'method': row.method,
-            'test_modality': row.test_modality,
-            'loss': row.loss.format(loss=loss),
-            'accuracy': 100 * accuracy,
-            'paper': paper_number(row, loss, results.get('dataset'), results.get('protocol')),
-            'num_examples': results[split]['num_examples'],
-            'complete': results[split]['complete'],
-        }
-    )
+  for paper_row in TABLE1_ROWS:
+    base = runs.ablation_workdir(workdir) if paper_row.ablation else workdir
+    for results in _results_of(base, paper_row.stage):
+      if split not in results:
+        continue
+      loss = results.get('loss', '')
+      for row in rows_of_run(paper_row, results):
+        accuracy = results[split]['accuracy'].get(row.stream)
+        if accuracy is None:
+          continue
+        paper = paper_number(row, loss, results.get('dataset'), results.get('protocol'))
+        rows.append(
+            {
+                'row': row.number,
+                'method': row.method,
+                'test_modality': row.test_modality,
+                'loss': row.loss.format(loss=loss),
+                'accuracy': 100 * accuracy,
+                'paper': paper if is_papers_setting(results) else None,
+                'num_examples': results[split]['num_examples'],
+                'complete': results[split]['complete'],
+            }
+        )
   return rows
 
 

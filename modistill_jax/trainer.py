@@ -357,12 +357,14 @@ def check_resume_config(
 
 def stage_record(stage_name: str, config: ml_collections.ConfigDict, stage: stages.Stage):
   """What results.json says the stage was: dataset, modalities, loss, connections, streams."""
+  deployed, privileged = stages.roles(config.privileged, config.deployed)
   return {
       'stage': stage_name,
       'dataset': config.dataset,
       'protocol': config.protocol,
       # One name ('depth', as always) or several joined ('depth+ir').
-      'privileged': '+'.join(stages.roles(config.privileged, config.deployed)[1]),
+      'privileged': '+'.join(privileged),
+      'deployed': deployed,
       'loss': stage.loss_name(config.loss.kind),
       'connections': bool(config.model.connections and any(m.connections for m in stage.models)),
       'train_inputs': list(stage.inputs),

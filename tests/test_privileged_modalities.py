@@ -337,6 +337,7 @@ def _check_run(workdir: str, privileged: tuple[str, ...]) -> None:
     stage = stages.get_stage(name, privileged=privileged)
     results = runs.read_json(runs.stage_dir(workdir, name).results_file)
     assert results['privileged'] == '+'.join(privileged), name
+    assert results['deployed'] == 'rgb', name
     assert tuple(results['train_inputs']) == stage.inputs, name
     accuracy = results['test']['accuracy']
     assert set(accuracy) == set(stage.streams) | {'fused'}, name
@@ -398,5 +399,9 @@ def test_ntu_command_line_trains_all_steps_with_depth_and_infrared(
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   _check_run(workdir, ('depth', 'ir'))
+  # The closing table names the run's modalities, without the paper's depth-only figures.
+  assert '| 1 | step 1, infrared stream | Infrared | x-entr |' in proc.stdout
+  assert '| 8 | step 2 | RGB & Depth & Infrared | x-entr |' in proc.stdout
+  assert ' paper |' not in proc.stdout
   config = json.loads(runs.stage_dir(workdir, 'step3').config_file.read_text())
   assert config['privileged'] == 'depth,ir'

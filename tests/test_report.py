@@ -160,6 +160,65 @@ def test_compare_command_prints_and_writes_the_table(tmp_path):
   assert output.read_text() in done.stdout + '\n'
 
 
+def _finished_run_stage(workdir, stage, accuracy, **record):
+  """`_finished_stage` whose results record the run's modalities as the trainer writes them."""
+  _finished_stage(workdir, stage, accuracy, loss=record.pop('loss', 'xent_each'))
+  path = runs.stage_dir(workdir, stage).results_file
+  runs.write_json(path, {**runs.read_json(path), **record})
+
+
+def _rows(workdir):
+  return [
+      (r['row'], r['method'], r['test_modality'], round(r['accuracy']), r['paper'])
+      for r in report.table1(workdir)
+  ]
+
+
+def test_rows_name_the_runs_own_modalities_and_leave_the_paper_out(tmp_path):
+  """Depth and infrared privileged: a row per privileged stream, their names, no paper figure."""
+  workdir = str(tmp_path / 'run')
+  both = {'privileged': 'depth+ir', 'deployed': 'rgb'}
+  _finished_run_stage(workdir, 'step1', {'depth': 0.6, 'ir': 0.5, 'rgb': 0.2, 'fused': 0.6}, **both)
+  _finished_run_stage(workdir, 'step2', {'depth': 0.7, 'ir': 0.4, 'rgb': 0.3, 'fused': 0.8}, **both)
+  _finished_run_stage(workdir, 'step3', {'hall': 0.45, 'fused': 0.7}, loss='eq5', **both)
+  _finished_run_stage(workdir, 'step4', {'hall': 0.4, 'rgb': 0.3, 'fused': 0.5}, **both)
+  assert _rows(workdir) == [
+      ('1', 'step 1, depth stream', 'Depth', 60, None),
+      ('1', 'step 1, infrared stream', 'Infrared', 50, None),
+      ('2', 'step 1, RGB stream', 'RGB', 20, None),
+      ('6', 'step 2, depth stream', 'Depth', 70, None),
+      ('6', 'step 2, infrared stream', 'Infrared', 40, None),
+      ('7', 'step 2, RGB stream', 'RGB', 30, None),
+      ('8', 'step 2', 'RGB & Depth & Infrared', 80, None),
+      ('13', 'step 3 w/ connections', 'RGB (hall) + depth & infrared via connections', 45, None),
+      ('15', 'step 4', 'RGB', 50, None),
+  ]
+  assert ' paper |' not in report.table1_markdown(report.table1(workdir))
+
+
+def test_rows_of_another_deployed_modality_from_separate_step1_jobs(tmp_path):
+  """Infrared deployed, depth and skeleton privileged, step 1 as one job per stream."""
+  workdir = str(tmp_path / 'run')
+  roles = {'privileged': 'depth+skeleton', 'deployed': 'ir'}
+  for stream, accuracy in (('ir', 0.25), ('depth', 0.75), ('skeleton', 0.5)):
+    _finished_run_stage(workdir, f'step1_{stream}', {stream: accuracy, 'fused': accuracy}, **roles)
+  _finished_run_stage(workdir, 'step4', {'hall': 0.4, 'ir': 0.3, 'fused': 0.35}, **roles)
+  assert _rows(workdir) == [
+      ('1', 'step 1, depth stream', 'Depth', 75, None),
+      ('1', 'step 1, skeleton stream', 'Skeleton', 50, None),
+      ('2', 'step 1, infrared stream', 'Infrared', 25, None),
+      ('15', 'step 4', 'Infrared', 35, None),
+  ]
+
+
+def test_the_papers_modalities_keep_the_papers_figures(tmp_path):
+  """Depth privileged, recorded or (results written before the record) by default."""
+  for record in ({'privileged': 'depth', 'deployed': 'rgb'}, {'privileged': 'depth'}, {}):
+    workdir = str(tmp_path / str(len(record)))
+    _finished_run_stage(workdir, 'step4', {'hall': 0.4, 'rgb': 0.3, 'fused': 0.5}, **record)
+    assert _rows(workdir) == [('15', 'step 4', 'RGB', 50, 73.42)]
+
+
 def test_rows_follow_how_the_run_was_set_up():
   """An unconnected folder's step 2 / step 3 are rows 9 / 14; RGB privileged gives Table 4."""
   unconnected = {'connections': False, 'privileged': 'depth'}
