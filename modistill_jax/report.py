@@ -10,7 +10,10 @@ Table 1 rows are the paper's, each filled from the stage and stream that
 produce it; a row whose stage was not run is left out. One difference from the
 paper's labels is spelled out: step 3 *with* connections feeds the frozen depth
 stream at test time (its unit-0 outputs gate the hallucination stream), so its
-test modality is "RGB (hall) + depth via connections", not RGB alone.
+test modality is "RGB (hall) + depth via connections", not RGB alone. A run
+with other modalities (infrared or skeletons privileged, another deployed) gets
+the same rows in its own modalities' words and no paper figure beside them
+(`rows_of_run`).
 """
 
 from __future__ import annotations
