@@ -200,6 +200,7 @@ def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
       if split not in results:
         continue
       loss = results.get('loss', '')
+      papers_setting = is_papers_setting(results)
       for row in rows_of_run(paper_row, results):
         accuracy = results[split]['accuracy'].get(row.stream)
         if accuracy is None:
@@ -212,7 +213,7 @@ def table1(workdir: str, split: str = 'test') -> list[dict[str, Any]]:
                 'test_modality': row.test_modality,
                 'loss': row.loss.format(loss=loss),
                 'accuracy': 100 * accuracy,
-                'paper': paper if is_papers_setting(results) else None,
+                'paper': paper if papers_setting else None,
                 'num_examples': results[split]['num_examples'],
                 'complete': results[split]['complete'],
             }
