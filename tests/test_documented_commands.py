@@ -85,6 +85,12 @@ NOT_RUN = {
         'renders and probes the full ntu_like dataset (3 minutes); '
         'tests/test_synthetic_ntu_like.py pins the pixels it measured'
     ),
+    ('docs/modalities.md', r'builder_config=default_ir_skeleton'): (
+        'builds the full miniature with infrared and joints (2,304 clips, about a minute) for a '
+        'full-size run; tests/test_privileged_modalities.py trains `configs/ntu_cs.py:all,tiny` '
+        'with skeleton and with depth and infrared privileged, and '
+        'data_builders/synthetic_rgbd/ir_skeleton_test.py builds `tiny_ir_skeleton`'
+    ),
     ('data_builders/synthetic_rgbd/README.md', r'configs/ntu_like(_faces)?\.py'): (
         'builds the full ntu_like(_faces) dataset first (2,304 clips, minutes; `,tiny` shrinks '
         'the stream, not that data); tests/test_pretext.py trains ntu_like step 1 in-process on '
