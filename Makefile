@@ -15,7 +15,7 @@ EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-fast test-all test-beam test-faults coverage lint format demo pretext claims install lock lock-extras clean
+.PHONY: test test-fast test-all test-beam test-faults test-commands coverage lint format demo pretext claims install lock lock-extras clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
@@ -58,10 +58,11 @@ format: $(VENV)/.installed-test
 PYTEST := XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
   $(PY) -m pytest -n 2 --dist loadgroup -q
 
-# Lint first, then every test but the Beam conversions (marked `beam`: `make test-beam`) and the
-# injected faults (marked `faults`: `make test-faults`), which CI runs after this.
+# Lint first, then every test but the Beam conversions (marked `beam`: `make test-beam`), the
+# injected faults (marked `faults`: `make test-faults`) and the documentation's commands run as
+# written (marked `commands`: `make test-commands`), which CI runs after this.
 test: lint
-	$(PYTEST) -m 'not beam and not faults'
+	$(PYTEST) -m 'not beam and not faults and not commands'
 
 # While editing: the in-process tests of the model, losses, stages, configs, data and run
 # folders; no command-line subprocess, multi-stage training, dataset build, injected fault or
@@ -69,8 +70,8 @@ test: lint
 test-fast: $(VENV)/.installed-test
 	$(PYTEST) -m 'not slow and not beam and not faults'
 
-# Everything: lint, `make test`'s tests, the injected faults and the Beam conversions, in one
-# session.
+# Everything: lint, `make test`'s tests, the documentation's commands, the injected faults and the
+# Beam conversions, in one session.
 test-all: lint
 	$(PYTEST)
 
@@ -80,11 +81,17 @@ test-all: lint
 test-faults: $(VENV)/.installed-test
 	$(PYTEST) -m faults
 
+# Every command of README.md, docs/*.md and the builders' READMEs, run as a reader types it, in
+# its chain of commands (tests/test_documented_commands.py): about 40 subprocesses, `tfds build`s,
+# three multi-stage trainings on one device.
+test-commands: $(VENV)/.installed-test
+	$(PYTEST) -m commands
+
 test-beam: $(VENV)/.installed-test
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m beam data_builders
 
-# Line coverage of `modistill_jax/` and `data_builders/` over `make test`'s and `make test-faults`'
-# tests (all but Beam), their command-line subprocesses included (settings: pyproject.toml's [tool.coverage.run]); prints the
+# Line coverage of `modistill_jax/` and `data_builders/` over `make test`'s, `make test-commands`'
+# and `make test-faults`' tests (all but Beam), their command-line subprocesses included (settings: pyproject.toml's [tool.coverage.run]); prints the
 # per-file report. Tracing slows the tests down: time them with `make test`.
 coverage: $(VENV)/.installed-test
 	rm -f .coverage .coverage.*

@@ -26,6 +26,11 @@ those about the same data or runs: `CHAINS` sorts them into independent
 chains, each run in order in a reader's folder of its own and as one xdist
 group, so that the chains run on both workers side by side. Run a whole chain
 (or the whole file), not one command of it alone.
+
+The chains are marked `commands` and run by `make test-commands` (CI runs it
+after `make test`; docs/testing.md says why); the checks that every command is
+run or listed, that the versions shown are the code's, and that every entry
+point answers `--help` in a subprocess of its own stay in `make test`.
 """
 
 from __future__ import annotations
@@ -314,6 +319,7 @@ def run_in_reader_folder(reader_folders, compilation_cache_dir):
 
 @pytest.mark.parametrize('command', [in_its_chain(c) for c in documented_commands()])
 @pytest.mark.slow
+@pytest.mark.commands
 def test_documented_command_runs_as_written(command, run_in_reader_folder):
   reason = reason_not_run(command)
   if reason is not None:
@@ -378,6 +384,7 @@ def test_documented_versions_are_the_codes():
 
 
 @pytest.mark.slow
+@pytest.mark.commands
 @pytest.mark.xdist_group('documented_commands:own_data')
 def test_custom_build_writes_the_folder_the_readme_names(reader_folders, run_in_reader_folder):
   """After the README's own-data commands (run above, in their chain), its build folder exists."""
