@@ -96,8 +96,8 @@ NOT_RUN = {
         'with skeleton and with depth and infrared privileged, and '
         'data_builders/synthetic_rgbd/ir_skeleton_test.py builds `tiny_ir_skeleton`'
     ),
-    ('data_builders/synthetic_rgbd/README.md', r'configs/ntu_like(_faces)?\.py'): (
-        'builds the full ntu_like(_faces) dataset first (2,304 clips, minutes; `,tiny` shrinks '
+    ('data_builders/synthetic_rgbd/README.md', r'configs/ntu_like(_faces|_coats)?\.py'): (
+        'builds the full ntu_like(_faces|_coats) dataset first (2,304 or 2,880 clips, minutes; `,tiny` shrinks '
         'the stream, not that data); tests/test_pretext.py trains ntu_like step 1 in-process on '
         'tiny data'
     ),

@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO_ROOT
 import configs.demo
 import configs.ntu_like
+import configs.ntu_like_coats
 import configs.ntu_like_faces
 from data_builders import builder_test_utils
 from data_builders import raw_clips
@@ -27,6 +28,7 @@ from data_builders.synthetic_rgbd import renderer
 CONFIGS = {config.name: config for config in Builder.BUILDER_CONFIGS}
 NTU_LIKE = CONFIGS['ntu_like'].spec
 NTU_LIKE_FACES = CONFIGS['ntu_like_faces'].spec
+NTU_LIKE_COATS = CONFIGS['ntu_like_coats'].spec
 # The `tiny` size with `ntu_like`'s content: 32x32, 8 frames, 24 clips per class, 4 subjects.
 TINY_NTU_LIKE = dataclasses.replace(
     CONFIGS['tiny'].spec, scenario='ntu_like', rgb_distractors=False
@@ -39,6 +41,8 @@ DEFAULT_CLIPS_SHA256 = '721c24316a8077346c9bf0305e1e101390fe60395970584db97a4819
 NTU_LIKE_CLIPS_SHA256 = '882d1dddbe5c02652763429762fdbbfe9ef87071d2130413b001a5e538735e88'
 # `ntu_like_faces`'s, computed before any stream was trained on it (README, calibration record).
 NTU_LIKE_FACES_CLIPS_SHA256 = 'fb817f307605c6983e6eac1491947ebd9158b9da23f8efe5982dcb17f7acdd76'
+# `ntu_like_coats`'s, computed before any stream was trained on it (README, calibration record).
+NTU_LIKE_COATS_CLIPS_SHA256 = 'ecbf042d8d328a905018c26191585dea8187dc5db2660848726c79bc2acd0453'
 
 
 def clips_sha256(spec: renderer.GeneratorSpec) -> str:
@@ -241,3 +245,54 @@ def test_ntu_like_faces_config_is_ntu_like_on_its_data(stage):
   )
   assert faces.builder_config == 'ntu_like_faces'
   assert {**faces.to_dict(), 'builder_config': ntu_like['builder_config']} == ntu_like
+
+
+def test_ntu_like_coats_clips_are_the_calibrated_ones():
+  """The calibration record's step-1 numbers on `ntu_like_coats` are measured on these pixels."""
+  assert clips_sha256(NTU_LIKE_COATS) == NTU_LIKE_COATS_CLIPS_SHA256
+
+
+def test_ntu_like_coats_is_ntu_like_faces_with_two_raincoat_classes():
+  """The same scene, sizes and splits; `ntu_like_faces`' 8 classes first, clip for clip the same
+  pixels; then the two raincoat classes."""
+  assert dataclasses.replace(NTU_LIKE_FACES, scenario='ntu_like_coats') == NTU_LIKE_COATS
+  assert NTU_LIKE_COATS.class_names == NTU_LIKE_FACES.class_names + (
+      'put on raincoat',
+      'take off raincoat',
+  )
+  for label, index in ((0, 4), (5, 10), (6, 2), (7, 33)):
+    coats = renderer.render_clip(NTU_LIKE_COATS, label, index)
+    faces = renderer.render_clip(NTU_LIKE_FACES, label, index)
+    for key in ('rgb', 'depth_mm'):
+      np.testing.assert_array_equal(coats[key], faces[key], err_msg=f'{label} {index} {key}')
+
+
+def _blue_pixels(rgb: np.ndarray) -> np.ndarray:
+  r, g, b = (rgb[..., c].astype(int) for c in range(3))
+  return ((b > r + 40) & (b > g + 15)).sum((1, 2))
+
+
+@pytest.mark.parametrize('name, sign', (('put on raincoat', 1), ('take off raincoat', -1)))
+def test_a_raincoat_appears_or_disappears_in_blue(name, sign):
+  """Putting the raincoat on adds dark blue pixels over the shirt by the last frame, taking it off
+  removes them (the room has blue of its own: the count changes by the coat's pixels)."""
+  label = NTU_LIKE_COATS.class_names.index(name)
+  for index in (0, 1, 2, 10, 31, 95):
+    blue = _blue_pixels(renderer.render_clip(NTU_LIKE_COATS, label, index)['rgb'])
+    assert sign * (blue[-1] - blue[0]) >= 40, (name, index, blue[0], blue[-1])
+
+
+def test_a_jacket_clip_adds_no_blue():
+  """The hi-vis jacket of the same gesture (it may cover a blue shirt: fewer blue pixels)."""
+  label = NTU_LIKE_COATS.class_names.index('put on jacket')
+  for index in (0, 1, 2, 10, 31, 95):
+    blue = _blue_pixels(renderer.render_clip(NTU_LIKE_COATS, label, index)['rgb'])
+    assert blue[-1] - blue[0] < 40, (index, blue[0], blue[-1])
+
+
+@pytest.mark.parametrize('stage', stages.STAGE_NAMES + (stages.ALL,))
+def test_ntu_like_coats_config_is_ntu_like_on_its_data(stage):
+  ntu_like = configs.ntu_like.get_config(stage).to_dict()
+  coats = configs.ntu_like_coats.get_config(stage)
+  assert coats.builder_config == 'ntu_like_coats'
+  assert {**coats.to_dict(), 'builder_config': ntu_like['builder_config']} == ntu_like

@@ -51,7 +51,9 @@ hi-vis jacket appearing or disappearing over the shirt (RGB only); 'bow' and
 angle, which a camera in front sees almost alike (depth, mostly); 'walk
 towards', 'walk away', 'walk across' and 'turn around' show in both. Its
 builder config also turns `rgb_distractors` off. The dataset's README has the
-design and the probe that calibrated it.
+design and the probe that calibrated it. `ntu_like_coats` adds 'put on raincoat'
+and 'take off raincoat': the jacket's gesture with a dark blue coat, so that
+four classes are one gesture to depth and RGB alone tells them apart.
 
 The `pretext` scenario is no action dataset: it is the data of the pretraining
 that plays ImageNet's role for the miniature (`modistill_jax/pretext.py`). Each
@@ -108,9 +110,13 @@ NTU_LIKE_CLASS_NAMES = (
     'take off jacket',
     'turn around',
 )
+# `ntu_like`'s classes and two more of the jacket's gesture, in which a dark blue raincoat
+# appears or disappears: four classes that depth sees as one gesture (README, calibration).
+NTU_LIKE_COATS_CLASS_NAMES = NTU_LIKE_CLASS_NAMES + ('put on raincoat', 'take off raincoat')
 # Scenario -> its class names. `default`: every class is a motion in depth, which RGB sees
 # only through perspective (depth strongly privileged); `ntu_like`: some classes differ
-# only in RGB, some (mostly) only in depth, most in both.
+# only in RGB, some (mostly) only in depth, most in both; `ntu_like_coats`: more of them
+# only in RGB.
 # The `pretext` scenario's classes: the hue of the actor's shirt, in 8 bins of 45 degrees
 # from red (0), each named by the colour at its middle.
 PRETEXT_CLASS_NAMES = (
@@ -126,10 +132,11 @@ PRETEXT_CLASS_NAMES = (
 SCENARIOS = {
     'default': CLASS_NAMES,
     'ntu_like': NTU_LIKE_CLASS_NAMES,
+    'ntu_like_coats': NTU_LIKE_COATS_CLASS_NAMES,
     'pretext': PRETEXT_CLASS_NAMES,
 }
-# The motion (in `_actor`'s vocabulary) an `ntu_like` class performs. The two jacket
-# classes perform the same one: what tells them apart is only what RGB sees.
+# The motion (in `_actor`'s vocabulary) an `ntu_like` class performs. The jacket and
+# raincoat classes perform the same one: what tells them apart is only what RGB sees.
 _NTU_LIKE_MOTIONS = {
     'walk towards': 'approach',
     'walk away': 'recede',
@@ -139,9 +146,21 @@ _NTU_LIKE_MOTIONS = {
     'put on jacket': 'dress',
     'take off jacket': 'dress',
     'turn around': 'turn around',
+    'put on raincoat': 'dress',
+    'take off raincoat': 'dress',
 }
 # Every motion `_actor` performs; a `pretext` clip performs one drawn from them at random.
 _MOTIONS = tuple(dict.fromkeys(CLASS_NAMES + tuple(_NTU_LIKE_MOTIONS.values())))
+# The coats the dressing classes put on (True) or take off, each a plain colour drawn per
+# clip between two RGB albedos: hi-vis yellow to orange, dark to mid blue.
+_HI_VIS = ((0.8, 0.5, 0.0), (1.0, 0.8, 0.15))
+_RAINCOAT = ((0.0, 0.12, 0.4), (0.15, 0.3, 0.75))
+_COATS = {
+    'put on jacket': (True, _HI_VIS),
+    'take off jacket': (False, _HI_VIS),
+    'put on raincoat': (True, _RAINCOAT),
+    'take off raincoat': (False, _RAINCOAT),
+}
 TEST_VIEW = 1
 
 # Room and camera geometry, in metres. The wall is a vertical cylinder around
@@ -683,15 +702,18 @@ def render_clip(
     motion = _MOTIONS[actor_rng.integers(len(_MOTIONS))]
   else:
     subject = _subject(spec, info.subject)
-    motion = _NTU_LIKE_MOTIONS[name] if spec.scenario == 'ntu_like' else name
+    # `default`'s classes are motions themselves ('turn around' is both scenarios' and maps to
+    # itself).
+    motion = _NTU_LIKE_MOTIONS.get(name, name)
   centres, radii, parts, progress, head_axes = _actor(motion, subject, spec, rng)
-  # Albedo of each body part per frame, and whether the shirt is covered by a jacket (plain,
-  # hi-vis yellow to orange) that the actor puts on or takes off halfway through the gesture.
+  # Albedo of each body part per frame, and whether the shirt is covered by a coat (`_COATS`)
+  # that the actor puts on or takes off halfway through the gesture.
   colours = np.broadcast_to(subject.colours, (frames,) + subject.colours.shape).copy()
   jacket = np.zeros(frames, bool)
-  if name in ('put on jacket', 'take off jacket'):
-    jacket = progress >= 0.5 if name == 'put on jacket' else progress < 0.5
-    colours[jacket, 1] = rng.uniform([0.8, 0.5, 0.0], [1.0, 0.8, 0.15])
+  if name in _COATS:
+    puts_on, (low, high) = _COATS[name]
+    jacket = progress >= 0.5 if puts_on else progress < 0.5
+    colours[jacket, 1] = rng.uniform(low, high)
   nearest, t_actor = _cast_actor(centres, radii, origin, rotation, rays, size)
   t_room, floor = _room_distance(origin, rays)
   actor = t_actor < t_room  # (T, N)

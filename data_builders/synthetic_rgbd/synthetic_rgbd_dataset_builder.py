@@ -90,6 +90,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           spec=NTU_LIKE_FACES,
       ),
       SyntheticRgbdConfig(
+          name='ntu_like_coats',
+          description=(
+              '`ntu_like_faces` with two more classes, put on and take off a dark blue '
+              "raincoat: the jacket's gesture, so 4 of its 10 classes are told apart in RGB "
+              'alone (see the README).'
+          ),
+          spec=dataclasses.replace(NTU_LIKE_FACES, scenario='ntu_like_coats'),
+      ),
+      SyntheticRgbdConfig(
           name='pretext',
           description=(
               "No actions: the pretraining that plays ImageNet's role (modistill_jax/pretext.py). "
