@@ -97,9 +97,9 @@ NOT_RUN = {
         'data_builders/synthetic_rgbd/ir_skeleton_test.py builds `tiny_ir_skeleton`'
     ),
     ('data_builders/synthetic_rgbd/README.md', r'configs/ntu_like(_faces|_coats)?\.py'): (
-        'builds the full ntu_like(_faces|_coats) dataset first (2,304 or 2,880 clips, minutes; `,tiny` shrinks '
-        'the stream, not that data); tests/test_pretext.py trains ntu_like step 1 in-process on '
-        'tiny data'
+        'builds a full ntu_like, ntu_like_faces or ntu_like_coats dataset first (2,304 or 2,880 '
+        'clips, minutes; `,tiny` shrinks the stream, not that data); tests/test_pretext.py trains '
+        'ntu_like step 1 in-process on tiny data'
     ),
 }
 
