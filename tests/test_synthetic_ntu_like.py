@@ -14,6 +14,7 @@ from conftest import REPO_ROOT
 import configs.demo
 import configs.ntu_like
 import configs.ntu_like_coats
+import configs.ntu_like_coats_no_turn
 import configs.ntu_like_faces
 from data_builders import builder_test_utils
 from data_builders import raw_clips
@@ -29,6 +30,7 @@ CONFIGS = {config.name: config for config in Builder.BUILDER_CONFIGS}
 NTU_LIKE = CONFIGS['ntu_like'].spec
 NTU_LIKE_FACES = CONFIGS['ntu_like_faces'].spec
 NTU_LIKE_COATS = CONFIGS['ntu_like_coats'].spec
+NTU_LIKE_COATS_NO_TURN = CONFIGS['ntu_like_coats_no_turn'].spec
 # The `tiny` size with `ntu_like`'s content: 32x32, 8 frames, 24 clips per class, 4 subjects.
 TINY_NTU_LIKE = dataclasses.replace(
     CONFIGS['tiny'].spec, scenario='ntu_like', rgb_distractors=False
@@ -43,6 +45,10 @@ NTU_LIKE_CLIPS_SHA256 = '882d1dddbe5c02652763429762fdbbfe9ef87071d2130413b001a5e
 NTU_LIKE_FACES_CLIPS_SHA256 = 'fb817f307605c6983e6eac1491947ebd9158b9da23f8efe5982dcb17f7acdd76'
 # `ntu_like_coats`'s, computed before any stream was trained on it (README, calibration record).
 NTU_LIKE_COATS_CLIPS_SHA256 = 'ecbf042d8d328a905018c26191585dea8187dc5db2660848726c79bc2acd0453'
+# `ntu_like_coats_no_turn`'s, computed before any stream was trained on it (the same).
+NTU_LIKE_COATS_NO_TURN_CLIPS_SHA256 = (
+    '8ddd1ce3edea1c8a5d1ccf1de0e344e970b855c9234a628b471733e923d4becb'
+)
 
 
 def clips_sha256(spec: renderer.GeneratorSpec) -> str:
@@ -290,9 +296,34 @@ def test_a_jacket_clip_adds_no_blue():
     assert blue[-1] - blue[0] < 40, (index, blue[0], blue[-1])
 
 
+def test_ntu_like_coats_no_turn_clips_are_the_calibrated_ones():
+  assert clips_sha256(NTU_LIKE_COATS_NO_TURN) == NTU_LIKE_COATS_NO_TURN_CLIPS_SHA256
+
+
+def test_ntu_like_coats_no_turn_is_ntu_like_coats_without_turning_around():
+  """The same scene, sizes and splits; the classes before 'turn around' are `ntu_like_faces`'
+  clips pixel for pixel; the raincoat classes follow the jacket ones."""
+  assert dataclasses.replace(NTU_LIKE_COATS, scenario='ntu_like_coats_no_turn') == (
+      NTU_LIKE_COATS_NO_TURN
+  )
+  assert NTU_LIKE_COATS_NO_TURN.class_names == tuple(
+      name for name in NTU_LIKE_COATS.class_names if name != 'turn around'
+  )
+  assert NTU_LIKE_COATS_NO_TURN.class_names[:7] == NTU_LIKE_FACES.class_names[:7]
+  for label, index in ((0, 4), (6, 2)):
+    np.testing.assert_array_equal(
+        renderer.render_clip(NTU_LIKE_COATS_NO_TURN, label, index)['rgb'],
+        renderer.render_clip(NTU_LIKE_FACES, label, index)['rgb'],
+    )
+  label = NTU_LIKE_COATS_NO_TURN.class_names.index('put on raincoat')
+  blue = _blue_pixels(renderer.render_clip(NTU_LIKE_COATS_NO_TURN, label, 0)['rgb'])
+  assert blue[-1] - blue[0] >= 40, blue
+
+
+@pytest.mark.parametrize('module', (configs.ntu_like_coats, configs.ntu_like_coats_no_turn))
 @pytest.mark.parametrize('stage', stages.STAGE_NAMES + (stages.ALL,))
-def test_ntu_like_coats_config_is_ntu_like_on_its_data(stage):
+def test_ntu_like_coats_configs_are_ntu_like_on_their_data(module, stage):
   ntu_like = configs.ntu_like.get_config(stage).to_dict()
-  coats = configs.ntu_like_coats.get_config(stage)
-  assert coats.builder_config == 'ntu_like_coats'
-  assert {**coats.to_dict(), 'builder_config': ntu_like['builder_config']} == ntu_like
+  config = module.get_config(stage)
+  assert config.builder_config == module.__name__.split('.')[-1]
+  assert {**config.to_dict(), 'builder_config': ntu_like['builder_config']} == ntu_like

@@ -99,6 +99,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           spec=dataclasses.replace(NTU_LIKE_FACES, scenario='ntu_like_coats'),
       ),
       SyntheticRgbdConfig(
+          name='ntu_like_coats_no_turn',
+          description=(
+              "`ntu_like_coats` without 'turn around', which the trained RGB stream hardly "
+              'told at this size: 9 classes (see the README).'
+          ),
+          spec=dataclasses.replace(NTU_LIKE_FACES, scenario='ntu_like_coats_no_turn'),
+      ),
+      SyntheticRgbdConfig(
           name='pretext',
           description=(
               "No actions: the pretraining that plays ImageNet's role (modistill_jax/pretext.py). "
