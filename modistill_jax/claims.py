@@ -328,14 +328,22 @@ def run_claims(
 # MARK: the report
 
 
-def row_accuracies(workdir: str, seeds: list[int], row: paper_tables.Row) -> list[float | None]:
-  """The row's test accuracy (%) per seed; None where its stage has not finished."""
+def stage_accuracies(
+    workdir: str, seeds: list[int], folder: str, stage: str, stream: str
+) -> list[float | None]:
+  """A stream's test accuracy (%) in a stage of folder `folder`, per seed; None where the stage
+  has not finished (or has no such stream)."""
   values = []
   for seed in seeds:
-    results = report.stage_results(seed_dir(workdir, seed) / row_folder(row), row.stage) or {}
-    accuracy = results['test']['accuracy'].get(row.stream) if 'test' in results else None
+    results = report.stage_results(seed_dir(workdir, seed) / folder, stage) or {}
+    accuracy = results['test']['accuracy'].get(stream) if 'test' in results else None
     values.append(None if accuracy is None else 100 * accuracy)
   return values
+
+
+def row_accuracies(workdir: str, seeds: list[int], row: paper_tables.Row) -> list[float | None]:
+  """The row's test accuracy (%) per seed; None where its stage has not finished."""
+  return stage_accuracies(workdir, seeds, row_folder(row), row.stage, row.stream)
 
 
 def noise_accuracies(workdir: str, seeds: list[int]) -> dict[str, list[float | None]]:
