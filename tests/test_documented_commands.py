@@ -98,8 +98,9 @@ NOT_RUN = {
     ),
     ('docs/modalities.md', r'^make teachers|modistill_jax\.teachers'): (
         'builds the full miniature with infrared and joints, then trains 16 stages per seed '
-        '(about 55 minutes for 5 seeds on 2 cores); tests/test_teachers.py runs the command on the tiny build, 2 seeds '
-        'and 2 teacher sets, and again to check that a finished folder trains nothing'
+        '(about 55 minutes for 5 seeds on 2 cores); tests/test_teachers.py runs the command on '
+        'the tiny build, 2 seeds and 2 teacher sets, and again to check that a finished folder '
+        'trains nothing'
     ),
     ('data_builders/synthetic_rgbd/README.md', r'configs/ntu_like(_faces)?\.py'): (
         'builds the full ntu_like(_faces) dataset first (2,304 clips, minutes; `,tiny` shrinks '
