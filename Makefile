@@ -15,7 +15,7 @@ EXTRAS := $(if $(JAX_EXTRA),[$(JAX_EXTRA)],)
 INSTALLED := $(VENV)/.installed$(if $(JAX_EXTRA),-$(JAX_EXTRA),)
 PIP_INSTALL := $(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-fast test-all test-beam test-faults test-commands coverage lint format demo pretext claims install lock lock-extras clean
+.PHONY: test test-fast test-all test-beam test-faults test-commands coverage lint format demo pretext claims teachers install lock lock-extras clean
 
 ifneq ($(filter-out cuda tpu,$(JAX_EXTRA)),)
 $(error JAX_EXTRA must be cuda, tpu or empty, not '$(JAX_EXTRA)')
@@ -122,6 +122,20 @@ claims: $(INSTALLED)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.claims --config=$(CLAIMS_CONFIG) \
 	  --seeds=$(SEEDS) $(if $(EPOCHS),--epochs=$(EPOCHS),) --workdir=$(CLAIMS_DIR) \
 	  --data_dir=workdirs/tfds
+
+# Which privileged modality teaches the RGB-only model best, over seeds (issue 27): see
+# modistill_jax/teachers.py and docs/modalities.md. SEEDS and EPOCHS as for claims; TEACHERS: the
+# teacher sets, ';' between sets and ',' within one (empty: the command's default,
+# depth;ir;skeleton;depth,ir;depth,ir,skeleton); TEACHERS_DIR: the run folder, by default named
+# after the config (and EPOCHS where given); a TEACHERS list of other modalities needs another one.
+# Rerunning resumes (finished stages are skipped) and prints the report again.
+TEACHERS_CONFIG ?= configs/ntu_like.py
+TEACHERS ?=
+TEACHERS_DIR ?= workdirs/teachers/$(basename $(notdir $(TEACHERS_CONFIG)))$(if $(EPOCHS),_$(EPOCHS)ep,)
+teachers: $(INSTALLED)
+	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.teachers \
+	  --config=$(TEACHERS_CONFIG) --seeds=$(SEEDS) $(if $(EPOCHS),--epochs=$(EPOCHS),) \
+	  $(if $(TEACHERS),--teachers='$(TEACHERS)',) --workdir=$(TEACHERS_DIR) --data_dir=workdirs/tfds
 
 # Re-resolves pyproject.toml's ranges in a scratch venv and writes what it installed (runtime and
 # test extras, which hold `build` and `tensorboard`) to constraints.txt, keeping the file's leading

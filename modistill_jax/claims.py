@@ -241,6 +241,29 @@ def variant_config(
   return config
 
 
+def train_stage(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    seed: int,
+    folder: str,
+    stage: str,
+    clock: metrics.RunClock,
+) -> bool:
+  """Trains stage `stage` in folder `folder` of seed `seed`, or finds it finished (True).
+
+  Raises:
+    Stopped: the stage stopped on a signal, its checkpoint saved.
+  """
+  print(f'\n=== seed {seed}: {folder}/{stage} ===', flush=True)
+  results = trainer.run_stage(config, str(seed_dir(workdir, seed) / folder), stage, clock=clock)
+  if 'preempted_at_step' in results:
+    raise Stopped(
+        f'{folder}/{stage} of seed {seed} stopped at step {results["preempted_at_step"]} (a '
+        'signal); rerun the same command to resume it.'
+    )
+  return bool(results.get('skipped'))
+
+
 def run_seed(
     config: ml_collections.ConfigDict, workdir: str, seed: int, epochs: int, clock: metrics.RunClock
 ) -> dict[str, int]:
@@ -253,15 +276,8 @@ def run_seed(
     for stage, from_folder in variant.shares:
       runs.share_stage(root / variant.folder, stage, root / from_folder)
     for stage in variant.trains:
-      print(f'\n=== seed {seed}: {variant.folder}/{stage} ===', flush=True)
-      results = trainer.run_stage(vconfig, str(root / variant.folder), stage, clock=clock)
-      if 'preempted_at_step' in results:
-        raise Stopped(
-            f'{variant.folder}/{stage} of seed {seed} stopped at step '
-            f"{results['preempted_at_step']} (a signal); rerun the same command to "
-            'resume it.'
-        )
-      counts['skipped' if results.get('skipped') else 'trained'] += 1
+      skipped = train_stage(vconfig, workdir, seed, variant.folder, stage, clock)
+      counts['skipped' if skipped else 'trained'] += 1
     if variant.folder == STAGED:
       step2 = runs.stage_dir(root / STAGED, 'step2')
       if not step2.noise_sweep_file.exists():
@@ -312,14 +328,22 @@ def run_claims(
 # MARK: the report
 
 
-def row_accuracies(workdir: str, seeds: list[int], row: paper_tables.Row) -> list[float | None]:
-  """The row's test accuracy (%) per seed; None where its stage has not finished."""
+def stage_accuracies(
+    workdir: str, seeds: list[int], folder: str, stage: str, stream: str
+) -> list[float | None]:
+  """A stream's test accuracy (%) in a stage of folder `folder`, per seed; None where the stage
+  has not finished (or has no such stream)."""
   values = []
   for seed in seeds:
-    results = report.stage_results(seed_dir(workdir, seed) / row_folder(row), row.stage) or {}
-    accuracy = results['test']['accuracy'].get(row.stream) if 'test' in results else None
+    results = report.stage_results(seed_dir(workdir, seed) / folder, stage) or {}
+    accuracy = results['test']['accuracy'].get(stream) if 'test' in results else None
     values.append(None if accuracy is None else 100 * accuracy)
   return values
+
+
+def row_accuracies(workdir: str, seeds: list[int], row: paper_tables.Row) -> list[float | None]:
+  """The row's test accuracy (%) per seed; None where its stage has not finished."""
+  return stage_accuracies(workdir, seeds, row_folder(row), row.stage, row.stream)
 
 
 def noise_accuracies(workdir: str, seeds: list[int]) -> dict[str, list[float | None]]:
@@ -340,7 +364,8 @@ def half_width(low: float | None, high: float | None) -> float | None:
   return None if low is None else (high - low) / 2
 
 
-def _interval_record(values) -> dict[str, Any]:
+def interval_record(values) -> dict[str, Any]:
+  """`{mean, low, high, half_width}` of `values` (`interval`, `half_width`), for a report row."""
   mean, low, high = interval(values)
   return {'mean': mean, 'low': low, 'high': high, 'half_width': half_width(low, high)}
 
@@ -365,7 +390,7 @@ def noise_claim(
         {
             'sigma2': level,
             'differences': diffs,
-            **_interval_record(diffs),
+            **interval_record(diffs),
             'verdict': verdict(diffs),
         }
     )
@@ -394,7 +419,7 @@ def summarize(workdir: str, seeds: list[int]) -> dict[str, Any]:
             'test_modality': row.test_modality,
             'loss': row.loss_name,
             'per_seed': values,
-            **_interval_record(values),
+            **interval_record(values),
             'paper_cross_subject': cs,
             'paper_cross_view': cv,
         }
@@ -404,7 +429,7 @@ def summarize(workdir: str, seeds: list[int]) -> dict[str, Any]:
       {
           'sigma2': label,
           'per_seed': values,
-          **_interval_record(values),
+          **interval_record(values),
           'paper': paper_tables.PAPER_TABLE2.get(label),
       }
       for label, values in noise.items()
@@ -418,7 +443,7 @@ def summarize(workdir: str, seeds: list[int]) -> dict[str, Any]:
             'rows': [claim.better, claim.worse],
             'margin': claim.margin,
             'differences': diffs,
-            **_interval_record(diffs),
+            **interval_record(diffs),
             'verdict': verdict(diffs, claim.margin),
         }
     )
@@ -427,11 +452,13 @@ def summarize(workdir: str, seeds: list[int]) -> dict[str, Any]:
   return {'seeds': seeds, 'rows': rows, 'table2': table2, 'claims': claims}
 
 
-def _points(value: float | None) -> str:
+def points(value: float | None) -> str:
+  """Accuracy points as the reports print them (two decimals; '-' for none)."""
   return '-' if value is None else f'{value:.2f}'
 
 
-def _interval_text(record: dict[str, Any]) -> str:
+def interval_text(record: dict[str, Any]) -> str:
+  """An `interval_record`'s interval as '[low, high]' ('-' below two values)."""
   if record['low'] is None:
     return '-'
   return f"[{record['low']:.2f}, {record['high']:.2f}]"
@@ -444,11 +471,11 @@ def rows_markdown(summary: dict[str, Any]) -> str:
       '|---' * 9 + '|',
   ]
   for r in summary['rows']:
-    seeds = ', '.join(_points(v) for v in r['per_seed'])
+    seeds = ', '.join(points(v) for v in r['per_seed'])
     lines.append(
         f"| {r['row']} | {r['method']} | {r['test_modality']} | {r['loss']} | "
-        f"{_points(r['mean'])} | {_interval_text(r)} | {seeds} | "
-        f"{_points(r['paper_cross_subject'])} | {_points(r['paper_cross_view'])} |"
+        f"{points(r['mean'])} | {interval_text(r)} | {seeds} | "
+        f"{points(r['paper_cross_subject'])} | {points(r['paper_cross_view'])} |"
     )
   return '\n'.join(lines)
 
@@ -456,10 +483,10 @@ def rows_markdown(summary: dict[str, Any]) -> str:
 def table2_markdown(summary: dict[str, Any]) -> str:
   lines = ['| sigma^2 | mean | 95% interval | per seed | paper (CV) |', '|---' * 5 + '|']
   for r in summary['table2']:
-    seeds = ', '.join(_points(v) for v in r['per_seed'])
+    seeds = ', '.join(points(v) for v in r['per_seed'])
     lines.append(
-        f"| {r['sigma2']} | {_points(r['mean'])} | {_interval_text(r)} | {seeds} | "
-        f"{_points(r['paper'])} |"
+        f"| {r['sigma2']} | {points(r['mean'])} | {interval_text(r)} | {seeds} | "
+        f"{points(r['paper'])} |"
     )
   return '\n'.join(lines)
 
@@ -479,13 +506,13 @@ def claims_markdown(summary: dict[str, Any]) -> str:
       for level in c['per_level']:
         lines.append(
             f"| - step 4 minus teacher at sigma^2 = {level['sigma2']} | "
-            f"{_points(level['mean'])} | {_interval_text(level)} | "
-            f"{_points(level['half_width'])} | {level['verdict']} |"
+            f"{points(level['mean'])} | {interval_text(level)} | "
+            f"{points(level['half_width'])} | {level['verdict']} |"
         )
     else:
       lines.append(
-          f"| {c['claim']} | {_points(c['mean'])} | {_interval_text(c)} | "
-          f"{_points(c['half_width'])} | **{c['verdict']}** |"
+          f"| {c['claim']} | {points(c['mean'])} | {interval_text(c)} | "
+          f"{points(c['half_width'])} | **{c['verdict']}** |"
       )
   return '\n'.join(lines)
 

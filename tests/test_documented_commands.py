@@ -96,6 +96,12 @@ NOT_RUN = {
         'with skeleton and with depth and infrared privileged, and '
         'data_builders/synthetic_rgbd/ir_skeleton_test.py builds `tiny_ir_skeleton`'
     ),
+    ('docs/modalities.md', r'^make teachers|modistill_jax\.teachers'): (
+        'builds the full miniature with infrared and joints, then trains 16 stages per seed '
+        '(about 55 minutes for 5 seeds on 2 cores); tests/test_teachers.py runs the command on '
+        'the tiny build, 2 seeds and 2 teacher sets, and again to check that a finished folder '
+        'trains nothing'
+    ),
     ('data_builders/synthetic_rgbd/README.md', r'configs/ntu_like\w*\.py'): (
         'builds a full ntu_like dataset (or its _faces, _coats, _coats_no_turn) first (2,304 to '
         '2,880 clips, minutes; `,tiny` shrinks the stream, not that data); '
