@@ -132,6 +132,17 @@ def test_predict_equals_library_evaluation(predictor, videos, library_evaluation
   assert int(np.argmax(probabilities[0])) == eval_prediction
 
 
+def test_printed_result_lists_the_top_classes_under_the_video():
+  """What `predict` prints without `--output`: the video, its frames and windows, then one
+  line per class, names aligned, probabilities to 4 places."""
+  top = [{'class': 'walk towards', 'probability': 0.61234}, {'class': 'bow', 'probability': 0.2}]
+  result = {'video': 'a.mp4', 'num_frames': 40, 'top_k': top, 'windows': [{}, {}]}
+  assert predict.format_result(result) == (
+      'a.mp4 (40 frames, 2 windows):\n  walk towards  0.6123\n  bow           0.2000'
+  )
+  assert predict.format_result({**result, 'windows': [{}]}).splitlines()[0] == 'a.mp4 (40 frames):'
+
+
 def test_predictor_refuses_clips_of_another_type(predictor, videos):
   clips, _, _ = predict.sample_clips(
       videos['mp4'], num_frames=predictor.num_frames, image_size=predictor.image_size

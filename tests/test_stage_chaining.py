@@ -122,6 +122,30 @@ def test_stage_starts_from_previous_checkpoints(stage_name, workdir, config):
   assert_starts_from(config, workdir, stage_name, CHAIN[stage_name])
 
 
+def test_step1_from_another_runs_step1_keeps_all_but_the_classifier(workdir, config, tmp_path):
+  """`--config.init.from_workdir=RUN` (README: NW-UCLA fine-tuned from NTU): a new run's step 1
+  starts from RUN's step-1 streams, bit for bit, but for the classifier, made afresh (the other
+  dataset's classes), and names RUN as its origin."""
+  config = config.copy_and_resolve_references()
+  config.init.from_workdir = workdir
+  stage = stages.get_stage('step1')
+  model = stage_network(stage, config.model, num_classes=3)
+  sources = initialization.prerequisites(stage, config, str(tmp_path))
+  assert {(src.stream, directory.path) for src, directory in sources.items()} == {
+      (s, runs.stage_dir(workdir, 'step1').path) for s in stage.streams
+  }
+  variables, origin = initialization.initial_variables(config, stage, model, sources)
+  assert origin == f'step 1 of {workdir}'
+  saved = checkpointing.read_best_state(runs.stage_dir(workdir, 'step1').best_dir)
+  for stream in stage.streams:
+    expected = checkpointing.stream_variables(saved, stream)
+    actual = {c: dict(variables[c][stream]) for c in ('params', 'batch_stats')}
+    fresh, kept = actual['params'].pop('logits'), expected['params'].pop('logits')
+    assert_bit_identical(actual, expected, f'step1 {stream}: ')
+    assert jax.tree.structure(fresh) == jax.tree.structure(kept)
+    assert not np.array_equal(fresh['kernel'], kept['kernel']), stream
+
+
 @pytest.mark.slow
 def test_step2_from_separate_step1_stages(tmp_path, config):
   """Step 2 finds its streams in `step1_rgb` and `step1_depth` when there is no joint step 1."""
@@ -153,6 +177,7 @@ def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_c
           '--config=configs/demo.py:step2',
           f'--workdir={workdir}',
           '--sweep',
+          '--max_eval_batches=2',  # the command's own flag, over the config's one batch
           *override_flags(overrides),
       ],
       cwd=REPO_ROOT,
@@ -170,7 +195,8 @@ def test_noise_sweep_cli_writes_table(workdir, synthetic_data_dir, compilation_c
   )
   for r in rows:
     assert set(r['accuracy']) == {'depth', 'rgb', 'fused'}
-    assert r['num_examples'] == 4  # one evaluation batch (max_eval_batches=1)
+    # Two evaluation batches (`--max_eval_batches=2`, not the config's 1): all 6 test clips.
+    assert r['num_examples'] == 6
   assert '| sigma^2 | ' + ' | '.join(SWEEP_COLUMNS) + ' |' in proc.stdout
   assert evaluate.sweep_table(rows) in proc.stdout
 
