@@ -31,6 +31,7 @@ does), so an interrupted run resumes and a finished one re-prints its report.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import math
 import sys
@@ -641,6 +642,34 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
   return str(path)
 
 
+def define_flags(folder: str) -> tuple[flags.FlagHolder, ...]:
+  """The flags of a command over seeds (`claims`, `teachers`): config, workdir, seeds, epochs
+  and data_dir, in that order; `folder` names the workdir in its help."""
+  holders = (
+      config_flags.DEFINE_config_file(
+          'config', None, 'Synthetic config file, e.g. configs/ntu_like.py.', lock_config=True
+      ),
+      flags.DEFINE_string('workdir', None, f'{folder} folder (one subfolder per seed).'),
+      flags.DEFINE_integer('seeds', SEEDS, 'Seeds: config.seed, config.seed + 1, ...'),
+      flags.DEFINE_integer('epochs', EPOCHS, 'Epochs per stage, every stage alike.'),
+      flags.DEFINE_string(
+          'data_dir', 'workdirs/tfds', 'Where the synthetic dataset is (built on first use).'
+      ),
+  )
+  flags.mark_flags_as_required(['config', 'workdir'])
+  return holders
+
+
+def until_stopped(run: Callable[[], Any]) -> Any:
+  """`run()`; when a signal stopped a stage, its message and `train`'s preempted exit code
+  (rerun the command to resume, as `train`'s: docs/faults.md)."""
+  try:
+    return run()
+  except Stopped as stopped:
+    print(stopped, file=sys.stderr, flush=True)
+    sys.exit(trainer.PREEMPTED_EXIT_CODE)
+
+
 def main(argv):
   del argv
   cli.quiet_logging()
@@ -649,11 +678,7 @@ def main(argv):
   cli.use_compilation_cache(_WORKDIR.value)
   config = _CONFIG.value
   config.data_dir = _DATA_DIR.value
-  try:
-    summary = run_claims(config, _WORKDIR.value, _SEEDS.value, _EPOCHS.value)
-  except Stopped as stopped:
-    print(stopped, file=sys.stderr, flush=True)
-    sys.exit(trainer.PREEMPTED_EXIT_CODE)  # rerun to resume, as train's (docs/faults.md)
+  summary = until_stopped(lambda: run_claims(config, _WORKDIR.value, _SEEDS.value, _EPOCHS.value))
   print('\n' + claims_markdown(summary))
   print('\n' + rows_markdown(summary))
   print(
@@ -665,14 +690,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', None, 'Synthetic config file, e.g. configs/ntu_like.py.', lock_config=True
-  )
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Claims folder (one subfolder per seed).')
-  _SEEDS = flags.DEFINE_integer('seeds', SEEDS, 'Seeds: config.seed, config.seed + 1, ...')
-  _EPOCHS = flags.DEFINE_integer('epochs', EPOCHS, 'Epochs per stage, every row alike.')
-  _DATA_DIR = flags.DEFINE_string(
-      'data_dir', 'workdirs/tfds', 'Where the synthetic dataset is (built on first use).'
-  )
-  flags.mark_flags_as_required(['config', 'workdir'])
+  _CONFIG, _WORKDIR, _SEEDS, _EPOCHS, _DATA_DIR = define_flags('Claims')
   app.run(main)

@@ -46,14 +46,12 @@ interrupted run resumes and a finished one trains nothing and re-prints its repo
 from __future__ import annotations
 
 import importlib
-import sys
 import time
 from typing import Any
 
 from absl import app
 from absl import flags
 import ml_collections
-from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
 from modistill_jax import claims
@@ -63,7 +61,6 @@ from modistill_jax import metrics
 from modistill_jax import modalities
 from modistill_jax import runs
 from modistill_jax import stages
-from modistill_jax import trainer
 from modistill_jax.data import pipeline
 from modistill_jax.data import records
 
@@ -501,11 +498,9 @@ def main(argv):
     )
   except ValueError as e:  # bad input: one line naming the flag, no traceback
     raise SystemExit(f'error: {e}') from None
-  try:
-    summary = run_plan(config, sets, _WORKDIR.value, _SEEDS.value, _EPOCHS.value)
-  except claims.Stopped as stopped:
-    print(stopped, file=sys.stderr, flush=True)
-    sys.exit(trainer.PREEMPTED_EXIT_CODE)  # rerun to resume, as train's (docs/faults.md)
+  summary = claims.until_stopped(
+      lambda: run_plan(config, sets, _WORKDIR.value, _SEEDS.value, _EPOCHS.value)
+  )
   print('\n' + verdicts_markdown(summary))
   print('\n' + rows_markdown(summary['rows']))
   print('\n' + settings_line(summary))
@@ -513,19 +508,10 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', None, 'Synthetic config file, e.g. configs/ntu_like.py.', lock_config=True
-  )
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Teachers folder (one subfolder per seed).')
-  _SEEDS = flags.DEFINE_integer('seeds', claims.SEEDS, 'Seeds: config.seed, config.seed + 1, ...')
-  _EPOCHS = flags.DEFINE_integer('epochs', claims.EPOCHS, 'Epochs per stage, every stage alike.')
+  _CONFIG, _WORKDIR, _SEEDS, _EPOCHS, _DATA_DIR = claims.define_flags('Teachers')
   _TEACHERS = flags.DEFINE_string(
       'teachers',
       DEFAULT_TEACHERS,
       "Teacher sets, separated by ';'; the modalities of a set by ','.",
   )
-  _DATA_DIR = flags.DEFINE_string(
-      'data_dir', 'workdirs/tfds', 'Where the synthetic dataset is (built on first use).'
-  )
-  flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)
