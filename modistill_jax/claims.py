@@ -289,19 +289,25 @@ def run_seed(
   return counts
 
 
-def run_claims(
-    config: ml_collections.ConfigDict, workdir: str, num_seeds: int, epochs: int = EPOCHS
-) -> dict[str, Any]:
-  """Trains (or finds) every stage of every seed and writes the report; returns its JSON."""
+def check_run_flags(workdir: str, num_seeds: int, epochs: int, folder: str = 'claims') -> None:
+  """ValueError naming the flag and value where a command over seeds cannot start: fewer than
+  one seed or epoch, or a remote folder (`folder` names it; shared stages are symbolic links)."""
   if num_seeds < 1:
     raise ValueError(f'--seeds must be at least 1, got {num_seeds}.')
   if epochs < 1:
     raise ValueError(f'--epochs must be at least 1, got {epochs}.')
   if runs.is_remote(workdir):
     raise ValueError(
-        f'--workdir={workdir}: the claims folder must be local (shared stages are '
+        f'--workdir={workdir}: the {folder} folder must be local (shared stages are '
         'symbolic links).'
     )
+
+
+def run_claims(
+    config: ml_collections.ConfigDict, workdir: str, num_seeds: int, epochs: int = EPOCHS
+) -> dict[str, Any]:
+  """Trains (or finds) every stage of every seed and writes the report; returns its JSON."""
+  check_run_flags(workdir, num_seeds, epochs)
   t0 = time.time()
   seeds = [config.seed + k for k in range(num_seeds)]
   cli.build_dataset(config)
@@ -678,6 +684,10 @@ def main(argv):
   cli.use_compilation_cache(_WORKDIR.value)
   config = _CONFIG.value
   config.data_dir = _DATA_DIR.value
+  try:
+    check_run_flags(_WORKDIR.value, _SEEDS.value, _EPOCHS.value)
+  except ValueError as e:  # bad input: one line naming the flag, no traceback
+    raise SystemExit(f'error: {e}') from None
   summary = until_stopped(lambda: run_claims(config, _WORKDIR.value, _SEEDS.value, _EPOCHS.value))
   print('\n' + claims_markdown(summary))
   print('\n' + rows_markdown(summary))

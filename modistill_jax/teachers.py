@@ -264,15 +264,7 @@ def checked_plan(
   Reads no data and creates nothing: the command fails here before anything is built or
   trained.
   """
-  if num_seeds < 1:
-    raise ValueError(f'--seeds must be at least 1, got {num_seeds}.')
-  if epochs < 1:
-    raise ValueError(f'--epochs must be at least 1, got {epochs}.')
-  if runs.is_remote(workdir):
-    raise ValueError(
-        f'--workdir={workdir}: the teachers folder must be local (shared stages are '
-        'symbolic links).'
-    )
+  claims.check_run_flags(workdir, num_seeds, epochs, 'teachers')
   sets = parse_teachers(teachers, config.deployed or stages.DEFAULT_DEPLOYED)
   return plan_config(config, sets), sets
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT, cli_env
 from modistill_jax import claims
 from modistill_jax import demo
 from modistill_jax import paper_tables
@@ -276,3 +279,36 @@ def test_each_row_is_read_from_the_folder_that_trains_it_as_set_up():
       '13a': 'inverted',
       '15a': 'inverted',
   }
+
+
+@pytest.mark.parametrize(
+    'workdir, seeds, epochs, message',
+    (
+        ('run', 0, 1, '--seeds must be at least 1, got 0.'),
+        ('run', 2, 0, '--epochs must be at least 1, got 0.'),
+        ('gs://bucket/run', 2, 1, '--workdir=gs://bucket/run: the claims folder must be local'),
+    ),
+)
+def test_a_run_that_cannot_start_is_refused_naming_the_flag(
+    tmp_path, monkeypatch, workdir, seeds, epochs, message
+):
+  """Before the dataset is built or anything trained (both would fail the test here)."""
+  monkeypatch.setattr(claims.cli, 'build_dataset', lambda config: pytest.fail('built'))
+  workdir = workdir if workdir.startswith('gs://') else str(tmp_path / workdir)
+  with pytest.raises(ValueError) as raised:
+    claims.run_claims(tiny_run.run_config(str(tmp_path)), workdir, seeds, epochs)
+  assert str(raised.value).startswith(message)
+  assert not os.path.exists(str(tmp_path / 'run'))
+
+
+@pytest.mark.slow
+def test_a_bad_flag_on_the_command_line_is_one_line(tmp_path, compilation_cache_dir):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'modistill_jax.claims', '--config=configs/demo.py',
+       f'--workdir={tmp_path / "run"}', '--seeds=0'],
+      cwd=REPO_ROOT, env=cli_env(compilation_cache_dir), capture_output=True, text=True,
+      timeout=120, check=False,
+  )  # fmt: skip
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == 'error: --seeds must be at least 1, got 0.'
+  assert not (tmp_path / 'run').exists()
