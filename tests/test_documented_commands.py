@@ -96,6 +96,11 @@ NOT_RUN = {
         'with skeleton and with depth and infrared privileged, and '
         'data_builders/synthetic_rgbd/ir_skeleton_test.py builds `tiny_ir_skeleton`'
     ),
+    ('docs/modalities.md', r'--workdir=runs/ntu_cs_ir'): (
+        "trains on NTU's full res224_ir_skeleton build (the downloaded videos and ImageNet "
+        'weights); tests/test_privileged_modalities.py trains `configs/ntu_cs.py:all,tiny` on the '
+        'dummy NTU tree with infrared privileged (with depth, from the command line)'
+    ),
     ('docs/modalities.md', r'^make teachers|modistill_jax\.teachers'): (
         'builds the full miniature with infrared and joints, then trains 16 stages per seed '
         '(about 55 minutes for 5 seeds on 2 cores); tests/test_teachers.py runs the command on '
