@@ -498,12 +498,25 @@ def table2_markdown(summary: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def claims_markdown(summary: dict[str, Any]) -> str:
-  lines = [
-      '| claim of the paper | mean paired difference (points) | 95% interval | '
+def verdict_table_head(subject: str) -> list[str]:
+  """The head of a table of verdicts on paired differences (`claims`, `teachers`)."""
+  return [
+      f'| {subject} | mean paired difference (points) | 95% interval | '
       'smallest detectable difference (+-points) | verdict |',
       '|---|---|---|---|---|',
   ]
+
+
+def verdict_row(label: str, record: dict[str, Any], verdict: str) -> str:
+  """A row of `verdict_table_head`'s table: `record`'s mean, interval and half-width."""
+  return (
+      f"| {label} | {points(record['mean'])} | {interval_text(record)} | "
+      f"{points(record['half_width'])} | {verdict} |"
+  )
+
+
+def claims_markdown(summary: dict[str, Any]) -> str:
+  lines = verdict_table_head('claim of the paper')
   for c in summary['claims']:
     if 'per_level' in c:
       lines.append(
@@ -511,16 +524,10 @@ def claims_markdown(summary: dict[str, Any]) -> str:
           f"{' (' + c['note'] + ')' if c['note'] else ''} |"
       )
       for level in c['per_level']:
-        lines.append(
-            f"| - step 4 minus teacher at sigma^2 = {level['sigma2']} | "
-            f"{points(level['mean'])} | {interval_text(level)} | "
-            f"{points(level['half_width'])} | {level['verdict']} |"
-        )
+        label = f"- step 4 minus teacher at sigma^2 = {level['sigma2']}"
+        lines.append(verdict_row(label, level, level['verdict']))
     else:
-      lines.append(
-          f"| {c['claim']} | {points(c['mean'])} | {interval_text(c)} | "
-          f"{points(c['half_width'])} | **{c['verdict']}** |"
-      )
+      lines.append(verdict_row(c['claim'], c, f"**{c['verdict']}**"))
   return '\n'.join(lines)
 
 

@@ -402,16 +402,9 @@ def summarize(
 
 
 def verdicts_markdown(summary: dict[str, Any]) -> str:
-  lines = [
-      '| comparison | mean paired difference (points) | 95% interval | '
-      'smallest detectable difference (+-points) | verdict |',
-      '|---|---|---|---|---|',
-  ]
+  lines = claims.verdict_table_head('comparison')
   for v in summary['verdicts']:
-    lines.append(
-        f"| {v['comparison']} | {claims.points(v['mean'])} | {claims.interval_text(v)} | "
-        f"{claims.points(v['half_width'])} | **{v['verdict']}** |"
-    )
+    lines.append(claims.verdict_row(v['comparison'], v, f"**{v['verdict']}**"))
   return '\n'.join(lines)
 
 
