@@ -3,8 +3,8 @@
 A fixed linear probe, the same for RGB and for depth: multinomial logistic
 regression on a small feature vector per clip (5 uniformly spaced frames, each
 average-pooled to 4x4 cells, plus the pooled absolute change between
-consecutive ones), trained on the `train` split and measured on the held-out
-view (`test`). It is the check a configuration is calibrated with before any
+consecutive ones), trained on the training split and measured on the test
+split (the held-out view, or the held-out subjects of a `cross_subject` build). It is the check a configuration is calibrated with before any
 model is trained on it: which modality carries more of the class, and roughly
 how much, with no network, no augmentation and no tuning in the way.
 
@@ -93,10 +93,10 @@ def _features_of(task: tuple[renderer.GeneratorSpec, renderer.ClipInfo]) -> dict
 def probe(
     spec: renderer.GeneratorSpec, workers: int = 1, shuffle_labels: bool = False
 ) -> dict[str, float]:
-  """Probe accuracy on the held-out view per modality, and chance.
+  """Probe accuracy on the held-out clips (the test split) per modality, and chance.
 
   Args:
-    spec: the configuration; its `train` and `test` splits are rendered.
+    spec: the configuration; its training and test clips are rendered.
     workers: rendering processes (spawned); 1 renders in this process.
     shuffle_labels: train on a fixed permutation of the training labels, which
       leaves nothing to learn (a control: accuracy must then be chance).
@@ -104,7 +104,7 @@ def probe(
   Returns:
     `{'rgb': ..., 'depth': ..., 'chance': ...}`, accuracies in [0, 1].
   """
-  clips = [clip for clip in renderer.all_clips(spec) if clip.split in ('train', 'test')]
+  clips = [clip for clip in renderer.all_clips(spec) if clip.role in ('train', 'test')]
   tasks = [(spec, clip) for clip in clips]
   if workers == 1:
     features = list(map(_features_of, tasks))
@@ -113,7 +113,7 @@ def probe(
         workers, mp_context=multiprocessing.get_context('spawn')
     ) as pool:
       features = list(pool.map(_features_of, tasks, chunksize=16))
-  split = np.array([clip.split for clip in clips])
+  split = np.array([clip.role for clip in clips])
   labels = np.array([clip.label for clip in clips])
   train_y, test_y = labels[split == 'train'], labels[split == 'test']
   if shuffle_labels:
@@ -152,10 +152,10 @@ def main(argv: Sequence[str]) -> None:
     )
   spec = configs[name].spec
   accuracy = probe(spec, workers=workers, shuffle_labels=shuffle)
-  test_clips = sum(clip.split == 'test' for clip in renderer.all_clips(spec))
+  test_clips = sum(clip.role == 'test' for clip in renderer.all_clips(spec))
   control = ' (shuffled labels)' if shuffle else ''
   print(
-      f'synthetic_rgbd/{name}: logistic-regression probe, held-out view '
+      f'synthetic_rgbd/{name}: logistic-regression probe, test split '
       f'({test_clips} clips): RGB {accuracy["rgb"]:.3f}, depth {accuracy["depth"]:.3f}, '
       f'chance {accuracy["chance"]:.3f}{control}'
   )

@@ -77,8 +77,12 @@ Views are camera azimuths around the middle of the room (view 1 faces the
 actor; the other views stand to its sides), with a few centimetres of
 placement jitter per clip. Subjects are fixed appearance/body draws shared by
 all their clips. The split of a clip follows from its view and subject
-(`split_of`): view 1 is the test set (cross-view protocol); the last subjects
-of the other views are the validation set; the rest is the training set.
+(`split_of`), by the spec's protocol. Cross-view (`cross_view`, the default):
+view 1 is the test set; the last subjects of the other views are the
+validation set; the rest is the training set. Cross-subject (`cross_subject`,
+as NTU RGB+D's benchmark that the paper's Table 1 reports): the last subjects
+of every view are the test set, the subjects before them the validation set,
+the rest the training set.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ import dataclasses
 import numpy as np
 
 from modistill_jax.data import jet
+from modistill_jax.data import protocols
 
 CLASS_NAMES = (
     'approach',
@@ -232,10 +237,19 @@ class GeneratorSpec:
       subjects (clip `i` of a class has view `i % num_views + 1` and subject
       `(i // num_views) % num_subjects + 1`).
     seed: every pixel is a function of it (and of the clip's label and index).
-    view_azimuths_deg: camera azimuth of views 1, 2, ...; view 1 is the test view.
+    view_azimuths_deg: camera azimuth of views 1, 2, ...; under `cross_view`, view
+      1 is the test view.
     num_subjects: distinct actors.
-    num_validation_subjects: the highest-numbered subjects, whose clips from
-      the training views form the validation split.
+    protocol: which clips are held out, a key of `protocols.SYNTHETIC_PROTOCOLS`:
+      `cross_view` (view 1 is the test split) or `cross_subject` (the
+      `num_test_subjects` highest-numbered subjects, from every view). It also
+      names the atomic splits the clips are written to, so that a build can only
+      be read with the protocol it was made for.
+    num_test_subjects: under `cross_subject`, the subjects held out for the test
+      split (0 under `cross_view`).
+    num_validation_subjects: the highest-numbered subjects that are not test
+      subjects, whose clips (from the training views under `cross_view`, from
+      every view under `cross_subject`) form the validation split.
     scenario: a key of `SCENARIOS`: which classes are rendered, hence what
       separates them in each modality.
     rgb_distractors: whether RGB carries two nuisances made to look like
@@ -263,6 +277,8 @@ class GeneratorSpec:
   seed: int = 0
   view_azimuths_deg: tuple[float, ...] = (0.0, -35.0, 35.0)
   num_subjects: int = 8
+  protocol: str = 'cross_view'
+  num_test_subjects: int = 0
   num_validation_subjects: int = 1
   scenario: str = 'default'
   rgb_distractors: bool = True
@@ -276,10 +292,22 @@ class GeneratorSpec:
       raise ValueError(
           f'Unknown synthetic scenario {self.scenario!r}; ' f'known: {", ".join(SCENARIOS)}.'
       )
-    if not 0 < self.num_validation_subjects < self.num_subjects:
+    if self.protocol not in protocols.SYNTHETIC_PROTOCOLS:
+      raise ValueError(
+          f'Unknown synthetic protocol {self.protocol!r}; known: '
+          f'{", ".join(protocols.SYNTHETIC_PROTOCOLS)}.'
+      )
+    if (self.protocol == 'cross_subject') != (self.num_test_subjects > 0):
+      raise ValueError(
+          'num_test_subjects must be positive under cross_subject and 0 under cross_view, got '
+          f'{self.num_test_subjects} under {self.protocol}.'
+      )
+    held_out = self.num_validation_subjects + self.num_test_subjects
+    if self.num_validation_subjects < 1 or held_out >= self.num_subjects:
       raise ValueError(
           'Need at least one training and one validation subject, got '
-          f'{self.num_validation_subjects} of {self.num_subjects}.'
+          f'{self.num_validation_subjects} validation and {self.num_test_subjects} test '
+          f'subjects of {self.num_subjects}.'
       )
     if len(self.view_azimuths_deg) < 2:
       raise ValueError('Need a test view and at least one training view.')
@@ -302,20 +330,39 @@ class ClipInfo:
   view: int
   subject: int
   replication: int
-  split: str
+  role: str  # 'train', 'validation' or 'test' in the spec's protocol
+  split: str  # the atomic split the clip is written to
+
 
   @property
   def sample_id(self) -> str:
     return f'S{self.subject:02d}V{self.view:02d}' f'A{self.label:02d}R{self.replication:03d}'
 
 
-def split_of(spec: GeneratorSpec, view: int, subject: int) -> str:
-  """The atomic split ('train', 'validation' or 'test') of a view and subject."""
-  if view == TEST_VIEW:
+def role_of(spec: GeneratorSpec, view: int, subject: int) -> str:
+  """What a view and subject's clips are for in the spec's protocol: 'train', 'validation' or
+  'test'."""
+  if spec.protocol == 'cross_view' and view == TEST_VIEW:
     return 'test'
-  if subject > spec.num_subjects - spec.num_validation_subjects:
+  if subject > spec.num_subjects - spec.num_test_subjects:
+    return 'test'
+  if subject > spec.num_subjects - spec.num_test_subjects - spec.num_validation_subjects:
     return 'validation'
   return 'train'
+
+
+def split_of(spec: GeneratorSpec, view: int, subject: int) -> str:
+  """The atomic split a view and subject's clips are written to (`protocols.SYNTHETIC_PROTOCOLS`)."""
+  (split,) = protocols.SYNTHETIC_PROTOCOLS[spec.protocol].atomic_splits(
+      role_of(spec, view, subject)
+  )
+  return split
+
+
+def atomic_splits(spec: GeneratorSpec) -> tuple[str, ...]:
+  """The splits a build of `spec` holds, in the order of `protocols.SPLITS`."""
+  protocol = protocols.SYNTHETIC_PROTOCOLS[spec.protocol]
+  return tuple(s for role in protocols.SPLITS for s in protocol.atomic_splits(role))
 
 
 def clip_info(spec: GeneratorSpec, label: int, index: int) -> ClipInfo:
@@ -328,6 +375,7 @@ def clip_info(spec: GeneratorSpec, label: int, index: int) -> ClipInfo:
       view=view,
       subject=subject,
       replication=replication,
+      role=role_of(spec, view, subject),
       split=split_of(spec, view, subject),
   )
 

@@ -6,7 +6,8 @@ stored in the shared record format (`modistill_jax.data.records`: a clip
 table and frame rows per split, written by `raw_clips.SplitWriter`), so the
 input pipeline reads them exactly like NTU RGB+D. Splits are atomic:
 `train`, `validation` and `test` (the held-out view), which the protocol
-`cross_view` uses as they are.
+`cross_view` uses as they are, or, for a config made for `cross_subject`,
+`cs_train`, `cs_validation` and `cs_test` (held-out subjects).
 
 Rendering and encoding run in a process pool with the real-data builders'
 policy (`raw_clips.worker_count`, `MODISTILL_BUILD_WORKERS`; 1 renders
@@ -107,6 +108,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           spec=dataclasses.replace(NTU_LIKE_FACES, scenario='ntu_like_coats_no_turn'),
       ),
       SyntheticRgbdConfig(
+          name='ntu_like_coats_no_turn_cs',
+          description=(
+              '`ntu_like_coats_no_turn`, the same clips split by subject for the protocol '
+              '`cross_subject`: subjects 7-8 of every view are the test split, 5-6 the '
+              'validation split, 1-4 the training split (see the README).'
+          ),
+          spec=dataclasses.replace(
+              NTU_LIKE_FACES,
+              scenario='ntu_like_coats_no_turn',
+              protocol='cross_subject',
+              num_test_subjects=2,
+              num_validation_subjects=2,
+          ),
+      ),
+      SyntheticRgbdConfig(
           name='pretext',
           description=(
               "No actions: the pretraining that plays ImageNet's role (modistill_jax/pretext.py). "
@@ -173,7 +189,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Nothing to download.
     clips = renderer.all_clips(self.builder_config.spec)
     generators = {}
-    for split in protocols.SPLITS:
+    for split in renderer.atomic_splits(self.builder_config.spec):
       generators.update(
           self._writer.generators(
               split, self._generate_examples([c for c in clips if c.split == split])

@@ -14,7 +14,11 @@ split expression (`'a+b+c'`). So NTU is not written once per protocol.
   Protocol `views{train}_{test}` trains on the listed views and tests on the
   others named, e.g. `views12_3` (NW-UCLA default) and `views123_4` (UWA3DII
   default). The reference used no validation set for these two.
-* `synthetic_rgbd`: `train`, `validation`, `test` (see its builder).
+* `synthetic_rgbd`: a build is made for one protocol and holds its splits:
+  `train`, `validation`, `test` for `cross_view` (the test split is one
+  camera), `cs_train`, `cs_validation`, `cs_test` for `cross_subject` (the
+  test split is held-out subjects from every camera); see its builder. A build
+  read with the other protocol is refused, naming the splits it holds.
 * Any dataset built from your own folder (`data_builders/custom_rgbd`), whatever
   its name: `train`, `validation`, `test` as its labels.csv says. Protocol
   `csv_splits` reads them as they are, for every dataset name; a split no
@@ -89,6 +93,14 @@ def view_splits(dataset: str) -> tuple[str, ...]:
   return tuple(f'view{v}' for v in range(1, NUM_VIEWS[dataset] + 1))
 
 
+SYNTHETIC_PROTOCOLS = {
+    'cross_view': Protocol(train=('train',), validation=('validation',), test=('test',)),
+    'cross_subject': Protocol(
+        train=('cs_train',), validation=('cs_validation',), test=('cs_test',)
+    ),
+}
+
+
 DEFAULT_PROTOCOL = {
     'ntu_rgbd': 'cross_subject',
     'nw_ucla': 'views12_3',
@@ -109,9 +121,9 @@ def get_protocol(dataset: str, name: str) -> Protocol:
   if dataset in NUM_VIEWS:
     return views_protocol(name, NUM_VIEWS[dataset])
   if dataset == 'synthetic_rgbd':
-    if name != 'cross_view':
-      raise ValueError(f"synthetic_rgbd has one protocol, 'cross_view', got {name!r}.")
-    return Protocol(train=('train',), validation=('validation',), test=('test',))
+    if name not in SYNTHETIC_PROTOCOLS:
+      raise ValueError(f'synthetic_rgbd protocols are {sorted(SYNTHETIC_PROTOCOLS)}, got {name!r}.')
+    return SYNTHETIC_PROTOCOLS[name]
   raise ValueError(
       f'Unknown dataset {dataset!r}; known: {sorted(DEFAULT_PROTOCOL)}, or any '
       f'dataset built by data_builders.custom_rgbd with protocol {CSV_SPLITS!r}.'
@@ -129,8 +141,18 @@ def split_expression(
   Returns:
     e.g. `'cstrain_cvtrain+cstrain_cvval+cstrain_cvtest'`, or None when the
     protocol has no such split (no validation set) or all its parts are empty.
+
+  Raises:
+    ValueError: the build holds none of the protocol's atomic splits: it was
+      made for another protocol (a `synthetic_rgbd` build is made for one).
   """
-  parts = [
-      s for s in get_protocol(dataset, protocol).atomic_splits(split) if split_sizes.get(s, 0) > 0
-  ]
+  chosen = get_protocol(dataset, protocol)
+  every_part = {s for name in SPLITS for s in chosen.atomic_splits(name)}
+  if split_sizes and not every_part & set(split_sizes):
+    raise ValueError(
+        f'The built {dataset} holds the splits {sorted(split_sizes)}, none of protocol '
+        f'{protocol!r} ({sorted(every_part)}): set config.protocol to the one it was built for, '
+        'or config.builder_config to a build made for this protocol.'
+    )
+  parts = [s for s in chosen.atomic_splits(split) if split_sizes.get(s, 0) > 0]
   return '+'.join(parts) if parts else None
