@@ -435,6 +435,18 @@ def test_load_source_reads_built_array_records(tmp_path):
   assert sum(int(b['mask'].sum()) for b in batches) == batches.num_examples == 3
 
 
+def test_a_build_read_with_a_protocol_it_was_not_made_for_is_refused(tmp_path):
+  """A cross-view synthetic build holds `train`, `validation`, `test`; `cross_subject` reads
+  `cs_*` splits, so the build is refused naming what it holds, not read as if split by subject."""
+  _TinyClips(data_dir=str(tmp_path), file_format=records.FILE_FORMAT).download_and_prepare()
+  with pytest.raises(
+      ValueError,
+      match=r"holds the splits .*'test'.*'train'.* none of protocol "
+      r"'cross_subject' \(\['cs_test', 'cs_train', 'cs_validation'\]\)",
+  ):
+    pipeline.load_source('synthetic_rgbd', 'cross_subject', 'train', data_dir=str(tmp_path))
+
+
 def storage_bytes_read() -> int:
   """This process's bytes read through read system calls so far (`/proc/self/io` rchar)."""
   with open('/proc/self/io') as f:

@@ -15,6 +15,7 @@ import configs.demo
 import configs.ntu_like
 import configs.ntu_like_coats
 import configs.ntu_like_coats_no_turn
+import configs.ntu_like_coats_no_turn_cs
 import configs.ntu_like_faces
 from data_builders import builder_test_utils
 from data_builders import raw_clips
@@ -31,6 +32,7 @@ NTU_LIKE = CONFIGS['ntu_like'].spec
 NTU_LIKE_FACES = CONFIGS['ntu_like_faces'].spec
 NTU_LIKE_COATS = CONFIGS['ntu_like_coats'].spec
 NTU_LIKE_COATS_NO_TURN = CONFIGS['ntu_like_coats_no_turn'].spec
+NTU_LIKE_COATS_NO_TURN_CS = CONFIGS['ntu_like_coats_no_turn_cs'].spec
 # The `tiny` size with `ntu_like`'s content: 32x32, 8 frames, 24 clips per class, 4 subjects.
 TINY_NTU_LIKE = dataclasses.replace(
     CONFIGS['tiny'].spec, scenario='ntu_like', rgb_distractors=False
@@ -318,6 +320,62 @@ def test_ntu_like_coats_no_turn_is_ntu_like_coats_without_turning_around():
   label = NTU_LIKE_COATS_NO_TURN.class_names.index('put on raincoat')
   blue = _blue_pixels(renderer.render_clip(NTU_LIKE_COATS_NO_TURN, label, 0)['rgb'])
   assert blue[-1] - blue[0] >= 40, blue
+
+
+def test_ntu_like_coats_no_turn_cs_is_step_4s_clips_split_by_subject():
+  """The same clips (pixels, labels, views, subjects), in the `cs_*` splits: subjects 7-8 of
+  every view are the test split, 5-6 the validation split, 1-4 the training split."""
+  assert clips_sha256(NTU_LIKE_COATS_NO_TURN_CS) == NTU_LIKE_COATS_NO_TURN_CLIPS_SHA256
+  assert dataclasses.replace(
+      NTU_LIKE_COATS_NO_TURN_CS,
+      protocol='cross_view',
+      num_test_subjects=0,
+      num_validation_subjects=1,
+  ) == (NTU_LIKE_COATS_NO_TURN)
+  by_view = renderer.all_clips(NTU_LIKE_COATS_NO_TURN)
+  by_subject = renderer.all_clips(NTU_LIKE_COATS_NO_TURN_CS)
+  assert [c.sample_id for c in by_subject] == [c.sample_id for c in by_view]
+  roles = {'cs_train': 'train', 'cs_validation': 'validation', 'cs_test': 'test'}
+  expected = {1: 'cs_train', 2: 'cs_train', 3: 'cs_train', 4: 'cs_train', 5: 'cs_validation'}
+  expected |= {6: 'cs_validation', 7: 'cs_test', 8: 'cs_test'}
+  for clip in by_subject:
+    assert (clip.split, clip.role) == (expected[clip.subject], roles[expected[clip.subject]])
+  sizes = {split: sum(c.split == split for c in by_subject) for split in roles}
+  assert sizes == {'cs_train': 1296, 'cs_validation': 648, 'cs_test': 648}
+  assert {c.view for c in by_subject if c.split == 'cs_test'} == {1, 2, 3}
+  assert renderer.atomic_splits(NTU_LIKE_COATS_NO_TURN_CS) == tuple(roles)
+
+
+def test_ntu_like_coats_no_turn_cs_config_reads_its_build_by_subject():
+  for stage in stages.STAGE_NAMES + (stages.ALL,):
+    config = configs.ntu_like_coats_no_turn_cs.get_config(stage)
+    by_view = configs.ntu_like_coats_no_turn.get_config(stage).to_dict()
+    assert (config.builder_config, config.protocol) == (
+        'ntu_like_coats_no_turn_cs',
+        'cross_subject',
+    )
+    assert {
+        **config.to_dict(),
+        'builder_config': by_view['builder_config'],
+        'protocol': by_view['protocol'],
+    } == by_view
+
+
+@pytest.mark.parametrize(
+    'fields, message',
+    (
+        (dict(protocol='cross_camera'), "Unknown synthetic protocol 'cross_camera'"),
+        (dict(protocol='cross_subject'), 'num_test_subjects must be positive under cross_subject'),
+        (dict(num_test_subjects=2), 'and 0 under cross_view, got 2 under cross_view'),
+        (
+            dict(protocol='cross_subject', num_test_subjects=4, num_validation_subjects=4),
+            '4 validation and 4 test subjects of 8',
+        ),
+    ),
+)
+def test_a_split_without_training_subjects_or_protocol_is_refused(fields, message):
+  with pytest.raises(ValueError, match=message):
+    renderer.GeneratorSpec(**fields)
 
 
 @pytest.mark.parametrize('module', (configs.ntu_like_coats, configs.ntu_like_coats_no_turn))

@@ -4,7 +4,8 @@ A fixed linear probe, the same for RGB and for depth: multinomial logistic
 regression on a small feature vector per clip (5 uniformly spaced frames, each
 average-pooled to 4x4 cells, plus the pooled absolute change between
 consecutive ones), trained on the training split and measured on the test
-split (the held-out view, or the held-out subjects of a `cross_subject` build). It is the check a configuration is calibrated with before any
+split (the held-out view, or the held-out subjects of a `cross_subject`
+build). It is the check a configuration is calibrated with before any
 model is trained on it: which modality carries more of the class, and roughly
 how much, with no network, no augmentation and no tuning in the way.
 

@@ -333,7 +333,6 @@ class ClipInfo:
   role: str  # 'train', 'validation' or 'test' in the spec's protocol
   split: str  # the atomic split the clip is written to
 
-
   @property
   def sample_id(self) -> str:
     return f'S{self.subject:02d}V{self.view:02d}' f'A{self.label:02d}R{self.replication:03d}'
@@ -352,7 +351,7 @@ def role_of(spec: GeneratorSpec, view: int, subject: int) -> str:
 
 
 def split_of(spec: GeneratorSpec, view: int, subject: int) -> str:
-  """The atomic split a view and subject's clips are written to (`protocols.SYNTHETIC_PROTOCOLS`)."""
+  """The atomic split (`protocols.SYNTHETIC_PROTOCOLS`) a view and subject's clips go to."""
   (split,) = protocols.SYNTHETIC_PROTOCOLS[spec.protocol].atomic_splits(
       role_of(spec, view, subject)
   )

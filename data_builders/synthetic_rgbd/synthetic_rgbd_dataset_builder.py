@@ -27,7 +27,6 @@ import tensorflow_datasets as tfds
 
 from data_builders import raw_clips
 from data_builders.synthetic_rgbd import synthetic_records
-from modistill_jax.data import protocols
 from modistill_jax.data import records
 from data_builders.synthetic_rgbd import renderer
 
