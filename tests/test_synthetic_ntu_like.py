@@ -16,6 +16,7 @@ import configs.ntu_like
 import configs.ntu_like_coats
 import configs.ntu_like_coats_no_turn
 import configs.ntu_like_coats_no_turn_cs
+import configs.ntu_like_coats_no_turn_cs24
 import configs.ntu_like_faces
 from data_builders import builder_test_utils
 from data_builders import raw_clips
@@ -33,6 +34,7 @@ NTU_LIKE_FACES = CONFIGS['ntu_like_faces'].spec
 NTU_LIKE_COATS = CONFIGS['ntu_like_coats'].spec
 NTU_LIKE_COATS_NO_TURN = CONFIGS['ntu_like_coats_no_turn'].spec
 NTU_LIKE_COATS_NO_TURN_CS = CONFIGS['ntu_like_coats_no_turn_cs'].spec
+NTU_LIKE_COATS_NO_TURN_CS24 = CONFIGS['ntu_like_coats_no_turn_cs24'].spec
 # The `tiny` size with `ntu_like`'s content: 32x32, 8 frames, 24 clips per class, 4 subjects.
 TINY_NTU_LIKE = dataclasses.replace(
     CONFIGS['tiny'].spec, scenario='ntu_like', rgb_distractors=False
@@ -50,6 +52,10 @@ NTU_LIKE_COATS_CLIPS_SHA256 = 'ecbf042d8d328a905018c26191585dea8187dc5db26608487
 # `ntu_like_coats_no_turn`'s, computed before any stream was trained on it (the same).
 NTU_LIKE_COATS_NO_TURN_CLIPS_SHA256 = (
     '8ddd1ce3edea1c8a5d1ccf1de0e344e970b855c9234a628b471733e923d4becb'
+)
+# `ntu_like_coats_no_turn_cs24`'s, computed before any stream was trained on it (the same).
+NTU_LIKE_COATS_NO_TURN_CS24_CLIPS_SHA256 = (
+    '15a0ff391027858172ebaa51929e25051170fce38161468d694385bf9f4a8f9a'
 )
 
 
@@ -346,14 +352,39 @@ def test_ntu_like_coats_no_turn_cs_is_step_4s_clips_split_by_subject():
   assert renderer.atomic_splits(NTU_LIKE_COATS_NO_TURN_CS) == tuple(roles)
 
 
-def test_ntu_like_coats_no_turn_cs_config_reads_its_build_by_subject():
+def test_ntu_like_coats_no_turn_cs24_spreads_the_clips_over_24_subjects():
+  """Step 5's spec with 24 subjects, 6 of them test and 6 validation, from every view."""
+  assert clips_sha256(NTU_LIKE_COATS_NO_TURN_CS24) == NTU_LIKE_COATS_NO_TURN_CS24_CLIPS_SHA256
+  assert dataclasses.replace(
+      NTU_LIKE_COATS_NO_TURN_CS24, num_subjects=8, num_test_subjects=2, num_validation_subjects=2
+  ) == (NTU_LIKE_COATS_NO_TURN_CS)
+  clips = renderer.all_clips(NTU_LIKE_COATS_NO_TURN_CS24)
+  subjects = {
+      split: {c.subject for c in clips if c.split == split}
+      for split in ('cs_train', 'cs_validation', 'cs_test')
+  }
+  assert subjects == {
+      'cs_train': set(range(1, 13)),
+      'cs_validation': set(range(13, 19)),
+      'cs_test': set(range(19, 25)),
+  }
+  assert {c.replication for c in clips} == {1, 2, 3, 4}
+  assert len({c.sample_id for c in clips}) == len(clips)
+  assert [sum(c.split == s for c in clips) for s in subjects] == [1296, 648, 648]
+
+
+@pytest.mark.parametrize(
+    'module, builder_config',
+    (
+        (configs.ntu_like_coats_no_turn_cs, 'ntu_like_coats_no_turn_cs'),
+        (configs.ntu_like_coats_no_turn_cs24, 'ntu_like_coats_no_turn_cs24'),
+    ),
+)
+def test_ntu_like_coats_no_turn_cs_configs_read_their_builds_by_subject(module, builder_config):
   for stage in stages.STAGE_NAMES + (stages.ALL,):
-    config = configs.ntu_like_coats_no_turn_cs.get_config(stage)
+    config = module.get_config(stage)
     by_view = configs.ntu_like_coats_no_turn.get_config(stage).to_dict()
-    assert (config.builder_config, config.protocol) == (
-        'ntu_like_coats_no_turn_cs',
-        'cross_subject',
-    )
+    assert (config.builder_config, config.protocol) == (builder_config, 'cross_subject')
     assert {
         **config.to_dict(),
         'builder_config': by_view['builder_config'],
