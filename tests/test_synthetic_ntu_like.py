@@ -17,6 +17,7 @@ import configs.ntu_like_coats
 import configs.ntu_like_coats_no_turn
 import configs.ntu_like_coats_no_turn_cs
 import configs.ntu_like_coats_no_turn_cs24
+import configs.ntu_like_coats_cs24
 import configs.ntu_like_faces
 from data_builders import builder_test_utils
 from data_builders import raw_clips
@@ -35,6 +36,7 @@ NTU_LIKE_COATS = CONFIGS['ntu_like_coats'].spec
 NTU_LIKE_COATS_NO_TURN = CONFIGS['ntu_like_coats_no_turn'].spec
 NTU_LIKE_COATS_NO_TURN_CS = CONFIGS['ntu_like_coats_no_turn_cs'].spec
 NTU_LIKE_COATS_NO_TURN_CS24 = CONFIGS['ntu_like_coats_no_turn_cs24'].spec
+NTU_LIKE_COATS_CS24 = CONFIGS['ntu_like_coats_cs24'].spec
 # The `tiny` size with `ntu_like`'s content: 32x32, 8 frames, 24 clips per class, 4 subjects.
 TINY_NTU_LIKE = dataclasses.replace(
     CONFIGS['tiny'].spec, scenario='ntu_like', rgb_distractors=False
@@ -56,6 +58,10 @@ NTU_LIKE_COATS_NO_TURN_CLIPS_SHA256 = (
 # `ntu_like_coats_no_turn_cs24`'s, computed before any stream was trained on it (the same).
 NTU_LIKE_COATS_NO_TURN_CS24_CLIPS_SHA256 = (
     '15a0ff391027858172ebaa51929e25051170fce38161468d694385bf9f4a8f9a'
+)
+# `ntu_like_coats_cs24`'s, computed before any stream was trained on it (the same).
+NTU_LIKE_COATS_CS24_CLIPS_SHA256 = (
+    'a751de8d9a3559ec754626003df2f239b743ce49201fffa3990c68c61e111130'
 )
 
 
@@ -373,17 +379,33 @@ def test_ntu_like_coats_no_turn_cs24_spreads_the_clips_over_24_subjects():
   assert [sum(c.split == s for c in clips) for s in subjects] == [1296, 648, 648]
 
 
+def test_ntu_like_coats_cs24_is_the_24_subject_split_with_turning_around():
+  assert clips_sha256(NTU_LIKE_COATS_CS24) == NTU_LIKE_COATS_CS24_CLIPS_SHA256
+  assert dataclasses.replace(NTU_LIKE_COATS_CS24, scenario='ntu_like_coats_no_turn') == (
+      NTU_LIKE_COATS_NO_TURN_CS24
+  )
+  assert NTU_LIKE_COATS_CS24.class_names == NTU_LIKE_COATS.class_names
+  clips = renderer.all_clips(NTU_LIKE_COATS_CS24)
+  sizes = [sum(c.split == s for c in clips) for s in ('cs_train', 'cs_validation', 'cs_test')]
+  assert sizes == [1440, 720, 720]
+
+
 @pytest.mark.parametrize(
     'module, builder_config',
     (
         (configs.ntu_like_coats_no_turn_cs, 'ntu_like_coats_no_turn_cs'),
         (configs.ntu_like_coats_no_turn_cs24, 'ntu_like_coats_no_turn_cs24'),
+        (configs.ntu_like_coats_cs24, 'ntu_like_coats_cs24'),
     ),
 )
-def test_ntu_like_coats_no_turn_cs_configs_read_their_builds_by_subject(module, builder_config):
+def test_ntu_like_coats_cs_configs_read_their_builds_by_subject(module, builder_config):
+  """Each is its cross-view config's on its build, read with `cross_subject`."""
+  by_view_module = (
+      configs.ntu_like_coats if 'no_turn' not in builder_config else configs.ntu_like_coats_no_turn
+  )
   for stage in stages.STAGE_NAMES + (stages.ALL,):
     config = module.get_config(stage)
-    by_view = configs.ntu_like_coats_no_turn.get_config(stage).to_dict()
+    by_view = by_view_module.get_config(stage).to_dict()
     assert (config.builder_config, config.protocol) == (builder_config, 'cross_subject')
     assert {
         **config.to_dict(),

@@ -138,6 +138,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           ),
       ),
       SyntheticRgbdConfig(
+          name='ntu_like_coats_cs24',
+          description=(
+              "`ntu_like_coats_no_turn_cs24`'s split on `ntu_like_coats`' 10 classes ('turn "
+              "around' back): subjects 19-24 of every view are the test split, 13-18 the "
+              'validation split, 1-12 the training split (see the README).'
+          ),
+          spec=dataclasses.replace(
+              NTU_LIKE_FACES,
+              scenario='ntu_like_coats',
+              num_subjects=24,
+              protocol='cross_subject',
+              num_test_subjects=6,
+              num_validation_subjects=6,
+          ),
+      ),
+      SyntheticRgbdConfig(
           name='pretext',
           description=(
               "No actions: the pretraining that plays ImageNet's role (modistill_jax/pretext.py). "
