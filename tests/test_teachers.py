@@ -2,18 +2,22 @@
 
 The command line is run as a user would try it, on the tiny synthetic build that stores
 infrared and skeletons (`configs/demo.py:all,tiny` reads `tiny`, which the command switches
-to `tiny_ir_skeleton`, built on first use in 5 s), 2 seeds and one teacher set (infrared):
-8 tiny stages, then the same command again, which must train nothing. The plan with
-several sets (which stage trains where, with which settings, that step 1 trains once per
-seed for all of them) and the verdicts, against depth too, are checked in-process on known
-numbers, with `trainer.run_stage` replaced by a stand-in that writes results: each set's
-steps 2-4 compile programs of their own, so a second set on the command line would double
-the test's cost for what the stand-in checks. The bad inputs fail before anything is made.
+to `tiny_ir_skeleton`, built on first use in 5 s), one seed and one teacher set (infrared):
+4 tiny stages, then the same command again, which must train nothing. The report over two
+seeds is then written from those folders in-process, seed 1's being seed 0's copied (as
+`test_claims` does; the command itself refuses such a copy, whose settings name seed 0).
+The plan with several sets and seeds (which stage trains where, with which settings and
+seed, that step 1 trains once per seed for all of them) and the verdicts, against depth
+too, are checked in-process on known numbers, with `trainer.run_stage` replaced by a
+stand-in that writes results: each set's steps 2-4 compile programs of their own, so a
+second set on the command line would double the test's cost for what the stand-in checks.
+The bad inputs fail before anything is made.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,7 +42,7 @@ def _command(workdir: str, data_dir: str, teacher_sets: str = TEACHERS) -> list[
       '-m',
       'modistill_jax.teachers',
       '--config=configs/demo.py:all,tiny',
-      f'--seeds={SEEDS}',
+      '--seeds=1',
       f'--teachers={teacher_sets}',
       f'--workdir={workdir}',
       f'--data_dir={data_dir}',
@@ -55,35 +59,46 @@ def _run(command: list[str], compilation_cache_dir: str) -> subprocess.Completed
 
 @pytest.fixture(scope='module')
 def command_line_run(tmp_path_factory, compilation_cache_dir):
-  """The command, 2 seeds x (step 1 + steps 2-4 of the one set), run twice in one folder.
+  """The command with 1 seed (step 1 + steps 2-4 of the one set), run twice in one folder;
+  then the report over seeds 0 and 1 written in-process, seed 1's folder seed 0's copied.
 
-  Returns the workdir, the first run's process, teachers.json and teachers.md, and the
-  second run's process (its report is the one left in the folder).
+  Returns the workdir, each run's process, teachers.json and teachers.md, and the two
+  seeds' summary and report text.
   """
   root = tmp_path_factory.mktemp('teachers')
   workdir, data_dir = str(root / 'run'), str(root / 'tfds')
-  first = _run(_command(workdir, data_dir), compilation_cache_dir)
-  assert first.returncode == 0, first.stderr[-3000:]
-  first_json = runs.read_json(os.path.join(workdir, 'teachers.json'))
-  first_md = open(os.path.join(workdir, 'teachers.md')).read()
-  second = _run(_command(workdir, data_dir), compilation_cache_dir)
-  assert second.returncode == 0, second.stderr[-3000:]
-  return workdir, first, first_json, first_md, second
+  runs_ = []
+  for _ in range(2):
+    done = _run(_command(workdir, data_dir), compilation_cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = runs.read_json(os.path.join(workdir, 'teachers.json'))
+    runs_.append((done, summary, open(os.path.join(workdir, 'teachers.md')).read()))
+  (first, first_json, first_md), (second, second_json, second_md) = runs_
+  # Stages share through relative links, which the copy keeps.
+  shutil.copytree(claims.seed_dir(workdir, 0), claims.seed_dir(workdir, 1), symlinks=True)
+  two_seeds = {**second_json, **teachers.summarize(workdir, [0, 1], (('ir',),), 'rgb')}
+  teachers.write_report(workdir, two_seeds)
+  text = open(os.path.join(workdir, 'teachers.md')).read()
+  return workdir, first, first_json, first_md, second, second_json, second_md, two_seeds, text
 
 
 @pytest.mark.slow
 def test_command_line_writes_the_table_over_seeds(command_line_run):
-  workdir, first, summary, text, _ = command_line_run
+  workdir, first, one_seed, one_seed_md, *_, summary, text = command_line_run
+  assert one_seed['seeds'] == [0]
+  assert one_seed['stages'] == {'trained': 4, 'skipped': 0}
+  assert '4 stages trained, 0 found finished; wall time' in one_seed_md
+  assert f'Report: {workdir}/teachers.md' in first.stdout
+  assert one_seed['teacher_sets'] == ['ir']
+  assert one_seed['settings']['builder_config'] == 'tiny_ir_skeleton'
+  assert one_seed['settings']['modalities'] == 'rgb,ir'
+  assert one_seed['settings']['epochs_per_stage'] == 1
+  assert 'Dataset synthetic_rgbd/tiny_ir_skeleton (cross_view), seeds 0, 1 epoch(s)' in one_seed_md
   assert summary['seeds'] == [0, 1]
-  assert summary['teacher_sets'] == ['ir']
-  assert summary['settings']['builder_config'] == 'tiny_ir_skeleton'
-  assert summary['settings']['modalities'] == 'rgb,ir'
-  assert summary['settings']['epochs_per_stage'] == 1
-  assert summary['stages'] == {'trained': 8, 'skipped': 0}
+  assert 'Dataset synthetic_rgbd/tiny_ir_skeleton (cross_view), seeds 0, 1, 1 epoch(s)' in text
   assert [r['row'] for r in summary['rows']] == ['step 1, RGB stream alone', 'step 4, taught by ir']
   assert [r['row'] for r in summary['teacher_streams']] == ['step 1, infrared stream']
   assert 'Dataset synthetic_rgbd/tiny_ir_skeleton (cross_view), seeds 0, 1, 1 epoch(s)' in text
-  assert '8 stages trained, 0 found finished; wall time' in text
   for row in summary['rows'] + summary['teacher_streams']:
     assert len(row['per_seed']) == SEEDS and None not in row['per_seed'], row['row']
     assert all(0 <= v <= 100 for v in row['per_seed']), row['row']
@@ -109,46 +124,43 @@ def test_command_line_writes_the_table_over_seeds(command_line_run):
         f"{verdict['high']:.2f}] | {verdict['half_width']:.2f} | **{verdict['verdict']}** |"
     ) in text
   assert 'smallest detectable difference (+-points)' in text
-  assert f'Report: {workdir}/teachers.md' in first.stdout
 
 
 @pytest.mark.slow
-def test_step1_trains_once_per_seed_and_the_set_links_it(command_line_run):
+def test_step1_trains_once_and_the_set_links_it(command_line_run):
   workdir, *_ = command_line_run
-  for seed in range(SEEDS):
-    root = claims.seed_dir(workdir, seed)
-    trained = sorted(
-        str(p.relative_to(root))
-        for p in root.glob('*/*')
-        if not os.path.islink(p) and (p / runs.RESULTS_FILE).exists()
-    )
-    assert trained == ['ir/step2', 'ir/step3', 'ir/step4', 'shared/step1']
-    assert len(trained) == teachers.trainings_per_seed(1)
-    assert os.path.islink(root / 'ir' / 'step1')
-    assert os.path.realpath(root / 'ir' / 'step1') == os.path.realpath(root / 'shared/step1')
-    step1 = runs.read_json(root / 'shared/step1' / runs.RESULTS_FILE)
-    assert step1['privileged'] == 'ir'
-    assert step1['train_inputs'] == ['ir', 'rgb']
-    assert runs.read_json(root / 'shared/step1/config.json')['seed'] == seed
-    folder = 'ir'
-    step2 = runs.read_json(root / folder / 'step2' / runs.RESULTS_FILE)
-    assert (step2['privileged'], step2['train_inputs']) == (folder, sorted(['rgb', folder]))
-    step4 = runs.read_json(root / folder / 'step4' / runs.RESULTS_FILE)
-    assert step4['train_inputs'] == ['rgb'] and step4['privileged'] == folder
+  root = claims.seed_dir(workdir, 0)
+  trained = sorted(
+      str(p.relative_to(root))
+      for p in root.glob('*/*')
+      if not os.path.islink(p) and (p / runs.RESULTS_FILE).exists()
+  )
+  assert trained == ['ir/step2', 'ir/step3', 'ir/step4', 'shared/step1']
+  assert len(trained) == teachers.trainings_per_seed(1)
+  assert os.path.islink(root / 'ir' / 'step1')
+  assert os.path.realpath(root / 'ir' / 'step1') == os.path.realpath(root / 'shared/step1')
+  step1 = runs.read_json(root / 'shared/step1' / runs.RESULTS_FILE)
+  assert step1['privileged'] == 'ir'
+  assert step1['train_inputs'] == ['ir', 'rgb']
+  assert runs.read_json(root / 'shared/step1/config.json')['seed'] == 0
+  folder = 'ir'
+  step2 = runs.read_json(root / folder / 'step2' / runs.RESULTS_FILE)
+  assert (step2['privileged'], step2['train_inputs']) == (folder, sorted(['rgb', folder]))
+  step4 = runs.read_json(root / folder / 'step4' / runs.RESULTS_FILE)
+  assert step4['train_inputs'] == ['rgb'] and step4['privileged'] == folder
 
 
 @pytest.mark.slow
 def test_a_finished_folder_trains_nothing_and_reports_the_same(command_line_run):
-  workdir, _, first, first_md, second = command_line_run
-  summary = runs.read_json(os.path.join(workdir, 'teachers.json'))
-  assert summary['stages'] == {'trained': 0, 'skipped': 8}
+  _, _, first, first_md, second, again, again_md, *_ = command_line_run
+  assert again['stages'] == {'trained': 0, 'skipped': 4}
   for key in ('seeds', 'teacher_sets', 'rows', 'teacher_streams', 'verdicts', 'settings'):
-    assert summary[key] == first[key], key
-  assert '0 stages trained, 8 found finished' in second.stdout
+    assert again[key] == first[key], key
+  assert '0 stages trained, 4 found finished' in second.stdout
+  assert 'Report: ' in second.stdout
   assert 'step 1/1' not in second.stdout  # no training step ran
   # The same report, but for its settings line (this run's stages and wall time).
-  lines = open(os.path.join(workdir, 'teachers.md')).read().splitlines()
-  first_lines = first_md.splitlines()
+  lines, first_lines = again_md.splitlines(), first_md.splitlines()
   assert len(lines) == len(first_lines)
   differing = [k for k, (a, b) in enumerate(zip(lines, first_lines)) if a != b]
   assert differing == [2] and lines[2].startswith('Dataset '), differing
@@ -168,7 +180,8 @@ STEP4_MINUS_RGB = {
 
 def _fake_run_stage(calls):
   """A `trainer.run_stage` that writes results of `STEP4_MINUS_RGB`'s numbers, and records
-  `(seed, folder, stage, privileged, modalities, builder_config)` for each stage it trains."""
+  `(seed, seed folder/set folder, stage, privileged, modalities, builder_config)` for each stage
+  it trains."""
 
   def run_stage(config, workdir, stage, **kwargs):
     del kwargs
@@ -186,7 +199,7 @@ def _fake_run_stage(calls):
     calls.append(
         (
             config.seed,
-            os.path.basename(workdir),
+            os.path.relpath(workdir, os.path.dirname(os.path.dirname(workdir))),
             stage,
             config.privileged,
             config.modalities,
@@ -222,9 +235,11 @@ def test_step1_once_per_seed_each_set_its_steps_2_to_4_and_the_verdicts(tmp_path
   data = ('rgb,depth,ir,skeleton', 'tiny_ir_skeleton')
   expected = []
   for seed in range(3):
-    expected.append((seed, 'shared', 'step1', 'depth,ir,skeleton', *data))
+    expected.append((seed, f'seed{seed}/shared', 'step1', 'depth,ir,skeleton', *data))
     for privileged, folder in sets:
-      expected += [(seed, folder, s, privileged, *data) for s in ('step2', 'step3', 'step4')]
+      expected += [
+          (seed, f'seed{seed}/{folder}', s, privileged, *data) for s in ('step2', 'step3', 'step4')
+      ]
   assert calls == expected
   assert [c[2] for c in calls].count('step1') == 3  # once per seed, not once per set
   assert summary['stages'] == {'trained': 30, 'skipped': 0} and len(calls) == 30
