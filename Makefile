@@ -111,31 +111,37 @@ pretext: $(INSTALLED)
 	  --config=configs/pretext.py:step1_rgb --out=workdirs/pretext --config.data_dir=workdirs/tfds
 
 # The paper's claims over seeds on a synthetic configuration: see modistill_jax/claims.py.
-# Rerunning resumes (finished stages are skipped) and prints the report again.
-# EPOCHS: epochs per stage (empty: the command's default, claims.EPOCHS); CLAIMS_DIR: the
-# run folder, by default named after the config (and EPOCHS where given).
-CLAIMS_CONFIG ?= configs/ntu_like.py
+# Rerunning resumes (finished stages are skipped) and prints the report again. By default the
+# calibrated miniature as frozen (data_builders/synthetic_rgbd/README.md, calibration step 7):
+# its config, 15 epochs per stage, both step-1 streams from `make pretext`'s checkpoint (made
+# first when missing). EPOCHS: epochs per stage (empty: the command's default, claims.EPOCHS);
+# PRETRAINED: the checkpoint step 1's streams start from (--config.init.imagenet; empty: from
+# scratch); CLAIMS_DIR: the run folder, by default named after the config (and EPOCHS).
+CLAIMS_CONFIG ?= configs/ntu_like_coats_cs24.py
 SEEDS ?= 5
-EPOCHS ?=
+EPOCHS ?= 15
+PRETRAINED ?= workdirs/pretext
 CLAIMS_DIR ?= workdirs/claims/$(basename $(notdir $(CLAIMS_CONFIG)))$(if $(EPOCHS),_$(EPOCHS)ep,)
-claims: $(INSTALLED)
+claims: $(INSTALLED) $(if $(filter workdirs/pretext,$(PRETRAINED)),pretext,)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.claims --config=$(CLAIMS_CONFIG) \
 	  --seeds=$(SEEDS) $(if $(EPOCHS),--epochs=$(EPOCHS),) --workdir=$(CLAIMS_DIR) \
-	  --data_dir=workdirs/tfds
+	  $(if $(PRETRAINED),--config.init.imagenet=$(PRETRAINED),) --data_dir=workdirs/tfds
 
 # Which privileged modality teaches the RGB-only model best, over seeds (issue 27): see
-# modistill_jax/teachers.py and docs/modalities.md. SEEDS and EPOCHS as for claims; TEACHERS: the
+# modistill_jax/teachers.py and docs/modalities.md. By default on the calibrated miniature, as
+# claims. SEEDS, EPOCHS and PRETRAINED as for claims; TEACHERS: the
 # teacher sets, ';' between sets and ',' within one (empty: the command's default,
 # depth;ir;skeleton;depth,ir;depth,ir,skeleton); TEACHERS_DIR: the run folder, by default named
 # after the config (and EPOCHS where given); a TEACHERS list of other modalities needs another one.
 # Rerunning resumes (finished stages are skipped) and prints the report again.
-TEACHERS_CONFIG ?= configs/ntu_like.py
+TEACHERS_CONFIG ?= configs/ntu_like_coats_cs24.py
 TEACHERS ?=
 TEACHERS_DIR ?= workdirs/teachers/$(basename $(notdir $(TEACHERS_CONFIG)))$(if $(EPOCHS),_$(EPOCHS)ep,)
-teachers: $(INSTALLED)
+teachers: $(INSTALLED) $(if $(filter workdirs/pretext,$(PRETRAINED)),pretext,)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.teachers \
 	  --config=$(TEACHERS_CONFIG) --seeds=$(SEEDS) $(if $(EPOCHS),--epochs=$(EPOCHS),) \
-	  $(if $(TEACHERS),--teachers='$(TEACHERS)',) --workdir=$(TEACHERS_DIR) --data_dir=workdirs/tfds
+	  $(if $(TEACHERS),--teachers='$(TEACHERS)',) --workdir=$(TEACHERS_DIR) \
+	  $(if $(PRETRAINED),--config.init.imagenet=$(PRETRAINED),) --data_dir=workdirs/tfds
 
 # Re-resolves pyproject.toml's ranges in a scratch venv and writes what it installed (runtime and
 # test extras, which hold `build` and `tensorboard`) to constraints.txt, keeping the file's leading
