@@ -50,6 +50,7 @@ from modistill_jax import evaluate
 from modistill_jax import finished_stage
 from modistill_jax import metrics
 from modistill_jax import paper_tables
+from modistill_jax import pretrained
 from modistill_jax import report
 from modistill_jax import runs
 from modistill_jax import trainer
@@ -655,6 +656,12 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
   return str(path)
 
 
+# What a command over seeds (`claims`, `teachers`) ends on in one line, as `train` does
+# (`cli.with_refusals`): a folder trained with other settings, a folder another job holds, a
+# pretrained checkpoint that is not there.
+REFUSALS = (trainer.ConfigMismatchError, runs.LockHeldError, pretrained.CheckpointNotFoundError)
+
+
 def define_flags(folder: str) -> tuple[flags.FlagHolder, ...]:
   """The flags of a command over seeds (`claims`, `teachers`): config, workdir, seeds, epochs
   and data_dir, in that order; `folder` names the workdir in its help."""
@@ -708,4 +715,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _CONFIG, _WORKDIR, _SEEDS, _EPOCHS, _DATA_DIR = define_flags('Claims')
-  app.run(main)
+  app.run(cli.with_refusals(main, *REFUSALS))

@@ -21,11 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
-import json
 from typing import Any
 
 from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -73,7 +71,7 @@ def effective_config(
   effective = ml_collections.ConfigDict(config.to_dict())
   effective.stage = stage_name
   if config.init.imagenet:
-    metadata = json.loads((epath.Path(config.init.imagenet) / pretrained.METADATA_FILE).read_text())
+    metadata = pretrained.read_metadata(config.init.imagenet)
     check_imagenet_layout(config, metadata)
     for key in IMAGENET_NORMALISATION_KEYS:
       effective.input[key] = tuple(metadata[key.rsplit('_', 1)[1]])

@@ -47,6 +47,7 @@ from typing import Any
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -451,6 +452,26 @@ def save(out: str, variables: Mapping[str, Any], metadata: Mapping[str, Any]) ->
 # Using a converted checkpoint.
 
 
+class CheckpointNotFoundError(FileNotFoundError):
+  """No converted checkpoint where `config.init.imagenet` points."""
+
+
+def read_metadata(directory: str) -> dict[str, Any]:
+  """The metadata of the converted checkpoint in `directory` (local or `gs://`).
+
+  Raises:
+    CheckpointNotFoundError: there is none: its metadata file is missing.
+  """
+  path = epath.Path(directory) / METADATA_FILE
+  if not path.exists():
+    raise CheckpointNotFoundError(
+        f'config.init.imagenet={directory}: no converted checkpoint there ({path} is missing). '
+        'Convert ImageNet weights with `python -m modistill_jax.pretrained` (README, ImageNet '
+        "weights), or make the synthetic miniature's stand-in with `make pretext`."
+    )
+  return json.loads(path.read_text())
+
+
 def load(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """`(variables, metadata)` of a converted checkpoint.
 
@@ -463,9 +484,8 @@ def load(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
+  metadata = read_metadata(directory)
   directory = os.path.abspath(directory)
-  with open(os.path.join(directory, METADATA_FILE)) as f:
-    metadata = json.load(f)
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR))
   return dict(variables), metadata

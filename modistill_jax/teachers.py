@@ -499,4 +499,4 @@ if __name__ == '__main__':
       DEFAULT_TEACHERS,
       "Teacher sets, separated by ';'; the modalities of a set by ','.",
   )
-  app.run(main)
+  app.run(cli.with_refusals(main, *claims.REFUSALS))

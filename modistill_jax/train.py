@@ -35,6 +35,7 @@ from modistill_jax import cli
 from modistill_jax import config_lib
 from modistill_jax import evaluate
 from modistill_jax import metrics
+from modistill_jax import pretrained
 from modistill_jax import report
 from modistill_jax import runs
 from modistill_jax import stages
@@ -155,5 +156,6 @@ if __name__ == '__main__':
           evaluate.ConflictingConfigError,
           runs.StageNotFinishedError,
           runs.LockHeldError,
+          pretrained.CheckpointNotFoundError,
       )
   )

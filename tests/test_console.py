@@ -218,6 +218,47 @@ def test_a_missing_prerequisite_is_one_message_with_the_command_no_traceback(
   ), done.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'module, stage_args',
+    [
+        ('modistill_jax.train', ('--config=configs/demo.py:step1_rgb,tiny',)),
+        ('modistill_jax.claims', ('--config=configs/demo.py:all,tiny', '--seeds=1')),
+        (
+            'modistill_jax.teachers',
+            ('--config=configs/demo.py:all,tiny', '--seeds=1', '--teachers=depth'),
+        ),
+    ],
+)
+def test_a_missing_pretrained_checkpoint_is_one_line_before_anything_is_made(
+    module, stage_args, tmp_path, synthetic_data_dir, compilation_cache_dir
+):
+  """`--config.init.imagenet` naming a folder without a converted checkpoint: `train` and
+  the commands over seeds say so in one line."""
+  workdir, missing = tmp_path / 'run', tmp_path / 'no_checkpoint'
+  data = (
+      f'--config.data_dir={synthetic_data_dir}'
+      if module.endswith('train')
+      else f'--data_dir={synthetic_data_dir}'
+  )
+  done = run_command(
+      module,
+      *stage_args,
+      f'--workdir={workdir}',
+      data,
+      f'--config.init.imagenet={missing}',
+      env=cli_env(compilation_cache_dir),
+  )
+  assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+  assert done.stderr.strip().splitlines()[-1] == (
+      f'error: config.init.imagenet={missing}: no converted checkpoint there '
+      f'({missing}/metadata.json is missing). Convert ImageNet weights with `python -m '
+      "modistill_jax.pretrained` (README, ImageNet weights), or make the synthetic miniature's "
+      'stand-in with `make pretext`.'
+  )
+  assert not list(workdir.glob('**/step1*')), list(workdir.glob('**/*'))
+
+
 def imagenet_run(workdir) -> finished_stage.FinishedStage:
   """A step-4 folder as `configs/demo.py:step4,tiny` with torchvision ImageNet weights leaves it.
 
