@@ -121,8 +121,10 @@ CLAIMS_CONFIG ?= configs/ntu_like_coats_cs24.py
 SEEDS ?= 5
 EPOCHS ?= 15
 PRETRAINED ?= workdirs/pretext
+# `make pretext` first where PRETRAINED is its checkpoint.
+PRETRAINED_PREREQUISITE = $(if $(filter workdirs/pretext,$(PRETRAINED)),pretext,)
 CLAIMS_DIR ?= workdirs/claims/$(basename $(notdir $(CLAIMS_CONFIG)))$(if $(EPOCHS),_$(EPOCHS)ep,)
-claims: $(INSTALLED) $(if $(filter workdirs/pretext,$(PRETRAINED)),pretext,)
+claims: $(INSTALLED) $(PRETRAINED_PREREQUISITE)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.claims --config=$(CLAIMS_CONFIG) \
 	  --seeds=$(SEEDS) $(if $(EPOCHS),--epochs=$(EPOCHS),) --workdir=$(CLAIMS_DIR) \
 	  $(if $(PRETRAINED),--config.init.imagenet=$(PRETRAINED),) --data_dir=workdirs/tfds
@@ -137,7 +139,7 @@ claims: $(INSTALLED) $(if $(filter workdirs/pretext,$(PRETRAINED)),pretext,)
 TEACHERS_CONFIG ?= configs/ntu_like_coats_cs24.py
 TEACHERS ?=
 TEACHERS_DIR ?= workdirs/teachers/$(basename $(notdir $(TEACHERS_CONFIG)))$(if $(EPOCHS),_$(EPOCHS)ep,)
-teachers: $(INSTALLED) $(if $(filter workdirs/pretext,$(PRETRAINED)),pretext,)
+teachers: $(INSTALLED) $(PRETRAINED_PREREQUISITE)
 	$(if $(JAX_EXTRA),,JAX_PLATFORMS=cpu) $(PY) -m modistill_jax.teachers \
 	  --config=$(TEACHERS_CONFIG) --seeds=$(SEEDS) $(if $(EPOCHS),--epochs=$(EPOCHS),) \
 	  $(if $(TEACHERS),--teachers='$(TEACHERS)',) --workdir=$(TEACHERS_DIR) \

@@ -2,8 +2,8 @@
 
   python -m tools.per_class --split=validation --stream=rgb RUN0/step1_rgb RUN1/step1_rgb ...
 
-Each argument is a finished stage's folder (one seed's, say). On the test split the predictions
-the stage saved when it finished are read; on another split, or where none were saved, the
+Each argument is a finished stage's folder (one seed's, say). The predictions the stage saved
+for the split are read (the test split's, saved when it finished); where there are none, the
 stage's best state is evaluated again in-process, on the split, with its saved config, exactly
 as `python -m modistill_jax.evaluate` does. Each clip's subject and view come from the built
 dataset's records. The output is one Markdown table with a row for all clips, each subject,
@@ -20,6 +20,7 @@ import numpy as np
 
 from modistill_jax import evaluate
 from modistill_jax import finished_stage
+from modistill_jax import report
 from modistill_jax import runs
 from modistill_jax.data import feeding
 
@@ -30,15 +31,12 @@ def predictions(stage_folder: str, split: str) -> tuple[dict[str, np.ndarray], o
   run = finished_stage.load(workdir, name)
   config = evaluate.evaluation_config(run, None)
   config.eval.split = split
-  saved = run.dir.predictions_file(split)
-  if split == 'test' and saved.exists():
-    with saved.open('rb') as f:
-      result = dict(np.load(f))
-  else:
-    result = {
-        k: np.asarray(v) for k, v in evaluate.evaluate_stage(run, config)['predictions'].items()
-    }
-  source = feeding.load_sources(config)[split]
+  if run.dir.predictions_file(split).exists():
+    result = report.predictions(workdir, name, split)
+    source = feeding.load_sources(config)[split]
+  else:  # The split's source is read once, for the evaluation and for the clips' metadata.
+    program, source, state = evaluate.stage_evaluation(run, config)
+    result = {k: np.asarray(v) for k, v in program.evaluate(state, source)['predictions'].items()}
   if source is None:
     raise ValueError(f'{stage_folder}: {config.dataset}/{config.protocol} has no {split!r} split.')
   return result, source, run.class_names

@@ -77,7 +77,7 @@ Views are camera azimuths around the middle of the room (view 1 faces the
 actor; the other views stand to its sides), with a few centimetres of
 placement jitter per clip. Subjects are fixed appearance/body draws shared by
 all their clips. The split of a clip follows from its view and subject
-(`split_of`), by the spec's protocol. Cross-view (`cross_view`, the default):
+(`role_of`), by the spec's protocol. Cross-view (`cross_view`, the default):
 view 1 is the test set; the last subjects of the other views are the
 validation set; the rest is the training set. Cross-subject (`cross_subject`,
 as NTU RGB+D's benchmark that the paper's Table 1 reports): the last subjects
@@ -350,11 +350,9 @@ def role_of(spec: GeneratorSpec, view: int, subject: int) -> str:
   return 'train'
 
 
-def split_of(spec: GeneratorSpec, view: int, subject: int) -> str:
-  """The atomic split (`protocols.SYNTHETIC_PROTOCOLS`) a view and subject's clips go to."""
-  (split,) = protocols.SYNTHETIC_PROTOCOLS[spec.protocol].atomic_splits(
-      role_of(spec, view, subject)
-  )
+def atomic_split(spec: GeneratorSpec, role: str) -> str:
+  """The atomic split (`protocols.SYNTHETIC_PROTOCOLS`) a role's clips are written to."""
+  (split,) = protocols.SYNTHETIC_PROTOCOLS[spec.protocol].atomic_splits(role)
   return split
 
 
@@ -368,14 +366,15 @@ def clip_info(spec: GeneratorSpec, label: int, index: int) -> ClipInfo:
   view = index % spec.num_views + 1
   subject = (index // spec.num_views) % spec.num_subjects + 1
   replication = index // (spec.num_views * spec.num_subjects) + 1
+  role = role_of(spec, view, subject)
   return ClipInfo(
       label=label,
       index=index,
       view=view,
       subject=subject,
       replication=replication,
-      role=role_of(spec, view, subject),
-      split=split_of(spec, view, subject),
+      role=role,
+      split=atomic_split(spec, role),
   )
 
 
